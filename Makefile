@@ -1,0 +1,39 @@
+# Fresh-machine entry points. Both create .venv and install pinned dependencies themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= out/demo
+
+.PHONY: demo test lint venv clean kernels
+
+$(STAMP): requirements/ci.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/ci.txt
+	# CLIP's BPE vocabulary ships inside open-clip-torch; its declared deps (torchvision) break the CPU torch,
+	# so it is installed without them and only its data file is read (never imported).
+	$(PY) -m pip install --quiet --no-deps open-clip-torch==3.3.0
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## make demo: export the embedded demo model, run the torch-free runtime on a generated clip.
+demo: $(STAMP)
+	$(VENV)/bin/stp-edge demo --out $(OUT)
+
+## make test: lint, then the whole CPU test suite (GPU tests skip themselves without CUDA).
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+## make kernels: compile kernels/preprocess.cu for every listed architecture (needs nvcc).
+kernels:
+	$(PY) -m stp_edge.cuda.build --out build/kernels
+
+clean:
+	rm -rf $(VENV) build out .pytest_cache

@@ -1,0 +1,38 @@
+"""stp-edge: STPrompt weakly supervised video anomaly detection on edge GPUs.
+
+`import stp_edge` is cheap: it never imports torch, tensorrt, pycuda or onnxruntime. Public names are
+resolved lazily on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Detector": "stp_edge.api",
+    "SnippetResult": "stp_edge.results",
+    "Box": "stp_edge.results",
+    "run_video": "stp_edge.api",
+    "STPromptConfig": "stp_edge.config",
+    "VisionConfig": "stp_edge.config",
+    "TextConfig": "stp_edge.config",
+    "Bundle": "stp_edge.bundle",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stp_edge.api import Detector, run_video
+    from stp_edge.bundle import Bundle
+    from stp_edge.config import STPromptConfig, TextConfig, VisionConfig
+    from stp_edge.results import Box, SnippetResult
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stp_edge' has no attribute {name!r}")
