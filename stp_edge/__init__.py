@@ -21,7 +21,10 @@ _LAZY = {
     "Bundle": "stp_edge.bundle",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [  # noqa: RUF022
+    "__version__", "Box", "Bundle", "Detector", "STPromptConfig", "SnippetResult", "TextConfig", "VisionConfig",
+    "run_video",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from stp_edge.api import Detector, run_video

@@ -166,8 +166,8 @@ class STPromptConfig:
             return cls(**overrides)
         if name == "tiny":
             base: dict[str, Any] = dict(
-                vision=VisionConfig(image_size=112, patch_size=16, width=64, layers=2, heads=4, embed_dim=64),
-                text=TextConfig(context_length=32, vocab_size=49408, width=64, layers=2, heads=4),
+                vision=VisionConfig(image_size=112, patch_size=16, width=128, layers=3, heads=2, embed_dim=64),
+                text=TextConfig(context_length=32, vocab_size=49408, width=64, layers=2, heads=1),
                 region_grid=7,
                 motion_topk=4,
                 adapter_sigma=0.5,

@@ -1,0 +1,135 @@
+"""The PyTorch STPrompt reference: shapes, ViT-B/16 size, SA2, the banded adapter, both streams."""
+
+import math
+
+import pytest
+import torch
+
+from stp_edge.config import STPromptConfig
+from stp_edge.model.clip import CLIP
+from stp_edge.model.regions import make_crops, pool_regions
+from stp_edge.model.stprompt import STPrompt, banded_adapter_matrix, motion_energy, sa2
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = STPrompt(STPromptConfig.named("tiny")).eval()
+    model.freeze_text()
+    return model
+
+
+def test_vit_b16_parameter_count_and_shapes():
+    cfg = STPromptConfig()
+    torch.manual_seed(0)
+    clip = CLIP(cfg.vision, cfg.text).eval()
+    n = sum(p.numel() for p in clip.visual.parameters())
+    assert 85.5e6 < n < 86.5e6, n  # CLIP ViT-B/16 visual tower: 86.19M
+    with torch.no_grad():
+        frame, patches = clip.visual(torch.randn(1, 3, 224, 224))
+    assert frame.shape == (1, 512)
+    assert patches.shape == (1, 196, 512)
+    assert torch.isfinite(patches).all() and patches.std() > 0
+
+
+def test_motion_energy_matches_definition_and_is_one_sided_at_ends():
+    torch.manual_seed(1)
+    f = torch.randn(2, 5, 3, 8)
+    mo = motion_energy(f)
+    t = 2
+    expect = (2 * f[:, t] - f[:, t - 1] - f[:, t + 1]).norm(dim=-1)
+    torch.testing.assert_close(mo[:, t], expect)
+    torch.testing.assert_close(mo[:, 0], (f[:, 0] - f[:, 1]).norm(dim=-1))
+    torch.testing.assert_close(mo[:, -1], (f[:, -1] - f[:, -2]).norm(dim=-1))
+    assert motion_energy(f[:, :1]).abs().max() == 0  # a single snippet has no motion
+
+
+def test_sa2_uses_only_the_topk_moving_regions():
+    torch.manual_seed(2)
+    frame = torch.randn(1, 3, 4)
+    regions = torch.randn(1, 3, 5, 4) * 0.01
+    regions[:, 1, 2] += 5.0  # region 2 moves strongly at snippet 1
+    out = sa2(frame, regions, topk=1)
+    torch.testing.assert_close(out[0, 1], frame[0, 1] + regions[0, 1, 2])
+    # changing a region that is not among the top-k leaves the output unchanged
+    regions2 = regions.clone()
+    mo = motion_energy(regions)[0, 1]
+    quiet = int(mo.argmin())
+    regions2[0, 1, quiet] += 1e-4
+    torch.testing.assert_close(sa2(frame, regions2, topk=1)[0, 1], out[0, 1])
+
+
+def test_banded_adapter_matrix():
+    a = banded_adapter_matrix(30, sigma=1.0, radius=9)
+    torch.testing.assert_close(a.sum(dim=1), torch.ones(30))
+    assert a[15, 15 + 10] == 0 and a[15, 15 + 9] > 0
+    assert a[15, 16] / a[15, 15] == pytest.approx(math.exp(-1.0), rel=1e-5)
+    assert STPromptConfig().adapter_radius == 9  # exp(-9) > 1e-4 > exp(-10)
+
+
+def test_streaming_window_equals_whole_video(tiny):
+    cfg = tiny.cfg
+    torch.manual_seed(3)
+    t_len, c = 30, cfg.context
+    f = torch.randn(1, t_len, cfg.vision.embed_dim)
+    r = torch.randn(1, t_len, cfg.num_regions, cfg.vision.embed_dim)
+    with torch.no_grad():
+        full, probs = tiny.temporal(f, r)
+        for t in range(t_len):
+            lo, hi = max(0, t - c), min(t_len, t + c + 1)
+            s, p = tiny.temporal(f[:, lo:hi], r[:, lo:hi])
+            assert abs(float(s[0, t - lo] - full[0, t])) < 1e-5
+            torch.testing.assert_close(p[0, t - lo], probs[0, t], atol=1e-5, rtol=1e-5)
+
+
+def test_temporal_outputs_are_probabilities(tiny):
+    cfg = tiny.cfg
+    torch.manual_seed(4)
+    f = torch.randn(2, 7, cfg.vision.embed_dim)
+    r = torch.randn(2, 7, cfg.num_regions, cfg.vision.embed_dim)
+    with torch.no_grad():
+        score, probs = tiny.temporal(f, r)
+    assert score.shape == (2, 7) and probs.shape == (2, 7, cfg.num_classes)
+    assert ((score > 0) & (score < 1)).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 7))
+
+
+def test_spatial_stream_scores_regions_near_abnormal_queries_higher(tiny):
+    q = tiny.query_features
+    abnormal = q[tiny.query_is_abnormal][0]
+    normal = q[~tiny.query_is_abnormal][0]
+    regions = torch.stack([abnormal, normal, 0.5 * (abnormal + normal)])[None]
+    with torch.no_grad():
+        s = tiny.spatial(regions)[0]
+    assert s.shape == (3,)
+    assert s[0] > s[2] > s[1]
+    assert ((s >= 0) & (s <= 1)).all()
+
+
+def test_regions_tokens_and_crops_modes():
+    torch.manual_seed(5)
+    patches = torch.randn(2, 49, 6)
+    pooled = pool_regions(patches, grid=7, r=7)
+    torch.testing.assert_close(pooled, patches)
+    p2 = pool_regions(torch.randn(1, 16, 3), grid=4, r=2)
+    assert p2.shape == (1, 4, 3)
+    images = torch.rand(2, 3, 112, 112)
+    crops = make_crops(images, 3)
+    assert crops.shape == (18, 3, 112, 112)
+    # the first crop of image 0 is its top-left 56x56 window scaled x2: block means are preserved
+    torch.testing.assert_close(crops[0].mean(), images[0, :, :56, :56].mean(), atol=1e-3, rtol=1e-3)
+    cfg = STPromptConfig.named("tiny", region_mode="crops", region_grid=3)
+    model = STPrompt(cfg).eval()
+    with torch.no_grad():
+        assert model.regions(images).shape == (2, 9, cfg.vision.embed_dim)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="region_grid"):
+        STPromptConfig(region_grid=5)
+    with pytest.raises(ValueError, match="region_mode"):
+        STPromptConfig(region_mode="pixels")
+    cfg = STPromptConfig.named("tiny")
+    assert STPromptConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown STPromptConfig fields"):
+        STPromptConfig.from_dict({**cfg.to_dict(), "bogus": 1})
