@@ -15,6 +15,8 @@ from stp_edge.config import STPromptConfig
 from stp_edge.model.clip import CLIP, LayerNorm
 from stp_edge.model.regions import make_crops, pool_regions
 
+TIE_BREAK = 1e-6
+
 
 def motion_energy(regions: torch.Tensor) -> torch.Tensor:
     """Mo_t(r) = ||2 f_t(r) - f_{t-1}(r) - f_{t+1}(r)||_2 over time; regions [B,T,R2,E] -> [B,T,R2].
@@ -29,8 +31,11 @@ def motion_energy(regions: torch.Tensor) -> torch.Tensor:
 def sa2(frame_emb: torch.Tensor, regions: torch.Tensor, topk: int) -> torch.Tensor:
     """Spatial attention aggregation: x_t = frame_t + sum over the top-k moving regions of softmax(Mo) f_t(r)."""
     mo = motion_energy(regions)
-    top_mo, idx = mo.topk(topk, dim=-1)  # [B,T,k]
-    w = top_mo.softmax(dim=-1)
+    # Ties (e.g. a one-snippet video has zero motion everywhere) are broken towards lower region indices by a
+    # tiny index ramp, so every runtime (torch, ONNX Runtime, TensorRT) selects the same regions.
+    ramp = torch.arange(mo.shape[-1], device=mo.device, dtype=mo.dtype) * TIE_BREAK
+    idx = (mo - ramp).topk(topk, dim=-1).indices  # [B,T,k]
+    w = mo.gather(-1, idx).softmax(dim=-1)
     picked = regions.gather(2, idx.unsqueeze(-1).expand(*idx.shape, regions.shape[-1]))
     return frame_emb + (w.unsqueeze(-1) * picked).sum(dim=2)
 

@@ -1,0 +1,119 @@
+"""PyTorch STPrompt -> bundle directory (manifest.json + encoder/temporal/spatial ONNX), written atomically.
+
+Everything is written into a hidden temporary directory beside the destination and renamed into place at the
+end, so an interrupted or failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from stp_edge.export.onnx_export import DEFAULT_OPSET, export_onnx
+from stp_edge.export.sources import ModelSource, build_model, weights_fingerprint
+from stp_edge.model.graphs import GRAPH_SPECS, build_graphs, example_inputs, to_precision
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def export_bundle(
+    out: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    clip_weights: str | os.PathLike | None = None,
+    demo: bool = False,
+    random_config: str | None = None,
+    seed: int = 0,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    simplify: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    config_overrides: dict | None = None,
+) -> Path:
+    """Export one model to the bundle directory `out` and return its path.
+
+    Exactly one of `checkpoint`, `demo` or `random_config` chooses the model.
+    """
+    source = _source(checkpoint, clip_weights, demo, random_config, seed, config_overrides)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --force) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp creates 0700; the finished bundle should be readable like any directory
+    try:
+        _write_bundle(tmp, source, precision, opset, simplify, progress)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _source(checkpoint, clip_weights, demo, random_config, seed, overrides) -> ModelSource:
+    chosen = [bool(checkpoint), bool(demo), bool(random_config)]
+    if sum(chosen) != 1:
+        raise ValueError("choose exactly one model: a checkpoint, the demo model, or a random config")
+    if checkpoint:
+        return ModelSource("checkpoint", checkpoint=str(Path(checkpoint).resolve()),
+                           clip_weights=str(Path(clip_weights).resolve()) if clip_weights else None)
+    if demo:
+        return ModelSource("demo")
+    return ModelSource("random", config=random_config, seed=seed, overrides=dict(overrides or {}),
+                       clip_weights=str(Path(clip_weights).resolve()) if clip_weights else None)
+
+
+def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, simplify: bool, progress: bool):
+    from tqdm.auto import tqdm
+
+    from stp_edge import __version__
+    from stp_edge.bundle import write_manifest
+    from stp_edge.preprocess import PreprocessSpec
+
+    steps = tqdm(total=5, desc="export", unit="step", disable=not progress)
+    steps.set_postfix_str("building model")
+    model = build_model(source)
+    fingerprint = weights_fingerprint(model)
+    steps.update()
+    dtype = PRECISIONS[precision]
+    inputs = example_inputs(model)  # float32 at the graph boundary whatever the precision
+    graphs = build_graphs(to_precision(model, dtype), dtype)
+    graph_meta = {}
+    for name, spec in GRAPH_SPECS.items():
+        steps.set_postfix_str(f"{name}.onnx")
+        export_onnx(graphs[name], inputs[name], spec, tmp / f"{name}.onnx", opset=opset, simplify=simplify)
+        graph_meta[name] = {"file": f"{name}.onnx", "inputs": list(spec.inputs), "outputs": list(spec.outputs),
+                            "dynamic_axes": {k: {str(a): s for a, s in v.items()} for k, v in spec.dynamic.items()}}
+        steps.update()
+    steps.set_postfix_str("manifest")
+    cfg = model.cfg
+    manifest_path = write_manifest(
+        tmp, config=cfg, files=[f"{n}.onnx" for n in GRAPH_SPECS], precision=precision, opset=opset,
+        graphs=graph_meta, preprocess=PreprocessSpec(size=cfg.vision.image_size).to_dict(),
+    )
+    # Provenance, so `verify` can rebuild the exact torch reference; the manifest itself is not checksummed.
+    manifest = json.loads(manifest_path.read_text())
+    manifest["source"] = {**source.describe(), "weights_sha256": fingerprint}
+    manifest["exporter"] = {"stp_edge_version": __version__, "torch_version": torch.__version__}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    steps.update()
+    steps.close()
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place; an existing bundle is swapped out, then deleted."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

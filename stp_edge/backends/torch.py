@@ -1,0 +1,68 @@
+"""TorchRunner: the PyTorch reference behind the same Runner interface (imports torch; export extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from stp_edge._deps import require
+from stp_edge.backends.base import Runner, TensorSpec
+
+
+class TorchRunner(Runner):
+    """Runs one of the exported graph modules (`stp_edge.model.graphs`) eagerly in PyTorch.
+
+    Args:
+        module: An EncoderGraph / TemporalGraph / SpatialGraph (float32 boundary).
+        graph: Its name ("encoder", "temporal" or "spatial"), which fixes the input/output names.
+        device: torch device string.
+    """
+
+    def __init__(self, module: Any, graph: str, *, device: str = "cpu", name: str | None = None) -> None:
+        super().__init__(name or f"torch:{graph}")
+        from stp_edge.model.graphs import GRAPH_SPECS
+
+        self.module = module
+        self.spec = GRAPH_SPECS[graph]
+        self.device = device
+        self._torch = None
+
+    @classmethod
+    def from_bundle(cls, bundle: Any, graph: str, *, device: str = "cpu") -> TorchRunner:
+        """Rebuild the torch reference of a bundle from the source its manifest records."""
+        from stp_edge.export.sources import ModelSource, build_model
+        from stp_edge.model.graphs import build_graphs
+
+        source = bundle.manifest.get("source")
+        if not source:
+            raise ValueError(f"bundle {bundle.path} records no model source; the torch backend cannot rebuild it")
+        model = build_model(ModelSource.from_manifest(source))
+        return cls(build_graphs(model)[graph], graph, device=device)
+
+    def activate_impl(self) -> None:
+        self._torch = require("torch", "the torch backend")
+        self.module.to(self.device).eval()
+
+    def deactivate_impl(self) -> None:
+        self._torch = None
+
+    def input_specs_impl(self) -> dict[str, TensorSpec]:
+        cfg = self.module.model.cfg
+        s, e, r2 = cfg.vision.image_size, cfg.vision.embed_dim, cfg.num_regions
+        shapes = {"images": (-1, 3, s, s), "frame_emb": (-1, -1, e), "region_emb": (-1, -1, r2, e)}
+        if self.spec.name == "spatial":
+            shapes["region_emb"] = (-1, r2, e)
+        return {k: TensorSpec(k, np.dtype(np.float32), shapes[k]) for k in self.spec.inputs}
+
+    def output_names_impl(self) -> list[str]:
+        return list(self.spec.outputs)
+
+    def infer_impl(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[k])).to(self.device) for k in self.spec.inputs]
+        with torch.no_grad():
+            out = self.module(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        return {k: v.detach().cpu().numpy() for k, v in zip(self.spec.outputs, out, strict=True)}

@@ -1,0 +1,107 @@
+"""The three exported graphs as torch modules; export, `verify` and the torch backend all run these.
+
+Names and shapes are the bundle's API (docs/architecture.md): SnippetResult fields reuse the output names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stp_edge.model.stprompt import STPrompt
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Input/output names of one graph and which axes are dynamic (axis index -> symbolic name)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic: dict[str, dict[int, str]]
+
+
+GRAPH_SPECS = {
+    "encoder": GraphSpec("encoder", ("images",), ("frame_emb", "patch_emb"),
+                         {"images": {0: "B"}, "frame_emb": {0: "B"}, "patch_emb": {0: "B"}}),
+    "temporal": GraphSpec("temporal", ("frame_emb", "region_emb"), ("score", "class_probs"),
+                          {"frame_emb": {0: "B", 1: "T"}, "region_emb": {0: "B", 1: "T"},
+                           "score": {0: "B", 1: "T"}, "class_probs": {0: "B", 1: "T"}}),
+    "spatial": GraphSpec("spatial", ("region_emb",), ("region_scores",),
+                         {"region_emb": {0: "B"}, "region_scores": {0: "B"}}),
+}
+
+
+class _Graph(nn.Module):
+    """Runs one stage of an STPrompt in `dtype`, with float32 inputs and outputs at the boundary."""
+
+    def __init__(self, model: STPrompt, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if not model.text_frozen:
+            raise ValueError("freeze the text side (model.freeze_text()) before building export graphs")
+        self.model = model
+        self.dtype = dtype
+
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype)
+
+    @staticmethod
+    def _out(*xs: torch.Tensor):
+        outs = tuple(x.float() for x in xs)
+        return outs if len(outs) > 1 else outs[0]
+
+
+class EncoderGraph(_Graph):
+    """images -> frame_emb, patch_emb."""
+
+    def forward(self, images: torch.Tensor):
+        return self._out(*self.model.encode(self._in(images)))
+
+
+class TemporalGraph(_Graph):
+    """frame_emb, region_emb (a window of snippets) -> score, class_probs."""
+
+    def forward(self, frame_emb: torch.Tensor, region_emb: torch.Tensor):
+        return self._out(*self.model.temporal(self._in(frame_emb), self._in(region_emb)))
+
+
+class SpatialGraph(_Graph):
+    """region_emb -> region_scores."""
+
+    def forward(self, region_emb: torch.Tensor):
+        return self._out(self.model.spatial(self._in(region_emb)))
+
+
+GRAPH_MODULES = {"encoder": EncoderGraph, "temporal": TemporalGraph, "spatial": SpatialGraph}
+
+
+def to_precision(model: STPrompt, dtype: torch.dtype) -> STPrompt:
+    """Cast weights to `dtype` except LayerNorms, which stay float32 (as OpenAI's fp16 CLIP does)."""
+    from stp_edge.model.clip import LayerNorm
+
+    model = model.to(dtype)
+    for module in model.modules():
+        if isinstance(module, LayerNorm):
+            module.float()
+    return model
+
+
+def build_graphs(model: STPrompt, dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
+    """The three graph modules over one (frozen-text) model, in eval mode."""
+    model.eval()
+    return {name: cls(model, dtype).eval() for name, cls in GRAPH_MODULES.items()}
+
+
+def example_inputs(model: STPrompt, batch: int = 2, snippets: int = 5, seed: int = 0) -> dict[str, dict]:
+    """Fresh random inputs for each graph (never zeros): CLIP-normalised-range images and unit-scale features."""
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    s, e, r2 = cfg.vision.image_size, cfg.vision.embed_dim, cfg.num_regions
+    return {
+        "encoder": {"images": torch.randn(batch, 3, s, s, generator=g)},
+        "temporal": {"frame_emb": torch.randn(batch, snippets, e, generator=g),
+                     "region_emb": torch.randn(batch, snippets, r2, e, generator=g)},
+        "spatial": {"region_emb": torch.randn(batch, r2, e, generator=g)},
+    }
