@@ -77,6 +77,10 @@ class STPromptConfig:
     # Spatial stream queries: normal scene descriptions and per-class abnormal descriptions.
     normal_queries: tuple[str, ...] = DEFAULT_NORMAL_QUERIES
     abnormal_queries: tuple[str, ...] = ()
+    # "text": the queries above through the CLIP text encoder (training-free, needs pretrained CLIP);
+    # "class_prompts": the learned class prompt features (normal vs each anomaly class), for models whose text
+    # tower is not pretrained, such as the demo model.
+    spatial_queries: str = "text"
     # Decisions.
     score_threshold: float = 0.5
     spatial_on: str = "flagged"  # "flagged" (score >= threshold) or "all"
@@ -108,6 +112,8 @@ class STPromptConfig:
             raise ValueError(f"motion_topk={self.motion_topk} must be in [1, {self.region_grid**2}]")
         if len(self.class_names) < 2:
             raise ValueError("class_names needs the normal class plus at least one anomaly class")
+        if self.spatial_queries not in ("text", "class_prompts"):
+            raise ValueError(f"spatial_queries must be 'text' or 'class_prompts', got {self.spatial_queries!r}")
         if self.spatial_on not in ("flagged", "all"):
             raise ValueError(f"spatial_on must be 'flagged' or 'all', got {self.spatial_on!r}")
         if self.frames_per_snippet < 1 or self.frames_per_snippet > self.snippet_len:

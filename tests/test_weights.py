@@ -109,3 +109,19 @@ def test_stprompt_safetensors_round_trip(tmp_path):
     with torch.no_grad():
         for a, b in zip(model.temporal(f, r), loaded.temporal(f, r), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_stprompt_checkpoint_without_text_tower(tmp_path):
+    torch.manual_seed(0)
+    model = STPrompt(STPromptConfig.named("tiny", spatial_queries="class_prompts")).eval()
+    with pytest.raises(ValueError, match="frozen text features"):
+        save_stprompt(model, tmp_path / "x", text_tower=False)
+    model.freeze_text()
+    full = save_stprompt(model, tmp_path / "full")
+    small = save_stprompt(model, tmp_path / "small", text_tower=False)
+    assert (small / "model.safetensors").stat().st_size < 0.5 * (full / "model.safetensors").stat().st_size
+    loaded = load_stprompt(small)
+    r = torch.randn(2, 49, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.spatial(r), loaded.spatial(r), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.query_features, loaded.class_features)

@@ -105,12 +105,16 @@ class STPrompt(nn.Module):
         class_tokens, query_tokens = self._tokenize(cfg, tokenizer)
         self.prompts = PromptLearner(cfg, self.clip, class_tokens)
         self.register_buffer("query_tokens", query_tokens, persistent=False)
-        n_abnormal = query_tokens.shape[0] - len(cfg.normal_queries)
-        abnormal = torch.cat([torch.zeros(len(cfg.normal_queries)), torch.ones(n_abnormal)]).bool()
+        if cfg.spatial_queries == "class_prompts":
+            n_normal, n_abnormal = 1, cfg.num_classes - 1
+        else:
+            n_normal = len(cfg.normal_queries)
+            n_abnormal = query_tokens.shape[0] - n_normal
+        abnormal = torch.cat([torch.zeros(n_normal), torch.ones(n_abnormal)]).bool()
         self.register_buffer("query_is_abnormal", abnormal, persistent=False)
         # Frozen text-side constants, refreshed by `freeze_text()`; these are what export bakes in.
         self.register_buffer("class_features", torch.zeros(cfg.num_classes, e))
-        self.register_buffer("query_features", torch.zeros(query_tokens.shape[0], e))
+        self.register_buffer("query_features", torch.zeros(n_normal + n_abnormal, e))
         self.text_frozen = False
 
     @staticmethod
@@ -133,8 +137,11 @@ class STPrompt(nn.Module):
         return F.normalize(self.prompts(), dim=-1)
 
     def spatial_query_features(self) -> torch.Tensor:
+        """Spatial-stream query features [Q,E]: normal queries first, then abnormal ones."""
         if self.text_frozen:
             return self.query_features
+        if self.cfg.spatial_queries == "class_prompts":
+            return self.text_features()
         return F.normalize(self.clip.encode_text(self.query_tokens), dim=-1)
 
     @torch.no_grad()

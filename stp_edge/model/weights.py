@@ -109,16 +109,27 @@ def load_clip_into(model, path: str | Path) -> None:
     load_state_dict_strict(model.clip, sd, f"CLIP checkpoint {path}")
 
 
-def save_stprompt(model, out_dir: str | Path) -> Path:
-    """Write `model.safetensors` + `config.json` (config and whether text features are frozen)."""
+def _is_text_tower_key(key: str) -> bool:
+    return key.startswith("clip.") and not key.startswith("clip.visual.")
+
+
+def save_stprompt(model, out_dir: str | Path, *, text_tower: bool = True) -> Path:
+    """Write `model.safetensors` + `config.json` (config and whether text features are frozen).
+
+    With `text_tower=False` (only for frozen text features) the CLIP text tower is left out: inference and
+    export use the baked class/query features alone, and the file shrinks by the token embedding table.
+    """
     from safetensors.torch import save_file
 
+    if not text_tower and not model.text_frozen:
+        raise ValueError("text_tower=False needs frozen text features (call model.freeze_text() first)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+               if text_tower or not _is_text_tower_key(k)}
     save_file(tensors, str(out / CHECKPOINT_WEIGHTS))
     meta = {"format": "stp-edge/stprompt", "version": 1, "text_frozen": model.text_frozen,
-            "config": model.cfg.to_dict()}
+            "text_tower": text_tower, "config": model.cfg.to_dict()}
     (out / CHECKPOINT_CONFIG).write_text(json.dumps(meta, indent=2))
     return out
 
@@ -138,6 +149,11 @@ def load_stprompt(path: str | Path, tokenizer=None):
     if meta.get("format") != "stp-edge/stprompt":
         raise CheckpointError(f"{cfg_file}: field 'format' is {meta.get('format')!r}, expected 'stp-edge/stprompt'")
     model = STPrompt(STPromptConfig.from_dict(meta["config"]), tokenizer=tokenizer)
-    load_state_dict_strict(model, load_file(str(w_file)), f"STPrompt checkpoint {w_file}")
+    sd = load_file(str(w_file))
+    if not meta.get("text_tower", True):
+        # The text tower was left out on purpose; keep the model's own (unused) text weights for those keys.
+        own = model.state_dict()
+        sd = {**{k: v for k, v in own.items() if _is_text_tower_key(k)}, **sd}
+    load_state_dict_strict(model, sd, f"STPrompt checkpoint {w_file}")
     model.text_frozen = bool(meta.get("text_frozen", False))
     return model.eval()
