@@ -181,7 +181,8 @@ class STPrompt(nn.Module):
         """-> (score logits [B,T], class logits [B,T,K]) before sigmoid/softmax (used by the losses)."""
         x = self.temporal_features(frame_emb, region_emb)
         score_logit = self.c_branch(x).squeeze(-1)
-        class_logit = F.normalize(x, dim=-1) @ self.text_features().T / self.cfg.temperature
+        # Cosine logits are scaled by 1/temperature (~14x): computed in float32 even in an fp16 graph.
+        class_logit = F.normalize(x.float(), dim=-1) @ self.text_features().float().T / self.cfg.temperature
         return score_logit, class_logit
 
     def temporal(self, frame_emb: torch.Tensor, region_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +194,8 @@ class STPrompt(nn.Module):
     def spatial(self, region_emb: torch.Tensor) -> torch.Tensor:
         """region_emb [B,R2,E] -> region anomaly scores [B,R2]: abnormal share of exp(cos/temperature)."""
         q = self.spatial_query_features()
-        probs = (F.normalize(region_emb, dim=-1) @ q.T / self.cfg.temperature).softmax(dim=-1)
+        sim = F.normalize(region_emb.float(), dim=-1) @ q.float().T  # float32: see temporal_logits
+        probs = (sim / self.cfg.temperature).softmax(dim=-1)
         return (probs * self.query_is_abnormal.to(probs.dtype)).sum(dim=-1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

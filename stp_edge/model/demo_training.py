@@ -1,0 +1,448 @@
+"""Training the embedded demo model: the `tiny` STPrompt, end to end from scratch, on the synthetic benchmark.
+
+No pretrained CLIP and no real data can be downloaded, so the demo model learns everything, encoder included,
+from synthetic clips (`stp_edge.synthetic`) with VIDEO-LEVEL LABELS ONLY (weak supervision):
+
+- temporal stream: the top-k MIL losses of `stp_edge.model.train.mil_losses` (BCE on the top-k snippet scores
+  against anomalous/normal, cross-entropy on the per-class top-k A-branch logits against the video class);
+- spatial stream: a region-level MIL term, still video-level: over all (snippet, region) pairs of a video, the
+  mean of the top-k region anomaly scores (`STPrompt.spatial` against the not yet frozen class prompt features)
+  is pushed to 1 for anomalous videos and to 0 for normal ones (BCE), and the class logits of those top-k
+  regions are pushed to the video class (cross-entropy). Normal videos thus teach what normal regions look
+  like, anomalous videos only say that *some* regions somewhere hold their class.
+
+Per-frame labels and boxes of the synthetic clips are never used for training or checkpoint selection: the
+checkpoint is picked by the same video-level loss on a validation split. They only feed diagnostics printed
+during training (snippet AUC, top-region IoU on the validation split).
+
+The encoder sees what the runtime sees: the sampled frame of each 16-frame snippet (the runtime's
+`SnippetAssembler` offsets), JPEG-compressed at a random quality to mimic the video codec of the benchmark
+files, then CLIP-preprocessed by `CpuPreprocessor`. Preprocessed snippets are cached in memory (float16).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stp_edge.config import STPromptConfig
+from stp_edge.model.train import mil_losses
+
+# Demo-model config overrides of the `tiny` preset (the spatial stream scores regions against the class prompts).
+DEMO_OVERRIDES: dict[str, Any] = {"spatial_queries": "class_prompts"}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class DemoTrainSettings:
+    """Everything that defines a demo training run (recorded next to the weights)."""
+
+    seed: int = 0
+    train_videos: int = 240
+    val_videos: int = 40
+    num_frames: int = 300
+    width: int = 320
+    height: int = 240
+    videos_per_scene: int = 2
+    epochs: int = 14
+    minutes: float = 25.0  # hard wall-clock cap on the optimisation loop; stops early (and says so) if hit
+    batch_size: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    spatial_weight: float = 1.0  # region-level BCE (top-k regions' anomaly score vs the video label)
+    region_ce_weight: float = 0.5  # region-level CE (top-k regions' class logits vs the video class)
+    region_topk: int = 4
+    jpeg_quality: tuple[int, int] = (70, 95)
+    flip: bool = True
+    photometric: float = 0.15  # brightness/contrast jitter amplitude (0 disables)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    threads: int = 2
+
+
+@dataclass
+class DemoVideo:
+    """One clip as the encoder sees it, plus ground truth used only for diagnostics.
+
+    Attributes:
+        images: preprocessed sampled frames, one per snippet [T,3,S,S] (float16 to halve the cache).
+        label: video class index (0 = normal); the only label training uses.
+        name: identifier.
+        snippet_labels: 0/1 per snippet (label of its sampled frame); diagnostics only.
+        snippet_boxes: ground-truth box of the sampled frame in frame pixels [T,4], NaN if none; diagnostics only.
+        frame_hw: (H, W) of the clip.
+    """
+
+    images: torch.Tensor
+    label: int
+    name: str
+    snippet_labels: np.ndarray
+    snippet_boxes: np.ndarray
+    frame_hw: tuple[int, int]
+
+
+@dataclass
+class DemoTrainResult:
+    """What `train_demo` returns: the trained model (text frozen) and the run's record."""
+
+    model: Any
+    history: list[dict[str, float]]
+    best_epoch: int
+    seconds: float
+    stopped_early: bool
+    settings: DemoTrainSettings
+
+
+def demo_config(**overrides: Any) -> STPromptConfig:
+    """The demo model's config: `tiny` with class-prompt spatial queries, plus `overrides`."""
+    return STPromptConfig.named("tiny", **{**DEMO_OVERRIDES, **overrides})
+
+
+def snippet_frame_indices(num_frames: int, snippet_len: int, frames_per_snippet: int = 1) -> list[list[int]]:
+    """Frame indices the runtime samples for each snippet (same rule as `stp_edge.streaming.SnippetAssembler`).
+
+    A partial last snippet uses the same offsets; an offset past its end takes its last frame.
+    """
+    from stp_edge.streaming import sample_offsets
+
+    offsets = sample_offsets(snippet_len, frames_per_snippet)
+    out = []
+    for start in range(0, num_frames, snippet_len):
+        length = min(snippet_len, num_frames - start)
+        out.append([start + (o if o < length else length - 1) for o in offsets])
+    return out
+
+
+def _split_seed(seed: int, split: str, *parts: int) -> int:
+    """Seeds of the demo splits, disjoint from `write_benchmark`'s by construction (own namespace tag)."""
+    tag = zlib.crc32(f"stp-edge-demo/{split}".encode())
+    return int(np.random.SeedSequence([seed, tag, *parts]).generate_state(1)[0])
+
+
+def make_demo_videos(split: str, num_videos: int, *, seed: int, cfg: STPromptConfig,
+                     settings: DemoTrainSettings | None = None, progress: bool = True) -> list[DemoVideo]:
+    """Render a split of synthetic clips (half anomalous, classes cycling) and preprocess their sampled frames.
+
+    Only the sampled frame of each snippet is rendered, so a 300-frame clip costs about 0.3 s.
+    """
+    import cv2
+    from tqdm.auto import tqdm
+
+    from stp_edge.preprocess import CpuPreprocessor
+    from stp_edge.synthetic import ANOMALY_CLASSES, CLASS_NAMES, plan_clip
+
+    s = settings or DemoTrainSettings()
+    if cfg.frames_per_snippet != 1:
+        raise ValueError("demo training samples one frame per snippet; set frames_per_snippet=1")
+    if tuple(cfg.class_names) != CLASS_NAMES:
+        raise ValueError(f"demo config classes {cfg.class_names} differ from the synthetic ones {CLASS_NAMES}")
+    pre = CpuPreprocessor(cfg.vision.image_size)
+    rng = np.random.default_rng(_split_seed(seed, split, 0))
+    n_anom = num_videos // 2
+    labels = ["normal"] * (num_videos - n_anom) + [ANOMALY_CLASSES[k % len(ANOMALY_CLASSES)] for k in range(n_anom)]
+    labels = [labels[i] for i in rng.permutation(num_videos)]
+    videos = []
+    for i, label in enumerate(tqdm(labels, desc=f"render {split}", unit="clip", disable=not progress)):
+        plan = plan_clip(_split_seed(seed, split, 2, i), width=s.width, height=s.height, num_frames=s.num_frames,
+                         anomaly=label, layout_seed=_split_seed(seed, split, 1, i // max(1, s.videos_per_scene)))
+        idx = snippet_frame_indices(s.num_frames, cfg.snippet_len, cfg.frames_per_snippet)
+        frames = []
+        for group in idx:
+            for f in group:
+                q = int(rng.integers(s.jpeg_quality[0], s.jpeg_quality[1] + 1))
+                ok, buf = cv2.imencode(".jpg", plan.render(f), [cv2.IMWRITE_JPEG_QUALITY, q])
+                frames.append(cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else plan.render(f))
+        mid = [g[0] for g in idx]
+        videos.append(DemoVideo(torch.from_numpy(pre(frames)).half(), CLASS_NAMES.index(label),
+                                f"{split}_{i:04d}_{label}", (plan.labels[mid] > 0).astype(np.int64),
+                                plan.boxes[mid].astype(np.float64), (s.height, s.width)))
+    return videos
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def _augment(images: torch.Tensor, gen: torch.Generator, settings: DemoTrainSettings) -> torch.Tensor:
+    """Same random flip and brightness/contrast change on every snippet of one video (normalised space)."""
+    x = images.float()
+    if settings.flip and torch.rand((), generator=gen) < 0.5:
+        x = x.flip(-1)
+    if settings.photometric > 0:
+        a = 1 + settings.photometric * (2 * torch.rand((), generator=gen) - 1)
+        b = 0.5 * settings.photometric * (2 * torch.rand(3, generator=gen) - 1)
+        mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(3, 1, 1)
+        x = ((a * (x * std + mean) + b.view(3, 1, 1)) - mean) / std
+    return x
+
+
+def region_mil_losses(region_emb: torch.Tensor, query_features: torch.Tensor, is_abnormal: torch.Tensor,
+                      label: int, topk: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video-level MIL terms of the spatial stream for one video.
+
+    Args:
+        region_emb: region features of every snippet [T,R2,E].
+        query_features: L2-normalised spatial query features [Q,E] (the class prompts, normal first).
+        is_abnormal: [Q] bool, which queries are abnormal.
+        label: video class index (0 = normal).
+        topk: how many (snippet, region) pairs form the video's bag score.
+        temperature: cosine temperature, as in `STPrompt.spatial`.
+
+    Returns:
+        (BCE of the mean top-k region anomaly score against the video label, cross-entropy of the top-k
+        regions' class logits against the video class).
+    """
+    logits = F.normalize(region_emb, dim=-1) @ query_features.T / temperature  # [T,R2,Q]
+    flat = logits.reshape(-1, logits.shape[-1])
+    # log of the abnormal share, exactly STPrompt.spatial's score but in log space for a stable BCE.
+    log_abn = flat[:, is_abnormal].logsumexp(-1) - flat.logsumexp(-1)
+    k = min(topk, flat.shape[0])
+    top = log_abn.topk(k).indices
+    p = log_abn[top].exp().mean().clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy(p, torch.tensor(float(label > 0), dtype=p.dtype))
+    ce = F.cross_entropy(flat[top], torch.full((k,), label, dtype=torch.long))
+    return bce, ce
+
+
+def video_losses(model, frame_emb: torch.Tensor, region_emb: torch.Tensor, label: int,
+                 settings: DemoTrainSettings, query_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """All loss terms of one video from its encoder outputs: frame_emb [T,E], region_emb [T,R2,E]."""
+    score_logit, class_logit = model.temporal_logits(frame_emb[None], region_emb[None])
+    bce, ce = mil_losses(score_logit[0], class_logit[0], label)
+    q = model.spatial_query_features() if query_features is None else query_features
+    r_bce, r_ce = region_mil_losses(region_emb, q, model.query_is_abnormal, label, settings.region_topk,
+                                    model.cfg.temperature)
+    total = bce + ce + settings.spatial_weight * r_bce + settings.region_ce_weight * r_ce
+    return {"loss": total, "bce": bce, "ce": ce, "region_bce": r_bce, "region_ce": r_ce}
+
+
+def _encode_batch(model, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One encoder call for all snippets of several videos; split back into (frame_emb, region_emb) per video."""
+    x = torch.cat(list(images))
+    frame, patch = model.encode(x)
+    region = model.regions(x, patch)
+    out, start = [], 0
+    for im in images:
+        n = im.shape[0]
+        out.append((frame[start:start + n], region[start:start + n]))
+        start += n
+    return out
+
+
+def batch_loss(model, videos: Sequence[DemoVideo], settings: DemoTrainSettings,
+               gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Mean loss terms over a batch of videos (augmented when `gen` is given)."""
+    images = [_augment(v.images, gen, settings) if gen is not None else v.images.float() for v in videos]
+    q = model.spatial_query_features()  # text tower once per batch, not once per video
+    terms: dict[str, list[torch.Tensor]] = {}
+    for v, (fe, re) in zip(videos, _encode_batch(model, images), strict=True):
+        for k, t in video_losses(model, fe, re, v.label, settings, q).items():
+            terms.setdefault(k, []).append(t)
+    return {k: torch.stack(t).mean() for k, t in terms.items()}
+
+
+# ------------------------------------------------------------------------------------------------ validation
+@torch.no_grad()
+def validate(model, videos: Sequence[DemoVideo], settings: DemoTrainSettings, chunk: int = 8) -> dict[str, float]:
+    """Video-level validation loss (selects the checkpoint) and diagnostics from the held-back ground truth.
+
+    Returns keys: loss (video labels only), and diagnostics snippet_auc (snippet scores vs snippet labels) and
+    top_region_iou (IoU of the highest region's cell with the ground-truth box, over anomalous snippets, 0 where
+    the score is below the threshold) — the latter two are printed, never used to choose anything.
+    """
+    from stp_edge.spatial import region_boxes, to_frame_coords
+
+    model.eval()
+    q = model.spatial_query_features()
+    losses, scores, labels, ious = [], [], [], []
+    cfg = model.cfg
+    for i in range(0, len(videos), chunk):
+        part = videos[i:i + chunk]
+        for v, (fe, re) in zip(part, _encode_batch(model, [v.images.float() for v in part]), strict=True):
+            losses.append(video_losses(model, fe, re, v.label, settings, q)["loss"].item())
+            s = torch.sigmoid(model.temporal_logits(fe[None], re[None])[0][0]).numpy()
+            scores.append(s)
+            labels.append(v.snippet_labels)
+            cells = to_frame_coords(region_boxes(cfg.vision.image_size, cfg.region_grid, cfg.region_mode),
+                                    cfg.vision.image_size, v.frame_hw)
+            top = model.spatial(re).argmax(-1).numpy()
+            for t in np.flatnonzero(v.snippet_labels & np.isfinite(v.snippet_boxes[:, 0])):
+                iou = _iou(cells[top[t]], v.snippet_boxes[t]) if s[t] >= cfg.score_threshold else 0.0
+                ious.append(iou)
+    y, sc = np.concatenate(labels), np.concatenate(scores)
+    return {"loss": float(np.mean(losses)), "snippet_auc": _rank_auc(y, sc),
+            "top_region_iou": float(np.mean(ious)) if ious else float("nan")}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not pos.size or not neg.size:
+        return float("nan")
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (pos.size * neg.size))
+
+
+# ------------------------------------------------------------------------------------------------ training
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the base rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train_demo(settings: DemoTrainSettings, *, train: Sequence[DemoVideo] | None = None,
+               val: Sequence[DemoVideo] | None = None, progress: bool = True,
+               log: Callable[[str], None] | None = print) -> DemoTrainResult:
+    """Train the demo STPrompt end to end (encoder, text tower, prompts, adapter, C-branch) on video labels.
+
+    Args:
+        settings: the run's settings.
+        train: pre-rendered training videos (default: rendered here from `settings`).
+        val: pre-rendered validation videos (default: rendered here; pass [] to skip validation and keep
+            the last epoch).
+        progress: show progress bars.
+        log: called with one line per epoch (None for silence).
+
+    Returns:
+        A `DemoTrainResult`; its model is in eval mode with the text side frozen, ready for `save_stprompt`.
+    """
+    from tqdm.auto import tqdm
+
+    from stp_edge.model.stprompt import STPrompt
+
+    torch.set_num_threads(settings.threads)
+    cfg = demo_config(**settings.config_overrides)
+    if train is None:
+        train = make_demo_videos("train", settings.train_videos, seed=settings.seed, cfg=cfg, settings=settings,
+                                 progress=progress)
+    if val is None:
+        val = make_demo_videos("val", settings.val_videos, seed=settings.seed, cfg=cfg, settings=settings,
+                               progress=progress)
+    if not train:
+        raise ValueError("no training videos")
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    model = STPrompt(cfg)
+    model.text_frozen = False
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    total = settings.epochs * steps_per_epoch
+    warmup = max(1, round(settings.warmup_epochs * steps_per_epoch))
+    history: list[dict[str, float]] = []
+    best = (math.inf, -1, None)
+    start, step, stopped = time.monotonic(), 0, False
+    bar = tqdm(total=total, desc="train demo", unit="step", disable=not progress)
+    for epoch in range(settings.epochs):
+        model.train()
+        order = rng.permutation(len(train))
+        sums: dict[str, float] = {}
+        for b in range(steps_per_epoch):
+            for g in opt.param_groups:
+                g["lr"] = settings.lr * _lr_factor(step, total, warmup)
+            batch = [train[i] for i in order[b * settings.batch_size:(b + 1) * settings.batch_size]]
+            terms = batch_loss(model, batch, settings, gen)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            for k, t in terms.items():
+                sums[k] = sums.get(k, 0.0) + t.item() * len(batch)
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{terms['loss'].item():.3f}")
+            if time.monotonic() - start > 60 * settings.minutes:
+                stopped = True
+                break
+        row = {"epoch": epoch, **{f"train_{k}": v / len(train) for k, v in sums.items()},
+               "seconds": time.monotonic() - start}
+        if val:
+            row.update({f"val_{k}": v for k, v in validate(model, val, settings).items()})
+            if row["val_loss"] < best[0]:
+                best = (row["val_loss"], epoch, copy.deepcopy(model.state_dict()))
+        history.append(row)
+        if log is not None:
+            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if stopped:
+            if log is not None:
+                log(f"stopped after {settings.minutes} min (epoch {epoch}, step {step}/{total})")
+            break
+    bar.close()
+    best_epoch = history[-1]["epoch"]
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+        best_epoch = best[1]
+    model.eval()
+    model.freeze_text()
+    return DemoTrainResult(model, history, int(best_epoch), time.monotonic() - start, stopped, settings)
+
+
+# ------------------------------------------------------------------------------------------------ saving
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+SUMMED_FILES = ("model.safetensors", "config.json")
+
+
+def write_sha256sums(directory: str | Path, files: Sequence[str] = SUMMED_FILES) -> Path:
+    """Write `SHA256SUMS` (sha256sum's format: `<hex>  <name>`) for `files` of `directory`."""
+    d = Path(directory)
+    path = d / "SHA256SUMS"
+    path.write_text("".join(f"{sha256_file(d / f)}  {f}\n" for f in files))
+    return path
+
+
+def check_sha256sums(directory: str | Path) -> list[str]:
+    """Files of `directory` whose sha256 differs from its `SHA256SUMS` (empty when everything matches)."""
+    d = Path(directory)
+    bad = []
+    for line in (d / "SHA256SUMS").read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            f = d / name.strip().lstrip("*")
+            if not f.is_file() or sha256_file(f) != digest:
+                bad.append(name.strip())
+    return bad
+
+
+def save_demo(result: DemoTrainResult, out_dir: str | Path, *, command: str | None = None) -> Path:
+    """Save the trained demo model (no text tower), its training record and `SHA256SUMS` to `out_dir`."""
+    from stp_edge.model.weights import save_stprompt
+
+    out = save_stprompt(result.model, out_dir, text_tower=False)
+    record = {"settings": asdict(result.settings), "best_epoch": result.best_epoch,
+              "train_seconds": round(result.seconds, 1), "stopped_early": result.stopped_early,
+              "torch_version": torch.__version__, "command": command, "history": result.history}
+    (out / "training_log.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_sha256sums(out)
+    return out
