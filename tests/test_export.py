@@ -19,8 +19,8 @@ from stp_edge.model.graphs import build_graphs
 
 
 @pytest.fixture(scope="module")
-def tiny_fp32(tmp_path_factory):
-    return export_bundle(tmp_path_factory.mktemp("b") / "tiny.stp", random_config="tiny", seed=3, progress=False)
+def tiny_fp32(exported_tiny_bundle):
+    return exported_tiny_bundle
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,109 @@
+"""Backends: one `Runner` interface (base.py) and its subclasses (ort.py, trt.py, torch.py).
+
+`select_backend()` is a pure function of what is available (`Availability`); `probe_availability()` finds
+that out on this machine, importing TensorRT, pycuda and onnxruntime only when called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+BACKENDS = ("trt", "ort-cuda", "ort-trt", "ort-cpu")
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What this machine offers: TensorRT runtime, pycuda, a matching plan in the bundle, ORT and its providers.
+
+    Attributes:
+        tensorrt: A TensorRT runtime module imports (`tensorrt` or the lean runtime).
+        pycuda: pycuda imports and sees a GPU.
+        trt_plans: The bundle has an engine set built for this GPU and TensorRT version.
+        onnxruntime: onnxruntime imports.
+        ort_providers: Execution providers of the installed onnxruntime.
+        reasons: Why a faster backend is unavailable, one line each (for messages and `stp-edge info`).
+    """
+
+    tensorrt: bool = False
+    pycuda: bool = False
+    trt_plans: bool = False
+    onnxruntime: bool = False
+    ort_providers: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+
+def select_backend(requested: str, available: Availability) -> str:
+    """The backend to use: for "auto", trt > ort-cuda > ort-cpu; otherwise `requested`, if it can run.
+
+    Raises:
+        ValueError: Unknown backend name, or the requested one cannot run here (the message says why).
+    """
+    trt_ok = available.tensorrt and available.pycuda and available.trt_plans
+    can = {
+        "trt": trt_ok,
+        "ort-cuda": available.onnxruntime and "CUDAExecutionProvider" in available.ort_providers,
+        "ort-trt": available.onnxruntime and "TensorrtExecutionProvider" in available.ort_providers,
+        "ort-cpu": available.onnxruntime,
+    }
+    if requested == "ort":
+        requested = "ort-cuda" if can["ort-cuda"] else "ort-cpu"
+    if requested == "auto":
+        for name in ("trt", "ort-cuda", "ort-cpu"):
+            if can[name]:
+                return name
+        raise ValueError("no backend can run here: " + "; ".join(available.reasons or ("nothing installed",))
+                         + ". Install onnxruntime: pip install 'stp-edge[ort]'")
+    if requested not in can:
+        raise ValueError(f"unknown backend {requested!r}; expected 'auto', 'ort' or one of {BACKENDS}")
+    if not can[requested]:
+        why = "; ".join(available.reasons) or "its dependencies are missing"
+        raise ValueError(f"backend {requested!r} cannot run here: {why}")
+    return requested
+
+
+def probe_availability(bundle: Any = None, device: int = 0) -> Availability:
+    """Find out what this machine offers (imports the optional dependencies; never at import time).
+
+    Args:
+        bundle: A `stp_edge.bundle.Bundle` whose engines are checked against this GPU, or None.
+        device: CUDA device ordinal.
+    """
+    reasons: list[str] = []
+    have_trt = have_pycuda = plans = have_ort = False
+    providers: tuple[str, ...] = ()
+    trt_version = gpu_name = cc = None
+    try:
+        from stp_edge.backends.trt import load_trt
+
+        trt_version = load_trt().__version__
+        have_trt = True
+    except ImportError as exc:
+        reasons.append(f"TensorRT: {exc}")
+    try:
+        from stp_edge.backends.trt import cuda_device_info
+
+        gpu_name, cc = cuda_device_info(device)
+        have_pycuda = True
+    except Exception as exc:  # ImportError, or pycuda's LogicError/RuntimeError without a driver or GPU
+        reasons.append(f"pycuda/GPU: {exc}")
+    if bundle is not None and have_trt and have_pycuda:
+        from stp_edge.bundle import select_engine
+
+        engine, why = select_engine(bundle.engines, tensorrt_version=trt_version, compute_capability=cc,
+                                    gpu_name=gpu_name)
+        plans = engine is not None
+        if not plans:
+            reasons.append("TensorRT plans: " + "; ".join(why))
+    try:
+        from stp_edge._deps import require
+
+        providers = tuple(require("onnxruntime").get_available_providers())
+        have_ort = True
+    except ImportError as exc:
+        reasons.append(f"onnxruntime: {exc}")
+    return Availability(tensorrt=have_trt, pycuda=have_pycuda, trt_plans=plans, onnxruntime=have_ort,
+                        ort_providers=providers, reasons=tuple(reasons))
+
+
+__all__ = ["BACKENDS", "Availability", "probe_availability", "select_backend"]

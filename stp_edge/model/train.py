@@ -128,3 +128,32 @@ def load_feature_dir(path: str | Path) -> list[FeatureVideo]:
             videos.append(FeatureVideo(torch.from_numpy(fe).float(), torch.from_numpy(re_).float(),
                                        int(z["label"]), f.stem))
     return videos
+
+
+def train_features_cli(args) -> int:
+    """`stp-edge train`: build or load a model, train its heads on a feature directory, save a checkpoint."""
+    from stp_edge.config import STPromptConfig
+    from stp_edge.model.stprompt import STPrompt
+    from stp_edge.model.weights import load_clip_into, load_stprompt, save_stprompt
+
+    videos = load_feature_dir(args.features)
+    if args.init:
+        model = load_stprompt(args.init)
+    else:
+        overrides = {"class_names": tuple(c.strip() for c in args.classes.split(","))} if args.classes else {}
+        model = STPrompt(STPromptConfig.named(args.config, **overrides))
+        if args.clip_weights:
+            load_clip_into(model, args.clip_weights)
+    e, r2 = model.cfg.vision.embed_dim, model.cfg.num_regions
+    v = videos[0]
+    if v.frame_emb.shape[1] != e or v.region_emb.shape[1] != r2:
+        raise ValueError(f"{args.features}: features are E={v.frame_emb.shape[1]}, R2={v.region_emb.shape[1]}; "
+                         f"the model expects E={e}, R2={r2}")
+    bad = sorted({x.label for x in videos if not 0 <= x.label < model.cfg.num_classes})
+    if bad:
+        raise ValueError(f"labels {bad} are outside the model's {model.cfg.num_classes} classes")
+    history = train_on_features(model, videos, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                seed=args.seed)
+    out = save_stprompt(model, args.out)
+    print(f"trained on {len(videos)} videos: loss {history[0]:.4f} -> {history[-1]:.4f}; wrote {out}")
+    return 0

@@ -1,0 +1,203 @@
+"""The one Runner interface every backend subclasses (Polygraphy style).
+
+`infer()` checks the runner's state and the feeds against `input_specs()` (name, dtype, rank, static dims),
+then calls the backend's `infer_impl()`. Runners are context managers: `with OrtRunner(p) as r: r.infer(...)`.
+Feeds are NumPy arrays, or device buffers (an object with `__cuda_array_interface__`, or a `DeviceArray`) for
+backends that accept them (`accepts_device_feeds`).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class RunnerError(RuntimeError):
+    """A runner was used in the wrong state or failed to load/run its graph."""
+
+
+class InputError(RunnerError, ValueError):
+    """Feeds do not match the graph's inputs; the message names the input and expected versus got."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of a graph input; -1 marks a dynamic dimension."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d < 0 else str(d) for d in self.shape)
+        return f"{self.name}: {np.dtype(self.dtype).name}[{dims}]"
+
+
+@dataclass(frozen=True)
+class DeviceArray:
+    """A raw CUDA device pointer with its shape and dtype (for producers without `__cuda_array_interface__`)."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        return {"shape": tuple(self.shape), "typestr": np.dtype(self.dtype).str, "data": (int(self.ptr), False),
+                "version": 3}
+
+
+def is_device_array(value: Any) -> bool:
+    """True when `value` is a CUDA buffer rather than host memory.
+
+    Accepted: objects with `__cuda_array_interface__` (CuPy, Numba, torch, `DeviceArray`) and the
+    `ptr`/`shape`/`dtype` triple of `stp_edge.cuda.DeviceTensor` (the CUDA preprocessor's output).
+    """
+    if isinstance(value, np.ndarray):
+        return False
+    return hasattr(value, "__cuda_array_interface__") or all(hasattr(value, a) for a in ("ptr", "shape", "dtype"))
+
+
+def feed_layout(value: Any) -> tuple[tuple[int, ...], np.dtype, int | None]:
+    """(shape, dtype, device pointer or None) of a feed, host or device."""
+    if isinstance(value, np.ndarray):
+        return value.shape, value.dtype, None
+    if hasattr(value, "__cuda_array_interface__"):
+        cai = value.__cuda_array_interface__
+        if cai.get("strides") not in (None, ()):
+            expect = np.cumprod((1, *cai["shape"][:0:-1]))[::-1] * np.dtype(cai["typestr"]).itemsize
+            if tuple(cai["strides"]) != tuple(int(s) for s in expect):
+                raise InputError(f"device feed with strides {cai['strides']} is not C-contiguous")
+        return tuple(int(d) for d in cai["shape"]), np.dtype(cai["typestr"]), int(cai["data"][0])
+    if is_device_array(value):  # DeviceTensor: dense by construction
+        return tuple(int(d) for d in value.shape), np.dtype(value.dtype), int(value.ptr)
+    raise InputError(f"feed must be a numpy array or a CUDA device array, got {type(value).__name__}")
+
+
+def check_feeds(feeds: Mapping[str, Any], specs: Mapping[str, TensorSpec], *, where: str = "",
+                allow_device: bool = False) -> None:
+    """Raise InputError unless `feeds` has exactly the inputs of `specs` with matching dtype, rank and static dims."""
+    prefix = f"{where}: " if where else ""
+    missing = [n for n in specs if n not in feeds]
+    extra = [n for n in feeds if n not in specs]
+    if missing or extra:
+        raise InputError(f"{prefix}feeds {sorted(feeds)} do not match the inputs {list(specs)}"
+                         + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
+    for name, spec in specs.items():
+        shape, dtype, ptr = feed_layout(feeds[name])
+        if ptr is not None and not allow_device:
+            raise InputError(f"{prefix}input {name!r}: this runner needs a host numpy array, got a device buffer")
+        if dtype != spec.dtype:
+            raise InputError(f"{prefix}input {name!r}: expected dtype {np.dtype(spec.dtype).name}, got {dtype.name}")
+        if len(shape) != len(spec.shape):
+            raise InputError(f"{prefix}input {name!r}: expected rank {len(spec.shape)} {spec}, got shape {shape}")
+        for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=False)):
+            if want >= 0 and want != got:
+                raise InputError(f"{prefix}input {name!r} dim {axis}: expected {want}, got {got} "
+                                 f"(shape {shape}, expected {spec})")
+            if got == 0:
+                raise InputError(f"{prefix}input {name!r} dim {axis} is 0 (shape {shape}): empty batches "
+                                 f"are not run")
+
+
+class Runner(abc.ABC):
+    """Base class of all backends: state checks, input checks and timing around `infer_impl()`.
+
+    Subclasses implement `activate_impl`, `deactivate_impl`, `input_specs_impl`, `output_names_impl` and
+    `infer_impl`; `infer_impl` receives checked feeds and returns host NumPy outputs by name.
+    """
+
+    accepts_device_feeds = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.is_active = False
+        self.last_inference_ms: float | None = None
+        self._specs: dict[str, TensorSpec] | None = None
+
+    # --- state -------------------------------------------------------------------------------------------
+    def activate(self) -> Runner:
+        """Load the graph and allocate what running it needs. Errors if already active."""
+        if self.is_active:
+            raise RunnerError(f"{self.name}: activate() called on a runner that is already active")
+        self.activate_impl()
+        self.is_active = True
+        self._specs = None
+        return self
+
+    def deactivate(self) -> None:
+        """Release everything `activate()` acquired. Errors if not active."""
+        if not self.is_active:
+            raise RunnerError(f"{self.name}: deactivate() called on a runner that is not active")
+        try:
+            self.deactivate_impl()
+        finally:
+            self.is_active = False
+            self._specs = None
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    def _require_active(self, what: str) -> None:
+        if not self.is_active:
+            raise RunnerError(f"{self.name}: {what}() needs an active runner; call activate() or use `with`")
+
+    # --- metadata ----------------------------------------------------------------------------------------
+    def input_specs(self) -> dict[str, TensorSpec]:
+        """Inputs of the graph by name, in graph order."""
+        self._require_active("input_specs")
+        if self._specs is None:
+            self._specs = self.input_specs_impl()
+        return self._specs
+
+    def output_names(self) -> list[str]:
+        """Output names of the graph, in graph order."""
+        self._require_active("output_names")
+        return self.output_names_impl()
+
+    # --- running -----------------------------------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, Any], *, check_inputs: bool = True) -> dict[str, np.ndarray]:
+        """Run the graph on `feeds` (name -> array) and return the outputs by name.
+
+        Raises:
+            RunnerError: The runner is not active.
+            InputError: A feed is missing, unexpected, or has the wrong dtype, rank or static dim.
+        """
+        self._require_active("infer")
+        if check_inputs:
+            check_feeds(feeds, self.input_specs(), where=self.name, allow_device=self.accepts_device_feeds)
+        start = time.perf_counter()
+        out = self.infer_impl(feeds)
+        self.last_inference_ms = (time.perf_counter() - start) * 1e3
+        return out
+
+    @abc.abstractmethod
+    def activate_impl(self) -> None:
+        """Load the graph."""
+
+    @abc.abstractmethod
+    def deactivate_impl(self) -> None:
+        """Free the graph and buffers."""
+
+    @abc.abstractmethod
+    def input_specs_impl(self) -> dict[str, TensorSpec]:
+        """Input specs read from the loaded graph."""
+
+    @abc.abstractmethod
+    def output_names_impl(self) -> list[str]:
+        """Output names read from the loaded graph."""
+
+    @abc.abstractmethod
+    def infer_impl(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run on checked feeds; return host arrays by output name."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, active={self.is_active})"

@@ -1,0 +1,163 @@
+"""ONNX Runtime backend: CPU, CUDA and TensorRT execution providers.
+
+On a GPU provider the runner uses IO binding: host inputs are bound as CPU buffers (ORT copies them once),
+device inputs (`__cuda_array_interface__`) are bound in place, outputs are bound to the device and copied back
+to the host once per call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stp_edge._deps import require
+from stp_edge.backends.base import InputError, Runner, RunnerError, TensorSpec, feed_layout
+
+ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def ort_dtype(type_str: str) -> np.dtype:
+    """NumPy dtype of an ORT type string such as 'tensor(float)'."""
+    if type_str not in ORT_DTYPES:
+        raise RunnerError(f"unsupported ONNX tensor type {type_str}")
+    return np.dtype(ORT_DTYPES[type_str])
+
+
+def resolve_providers(providers: Sequence[str] | str, available: Sequence[str]) -> list[str]:
+    """Execution providers to request, in priority order.
+
+    "auto" means CUDA (+ CPU fallback) when ORT has CUDA, else CPU. The TensorRT provider builds engines on
+    the first run (minutes), so it is used only when asked for explicitly.
+
+    Raises:
+        RunnerError: A requested provider is not in `available`.
+    """
+    if isinstance(providers, str):
+        if providers != "auto":
+            providers = [providers]
+        elif "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            return ["CPUExecutionProvider"]
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise RunnerError(f"onnxruntime providers {missing} are not available; this onnxruntime has "
+                          f"{list(available)} (install onnxruntime-gpu for CUDA/TensorRT)")
+    return list(providers)
+
+
+class OrtRunner(Runner):
+    """Runs one ONNX graph with ONNX Runtime.
+
+    Args:
+        path: The .onnx file.
+        providers: Execution provider names in priority order, or "auto" (see `resolve_providers`).
+        device_id: CUDA device for the GPU providers.
+        graph_optimization_level: One of "disable", "basic", "extended", "all".
+        intra_op_num_threads: CPU threads per operator (None: ORT's default).
+        trt_fp16: Let the TensorRT provider use FP16 kernels.
+        trt_cache_dir: Where the TensorRT provider caches its engines (None: next to the graph).
+        name: Runner name used in messages (default: the file name).
+    """
+
+    accepts_device_feeds = True  # only honoured on a GPU provider, checked in infer_impl
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | str = ("CPUExecutionProvider",), *,
+                 device_id: int = 0, graph_optimization_level: str = "all", intra_op_num_threads: int | None = None,
+                 trt_fp16: bool = False, trt_cache_dir: str | os.PathLike | None = None,
+                 name: str | None = None) -> None:
+        self.path = Path(path)
+        super().__init__(name or self.path.name)
+        if graph_optimization_level not in OPT_LEVELS:
+            raise ValueError(f"graph_optimization_level must be one of {OPT_LEVELS}, got "
+                             f"{graph_optimization_level!r}")
+        self.requested_providers = providers
+        self.device_id = device_id
+        self.graph_optimization_level = graph_optimization_level
+        self.intra_op_num_threads = intra_op_num_threads
+        self.trt_fp16 = trt_fp16
+        self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else self.path.parent / ".ort-trt-cache"
+        self.session: Any = None
+        self.providers: list[str] = []
+
+    @property
+    def on_gpu(self) -> bool:
+        """True when the session's first provider is a GPU provider."""
+        return bool(self.providers) and self.providers[0] in GPU_PROVIDERS
+
+    def _provider_options(self, provider: str) -> dict[str, Any]:
+        if provider == "CUDAExecutionProvider":
+            return {"device_id": self.device_id}
+        if provider == "TensorrtExecutionProvider":
+            return {"device_id": self.device_id, "trt_fp16_enable": self.trt_fp16,
+                    "trt_engine_cache_enable": True, "trt_engine_cache_path": str(self.trt_cache_dir)}
+        return {}
+
+    def activate_impl(self) -> None:
+        ort = require("onnxruntime", "the onnxruntime backend")
+        if not self.path.is_file():
+            raise RunnerError(f"{self.name}: ONNX file {self.path} does not exist")
+        providers = resolve_providers(self.requested_providers, ort.get_available_providers())
+        opts = ort.SessionOptions()
+        level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                 "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                 "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                 "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[self.graph_optimization_level]
+        opts.graph_optimization_level = level
+        if self.intra_op_num_threads is not None:
+            opts.intra_op_num_threads = self.intra_op_num_threads
+        opts.log_severity_level = 3  # errors only; ORT warns about every unused initializer otherwise
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers,
+                                                provider_options=[self._provider_options(p) for p in providers])
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise RunnerError(f"{self.name}: onnxruntime cannot load {self.path}: {exc}") from exc
+        self.providers = list(self.session.get_providers())
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+        self.providers = []
+
+    def input_specs_impl(self) -> dict[str, TensorSpec]:
+        return {i.name: TensorSpec(i.name, ort_dtype(i.type),
+                                   tuple(d if isinstance(d, int) else -1 for d in i.shape))
+                for i in self.session.get_inputs()}
+
+    def output_names_impl(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def infer_impl(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        names = self.output_names_impl()
+        if not self.on_gpu:
+            for name, value in feeds.items():
+                if feed_layout(value)[2] is not None:
+                    raise InputError(f"{self.name}: input {name!r} is a device buffer but the session runs on "
+                                     f"{self.providers}; pass a host numpy array")
+            return dict(zip(names, self.session.run(names, dict(feeds)), strict=False))
+        io = self.session.io_binding()
+        for name, value in feeds.items():
+            shape, dtype, ptr = feed_layout(value)
+            if ptr is None:
+                io.bind_cpu_input(name, np.ascontiguousarray(value))
+            else:
+                io.bind_input(name, "cuda", self.device_id, dtype, list(shape), ptr)
+        for name in names:
+            io.bind_output(name, "cuda", self.device_id)
+        self.session.run_with_iobinding(io)
+        return dict(zip(names, io.copy_outputs_to_cpu(), strict=False))

@@ -1,0 +1,307 @@
+"""TensorRT backend: deserialise a plan and run it with the TensorRT 10/11 name-based I/O API and pycuda memory.
+
+Loading and running are separate small pieces (STYLE §2): `load_trt()` finds a TensorRT runtime module,
+`deserialize_plan()` turns plan bytes into an engine, `TrtRunner` owns a context, a stream and buffers.
+Every decision that needs no TensorRT (dtype mapping, shape resolution against an optimisation profile, output
+sizes) is a pure function below, tested without a GPU.
+
+Runtime modules, in order: `tensorrt` (full runtime, loads any plan), `tensorrt_lean` (the lean runtime as
+packaged on Jetson / by the `tensorrt-lean` wheel) and `tensorrt_lean_bindings` (the module name of the
+`tensorrt-lean-cu13-bindings` PyPI wheel). The lean runtime only loads plans built version-compatible with
+the lean runtime excluded. The TensorRT builder is not installable on our development machines (its PyPI
+packages fetch from a vendor index), so building engines is the export package's job and is never imported
+here; the names this runner calls are listed in `TRT_API` and checked against the real lean bindings
+(tests/test_backends.py) and TensorRT 10.13's published stubs.
+
+Inputs may be host NumPy arrays (staged through pinned memory) or device buffers (`__cuda_array_interface__`
+or `DeviceArray`), bound in place so the CUDA preprocessor's output never round-trips through the host. A
+device buffer must be ready when `infer()` is called (produced on `runner.stream` or synchronised).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from stp_edge._deps import MissingDependencyError, require
+from stp_edge.backends.base import InputError, Runner, RunnerError, TensorSpec, feed_layout
+
+TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
+
+# Every TensorRT attribute TrtRunner touches, by owner. Tests assert each exists on the real bindings.
+TRT_API: dict[str, tuple[str, ...]] = {
+    "module": ("Logger", "Runtime", "TensorIOMode", "DataType", "__version__"),
+    "Logger": ("WARNING", "ERROR"),
+    "TensorIOMode": ("INPUT", "OUTPUT"),
+    "Runtime": ("deserialize_cuda_engine",),
+    "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype",
+                    "get_tensor_profile_shape", "num_optimization_profiles", "create_execution_context"),
+    "IExecutionContext": ("set_input_shape", "set_tensor_address", "execute_async_v3", "get_tensor_shape"),
+}
+
+# TensorRT DataType member name -> NumPy dtype (BF16/FP8/INT4/FP4/E8M0 have no NumPy equivalent).
+TRT_DTYPES = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "INT8": np.int8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+}
+
+
+# --- pure functions ---------------------------------------------------------------------------------------
+def trt_dtype_to_numpy(dtype: Any) -> np.dtype:
+    """NumPy dtype of a TensorRT DataType (the enum or its member name)."""
+    name = getattr(dtype, "name", str(dtype).rsplit(".", 1)[-1])
+    if name not in TRT_DTYPES:
+        raise RunnerError(f"TensorRT data type {name} has no NumPy equivalent; engine I/O must be one of "
+                          f"{sorted(TRT_DTYPES)}")
+    return np.dtype(TRT_DTYPES[name])
+
+
+def resolve_input_shape(name: str, engine_shape: Sequence[int], feed_shape: Sequence[int],
+                        profile: tuple[Sequence[int], Sequence[int], Sequence[int]] | None) -> tuple[int, ...]:
+    """Check a feed's shape against the engine's declared shape (-1 dynamic) and its optimisation profile.
+
+    Args:
+        name: Input name, for messages.
+        engine_shape: Shape declared by the engine, -1 for dynamic dims.
+        feed_shape: Shape of the feed.
+        profile: (min, opt, max) shapes of the active profile, or None for a fully static input.
+
+    Returns:
+        The shape to pass to `set_input_shape`.
+
+    Raises:
+        InputError: Rank, static dims or profile range do not match; names the input, dim and range.
+    """
+    engine_shape, feed_shape = tuple(int(d) for d in engine_shape), tuple(int(d) for d in feed_shape)
+    if len(engine_shape) != len(feed_shape):
+        raise InputError(f"input {name!r}: expected rank {len(engine_shape)} {engine_shape}, got shape {feed_shape}")
+    for axis, (want, got) in enumerate(zip(engine_shape, feed_shape, strict=False)):
+        if want >= 0 and want != got:
+            raise InputError(f"input {name!r} dim {axis}: engine expects {want}, got {got}")
+        if want < 0 and profile is not None:
+            lo, hi = int(profile[0][axis]), int(profile[2][axis])
+            if not lo <= got <= hi:
+                raise InputError(f"input {name!r} dim {axis}: {got} is outside the engine's optimisation "
+                                 f"profile range [{lo}, {hi}] (rebuild the engine with a larger profile)")
+    return feed_shape
+
+
+def output_nbytes(shape: Sequence[int], dtype: np.dtype) -> int:
+    """Bytes of a resolved output; refuses unresolved (-1) dims, i.e. data-dependent output shapes."""
+    if any(int(d) < 0 for d in shape):
+        raise RunnerError(f"output shape {tuple(shape)} is not resolved from the input shapes; data-dependent "
+                          f"output shapes are not supported")
+    return int(np.prod([int(d) for d in shape], dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def trt_version_tuple(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a TensorRT version string."""
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+def load_trt(modules: Sequence[str] = TRT_MODULES) -> ModuleType:
+    """Import the first available TensorRT runtime module (full, then lean)."""
+    errors = []
+    for name in modules:
+        try:
+            return require(name, "the TensorRT backend")
+        except MissingDependencyError as exc:
+            errors.append(str(exc))
+    raise MissingDependencyError("no TensorRT runtime is installed (tried " + ", ".join(modules)
+                                 + "): pip install 'stp-edge[trt]', or use JetPack's python3-libnvinfer")
+
+
+def deserialize_plan(trt: ModuleType, plan: bytes, *, where: str = "plan") -> tuple[Any, Any]:
+    """(runtime, engine) from plan bytes; RunnerError when TensorRT refuses the plan."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise RunnerError(f"{where}: TensorRT {trt.__version__} cannot deserialise this plan (built with another "
+                          f"TensorRT version or for another GPU? see the bundle's manifest engines)")
+    return runtime, engine
+
+
+def cuda_device_info(device: int = 0) -> tuple[str, str]:
+    """(GPU name, compute capability 'major.minor') of a CUDA device, through pycuda."""
+    cuda = require("pycuda.driver", "querying the GPU")
+    cuda.init()
+    dev = cuda.Device(device)
+    major, minor = dev.compute_capability()
+    return dev.name(), f"{major}.{minor}"
+
+
+# --- the runner -------------------------------------------------------------------------------------------
+class TrtRunner(Runner):
+    """Runs one TensorRT plan with `execute_async_v3` on its own CUDA stream.
+
+    Args:
+        plan_path: A plain TensorRT plan file (no prefix: trtexec, Triton and DeepStream load the same file).
+        device: CUDA device ordinal; the device's primary context is retained, so buffers are shared with
+            other CUDA users (CuPy, ORT, the CUDA preprocessor) on that device.
+        name: Runner name used in messages (default: the file name).
+    """
+
+    accepts_device_feeds = True
+
+    def __init__(self, plan_path: str | os.PathLike, *, device: int = 0, name: str | None = None) -> None:
+        self.plan_path = Path(plan_path)
+        super().__init__(name or self.plan_path.name)
+        self.device = device
+        self.trt: ModuleType | None = None
+        self._reset_handles()
+
+    def _reset_handles(self) -> None:
+        self.engine: Any = None
+        self.context: Any = None
+        self._runtime: Any = None
+        self._cuda: Any = None
+        self._cuda_ctx: Any = None
+        self.stream: Any = None
+        self._inputs: list[str] = []
+        self._outputs: list[str] = []
+        self._dtypes: dict[str, np.dtype] = {}
+        self._device_bufs: dict[str, tuple[Any, int]] = {}  # name -> (allocation, nbytes)
+        self._host_bufs: dict[str, np.ndarray] = {}
+
+    def activate_impl(self) -> None:
+        if not self.plan_path.is_file():
+            raise RunnerError(f"{self.name}: TensorRT plan {self.plan_path} does not exist")
+        self.trt = load_trt()
+        self._cuda = require("pycuda.driver", "the TensorRT backend's memory")
+        self._cuda.init()
+        self._cuda_ctx = self._cuda.Device(self.device).retain_primary_context()
+        try:
+            with self._current():
+                self._load()
+        except BaseException:
+            self._cuda_ctx.detach()
+            self._reset_handles()
+            raise
+
+    @contextlib.contextmanager
+    def _current(self) -> Iterator[None]:
+        """Make the device's primary context current for the duration (any thread may call the runner)."""
+        self._cuda_ctx.push()
+        try:
+            yield
+        finally:
+            self._cuda.Context.pop()
+
+    def _load(self) -> None:
+        self._runtime, self.engine = deserialize_plan(self.trt, self.plan_path.read_bytes(), where=self.name)
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RunnerError(f"{self.name}: TensorRT could not create an execution context (GPU out of memory?)")
+        self.stream = self._cuda.Stream()
+        input_mode = self.trt.TensorIOMode.INPUT
+        for i in range(self.engine.num_io_tensors):
+            tname = self.engine.get_tensor_name(i)
+            self._dtypes[tname] = trt_dtype_to_numpy(self.engine.get_tensor_dtype(tname))
+            (self._inputs if self.engine.get_tensor_mode(tname) == input_mode else self._outputs).append(tname)
+
+    def deactivate_impl(self) -> None:
+        try:
+            with self._current():
+                if self.stream is not None:
+                    self.stream.synchronize()
+                for alloc, _ in self._device_bufs.values():
+                    alloc.free()
+                self._host_bufs.clear()
+                self.stream = None
+                self.context = None  # TensorRT objects die before the context that owns their memory
+                self.engine = None
+                self._runtime = None
+        finally:
+            self._cuda_ctx.detach()
+            self._reset_handles()
+
+    def input_specs_impl(self) -> dict[str, TensorSpec]:
+        return {n: TensorSpec(n, self._dtypes[n], tuple(int(d) for d in self.engine.get_tensor_shape(n)))
+                for n in self._inputs}
+
+    def output_names_impl(self) -> list[str]:
+        return list(self._outputs)
+
+    def _profile(self, name: str) -> tuple[Sequence[int], Sequence[int], Sequence[int]] | None:
+        if any(int(d) < 0 for d in self.engine.get_tensor_shape(name)) and self.engine.num_optimization_profiles:
+            lo, opt, hi = self.engine.get_tensor_profile_shape(name, 0)
+            return tuple(lo), tuple(opt), tuple(hi)
+        return None
+
+    def _device_buffer(self, name: str, nbytes: int) -> int:
+        """Device allocation for tensor `name` of at least `nbytes`, grown (never shrunk) as shapes change."""
+        alloc, size = self._device_bufs.get(name, (None, 0))
+        if alloc is None or size < nbytes:
+            if alloc is not None:
+                alloc.free()
+            alloc, size = self._cuda.mem_alloc(max(nbytes, 1)), nbytes
+            self._device_bufs[name] = (alloc, size)
+        return int(alloc)
+
+    def _host_buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Pinned host buffer viewed as `shape`, grown as needed."""
+        dtype = self._dtypes[name]
+        n = int(np.prod(shape, dtype=np.int64))
+        buf = self._host_bufs.get(name)
+        if buf is None or buf.size < n:
+            buf = self._cuda.pagelocked_empty(max(n, 1), dtype)
+            self._host_bufs[name] = buf
+        return buf[:n].reshape(shape)
+
+    def infer_impl(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        with self._current():
+            return self._infer(feeds)
+
+    def _infer(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        cuda, ctx, stream = self._cuda, self.context, self.stream
+        specs = self.input_specs()
+        for name in self._inputs:
+            value = feeds[name]
+            shape, _, ptr = feed_layout(value)
+            shape = resolve_input_shape(name, specs[name].shape, shape, self._profile(name))
+            if not ctx.set_input_shape(name, shape):
+                raise InputError(f"{self.name}: TensorRT refused shape {shape} for input {name!r}")
+            if ptr is None:
+                host = self._host_buffer(name, shape)
+                np.copyto(host, value)
+                ptr = self._device_buffer(name, host.nbytes)
+                cuda.memcpy_htod_async(ptr, host, stream)
+            ctx.set_tensor_address(name, ptr)
+        out_shapes = {}
+        for name in self._outputs:
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
+            ctx.set_tensor_address(name, self._device_buffer(name, output_nbytes(shape, self._dtypes[name])))
+            out_shapes[name] = shape
+        if not ctx.execute_async_v3(stream.handle):
+            raise RunnerError(f"{self.name}: execute_async_v3 failed (see the TensorRT log above)")
+        hosts = {}
+        for name, shape in out_shapes.items():
+            hosts[name] = self._host_buffer(name, shape)
+            cuda.memcpy_dtoh_async(hosts[name], self._device_bufs[name][0], stream)
+        stream.synchronize()
+        return {name: np.array(h, copy=True) for name, h in hosts.items()}  # pinned buffers are reused
+
+
+def missing_api(trt: ModuleType) -> list[str]:
+    """Names in `TRT_API` that the given TensorRT module lacks ("Owner.name"); empty when all exist."""
+    missing = []
+    for owner, names in TRT_API.items():
+        obj: Any = trt if owner == "module" else getattr(trt, owner, None)
+        if obj is None:
+            missing.append(owner)
+            continue
+        missing += [f"{owner}.{n}" for n in names if not hasattr(obj, n)]
+    return missing

@@ -1,0 +1,47 @@
+"""Frame validation: everything the runtime accepts becomes an (H, W, 3) uint8 BGR array, or a clear error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class FrameError(ValueError):
+    """A frame is not an image the runtime can use; the message names the frame index."""
+
+
+def validate_frame(frame: Any, index: int) -> np.ndarray:
+    """Check one frame and convert it to (H, W, 3) uint8 BGR.
+
+    Accepted: (H, W, 3) uint8 BGR (returned as is, made contiguous), grayscale (H, W) or (H, W, 1) uint8
+    (replicated to three channels) and BGRA (H, W, 4) uint8 (alpha dropped).
+
+    Args:
+        frame: The frame, as OpenCV delivers it.
+        index: Frame index in its stream, used in error messages.
+
+    Raises:
+        FrameError: Not an ndarray, empty, not uint8, or an unsupported shape; the message gives the index and
+            what was expected versus what was received.
+    """
+    where = f"frame {index}"
+    if not isinstance(frame, np.ndarray):
+        raise FrameError(f"{where}: expected a numpy array (H, W, 3) uint8 BGR, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise FrameError(f"{where}: expected dtype uint8, got {frame.dtype} (convert with "
+                         f"cv2.convertScaleAbs or scale to 0..255 yourself)")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 2:
+        if frame.size == 0:
+            raise FrameError(f"{where}: expected a non-empty image, got shape {frame.shape}")
+        return np.ascontiguousarray(np.repeat(frame[:, :, None], 3, axis=2))
+    if frame.ndim != 3 or frame.shape[2] not in (3, 4):
+        raise FrameError(f"{where}: expected shape (H, W, 3) BGR, (H, W, 4) BGRA or (H, W) gray, "
+                         f"got {frame.shape}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise FrameError(f"{where}: expected a non-empty image, got shape {frame.shape}")
+    if frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    return np.ascontiguousarray(frame)

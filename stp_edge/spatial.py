@@ -1,0 +1,94 @@
+"""Spatial stream post-processing: region scores -> anomaly map -> frame-sized map and boxes.
+
+The model sees the centre crop of the frame (CLIP preprocessing: short side resized to S, centre crop SxS),
+i.e. the square of side min(H, W) centred in the frame. Every coordinate of the map is mapped back into that
+square in original frame pixels (exact up to the resize's integer rounding, < 1 pixel). Pixels outside the
+square were never seen by the model and get 0 in the upsampled map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stp_edge.regions import crop_windows
+from stp_edge.results import Box
+
+
+def anomaly_map(region_scores: np.ndarray) -> np.ndarray:
+    """[R2] region scores (row-major) -> [R, R] map."""
+    r2 = int(region_scores.shape[-1])
+    R = round(np.sqrt(r2))
+    if R * R != r2:
+        raise ValueError(f"anomaly_map: {r2} region scores is not a square grid")
+    return np.asarray(region_scores, dtype=np.float32).reshape(R, R)
+
+
+def crop_square(frame_hw: tuple[int, int]) -> tuple[float, float, float]:
+    """(x0, y0, side) of the centre-crop square the model sees, in original frame pixels."""
+    h, w = frame_hw
+    side = float(min(h, w))
+    return (w - side) / 2.0, (h - side) / 2.0, side
+
+
+def region_boxes(image_size: int, R: int, mode: str = "tokens") -> np.ndarray:
+    """[R*R, 4] boxes (x1, y1, x2, y2) of each region in model-input pixels, row-major.
+
+    tokens mode: the cells of an RxR grid; crops mode: the overlapping crop windows.
+    """
+    if mode == "crops":
+        return np.array([(x, y, x + s, y + s) for y, x, s in crop_windows(image_size, R)], dtype=np.float64)
+    if mode != "tokens":
+        raise ValueError(f"region mode must be 'tokens' or 'crops', got {mode!r}")
+    cell = image_size / R
+    return np.array([(j * cell, i * cell, (j + 1) * cell, (i + 1) * cell) for i in range(R) for j in range(R)])
+
+
+def to_frame_coords(boxes: np.ndarray, image_size: int, frame_hw: tuple[int, int]) -> np.ndarray:
+    """Map [..., 4] boxes from model-input pixels (SxS crop) to original frame pixels."""
+    x0, y0, side = crop_square(frame_hw)
+    s = side / image_size
+    out = np.asarray(boxes, dtype=np.float64) * s
+    out[..., [0, 2]] += x0
+    out[..., [1, 3]] += y0
+    return out
+
+
+def upsample_map(amap: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+    """[R, R] map -> [H, W] float32 map of the frame (bilinear inside the centre square, 0 outside)."""
+    import cv2
+
+    h, w = frame_hw
+    x0, y0, side = crop_square(frame_hw)
+    side_i, x0_i, y0_i = int(side), round(x0), round(y0)
+    out = np.zeros((h, w), dtype=np.float32)
+    out[y0_i:y0_i + side_i, x0_i:x0_i + side_i] = cv2.resize(amap.astype(np.float32), (side_i, side_i),
+                                                             interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def boxes_from_map(amap: np.ndarray, frame_hw: tuple[int, int], image_size: int, *, threshold: float,
+                   class_id: int, mode: str = "tokens") -> list[Box]:
+    """Boxes in frame pixels: the highest region, then each 8-connected component of regions >= threshold.
+
+    A component's box is the union of its regions' boxes and its score the highest region score in it. A
+    component identical to the highest-region box is not repeated. Boxes after the first are sorted by score.
+    """
+    import cv2
+
+    R = amap.shape[0]
+    flat = amap.reshape(-1)
+    cells = to_frame_coords(region_boxes(image_size, R, mode), image_size, frame_hw)
+    top = int(np.argmax(flat))
+    boxes = [Box(*cells[top].tolist(), score=float(flat[top]), class_id=class_id)]
+    mask = (amap >= threshold).astype(np.uint8)
+    n, labels, _, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    comps = []
+    for lab in range(1, n):
+        idx = np.flatnonzero(labels.reshape(-1) == lab)
+        if idx.size == 1 and idx[0] == top:
+            continue
+        c = cells[idx]
+        comps.append(Box(float(c[:, 0].min()), float(c[:, 1].min()), float(c[:, 2].max()), float(c[:, 3].max()),
+                         score=float(flat[idx].max()), class_id=class_id))
+    comps.sort(key=lambda b: -b.score)
+    return boxes + comps

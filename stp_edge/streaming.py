@@ -1,0 +1,157 @@
+"""Streaming logic, pure NumPy: cutting frames into snippets, the feature ring buffer, and the schedule.
+
+The schedule (docs/architecture.md, "Streaming"): with context c, the output for snippet t depends only on
+snippets [t-c, t+c] clipped to the video. So once snippet t+c is encoded (or the stream is flushed), the
+temporal graph runs on the window [max(0, t-c), min(n, t+c+1)) and snippet t is emitted. A ring buffer of
+2c+1 snippets holds every feature such a window needs, so each snippet costs the same however long the
+stream has run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def sample_offsets(snippet_len: int, k: int) -> list[int]:
+    """Offsets of the k evenly sampled frames inside a snippet: floor((i + 0.5) * L / k), i = 0..k-1.
+
+    For k = 1 this is the middle frame (offset 8 of 16).
+    """
+    if not 1 <= k <= snippet_len:
+        raise ValueError(f"frames_per_snippet={k} must be in [1, snippet_len={snippet_len}]")
+    return [int((i + 0.5) * snippet_len / k) for i in range(k)]
+
+
+@dataclass
+class Snippet:
+    """A completed snippet of one stream: its index, frame range [frame_start, frame_end) and sampled frames."""
+
+    stream: int
+    index: int
+    frame_start: int
+    frame_end: int
+    frames: list[np.ndarray]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of the sampled frames (the first one's, frames of a stream share a size in practice)."""
+        return tuple(self.frames[0].shape[:2])  # type: ignore[return-value]
+
+
+class SnippetAssembler:
+    """Collects the frames of one stream and emits a `Snippet` every `snippet_len` frames.
+
+    Only the sampled frames (and the latest frame) are kept, not the whole snippet. A partial snippet at the
+    end of the stream (`flush`) uses the same offsets, clipped to its last frame.
+    """
+
+    def __init__(self, snippet_len: int, frames_per_snippet: int = 1, stream: int = 0) -> None:
+        self.snippet_len = snippet_len
+        self.offsets = sample_offsets(snippet_len, frames_per_snippet)
+        self.stream = stream
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything; the next frame is frame 0 of snippet 0."""
+        self.frames_seen = 0
+        self.snippets_emitted = 0
+        self._kept: dict[int, np.ndarray] = {}
+        self._last: np.ndarray | None = None
+
+    def push(self, frame: np.ndarray) -> Snippet | None:
+        """Add one frame; return the snippet it completes, if any."""
+        pos = self.frames_seen - self.snippets_emitted * self.snippet_len
+        if pos in self.offsets:
+            self._kept[pos] = frame
+        self._last = frame
+        self.frames_seen += 1
+        if pos + 1 == self.snippet_len:
+            return self._emit(self.snippet_len)
+        return None
+
+    def flush(self) -> Snippet | None:
+        """Emit the partial snippet at the end of the stream, if it has any frame."""
+        pos = self.frames_seen - self.snippets_emitted * self.snippet_len
+        return self._emit(pos) if pos > 0 else None
+
+    def _emit(self, length: int) -> Snippet:
+        assert self._last is not None
+        frames = [self._kept.get(o, self._last) if o < length else self._last for o in self.offsets]
+        start = self.snippets_emitted * self.snippet_len
+        snip = Snippet(self.stream, self.snippets_emitted, start, start + length, frames)
+        self.snippets_emitted += 1
+        self._kept = {}
+        self._last = None
+        return snip
+
+
+class FeatureRing:
+    """Per-snippet features of one stream for the last `capacity` snippets (capacity 2c+1).
+
+    Snippet ids must arrive consecutively from 0; `window(lo, hi)` returns the stacked features of snippets
+    [lo, hi) and refuses ids that have already been overwritten or not yet written.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"FeatureRing capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.count = 0  # snippets appended so far == next snippet id
+        self._frame: np.ndarray | None = None
+        self._region: np.ndarray | None = None
+
+    def append(self, snippet: int, frame_emb: np.ndarray, region_emb: np.ndarray) -> None:
+        """Store frame_emb [E] and region_emb [R2, E] of snippet `snippet` (must equal `count`)."""
+        if snippet != self.count:
+            raise ValueError(f"FeatureRing: snippet {snippet} appended, expected snippet {self.count}")
+        if self._frame is None:
+            self._frame = np.zeros((self.capacity, *frame_emb.shape), dtype=np.float32)
+            self._region = np.zeros((self.capacity, *region_emb.shape), dtype=np.float32)
+        assert self._region is not None
+        if frame_emb.shape != self._frame.shape[1:] or region_emb.shape != self._region.shape[1:]:
+            raise ValueError(f"FeatureRing: snippet {snippet} features have shapes {frame_emb.shape}, "
+                             f"{region_emb.shape}, expected {self._frame.shape[1:]}, {self._region.shape[1:]}")
+        self._frame[snippet % self.capacity] = frame_emb
+        self._region[snippet % self.capacity] = region_emb
+        self.count += 1
+
+    def window(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """frame_emb [hi-lo, E] and region_emb [hi-lo, R2, E] of snippets [lo, hi), in order."""
+        oldest = max(0, self.count - self.capacity)
+        if not (oldest <= lo < hi <= self.count):
+            raise ValueError(f"FeatureRing: window [{lo}, {hi}) is not held; the ring holds snippets "
+                             f"[{oldest}, {self.count})")
+        assert self._frame is not None and self._region is not None
+        idx = np.arange(lo, hi) % self.capacity
+        return self._frame[idx], self._region[idx]
+
+    def get(self, snippet: int) -> tuple[np.ndarray, np.ndarray]:
+        """Features of one snippet."""
+        f, r = self.window(snippet, snippet + 1)
+        return f[0], r[0]
+
+
+def ready_snippets(n_encoded: int, n_emitted: int, context: int, *, final: bool = False) -> range:
+    """Snippet ids that can be emitted now: those t >= n_emitted with t + context < n_encoded (all at flush)."""
+    end = n_encoded if final else max(n_emitted, n_encoded - context)
+    return range(n_emitted, end)
+
+
+def temporal_window(t: int, n: int, context: int) -> tuple[int, int]:
+    """Window [lo, hi) the temporal graph runs on for snippet t, with n snippets encoded (the total at flush)."""
+    if not 0 <= t < n:
+        raise ValueError(f"temporal_window: snippet {t} is not among the {n} encoded snippets")
+    return max(0, t - context), min(n, t + context + 1)
+
+
+@dataclass
+class StreamState:
+    """Bookkeeping of one stream inside a Detector."""
+
+    assembler: SnippetAssembler
+    ring: FeatureRing
+    emitted: int = 0
+    # snippet id -> (frame_start, frame_end, (H, W), timings so far)
+    meta: dict[int, tuple[int, int, tuple[int, int], dict[str, float]]] = field(default_factory=dict)

@@ -1,0 +1,209 @@
+"""Visual output: an overlay video (heatmap, boxes, score bar, label) and a score-timeline plot.
+
+The anomaly map is the spatial stream's region grid (R x R scores in [0, 1]). It describes the image the model
+saw, which for CLIP preprocessing is the center square of the frame; pass `map_roi=center_crop_roi(w, h)` to
+place it there, or leave the default to stretch it over the whole frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+from stp_edge._deps import require
+
+_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+def center_crop_roi(width: int, height: int) -> tuple[int, int, int, int]:
+    """The (x1, y1, x2, y2) frame region a short-side resize + center square crop keeps."""
+    side = min(width, height)
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    return x0, y0, x0 + side, y0 + side
+
+
+def heatmap_overlay(frame_bgr: np.ndarray, anomaly_map: np.ndarray,
+                    roi: tuple[int, int, int, int] | None = None, max_alpha: float = 0.6) -> np.ndarray:
+    """Blend a JET-coloured anomaly map over `frame_bgr`; opacity grows with the map value (0 leaves pixels).
+
+    Args:
+        frame_bgr: uint8 [H,W,3].
+        anomaly_map: [R,R] (or [R,C]) scores, expected in [0, 1]; values are clipped.
+        roi: frame region (x1, y1, x2, y2) the map covers; default the whole frame.
+        max_alpha: opacity where the map is 1.
+
+    Returns:
+        A new uint8 frame.
+    """
+    amap = np.asarray(anomaly_map, np.float32)
+    if amap.ndim != 2 or not np.all(np.isfinite(amap)):
+        raise ValueError(f"anomaly_map must be a finite 2-D array, got shape {amap.shape}")
+    H, W = frame_bgr.shape[:2]
+    x1, y1, x2, y2 = roi if roi is not None else (0, 0, W, H)
+    if not (0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H):
+        raise ValueError(f"map roi {roi} is not inside the {W}x{H} frame")
+    up = np.clip(cv2.resize(amap, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR), 0, 1)
+    # JET up to 7/8 of its range, so the hottest value is pure red rather than JET's dark maroon end.
+    colour = cv2.applyColorMap((up * 223).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
+    alpha = (max_alpha * up)[..., None]
+    out = frame_bgr.copy()
+    region = out[y1:y2, x1:x2].astype(np.float32)
+    out[y1:y2, x1:x2] = np.clip(region * (1 - alpha) + colour * alpha + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def _score_colour(score: float, threshold: float) -> tuple[int, int, int]:
+    return (40, 40, 230) if score >= threshold else (60, 200, 60)
+
+
+def draw_hud(frame_bgr: np.ndarray, score: float, class_name: str | None, threshold: float = 0.5,
+             boxes: Sequence[Sequence[float]] | None = None) -> np.ndarray:
+    """Draw boxes, a score bar along the bottom with a threshold tick, and "class score" text; returns a copy."""
+    out = frame_bgr.copy()
+    H, W = out.shape[:2]
+    col = _score_colour(score, threshold)
+    for b in boxes or ():
+        x1, y1, x2, y2 = (round(float(v)) for v in b)
+        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), max(2, W // 240))
+    bar_h = max(4, H // 30)
+    y0 = H - bar_h - 2
+    cv2.rectangle(out, (2, y0), (W - 3, H - 3), (30, 30, 30), -1)
+    fill = round((W - 6) * float(np.clip(score, 0, 1)))
+    if fill > 0:
+        cv2.rectangle(out, (3, y0 + 1), (3 + fill, H - 4), col, -1)
+    tx = 3 + round((W - 6) * float(np.clip(threshold, 0, 1)))
+    cv2.line(out, (tx, y0 - 3), (tx, H - 2), (255, 255, 255), 1)
+    text = f"{class_name} {score:.2f}" if class_name else f"{score:.2f}"
+    scale = max(0.35, H / 600)
+    thick = max(1, round(scale * 1.5))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    cv2.rectangle(out, (2, 2), (8 + tw, 8 + th + base), (20, 20, 20), -1)  # dark plate keeps text legible
+    text_col = (80, 80, 255) if score >= threshold else (255, 255, 255)
+    cv2.putText(out, text, (5, 5 + th), cv2.FONT_HERSHEY_SIMPLEX, scale, text_col, thick, cv2.LINE_AA)
+    return out
+
+
+class OverlayWriter:
+    """Writes annotated frames to a video file (mp4v for .mp4, MJPG for .avi); a context manager.
+
+    Example:
+        with OverlayWriter("out.mp4", fps=25, size=(640, 360)) as w:
+            w.write(frame, score, "fighting", anomaly_map, boxes)
+    """
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int], *, threshold: float = 0.5,
+                 map_roi: tuple[int, int, int, int] | None = None) -> None:
+        """Open the writer.
+
+        Args:
+            path: output file; the extension picks the codec (.mp4 -> mp4v, .avi -> MJPG).
+            fps: frame rate.
+            size: (width, height) of the written video; frames of another size are resized (boxes and the
+                map roi, given in input-frame pixels, are scaled with them).
+            threshold: score threshold drawn on the score bar; scores at or above it are drawn red.
+            map_roi: input-frame region (x1, y1, x2, y2) the anomaly map covers; default the whole frame.
+        """
+        self.path = Path(path)
+        fourcc = _FOURCC.get(self.path.suffix.lower())
+        if fourcc is None:
+            raise ValueError(f"{self.path}: unsupported extension; expected one of {sorted(_FOURCC)}")
+        self.size = (int(size[0]), int(size[1]))
+        self.threshold, self.map_roi = threshold, map_roi
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), float(fps), self.size)
+        if not self._writer.isOpened():
+            raise RuntimeError(f"{self.path}: OpenCV could not open a {fourcc} writer at {self.size}")
+        self.frames_written = 0
+
+    def write(self, frame_bgr: np.ndarray, score: float, class_name: str | None = None,
+              anomaly_map: np.ndarray | None = None,
+              boxes: Sequence[Sequence[float]] | None = None) -> None:
+        """Annotate one frame and append it.
+
+        Args:
+            frame_bgr: uint8 [H,W,3] BGR frame.
+            score: anomaly score in [0, 1].
+            class_name: predicted class to print, or None.
+            anomaly_map: [R,R] region scores in [0, 1], or None for no heatmap.
+            boxes: (x1, y1, x2, y2) boxes in input-frame pixels, or None.
+        """
+        if self._writer is None:
+            raise RuntimeError(f"{self.path}: write() after close()")
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"frame must be uint8 [H,W,3] BGR, got {frame_bgr.dtype} {frame_bgr.shape}")
+        H, W = frame_bgr.shape[:2]
+        sx, sy = self.size[0] / W, self.size[1] / H
+        frame = frame_bgr if (W, H) == self.size else cv2.resize(frame_bgr, self.size,
+                                                                 interpolation=cv2.INTER_AREA)
+        scale = np.array([sx, sy, sx, sy])
+        if anomaly_map is not None:
+            roi = None
+            if self.map_roi is not None:
+                roi = tuple(int(v) for v in np.round(np.asarray(self.map_roi, float) * scale))
+            frame = heatmap_overlay(frame, anomaly_map, roi)  # type: ignore[arg-type]
+        scaled = [np.asarray(b, float) * scale for b in boxes] if boxes else None
+        self._writer.write(draw_hud(frame, float(score), class_name, self.threshold, scaled))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the file (safe to call twice)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> OverlayWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def plot_timeline(path: str | Path, frame_scores: Sequence[float] | np.ndarray, fps: float,
+                  gt_ranges: Sequence[tuple[int, int]] | None = None, threshold: float = 0.5,
+                  title: str | None = None) -> Path:
+    """Save a PNG of the per-frame anomaly score over time.
+
+    Args:
+        path: output PNG.
+        frame_scores: one score per frame.
+        fps: frame rate, for the time axis in seconds.
+        gt_ranges: ground-truth anomalous frame ranges [start, end), shaded.
+        threshold: drawn as a dashed horizontal line.
+        title: plot title.
+
+    Returns:
+        The written path.
+    """
+    matplotlib = require("matplotlib", "timeline plots")
+    matplotlib.use("Agg", force=False)
+    plt = require("matplotlib.pyplot", "timeline plots")
+    scores = np.asarray(frame_scores, float).ravel()
+    if scores.size == 0 or fps <= 0:
+        raise ValueError(f"need at least one score and fps > 0, got {scores.size} scores, fps={fps}")
+    t = np.arange(scores.size) / fps
+    fig, ax = plt.subplots(figsize=(8, 2.6), dpi=100)
+    try:
+        for k, (s, e) in enumerate(gt_ranges or ()):
+            ax.axvspan(s / fps, e / fps, color="tab:red", alpha=0.18, lw=0,
+                       label="ground-truth anomaly" if k == 0 else None)
+        ax.plot(t, scores, color="tab:blue", lw=1.4, label="anomaly score")
+        ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:g}")
+        ax.set_xlim(0, max(t[-1], 1 / fps))
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("score")
+        if title:
+            ax.set_title(title)
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+
+from stp_edge.cli import build_parser, main
+
+COMMANDS = ("export", "verify", "run", "info", "eval", "demo")
+
+
+def test_every_command_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    top = capsys.readouterr().out
+    for cmd in COMMANDS:
+        assert cmd in top
+        with pytest.raises(SystemExit) as exit_:
+            main([cmd, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: stp-edge " + cmd in capsys.readouterr().out
+
+
+def test_export_arguments_map_to_the_library_call():
+    args = build_parser().parse_args(["export", "--random", "--config", "vit-b-16", "--seed", "3", "-o", "m.stp",
+                                      "--precision", "fp16", "--no-simplify"])
+    assert (args.random, args.config, args.seed, args.precision, args.no_simplify) == (True, "vit-b-16", 3,
+                                                                                         "fp16", True)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "--demo", "--random", "-o", "m.stp"])  # mutually exclusive
+
+
+def test_info_prints_manifest(handmade_bundle, capsys):
+    assert main(["info", str(handmade_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "classes       normal, fighting, fire" in out and "graph         temporal" in out
+    assert main(["info", str(handmade_bundle), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["schema_version"] == 1
+
+
+def test_library_errors_are_one_line_exit_2(tmp_path, handmade_bundle, capsys):
+    assert main(["info", str(tmp_path / "absent.stp")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a directory" in err and "Traceback" not in err
+    assert main(["run", str(tmp_path / "absent.mp4"), "--bundle", str(handmade_bundle),
+                 "--backend", "ort-cpu"]) == 2
+    assert "video file not found" in capsys.readouterr().err
+
+
+def test_run_writes_one_json_line_per_snippet(tmp_path, handmade_bundle, frames_factory, capsys):
+    video = tmp_path / "clip.avi"
+    frames = frames_factory(42, height=60, width=80, seed=4)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (80, 60))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    jsonl = tmp_path / "out.jsonl"
+    code = main(["run", str(video), "--bundle", str(handmade_bundle), "--backend", "ort-cpu",
+                 "--jsonl", str(jsonl), "--spatial-all", "-v"])
+    assert code == 0
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["snippet"] for r in lines] == list(range(11))  # 10 snippets of 4 frames + a partial one of 2
+    assert [(r["frame_start"], r["frame_end"]) for r in lines][-1] == (40, 42)
+    assert all(len(r["class_probs"]) == 3 and len(r["region_scores"]) == 4 for r in lines)
+    assert all(set(r["timings"]) == {"decode", "preprocess", "encoder", "temporal", "spatial", "post"}
+               for r in lines)
+    assert len({round(r["score"], 6) for r in lines}) > 5  # scores vary with the video
+    out = capsys.readouterr().out
+    assert "11 snippets" in out and "42 frames read, 0 dropped" in out
+    assert out.count("snippet ") == 11
+
+
+def test_run_max_frames(tmp_path, handmade_bundle, frames_factory):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 48))
+    for f in frames_factory(30):
+        writer.write(f)
+    writer.release()
+    jsonl = tmp_path / "out.jsonl"
+    assert main(["run", str(video), "--bundle", str(handmade_bundle), "--backend", "ort-cpu",
+                 "--jsonl", str(jsonl), "--max-frames", "8"]) == 0
+    assert len(jsonl.read_text().splitlines()) == 2
+
+
+def test_run_overlay_and_plot(tmp_path, handmade_bundle, frames_factory):
+    pytest.importorskip("matplotlib")
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (80, 48))
+    for f in frames_factory(20, height=48, width=80):
+        writer.write(f)
+    writer.release()
+    overlay, plot = tmp_path / "overlay.avi", tmp_path / "scores.png"
+    assert main(["run", str(video), "--bundle", str(handmade_bundle), "--backend", "ort-cpu", "--spatial-all",
+                 "--overlay", str(overlay), "--plot", str(plot)]) == 0
+    cap = cv2.VideoCapture(str(overlay))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+    ok, first = cap.read()
+    cap.release()
+    assert ok and first.shape == (48, 80, 3)
+    assert cv2.imread(str(plot)) is not None

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stp_edge.spatial import anomaly_map, boxes_from_map, crop_square, region_boxes, upsample_map
+
+
+def test_anomaly_map_row_major():
+    amap = anomaly_map(np.arange(9, dtype=np.float32))
+    assert amap[0, 2] == 2 and amap[2, 0] == 6
+    with pytest.raises(ValueError, match="not a square grid"):
+        anomaly_map(np.ones(8))
+
+
+def test_crop_square_is_the_centre_square():
+    assert crop_square((1080, 1920)) == (420.0, 0.0, 1080.0)
+    assert crop_square((640, 480)) == (0.0, 80.0, 480.0)
+
+
+def test_boxes_map_back_to_original_frame():
+    amap = np.array([[0.1, 0.2, 0.1],
+                     [0.1, 0.3, 0.9],
+                     [0.1, 0.8, 0.2]], dtype=np.float32)
+    boxes = boxes_from_map(amap, (1080, 1920), 224, threshold=0.5, class_id=4)
+    # highest region (1, 2): the centre square starts at x=420 and has cells of 360 px
+    top = boxes[0]
+    assert (top.x1, top.y1, top.x2, top.y2) == pytest.approx((420 + 720, 360, 420 + 1080, 720))
+    assert top.score == pytest.approx(0.9) and top.class_id == 4
+    # (1, 2) and (2, 1) touch diagonally: one 8-connected component covering both cells
+    assert len(boxes) == 2
+    comp = boxes[1]
+    assert (comp.x1, comp.y1, comp.x2, comp.y2) == pytest.approx((420 + 360, 360, 420 + 1080, 1080))
+
+
+def test_isolated_top_region_is_not_repeated():
+    amap = np.full((3, 3), 0.1, dtype=np.float32)
+    amap[0, 0] = 0.9
+    assert len(boxes_from_map(amap, (300, 300), 224, threshold=0.5, class_id=1)) == 1
+
+
+def test_crops_mode_boxes_are_windows():
+    boxes = region_boxes(224, 3, "crops")
+    assert boxes[4].tolist() == [56, 56, 168, 168]
+    assert region_boxes(224, 7, "tokens")[8].tolist() == [32, 32, 64, 64]
+
+
+def test_upsample_map_fills_only_the_centre_square():
+    amap = np.array([[0.0, 1.0], [0.5, 0.25]], dtype=np.float32)
+    up = upsample_map(amap, (60, 100))
+    assert up.shape == (60, 100)
+    assert np.all(up[:, :20] == 0) and np.all(up[:, 80:] == 0)
+    assert up[5, 75] == pytest.approx(1.0, abs=0.05) and up[55, 25] == pytest.approx(0.5, abs=0.05)

@@ -1,0 +1,143 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from stp_edge.evaluate import read_synthetic
+from stp_edge.synthetic import (
+    ANOMALY_CLASSES,
+    CLASS_NAMES,
+    generate_clip,
+    make_layout,
+    plan_clip,
+    write_benchmark,
+)
+
+W, H, F = 192, 144, 64
+
+
+def test_class_names_are_the_contract():
+    assert CLASS_NAMES == ("normal", "fighting", "falling", "running", "abandoned object", "fire")
+
+
+def test_same_seed_same_clip_other_seed_other_clip():
+    a = generate_clip(11, width=W, height=H, num_frames=32, anomaly="fire")
+    b = generate_clip(11, width=W, height=H, num_frames=32, anomaly="fire")
+    c = generate_clip(12, width=W, height=H, num_frames=32, anomaly="fire")
+    assert np.array_equal(a.frames, b.frames)
+    assert np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.boxes, b.boxes, equal_nan=True)
+    assert np.abs(a.frames.astype(int) - c.frames.astype(int)).mean() > 5
+    assert a.frames.std() > 20  # a textured scene, not a flat image
+
+
+def test_normal_clip_has_no_event():
+    clip = generate_clip(3, width=W, height=H, num_frames=F)
+    assert clip.class_name == "normal" and clip.event is None and clip.video_label == 0
+    assert not clip.labels.any()
+    assert np.isnan(clip.boxes).all()
+    assert clip.frames.shape == (F, H, W, 3) and clip.frames.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", ANOMALY_CLASSES)
+def test_each_class_produces_a_local_visible_event(name):
+    seed = 20 + CLASS_NAMES.index(name)
+    clip = generate_clip(seed, width=W, height=H, num_frames=F, anomaly=name)
+    twin = generate_clip(seed, width=W, height=H, num_frames=F)  # same scene, agents and noise; no event
+    cls = CLASS_NAMES.index(name)
+    s, e = clip.event
+    assert 0 < s < e <= F and e - s < F
+    if name in ("falling", "abandoned object"):
+        assert e == F  # the person stays down / the object stays
+    expected = np.zeros(F, int)
+    expected[s:e] = cls
+    assert np.array_equal(clip.labels, expected)
+    inside = np.isfinite(clip.boxes[:, 0])
+    assert np.array_equal(inside, clip.labels > 0)
+    b = clip.boxes[inside]
+    assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= W).all() and (b[:, 3] <= H).all()
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    # The box is where the picture differs from the event-free twin, and it is not tiny.
+    ratios, in_diffs = [], []
+    for f in range(s, e):
+        x1, y1, x2, y2 = np.round(clip.boxes[f]).astype(int)
+        diff = np.abs(clip.frames[f].astype(np.int16) - twin.frames[f].astype(np.int16)).mean(-1)
+        mask = np.zeros((H, W), bool)
+        mask[y1:y2, x1:x2] = True
+        in_diffs.append(diff[mask].mean())
+        ratios.append(diff[mask].mean() / (diff[~mask].mean() + 1.0))
+    assert np.median(in_diffs) > 12, f"{name}: box region barely changes ({np.median(in_diffs):.1f})"
+    assert np.median(ratios) > 5, f"{name}: change is not concentrated in the box ({np.median(ratios):.1f})"
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    assert np.median(area) > 0.005 * W * H
+    # Before the event nothing anomalous is labelled, and the event sits in the centre square.
+    cx = (b[:, 0] + b[:, 2]) / 2
+    assert ((cx > (W - H) / 2) & (cx < (W + H) / 2)).mean() > 0.9
+
+
+def test_bad_arguments_name_the_problem():
+    with pytest.raises(ValueError, match="explosion"):
+        generate_clip(0, anomaly="explosion")
+    with pytest.raises(ValueError, match="frames"):
+        generate_clip(0, num_frames=4)
+
+
+def test_plan_frames_match_generate_clip():
+    plan = plan_clip(5, width=W, height=H, num_frames=20, anomaly="running")
+    clip = generate_clip(5, width=W, height=H, num_frames=20, anomaly="running")
+    assert np.array_equal(np.stack(list(plan.frames())), clip.frames)
+    assert np.array_equal(plan.labels, clip.labels)
+
+
+def _read_all(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize("codec", ["mp4v", "MJPG"])
+def test_benchmark_written_and_read_back_frame_exact(tmp_path, codec):
+    n = 40
+    manifest_path = write_benchmark(tmp_path, split="test", num_videos=3, seed=4, width=W, height=H,
+                                    num_frames=n, anomaly_ratio=2 / 3, classes=("fire", "falling"),
+                                    codec=codec)
+    manifest = json.loads(manifest_path.read_text())
+    labels = sorted(v["label"] for v in manifest["videos"])
+    assert labels == ["falling", "fire", "normal"]
+    gts = {g.name: g for g in read_synthetic(tmp_path)}
+    for v in manifest["videos"]:
+        frames = _read_all(tmp_path / v["name"])
+        assert frames.shape == (n, H, W, 3)
+        plan = plan_clip(v["seed"], width=W, height=H, num_frames=n, anomaly=v["label"],
+                         layout_seed=v["layout_seed"])
+        ref = np.stack(list(plan.frames())).astype(np.int16)
+        # Lossy, but frame-exact: decoded frame k is closest to rendered frame k, not to its neighbours.
+        dec = frames.astype(np.int16)
+        for k in (1, n // 2, n - 2):
+            err = [np.abs(dec[k] - ref[j]).mean() for j in (k - 1, k, k + 1)]
+            assert err[1] < 6
+            assert err[1] < min(err[0], err[2])
+        g = gts[v["name"]]
+        assert g.num_frames == n and g.label == v["label"]
+        assert np.array_equal(g.frame_labels(), (plan.labels > 0).astype(int))
+        assert sorted(g.boxes) == np.flatnonzero(np.isfinite(plan.boxes[:, 0])).tolist()
+        for f, box in g.boxes.items():
+            assert np.allclose(box, plan.boxes[f], atol=0.06)
+
+
+def test_splits_use_different_layouts(tmp_path):
+    a = json.loads(write_benchmark(tmp_path / "train", split="train", num_videos=1, seed=0, width=W, height=H,
+                                   num_frames=16, anomaly_ratio=0).read_text())
+    b = json.loads(write_benchmark(tmp_path / "test", split="test", num_videos=1, seed=0, width=W, height=H,
+                                   num_frames=16, anomaly_ratio=0).read_text())
+    la, lb = a["videos"][0]["layout_seed"], b["videos"][0]["layout_seed"]
+    assert la != lb
+    bg_a, bg_b = make_layout(la, W, H).background, make_layout(lb, W, H).background
+    assert np.abs(bg_a.astype(int) - bg_b.astype(int)).mean() > 10
