@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from stp_edge.export.onnx_export import DEFAULT_OPSET, export_onnx
-from stp_edge.export.sources import ModelSource, build_model, weights_fingerprint
+from stp_edge.export.sources import ModelSource, build_model, demo_checkpoint_dir, weights_fingerprint
 from stp_edge.model.graphs import GRAPH_SPECS, build_graphs, example_inputs, to_precision
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -76,7 +76,7 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
     from tqdm.auto import tqdm
 
     from stp_edge import __version__
-    from stp_edge.bundle import write_manifest
+    from stp_edge.bundle import sha256_file, write_manifest
     from stp_edge.preprocess import PreprocessSpec
 
     steps = tqdm(total=5, desc="export", unit="step", disable=not progress)
@@ -108,6 +108,9 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
     # Provenance, so `verify` can rebuild the exact torch reference; the manifest itself is not checksummed.
     manifest = json.loads(manifest_path.read_text())
     manifest["source"] = {**source.describe(), "weights_sha256": fingerprint}
+    if source.kind in ("checkpoint", "demo"):
+        ckpt = Path(source.checkpoint) if source.kind == "checkpoint" else demo_checkpoint_dir()
+        manifest["source"]["checkpoint_sha256"] = sha256_file(ckpt / "model.safetensors")
     manifest["graph_precision"] = {"encoder": precision, "temporal": "fp32", "spatial": "fp32"}
     manifest["exporter"] = {"stp_edge_version": __version__, "torch_version": torch.__version__}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,198 @@
+"""`stp-edge demo` / `make demo`: the whole job on the embedded default, end to end.
+
+1. export the embedded demo model to a bundle (in a child process: exporting needs torch, running does not);
+2. generate a synthetic surveillance clip with a known anomaly and write it as an ordinary video file;
+3. run the torch-free runtime (ONNX Runtime on the CPU) over the file, frame by frame;
+4. print the detected events and a per-stage latency table, and write an overlay video and a score plot.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stp_edge.results import SnippetResult
+
+STAGES = ("decode", "preprocess", "encoder", "temporal", "spatial", "post")
+
+
+@dataclass
+class Event:
+    """Consecutive anomalous snippets merged into one event."""
+
+    frame_start: int
+    frame_end: int
+    class_name: str
+    peak_score: float
+    box: tuple[float, float, float, float] | None
+
+    def describe(self, fps: float) -> str:
+        box = "no box" if self.box is None else "box ({:.0f},{:.0f})-({:.0f},{:.0f})".format(*self.box)
+        return (f"{self.frame_start / fps:6.2f}s - {self.frame_end / fps:6.2f}s  {self.class_name:<17} "
+                f"peak score {self.peak_score:.2f}  {box}")
+
+
+@dataclass
+class DemoSummary:
+    """What the demo produced: events, latency medians, output files and whether torch stayed out."""
+
+    bundle: Path
+    clip: Path
+    events: list[Event]
+    latency_ms: dict[str, dict[str, float]]
+    outputs: dict[str, Path] = field(default_factory=dict)
+    torch_imported: bool = False
+    frame_auc: float | None = None
+
+
+def merge_events(results: Sequence[SnippetResult], class_names: Sequence[str]) -> list[Event]:
+    """Runs of consecutive anomalous snippets -> events.
+
+    An event's class is the anomaly class with the highest mean probability over the run; its box is the
+    top box of the highest-scoring snippet that has one.
+    """
+    events: list[Event] = []
+    run: list[SnippetResult] = []
+    for r in [*results, None]:
+        if r is not None and r.is_anomaly and (not run or r.snippet == run[-1].snippet + 1):
+            run.append(r)
+            continue
+        if run:
+            probs = np.mean([x.class_probs for x in run], axis=0)
+            boxed = [x for x in run if x.boxes]
+            box = max(boxed, key=lambda x: x.score).boxes[0] if boxed else None
+            events.append(Event(run[0].frame_start, run[-1].frame_end, class_names[1 + int(np.argmax(probs[1:]))],
+                                max(x.score for x in run),
+                                None if box is None else (box.x1, box.y1, box.x2, box.y2)))
+        run = [r] if r is not None and r.is_anomaly else []
+    return events
+
+
+def latency_table(results: Sequence[SnippetResult]) -> dict[str, dict[str, float]]:
+    """Median and 90th percentile of each stage's time per snippet (ms)."""
+    table = {}
+    for stage in STAGES:
+        values = [r.timings[stage] for r in results if stage in r.timings]
+        if values:
+            table[stage] = {"median": float(np.median(values)), "p90": float(np.percentile(values, 90))}
+    totals = [sum(r.timings.get(s, 0.0) for s in STAGES) for r in results]
+    if totals:
+        table["total"] = {"median": float(np.median(totals)), "p90": float(np.percentile(totals, 90))}
+    return table
+
+
+def ensure_demo_bundle(out: Path, report: Callable[[str], None] = print) -> Path:
+    """Export the embedded demo model to `out` unless an up-to-date export is already there."""
+    from stp_edge.bundle import Bundle, BundleError, sha256_file
+
+    weights = Path(__file__).resolve().parent / "assets" / "demo" / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"the embedded demo model is missing ({weights}); "
+                                "rebuild it with `python scripts/train_demo.py`")
+    want = sha256_file(weights)
+    try:
+        if Bundle.load(out).manifest.get("source", {}).get("checkpoint_sha256") == want:
+            report(f"bundle   {out} (up to date)")
+            return out
+    except (BundleError, OSError):
+        pass
+    report(f"export   demo model -> {out}")
+    cmd = [sys.executable, "-m", "stp_edge.cli", "export", "--demo", "-o", str(out), "--force"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"exporting the demo model failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+    return out
+
+
+def write_clip(path: Path, *, seed: int, anomaly: str, seconds: float) -> dict[str, Any]:
+    """Generate a synthetic clip with one anomaly, write it as a video file, return its ground truth."""
+    import cv2
+
+    from stp_edge.synthetic import generate_clip
+
+    fps = 25.0
+    clip = generate_clip(seed, width=320, height=240, num_frames=int(seconds * fps), anomaly=anomaly, fps=fps)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (320, 240))
+    if not writer.isOpened():
+        raise OSError(f"OpenCV cannot write {path} with the mp4v codec")
+    for frame in clip.frames:
+        writer.write(frame)
+    writer.release()
+    return {"labels": clip.labels, "event": clip.event, "class_name": clip.class_name, "fps": fps,
+            "boxes": clip.boxes}
+
+
+def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str = "fighting",
+             seconds: float = 24.0, bundle: str | Path | None = None,
+             report: Callable[[str], None] = print) -> DemoSummary:
+    """Run the demo; `bundle` overrides the embedded demo model (any bundle with the same classes works)."""
+    from stp_edge.api import Detector, frame_scores, run_video, write_overlay
+    from stp_edge.visualize import plot_timeline
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle_path = Path(bundle) if bundle else ensure_demo_bundle(out / "demo.stp", report)
+    clip_path = out / "clip.mp4"
+    gt = write_clip(clip_path, seed=seed, anomaly=anomaly, seconds=seconds)
+    s, e = gt["event"]
+    report(f"clip     {clip_path}: {len(gt['labels'])} frames at {gt['fps']:.0f} fps; ground truth: "
+           f"{gt['class_name']} from {s / gt['fps']:.2f}s to {e / gt['fps']:.2f}s")
+
+    start = time.perf_counter()
+    with Detector.load(bundle_path, backend="ort-cpu", preprocess="cpu") as det:
+        results = run_video(clip_path, detector=det)
+        threshold = det.score_threshold
+        class_names = det.config.class_names
+    wall = time.perf_counter() - start
+    summary = DemoSummary(bundle_path, clip_path, merge_events(results, class_names), latency_table(results))
+    summary.torch_imported = "torch" in sys.modules
+
+    scores = frame_scores(results, len(gt["labels"]))
+    labels = (np.asarray(gt["labels"]) > 0).astype(int)
+    summary.frame_auc = _auc(labels, scores)
+    _print_summary(summary, results, gt, wall, report)
+
+    outputs = {"overlay": out / "overlay.mp4", "plot": out / "scores.png", "results": out / "results.jsonl"}
+    write_overlay(clip_path, results, outputs["overlay"], threshold=threshold, fps=gt["fps"])
+    plot_timeline(outputs["plot"], scores, gt["fps"], gt_ranges=[gt["event"]], threshold=threshold,
+                  title=f"stp-edge demo: {gt['class_name']} (frame AUC {summary.frame_auc:.3f})")
+    with open(outputs["results"], "w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r.to_dict()) + "\n")
+    summary.outputs = outputs
+    for name, path in outputs.items():
+        report(f"wrote    {name:<8} {path}")
+    return summary
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not len(pos) or not len(neg):
+        return None
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    ranks[order] = np.arange(1, len(order) + 1)
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _print_summary(summary: DemoSummary, results, gt, wall: float, report: Callable[[str], None]) -> None:
+    fps = gt["fps"]
+    report(f"runtime  ONNX Runtime (CPU), {len(results)} snippets of 16 frames in {wall:.1f}s "
+           f"({len(gt['labels']) / wall:.0f} frames/s); torch imported by the runtime: "
+           f"{'yes' if summary.torch_imported else 'no'}")
+    report("events:" if summary.events else "events:  none above the threshold")
+    for ev in summary.events:
+        report("  " + ev.describe(fps))
+    if summary.frame_auc is not None:
+        report(f"frame AUC on this clip: {summary.frame_auc:.3f}")
+    report("latency per snippet (ms)   median      p90")
+    for stage, v in summary.latency_ms.items():
+        report(f"  {stage:<22} {v['median']:8.2f} {v['p90']:8.2f}")
