@@ -9,6 +9,7 @@ onnxruntime/TensorRT are imported only when a runner is activated.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -75,13 +76,9 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, re
         return kind
     if kind == "auto":
         kind = "cpu"
-        if backend == "trt" and region_mode == "tokens":  # crops mode cuts the preprocessed images on the host
-            try:
-                from stp_edge.cuda import CudaPreprocessor
-
-                kind = "cuda"
-            except ImportError:
-                kind = "cpu"
+        # The CUDA kernel feeds TensorRT on the device; crops mode cuts the preprocessed images on the host.
+        if backend == "trt" and region_mode == "tokens" and importlib.util.find_spec("pycuda") is not None:
+            kind = "cuda"
     if kind == "cpu":
         from stp_edge.preprocess import CpuPreprocessor
 

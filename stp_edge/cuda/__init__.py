@@ -1,0 +1,31 @@
+"""CUDA side of the runtime: kernel build and loading, the fused preprocessing kernel (sources in kernels/).
+
+Importing this package is cheap: pycuda is imported only inside the functions and classes that use it,
+and a missing pycuda raises an error that says `pip install 'stp-edge[cuda]'`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["CudaPreprocessor", "DeviceTensor", "build_fatbin", "load_kernels"]
+
+_LAZY = {
+    "CudaPreprocessor": "stp_edge.cuda.preprocess",
+    "DeviceTensor": "stp_edge.cuda.preprocess",
+    "build_fatbin": "stp_edge.cuda.build",
+    "load_kernels": "stp_edge.cuda.kernels",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stp_edge.cuda.build import build_fatbin
+    from stp_edge.cuda.kernels import load_kernels
+    from stp_edge.cuda.preprocess import CudaPreprocessor, DeviceTensor
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stp_edge.cuda' has no attribute {name!r}")

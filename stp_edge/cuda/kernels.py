@@ -1,0 +1,135 @@
+"""Load the preprocessing kernels with pycuda: a prebuilt fatbin when one matches the sources, else compile.
+
+Order: an explicit `fatbin` path, then $STP_EDGE_FATBIN, then build/kernels/preprocess.fatbin in the
+repository. A fatbin is used only when its sidecar digest matches the sources (a stale build is never run)
+and the driver can load it for this GPU; otherwise the sources are compiled at run time with
+pycuda.compiler.SourceModule (needs nvcc on the machine). pycuda is imported here, inside functions only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stp_edge._deps import require
+from stp_edge.cuda.build import FATBIN, SOURCE, inlined_source, kernels_dir, source_digest
+
+log = logging.getLogger(__name__)
+
+# Kernel name -> pycuda `prepare` argument format (P pointer, q int64, i int32, f float32).
+KERNELS = {
+    "stp_resize_h_bgr8": "PqqPPiiiiP",
+    "stp_resize_h_nv12": "PqqqfffffffPPiiiiP",
+    "stp_resize_v_f32": "PiiPPiffffffP",
+    "stp_resize_v_f16": "PiiPPiffffffP",
+}
+BLOCK = (32, 8, 1)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def grid_h(size: int, mid_rows: int, batch: int) -> tuple[int, int, int]:
+    """Grid of the horizontal pass: one thread per (crop column, intermediate row, frame)."""
+    return (_ceil_div(size, BLOCK[0]), _ceil_div(mid_rows, BLOCK[1]), batch)
+
+
+def grid_v(size: int, batch: int) -> tuple[int, int, int]:
+    """Grid of the vertical pass: one thread per (crop column, crop row, frame)."""
+    return (_ceil_div(size, BLOCK[0]), _ceil_div(size, BLOCK[1]), batch)
+
+
+def ensure_context() -> Any:
+    """Make the device's primary context current (shared with TensorRT, CuPy and the CUDA runtime)."""
+    cuda = require("pycuda.driver", "CUDA preprocessing")
+    try:
+        importlib.import_module("pycuda.autoprimaryctx")  # pycuda >= 2021.1; side effect: context current
+    except ImportError:  # pragma: no cover - old pycuda
+        importlib.import_module("pycuda.autoinit")
+    return cuda.Context.get_current()
+
+
+@dataclass
+class PreprocessKernels:
+    """The loaded module and its prepared kernel functions (`funcs[name]`), and where they came from."""
+
+    module: Any
+    funcs: dict[str, Any] = field(repr=False)
+    origin: str
+
+
+def _default_fatbin() -> Path | None:
+    env = os.environ.get("STP_EDGE_FATBIN")
+    if env:
+        return Path(env)
+    repo_build = Path(__file__).resolve().parents[2] / "build" / "kernels" / FATBIN
+    return repo_build if repo_build.is_file() else None
+
+
+def fatbin_is_current(path: Path) -> bool:
+    """True if `path` exists and its sidecar says it was built from the current sources."""
+    meta = path.with_name(path.name + ".json")
+    if not path.is_file() or not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("source_sha256") == source_digest()
+    except (OSError, ValueError):
+        return False
+
+
+def load_kernels(fatbin: str | Path | None = None, compile_fallback: bool = True) -> PreprocessKernels:
+    """Load the preprocessing kernels into the current (primary) context.
+
+    Args:
+        fatbin: prebuilt fatbin (default: $STP_EDGE_FATBIN or the repo's build/kernels/preprocess.fatbin).
+        compile_fallback: compile the sources with pycuda when no usable fatbin exists.
+
+    Returns:
+        The module and its prepared functions.
+
+    Raises:
+        MissingDependencyError: pycuda is not installed (`pip install 'stp-edge[cuda]'`).
+        RuntimeError: no usable fatbin and `compile_fallback` is False, or the compilation failed.
+    """
+    ensure_context()
+    cuda = require("pycuda.driver", "CUDA preprocessing")
+    path = Path(fatbin) if fatbin is not None else _default_fatbin()
+    module, origin = None, ""
+    if path is not None:
+        if fatbin_is_current(path):
+            try:
+                module, origin = cuda.module_from_file(str(path)), f"fatbin {path}"
+            except cuda.Error as exc:  # no cubin/PTX this driver can use
+                log.warning("cannot load %s on this GPU (%s); compiling the sources instead", path, exc)
+        else:
+            log.warning("%s is missing or older than the kernel sources; compiling the sources instead", path)
+    if module is None:
+        if not compile_fallback:
+            raise RuntimeError(
+                f"no usable preprocessing fatbin ({path}); build one with `python -m stp_edge.cuda.build`"
+            )
+        module, origin = _compile(), "compiled at run time (pycuda SourceModule)"
+    funcs = {}
+    for name, fmt in KERNELS.items():
+        fn = module.get_function(name)
+        fn.prepare(fmt)
+        funcs[name] = fn
+    return PreprocessKernels(module, funcs, origin)
+
+
+def _compile() -> Any:
+    compiler = require("pycuda.compiler", "compiling the CUDA preprocessing kernels")
+    source = inlined_source()  # pycuda caches modules by source text: an edited header must change it
+    try:
+        return compiler.SourceModule(source, no_extern_c=True, options=["-O3", "-std=c++17"])
+    except Exception as exc:  # pycuda raises CompileError (nvcc missing or failing)
+        raise RuntimeError(
+            f"compiling {kernels_dir() / SOURCE} with pycuda failed: {exc}. "
+            "Prebuild the kernels with `python -m stp_edge.cuda.build`"
+        ) from exc

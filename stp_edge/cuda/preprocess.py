@@ -1,0 +1,279 @@
+"""CudaPreprocessor: CLIP preprocessing of a batch of frames in two kernel launches, output left on the GPU.
+
+Frames go host -> pinned staging buffer -> device (async, on the preprocessor's stream), then the
+horizontal pass (decode BGR8/NV12 + PIL antialiased bicubic along x, uint8 intermediate) and the vertical
+pass (bicubic along y, /255, mean/std, CHW, float32/float16). The result stays on the device as a
+`DeviceTensor` (a raw pointer + shape + dtype) that a TensorRT engine binds directly; no host round trip.
+`run_device` takes frames that already live on the GPU (e.g. pitched NV12 surfaces of a hardware decoder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stp_edge.cuda.kernels import BLOCK, grid_h, grid_v, load_kernels
+from stp_edge.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    CropResizePlan,
+    PreprocessSpec,
+    check_bgr_frame,
+    split_nv12,
+    yuv_coefficients,
+)
+
+_FORMATS = ("bgr8", "nv12")
+
+
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A dense array in device memory: `ptr` is a CUdeviceptr as int (bind it to TensorRT as is).
+
+    The memory belongs to the producer and is overwritten by its next call.
+    """
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes."""
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+class _DevicePlan:
+    """A CropResizePlan's taps uploaded to the device (once per input size)."""
+
+    def __init__(self, plan: CropResizePlan, cuda: Any):
+        self.plan = plan
+        self._keep = []  # device allocations, freed with the plan
+        self.col_start = self._upload(cuda, plan.cols.start)
+        self.col_coef = self._upload(cuda, plan.cols.coeffs.T)  # k-major for coalesced reads
+        self.row_start = self._upload(cuda, plan.rows.start - plan.rows.first)  # rows of the intermediate
+        self.row_coef = self._upload(cuda, plan.rows.coeffs)
+
+    def _upload(self, cuda: Any, a: np.ndarray) -> int:
+        a = np.ascontiguousarray(a, dtype=np.int32)
+        buf = cuda.to_device(a)
+        self._keep.append(buf)
+        return int(buf)
+
+
+class CudaPreprocessor:
+    """The fused CUDA twin of `stp_edge.preprocess.CpuPreprocessor`; frames of one size per call.
+
+    Example:
+        >>> pre = CudaPreprocessor(224, max_batch=16)
+        >>> images = pre(frames)                       # DeviceTensor [B, 3, 224, 224] float32
+        >>> context.set_tensor_address("images", images.ptr)
+
+    Buffers (pinned staging, device input, intermediate, output) are allocated on first use of a size and
+    reused; the returned tensor is valid until the next call.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        dtype: Any = np.float32,
+        max_batch: int = 16,
+        stream: Any = None,
+        fatbin: str | None = None,
+    ):
+        """Load the kernels and create the stream.
+
+        Args:
+            image_size: crop side S.
+            dtype: np.float32 or np.float16 output.
+            max_batch: most frames per call (sizes the buffers).
+            stream: a pycuda Stream to work on (default: a new one).
+            fatbin: prebuilt kernels (see stp_edge.cuda.kernels.load_kernels).
+        """
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float16):
+            raise ValueError(f"dtype must be float32 or float16, got {self.dtype}")
+        if image_size <= 0 or max_batch <= 0:
+            raise ValueError(f"image_size and max_batch must be positive, got {image_size}, {max_batch}")
+        self.image_size = int(image_size)
+        self.max_batch = int(max_batch)
+        self.spec = PreprocessSpec(size=self.image_size)
+        self.kernels = load_kernels(fatbin)
+        import pycuda.driver as cuda
+
+        self._cuda = cuda
+        self.stream = stream if stream is not None else cuda.Stream()
+        self._copied = cuda.Event()
+        self._plans: dict[tuple[int, int], _DevicePlan] = {}
+        self._staging: dict[tuple[int, ...], tuple[np.ndarray, Any]] = {}
+        self._mid, self._mid_bytes = None, 0
+        self._out = cuda.mem_alloc(self.max_batch * 3 * self.image_size**2 * self.dtype.itemsize)
+        std = np.asarray(CLIP_STD, np.float32)
+        scale = np.float32(1.0) / (np.float32(255.0) * std)
+        bias = -np.asarray(CLIP_MEAN, np.float32) / std
+        self._norm = [np.float32(v) for v in (*scale, *bias)]
+
+    @property
+    def stream_handle(self) -> int:
+        """The CUstream as int (TensorRT's `execute_async_v3(stream_handle)`)."""
+        return int(self.stream.handle)
+
+    def synchronize(self) -> None:
+        """Wait until all work queued on the stream is done."""
+        self.stream.synchronize()
+
+    def __call__(self, frames: Sequence[np.ndarray] | np.ndarray, sync: bool = True) -> DeviceTensor:
+        """Preprocess HxWx3 uint8 BGR host frames (all of one size) -> DeviceTensor [B, 3, S, S]."""
+        frames = self._as_list(frames, 3)
+        frames = [check_bgr_frame(f, i) for i, f in enumerate(frames)]
+        h, w = self._common_shape([f.shape for f in frames])[:2]
+        dev = self._upload(frames)
+        return self.run_device(dev, len(frames), h, w, pitch=w * 3, frame_stride=h * w * 3, sync=sync)
+
+    def from_nv12(
+        self,
+        frames: Sequence[np.ndarray] | np.ndarray,
+        matrix: str = "bt601",
+        full_range: bool = False,
+        sync: bool = True,
+    ) -> DeviceTensor:
+        """Preprocess NV12 host frames ([h*3/2, w] uint8, all of one size) -> DeviceTensor [B, 3, S, S]."""
+        frames = self._as_list(frames, 2)
+        for i, f in enumerate(frames):
+            try:
+                split_nv12(f)
+            except ValueError as exc:
+                raise ValueError(f"frame {i}: {exc}") from None
+        rows, w = self._common_shape([f.shape for f in frames])
+        h = rows * 2 // 3
+        dev = self._upload(frames)
+        return self.run_device(
+            dev, len(frames), h, w, pitch=w, frame_stride=rows * w, fmt="nv12", uv_offset=h * w,
+            matrix=matrix, full_range=full_range, sync=sync,
+        )  # fmt: skip
+
+    def run_device(
+        self,
+        src: Any,
+        batch: int,
+        height: int,
+        width: int,
+        pitch: int,
+        frame_stride: int,
+        fmt: str = "bgr8",
+        uv_offset: int | None = None,
+        matrix: str = "bt601",
+        full_range: bool = False,
+        sync: bool = True,
+    ) -> DeviceTensor:
+        """Preprocess `batch` frames already in device memory.
+
+        Args:
+            src: device pointer (int or pycuda allocation) of frame 0.
+            batch: number of frames, frame b at src + b * frame_stride.
+            height: frame height in pixels.
+            width: frame width in pixels.
+            pitch: bytes between rows (>= 3*width for bgr8, >= width for nv12).
+            frame_stride: bytes between frames.
+            fmt: "bgr8" or "nv12".
+            uv_offset: nv12 only: bytes from a frame's start to its UV plane (default height * pitch).
+            matrix: nv12 only: "bt601" or "bt709".
+            full_range: nv12 only: full-range YUV.
+            sync: wait for the result before returning.
+        """
+        if fmt not in _FORMATS:
+            raise ValueError(f"fmt must be one of {_FORMATS}, got {fmt!r}")
+        if not 0 < batch <= self.max_batch:
+            raise ValueError(f"batch must be 1..max_batch={self.max_batch}, got {batch}")
+        min_pitch = 3 * width if fmt == "bgr8" else width
+        if pitch < min_pitch:
+            raise ValueError(f"pitch {pitch} is smaller than a {fmt} row of width {width} ({min_pitch} bytes)")
+        if fmt == "nv12" and (height % 2 or width % 2):
+            raise ValueError(f"NV12 needs even height and width, got {height}x{width}")
+        dp = self._device_plan(height, width)
+        p = dp.plan
+        mid = self._mid_buffer(batch * 3 * p.mid_rows * p.size)
+        src_ptr = np.uintp(int(src))
+        common = (dp.col_start, dp.col_coef, np.int32(p.cols.ksize), np.int32(p.rows.first),
+                  np.int32(p.mid_rows), np.int32(p.size), mid)  # fmt: skip
+        gh = grid_h(p.size, p.mid_rows, batch)
+        if fmt == "bgr8":
+            self.kernels.funcs["stp_resize_h_bgr8"].prepared_async_call(
+                gh, BLOCK, self.stream, src_ptr, np.int64(frame_stride), np.int64(pitch), *common
+            )
+        else:
+            c = yuv_coefficients(matrix, full_range)
+            yuv = [np.float32(c[k]) for k in ("y_off", "y_scale", "c_scale", "rv", "gu", "gv", "bu")]
+            uv = height * pitch if uv_offset is None else uv_offset
+            self.kernels.funcs["stp_resize_h_nv12"].prepared_async_call(
+                gh, BLOCK, self.stream, src_ptr, np.int64(frame_stride), np.int64(pitch), np.int64(uv),
+                *yuv, *common,
+            )  # fmt: skip
+        name = "stp_resize_v_f32" if self.dtype == np.float32 else "stp_resize_v_f16"
+        self.kernels.funcs[name].prepared_async_call(
+            grid_v(p.size, batch), BLOCK, self.stream, mid, np.int32(p.mid_rows), np.int32(p.size),
+            dp.row_start, dp.row_coef, np.int32(p.rows.ksize), *self._norm, int(self._out),
+        )  # fmt: skip
+        if sync:
+            self.stream.synchronize()
+        return DeviceTensor(int(self._out), (batch, 3, p.size, p.size), self.dtype)
+
+    def to_host(self, tensor: DeviceTensor) -> np.ndarray:
+        """Copy a DeviceTensor to a new host array (waits for the stream; for checks and debugging)."""
+        out = np.empty(tensor.shape, tensor.dtype)
+        self.stream.synchronize()
+        self._cuda.memcpy_dtoh(out, tensor.ptr)
+        return out
+
+    def plan(self, height: int, width: int) -> CropResizePlan:
+        """The resize/crop plan of an input size (uploading its taps on first use)."""
+        return self._device_plan(height, width).plan
+
+    def _device_plan(self, height: int, width: int) -> _DevicePlan:
+        key = (int(height), int(width))
+        if key not in self._plans:
+            self._plans[key] = _DevicePlan(CropResizePlan.build(key[0], key[1], self.image_size), self._cuda)
+        return self._plans[key]
+
+    def _mid_buffer(self, nbytes: int) -> int:
+        if nbytes > self._mid_bytes:
+            self.stream.synchronize()  # the old buffer may still be in use
+            self._mid, self._mid_bytes = self._cuda.mem_alloc(nbytes), nbytes
+        return int(self._mid)
+
+    def _upload(self, frames: list[np.ndarray]) -> Any:
+        """Copy frames into the pinned staging buffer of their shape and start the H2D copy."""
+        shape = frames[0].shape
+        if shape not in self._staging:
+            host = self._cuda.pagelocked_empty((self.max_batch, *shape), np.uint8)
+            self._staging[shape] = (host, self._cuda.mem_alloc(host.nbytes))
+        host, dev = self._staging[shape]
+        self._copied.synchronize()  # the previous async copy may still read the staging buffer
+        n = len(frames)
+        for b, f in enumerate(frames):
+            host[b] = f
+        self._cuda.memcpy_htod_async(dev, host[:n], self.stream)
+        self._copied.record(self.stream)
+        return dev
+
+    def _as_list(self, frames: Any, ndim: int) -> list[np.ndarray]:
+        if isinstance(frames, np.ndarray):
+            frames = [frames] if frames.ndim == ndim else list(frames)
+        frames = list(frames)
+        if not frames:
+            raise ValueError("expected at least one frame, got an empty sequence")
+        if len(frames) > self.max_batch:
+            raise ValueError(f"{len(frames)} frames exceed max_batch={self.max_batch}; split the batch")
+        return frames
+
+    @staticmethod
+    def _common_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError(
+                f"CudaPreprocessor batches frames of one size; got shapes {sorted(set(shapes))}. "
+                "Call it once per size (or use CpuPreprocessor, which accepts mixed sizes)."
+            )
+        return shapes[0]
