@@ -15,6 +15,11 @@ $(STAMP): requirements/ci.txt setup.py
 	# so it is installed without them and only its data file is read (never imported).
 	$(PY) -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	# TensorRT 10.13's type stubs, for the test that checks export/trt_build.py's API use (the builder itself
+	# cannot be installed here). Unpacked beside the venv, never into site-packages: a `tensorrt` package of
+	# .pyi files there would make `import tensorrt` succeed and fool the runtime's backend detection.
+	$(PY) -m pip download --quiet --no-deps tensorrt-stubs==10.13.0.35.1 -d $(VENV)/share/dl
+	$(PY) -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('$(VENV)/share/tensorrt-stubs') for w in glob.glob('$(VENV)/share/dl/tensorrt_stubs-10.13.0.35.1-*.whl')]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

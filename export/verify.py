@@ -105,14 +105,15 @@ def verify_bundle(
     if want and got != want:
         raise ValueError(f"the rebuilt torch model's weights (sha256 {got[:12]}) differ from the exported ones "
                          f"({want[:12]}); pass the checkpoint the bundle was exported from")
-    tol = "fp16" if b.precision == "fp16" else "fp32"
     feeds = random_feeds(b.config, seed, batch)
     reference = build_graphs(model)
     for graph, graph_feeds in feeds.items():
         with TorchRunner(reference[graph], graph) as runner:
             ref = runner.infer(graph_feeds)
         for backend in backends:
-            for out_name, out in _run_backend(b, graph, backend, graph_feeds, rep).items():
+            outputs, precision = _run_backend(b, graph, backend, graph_feeds, rep)
+            tol = "fp16" if precision == "fp16" else "fp32"
+            for out_name, out in outputs.items():
                 max_abs, rel = compare(out, ref[out_name])
                 rep.rows.append(VerifyRow(graph, out_name, backend, tol, max_abs, rel, rel <= TOLERANCES[tol]))
     if report:
@@ -124,18 +125,22 @@ def verify_bundle(
     return rep
 
 
-def _run_backend(b, graph: str, backend: str, feeds: dict, rep: VerifyReport) -> dict[str, np.ndarray]:
+def _run_backend(b, graph: str, backend: str, feeds: dict, rep: VerifyReport) -> tuple[dict, str]:
+    """(outputs, precision they were computed at) of one graph on one backend."""
     if backend == "ort":
         from stp_edge.backends.ort import OrtRunner
 
         with OrtRunner(b.graph_path(graph)) as runner:
-            return runner.infer(feeds)
+            return runner.infer(feeds), b.precision
     if backend == "trt":
-        from stp_edge.backends.trt import TrtRunner
+        from stp_edge.backends.trt import TrtRunner, cuda_device_info, load_trt
 
         if not b.engines:
             rep.notes.append(f"{graph}: bundle has no TensorRT engines; trt skipped")
-            return {}
-        with TrtRunner(b.plan_path(b.engines[0], graph)) as runner:
-            return runner.infer(feeds)
+            return {}, b.precision
+        gpu, cc = cuda_device_info(0)
+        engine = b.select_engine(tensorrt_version=load_trt().__version__, compute_capability=cc, gpu_name=gpu)
+        with TrtRunner(b.plan_path(engine, graph),
+                       allow_host_code=bool(engine.build_flags.get("version_compatible"))) as runner:
+            return runner.infer(feeds), engine.precision
     raise ValueError(f"unknown backend {backend!r}; expected 'ort' or 'trt'")

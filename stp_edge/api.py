@@ -56,7 +56,9 @@ def make_runners(bundle: Bundle, backend: str, device: int = 0) -> dict[str, Run
         gpu_name, cc = cuda_device_info(device)
         engine = bundle.select_engine(tensorrt_version=load_trt().__version__, compute_capability=cc,
                                       gpu_name=gpu_name)
-        return {g: TrtRunner(bundle.plan_path(engine, g), device=device, name=f"{g}.plan") for g in GRAPH_NAMES}
+        host_code = bool(engine.build_flags.get("version_compatible"))  # plan checked by sha256 in Bundle.load
+        return {g: TrtRunner(bundle.plan_path(engine, g), device=device, name=f"{g}.plan",
+                             allow_host_code=host_code) for g in GRAPH_NAMES}
     if backend not in ORT_PROVIDERS:
         raise ValueError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
     from stp_edge.backends.ort import OrtRunner
@@ -89,7 +91,7 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, re
         # The CUDA preprocessor works in the device's primary context (pycuda.autoprimaryctx), the one the
         # TensorRT runner pushes too; its output buffer is overwritten by its next call, so encode_features
         # runs the encoder on each chunk of at most `max_batch` frames before preprocessing the next.
-        return CudaPreprocessor(image_size, max_batch=32)
+        return CudaPreprocessor(image_size, max_batch=16)  # = the default engine profile's max batch
     raise ValueError(f"preprocess must be 'auto', 'cpu', 'cuda' or a callable, got {kind!r}")
 
 

@@ -349,7 +349,7 @@ class Bundle:
             raise EngineCompatibilityError(
                 f"bundle {self.path}: no TensorRT engine for {gpu_name} (compute capability "
                 f"{compute_capability}, TensorRT {tensorrt_version}): " + "; ".join(reasons)
-                + ". Build one with `stp-edge export` on this machine or use --backend ort")
+                + ". Build one with `stp-edge build-engines` on this machine or use --backend ort")
         return engine
 
     def summary(self) -> str:

@@ -2,6 +2,7 @@
 
     stp-edge export (--checkpoint PATH | --demo | --random) -o OUT.stp   stp_edge.export.bundle_export
     stp-edge verify BUNDLE                                              stp_edge.export.verify
+    stp-edge build-engines BUNDLE [--precision fp16|fp32]               stp_edge.export.trt_build
     stp-edge run SOURCE --bundle B [--jsonl OUT]                        stp_edge.api.run_video
     stp-edge info BUNDLE                                                stp_edge.bundle.Bundle
     stp-edge eval ... / stp-edge demo --out DIR                         stp_edge.evaluate / stp_edge.demo
@@ -52,6 +53,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
                            backends=tuple(args.backend or ("ort",)))
     print("verify: OK" if report.ok else "verify: FAILED")
     return 0 if report.ok else 1
+
+
+def cmd_build_engines(args: argparse.Namespace) -> int:
+    """Build TensorRT engines for a bundle on this GPU (engines/<gpu>-<precision>/ and the manifest)."""
+    from stp_edge.export.trt_build import build_bundle_engines
+
+    out = build_bundle_engines(args.bundle, precision=args.precision, max_batch=args.max_batch,
+                               max_snippets=args.max_snippets, device=args.device,
+                               version_compatible=args.version_compatible,
+                               hardware_compatibility=args.hardware_compatibility, progress=True)
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -161,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--backend", action="append", choices=("ort", "trt"), default=None,
                    help="backends to compare with torch (repeatable; default: ort)")
     v.set_defaults(func=cmd_verify)
+
+    b = sub.add_parser("build-engines", help="build TensorRT engines for a bundle on this GPU",
+                       description=cmd_build_engines.__doc__)
+    b.add_argument("bundle", type=Path)
+    b.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
+                   help="engine precision (fp16: the encoder in fp16, the heads as exported)")
+    b.add_argument("--max-batch", type=int, default=16, help="largest batch of snippets (default: 16)")
+    b.add_argument("--max-snippets", type=int, help="largest temporal window T (default: the streaming window 2c+1)")
+    b.add_argument("--version-compatible", action="store_true",
+                   help="plans that later TensorRT versions of the same major can load")
+    b.add_argument("--hardware-compatibility", choices=("ampere_plus", "same_compute_capability"),
+                   help="plans for any Ampere+ GPU, or any GPU of this compute capability")
+    b.add_argument("--device", type=int, default=0, help="CUDA device to build on")
+    b.set_defaults(func=cmd_build_engines)
 
     r = sub.add_parser("run", help="run a bundle on a video file, URL or camera", description=cmd_run.__doc__)
     r.add_argument("source", help="video file, rtsp:// or http:// URL, or camera index")

@@ -39,7 +39,7 @@ TRT_API: dict[str, tuple[str, ...]] = {
     "module": ("Logger", "Runtime", "TensorIOMode", "DataType", "__version__"),
     "Logger": ("WARNING", "ERROR"),
     "TensorIOMode": ("INPUT", "OUTPUT"),
-    "Runtime": ("deserialize_cuda_engine",),
+    "Runtime": ("deserialize_cuda_engine", "engine_host_code_allowed"),
     "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype",
                     "get_tensor_profile_shape", "num_optimization_profiles", "create_execution_context"),
     "IExecutionContext": ("set_input_shape", "set_tensor_address", "execute_async_v3", "get_tensor_shape"),
@@ -123,10 +123,17 @@ def load_trt(modules: Sequence[str] = TRT_MODULES) -> ModuleType:
                                  + "): pip install 'stp-edge[trt]', or use JetPack's python3-libnvinfer")
 
 
-def deserialize_plan(trt: ModuleType, plan: bytes, *, where: str = "plan") -> tuple[Any, Any]:
-    """(runtime, engine) from plan bytes; RunnerError when TensorRT refuses the plan."""
+def deserialize_plan(trt: ModuleType, plan: bytes, *, where: str = "plan",
+                     allow_host_code: bool = False) -> tuple[Any, Any]:
+    """(runtime, engine) from plan bytes; RunnerError when TensorRT refuses the plan.
+
+    `allow_host_code` is needed for version-compatible plans, which embed TensorRT's lean runtime as host code;
+    only set it for plans whose manifest says they were built that way (and whose sha256 was checked).
+    """
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
+    if allow_host_code:
+        runtime.engine_host_code_allowed = True
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise RunnerError(f"{where}: TensorRT {trt.__version__} cannot deserialise this plan (built with another "
@@ -152,14 +159,17 @@ class TrtRunner(Runner):
         device: CUDA device ordinal; the device's primary context is retained, so buffers are shared with
             other CUDA users (CuPy, ORT, the CUDA preprocessor) on that device.
         name: Runner name used in messages (default: the file name).
+        allow_host_code: Let TensorRT run the lean runtime embedded in a version-compatible plan.
     """
 
     accepts_device_feeds = True
 
-    def __init__(self, plan_path: str | os.PathLike, *, device: int = 0, name: str | None = None) -> None:
+    def __init__(self, plan_path: str | os.PathLike, *, device: int = 0, name: str | None = None,
+                 allow_host_code: bool = False) -> None:
         self.plan_path = Path(plan_path)
         super().__init__(name or self.plan_path.name)
         self.device = device
+        self.allow_host_code = allow_host_code
         self.trt: ModuleType | None = None
         self._reset_handles()
 
@@ -201,7 +211,8 @@ class TrtRunner(Runner):
             self._cuda.Context.pop()
 
     def _load(self) -> None:
-        self._runtime, self.engine = deserialize_plan(self.trt, self.plan_path.read_bytes(), where=self.name)
+        self._runtime, self.engine = deserialize_plan(self.trt, self.plan_path.read_bytes(), where=self.name,
+                                                    allow_host_code=self.allow_host_code)
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise RunnerError(f"{self.name}: TensorRT could not create an execution context (GPU out of memory?)")

@@ -1,0 +1,460 @@
+"""Bundle ONNX graphs -> TensorRT plans, through the TensorRT Python API (TensorRT >= 10 only).
+
+Three small pieces (STYLE §2): pure functions decide the optimisation profiles, the per-graph precision mode
+and the build flags the manifest records (tested without TensorRT); `build_engine()` turns one ONNX file into
+one plan; `build_bundle_engines()` builds the three plans of a bundle into a hidden staging directory and
+installs them as `engines/<gpu-slug>-<precision>/` with an updated manifest, so a failed build changes
+nothing. Plans are written exactly as TensorRT serialises them (no prefix: trtexec, Triton and DeepStream load
+the same files).
+
+TensorRT 10 is the oldest version supported: explicit batch is its only network mode, so networks are created
+with `create_network(0)` (TensorRT 8.x needed `1 << EXPLICIT_BATCH`; that path is not supported). Precision:
+
+* fp32: no precision flag; TF32 is cleared, so an fp32 engine computes in IEEE fp32 and matches the ONNX
+  graph within `verify`'s fp32 tolerance (TF32 rounds matmul inputs to 10-bit mantissas, ~1e-3 relative).
+* fp16: the engine set's precision applies to the encoder; the temporal and spatial heads keep the precision
+  of their ONNX graphs (float32 from our exporter, for the reason given in `bundle_export`). An encoder
+  exported in fp16 is built as a strongly typed network (types come from the ONNX graph, the path TensorRT
+  10.12+ recommends). An encoder exported in fp32 is built with `BuilderFlag.FP16` (weak typing, deprecated
+  in TensorRT 10.12 and removed in 11); on a TensorRT without that flag the build is refused with the fix
+  (export the bundle with `--precision fp16`) rather than silently producing an fp32 engine labelled fp16.
+* int8: refused; INT8 needs a calibration cache (or Q/DQ nodes in the graph), which this version does not
+  produce.
+
+Every TensorRT attribute used here is listed in `TRT_BUILDER_API`; tests/test_trt_build.py checks the list
+against TensorRT 10.13's published type stubs and checks that this file uses nothing outside the list.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from stp_edge.bundle import (
+    GRAPH_NAMES,
+    MANIFEST,
+    Bundle,
+    BundleError,
+    EngineInfo,
+    engine_dir_name,
+    read_manifest,
+    sha256_file,
+)
+from stp_edge.config import STPromptConfig
+
+Shape = tuple[int, ...]
+Profile = tuple[Shape, Shape, Shape]  # (min, opt, max)
+
+PRECISIONS = ("fp32", "fp16")
+# Value of `hardware_compatibility` (as stored in the manifest) -> HardwareCompatibilityLevel member.
+HARDWARE_COMPATIBILITY = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
+# `log_level` argument -> Logger severity member.
+LOG_LEVELS = {"verbose": "VERBOSE", "info": "INFO", "warning": "WARNING", "error": "ERROR",
+              "internal_error": "INTERNAL_ERROR"}
+DEFAULT_WORKSPACE_MB = 4096
+
+# Every TensorRT attribute this module touches, by owner ("module" = the tensorrt module itself).
+TRT_BUILDER_API: dict[str, tuple[str, ...]] = {
+    "module": ("__version__", "Logger", "Builder", "OnnxParser", "BuilderFlag", "MemoryPoolType",
+               "HardwareCompatibilityLevel", "NetworkDefinitionCreationFlag"),
+    "Logger": tuple(LOG_LEVELS.values()),
+    "Builder": ("create_network", "create_builder_config", "create_optimization_profile",
+                "build_serialized_network"),
+    "INetworkDefinition": ("num_inputs", "get_input"),
+    "ITensor": ("name", "shape"),
+    "OnnxParser": ("parse_from_file", "num_errors", "get_error"),
+    "ParserError": ("desc",),
+    "IBuilderConfig": ("set_memory_pool_limit", "set_flag", "clear_flag", "builder_optimization_level",
+                       "hardware_compatibility_level", "add_optimization_profile"),
+    "IOptimizationProfile": ("set_shape",),
+    "BuilderFlag": ("__members__", "FP16", "TF32", "VERSION_COMPATIBLE"),
+    "MemoryPoolType": ("WORKSPACE",),
+    "HardwareCompatibilityLevel": tuple(HARDWARE_COMPATIBILITY.values()),
+    "NetworkDefinitionCreationFlag": ("STRONGLY_TYPED",),
+}
+# Names used only where present: weak-typing FP16 is gone in TensorRT 11, where every network is strongly
+# typed (STRONGLY_TYPED is then the default; it is passed only where the enum still has it).
+OPTIONAL_API = frozenset({"BuilderFlag.FP16", "NetworkDefinitionCreationFlag.STRONGLY_TYPED"})
+
+
+class EngineBuildError(BundleError):
+    """TensorRT could not parse or build a graph, or the request cannot be built on this machine."""
+
+
+# --- pure functions ---------------------------------------------------------------------------------------
+def profile_shapes(config: STPromptConfig, *, max_batch: int = 16, opt_batch: int = 1,
+                   max_snippets: int | None = None) -> dict[str, dict[str, Profile]]:
+    """One optimisation profile per graph: input name -> (min, opt, max) shapes.
+
+    B (snippets, possibly from several streams) ranges over 1..max_batch; the temporal graph's T over
+    1..max_snippets with its optimum at the streaming window 2c+1 (c = `config.context`), the shape every
+    streamed snippet runs. max_snippets defaults to that window: TensorRT sizes activation memory for the
+    largest shape, and on an edge device a long offline T (the whole-video `offline_scores` reference) is
+    better run with ONNX Runtime. In crops mode the encoder also encodes R2 crops per image in one call, so its batch
+    goes up to max_batch * R2.
+
+    Raises:
+        ValueError: A batch or snippet bound is not positive or the optimum lies outside [1, max].
+    """
+    window = 2 * config.context + 1
+    max_snippets = window if max_snippets is None else max_snippets
+    if max_batch < 1 or not 1 <= opt_batch <= max_batch:
+        raise ValueError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}")
+    if max_snippets < window:
+        raise ValueError(f"max_snippets={max_snippets} is smaller than the streaming window 2c+1={window}; "
+                         f"streaming could not run")
+    v, r2, e = config.vision, config.num_regions, config.vision.embed_dim
+    s = v.image_size
+    enc_max = max_batch * r2 if config.region_mode == "crops" else max_batch
+
+    def batched(rest: Shape, opt_t: int | None = None) -> Profile:
+        if opt_t is None:
+            return (1, *rest), (opt_batch, *rest), (max_batch, *rest)
+        return (1, 1, *rest), (opt_batch, opt_t, *rest), (max_batch, max_snippets, *rest)
+
+    return {
+        "encoder": {"images": ((1, 3, s, s), (opt_batch, 3, s, s), (enc_max, 3, s, s))},
+        "temporal": {"frame_emb": batched((e,), window), "region_emb": batched((r2, e), window)},
+        "spatial": {"region_emb": batched((r2, e))},
+    }
+
+
+def check_profile(name: str, input_shape: Collection[int], profile: Profile) -> None:
+    """Check a profile against the network input's shape (-1 = dynamic): rank, static dims, min <= opt <= max.
+
+    Raises:
+        EngineBuildError: Names the input, the dim and both values.
+    """
+    dims = tuple(int(d) for d in input_shape)
+    lo, opt, hi = (tuple(int(d) for d in p) for p in profile)
+    if not len(dims) == len(lo) == len(opt) == len(hi):
+        raise EngineBuildError(f"input {name!r}: the graph's shape {dims} and the profile {profile} differ in rank")
+    for axis, want in enumerate(dims):
+        if want >= 0 and not lo[axis] == opt[axis] == hi[axis] == want:
+            raise EngineBuildError(f"input {name!r} dim {axis} is static ({want}) in the graph, but the profile "
+                                   f"asks for {lo[axis]}..{hi[axis]}")
+        if not 1 <= lo[axis] <= opt[axis] <= hi[axis]:
+            raise EngineBuildError(f"input {name!r} dim {axis}: need 1 <= min <= opt <= max, got "
+                                   f"{lo[axis]}, {opt[axis]}, {hi[axis]}")
+
+
+def _check_precision(precision: str) -> None:
+    if precision == "int8":
+        raise ValueError("int8 engines need a calibration cache (or Q/DQ nodes in the graph), which this version "
+                         "of stp-edge does not produce; build fp16 or fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def build_flags(precision: str, *, version_compatible: bool = False, hardware_compatibility: str | None = None,
+                optimization_level: int = 3, workspace_mb: int = DEFAULT_WORKSPACE_MB) -> dict[str, Any]:
+    """The engine set's build options, as recorded in the manifest's `build_flags`.
+
+    `version_compatible` and `hardware_compatibility` carry the names `stp_edge.bundle.engine_mismatches`
+    reads. The per-graph precision mode is added by `precision_mode`.
+
+    Args:
+        precision: "fp32" or "fp16" ("int8" is refused: no calibration cache is produced).
+        version_compatible: Build plans that later TensorRT versions of the same major can load
+            (`BuilderFlag.VERSION_COMPATIBLE`). The plan then embeds the lean runtime, so the full TensorRT
+            runtime deserialises it only with `Runtime.engine_host_code_allowed` set.
+        hardware_compatibility: None (this GPU's compute capability only), "ampere_plus" (any SM >= 8.0) or
+            "same_compute_capability".
+        optimization_level: TensorRT's builder optimisation level, 0 (fast build) to 5 (slow build).
+        workspace_mb: Upper bound of the builder's scratch memory, MiB.
+
+    Raises:
+        ValueError: An unknown or refused value.
+    """
+    _check_precision(precision)
+    if hardware_compatibility is not None and hardware_compatibility not in HARDWARE_COMPATIBILITY:
+        raise ValueError(f"hardware_compatibility must be None or one of {sorted(HARDWARE_COMPATIBILITY)}, "
+                         f"got {hardware_compatibility!r}")
+    if not 0 <= optimization_level <= 5:
+        raise ValueError(f"optimization_level must be in 0..5, got {optimization_level}")
+    if workspace_mb < 1:
+        raise ValueError(f"workspace_mb must be positive, got {workspace_mb}")
+    return {"precision": precision, "version_compatible": bool(version_compatible),
+            "hardware_compatibility": hardware_compatibility, "optimization_level": int(optimization_level),
+            "workspace_mb": int(workspace_mb)}
+
+
+def precision_mode(wanted: str, onnx_precision: str, builder_flags: Collection[str]) -> dict[str, Any]:
+    """How to build one graph at precision `wanted` from an ONNX graph of precision `onnx_precision`.
+
+    Args:
+        wanted: Precision of this graph's engine, "fp32" or "fp16".
+        onnx_precision: Precision the graph was exported in (the manifest's `graph_precision`).
+        builder_flags: Member names of this TensorRT's `BuilderFlag` (FP16 is absent from TensorRT 11).
+
+    Returns:
+        {"precision", "builder_flags": names to set, "cleared_flags": names to clear, "strongly_typed"}.
+
+    Raises:
+        ValueError: int8, an fp32 engine from an fp16 graph, or fp16 from an fp32 graph without `FP16`.
+    """
+    _check_precision(wanted)
+    _check_precision(onnx_precision)
+    if onnx_precision == "fp16":
+        if wanted == "fp32":
+            raise ValueError("the graph was exported in fp16; an fp32 engine cannot be built from it (re-export "
+                             "the bundle with --precision fp32)")
+        return {"precision": wanted, "builder_flags": [], "cleared_flags": [], "strongly_typed": True}
+    if wanted == "fp32":
+        return {"precision": wanted, "builder_flags": [], "cleared_flags": ["TF32"], "strongly_typed": False}
+    if "FP16" not in builder_flags:
+        raise ValueError("this TensorRT has no BuilderFlag.FP16 (weak typing was removed in TensorRT 11), so an "
+                         "fp32 graph builds only as fp32: export the bundle with --precision fp16 (its encoder "
+                         "is then built strongly typed in fp16), or build --precision fp32")
+    return {"precision": wanted, "builder_flags": ["FP16"], "cleared_flags": [], "strongly_typed": False}
+
+
+def graph_precisions(precision: str, onnx_precisions: Mapping[str, str]) -> dict[str, str]:
+    """Engine precision of each graph: the encoder gets `precision`, the heads keep their ONNX precision."""
+    return {g: precision if g == "encoder" else onnx_precisions[g] for g in GRAPH_NAMES}
+
+
+def check_hardware_compatibility(level: str | None, compute_capability: str) -> None:
+    """Refuse hardware compatibility the building GPU cannot produce (TensorRT's documented limits)."""
+    major, _, minor = str(compute_capability).partition(".")
+    cc = (int(major), int(minor or 0))
+    if level == "ampere_plus" and cc < (8, 0):
+        raise EngineBuildError(f"hardware_compatibility='ampere_plus' needs an Ampere or newer GPU to build on "
+                               f"(compute capability >= 8.0); this GPU has {compute_capability}")
+    if level == "same_compute_capability" and cc < (7, 5):
+        raise EngineBuildError(f"hardware_compatibility='same_compute_capability' needs a Turing or newer GPU "
+                               f"(compute capability >= 7.5); this GPU has {compute_capability}")
+
+
+def updated_manifest(manifest: Mapping[str, Any], engine: EngineInfo,
+                     plan_hashes: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of `manifest` with `engine` added (replacing an entry of the same dir) and its plans' sha256.
+
+    Every other key (source, exporter, graph_precision, ...) is kept as is; checksums of files that were in
+    the replaced engine dir are dropped.
+    """
+    new = copy.deepcopy(dict(manifest))
+    prefix = engine.dir.rstrip("/") + "/"
+    new["files"] = {f: h for f, h in manifest["files"].items() if not f.startswith(prefix)}
+    new["files"].update(plan_hashes)
+    new["engines"] = [e for e in manifest["engines"] if e.get("dir") != engine.dir] + [engine.to_dict()]
+    return new
+
+
+# --- building one plan ------------------------------------------------------------------------------------
+def load_builder() -> ModuleType:
+    """The full `tensorrt` module (the lean runtimes cannot build), version 10 or newer."""
+    from stp_edge._deps import require
+
+    trt = require("tensorrt", "building TensorRT engines")
+    version = str(getattr(trt, "__version__", "0"))
+    if not hasattr(trt, "Builder"):
+        raise EngineBuildError(f"the installed tensorrt {version} has no Builder (a runtime-only install?); "
+                               f"building engines needs the full TensorRT: pip install 'stp-edge[trt]'")
+    if int(version.split(".")[0] or 0) < 10:
+        raise EngineBuildError(f"building engines needs TensorRT >= 10, found {version}")
+    return trt
+
+
+def _parse_onnx(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool) -> tuple:
+    """(network, parser) of an ONNX file; the parser must outlive the network's build."""
+    flags = 0
+    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+        raise EngineBuildError(f"TensorRT {trt.__version__} could not parse {onnx_path}: "
+                               + ("; ".join(errors) or "no error reported"))
+    return network, parser
+
+
+def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, shapes: Mapping[str, Profile],
+                 flags: Mapping[str, Any], *, trt: ModuleType | None = None, log_level: str = "warning") -> int:
+    """Build one ONNX graph into a TensorRT plan file; returns the plan's size in bytes.
+
+    Args:
+        onnx_path: The ONNX graph.
+        plan_path: Where to write the plan (its bytes exactly as TensorRT serialised them).
+        shapes: Input name -> (min, opt, max) of the single optimisation profile; every input is listed.
+        flags: `build_flags(...)` merged with this graph's `precision_mode(...)`.
+        trt: The tensorrt module (default: `load_builder()`).
+        log_level: TensorRT log severity: verbose, info, warning, error or internal_error.
+
+    Raises:
+        EngineBuildError: Parse errors (each of TensorRT's), a profile that does not fit an input, or a
+            failed build.
+    """
+    trt = trt or load_builder()
+    if log_level not in LOG_LEVELS:
+        raise ValueError(f"log_level must be one of {sorted(LOG_LEVELS)}, got {log_level!r}")
+    logger = trt.Logger(getattr(trt.Logger, LOG_LEVELS[log_level]))
+    builder = trt.Builder(logger)
+    network, _parser = _parse_onnx(trt, builder, logger, Path(onnx_path), bool(flags.get("strongly_typed")))
+
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(flags["workspace_mb"]) << 20)
+    builder_config.builder_optimization_level = int(flags["optimization_level"])
+    for name in flags.get("builder_flags", ()):
+        builder_config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in flags.get("cleared_flags", ()):
+        builder_config.clear_flag(getattr(trt.BuilderFlag, name))
+    if flags.get("version_compatible"):
+        builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    level = flags.get("hardware_compatibility")
+    if level:
+        builder_config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
+                                                              HARDWARE_COMPATIBILITY[level])
+
+    profile = builder.create_optimization_profile()
+    inputs = []
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        inputs.append(tensor.name)
+        if tensor.name not in shapes:
+            raise EngineBuildError(f"{onnx_path}: no profile for input {tensor.name!r} (profiles: {sorted(shapes)})")
+        check_profile(tensor.name, tuple(tensor.shape), shapes[tensor.name])
+        profile.set_shape(tensor.name, *shapes[tensor.name])
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise EngineBuildError(f"{onnx_path}: profiles for {unknown}, which are not inputs (inputs: {inputs})")
+    builder_config.add_optimization_profile(profile)
+
+    plan = builder.build_serialized_network(network, builder_config)
+    if plan is None:
+        raise EngineBuildError(f"TensorRT {trt.__version__} could not build {onnx_path} (see its log above; "
+                               f"out of memory? try a smaller --max-batch or --max-snippets)")
+    with open(plan_path, "wb") as f:
+        f.write(plan)
+    return Path(plan_path).stat().st_size
+
+
+# --- building a bundle's plans ----------------------------------------------------------------------------
+@contextmanager
+def _on_device(device: int) -> Iterator[None]:
+    """Make `device`'s primary CUDA context current, so TensorRT builds for that GPU."""
+    from stp_edge._deps import require
+
+    cuda = require("pycuda.driver", "selecting the GPU to build on")
+    cuda.init()
+    ctx = cuda.Device(device).retain_primary_context()
+    ctx.push()
+    try:
+        yield
+    finally:
+        cuda.Context.pop()
+        ctx.detach()
+
+
+def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp16", max_batch: int = 16,
+                         max_snippets: int | None = None, device: int = 0, version_compatible: bool = False,
+                         hardware_compatibility: str | None = None, progress: bool = True) -> Path:
+    """Build the encoder, temporal and spatial plans of a bundle for this GPU; returns the engine dir.
+
+    The plans are built into a hidden directory inside the bundle, then moved to
+    `engines/<gpu-slug>-<precision>/` (replacing a previous build of the same GPU and precision) and the
+    manifest is rewritten with their sha256 and an `engines` entry (TensorRT version, GPU name, compute
+    capability, build flags); its other keys are kept. If anything fails, the bundle is left as it was.
+
+    Args:
+        bundle_path: The bundle directory.
+        precision: "fp16" (encoder in fp16, heads as exported) or "fp32".
+        max_batch: Largest batch of snippets (see `profile_shapes`).
+        max_snippets: Largest temporal window T.
+        device: CUDA device ordinal to build on.
+        version_compatible: See `build_flags`.
+        hardware_compatibility: See `build_flags`.
+        progress: Show a progress bar.
+
+    Raises:
+        ValueError: A refused option (int8, an unknown compatibility level, bad profile bounds).
+        MissingDependencyError: TensorRT or pycuda is not installed (names `pip install 'stp-edge[trt]'`).
+        BundleError: The bundle does not load, or TensorRT cannot build it (EngineBuildError).
+    """
+    from tqdm.auto import tqdm
+
+    from stp_edge.backends.trt import cuda_device_info
+
+    common = build_flags(precision, version_compatible=version_compatible,
+                         hardware_compatibility=hardware_compatibility)
+    trt = load_builder()
+    bundle = Bundle.load(bundle_path)  # every checksum, before spending minutes on a build
+    shapes = profile_shapes(bundle.config, max_batch=max_batch, max_snippets=max_snippets)
+    onnx_precisions = bundle.manifest.get("graph_precision") or {g: bundle.precision for g in GRAPH_NAMES}
+    available = set(trt.BuilderFlag.__members__)
+    modes = {g: precision_mode(p, onnx_precisions[g], available)
+             for g, p in graph_precisions(precision, onnx_precisions).items()}
+    gpu_name, cc = cuda_device_info(device)
+    check_hardware_compatibility(hardware_compatibility, cc)
+    engine = EngineInfo(dir=engine_dir_name(gpu_name, precision), precision=precision,
+                        tensorrt_version=str(trt.__version__), gpu_name=gpu_name, compute_capability=cc,
+                        build_flags={**common, "graphs": modes,
+                                     "profiles": {g: {n: [list(d) for d in p] for n, p in s.items()}
+                                                  for g, s in shapes.items()}})
+
+    steps = tqdm(GRAPH_NAMES, desc=f"build {precision} engines", unit="graph", disable=not progress)
+    staging = Path(tempfile.mkdtemp(prefix=".engines-partial-", dir=bundle.path))
+    try:
+        with _on_device(device):
+            for g in steps:
+                steps.set_postfix_str(f"{g}.plan")
+                build_engine(bundle.graph_path(g), staging / f"{g}.plan", shapes[g], {**common, **modes[g]},
+                             trt=trt)
+        staging.chmod(0o755)  # mkdtemp creates 0700; the installed engine dir should read like the bundle
+        install_engines(bundle.path, staging, engine)
+    finally:
+        steps.close()
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when installed
+    return bundle.path / engine.dir
+
+
+def install_engines(bundle_path: str | os.PathLike, staging: Path, engine: EngineInfo) -> None:
+    """Move built plans from `staging` to `engine.dir` and rewrite the manifest, all or nothing.
+
+    An existing dir of the same name is set aside and deleted only once the new manifest is in place; on any
+    error the old dir is put back, the new plans go back to `staging` and the manifest is untouched.
+    """
+    bundle_path = Path(bundle_path)
+    manifest_path = bundle_path / MANIFEST
+    plans = sorted(p.name for p in staging.glob("*.plan"))
+    missing = [g for g in GRAPH_NAMES if f"{g}.plan" not in plans]
+    if missing:
+        raise EngineBuildError(f"{staging}: plans {missing} were not built")
+    hashes = {f"{engine.dir}/{p}": sha256_file(staging / p) for p in plans}
+    text = json.dumps(updated_manifest(read_manifest(bundle_path), engine, hashes), indent=2) + "\n"
+
+    target = bundle_path / engine.dir
+    made_parent = not target.parent.exists()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
+    fd, tmp_manifest = tempfile.mkstemp(prefix=f".{MANIFEST}.partial-", dir=bundle_path)
+    moved = False
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp_manifest, 0o644)
+        if old is not None:
+            os.replace(target, old)
+        os.replace(staging, target)
+        moved = True
+        os.replace(tmp_manifest, manifest_path)
+    except BaseException:
+        if moved:
+            os.replace(target, staging)
+        if old is not None and old.exists():
+            os.replace(old, target)
+        if made_parent:
+            shutil.rmtree(target.parent, ignore_errors=True)
+        Path(tmp_manifest).unlink(missing_ok=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
