@@ -26,17 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_preprocess import RESOLUTIONS, make_frames, pil_pipeline
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from benchmarks.bench_preprocess import RESOLUTIONS, machine_info, make_frames, pil_pipeline
 
 
 class TorchPipeline:
@@ -123,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(ModelSource("random", config=args.config, seed=0))
         rows = run_interleaved(model, bundle, snippets, args.warmup)
     base_row, ours = rows["plain PyTorch"], rows["stp-edge (ORT CPU)"]
-    machine = f"{cpu_name()}, {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores"
+    info = machine_info()
+    machine = f"{info['cpu']}, {platform.machine()}, {info['cores']} cores"
     lines = [f"# Runtime latency per snippet, {args.config}, {args.resolution} frames ({machine})", "",
              "Medians over snippets after warm-up, ms. One snippet = 16 frames pushed, 1 encoded.", "",
              "| stage | plain PyTorch | stp-edge (ORT CPU) | speed-up |", "|---|---:|---:|---:|"]
@@ -135,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.out / f"runtime_{args.config}_{args.resolution}"
     stem.with_suffix(".md").write_text(table + "\n\nCommand: `python benchmarks/bench_runtime.py "
                                        + " ".join(argv or sys.argv[1:]) + "`\n")
-    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "config": args.config,
+    stem.with_suffix(".json").write_text(json.dumps({"machine": info, "config": args.config,
                                                      "resolution": args.resolution, "snippets": args.snippets,
                                                      "median_ms": rows}, indent=2))
     return 0
