@@ -1,0 +1,56 @@
+"""Train the embedded demo model (tiny STPrompt, from scratch, video-level labels only) and save it.
+
+    python scripts/train_demo.py --out stp_edge/assets/demo --seed 0
+
+A thin CLI over `stp_edge.model.demo_training`; see its docstring for the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from stp_edge.model.demo_training import DemoTrainSettings, save_demo, train_demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = DemoTrainSettings()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("stp_edge/assets/demo"), help="checkpoint directory")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock cap on optimisation")
+    ap.add_argument("--epochs", type=int, default=d.epochs)
+    ap.add_argument("--train-videos", type=int, default=d.train_videos)
+    ap.add_argument("--val-videos", type=int, default=d.val_videos)
+    ap.add_argument("--num-frames", type=int, default=d.num_frames)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--spatial-weight", type=float, default=d.spatial_weight)
+    ap.add_argument("--region-ce-weight", type=float, default=d.region_ce_weight)
+    ap.add_argument("--region-topk", type=int, default=d.region_topk)
+    ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--override", action="append", default=[], metavar="FIELD=JSON",
+                    help="tiny-config override, e.g. adapter_sigma=0.5 or score_threshold=0.5 (repeatable)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.override:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    settings = DemoTrainSettings(
+        seed=args.seed, train_videos=args.train_videos, val_videos=args.val_videos, num_frames=args.num_frames,
+        epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+        spatial_weight=args.spatial_weight, region_ce_weight=args.region_ce_weight, region_topk=args.region_topk,
+        threads=args.threads, config_overrides=overrides)
+    result = train_demo(settings, progress=not args.no_progress, log=lambda line: print(line, flush=True))
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    out = save_demo(result, args.out, command=command)
+    print(f"saved {out} (best epoch {result.best_epoch}, {result.seconds / 60:.1f} min of training)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

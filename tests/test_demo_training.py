@@ -1,0 +1,94 @@
+"""Demo-model training (stp_edge.model.demo_training) on a tiny budget, and the committed demo checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stp_edge.model.demo_training import (
+    DemoTrainSettings,
+    check_sha256sums,
+    demo_config,
+    make_demo_videos,
+    region_mil_losses,
+    save_demo,
+    snippet_frame_indices,
+    train_demo,
+)
+from stp_edge.model.weights import load_stprompt
+from stp_edge.streaming import SnippetAssembler
+
+DEMO_MAX_BYTES = 10 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("num_frames", "k"), [(300, 1), (40, 1), (36, 2), (16, 1)])
+def test_snippet_frame_indices_match_the_runtime_assembler(num_frames, k):
+    asm = SnippetAssembler(16, k)
+    frames = [np.full((2, 2, 3), (i % 256, i // 256, 0), np.uint8) for i in range(num_frames)]
+    snippets = [s for f in frames if (s := asm.push(f)) is not None]
+    tail = asm.flush()
+    snippets += [tail] if tail is not None else []
+    runtime = [[int(f[0, 0, 0]) + 256 * int(f[0, 0, 1]) for f in s.frames] for s in snippets]
+    assert snippet_frame_indices(num_frames, 16, k) == runtime
+
+
+def test_region_mil_losses_reward_the_right_regions():
+    q = torch.nn.functional.normalize(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    abnormal = torch.tensor([False, True, True])
+    regions = q[0].repeat(4, 9, 1).clone()  # every region looks normal...
+    regions[2, 5] = q[2]  # ...except one region of one snippet, which looks like class 2
+    bce_anom, ce_anom = region_mil_losses(regions, q, abnormal, label=2, topk=1, temperature=0.07)
+    bce_norm, _ = region_mil_losses(regions, q, abnormal, label=0, topk=1, temperature=0.07)
+    _, ce_wrong = region_mil_losses(regions, q, abnormal, label=1, topk=1, temperature=0.07)
+    assert bce_anom < 0.01 < bce_norm
+    assert ce_anom < 0.01 < ce_wrong
+
+
+def test_tiny_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
+    settings = DemoTrainSettings(seed=3, num_frames=96, epochs=8, batch_size=4, lr=1e-3, warmup_epochs=0.5,
+                                 flip=False, photometric=0.0)
+    cfg = demo_config()
+    train = make_demo_videos("train", 4, seed=3, cfg=cfg, settings=settings, progress=False)
+    val = make_demo_videos("val", 2, seed=3, cfg=cfg, settings=settings, progress=False)
+    assert {v.label > 0 for v in train} == {False, True}
+    assert all(v.images.shape == (6, 3, 112, 112) and v.images.abs().sum() > 0 for v in train)
+    result = train_demo(settings, train=train, val=val, progress=False, log=None)
+    losses = [row["train_loss"] for row in result.history]
+    assert len(losses) == 8
+    assert min(losses[-2:]) < 0.9 * losses[0], losses
+    assert result.model.text_frozen
+
+    out = save_demo(result, tmp_path / "demo")
+    assert check_sha256sums(out) == []
+    loaded = load_stprompt(out)
+    assert loaded.text_frozen and loaded.cfg.spatial_queries == "class_prompts"
+    images = val[0].images.float()
+    with torch.no_grad():
+        for a, b in zip(result.model(images), loaded(images), strict=True):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(result.model.spatial(result.model.regions(images)), loaded.spatial(
+            loaded.regions(images)))
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["best_epoch"] == result.best_epoch and len(log["history"]) == 8
+
+    with open(out / "model.safetensors", "r+b") as fh:  # a flipped byte must be caught
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 1]))
+    assert check_sha256sums(out) == ["model.safetensors"]
+
+
+def test_committed_demo_checkpoint_matches_its_sha256sums_and_loads():
+    from stp_edge.export.sources import demo_checkpoint_dir
+
+    demo = demo_checkpoint_dir()
+    assert (demo / "SHA256SUMS").is_file(), f"{demo} has no SHA256SUMS"
+    assert check_sha256sums(demo) == []
+    assert (demo / "model.safetensors").stat().st_size <= DEMO_MAX_BYTES
+    model = load_stprompt(demo)
+    assert model.text_frozen
+    assert model.cfg.spatial_queries == "class_prompts" and model.cfg.vision.image_size == 112
+    assert model.class_features.abs().sum() > 0 and model.query_features.abs().sum() > 0
+    assert "README.md" in {p.name for p in demo.iterdir()}
