@@ -47,7 +47,7 @@ setup(
     # The repository keeps export scripts and CUDA sources at the top level (DESIGN §4); installed, they
     # become subpackages so `pip install stp-edge[export]` gives a working `stp-edge export`.
     package_dir={"stp_edge.export": "export", "stp_edge.kernels": "kernels"},
-    package_data={"stp_edge.kernels": ["*.cu", "*.cuh"], "stp_edge": ["assets/*"]},
+    package_data={"stp_edge.kernels": ["*.cu", "*.cuh"], "stp_edge": ["assets/demo/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["stp-edge=stp_edge.cli:main"]},
