@@ -7,71 +7,22 @@ Exports the checkpoint (default: the embedded demo model) to a bundle, writes a 
 `stp_edge.evaluate.evaluate_bundle` on it and saves the metrics (auc, ap, tiou, per_class) with the command and
 the machine that produced them.
 
-Besides the official numbers (TIoU with the runtime's top box: the single highest region of the map), it also
-reports `tiou_component`: the same metric with the box of the connected component (regions >= box_threshold)
-that holds the highest region, which `boxes_from_map` also returns. It is labelled as such, never mixed in.
+TIoU uses the runtime's first box: the connected group of regions around the map's peak
+(`stp_edge.spatial.boxes_from_map`, half-maximum rule).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _machine() -> dict:
-    import onnxruntime
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "backend": "ort-cpu"}
-
-
-def _component_prediction(results, num_frames: int):
-    """Per-frame scores and, per snippet, the box of the component that holds the highest region."""
-    from stp_edge.evaluate import VideoPrediction, expand_snippets
-
-    ranges = [(r.frame_start, r.frame_end) for r in results]
-    scores = expand_snippets(np.array([r.score for r in results], float), num_frames, ranges=ranges)
-    top = np.full((len(results), 4), np.nan)
-    for k, r in enumerate(results):
-        if r.boxes:
-            best = r.boxes[0]  # the highest region; a component holding it shares its score
-            same = [b for b in r.boxes[1:] if b.score >= best.score and b.x1 <= best.x1 and b.y1 <= best.y1
-                    and b.x2 >= best.x2 and b.y2 >= best.y2]
-            b = same[0] if same else best
-            top[k] = (b.x1, b.y1, b.x2, b.y2)
-    return VideoPrediction(scores, expand_snippets(top, num_frames, ranges=ranges))
-
-
-def component_tiou(bundle: Path, data: Path, threshold: float) -> dict:
-    """TIoU (overall and per class) with component boxes; same runtime, backend ort-cpu."""
-    from stp_edge.api import Detector, run_video
-    from stp_edge.evaluate import evaluate_videos, read_synthetic
-
-    gts = read_synthetic(data)
-    preds = {}
-    with Detector.load(bundle, backend="ort-cpu") as det:
-        for g in gts:
-            det.reset()
-            preds[g.name] = _component_prediction(list(run_video(data / g.name, detector=det)), int(g.num_frames))
-    res = evaluate_videos(gts, preds, threshold=threshold)
-    return {"tiou": res.tiou, "per_class": {k: v["tiou"] for k, v in res.per_class.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,23 +46,24 @@ def main(argv: list[str] | None = None) -> int:
         data = work / "synthetic_test"
         write_benchmark(data, split="test", num_videos=args.num_videos, seed=args.seed)
         result = evaluate_bundle(bundle, data, backend="ort-cpu", report=None)
-        comp = component_tiou(bundle, data, result.threshold)
         manifest = json.loads((bundle / "manifest.json").read_text())
         seconds = time.monotonic() - t0
     argv_used = argv if argv is not None else sys.argv[1:]
+    import onnxruntime
+
+    from benchmarks.bench_preprocess import machine_info
+
     out = {**result.to_dict(),
-           "tiou_component": comp["tiou"], "per_class_tiou_component": comp["per_class"],
-           "box_rule": {"tiou": "runtime top box = highest region cell (stp_edge.evaluate.prediction_from_results)",
-                        "tiou_component": "box of the component (regions >= box_threshold) holding the highest "
-                                          "region (scripts/eval_demo.py)"},
+           "box_rule": "runtime first box: the component around the map's peak (stp_edge.spatial.boxes_from_map)",
            "data": {"split": "test", "num_videos": args.num_videos, "seed": args.seed,
                     "generator": "stp_edge.synthetic.write_benchmark"},
            "model": {"source": manifest.get("source"), "config": manifest.get("config", {}).get("vision")},
            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *argv_used]),
-           "machine": _machine(), "seconds": round(seconds, 1)}
+           "machine": {**machine_info(), "onnxruntime": onnxruntime.__version__, "backend": "ort-cpu"},
+           "seconds": round(seconds, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("auc", "ap", "tiou", "tiou_component")}, indent=2))
+    print(json.dumps({k: out[k] for k in ("auc", "ap", "tiou")}, indent=2))
     print({k: {m: v.get(m) for m in ("auc", "tiou")} for k, v in out["per_class"].items()})
     return 0
 

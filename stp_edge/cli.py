@@ -140,7 +140,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Export the embedded demo model and run the runtime on a generated clip."""
     from stp_edge.demo import run_demo
 
-    run_demo(args.out)
+    run_demo(args.out, anomaly=args.anomaly, seed=args.seed, seconds=args.seconds)
     return 0
 
 
@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="export the demo model and run it on a generated clip",
                        description=cmd_demo.__doc__)
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
+    d.add_argument("--anomaly", default="fire",
+                   choices=("fighting", "falling", "running", "abandoned object", "fire"),
+                   help="anomaly in the generated clip (default: fire, the class the demo model detects best)")
+    d.add_argument("--seed", type=int, default=2026, help="seed of the generated clip")
+    d.add_argument("--seconds", type=float, default=24.0, help="length of the generated clip")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -130,7 +130,7 @@ def write_clip(path: Path, *, seed: int, anomaly: str, seconds: float) -> dict[s
             "boxes": clip.boxes}
 
 
-def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str = "fighting",
+def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str = "fire",
              seconds: float = 24.0, bundle: str | Path | None = None,
              report: Callable[[str], None] = print) -> DemoSummary:
     """Run the demo; `bundle` overrides the embedded demo model (any bundle with the same classes works)."""

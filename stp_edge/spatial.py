@@ -68,10 +68,13 @@ def upsample_map(amap: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
 
 def boxes_from_map(amap: np.ndarray, frame_hw: tuple[int, int], image_size: int, *, threshold: float,
                    class_id: int, mode: str = "tokens") -> list[Box]:
-    """Boxes in frame pixels: the highest region, then each 8-connected component of regions >= threshold.
+    """Boxes in frame pixels, the anomaly's own box first.
 
-    A component's box is the union of its regions' boxes and its score the highest region score in it. A
-    component identical to the highest-region box is not repeated. Boxes after the first are sorted by score.
+    Regions count as anomalous when their score is >= `threshold` and at least half-way from the map's median
+    (the background) to its peak: a half-maximum rule that keeps a box to the anomaly when a model scores the
+    whole frame above an absolute threshold. The first box is the 8-connected component of such regions that
+    holds the peak (just the peak cell when the peak is below `threshold`); the other components follow by
+    score. A box is the union of its regions' cells; its score is the highest region score in it.
     """
     import cv2
 
@@ -79,16 +82,18 @@ def boxes_from_map(amap: np.ndarray, frame_hw: tuple[int, int], image_size: int,
     flat = amap.reshape(-1)
     cells = to_frame_coords(region_boxes(image_size, R, mode), image_size, frame_hw)
     top = int(np.argmax(flat))
-    boxes = [Box(*cells[top].tolist(), score=float(flat[top]), class_id=class_id)]
-    mask = (amap >= threshold).astype(np.uint8)
+    peak, background = float(flat[top]), float(np.median(flat))
+    level = max(threshold, background + 0.5 * (peak - background))
+    mask = (amap >= level).astype(np.uint8)
+    mask.reshape(-1)[top] = 1
     n, labels, _, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    comps = []
+    flat_labels = labels.reshape(-1)
+    boxes = []
     for lab in range(1, n):
-        idx = np.flatnonzero(labels.reshape(-1) == lab)
-        if idx.size == 1 and idx[0] == top:
-            continue
+        idx = np.flatnonzero(flat_labels == lab)
         c = cells[idx]
-        comps.append(Box(float(c[:, 0].min()), float(c[:, 1].min()), float(c[:, 2].max()), float(c[:, 3].max()),
+        boxes.append(Box(float(c[:, 0].min()), float(c[:, 1].min()), float(c[:, 2].max()), float(c[:, 3].max()),
                          score=float(flat[idx].max()), class_id=class_id))
-    comps.sort(key=lambda b: -b.score)
-    return boxes + comps
+    first = int(flat_labels[top]) - 1
+    rest = sorted((b for i, b in enumerate(boxes) if i != first), key=lambda b: -b.score)
+    return [boxes[first], *rest]

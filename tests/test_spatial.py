@@ -23,14 +23,31 @@ def test_boxes_map_back_to_original_frame():
                      [0.1, 0.3, 0.9],
                      [0.1, 0.8, 0.2]], dtype=np.float32)
     boxes = boxes_from_map(amap, (1080, 1920), 224, threshold=0.5, class_id=4)
-    # highest region (1, 2): the centre square starts at x=420 and has cells of 360 px
+    # the peak (1, 2) and (2, 1) touch diagonally: one 8-connected component covering both cells;
+    # the centre square starts at x=420 and has cells of 360 px
+    assert len(boxes) == 1
     top = boxes[0]
-    assert (top.x1, top.y1, top.x2, top.y2) == pytest.approx((420 + 720, 360, 420 + 1080, 720))
+    assert (top.x1, top.y1, top.x2, top.y2) == pytest.approx((420 + 360, 360, 420 + 1080, 1080))
     assert top.score == pytest.approx(0.9) and top.class_id == 4
-    # (1, 2) and (2, 1) touch diagonally: one 8-connected component covering both cells
-    assert len(boxes) == 2
-    comp = boxes[1]
-    assert (comp.x1, comp.y1, comp.x2, comp.y2) == pytest.approx((420 + 360, 360, 420 + 1080, 1080))
+
+
+def test_half_maximum_keeps_the_box_to_the_anomaly():
+    # every region is above the absolute threshold, but only a 2x2 block stands out from the background
+    amap = np.full((7, 7), 0.6, dtype=np.float32)
+    amap[3:5, 1:3] = [[0.95, 0.9], [0.85, 0.9]]
+    amap[0, 6] = 0.8  # a second, weaker bump
+    boxes = boxes_from_map(amap, (224, 224), 224, threshold=0.5, class_id=1)
+    assert (boxes[0].x1, boxes[0].y1, boxes[0].x2, boxes[0].y2) == pytest.approx((32, 96, 96, 160))
+    assert boxes[0].score == pytest.approx(0.95)
+    assert len(boxes) == 2 and boxes[1].score == pytest.approx(0.8)
+
+
+def test_peak_below_threshold_still_gives_its_cell():
+    amap = np.full((3, 3), 0.1, dtype=np.float32)
+    amap[2, 2] = 0.3
+    boxes = boxes_from_map(amap, (224, 224), 224, threshold=0.5, class_id=2)
+    assert len(boxes) == 1
+    assert (boxes[0].x1, boxes[0].y1) == pytest.approx((448 / 3, 448 / 3))
 
 
 def test_isolated_top_region_is_not_repeated():
