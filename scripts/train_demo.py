@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=d.epochs)
     ap.add_argument("--train-videos", type=int, default=d.train_videos)
     ap.add_argument("--val-videos", type=int, default=d.val_videos)
+    ap.add_argument("--videos-per-scene", type=int, default=d.videos_per_scene, help="clips sharing a layout")
+    ap.add_argument("--translate", type=int, default=d.translate, help="random shift augmentation (pixels)")
     ap.add_argument("--num-frames", type=int, default=d.num_frames)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key] = json.loads(value)
     settings = DemoTrainSettings(
         seed=args.seed, train_videos=args.train_videos, val_videos=args.val_videos, num_frames=args.num_frames,
+        videos_per_scene=args.videos_per_scene, translate=args.translate,
         epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
         spatial_weight=args.spatial_weight, region_ce_weight=args.region_ce_weight, region_topk=args.region_topk,
         threads=args.threads, config_overrides=overrides)

@@ -224,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a bundle on a labelled benchmark", description=cmd_eval.__doc__)
     ev.add_argument("bundle", type=Path)
-    ev.add_argument("--data", type=Path, help="benchmark directory (default: generate a synthetic one)")
+    ev.add_argument("--data", type=Path, help="videos (and, for synthetic, ground truth); default: generate a "
+                    "synthetic split")
+    ev.add_argument("--format", default="synthetic", choices=("synthetic", "ucf-crime", "shanghaitech", "ubnormal"),
+                    help="annotation format of --data")
+    ev.add_argument("--annotations", type=Path, help="UCF-Crime temporal annotation file, or ShanghaiTech's "
+                    "test_frame_mask directory")
     ev.add_argument("--split", default="test")
     ev.add_argument("--num-videos", type=int, default=8, help="videos to generate when --data is absent")
     ev.add_argument("--seed", type=int, default=0)

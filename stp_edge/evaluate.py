@@ -510,14 +510,70 @@ def prediction_from_results(results: Sequence[Any], num_frames: int) -> VideoPre
     return VideoPrediction(scores, expand_snippets(top, num_frames, ranges=ranges))
 
 
+FORMATS = ("synthetic", "ucf-crime", "shanghaitech", "ubnormal")
+_VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif")
+
+
+def load_ground_truth(data: str | Path, fmt: str = "synthetic", annotations: str | Path | None = None,
+                      class_names: Sequence[str] | None = None) -> list[VideoGroundTruth]:
+    """Ground truth of a data set in one of `FORMATS`.
+
+    synthetic: `data` as written by `write_benchmark`; ucf-crime: `annotations` is the temporal annotation
+    file; shanghaitech: `annotations` is the `test_frame_mask` directory; ubnormal: `data` is the root with the
+    Scene folders.
+    """
+    if fmt == "synthetic":
+        return read_synthetic(data)
+    if fmt == "ubnormal":
+        return read_ubnormal(data)
+    if annotations is None:
+        raise ValueError(f"format {fmt!r} needs the annotations path (--annotations)")
+    if fmt == "ucf-crime":
+        return read_ucf_crime(annotations, class_names=class_names)
+    if fmt == "shanghaitech":
+        return read_shanghaitech(annotations)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+
+
+def find_video(data: Path, name: str) -> Path:
+    """The file or frame directory of video `name` under `data` (searched recursively, extensions optional)."""
+    stem = Path(name).stem
+    candidates = [data / name, *(data / f"{stem}{ext}" for ext in _VIDEO_EXTENSIONS), data / stem]
+    candidates += sorted(p for p in data.rglob(f"{stem}*") if p.stem == stem)
+    for c in candidates:
+        if c.is_file() or (c.is_dir() and any(f.suffix.lower() in _IMAGE_EXTENSIONS for f in c.iterdir())):
+            return c
+    raise FileNotFoundError(f"video {name!r} of the annotations was not found under {data} (tried a file with "
+                            f"extensions {_VIDEO_EXTENSIONS} and a directory of frames)")
+
+
+def _run_on_frame_dir(det: Any, path: Path) -> list[Any]:
+    """Push a directory of frame images (sorted by name, as ShanghaiTech ships its test set) through `det`."""
+    import cv2
+
+    results: list[Any] = []
+    files = sorted(f for f in path.iterdir() if f.suffix.lower() in _IMAGE_EXTENSIONS)
+    for f in files:
+        frame = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise OSError(f"cannot read frame image {f}")
+        results += det.push(frame)
+    return results + det.flush()
+
+
 def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "auto",
                     threshold: float | None = None, out_dir: str | Path | None = None,
-                    report: Any = print) -> EvalResult:
-    """Run a bundle over every video of a synthetic benchmark split and evaluate it.
+                    report: Any = print, fmt: str = "synthetic",
+                    annotations: str | Path | None = None) -> EvalResult:
+    """Run a bundle over every annotated video of a data set and evaluate it.
 
     Args:
         bundle: the exported model directory.
-        data: a directory written by `stp_edge.synthetic.write_benchmark`.
+        data: the videos: a directory written by `stp_edge.synthetic.write_benchmark`, or the directory holding
+            a real data set's video files or frame folders (searched recursively by name).
+        fmt: annotation format, one of `FORMATS`.
+        annotations: the annotation file/directory for "ucf-crime" and "shanghaitech".
         backend: runtime backend for `Detector.load`.
         threshold: TIoU score threshold; default the bundle's score threshold.
         out_dir: if given, writes `eval.json` and one score-timeline PNG per video there.
@@ -529,13 +585,16 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
     from stp_edge.api import Detector, run_video
 
     data = Path(data)
-    gts = read_synthetic(data)
     preds: dict[str, VideoPrediction] = {}
     with Detector.load(bundle, backend=backend) as det:
+        gts = load_ground_truth(data, fmt, annotations, det.config.class_names)
         thr = float(det.score_threshold if threshold is None else threshold)
         for g in gts:
             det.reset()
-            results = run_video(data / g.name, detector=det)
+            path = find_video(data, g.name)
+            results = _run_on_frame_dir(det, path) if path.is_dir() else list(run_video(path, detector=det))
+            if not g.num_frames:  # UCF-Crime's annotations carry no frame counts: take the video's
+                g.num_frames = max((r.frame_end for r in results), default=0)
             preds[g.name] = prediction_from_results(list(results), int(g.num_frames or 0))
             if report is not None:
                 report(f"{g.name}: {len(results)} snippets, max score {max(r.score for r in results):.3f}")
@@ -546,7 +605,8 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(result.to_json() + "\n")
-        fps = float(json.loads((data / "manifest.json").read_text()).get("fps", 25.0))
+        manifest = data / "manifest.json"
+        fps = float(json.loads(manifest.read_text()).get("fps", 25.0)) if manifest.is_file() else 25.0
         for g in gts:
             plot_timeline(out / f"{Path(g.name).stem}_timeline.png", preds[g.name].scores, fps,
                           gt_ranges=g.ranges, threshold=thr, title=f"{g.name} ({g.label})")
@@ -565,6 +625,7 @@ def evaluate_cli(args: Any) -> int:
         root = Path(args.out) if args.out is not None else Path("out/eval")
         data = root / f"synthetic_{args.split}"
         write_benchmark(data, split=args.split, num_videos=args.num_videos, seed=args.seed)
-    result = evaluate_bundle(args.bundle, data, backend=args.backend, out_dir=args.out)
+    result = evaluate_bundle(args.bundle, data, backend=args.backend, out_dir=args.out,
+                             fmt=getattr(args, "format", "synthetic"), annotations=getattr(args, "annotations", None))
     print(result.to_json())
     return 0

@@ -71,6 +71,7 @@ class DemoTrainSettings:
     jpeg_quality: tuple[int, int] = (70, 95)
     flip: bool = True
     photometric: float = 0.15  # brightness/contrast jitter amplitude (0 disables)
+    translate: int = 0  # random shift of up to this many pixels (model input), same for a whole video
     config_overrides: dict[str, Any] = field(default_factory=dict)
     threads: int = 2
 
@@ -189,6 +190,9 @@ def _augment(images: torch.Tensor, gen: torch.Generator, settings: DemoTrainSett
     x = images.float()
     if settings.flip and torch.rand((), generator=gen) < 0.5:
         x = x.flip(-1)
+    if settings.translate > 0:
+        dy, dx = (torch.randint(-settings.translate, settings.translate + 1, (2,), generator=gen)).tolist()
+        x = torch.roll(x, (dy, dx), dims=(-2, -1))
     if settings.photometric > 0:
         a = 1 + settings.photometric * (2 * torch.rand((), generator=gen) - 1)
         b = 0.5 * settings.photometric * (2 * torch.rand(3, generator=gen) - 1)
