@@ -7,7 +7,6 @@ end, so an interrupted or failed export leaves nothing half-written.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ import torch
 
 from stp_edge.export.onnx_export import DEFAULT_OPSET, export_onnx
 from stp_edge.export.sources import ModelSource, build_model, demo_checkpoint_dir, weights_fingerprint
-from stp_edge.model.graphs import GRAPH_SPECS, build_graphs, example_inputs, to_precision
+from stp_edge.model.graphs import GRAPH_SPECS, build_graphs, random_inputs, to_precision
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -85,7 +84,9 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
     fingerprint = weights_fingerprint(model)
     steps.update()
     dtype = PRECISIONS[precision]
-    inputs = example_inputs(model)  # float32 at the graph boundary whatever the precision
+    # Tracing inputs: float32 at the graph boundary whatever the precision; T = 5 (any T >= 2 traces the same graph).
+    inputs = {g: {k: torch.from_numpy(v) for k, v in feeds.items()}
+              for g, feeds in random_inputs(model.cfg, seed=0, snippets=5).items()}
     graphs = build_graphs(model)
     if dtype != torch.float32:
         # Reduced precision is for the encoder, where the FLOPs are. The temporal and spatial heads cost
@@ -101,19 +102,18 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
         steps.update()
     steps.set_postfix_str("manifest")
     cfg = model.cfg
-    manifest_path = write_manifest(
-        tmp, config=cfg, files=[f"{n}.onnx" for n in GRAPH_SPECS], precision=precision, opset=opset,
-        graphs=graph_meta, preprocess=PreprocessSpec(size=cfg.vision.image_size).to_dict(),
-    )
-    # Provenance, so `verify` can rebuild the exact torch reference; the manifest itself is not checksummed.
-    manifest = json.loads(manifest_path.read_text())
-    manifest["source"] = {**source.describe(), "weights_sha256": fingerprint}
+    # Provenance, so `verify` can rebuild the exact torch reference.
+    source_meta = {**source.describe(), "weights_sha256": fingerprint}
     if source.kind in ("checkpoint", "demo"):
         ckpt = Path(source.checkpoint) if source.kind == "checkpoint" else demo_checkpoint_dir()
-        manifest["source"]["checkpoint_sha256"] = sha256_file(ckpt / "model.safetensors")
-    manifest["graph_precision"] = {"encoder": precision, "temporal": "fp32", "spatial": "fp32"}
-    manifest["exporter"] = {"stp_edge_version": __version__, "torch_version": torch.__version__}
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        source_meta["checkpoint_sha256"] = sha256_file(ckpt / "model.safetensors")
+    write_manifest(
+        tmp, config=cfg, files=[f"{n}.onnx" for n in GRAPH_SPECS], precision=precision, opset=opset,
+        graphs=graph_meta, preprocess=PreprocessSpec(size=cfg.vision.image_size).to_dict(),
+        extra={"source": source_meta,
+               "graph_precision": {"encoder": precision, "temporal": "fp32", "spatial": "fp32"},
+               "exporter": {"stp_edge_version": __version__, "torch_version": torch.__version__}},
+    )
     steps.update()
     steps.close()
 

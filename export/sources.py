@@ -14,16 +14,7 @@ from typing import Any
 import torch
 
 from stp_edge.config import STPromptConfig
-
-DEMO_DIR = Path(__file__).resolve().parent.parent / "stp_edge" / "assets" / "demo"
-
-
-def demo_checkpoint_dir() -> Path:
-    """The embedded demo model (installed as package data under stp_edge/assets/demo)."""
-    import stp_edge
-
-    installed = Path(stp_edge.__file__).resolve().parent / "assets" / "demo"
-    return installed if installed.is_dir() else DEMO_DIR
+from stp_edge.demo import demo_checkpoint_dir
 
 
 @dataclass

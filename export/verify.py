@@ -62,20 +62,6 @@ def compare(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return err, err / max(scale, 1e-12)
 
 
-def random_feeds(cfg, seed: int, batch: int = 2, snippets: int | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Fresh inputs for every graph: normal images in CLIP's normalised range, unit-scale features (no zeros)."""
-    rng = np.random.default_rng(seed)
-    s, e, r2 = cfg.vision.image_size, cfg.vision.embed_dim, cfg.num_regions
-    t = snippets or 2 * cfg.context + 1  # one full streaming window
-    f32 = np.float32
-    return {
-        "encoder": {"images": rng.standard_normal((batch, 3, s, s)).astype(f32)},
-        "temporal": {"frame_emb": rng.standard_normal((batch, t, e)).astype(f32),
-                     "region_emb": rng.standard_normal((batch, t, r2, e)).astype(f32)},
-        "spatial": {"region_emb": rng.standard_normal((batch, r2, e)).astype(f32)},
-    }
-
-
 def verify_bundle(
     bundle: str | Path,
     *,
@@ -89,7 +75,7 @@ def verify_bundle(
     from stp_edge.backends.torch import TorchRunner
     from stp_edge.bundle import Bundle
     from stp_edge.export.sources import ModelSource, build_model, weights_fingerprint
-    from stp_edge.model.graphs import build_graphs
+    from stp_edge.model.graphs import build_graphs, random_inputs
 
     b = Bundle.load(bundle)
     seed = secrets.randbelow(2**31) if seed is None else seed
@@ -105,7 +91,7 @@ def verify_bundle(
     if want and got != want:
         raise ValueError(f"the rebuilt torch model's weights (sha256 {got[:12]}) differ from the exported ones "
                          f"({want[:12]}); pass the checkpoint the bundle was exported from")
-    feeds = random_feeds(b.config, seed, batch)
+    feeds = random_inputs(b.config, seed, batch)
     reference = build_graphs(model)
     for graph, graph_feeds in feeds.items():
         with TorchRunner(reference[graph], graph) as runner:

@@ -179,7 +179,8 @@ def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compu
 
 def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iterable[str], precision: str,
                    opset: int, graphs: Mapping[str, Mapping[str, Any]], preprocess: Mapping[str, Any],
-                   engines: Iterable[EngineInfo | Mapping[str, Any]] = ()) -> Path:
+                   engines: Iterable[EngineInfo | Mapping[str, Any]] = (),
+                   extra: Mapping[str, Any] | None = None) -> Path:
     """Write `manifest.json` into a bundle directory, hashing every listed file.
 
     Args:
@@ -193,6 +194,7 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
         graphs: name -> {"file", "inputs", "outputs"} for encoder, temporal and spatial.
         preprocess: The preprocessing spec (image size, mean, std, resize/crop semantics).
         engines: EngineInfo or manifest dicts, one per engine set.
+        extra: Further top-level keys (e.g. the exporter's provenance); they may not replace a standard key.
 
     Returns:
         Path of the written manifest.
@@ -237,6 +239,10 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
         "files": hashes,
         "engines": [e.to_dict() for e in engine_infos],
     }
+    clash = sorted(set(extra or {}) & set(manifest))
+    if clash:
+        raise ManifestError(f"write_manifest: extra keys {clash} would replace standard manifest keys")
+    manifest.update(extra or {})
     out = directory / MANIFEST
     out.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return out

@@ -24,6 +24,11 @@ from stp_edge.results import SnippetResult
 STAGES = ("decode", "preprocess", "encoder", "temporal", "spatial", "post")
 
 
+def demo_checkpoint_dir() -> Path:
+    """The embedded demo model's checkpoint directory (package data under stp_edge/assets/demo)."""
+    return Path(__file__).resolve().parent / "assets" / "demo"
+
+
 @dataclass
 class Event:
     """Consecutive anomalous snippets merged into one event."""
@@ -93,7 +98,7 @@ def ensure_demo_bundle(out: Path, report: Callable[[str], None] = print) -> Path
     """Export the embedded demo model to `out` unless an up-to-date export is already there."""
     from stp_edge.bundle import Bundle, BundleError, sha256_file
 
-    weights = Path(__file__).resolve().parent / "assets" / "demo" / "model.safetensors"
+    weights = demo_checkpoint_dir() / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"the embedded demo model is missing ({weights}); "
                                 "rebuild it with `python scripts/train_demo.py`")
@@ -135,6 +140,7 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
              report: Callable[[str], None] = print) -> DemoSummary:
     """Run the demo; `bundle` overrides the embedded demo model (any bundle with the same classes works)."""
     from stp_edge.api import Detector, frame_scores, run_video, write_overlay
+    from stp_edge.evaluate import rank_auc
     from stp_edge.visualize import plot_timeline
 
     out = Path(out_dir)
@@ -157,7 +163,8 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
 
     scores = frame_scores(results, len(gt["labels"]))
     labels = (np.asarray(gt["labels"]) > 0).astype(int)
-    summary.frame_auc = _auc(labels, scores)
+    auc = rank_auc(labels, scores)
+    summary.frame_auc = None if np.isnan(auc) else auc
     _print_summary(summary, results, gt, wall, report)
 
     outputs = {"overlay": out / "overlay.mp4", "plot": out / "scores.png", "results": out / "results.jsonl"}
@@ -171,16 +178,6 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
     for name, path in outputs.items():
         report(f"wrote    {name:<8} {path}")
     return summary
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if not len(pos) or not len(neg):
-        return None
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    ranks[order] = np.arange(1, len(order) + 1)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def _print_summary(summary: DemoSummary, results, gt, wall: float, report: Callable[[str], None]) -> None:

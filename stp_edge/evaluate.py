@@ -134,6 +134,19 @@ def frame_auc_ap(scores: np.ndarray, labels: np.ndarray) -> tuple[float | None, 
             float(metrics.average_precision_score(labels, scores)))
 
 
+def rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC as the probability that a random positive outscores a random negative (ties count half).
+
+    NumPy only (no scikit-learn), for diagnostics on small sets; NaN when only one class is present.
+    """
+    labels, scores = np.asarray(labels).ravel(), np.asarray(scores, float).ravel()
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not pos.size or not neg.size:
+        return float("nan")
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (pos.size * neg.size))
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise IoU of boxes [N,4] and [N,4] (x1, y1, x2, y2); NaN rows give 0."""
     a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))

@@ -10,8 +10,9 @@ import shutil
 
 import numpy as np
 import pytest
+from pil_exact import pil_reference
 
-from stp_edge.preprocess import CLIP_MEAN, CLIP_STD, CpuPreprocessor, center_offset, nv12_to_rgb, resized_size
+from stp_edge.preprocess import CLIP_STD, CpuPreprocessor, nv12_to_rgb
 
 pytestmark = pytest.mark.gpu
 
@@ -40,24 +41,6 @@ def smooth_noise(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
     img = 128 + 90 * np.sin(x[..., None] / 17.0 + ph) * np.cos(y[..., None] / 31.0 - ph)
     img += rng.normal(0, 20, size=(h, w, c))
     return np.clip(img, 0, 255).astype(np.uint8).squeeze()
-
-
-def pil_reference(rgb: np.ndarray, size: int, dtype: type = np.float32) -> np.ndarray:
-    """PIL resize + crop, normalised in the kernel's float32 op order (v * scale + bias).
-
-    The kernel reproduces PIL's integer resize and rounds each float op like NumPy, so the match is exact.
-    """
-    from PIL import Image
-
-    h, w = rgb.shape[:2]
-    nh, nw = resized_size(h, w, size)
-    a = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BICUBIC))
-    t, left = center_offset(nh, size), center_offset(nw, size)
-    v = a[t : t + size, left : left + size].transpose(2, 0, 1).astype(np.float32)
-    std = np.asarray(CLIP_STD, np.float32)[:, None, None]
-    scale = np.float32(1.0) / (np.float32(255.0) * std)
-    bias = -np.asarray(CLIP_MEAN, np.float32)[:, None, None] / std
-    return (v * scale + bias).astype(dtype)
 
 
 def poison(cuda, pre) -> None:

@@ -15,6 +15,7 @@ from stp_edge.evaluate import (
     expand_snippets,
     frame_auc_ap,
     prediction_from_results,
+    rank_auc,
     read_box_csv,
     read_shanghaitech,
     read_temporal_annotation,
@@ -31,6 +32,15 @@ def test_auc_ap_hand_computed():
     auc, ap = frame_auc_ap(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     assert auc == pytest.approx(0.75)
     assert ap == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_rank_auc_agrees_with_sklearn_including_ties():
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.random(200), 1)  # rounded: many ties between positives and negatives
+    labels = (rng.random(200) < 0.3).astype(int)
+    assert rank_auc(labels, scores) == pytest.approx(frame_auc_ap(scores, labels)[0], abs=1e-12)
+    assert rank_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert np.isnan(rank_auc(np.array([1, 1]), np.array([0.2, 0.3])))
 
 
 def test_auc_undefined_with_one_class_and_rejects_nan():

@@ -14,8 +14,8 @@ from stp_edge.bundle import Bundle, ChecksumError
 from stp_edge.export import bundle_export
 from stp_edge.export.bundle_export import export_bundle
 from stp_edge.export.sources import ModelSource, build_model
-from stp_edge.export.verify import random_feeds, verify_bundle
-from stp_edge.model.graphs import build_graphs
+from stp_edge.export.verify import verify_bundle
+from stp_edge.model.graphs import build_graphs, random_inputs
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_polygraphy_onnxrt_matches_saved_torch_outputs(tiny_fp32, tmp_path):
     bundle = Bundle.load(tiny_fp32)
     model = build_model(ModelSource.from_manifest(bundle.manifest["source"]))
     graph = build_graphs(model)["temporal"]
-    feeds = random_feeds(bundle.config, seed=21)["temporal"]
+    feeds = random_inputs(bundle.config, seed=21)["temporal"]
     with torch.no_grad():
         score, probs = graph(*(torch.from_numpy(feeds[k]) for k in ("frame_emb", "region_emb")))
     save_json([feeds], tmp_path / "inputs.json")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pil_exact import pil_reference
 
 from stp_edge.cuda import build
 from stp_edge.cuda.kernels import BLOCK, KERNELS, grid_h, grid_v
@@ -84,23 +85,6 @@ def _smooth_noise(h: int, w: int, c: int, seed: int) -> np.ndarray:
     img = 128 + 90 * np.sin(x[..., None] / 13.0 + ph) * np.cos(y[..., None] / 29.0 - ph)
     img += rng.normal(0, 25, size=(h, w, c))
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _pil_reference(rgb: np.ndarray, size: int, dtype: type = np.float32) -> np.ndarray:
-    """PIL resize + crop, normalised with the kernel's float32 op order (v * scale + bias): exact target."""
-    from PIL import Image
-
-    from stp_edge.preprocess import center_offset, resized_size
-
-    h, w = rgb.shape[:2]
-    nh, nw = resized_size(h, w, size)
-    a = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BICUBIC))
-    t, left = center_offset(nh, size), center_offset(nw, size)
-    v = a[t : t + size, left : left + size].transpose(2, 0, 1).astype(np.float32)
-    std = np.asarray(CLIP_STD, np.float32)[:, None, None]
-    scale = np.float32(1.0) / (np.float32(255.0) * std)
-    bias = -np.asarray(CLIP_MEAN, np.float32)[:, None, None] / std
-    return (v * scale + bias).astype(dtype)
 
 
 def test_nvcc_targets_every_listed_arch() -> None:
@@ -222,7 +206,7 @@ def test_host_build_of_kernel_bodies_matches_pil(host_kernels: ctypes.CDLL, h: i
     got = _run_host(host_kernels, frames, size, "bgr8", pad=5)
     assert np.isfinite(got).all(), "some outputs were never written"
     for b in range(2):
-        ref = _pil_reference(np.ascontiguousarray(frames[b, ..., ::-1]), size)
+        ref = pil_reference(np.ascontiguousarray(frames[b, ..., ::-1]), size)
         np.testing.assert_array_equal(got[b], ref)  # PIL's integer resize reproduced bit for bit
     cpu = CpuPreprocessor(size)(list(frames))
     assert np.abs(got - cpu).max() <= 1.0 / 255 / min(CLIP_STD) + 1e-5  # twin: at most one grey level
@@ -232,7 +216,7 @@ def test_host_build_fp16_output(host_kernels: ctypes.CDLL) -> None:
     frames = _smooth_noise(90, 160, 3, 3)[None]
     got = _run_host(host_kernels, frames, 64, "bgr8", half=True)
     assert np.isfinite(got).all()
-    np.testing.assert_array_equal(got[0], _pil_reference(np.ascontiguousarray(frames[0, ..., ::-1]), 64, np.float16))
+    np.testing.assert_array_equal(got[0], pil_reference(np.ascontiguousarray(frames[0, ..., ::-1]), 64, np.float16))
 
 
 @pytest.mark.parametrize(("matrix", "full_range"), [("bt601", False), ("bt709", False), ("bt601", True),
@@ -245,6 +229,6 @@ def test_host_build_nv12_matches_cpu_twin(host_kernels: ctypes.CDLL, matrix: str
     assert np.isfinite(got).all()
     for b in range(2):
         rgb = nv12_to_rgb(nv12[b], matrix, full_range)
-        np.testing.assert_array_equal(got[b], _pil_reference(rgb, size))
+        np.testing.assert_array_equal(got[b], pil_reference(rgb, size))
     cpu = CpuPreprocessor(size).from_nv12(list(nv12), matrix, full_range)
     assert np.abs(got - cpu).max() <= 1.0 / 255 / min(CLIP_STD) + 1e-5

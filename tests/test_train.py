@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from stp_edge.config import STPromptConfig
+from stp_edge.evaluate import rank_auc
 from stp_edge.model.stprompt import STPrompt
 from stp_edge.model.train import (
     FeatureVideo,
@@ -14,13 +15,6 @@ from stp_edge.model.train import (
     topk_count,
     train_on_features,
 )
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Rank AUC: the probability that a random positive outscores a random negative."""
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(wins / (pos.size * neg.size))
 
 
 def _synthetic_videos(cfg, n=24, seed=1):
@@ -60,10 +54,10 @@ def test_training_overfits_tiny_feature_set():
     cfg = STPromptConfig.named("tiny")
     model = STPrompt(cfg)
     videos, labels = _synthetic_videos(cfg, n=12)
-    before = _auc(np.concatenate(labels), np.concatenate(snippet_scores(model, videos)))
+    before = rank_auc(np.concatenate(labels), np.concatenate(snippet_scores(model, videos)))
     history = train_on_features(model, videos, epochs=80, lr=3e-3, progress=False)
     assert history[-1] < 0.5 * history[0]
-    after = _auc(np.concatenate(labels), np.concatenate(snippet_scores(model, videos)))
+    after = rank_auc(np.concatenate(labels), np.concatenate(snippet_scores(model, videos)))
     assert after == 1.0, (before, after)
     assert model.text_frozen  # training ends with the text features baked for export
 

@@ -23,7 +23,6 @@ files, then CLIP-preprocessed by `CpuPreprocessor`. Preprocessed snippets are ca
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -37,7 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stp_edge.bundle import sha256_file
 from stp_edge.config import STPromptConfig
+from stp_edge.evaluate import box_iou, rank_auc
 from stp_edge.model.train import mil_losses
 
 # Demo-model config overrides of the `tiny` preset (the spatial stream scores regions against the class prompts).
@@ -293,27 +294,11 @@ def validate(model, videos: Sequence[DemoVideo], settings: DemoTrainSettings, ch
                                     cfg.vision.image_size, v.frame_hw)
             top = model.spatial(re).argmax(-1).numpy()
             for t in np.flatnonzero(v.snippet_labels & np.isfinite(v.snippet_boxes[:, 0])):
-                iou = _iou(cells[top[t]], v.snippet_boxes[t]) if s[t] >= cfg.score_threshold else 0.0
+                iou = float(box_iou(cells[top[t]], v.snippet_boxes[t])[0]) if s[t] >= cfg.score_threshold else 0.0
                 ious.append(iou)
     y, sc = np.concatenate(labels), np.concatenate(scores)
-    return {"loss": float(np.mean(losses)), "snippet_auc": _rank_auc(y, sc),
+    return {"loss": float(np.mean(losses)), "snippet_auc": rank_auc(y, sc),
             "top_region_iou": float(np.mean(ious)) if ious else float("nan")}
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if not pos.size or not neg.size:
-        return float("nan")
-    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(wins / (pos.size * neg.size))
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -426,15 +411,6 @@ def train_demo(settings: DemoTrainSettings, *, train: Sequence[DemoVideo] | None
 
 
 # ------------------------------------------------------------------------------------------------ saving
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 SUMMED_FILES = ("model.safetensors", "config.json")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -94,14 +95,19 @@ def build_graphs(model: STPrompt, dtype: torch.dtype = torch.float32) -> dict[st
     return {name: cls(model, dtype).eval() for name, cls in GRAPH_MODULES.items()}
 
 
-def example_inputs(model: STPrompt, batch: int = 2, snippets: int = 5, seed: int = 0) -> dict[str, dict]:
-    """Fresh random inputs for each graph (never zeros): CLIP-normalised-range images and unit-scale features."""
-    cfg = model.cfg
-    g = torch.Generator().manual_seed(seed)
+def random_inputs(cfg, seed: int, batch: int = 2, snippets: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Fresh float32 inputs for every graph (never zeros), used to trace the export and by `verify`.
+
+    Normal images in CLIP's normalised range and unit-scale features; `snippets` defaults to one full streaming
+    window (2c+1).
+    """
+    rng = np.random.default_rng(seed)
     s, e, r2 = cfg.vision.image_size, cfg.vision.embed_dim, cfg.num_regions
+    t = snippets or 2 * cfg.context + 1
+    f32 = np.float32
     return {
-        "encoder": {"images": torch.randn(batch, 3, s, s, generator=g)},
-        "temporal": {"frame_emb": torch.randn(batch, snippets, e, generator=g),
-                     "region_emb": torch.randn(batch, snippets, r2, e, generator=g)},
-        "spatial": {"region_emb": torch.randn(batch, r2, e, generator=g)},
+        "encoder": {"images": rng.standard_normal((batch, 3, s, s)).astype(f32)},
+        "temporal": {"frame_emb": rng.standard_normal((batch, t, e)).astype(f32),
+                     "region_emb": rng.standard_normal((batch, t, r2, e)).astype(f32)},
+        "spatial": {"region_emb": rng.standard_normal((batch, r2, e)).astype(f32)},
     }
