@@ -29,6 +29,12 @@ class VisionConfig:
     layers: int = 12
     heads: int = 12
     embed_dim: int = 512
+    # "patch": CLIP's single patch-embedding convolution (what pretrained checkpoints have). "conv": a
+    # convolutional stem (log2(patch_size) stride-2 3x3 conv + BatchNorm + ReLU layers, channels stem_width,
+    # 2*stem_width, ..., then a 1x1 conv to `width`; Xiao et al. 2021, "Early convolutions help transformers
+    # see better"): same token grid, but a from-scratch encoder learns far faster (the demo model uses it).
+    stem: str = "patch"
+    stem_width: int = 24
 
     @property
     def grid(self) -> int:
@@ -98,6 +104,10 @@ class STPromptConfig:
     def validate(self) -> None:
         """Raise ValueError naming the field when the configuration is inconsistent."""
         v = self.vision
+        if v.stem not in ("patch", "conv"):
+            raise ValueError(f"vision.stem={v.stem!r}; expected 'patch' or 'conv'")
+        if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):
+            raise ValueError(f"vision.stem='conv' needs a power-of-two patch_size, got {v.patch_size}")
         if v.image_size % v.patch_size:
             raise ValueError(f"vision.image_size={v.image_size} is not a multiple of patch_size={v.patch_size}")
         if v.width % v.heads:

@@ -522,9 +522,11 @@ class ClipPlan:
     """Everything about a clip except its pixels; `render(i)` draws frame i, `frames()` streams them all."""
 
     def __init__(self, seed: int, *, width: int, height: int, num_frames: int, anomaly: str | None,
-                 fps: float, layout_seed: int | None) -> None:
+                 fps: float, layout_seed: int | None, twin_of: str | None = None) -> None:
         if anomaly is not None and anomaly not in CLASS_NAMES:
             raise ValueError(f"anomaly={anomaly!r} is not a class; expected None or one of {CLASS_NAMES}")
+        if twin_of is not None and (twin_of not in ANOMALY_CLASSES or anomaly not in (None, "normal")):
+            raise ValueError(f"twin_of={twin_of!r} needs a normal clip (anomaly=None) and one of {ANOMALY_CLASSES}")
         if num_frames < 16 or width < 64 or height < 64:
             raise ValueError(f"clip too small: got {num_frames} frames of {width}x{height}, "
                              "expected >= 16 frames of >= 64x64")
@@ -541,7 +543,10 @@ class ClipPlan:
         self.event: tuple[int, int] | None = None
         self._plan_background_agents(rng)
         if self.class_name != "normal":
-            self._plan_event(rng)
+            self._plan_event(rng, self.class_name)
+        elif twin_of is not None:
+            self._plan_event(rng, twin_of)
+            self._defuse_event()
         # Own stream, so a clip and its normal twin (same seed, no anomaly) share lighting and noise.
         self._plan_photometry(np.random.default_rng([self.seed, 9]))
         self.labels, self.boxes = self._ground_truth()
@@ -592,8 +597,8 @@ class ClipPlan:
         t0 = int(rng.uniform(0.2, 0.5) * F)
         return t0, min(F, t0 + max(8, int(rng.uniform(0.25, 0.4) * F)))
 
-    def _plan_event(self, rng: np.random.Generator) -> None:
-        L, F, name = self.layout, self.num_frames, self.class_name
+    def _plan_event(self, rng: np.random.Generator, name: str) -> None:
+        L, F = self.layout, self.num_frames
         t = np.arange(F)
         side = float(rng.choice([-1.0, 1.0]))
         d_in = 0.0 if side > 0 else math.pi
@@ -651,6 +656,32 @@ class ClipPlan:
             return
         self.event_agents.append(a)
         self.event = (t0, t1)
+
+    def _defuse_event(self) -> None:
+        """Turn the planned event into normal behaviour: the clip becomes the event clip's normal twin.
+
+        Same people on the same paths up to the event; then the faller and the runner walk on at their
+        approach pace, the fighters stand together, the suitcase is never set down, and there is no fire.
+        """
+        F = self.num_frames
+        for a in self.event_agents:
+            odd = np.isin(a.mode, (_RUN, _LYING))
+            if odd.any():
+                k = int(np.flatnonzero(odd)[0])
+                v = a.pos[k] - a.pos[k - 1] if k > 0 else np.zeros(2)
+                a.pos[k:] = a.pos[k] + np.arange(F - k)[:, None] * v
+                a.facing[k:] = a.facing[k - 1] if k > 0 else a.facing[k]
+                a.mode[odd] = _WALK
+            fight = a.mode == _FIGHT
+            if fight.any():
+                k = int(np.flatnonzero(fight)[0])
+                a.pos[fight] = a.pos[max(0, k - 1)]
+                a.mode[fight] = _STAND
+            a.tilt[:] = 0.0
+            a.arms = None
+            if a.carry is not None:
+                a.carry[:] = True
+        self.suitcase, self.fire, self.event = None, None, None
 
     def _run_path(self, rng: np.random.Generator, P: np.ndarray, n_run: int, n: int,
                   side: float) -> np.ndarray:
@@ -781,10 +812,15 @@ class ClipPlan:
 
 
 def plan_clip(seed: int, *, width: int = 320, height: int = 240, num_frames: int = 300,
-              anomaly: str | None = None, fps: float = 25.0, layout_seed: int | None = None) -> ClipPlan:
-    """Plan a clip (layout, motion, ground truth) without rendering it; see `generate_clip`."""
+              anomaly: str | None = None, fps: float = 25.0, layout_seed: int | None = None,
+              twin_of: str | None = None) -> ClipPlan:
+    """Plan a clip (layout, motion, ground truth) without rendering it; see `generate_clip`.
+
+    `twin_of` (with a normal clip): the normal twin of the `twin_of` clip with the same seed: the same scene,
+    people and lighting, and the event's people present but behaving normally (see `ClipPlan._defuse_event`).
+    """
     return ClipPlan(seed, width=width, height=height, num_frames=num_frames, anomaly=anomaly, fps=fps,
-                    layout_seed=layout_seed)
+                    layout_seed=layout_seed, twin_of=twin_of)
 
 
 def generate_clip(seed: int, *, width: int = 320, height: int = 240, num_frames: int = 300,

@@ -45,6 +45,23 @@ def test_region_mil_losses_reward_the_right_regions():
     assert ce_anom < 0.01 < ce_wrong
 
 
+def test_dense_normal_region_loss_covers_every_region():
+    q = torch.nn.functional.normalize(torch.randn(3, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    abnormal = torch.tensor([False, True, True])
+    regions = torch.randn(4, 9, 8, generator=torch.Generator().manual_seed(2))
+    dense, _ = region_mil_losses(regions, q, abnormal, label=0, topk=1, temperature=1.0, dense_normal=True)
+    logits = torch.nn.functional.normalize(regions, dim=-1) @ q.T / 1.0
+    p_abn = logits.softmax(-1)[..., 1:].sum(-1)
+    torch.testing.assert_close(dense, -torch.log1p(-p_abn).mean())
+    top1, _ = region_mil_losses(regions, q, abnormal, label=0, topk=1, temperature=1.0, dense_normal=False)
+    torch.testing.assert_close(top1, -torch.log1p(-p_abn.max()))
+    assert dense < top1  # the mean over all regions is below the worst region's loss
+    # For an anomalous video the bag stays top-k, with or without dense_normal.
+    a, _ = region_mil_losses(regions, q, abnormal, label=2, topk=1, temperature=1.0, dense_normal=True)
+    b, _ = region_mil_losses(regions, q, abnormal, label=2, topk=1, temperature=1.0, dense_normal=False)
+    torch.testing.assert_close(a, b)
+
+
 def test_tiny_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
     settings = DemoTrainSettings(seed=3, num_frames=96, epochs=8, batch_size=4, lr=1e-3, warmup_epochs=0.5,
                                  flip=False, photometric=0.0)

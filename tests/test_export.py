@@ -59,6 +59,18 @@ def test_verify_tiny_passes(which, request):
         assert worst > 1e-6  # the fp16 graphs really compute in half precision
 
 
+def test_demo_model_with_conv_stem_exports_and_verifies(tmp_path):
+    """The committed demo checkpoint (tiny ViT with a BatchNorm conv stem) through the real exporter."""
+    bundle = export_bundle(tmp_path / "demo.stp", demo=True, progress=False)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["source"]["kind"] == "demo"
+    assert m["config"]["vision"]["stem"] == "conv"
+    lines = []
+    report = verify_bundle(bundle, seed=5, report=lines.append)
+    assert report.ok, "\n".join(lines)
+    assert max(r.rel for r in report.rows) < 1e-4
+
+
 def test_verify_fails_on_a_different_model(tiny_fp32, tmp_path):
     other = export_bundle(tmp_path / "other.stp", random_config="tiny", seed=4, progress=False)
     manifest = json.loads((tiny_fp32 / "manifest.json").read_text())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stp_edge.config import STPromptConfig
+from stp_edge.config import STPromptConfig, VisionConfig
 from stp_edge.model.clip import CLIP
 from stp_edge.model.regions import make_crops, pool_regions
 from stp_edge.model.stprompt import STPrompt, banded_adapter_matrix, motion_energy, sa2
@@ -122,6 +122,23 @@ def test_regions_tokens_and_crops_modes():
     model = STPrompt(cfg).eval()
     with torch.no_grad():
         assert model.regions(images).shape == (2, 9, cfg.vision.embed_dim)
+
+
+def test_conv_stem_keeps_the_token_grid_and_validates():
+    from stp_edge.model.clip import VisionTransformer
+
+    cfg = VisionConfig(image_size=112, patch_size=16, width=32, layers=1, heads=2, embed_dim=16, stem="conv")
+    vit = VisionTransformer(cfg).eval()
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    frame, patch = vit(x)
+    assert frame.shape == (2, 16) and patch.shape == (2, 49, 16)
+    strides = [m.stride[0] for m in vit.stem if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [2, 2, 2, 2, 1]  # log2(16) stride-2 convs, then the 1x1 projection
+    assert not hasattr(vit, "conv1")
+    with pytest.raises(ValueError, match="stem"):
+        STPromptConfig.named("tiny", vision=VisionConfig(image_size=96, patch_size=12, stem="conv"))
+    with pytest.raises(ValueError, match="stem"):
+        STPromptConfig.named("tiny", vision=VisionConfig(image_size=112, patch_size=16, stem="cnn"))
 
 
 def test_config_validation_names_the_field():

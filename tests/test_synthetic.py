@@ -32,6 +32,32 @@ def test_same_seed_same_clip_other_seed_other_clip():
     assert a.frames.std() > 20  # a textured scene, not a flat image
 
 
+@pytest.mark.parametrize("name", ANOMALY_CLASSES)
+def test_normal_twin_keeps_the_people_but_not_the_event(name):
+    seed = 40 + CLASS_NAMES.index(name)
+    clip = plan_clip(seed, width=W, height=H, num_frames=F, anomaly=name)
+    twin = plan_clip(seed, width=W, height=H, num_frames=F, twin_of=name)
+    assert twin.class_name == "normal" and twin.event is None and not twin.labels.any()
+    assert np.isnan(twin.boxes).all()
+    assert twin.metadata()["num_agents"] == clip.metadata()["num_agents"]  # the event's people are there
+    s, e = clip.event
+    before = [max(0, s - 5), s - 1]
+    for f in before:  # identical up to the event
+        assert np.array_equal(clip.render(f), twin.render(f)), f"{name}: frame {f} differs before the event"
+    mid = (s + e) // 2
+    x1, y1, x2, y2 = np.round(clip.boxes[mid]).astype(int)
+    diff = np.abs(clip.render(mid).astype(int) - twin.render(mid).astype(int)).mean(-1)
+    assert diff[y1:y2, x1:x2].mean() > 10, f"{name}: the twin shows the event too"
+    assert twin.render(mid).std() > 20
+
+
+def test_twin_of_needs_a_normal_clip_and_an_anomaly_class():
+    with pytest.raises(ValueError, match="twin_of"):
+        plan_clip(1, anomaly="fire", twin_of="fire")
+    with pytest.raises(ValueError, match="twin_of"):
+        plan_clip(1, twin_of="juggling")
+
+
 def test_normal_clip_has_no_event():
     clip = generate_clip(3, width=W, height=H, num_frames=F)
     assert clip.class_name == "normal" and clip.event is None and clip.video_label == 0

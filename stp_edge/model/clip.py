@@ -84,6 +84,20 @@ class Transformer(nn.Module):
         return x
 
 
+def conv_stem(patch_size: int, stem_width: int, width: int) -> nn.Sequential:
+    """Convolutional patch embedding: log2(patch_size) x (3x3 stride-2 conv, BatchNorm, ReLU), 1x1 conv to width.
+
+    Maps [B,3,S,S] to [B,width,S/patch,S/patch] like the single patch convolution it replaces.
+    """
+    layers: list[nn.Module] = []
+    cin, cout = 3, stem_width
+    for _ in range(patch_size.bit_length() - 1):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        cin, cout = cout, cout * 2
+    layers.append(nn.Conv2d(cin, width, 1))
+    return nn.Sequential(*layers)
+
+
 class VisionTransformer(nn.Module):
     """CLIP ViT image encoder returning the frame embedding and the projected patch embeddings."""
 
@@ -92,7 +106,10 @@ class VisionTransformer(nn.Module):
         self.cfg = cfg
         w = cfg.width
         scale = w**-0.5
-        self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        if cfg.stem == "conv":
+            self.stem = conv_stem(cfg.patch_size, cfg.stem_width, w)
+        else:
+            self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(w))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.num_patches + 1, w))
         self.ln_pre = LayerNorm(w)
@@ -102,7 +119,8 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B,3,S,S] (CLIP-normalised) -> frame_emb [B,E], patch_emb [B,N,E]."""
-        x = self.conv1(images.to(self.conv1.weight.dtype))
+        embed = self.stem if self.cfg.stem == "conv" else self.conv1
+        x = embed(images.to(self.class_embedding.dtype))
         x = x.flatten(2).transpose(1, 2)  # [B, N, W]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
