@@ -151,9 +151,10 @@ def load_stprompt(path: str | Path, tokenizer=None):
     model = STPrompt(STPromptConfig.from_dict(meta["config"]), tokenizer=tokenizer)
     sd = load_file(str(w_file))
     if not meta.get("text_tower", True):
-        # The text tower was left out on purpose; keep the model's own (unused) text weights for those keys.
+        # The text tower was left out on purpose (its features are baked in). Its unused weights are zeros, not
+        # the fresh random init, so loading the same checkpoint twice gives the same weights fingerprint.
         own = model.state_dict()
-        sd = {**{k: v for k, v in own.items() if _is_text_tower_key(k)}, **sd}
+        sd = {**{k: torch.zeros_like(v) for k, v in own.items() if _is_text_tower_key(k)}, **sd}
     load_state_dict_strict(model, sd, f"STPrompt checkpoint {w_file}")
     model.text_frozen = bool(meta.get("text_frozen", False))
     return model.eval()
