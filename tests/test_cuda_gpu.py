@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from cuda_driver import cuda_driver_or_skip
 from pil_exact import pil_reference
 
 from stp_edge.preprocess import CLIP_STD, CpuPreprocessor, nv12_to_rgb
@@ -21,13 +22,7 @@ ONE_LEVEL = 1.0 / 255 / min(CLIP_STD) + 1e-5  # one grey level in normalised uni
 
 @pytest.fixture(scope="module")
 def cuda():
-    drv = pytest.importorskip("pycuda.driver", reason="pycuda not installed (pip install 'stp-edge[cuda]')")
-    try:
-        drv.init()
-        if drv.Device.count() == 0:
-            pytest.skip("no CUDA device")
-    except drv.Error as exc:
-        pytest.skip(f"CUDA driver unavailable: {exc}")
+    drv = cuda_driver_or_skip()
     from stp_edge.cuda.kernels import ensure_context
 
     ensure_context()

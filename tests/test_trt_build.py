@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_driver import cuda_driver_or_skip
 
 from stp_edge._deps import MissingDependencyError
 from stp_edge.bundle import MANIFEST, Bundle, EngineInfo, engine_mismatches, read_manifest
@@ -426,14 +427,7 @@ def _gpu_builder():
     if not _has_tensorrt():
         pytest.skip("TensorRT (the builder) is not installed")
     trt = trt_build.load_builder()
-    cuda = pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
-    try:
-        cuda.init()
-        if cuda.Device.count() == 0:
-            pytest.skip("no CUDA device")
-    except cuda.Error as exc:
-        pytest.skip(f"CUDA is not usable: {exc}")
-    return trt, cuda
+    return trt, cuda_driver_or_skip()
 
 
 def _random_feeds(cfg: STPromptConfig, rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:

@@ -71,7 +71,7 @@ class DemoTrainSettings:
     width: int = 320
     height: int = 240
     videos_per_scene: int = 1
-    twins: bool = True  # each anomalous clip comes with its normal twin (same seed, scene, people; no event)
+    twins: bool = True  # each anomalous clip comes with its normal twin (same seed, scene, people; event defused)
     epochs: int = 36
     minutes: float = 27.0  # hard wall-clock cap on the optimisation loop; stops early (and says so) if hit
     batch_size: int = 8
@@ -173,16 +173,16 @@ def make_demo_videos(split: str, num_videos: int, *, seed: int, cfg: STPromptCon
     n_anom = num_videos // 2
     anomalies = [ANOMALY_CLASSES[k % len(ANOMALY_CLASSES)] for k in range(n_anom)]
     if s.twins:
-        # (clip index, label): anomalous clip j and its normal twin share clip seed j, so they differ by the event.
-        jobs = [(j, lab) for j, a in enumerate(anomalies) for lab in (a, "twin:" + a)]
-        jobs += [(n_anom + j, "normal") for j in range(num_videos - 2 * n_anom)]
+        # (clip index, label, twin_of): anomalous clip j and its normal twin share clip seed j, so they differ
+        # only by the event's behaviour.
+        jobs = [(j, lab, twin) for j, a in enumerate(anomalies) for lab, twin in ((a, None), ("normal", a))]
+        jobs += [(n_anom + j, "normal", None) for j in range(num_videos - 2 * n_anom)]
     else:
         labels = ["normal"] * (num_videos - n_anom) + anomalies
-        jobs = [(i, labels[k]) for i, k in enumerate(rng.permutation(num_videos))]
+        jobs = [(i, labels[k], None) for i, k in enumerate(rng.permutation(num_videos))]
     videos = []
-    for i, (clip, label) in enumerate(tqdm(jobs, desc=f"render {split}", unit="clip", disable=not progress)):
-        twin_of = label[5:] if label.startswith("twin:") else None
-        label = "normal" if twin_of else label
+    for i, (clip, label, twin_of) in enumerate(tqdm(jobs, desc=f"render {split}", unit="clip",
+                                                    disable=not progress)):
         plan = plan_clip(_split_seed(seed, split, 2, clip), width=s.width, height=s.height,
                          num_frames=s.num_frames, anomaly=label, twin_of=twin_of,
                          layout_seed=_split_seed(seed, split, 1, clip // max(1, s.videos_per_scene)))
@@ -256,9 +256,7 @@ def video_losses(model, frame_emb: torch.Tensor, region_emb: torch.Tensor, label
                  settings: DemoTrainSettings, query_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All loss terms of one video from its encoder outputs: frame_emb [T,E], region_emb [T,R2,E]."""
     score_logit, class_logit = model.temporal_logits(frame_emb[None], region_emb[None])
-    bce, ce = mil_losses(score_logit[0], class_logit[0], label)
-    if settings.dense_normal and label == 0:  # every snippet of a normal video is normal
-        bce = F.binary_cross_entropy_with_logits(score_logit[0], torch.zeros_like(score_logit[0]))
+    bce, ce = mil_losses(score_logit[0], class_logit[0], label, settings.dense_normal)
     q = model.spatial_query_features() if query_features is None else query_features
     r_bce, r_ce = region_mil_losses(region_emb, q, model.query_is_abnormal, label, settings.region_topk,
                                     model.cfg.temperature, settings.dense_normal)

@@ -33,12 +33,19 @@ def topk_count(t: int) -> int:
     return t // 16 + 1
 
 
-def mil_losses(score_logit: torch.Tensor, class_logit: torch.Tensor, label: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(BCE, CE) for one video: score_logit [T], class_logit [T,K], label = video class index."""
+def mil_losses(score_logit: torch.Tensor, class_logit: torch.Tensor, label: int,
+               dense_normal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(BCE, CE) for one video: score_logit [T], class_logit [T,K], label = video class index.
+
+    The BCE is on the mean of the top-k snippet scores; with `dense_normal`, a normal video's BCE covers every
+    snippet instead (none of them is anomalous).
+    """
     k = min(topk_count(score_logit.shape[0]), score_logit.shape[0])
-    p = torch.sigmoid(score_logit).topk(k).values.mean().clamp(1e-6, 1 - 1e-6)
-    target = torch.tensor(float(label > 0), dtype=p.dtype)
-    bce = F.binary_cross_entropy(p, target)
+    if dense_normal and label == 0:
+        bce = F.binary_cross_entropy_with_logits(score_logit, torch.zeros_like(score_logit))
+    else:
+        p = torch.sigmoid(score_logit).topk(k).values.mean().clamp(1e-6, 1 - 1e-6)
+        bce = F.binary_cross_entropy(p, torch.tensor(float(label > 0), dtype=p.dtype))
     per_class = class_logit.topk(k, dim=0).values.mean(dim=0)  # [K]
     ce = F.cross_entropy(per_class.unsqueeze(0), torch.tensor([label]))
     return bce, ce
