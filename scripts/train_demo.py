@@ -33,8 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spatial-weight", type=float, default=d.spatial_weight)
     ap.add_argument("--region-ce-weight", type=float, default=d.region_ce_weight)
     ap.add_argument("--region-topk", type=int, default=d.region_topk)
+    ap.add_argument("--attention-mil-weight", type=float, default=d.attention_mil_weight,
+                    help="weight of the auxiliary attention-MIL video classifier (training only; 0 disables it)")
+    ap.add_argument("--select", choices=("val_loss", "last"), default=d.select,
+                    help="epoch to keep: lowest video-level validation loss (default) or the last one")
     ap.add_argument("--no-dense-normal", action="store_true",
                     help="top-k bags for normal videos too (default: every snippet/region of a normal video)")
+    ap.add_argument("--no-bf16", action="store_true",
+                    help="train the encoder in float32 (default: bfloat16 autocast of its forward pass, ~1.5x faster)")
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--override", action="append", default=[], metavar="FIELD=JSON",
                     help="tiny-config override, e.g. adapter_sigma=0.5 or score_threshold=0.5 (repeatable)")
@@ -49,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         videos_per_scene=args.videos_per_scene, translate=args.translate,
         epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
         spatial_weight=args.spatial_weight, region_ce_weight=args.region_ce_weight, region_topk=args.region_topk,
-        dense_normal=not args.no_dense_normal,
+        dense_normal=not args.no_dense_normal, bf16=not args.no_bf16, attention_mil_weight=args.attention_mil_weight,
+        select=args.select,
         threads=args.threads, config_overrides=overrides)
     result = train_demo(settings, progress=not args.no_progress, log=lambda line: print(line, flush=True))
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])

@@ -850,6 +850,25 @@ def _sub_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
+def benchmark_plans(*, split: str, num_videos: int, seed: int, width: int = 320, height: int = 240,
+                    num_frames: int = 300, fps: float = 25.0, anomaly_ratio: float = 0.5,
+                    classes: Sequence[str] = ANOMALY_CLASSES,
+                    num_scenes: int | None = None) -> Iterator[tuple[str, int, ClipPlan]]:
+    """The clips of a `write_benchmark` split, in order, without rendering them: (label, scene, plan)."""
+    split_code = zlib.crc32(split.encode())
+    n_scenes = num_scenes or max(1, math.ceil(num_videos / 4))
+    n_anom = round(num_videos * anomaly_ratio)
+    order = np.random.default_rng(_sub_seed(seed, split_code, 3)).permutation(num_videos)
+    labels = ["normal"] * num_videos
+    for k, v in enumerate(order[:n_anom]):
+        labels[int(v)] = classes[k % len(classes)]
+    for i, label in enumerate(labels):
+        scene = i % n_scenes
+        yield label, scene, plan_clip(_sub_seed(seed, split_code, 2, i), width=width, height=height,
+                                      num_frames=num_frames, anomaly=label, fps=fps,
+                                      layout_seed=_sub_seed(seed, split_code, 1, scene))
+
+
 def write_benchmark(out_dir: str | Path, *, split: str, num_videos: int, seed: int, width: int = 320,
                     height: int = 240, num_frames: int = 300, fps: float = 25.0, anomaly_ratio: float = 0.5,
                     classes: Sequence[str] = ANOMALY_CLASSES, num_scenes: int | None = None,
@@ -894,19 +913,12 @@ def write_benchmark(out_dir: str | Path, *, split: str, num_videos: int, seed: i
                          "expected num_videos >= 1 and anomaly_ratio in [0, 1]")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    split_code = zlib.crc32(split.encode())
-    n_scenes = num_scenes or max(1, math.ceil(num_videos / 4))
-    n_anom = round(num_videos * anomaly_ratio)
-    order = np.random.default_rng(_sub_seed(seed, split_code, 3)).permutation(num_videos)
-    labels = ["normal"] * num_videos
-    for k, v in enumerate(order[:n_anom]):
-        labels[int(v)] = classes[k % len(classes)]
     ext = CODECS[codec]
     videos, ann_lines, box_lines = [], [], ["video,frame,x1,y1,x2,y2,class"]
-    for i, label in enumerate(labels):
-        scene = i % n_scenes
-        plan = plan_clip(_sub_seed(seed, split_code, 2, i), width=width, height=height, num_frames=num_frames,
-                         anomaly=label, fps=fps, layout_seed=_sub_seed(seed, split_code, 1, scene))
+    plans = benchmark_plans(split=split, num_videos=num_videos, seed=seed, width=width, height=height,
+                            num_frames=num_frames, fps=fps, anomaly_ratio=anomaly_ratio, classes=classes,
+                            num_scenes=num_scenes)
+    for i, (label, scene, plan) in enumerate(plans):
         name = f"{split}_{i:04d}_{class_token(label)}{ext}"
         _write_video(out / name, plan.frames(), fps, (width, height), codec, num_frames)
         s, e = plan.event if plan.event else (-1, -1)

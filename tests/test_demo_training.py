@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from stp_edge.model.demo_training import (
+    AttentionMIL,
     DemoTrainSettings,
     check_sha256sums,
     demo_config,
@@ -60,6 +61,45 @@ def test_dense_normal_region_loss_covers_every_region():
     a, _ = region_mil_losses(regions, q, abnormal, label=2, topk=1, temperature=1.0, dense_normal=True)
     b, _ = region_mil_losses(regions, q, abnormal, label=2, topk=1, temperature=1.0, dense_normal=False)
     torch.testing.assert_close(a, b)
+
+
+def test_attention_mil_finds_the_one_instance_that_decides_the_bag():
+    g = torch.Generator().manual_seed(0)
+    dim, n, key = 16, 48, torch.zeros(16)
+    key[:4] = 3.0  # far outside the N(0, I) instances
+
+    def bag(positive: bool) -> tuple[torch.Tensor, int]:
+        x = torch.randn(2, n // 2, dim, generator=g)  # [T=2 snippets, R2=24 regions, E]
+        if positive:
+            x[int(torch.randint(0, 2, (), generator=g)), int(torch.randint(0, n // 2, (), generator=g))] += key
+        return x, int(positive)
+
+    torch.manual_seed(0)
+    head = AttentionMIL(dim, 2, hidden=16)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(800):
+        x, y = bag(bool(torch.rand((), generator=g) < 0.5))
+        loss = torch.nn.functional.cross_entropy(head(x)[None], torch.tensor([y]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        tests = [bag(k % 2 == 0) for k in range(40)]
+        assert all(int(head(x).argmax()) == y for x, y in tests)
+        x, _ = bag(True)
+        h = x.reshape(-1, dim)
+        a = torch.softmax(head.score(torch.tanh(head.value(h)) * torch.sigmoid(head.gate(h))).squeeze(-1), 0)
+        assert float(a[int(((h - key) ** 2).sum(-1).argmin())]) > 0.5  # the key instance dominates the pool
+
+
+def test_attention_mil_term_trains_but_is_not_saved(tmp_path):
+    settings = DemoTrainSettings(seed=5, num_frames=48, epochs=1, batch_size=2, attention_mil_weight=1.0)
+    cfg = demo_config()
+    train = make_demo_videos("train", 2, seed=5, cfg=cfg, settings=settings, progress=False)
+    result = train_demo(settings, train=train, val=[], progress=False, log=None)
+    assert result.history[0]["train_attention_ce"] > 0
+    out = save_demo(result, tmp_path / "demo")
+    assert set(load_stprompt(out).state_dict()) == set(result.model.state_dict())
 
 
 def test_tiny_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):

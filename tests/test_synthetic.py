@@ -8,6 +8,7 @@ from stp_edge.evaluate import read_synthetic
 from stp_edge.synthetic import (
     ANOMALY_CLASSES,
     CLASS_NAMES,
+    benchmark_plans,
     generate_clip,
     make_layout,
     plan_clip,
@@ -167,3 +168,26 @@ def test_splits_use_different_layouts(tmp_path):
     assert la != lb
     bg_a, bg_b = make_layout(la, W, H).background, make_layout(lb, W, H).background
     assert np.abs(bg_a.astype(int) - bg_b.astype(int)).mean() > 10
+
+
+def test_benchmark_plans_are_the_written_clips(tmp_path):
+    manifest = json.loads(write_benchmark(tmp_path, split="test", num_videos=4, seed=2, width=W, height=H,
+                                          num_frames=20).read_text())
+    plans = list(benchmark_plans(split="test", num_videos=4, seed=2, width=W, height=H, num_frames=20))
+    assert len(plans) == len(manifest["videos"])
+    for (label, scene, plan), v in zip(plans, manifest["videos"], strict=True):
+        assert (label, scene, plan.seed, plan.layout_seed) == (v["label"], v["scene"], v["seed"], v["layout_seed"])
+        assert (list(plan.event) if plan.event else None) == v["event"]
+
+
+def test_box_ceiling_of_cell_aligned_and_thin_boxes():
+    from benchmarks.demo_ceiling import cell_rectangles
+    from stp_edge.evaluate import box_iou
+
+    rects = cell_rectangles(112, 7, (240, 320))  # centre square x 40..280, cells of 240/7 px
+    assert len(rects) == (7 * 8 // 2) ** 2
+    cell = 240 / 7
+    aligned = np.array([40 + cell, 2 * cell, 40 + 3 * cell, 3 * cell])  # two cells wide, one high
+    assert box_iou(rects, aligned).max() == pytest.approx(1.0)
+    thin = np.array([40 + cell, 2 * cell, 40 + 3 * cell, 2.25 * cell])  # a quarter of a cell high
+    assert box_iou(rects, thin).max() == pytest.approx(0.25)
