@@ -32,15 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def cell_rectangles(image_size: int, grid: int, frame_hw: tuple[int, int]) -> np.ndarray:
-    """[M,4] every rectangle of whole grid cells (frame pixels), M = (grid*(grid+1)/2)^2."""
-    from stp_edge.spatial import crop_square
+    """[M,4] every rectangle of whole grid cells (frame pixels), M = (grid*(grid+1)/2)^2.
 
-    x0, y0, side = crop_square(frame_hw)
-    edges = np.arange(grid + 1) * side / grid
+    The cells are the runtime's own (`region_boxes` mapped by `to_frame_coords`), so the rectangles are exactly
+    the boxes `boxes_from_map` can return.
+    """
+    from stp_edge.spatial import region_boxes, to_frame_coords
+
+    cells = to_frame_coords(region_boxes(image_size, grid), image_size, frame_hw).reshape(grid, grid, 4)
+    x_edges = np.r_[cells[0, :, 0], cells[0, -1, 2]]
+    y_edges = np.r_[cells[:, 0, 1], cells[-1, 0, 3]]
     spans = np.array([(a, b) for a in range(grid) for b in range(a + 1, grid + 1)])
-    xs = edges[spans] + x0
-    ys = edges[spans] + y0
-    return np.array([(x1, y1, x2, y2) for y1, y2 in ys for x1, x2 in xs])
+    return np.array([(x_edges[a], y_edges[c], x_edges[b], y_edges[d]) for c, d in spans for a, b in spans])
 
 
 def box_ceiling(grid: int, image_size: int, num_videos: int, seed: int) -> dict[str, object]:

@@ -304,11 +304,14 @@ class AttentionMIL(torch.nn.Module):
         self.score = torch.nn.Linear(hidden, 1)
         self.classify = torch.nn.Linear(dim, num_classes)
 
+    def attention(self, h: torch.Tensor) -> torch.Tensor:
+        """h [N,E] instance features -> [N] attention weights (softmax over the instances)."""
+        return torch.softmax(self.score(torch.tanh(self.value(h)) * torch.sigmoid(self.gate(h))).squeeze(-1), dim=0)
+
     def forward(self, region_emb: torch.Tensor) -> torch.Tensor:
         """region_emb [T,R2,E] -> class logits [K] of the attention-pooled video feature."""
         h = region_emb.reshape(-1, region_emb.shape[-1])
-        a = self.score(torch.tanh(self.value(h)) * torch.sigmoid(self.gate(h))).squeeze(-1)
-        return self.classify(torch.softmax(a, dim=0) @ h)
+        return self.classify(self.attention(h) @ h)
 
 
 def batch_loss(model, videos: Sequence[DemoVideo], settings: DemoTrainSettings,
