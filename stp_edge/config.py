@@ -35,6 +35,12 @@ class VisionConfig:
     # see better"): same token grid, but a from-scratch encoder learns far faster (the demo model uses it).
     stem: str = "patch"
     stem_width: int = 24
+    # How far patch tokens attend. -1: everywhere, class token included (CLIP). r >= 0: a patch token attends
+    # only to the patch tokens within Chebyshev distance r on the grid (not to the class token); the class token
+    # still attends to every token. Patch features then describe their own neighbourhood, not the whole frame,
+    # which is what region scoring needs from a from-scratch encoder (the demo model uses 0; see
+    # stp_edge/assets/demo/README.md). Pretrained CLIP checkpoints keep -1.
+    patch_attention: int = -1
 
     @property
     def grid(self) -> int:
@@ -108,6 +114,8 @@ class STPromptConfig:
             raise ValueError(f"vision.stem={v.stem!r}; expected 'patch' or 'conv'")
         if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):
             raise ValueError(f"vision.stem='conv' needs a power-of-two patch_size, got {v.patch_size}")
+        if v.patch_attention < -1:
+            raise ValueError(f"vision.patch_attention={v.patch_attention}; expected -1 (global) or a radius >= 0")
         if v.image_size % v.patch_size:
             raise ValueError(f"vision.image_size={v.image_size} is not a multiple of patch_size={v.patch_size}")
         if v.width % v.heads:

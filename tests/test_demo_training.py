@@ -12,8 +12,10 @@ from stp_edge.model.demo_training import (
     check_sha256sums,
     demo_config,
     make_demo_videos,
+    pseudo_labels,
     region_mil_losses,
     save_demo,
+    self_training_losses,
     snippet_frame_indices,
     train_demo,
 )
@@ -100,6 +102,42 @@ def test_attention_mil_term_trains_but_is_not_saved(tmp_path):
     assert result.history[0]["train_attention_ce"] > 0
     out = save_demo(result, tmp_path / "demo")
     assert set(load_stprompt(out).state_dict()) == set(result.model.state_dict())
+
+
+def test_pseudo_labels_take_the_videos_own_high_and_low_snippets():
+    s = np.array([0.05, 0.08, 0.3, 0.55, 0.9, 0.85, 0.1])
+    # min-max normalised: 0, .035, .29, .59, 1, .94, .06 -> low end (<= 0.2) is 0, high half with score >= 0.5 is 1
+    assert pseudo_labels(s).tolist() == [0, 0, -1, 1, 1, 1, 0]
+    assert (pseudo_labels(s * 0.4) == -1).all()  # peak 0.36: the model has not found the event, no labels
+    assert (pseudo_labels(np.array([0.9, np.nan, 0.1])) == -1).all()
+    assert pseudo_labels(np.array([0.7, 0.2]), low=0.0, high=1.0).tolist() == [1, 0]
+
+
+def test_self_training_losses_follow_the_pseudo_labels():
+    logit = torch.tensor([-3.0, 4.0, 0.0], requires_grad=True)
+    cls = torch.zeros(3, 6, requires_grad=True)
+    log_abn = torch.log(torch.tensor([[0.01, 0.02], [0.9, 0.1], [0.5, 0.5]]))
+    good = self_training_losses(logit, cls, log_abn, 2, np.array([0, 1, -1]))
+    bad = self_training_losses(-logit, cls, log_abn, 2, np.array([0, 1, -1]))
+    assert good["self_bce"] < 0.05 < bad["self_bce"]
+    assert torch.isclose(good["self_ce"], torch.log(torch.tensor(6.0)))  # uniform class logits, one positive
+    # self_region: only the regions of the negative snippet count: -log(1 - p) averaged over them.
+    assert torch.isclose(good["self_region"], -torch.log(1 - torch.tensor([0.01, 0.02])).mean())
+    good["self_ce"].backward()
+    assert cls.grad[1].abs().sum() > 0 and cls.grad[0].abs().sum() == 0 and cls.grad[2].abs().sum() == 0
+    none = self_training_losses(logit, cls, log_abn, 2, np.array([-1, -1, -1]))
+    assert all(t.item() == 0 for t in none.values())
+
+
+def test_self_training_runs_with_the_models_own_labels():
+    settings = DemoTrainSettings(seed=6, num_frames=96, epochs=4, batch_size=4, lr=1e-3, warmup_epochs=0.5,
+                                 self_train_weight=1.0, self_train_start=0.5)
+    train = make_demo_videos("train", 4, seed=6, cfg=demo_config(), settings=settings, progress=False)
+    result = train_demo(settings, train=train, val=[], progress=False, log=None)
+    assert "train_self_bce" not in result.history[1]  # epochs 0-1 only gather scores
+    # From epoch 2 on, anomalous videos whose peak score reached 0.5 carry pseudo-label terms.
+    late = result.history[2:]
+    assert all("train_self_bce" in row for row in late) and max(row["train_self_bce"] for row in late) > 0
 
 
 def test_tiny_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,21 @@ def test_demo_model_with_conv_stem_exports_and_verifies(tmp_path):
     report = verify_bundle(bundle, seed=5, report=lines.append)
     assert report.ok, "\n".join(lines)
     assert max(r.rel for r in report.rows) < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_local_patch_attention_exports_and_verifies(tmp_path, precision):
+    """vision.patch_attention=0 (an additive -inf mask in every attention layer) through the real exporter."""
+    from stp_edge.config import STPromptConfig
+
+    vision = asdict(replace(STPromptConfig.named("tiny").vision, patch_attention=0))  # JSON-able: in the manifest
+    bundle = export_bundle(tmp_path / "local.stp", random_config="tiny", seed=2, precision=precision,
+                           config_overrides={"vision": vision}, progress=False)
+    assert json.loads((bundle / "manifest.json").read_text())["config"]["vision"]["patch_attention"] == 0
+    lines = []
+    report = verify_bundle(bundle, seed=1, report=lines.append)
+    assert report.ok, "\n".join(lines)
+    assert max(r.rel for r in report.rows) < (1e-4 if precision == "fp32" else 1e-2)
 
 
 def test_verify_fails_on_a_different_model(tiny_fp32, tmp_path):

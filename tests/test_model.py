@@ -141,6 +141,38 @@ def test_conv_stem_keeps_the_token_grid_and_validates():
         STPromptConfig.named("tiny", vision=VisionConfig(image_size=112, patch_size=16, stem="cnn"))
 
 
+@pytest.mark.parametrize("radius", [0, 1])
+def test_local_patch_attention_keeps_patch_features_local(radius):
+    """patch_attention=r: a pixel change moves only the patch features near it; the class token still sees it."""
+    from stp_edge.model.clip import VisionTransformer
+
+    def features(cfg, x):
+        torch.manual_seed(0)
+        vit = VisionTransformer(cfg).eval()
+        with torch.no_grad():
+            return vit(x)
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 112, 112, generator=g)
+    y = x.clone()
+    y[:, :, :16, :16] += torch.randn(1, 3, 16, 16, generator=g)  # change patch (0, 0) only
+    # Which tokens may move: the conv stem's receptive field (31 px) reaches the neighbouring patches, then
+    # `radius` more grid steps per layer.
+    layers = 2
+    reach = 1 + radius * layers
+    ij = torch.stack(torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij"), -1).reshape(-1, 2)
+    far = ij.amax(-1) > reach
+    base = dict(image_size=112, patch_size=16, width=32, layers=layers, heads=2, embed_dim=16, stem="conv")
+    (fx, px), (fy, py) = (features(VisionConfig(**base, patch_attention=radius), v) for v in (x, y))
+    moved = (px - py).abs().amax(-1)[0]
+    assert far.sum() > 0 and moved[far].max() == 0  # exactly unchanged, not merely small
+    assert moved[~far].max() > 1e-3 and (fx - fy).abs().max() > 1e-3
+    (_, qx), (_, qy) = (features(VisionConfig(**base), v) for v in (x, y))  # CLIP's global attention
+    assert (qx - qy).abs().amax(-1)[0][far].min() > 1e-4
+    with pytest.raises(ValueError, match="patch_attention"):
+        STPromptConfig.named("tiny", vision=VisionConfig(**{**base, "patch_attention": -2}))
+
+
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="region_grid"):
         STPromptConfig(region_grid=5)

@@ -98,6 +98,20 @@ def conv_stem(patch_size: int, stem_width: int, width: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def patch_attention_mask(grid: int, radius: int) -> torch.Tensor:
+    """Additive attention mask [1+N, 1+N] of `VisionConfig.patch_attention` (token 0 = the class token).
+
+    Patch tokens see the patches within Chebyshev distance `radius` on the grid x grid layout and not the class
+    token; the class token sees every token.
+    """
+    ij = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).reshape(-1, 2)
+    near = (ij[:, None, :] - ij[None, :, :]).abs().amax(-1) <= radius  # [N, N]
+    allowed = torch.ones(1 + grid * grid, 1 + grid * grid, dtype=torch.bool)
+    allowed[1:, 0] = False
+    allowed[1:, 1:] = near
+    return torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+
+
 class VisionTransformer(nn.Module):
     """CLIP ViT image encoder returning the frame embedding and the projected patch embeddings."""
 
@@ -116,6 +130,8 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(w, cfg.layers, cfg.heads)
         self.ln_post = LayerNorm(w)
         self.proj = nn.Parameter(scale * torch.randn(w, cfg.embed_dim))
+        mask = patch_attention_mask(cfg.grid, cfg.patch_attention) if cfg.patch_attention >= 0 else None
+        self.register_buffer("attn_mask", mask, persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B,3,S,S] (CLIP-normalised) -> frame_emb [B,E], patch_emb [B,N,E]."""
@@ -124,7 +140,8 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # [B, N, W]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
+        mask = None if self.attn_mask is None else self.attn_mask.to(x.dtype)
+        x = self.transformer(self.ln_pre(x), mask)
         x = self.ln_post(x) @ self.proj
         return x[:, 0], x[:, 1:]
 
