@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="weight of the self-training terms (pseudo-labels from the model's own scores; 0 disables)")
     ap.add_argument("--self-train-start", type=float, default=d.self_train_start,
                     help="fraction of the epochs after which self-training starts")
+    ap.add_argument("--self-region-topk", type=int, default=d.self_region_topk,
+                    help="self-training: top-k regions of each pseudo-positive snippet pushed to abnormal (0: off)")
     ap.add_argument("--select", choices=("val_loss", "last"), default=d.select,
                     help="epoch to keep: the last one (default) or the one with the lowest video-level validation loss")
     ap.add_argument("--no-dense-normal", action="store_true",
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
         spatial_weight=args.spatial_weight, region_ce_weight=args.region_ce_weight, region_topk=args.region_topk,
         dense_normal=not args.no_dense_normal, bf16=not args.no_bf16, attention_mil_weight=args.attention_mil_weight,
-        self_train_weight=args.self_train_weight, self_train_start=args.self_train_start, select=args.select,
+        self_train_weight=args.self_train_weight, self_train_start=args.self_train_start,
+        self_region_topk=args.self_region_topk, select=args.select,
         threads=args.threads, config_overrides=overrides)
     result = train_demo(settings, progress=not args.no_progress, log=lambda line: print(line, flush=True))
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])

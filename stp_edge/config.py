@@ -35,6 +35,11 @@ class VisionConfig:
     # see better"): same token grid, but a from-scratch encoder learns far faster (the demo model uses it).
     stem: str = "patch"
     stem_width: int = 24
+    # conv stem only. False: every stride-2 conv pads 1 on all sides, which centres token (i, j)'s receptive field
+    # on the top-left corner of its grid cell (pixel (16i, 16j) for patch 16), half a cell up and left of the
+    # cell that region maps and boxes assign to it. True: the last stride-2 conv pads only right and bottom, so
+    # the receptive field is centred on the cell (to half a pixel), as CLIP's patch convolution is.
+    stem_centred: bool = False
     # How far patch tokens attend. -1: everywhere, class token included (CLIP). r >= 0: a patch token attends
     # only to the patch tokens within Chebyshev distance r on the grid (not to the class token); the class token
     # still attends to every token. Patch features then describe their own neighbourhood, not the whole frame,
@@ -114,6 +119,8 @@ class STPromptConfig:
             raise ValueError(f"vision.stem={v.stem!r}; expected 'patch' or 'conv'")
         if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):
             raise ValueError(f"vision.stem='conv' needs a power-of-two patch_size, got {v.patch_size}")
+        if v.stem_centred and v.stem != "conv":
+            raise ValueError(f"vision.stem_centred applies to stem='conv' only, got stem={v.stem!r}")
         if v.patch_attention < -1:
             raise ValueError(f"vision.patch_attention={v.patch_attention}; expected -1 (global) or a radius >= 0")
         if v.image_size % v.patch_size:

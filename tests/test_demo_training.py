@@ -127,6 +127,15 @@ def test_self_training_losses_follow_the_pseudo_labels():
     assert cls.grad[1].abs().sum() > 0 and cls.grad[0].abs().sum() == 0 and cls.grad[2].abs().sum() == 0
     none = self_training_losses(logit, cls, log_abn, 2, np.array([-1, -1, -1]))
     assert all(t.item() == 0 for t in none.values())
+    assert "self_region_pos" not in good  # off by default
+    # self_region_pos: the top-k regions of each positive snippet are abnormal: -log(mean of their shares).
+    lab = log_abn.clone().requires_grad_(True)
+    for k, expected in [(1, 0.9), (2, 0.5)]:
+        pos = self_training_losses(logit, cls, lab, 2, np.array([0, 1, -1]), region_topk=k)
+        assert torch.isclose(pos["self_region_pos"], -torch.log(torch.tensor(expected)))
+    pos["self_region_pos"].backward()
+    assert lab.grad[1].abs().sum() > 0 and lab.grad[0].abs().sum() == 0 and lab.grad[2].abs().sum() == 0
+    assert self_training_losses(logit, cls, log_abn, 2, np.array([0, 0, -1]), region_topk=2)["self_region_pos"] == 0
 
 
 def test_self_training_runs_with_the_models_own_labels():

@@ -141,6 +141,37 @@ def test_conv_stem_keeps_the_token_grid_and_validates():
         STPromptConfig.named("tiny", vision=VisionConfig(image_size=112, patch_size=16, stem="cnn"))
 
 
+@pytest.mark.parametrize(("centred", "expected_offset"), [(False, -7.5), (True, 0.5)])
+def test_conv_stem_receptive_field_centre(centred, expected_offset):
+    """Token (i, j)'s receptive field, measured by the input gradient of an all-ones stem, is centred on the
+    corner of its cell with the plain conv stem and on the cell's centre with stem_centred."""
+    from stp_edge.model.clip import conv_stem
+
+    stem = conv_stem(16, 4, 8, centred=centred).eval()
+    for m in stem.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.ones_(m.weight)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    x = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(0)) + 0.5  # every ReLU stays open
+    x.requires_grad_(True)
+    out = stem(x)
+    assert out.shape == (1, 8, 7, 7)
+    pix = torch.arange(112, dtype=torch.float64)
+    for i, j in [(0, 0), (3, 3), (5, 2), (6, 6)]:
+        (g,) = torch.autograd.grad(out[0, :, i, j].sum(), x, retain_graph=True)
+        w = g[0].abs().sum(0).double()  # [H, W]
+        cy = float((w.sum(1) * pix).sum() / w.sum())
+        cx = float((w.sum(0) * pix).sum() / w.sum())
+        # the cell's centre is pixel index 16k + 7.5; away from the border the gradient is symmetric about the
+        # receptive field's centre, at the border zero padding cuts it
+        if 0 < i < 6 and 0 < j < 6:
+            assert cy == pytest.approx(16 * i + 7.5 + expected_offset, abs=1e-6)
+            assert cx == pytest.approx(16 * j + 7.5 + expected_offset, abs=1e-6)
+    with pytest.raises(ValueError, match="stem_centred"):
+        STPromptConfig.named("tiny", vision=VisionConfig(stem="patch", stem_centred=True))
+
+
 @pytest.mark.parametrize("radius", [0, 1])
 def test_local_patch_attention_keeps_patch_features_local(radius):
     """patch_attention=r: a pixel change moves only the patch features near it; the class token still sees it."""

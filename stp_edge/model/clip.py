@@ -84,15 +84,33 @@ class Transformer(nn.Module):
         return x
 
 
-def conv_stem(patch_size: int, stem_width: int, width: int) -> nn.Sequential:
+class _TrailingPadConv2d(nn.Conv2d):
+    """A 3x3 stride-2 convolution padded by one pixel on the right and bottom only (none on the left and top).
+
+    Output pixel o sees input pixels 2o..2o+2 (centre 2o+1) instead of 2o-1..2o+1 (centre 2o).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+
+def conv_stem(patch_size: int, stem_width: int, width: int, centred: bool = False) -> nn.Sequential:
     """Convolutional patch embedding: log2(patch_size) x (3x3 stride-2 conv, BatchNorm, ReLU), 1x1 conv to width.
 
-    Maps [B,3,S,S] to [B,width,S/patch,S/patch] like the single patch convolution it replaces.
+    Maps [B,3,S,S] to [B,width,S/patch,S/patch] like the single patch convolution it replaces. With padding 1
+    everywhere, token o's receptive field is centred on input pixel patch*o, the corner of its cell. `centred`
+    pads the last stride-2 conv on the right and bottom only, which moves that centre by patch/2 pixels to
+    patch*o + patch/2 (the cell's centre is patch*o + (patch-1)/2 in pixel indices; half a pixel off).
     """
     layers: list[nn.Module] = []
     cin, cout = 3, stem_width
-    for _ in range(patch_size.bit_length() - 1):
-        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+    n = patch_size.bit_length() - 1
+    for k in range(n):
+        if centred and k == n - 1:
+            conv: nn.Conv2d = _TrailingPadConv2d(cin, cout, 3, stride=2, padding=0, bias=False)
+        else:
+            conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        layers += [conv, nn.BatchNorm2d(cout), nn.ReLU()]
         cin, cout = cout, cout * 2
     layers.append(nn.Conv2d(cin, width, 1))
     return nn.Sequential(*layers)
@@ -121,7 +139,7 @@ class VisionTransformer(nn.Module):
         w = cfg.width
         scale = w**-0.5
         if cfg.stem == "conv":
-            self.stem = conv_stem(cfg.patch_size, cfg.stem_width, w)
+            self.stem = conv_stem(cfg.patch_size, cfg.stem_width, w, cfg.stem_centred)
         else:
             self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(w))

@@ -66,7 +66,9 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "spatial_queries": "class_prompts",
     # The tiny ViT with a convolutional stem: a from-scratch patch-embedding ViT barely learned these frames
     # (supervised probe on 100 layouts: validation AUC 0.65 vs 0.82 with the conv stem in the same 2.5 min).
-    "vision": replace(STPromptConfig.named("tiny").vision, stem="conv"),
+    # stem_centred: the plain conv stem centres each token's receptive field half a cell up-left of the cell it
+    # is scored and boxed as (the session-4 model's region peaks sat ~0.5 cell right of the fire's box).
+    "vision": replace(STPromptConfig.named("tiny").vision, stem="conv", stem_centred=True),
 }
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -107,6 +109,10 @@ class DemoTrainSettings:
     # the model, not from the ground truth.
     self_train_weight: float = 1.0
     self_train_start: float = 0.35
+    # Self-training, spatial extent (0 disables it): in each pseudo-positive snippet, the mean abnormal share of
+    # its `self_region_topk` highest-scoring regions is pushed towards 1 (a person-sized event covers 2-4 cells
+    # of the 7x7 grid while region MIL over the whole video lifts only its few best pairs).
+    self_region_topk: int = 0
     # Which epoch to keep: "last" (end of the schedule) or "val_loss" (lowest video-level validation loss). The
     # validation loss stopped being a useful guide once self-training sharpened the scores: it rose from epoch
     # 20 on (over-confident class logits) while the validation snippet AUC rose from 0.77 to 0.84-0.87.
@@ -309,12 +315,14 @@ def pseudo_labels(scores: np.ndarray, low: float = 0.2, high: float = 0.5, min_p
 
 
 def self_training_losses(score_logit: torch.Tensor, class_logit: torch.Tensor, region_log_abn: torch.Tensor,
-                         label: int, pseudo: np.ndarray) -> dict[str, torch.Tensor]:
+                         label: int, pseudo: np.ndarray, region_topk: int = 0) -> dict[str, torch.Tensor]:
     """Per-snippet terms of an anomalous video from its pseudo-labels [T] (1, 0, -1 = unlabelled).
 
     score_logit [T], class_logit [T,K], region_log_abn [T,R2] (log of each region's abnormal share). Returns
     self_bce (snippet scores vs labels), self_ce (class logits of positive snippets vs the video class) and
-    self_region (every region of a negative snippet is normal); zeros where no snippet has that label.
+    self_region (every region of a negative snippet is normal); zeros where no snippet has that label. With
+    `region_topk` > 0 also self_region_pos: in each positive snippet the mean share of its `region_topk` best
+    regions is abnormal (BCE against 1, averaged over the positive snippets).
     """
     y = torch.as_tensor(pseudo)
     lab, pos, neg = y >= 0, y == 1, y == 0
@@ -324,7 +332,12 @@ def self_training_losses(score_logit: torch.Tensor, class_logit: torch.Tensor, r
     ce = (F.cross_entropy(class_logit[pos], torch.full((int(pos.sum()),), label, dtype=torch.long))
           if pos.any() else zero)
     region = (-torch.log1p(-region_log_abn[neg].exp().clamp(max=1 - 1e-6)).mean() if neg.any() else zero)
-    return {"self_bce": bce, "self_ce": ce, "self_region": region}
+    out = {"self_bce": bce, "self_ce": ce, "self_region": region}
+    if region_topk > 0:
+        k = min(region_topk, region_log_abn.shape[-1])
+        top = region_log_abn[pos].exp().topk(k, dim=-1).values.mean(-1).clamp(min=1e-6)  # [P]
+        out["self_region_pos"] = -top.log().mean() if pos.any() else zero
+    return out
 
 
 def video_losses(model, frame_emb: torch.Tensor, region_emb: torch.Tensor, label: int,
@@ -346,7 +359,8 @@ def video_losses(model, frame_emb: torch.Tensor, region_emb: torch.Tensor, label
         scores_out.append(torch.sigmoid(score_logit[0].detach()).numpy())
     if pseudo is not None:
         _, log_abn = region_logits(region_emb, q, model.query_is_abnormal, model.cfg.temperature)
-        extra = self_training_losses(score_logit[0], class_logit[0], log_abn, label, pseudo)
+        extra = self_training_losses(score_logit[0], class_logit[0], log_abn, label, pseudo,
+                                     settings.self_region_topk)
         terms.update(extra)
         terms["loss"] = total + settings.self_train_weight * sum(extra.values())
     return terms
