@@ -68,7 +68,9 @@ DEMO_OVERRIDES: dict[str, Any] = {
     # (supervised probe on 100 layouts: validation AUC 0.65 vs 0.82 with the conv stem in the same 2.5 min).
     # stem_centred: the plain conv stem centres each token's receptive field half a cell up-left of the cell it
     # is scored and boxed as (the session-4 model's region peaks sat ~0.5 cell right of the fire's box).
-    "vision": replace(STPromptConfig.named("tiny").vision, stem="conv", stem_centred=True),
+    # patch_attention=1: patch tokens attend to their 3x3 neighbourhood (the class token to all); validation
+    # snippet AUC 0.928 vs 0.905 with global attention, box IoU the same (stp_edge/assets/demo/README.md).
+    "vision": replace(STPromptConfig.named("tiny").vision, stem="conv", stem_centred=True, patch_attention=1),
 }
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
