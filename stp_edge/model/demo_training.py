@@ -113,7 +113,8 @@ class DemoTrainSettings:
     self_train_start: float = 0.35
     # Self-training, spatial extent (0 disables it): in each pseudo-positive snippet, the mean abnormal share of
     # its `self_region_topk` highest-scoring regions is pushed towards 1 (a person-sized event covers 2-4 cells
-    # of the 7x7 grid while region MIL over the whole video lifts only its few best pairs).
+    # of the 7x7 grid while region MIL over the whole video lifts only its few best pairs). Tried with k=3 and
+    # left off: the maps spread onto the wrong cells (validation TIoU 0.071 vs 0.175; demo README).
     self_region_topk: int = 0
     # Which epoch to keep: "last" (end of the schedule) or "val_loss" (lowest video-level validation loss). The
     # validation loss stopped being a useful guide once self-training sharpened the scores: it rose from epoch
