@@ -448,10 +448,9 @@ def validate(model, videos: Sequence[DemoVideo], settings: DemoTrainSettings, ch
     for i in range(0, len(videos), chunk):
         part = videos[i:i + chunk]
         for v, (fe, re) in zip(part, _encode_batch(model, [v.images.float() for v in part]), strict=True):
-            for k, t in video_losses(model, fe, re, v.label, settings, q).items():
+            for k, t in video_losses(model, fe, re, v.label, settings, q, scores_out=scores).items():
                 losses.setdefault(k, []).append(t.item())
-            s = torch.sigmoid(model.temporal_logits(fe[None], re[None])[0][0]).numpy()
-            scores.append(s)
+            s = scores[-1]
             labels.append(v.snippet_labels)
             cells = to_frame_coords(region_boxes(cfg.vision.image_size, cfg.region_grid, cfg.region_mode),
                                     cfg.vision.image_size, v.frame_hw)
