@@ -191,3 +191,22 @@ def test_box_ceiling_of_cell_aligned_and_thin_boxes():
     assert box_iou(rects, aligned).max() == pytest.approx(1.0)
     thin = np.array([40 + cell, 2 * cell, 40 + 3 * cell, 2.25 * cell])  # a quarter of a cell high
     assert box_iou(rects, thin).max() == pytest.approx(0.25)
+
+
+def test_region_targets_are_cell_coverage_and_flip_with_the_image():
+    from benchmarks.demo_ceiling import region_targets
+
+    cell = 240 / 7  # frame 240x320: centre square x 40..280, 7x7 cells of 240/7 px
+    # snippet 0: a box covering cell (2, 1) fully and the right half of cell (2, 0)... in x: 0.5 of col 0
+    box = np.array([40 + 0.5 * cell, 2 * cell, 40 + 2 * cell, 3 * cell])
+    boxes = np.stack([box, box, np.full(4, np.nan)])
+    labels = np.array([1, 0, 1])  # snippet 1 is normal (targets 0 whatever its box), snippet 2 has no box
+    t = region_targets(boxes, labels, (240, 320), 112, 7)
+    assert t.shape == (3, 49)
+    grid = t[0].reshape(7, 7)
+    assert grid[2, 0] == pytest.approx(0.5) and grid[2, 1] == pytest.approx(1.0)
+    assert grid.sum() == pytest.approx(1.5)  # nothing else covered
+    assert not t[1].any() and not t[2].any()
+    flipped = region_targets(boxes, labels, (240, 320), 112, 7, flip=True)[0].reshape(7, 7)
+    np.testing.assert_allclose(flipped, grid[:, ::-1])
+    assert flipped[2, 6] == pytest.approx(0.5) and flipped[2, 5] == pytest.approx(1.0)

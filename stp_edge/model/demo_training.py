@@ -484,7 +484,8 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 def train_demo(settings: DemoTrainSettings, *, train: Sequence[DemoVideo] | None = None,
                val: Sequence[DemoVideo] | None = None, progress: bool = True,
-               log: Callable[[str], None] | None = print) -> DemoTrainResult:
+               log: Callable[[str], None] | None = print,
+               loss_fn: Callable[..., dict[str, torch.Tensor]] | None = None) -> DemoTrainResult:
     """Train the demo STPrompt end to end (encoder, text tower, prompts, adapter, C-branch) on video labels.
 
     Args:
@@ -494,6 +495,9 @@ def train_demo(settings: DemoTrainSettings, *, train: Sequence[DemoVideo] | None
             the last epoch).
         progress: show progress bars.
         log: called with one line per epoch (None for silence).
+        loss_fn: replaces `batch_loss` (same signature). Only for diagnostics that change the supervision,
+            e.g. the frame-and-box supervised reference of `benchmarks/demo_ceiling.py`; the demo model never
+            sets it.
 
     Returns:
         A `DemoTrainResult`; its model is in eval mode with the text side frozen, ready for `save_stprompt`.
@@ -549,7 +553,7 @@ def train_demo(settings: DemoTrainSettings, *, train: Sequence[DemoVideo] | None
             if self_training and epoch >= self_train_from:
                 pseudo = [pseudo_labels(running[i]) if train[i].label > 0 and i in running else None for i in ids]
             scores: list[np.ndarray] = []
-            terms = batch_loss(model, batch, settings, gen, aux, pseudo=pseudo, scores_out=scores)
+            terms = (loss_fn or batch_loss)(model, batch, settings, gen, aux, pseudo=pseudo, scores_out=scores)
             if self_training:  # running average of each anomalous video's snippet scores (training passes)
                 for i, sc in zip(ids, scores, strict=True):
                     if train[i].label > 0:
