@@ -54,23 +54,40 @@ def cell_rectangles(image_size: int, grid: int, frame_hw: tuple[int, int]) -> np
     return np.array([(x_edges[a], y_edges[c], x_edges[b], y_edges[d]) for c, d in spans for a, b in spans])
 
 
-def box_ceiling(grid: int, image_size: int, num_videos: int, seed: int) -> dict[str, object]:
-    """Best cell-rectangle IoU per annotated anomalous frame of the test split, averaged per class and overall."""
+def box_ceiling(grid: int, image_size: int, num_videos: int, seed: int, snippet_len: int = 16) -> dict[str, object]:
+    """Best cell-rectangle IoU per annotated anomalous frame of the test split, averaged per class and overall.
+
+    Two ceilings: `tiou_ceiling`, a best rectangle for every frame; `snippet_tiou_ceiling`, one rectangle per
+    `snippet_len`-frame snippet (the best for the snippet's annotated frames on average), which is what the
+    runtime outputs: one map and one box per snippet, applied to each of its frames. The gap between the two is
+    the event moving within a snippet (0.64 s at 25 fps).
+    """
     from stp_edge.evaluate import box_iou
     from stp_edge.synthetic import benchmark_plans
 
-    per_class: dict[str, list[float]] = {}
+    per_frame: dict[str, list[float]] = {}
+    per_snippet: dict[str, list[float]] = {}
     rects = None
     for label, _, plan in benchmark_plans(split="test", num_videos=num_videos, seed=seed):
         if label == "normal":
             continue
         if rects is None:
             rects = cell_rectangles(image_size, grid, (plan.layout.height, plan.layout.width))
-        for f in np.flatnonzero(np.isfinite(plan.boxes[:, 0])):
-            per_class.setdefault(label, []).append(float(box_iou(rects, plan.boxes[f]).max()))
-    every = [v for vals in per_class.values() for v in vals]
+        frames = np.flatnonzero(np.isfinite(plan.boxes[:, 0]))
+        ious = np.stack([box_iou(rects, plan.boxes[f]) for f in frames], axis=1) if len(frames) else None
+        if ious is None:
+            continue
+        per_frame.setdefault(label, []).extend(ious.max(0).tolist())
+        snippet = frames // snippet_len
+        for k in np.unique(snippet):
+            cols = ious[:, snippet == k]
+            per_snippet.setdefault(label, []).extend(cols[int(cols.mean(1).argmax())].tolist())
+    every = [v for vals in per_frame.values() for v in vals]
+    every_snippet = [v for vals in per_snippet.values() for v in vals]
     return {"grid": grid, "frames": len(every), "tiou_ceiling": float(np.mean(every)),
-            "per_class": {k: {"tiou_ceiling": float(np.mean(v)), "frames": len(v)} for k, v in per_class.items()}}
+            "snippet_tiou_ceiling": float(np.mean(every_snippet)),
+            "per_class": {k: {"tiou_ceiling": float(np.mean(v)), "snippet_tiou_ceiling": float(np.mean(per_snippet[k])),
+                              "frames": len(v)} for k, v in per_frame.items()}}
 
 
 def encoder_probe(minutes: float, train_videos: int, val_videos: int, seed: int, lr: float,
@@ -205,11 +222,12 @@ def supervised_batch_loss(model, videos, settings, gen=None, aux=None, pseudo=No
 
 
 def supervised_reference(out_dir: Path, minutes: float, train_videos: int, val_videos: int, seed: int,
-                         command: str, grid: int = 7) -> dict[str, object]:
+                         command: str, grid: int = 7, epochs: int | None = None) -> dict[str, object]:
     """Train the demo model with `supervised_batch_loss` (demo settings otherwise) and save it to `out_dir`.
 
     `grid` other than the demo's 7: the same encoder with patch size image_size / grid (one stride-2 stem layer
-    fewer for 14), so the token and region grid is grid x grid.
+    fewer for 14), so the token and region grid is grid x grid. `epochs`: the schedule's length (default the
+    demo's); a finer grid costs more per epoch, so fewer epochs fit the time cap.
     """
     from dataclasses import replace
 
@@ -221,6 +239,8 @@ def supervised_reference(out_dir: Path, minutes: float, train_videos: int, val_v
         overrides = {"vision": replace(vision, patch_size=vision.image_size // grid), "region_grid": grid}
     settings = dt.DemoTrainSettings(seed=seed, train_videos=train_videos, val_videos=val_videos, minutes=minutes,
                                     attention_mil_weight=0.0, self_train_weight=0.0, config_overrides=overrides)
+    if epochs is not None:
+        settings.epochs = epochs
     result = dt.train_demo(settings, loss_fn=supervised_batch_loss, progress=False)
     dt.save_demo(result, out_dir, command=command)
     last = result.history[-1]
@@ -229,19 +249,24 @@ def supervised_reference(out_dir: Path, minutes: float, train_videos: int, val_v
             "epochs_run": len(result.history), "stopped_early": result.stopped_early,
             "train_seconds": round(result.seconds, 1), "val_snippet_auc": last.get("val_snippet_auc"),
             "val_top_region_iou": last.get("val_top_region_iou"),
-            "evaluate": f"python scripts/eval_demo.py --checkpoint {out_dir} "
-                        "--out benchmarks/results/demo_supervised_eval.json"}
+            "evaluate": f"python scripts/eval_demo.py --checkpoint {out_dir} --out benchmarks/results/"
+                        f"demo_supervised_eval{'' if grid == 7 else f'_{grid}'}.json"}
 
 
 def to_markdown(result: dict) -> str:
     lines = ["# Demo model ceilings", "", f"Machine: {result['machine']['cpu']}, "
              f"{result['machine']['cores']} cores", "", f"Command: `{result['command']}`", "",
              "## Box ceiling (perfect scores and region choice; cell-aligned boxes)", "",
-             "| grid | class | frames | TIoU ceiling |", "|---|---|---|---|"]
+             "Per frame: the best rectangle of grid cells for every frame. Per snippet: one rectangle per 16-frame",
+             "snippet, scored on each of its frames, as the runtime outputs one box per snippet.", "",
+             "| grid | class | frames | TIoU ceiling, per frame | TIoU ceiling, per snippet |", "|---|---|---|---|---|"]
     for b in result["box_ceiling"]:
+        g = f"{b['grid']}x{b['grid']}"
         for k, v in sorted(b["per_class"].items()):
-            lines.append(f"| {b['grid']}x{b['grid']} | {k} | {v['frames']} | {v['tiou_ceiling']:.3f} |")
-        lines.append(f"| {b['grid']}x{b['grid']} | **all** | {b['frames']} | **{b['tiou_ceiling']:.3f}** |")
+            lines.append(f"| {g} | {k} | {v['frames']} | {v['tiou_ceiling']:.3f} | "
+                         f"{v.get('snippet_tiou_ceiling', float('nan')):.3f} |")
+        lines.append(f"| {g} | **all** | {b['frames']} | **{b['tiou_ceiling']:.3f}** | "
+                     f"**{b.get('snippet_tiou_ceiling', float('nan')):.3f}** |")
     probe = result.get("encoder_probe")
     if probe:
         lines += ["", "## Encoder ceiling (frame-label supervised probe, diagnostic only)", "",
@@ -277,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="train the frame-and-box supervised reference model into this directory (~27 min)")
     ap.add_argument("--reference-minutes", type=float, default=27.0)
     ap.add_argument("--reference-grid", type=int, default=7, help="token/region grid of the reference (7 or 14)")
+    ap.add_argument("--reference-epochs", type=int, default=None, help="schedule length (default the demo's)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--name", default="demo_ceiling", help="writes <out>/<name>.json and .md")
     args = ap.parse_args(argv)
@@ -291,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         "box_ceiling": [box_ceiling(g, size, args.test_videos, args.seed) for g in args.grids],
     }
     for b in result["box_ceiling"]:  # type: ignore[union-attr]
-        print(f"box ceiling, {b['grid']}x{b['grid']} cells: TIoU {b['tiou_ceiling']:.3f} "
-              + ", ".join(f"{k} {v['tiou_ceiling']:.3f}" for k, v in sorted(b["per_class"].items())))
+        print(f"box ceiling, {b['grid']}x{b['grid']} cells: TIoU {b['tiou_ceiling']:.3f} per frame, "
+              f"{b['snippet_tiou_ceiling']:.3f} per snippet; "
+              + ", ".join(f"{k} {v['tiou_ceiling']:.3f}/{v['snippet_tiou_ceiling']:.3f}"
+                          for k, v in sorted(b["per_class"].items())))
     if args.probe_minutes > 0:
         result["encoder_probe"] = {"minutes": args.probe_minutes, "train_videos": args.train_videos,
                                    "val_videos": args.val_videos, "lr": args.lr,
@@ -301,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference_out is not None:
         result["supervised_reference"] = supervised_reference(
             args.reference_out, args.reference_minutes, args.train_videos, args.val_videos, args.seed,
-            str(result["command"]), args.reference_grid)
+            str(result["command"]), args.reference_grid, args.reference_epochs)
         print(f"supervised reference saved to {args.reference_out}: {result['supervised_reference']}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")

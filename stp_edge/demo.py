@@ -119,18 +119,11 @@ def ensure_demo_bundle(out: Path, report: Callable[[str], None] = print) -> Path
 
 def write_clip(path: Path, *, seed: int, anomaly: str, seconds: float) -> dict[str, Any]:
     """Generate a synthetic clip with one anomaly, write it as a video file, return its ground truth."""
-    import cv2
-
-    from stp_edge.synthetic import generate_clip
+    from stp_edge.synthetic import generate_clip, write_video
 
     fps = 25.0
     clip = generate_clip(seed, width=320, height=240, num_frames=int(seconds * fps), anomaly=anomaly, fps=fps)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (320, 240))
-    if not writer.isOpened():
-        raise OSError(f"OpenCV cannot write {path} with the mp4v codec")
-    for frame in clip.frames:
-        writer.write(frame)
-    writer.release()
+    write_video(path, clip.frames, fps, (320, 240), "mp4v", len(clip.labels))
     return {"labels": clip.labels, "event": clip.event, "class_name": clip.class_name, "fps": fps,
             "boxes": clip.boxes}
 

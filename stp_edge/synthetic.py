@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -920,7 +920,7 @@ def write_benchmark(out_dir: str | Path, *, split: str, num_videos: int, seed: i
                             num_scenes=num_scenes)
     for i, (label, scene, plan) in enumerate(plans):
         name = f"{split}_{i:04d}_{class_token(label)}{ext}"
-        _write_video(out / name, plan.frames(), fps, (width, height), codec, num_frames)
+        write_video(out / name, plan.frames(), fps, (width, height), codec, num_frames)
         s, e = plan.event if plan.event else (-1, -1)
         ann_lines.append(f"{name}  {class_token(label)}  {s}  {e}  -1  -1")
         for f in np.flatnonzero(~np.isnan(plan.boxes[:, 0])):
@@ -944,11 +944,15 @@ def write_benchmark(out_dir: str | Path, *, split: str, num_videos: int, seed: i
     return path
 
 
-def _write_video(path: Path, frames: Iterator[np.ndarray], fps: float, size: tuple[int, int], codec: str,
-                 expected: int) -> None:
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: float, size: tuple[int, int], codec: str,
+                expected: int) -> None:
+    """Write BGR frames of `size` (w, h) with OpenCV and check the container holds all `expected` of them.
+
+    Raises OSError when no writer opens for `codec` or the file ends up with another frame count.
+    """
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
     if not writer.isOpened():
-        raise RuntimeError(f"{path}: OpenCV could not open a {codec} writer at {size[0]}x{size[1]}")
+        raise OSError(f"{path}: OpenCV could not open a {codec} writer at {size[0]}x{size[1]}")
     try:
         for f in frames:
             writer.write(f)
@@ -958,4 +962,4 @@ def _write_video(path: Path, frames: Iterator[np.ndarray], fps: float, size: tup
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
     if n != expected:
-        raise RuntimeError(f"{path}: wrote {expected} frames but the container reports {n}")
+        raise OSError(f"{path}: wrote {expected} frames but the container reports {n}")

@@ -210,3 +210,33 @@ def test_region_targets_are_cell_coverage_and_flip_with_the_image():
     flipped = region_targets(boxes, labels, (240, 320), 112, 7, flip=True)[0].reshape(7, 7)
     np.testing.assert_allclose(flipped, grid[:, ::-1])
     assert flipped[2, 6] == pytest.approx(0.5) and flipped[2, 5] == pytest.approx(1.0)
+
+
+def test_one_box_per_snippet_ceiling_is_below_the_per_frame_one_and_lowest_for_running():
+    from benchmarks.demo_ceiling import box_ceiling
+
+    b = box_ceiling(7, 112, num_videos=10, seed=0)  # 5 anomalous clips, one per class
+    assert set(b["per_class"]) == {"fighting", "falling", "running", "abandoned object", "fire"}
+    for v in b["per_class"].values():
+        assert 0 < v["snippet_tiou_ceiling"] <= v["tiou_ceiling"] + 1e-12
+    # a runner crosses cells within 16 frames; a left object does not move
+    run, bag = b["per_class"]["running"], b["per_class"]["abandoned object"]
+    assert run["snippet_tiou_ceiling"] < run["tiou_ceiling"] - 0.05
+    assert bag["snippet_tiou_ceiling"] == pytest.approx(bag["tiou_ceiling"], abs=1e-9)
+
+
+def test_demo_clip_is_written_whole_and_a_bad_path_is_a_clear_oserror(tmp_path):
+    import cv2
+
+    from stp_edge.demo import write_clip
+    from stp_edge.synthetic import write_video
+
+    gt = write_clip(tmp_path / "clip.mp4", seed=3, anomaly="fire", seconds=2.0)
+    cap = cv2.VideoCapture(str(tmp_path / "clip.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(gt["labels"]) == 50
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (240, 320, 3) and frame.std() > 5  # a rendered scene, not a blank frame
+    frames = np.zeros((3, 24, 32, 3), np.uint8)
+    with pytest.raises(OSError, match="no_such_dir"):
+        write_video(tmp_path / "no_such_dir" / "x.mp4", frames, 25.0, (32, 24), "mp4v", 3)
