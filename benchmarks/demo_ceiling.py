@@ -1,12 +1,15 @@
-"""How far can the demo recipe go? Two ceilings of the embedded demo model, measured, not assumed.
+"""How far can the demo recipe go? Ceilings of the embedded demo model, measured, not assumed.
 
-    python benchmarks/demo_ceiling.py [--probe-minutes 10] [--out benchmarks/results]
+    python benchmarks/demo_ceiling.py [--probe-minutes 10] [--out benchmarks/results] [--name demo_ceiling]
+    python benchmarks/demo_ceiling.py --probe-minutes 0 --train-videos 600 --reference-out DIR [--reference-grid 14
+        --reference-epochs 19] --name demo_supervised_reference
 
 1. Box ceiling (no model, seconds). The runtime's box is a union of region cells (`boxes_from_map`), so with
    the demo's 7x7 token grid its IoU with a ground-truth box is bounded even for a perfect model. For every
    annotated anomalous frame of the held-out test split (`write_benchmark(split="test")`, the split
    `scripts/eval_demo.py` scores), this finds the best IoU any rectangle of grid cells reaches. Its mean is the
-   TIoU of a model whose scores and region choices were perfect.
+   TIoU of a model whose scores and region choices were perfect. The per-snippet variant allows one rectangle
+   per 16-frame snippet, as the runtime outputs.
 
 2. Encoder ceiling (a few minutes). A DIAGNOSTIC that uses the per-snippet ground-truth labels the demo's
    weakly supervised training never sees: the demo encoder (same config, same cached frames, augmentation,
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grids", type=int, nargs="+", default=[7, 14], help="region grids for the box ceiling")
     ap.add_argument("--reference-out", type=Path, default=None,
                     help="train the frame-and-box supervised reference model into this directory (~27 min)")
-    ap.add_argument("--reference-minutes", type=float, default=27.0)
+    ap.add_argument("--reference-minutes", type=float, default=27.0, help="time cap of the reference's training")
     ap.add_argument("--reference-grid", type=int, default=7, help="token/region grid of the reference (7 or 14)")
     ap.add_argument("--reference-epochs", type=int, default=None, help="schedule length (default the demo's)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
