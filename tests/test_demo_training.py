@@ -196,3 +196,26 @@ def test_committed_demo_checkpoint_matches_its_sha256sums_and_loads():
     assert model.cfg.spatial_queries == "class_prompts" and model.cfg.vision.image_size == 112
     assert model.class_features.abs().sum() > 0 and model.query_features.abs().sum() > 0
     assert "README.md" in {p.name for p in demo.iterdir()}
+
+
+def test_supervised_reference_loss_plugs_into_train_demo_and_fits_the_boxes():
+    """The diagnostic of benchmarks/demo_ceiling.py: train_demo(loss_fn=) really trains on frame labels + boxes."""
+    from benchmarks.demo_ceiling import supervised_batch_loss
+
+    settings = DemoTrainSettings(seed=4, num_frames=96, epochs=8, batch_size=4, lr=1e-3, warmup_epochs=0.5,
+                                 attention_mil_weight=0.0, self_train_weight=0.0, photometric=0.0)
+    train = make_demo_videos("train", 4, seed=4, cfg=demo_config(), settings=settings, progress=False)
+    assert any(v.snippet_labels.any() and np.isfinite(v.snippet_boxes).any() for v in train)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return supervised_batch_loss(*args, **kwargs)
+
+    result = train_demo(settings, train=train, val=[], progress=False, log=None, loss_fn=counted)
+    assert len(calls) == 8  # one batch of 4 videos per epoch, all through the given loss
+    first, last = result.history[0], result.history[-1]
+    assert "train_attention_ce" not in last and "train_region_bce" in last
+    assert last["train_region_bce"] < 0.7 * first["train_region_bce"], (first, last)
+    assert last["train_ce"] < 0.7 * first["train_ce"], (first, last)
+    assert last["train_bce"] < 0.9 * first["train_bce"], (first, last)

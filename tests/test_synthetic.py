@@ -240,3 +240,22 @@ def test_demo_clip_is_written_whole_and_a_bad_path_is_a_clear_oserror(tmp_path):
     frames = np.zeros((3, 24, 32, 3), np.uint8)
     with pytest.raises(OSError, match="no_such_dir"):
         write_video(tmp_path / "no_such_dir" / "x.mp4", frames, 25.0, (32, 24), "mp4v", 3)
+
+
+def test_box_rule_variants_reproduce_the_runtime_rule_at_its_setting():
+    from benchmarks.box_rules import component_box
+    from stp_edge.spatial import boxes_from_map, region_boxes, to_frame_coords
+
+    rng = np.random.default_rng(0)
+    cells = to_frame_coords(region_boxes(112, 7), 112, (240, 320))
+    for _ in range(20):
+        amap = rng.uniform(0, 0.4, (7, 7))
+        i, j = rng.integers(0, 6, 2)
+        amap[i:i + 2, j:j + 2] += rng.uniform(0.3, 0.6, (2, 2))  # a blob, sometimes split by the level
+        want = boxes_from_map(amap, (240, 320), 112, threshold=0.5, class_id=1)[0]
+        got = component_box(amap, cells, 0.5, 0.5)
+        np.testing.assert_allclose(got, [want.x1, want.y1, want.x2, want.y2])
+    flat = np.zeros((7, 7))
+    flat[3, 3], flat[3, 4] = 1.0, 0.4  # a lower level takes the weaker neighbour in
+    assert component_box(flat, cells, 0.5, 0.0)[2] == pytest.approx(cells[24, 2])
+    assert component_box(flat, cells, 0.3, 0.0)[2] == pytest.approx(cells[25, 2])
