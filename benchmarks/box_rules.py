@@ -23,18 +23,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def component_box(amap: np.ndarray, cells: np.ndarray, level: float, threshold: float) -> np.ndarray:
-    """Box (x1, y1, x2, y2) of the component around the peak of `amap` [R,R]; `cells` [R2,4] in frame pixels."""
-    import cv2
+def component_box(amap: np.ndarray, frame_hw: tuple[int, int], image_size: int, mode: str, level: float,
+                  threshold: float) -> np.ndarray:
+    """(x1, y1, x2, y2) of the runtime's first box (`boxes_from_map`) for another level / absolute threshold."""
+    from stp_edge.spatial import boxes_from_map
 
-    flat = amap.reshape(-1)
-    top = int(flat.argmax())
-    peak, background = float(flat[top]), float(np.median(flat))
-    mask = (amap >= max(threshold, background + level * (peak - background))).astype(np.uint8)
-    mask.reshape(-1)[top] = 1
-    _, labels, _, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    c = cells[np.flatnonzero(labels.reshape(-1) == labels.reshape(-1)[top])]
-    return np.array([c[:, 0].min(), c[:, 1].min(), c[:, 2].max(), c[:, 3].max()])
+    b = boxes_from_map(amap, frame_hw, image_size, threshold=threshold, class_id=0, mode=mode, level=level)[0]
+    return np.array([b.x1, b.y1, b.x2, b.y2])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from stp_edge.api import Detector, run_video
     from stp_edge.evaluate import expand_snippets, find_video, load_ground_truth, tiou
-    from stp_edge.spatial import region_boxes, to_frame_coords
+    from stp_edge.spatial import anomaly_map
 
     rules = [(lv, th) for lv in args.levels for th in args.thresholds]
     pooled: dict[tuple[float, float], dict[str, list[tuple[float, int]]]] = {r: {} for r in rules}
@@ -67,16 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             cap.release()
             F, ranges = int(g.num_frames), [(r.frame_start, r.frame_end) for r in res]
             scores = expand_snippets(np.array([r.score for r in res], float), F, ranges=ranges)
+            maps = {k: anomaly_map(np.asarray(r.region_scores, float)) for k, r in enumerate(res)
+                    if r.region_scores is not None}  # none where the spatial stream was skipped (low score)
             for rule in rules:
                 boxes = np.full((len(res), 4), np.nan)
-                for k, r in enumerate(res):
-                    if r.region_scores is None:  # spatial stream skipped (score below the threshold)
-                        continue
-                    rs = np.asarray(r.region_scores, float)
-                    R = round(len(rs) ** 0.5)
-                    cells = to_frame_coords(region_boxes(cfg.vision.image_size, R, cfg.region_mode),
-                                            cfg.vision.image_size, hw)
-                    boxes[k] = component_box(rs.reshape(R, R), cells, *rule)
+                for k, amap in maps.items():
+                    boxes[k] = component_box(amap, hw, cfg.vision.image_size, cfg.region_mode, *rule)
                 t, n = tiou(scores, expand_snippets(boxes, F, ranges=ranges), g.box_array(F), g.frame_labels(F), thr)
                 if t is not None:
                     pooled[rule].setdefault(g.label, []).append((t, n))

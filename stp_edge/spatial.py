@@ -67,14 +67,15 @@ def upsample_map(amap: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
 
 
 def boxes_from_map(amap: np.ndarray, frame_hw: tuple[int, int], image_size: int, *, threshold: float,
-                   class_id: int, mode: str = "tokens") -> list[Box]:
+                   class_id: int, mode: str = "tokens", level: float = 0.5) -> list[Box]:
     """Boxes in frame pixels, the anomaly's own box first.
 
-    Regions count as anomalous when their score is >= `threshold` and at least half-way from the map's median
-    (the background) to its peak: a half-maximum rule that keeps a box to the anomaly when a model scores the
-    whole frame above an absolute threshold. The first box is the 8-connected component of such regions that
-    holds the peak (just the peak cell when the peak is below `threshold`); the other components follow by
-    score. A box is the union of its regions' cells; its score is the highest region score in it.
+    Regions count as anomalous when their score is >= `threshold` and at least `level` of the way from the map's
+    median (the background) to its peak: with the default 0.5 a half-maximum rule that keeps a box to the
+    anomaly when a model scores the whole frame above an absolute threshold. The first box is the 8-connected
+    component of such regions that holds the peak (just the peak cell when the peak is below `threshold`); the
+    other components follow by score. A box is the union of its regions' cells; its score is the highest region
+    score in it.
     """
     import cv2
 
@@ -83,8 +84,8 @@ def boxes_from_map(amap: np.ndarray, frame_hw: tuple[int, int], image_size: int,
     cells = to_frame_coords(region_boxes(image_size, R, mode), image_size, frame_hw)
     top = int(np.argmax(flat))
     peak, background = float(flat[top]), float(np.median(flat))
-    level = max(threshold, background + 0.5 * (peak - background))
-    mask = (amap >= level).astype(np.uint8)
+    cut = max(threshold, background + level * (peak - background))
+    mask = (amap >= cut).astype(np.uint8)
     mask.reshape(-1)[top] = 1
     n, labels, _, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     flat_labels = labels.reshape(-1)

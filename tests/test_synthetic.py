@@ -253,9 +253,9 @@ def test_box_rule_variants_reproduce_the_runtime_rule_at_its_setting():
         i, j = rng.integers(0, 6, 2)
         amap[i:i + 2, j:j + 2] += rng.uniform(0.3, 0.6, (2, 2))  # a blob, sometimes split by the level
         want = boxes_from_map(amap, (240, 320), 112, threshold=0.5, class_id=1)[0]
-        got = component_box(amap, cells, 0.5, 0.5)
+        got = component_box(amap, (240, 320), 112, "tokens", 0.5, 0.5)
         np.testing.assert_allclose(got, [want.x1, want.y1, want.x2, want.y2])
     flat = np.zeros((7, 7))
     flat[3, 3], flat[3, 4] = 1.0, 0.4  # a lower level takes the weaker neighbour in
-    assert component_box(flat, cells, 0.5, 0.0)[2] == pytest.approx(cells[24, 2])
-    assert component_box(flat, cells, 0.3, 0.0)[2] == pytest.approx(cells[25, 2])
+    assert component_box(flat, (240, 320), 112, "tokens", 0.5, 0.0)[2] == pytest.approx(cells[24, 2])
+    assert component_box(flat, (240, 320), 112, "tokens", 0.3, 0.0)[2] == pytest.approx(cells[25, 2])
