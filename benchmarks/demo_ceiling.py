@@ -176,24 +176,20 @@ def supervised_batch_loss(model, videos, settings, gen=None, aux=None, pseudo=No
     Per video: BCE of every snippet score against the sampled frame's label, class CE of every snippet (the
     video class where the frame is anomalous, normal elsewhere), BCE of every region's abnormal share against
     the fraction of its cell the ground-truth box covers, and class CE of the regions the box covers by half or
-    more. The random flip is drawn here so the region targets flip with the image.
+    more. The region targets flip with the image (`_augment` reports its flip).
     """
-    from dataclasses import replace
-
     import torch
     import torch.nn.functional as F
 
     from stp_edge.model import demo_training as dt
 
+    if settings.translate:
+        raise ValueError("supervised_batch_loss: translate augmentation would move the boxes; set translate=0")
     cfg = model.cfg
     G = cfg.region_grid
-    no_flip = replace(settings, flip=False)
-    images, flips = [], []
-    for v in videos:
-        flip = gen is not None and settings.flip and bool(torch.rand((), generator=gen) < 0.5)
-        x = v.images.float().flip(-1) if flip else v.images.float()
-        images.append(dt._augment(x, gen, no_flip) if gen is not None else x)
-        flips.append(flip)
+    flips: list[bool] = []
+    images = [dt._augment(v.images, gen, settings, flips) if gen is not None else v.images.float() for v in videos]
+    flips = flips or [False] * len(videos)
     q = model.spatial_query_features()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
         encoded = dt._encode_batch(model, images)

@@ -242,11 +242,18 @@ def make_demo_videos(split: str, num_videos: int, *, seed: int, cfg: STPromptCon
 
 
 # ------------------------------------------------------------------------------------------------ losses
-def _augment(images: torch.Tensor, gen: torch.Generator, settings: DemoTrainSettings) -> torch.Tensor:
-    """Same random flip and brightness/contrast change on every snippet of one video (normalised space)."""
+def _augment(images: torch.Tensor, gen: torch.Generator, settings: DemoTrainSettings,
+             flipped: list[bool] | None = None) -> torch.Tensor:
+    """Same random flip and brightness/contrast change on every snippet of one video (normalised space).
+
+    `flipped`: whether the video was flipped horizontally is appended to it (for targets that must flip too).
+    """
     x = images.float()
-    if settings.flip and torch.rand((), generator=gen) < 0.5:
+    flip = settings.flip and bool(torch.rand((), generator=gen) < 0.5)
+    if flip:
         x = x.flip(-1)
+    if flipped is not None:
+        flipped.append(flip)
     if settings.translate > 0:
         dy, dx = (torch.randint(-settings.translate, settings.translate + 1, (2,), generator=gen)).tolist()
         x = torch.roll(x, (dy, dx), dims=(-2, -1))
