@@ -77,9 +77,9 @@ def box_ceiling(grid: int, image_size: int, num_videos: int, seed: int, snippet_
         if rects is None:
             rects = cell_rectangles(image_size, grid, (plan.layout.height, plan.layout.width))
         frames = np.flatnonzero(np.isfinite(plan.boxes[:, 0]))
-        ious = np.stack([box_iou(rects, plan.boxes[f]) for f in frames], axis=1) if len(frames) else None
-        if ious is None:
+        if not len(frames):
             continue
+        ious = np.stack([box_iou(rects, plan.boxes[f]) for f in frames], axis=1)  # [rectangles, frames]
         per_frame.setdefault(label, []).extend(ious.max(0).tolist())
         snippet = frames // snippet_len
         for k in np.unique(snippet):
@@ -237,9 +237,8 @@ def supervised_reference(out_dir: Path, minutes: float, train_videos: int, val_v
     if grid != vision.grid:
         overrides = {"vision": replace(vision, patch_size=vision.image_size // grid), "region_grid": grid}
     settings = dt.DemoTrainSettings(seed=seed, train_videos=train_videos, val_videos=val_videos, minutes=minutes,
-                                    attention_mil_weight=0.0, self_train_weight=0.0, config_overrides=overrides)
-    if epochs is not None:
-        settings.epochs = epochs
+                                    attention_mil_weight=0.0, self_train_weight=0.0, config_overrides=overrides,
+                                    epochs=dt.DemoTrainSettings.epochs if epochs is None else epochs)
     result = dt.train_demo(settings, loss_fn=supervised_batch_loss, progress=False)
     dt.save_demo(result, out_dir, command=command)
     last = result.history[-1]
