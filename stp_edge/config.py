@@ -164,11 +164,6 @@ class STPromptConfig:
         """Snippets on each side that influence one output: the motion prior (1) plus L adapter bands."""
         return 1 + self.adapter_layers * self.adapter_radius
 
-    @property
-    def lookahead(self) -> int:
-        """A result for snippet t is final once snippet t + lookahead has been encoded."""
-        return self.context
-
     def abnormal_query_texts(self) -> tuple[tuple[str, int], ...]:
         """(text, class index) pairs for the spatial stream's abnormal queries (default: one per class)."""
         if self.abnormal_queries:

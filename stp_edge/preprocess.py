@@ -27,6 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from stp_edge.pipeline.frames import validate_frame
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -67,6 +69,15 @@ class PreprocessSpec:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
+
+
+def normalisation(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, bias), float32 [3] RGB, with x_norm = x_uint8 * scale + bias = (x/255 - mean) / std.
+
+    The CPU twin and the CUDA kernel both take these, in this operation order, so they agree to the last bit.
+    """
+    std = np.asarray(spec.std, np.float32)
+    return np.float32(1.0) / (np.float32(255.0) * std), -np.asarray(spec.mean, np.float32) / std
 
 
 def bicubic_filter(x: np.ndarray) -> np.ndarray:
@@ -273,19 +284,6 @@ def split_nv12(nv12: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return nv12[:h], nv12[h:].reshape(h // 2, w // 2, 2)
 
 
-def check_bgr_frame(frame: Any, index: int = 0) -> np.ndarray:
-    """Validate an HxWx3 uint8 frame; raise ValueError naming the problem."""
-    if not isinstance(frame, np.ndarray):
-        raise ValueError(f"frame {index}: expected a numpy array (HxWx3 uint8 BGR), got {type(frame).__name__}")
-    if frame.dtype != np.uint8:
-        raise ValueError(f"frame {index}: expected dtype uint8, got {frame.dtype} (convert 8-bit BGR first)")
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"frame {index}: expected shape (H, W, 3) BGR, got {frame.shape}")
-    if frame.shape[0] == 0 or frame.shape[1] == 0:
-        raise ValueError(f"frame {index}: empty image of shape {frame.shape}")
-    return frame
-
-
 class _CpuPlan:
     """A CropResizePlan as dense float32 blocks for BLAS, plus its scratch buffers.
 
@@ -369,9 +367,8 @@ class CpuPreprocessor:
         self.image_size = int(image_size)
         self.spec = PreprocessSpec(size=self.image_size)
         self._plans: dict[tuple[int, int], _CpuPlan] = {}
-        std = np.asarray(CLIP_STD, np.float32)
-        self._scale = (np.float32(1.0) / (np.float32(255.0) * std)).reshape(3, 1, 1)
-        self._bias = (-np.asarray(CLIP_MEAN, np.float32) / std).reshape(3, 1, 1)
+        scale, bias = normalisation(self.spec)
+        self._scale, self._bias = scale.reshape(3, 1, 1), bias.reshape(3, 1, 1)
 
     def plan(self, height: int, width: int) -> CropResizePlan:
         """The (cached) resize/crop plan of an input size."""
@@ -386,7 +383,7 @@ class CpuPreprocessor:
     def __call__(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Preprocess HxWx3 uint8 BGR frames (any sizes) into [B, 3, S, S] normalised RGB."""
         frames = self._as_list(frames, "BGR")
-        frames = [check_bgr_frame(f, i) for i, f in enumerate(frames)]
+        frames = [validate_frame(f, i) for i, f in enumerate(frames)]
         out = np.empty((len(frames), 3, self.image_size, self.image_size), self.dtype)
         for b, frame in enumerate(frames):
             cp = self._cpu_plan(frame.shape[0], frame.shape[1])

@@ -29,9 +29,9 @@ class Box:
                 "score": float(self.score), "class_id": int(self.class_id)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SnippetResult:
-    """Everything the runtime knows about one snippet of one stream.
+    """Everything the runtime knows about one snippet of one stream (built once, never mutated).
 
     Attributes:
         stream: Stream (camera) id the snippet came from.
@@ -61,7 +61,7 @@ class SnippetResult:
     is_anomaly: bool
     region_scores: np.ndarray | None = None
     anomaly_map: np.ndarray | None = None
-    boxes: list[Box] = field(default_factory=list)
+    boxes: tuple[Box, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

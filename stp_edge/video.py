@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from stp_edge.frames import FrameError, validate_frame
+from stp_edge.pipeline.frames import FrameError, validate_frame
 
 URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 

@@ -1,8 +1,9 @@
 """Visual output: an overlay video (heatmap, boxes, score bar, label) and a score-timeline plot.
 
 The anomaly map is the spatial stream's region grid (R x R scores in [0, 1]). It describes the image the model
-saw, which for CLIP preprocessing is the center square of the frame; pass `map_roi=center_crop_roi(w, h)` to
-place it there, or leave the default to stretch it over the whole frame.
+saw, which for CLIP preprocessing is the center square of the frame; pass
+`map_roi=stp_edge.geometry.crop_square_pixels((h, w))` to place it there, or leave the default to stretch it over
+the whole frame.
 """
 
 from __future__ import annotations
@@ -17,13 +18,6 @@ import numpy as np
 from stp_edge._deps import require
 
 _FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
-
-
-def center_crop_roi(width: int, height: int) -> tuple[int, int, int, int]:
-    """The (x1, y1, x2, y2) frame region a short-side resize + center square crop keeps."""
-    side = min(width, height)
-    x0, y0 = (width - side) // 2, (height - side) // 2
-    return x0, y0, x0 + side, y0 + side
 
 
 def heatmap_overlay(frame_bgr: np.ndarray, anomaly_map: np.ndarray,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stp_edge.backends import Availability, select_backend
-from stp_edge.backends.base import DeviceArray, InputError, Runner, RunnerError, TensorSpec, check_feeds
+from stp_edge.backends.base import InputError, Runner, RunnerError, TensorSpec, check_feeds
 from stp_edge.backends.ort import OrtRunner, resolve_providers
 from stp_edge.backends.trt import (
     TRT_API,
@@ -19,6 +19,7 @@ from stp_edge.backends.trt import (
     resolve_input_shape,
     trt_dtype_to_numpy,
 )
+from stp_edge.cuda.memory import DeviceArray
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,12 +184,13 @@ def test_trt_api_constant_covers_what_trt_py_calls():
 
 
 def test_cuda_preprocessor_output_is_a_device_feed():
-    """stp_edge.cuda.DeviceTensor (ptr/shape/dtype, no __cuda_array_interface__) is read as a device buffer."""
+    """The one device buffer type (the CUDA preprocessor's output) is read through __cuda_array_interface__."""
     from stp_edge.backends.base import feed_layout, is_device_array
-    from stp_edge.cuda.preprocess import DeviceTensor
 
-    t = DeviceTensor(ptr=0x7F00, shape=(2, 3, 224, 224), dtype=np.dtype(np.float32))
+    t = DeviceArray(ptr=0x7F00, shape=(2, 3, 224, 224), dtype=np.dtype(np.float32), stream=0x55)
     assert is_device_array(t) and not is_device_array(np.ones(3))
     assert feed_layout(t) == ((2, 3, 224, 224), np.dtype(np.float32), 0x7F00)
+    assert t.__cuda_array_interface__["stream"] == 0x55 and t.nbytes == 2 * 3 * 224 * 224 * 4
     d = DeviceArray(ptr=0x8000, shape=(1, 2), dtype=np.dtype(np.float16))
     assert feed_layout(d) == ((1, 2), np.dtype(np.float16), 0x8000)
+    assert "stream" not in d.__cuda_array_interface__

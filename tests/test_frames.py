@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stp_edge.frames import FrameError, validate_frame
+from stp_edge.pipeline.frames import FrameError, validate_frame
 
 
 def test_bgr_passes_through():

@@ -25,10 +25,10 @@ def test_runtime_imports_without_heavy_dependencies():
         sys.meta_path.insert(0, Block())
         import stp_edge
         assert stp_edge.Detector.__name__ == "Detector"
-        names = ["stp_edge.backends", "stp_edge.cuda"]
-        for pkg in (stp_edge, importlib.import_module("stp_edge.backends"), importlib.import_module("stp_edge.cuda")):
+        names = ["stp_edge.backends", "stp_edge.cuda", "stp_edge.pipeline"]
+        for pkg in (stp_edge, *map(importlib.import_module, names)):
             names += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")]
-        names = [n for n in names if n.split(".")[1] not in ("model", "export")]
+        names = [n for n in names if n.split(".")[1] not in ("model", "export", "demo")]
         for n in names:
             importlib.import_module(n)
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
@@ -38,6 +38,7 @@ def test_runtime_imports_without_heavy_dependencies():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     _count, names = proc.stdout.split(" ", 1)
+    stages = [f"stp_edge.pipeline.{s}" for s in ("frames", "snippets", "encode", "temporal", "spatial", "boxes")]
     for required in ("stp_edge.api", "stp_edge.bundle", "stp_edge.cli", "stp_edge.backends.ort",
-                     "stp_edge.backends.trt", "stp_edge.streaming", "stp_edge.video"):
+                     "stp_edge.backends.trt", "stp_edge.video", *stages):
         assert required in names.split()

@@ -209,8 +209,8 @@ def test_preprocess_spec_for_manifest() -> None:
     ("frame", "match"),
     [
         (np.zeros((10, 10, 3), np.float32), "dtype uint8"),
-        (np.zeros((10, 10), np.uint8), r"shape \(H, W, 3\)"),
-        (np.zeros((10, 10, 4), np.uint8), r"shape \(H, W, 3\)"),
+        (np.zeros((10, 10, 2), np.uint8), r"shape \(H, W, 3\)"),
+        (np.zeros((2, 10, 10, 3, 1), np.uint8), r"shape \(H, W, 3\)"),
         (np.zeros((0, 10, 3), np.uint8), "empty image"),
         ([[1, 2, 3]], "numpy array"),
     ],

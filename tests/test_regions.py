@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stp_edge.regions import bilinear_matrix, crop_windows, make_crops, pool_regions
+from stp_edge.geometry import bilinear_matrix, crop_windows
+from stp_edge.pipeline.encode import make_crops, pool_regions
 
 
 def test_pool_regions_matches_a_loop():

@@ -3,7 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stp_edge.spatial import anomaly_map, boxes_from_map, crop_square, region_boxes, upsample_map
+from stp_edge.geometry import crop_square, region_boxes
+from stp_edge.pipeline.boxes import box_class, boxes_from_map
+from stp_edge.pipeline.spatial import anomaly_map, spatial_gate
 
 
 def test_anomaly_map_row_major():
@@ -62,9 +64,13 @@ def test_crops_mode_boxes_are_windows():
     assert region_boxes(224, 7, "tokens")[8].tolist() == [32, 32, 64, 64]
 
 
-def test_upsample_map_fills_only_the_centre_square():
-    amap = np.array([[0.0, 1.0], [0.5, 0.25]], dtype=np.float32)
-    up = upsample_map(amap, (60, 100))
-    assert up.shape == (60, 100)
-    assert np.all(up[:, :20] == 0) and np.all(up[:, 80:] == 0)
-    assert up[5, 75] == pytest.approx(1.0, abs=0.05) and up[55, 25] == pytest.approx(0.5, abs=0.05)
+def test_box_class_is_the_top_abnormal_class():
+    assert box_class([0.7, 0.1, 0.2]) == 2  # normal is most probable, the box still names an anomaly
+    assert box_class([0.1, 0.6, 0.3]) == 1
+
+
+def test_spatial_gate_modes():
+    assert spatial_gate(0.6, "flagged", 0.5) and not spatial_gate(0.4, "flagged", 0.5)
+    assert spatial_gate(0.0, "all", 0.5) and not spatial_gate(1.0, "off", 0.5)
+    with pytest.raises(ValueError, match="spatial_on must be one of"):
+        spatial_gate(0.5, "sometimes", 0.5)

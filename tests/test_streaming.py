@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stp_edge.api import Detector
-from stp_edge.streaming import FeatureRing, SnippetAssembler, ready_snippets, sample_offsets, temporal_window
+from stp_edge.pipeline.snippets import FeatureRing, SnippetAssembler, ready_snippets, sample_offsets, temporal_window
 
 
 def test_sample_offsets_hand_checked():
@@ -95,13 +95,14 @@ def test_streaming_equals_offline(request, bundle_fixture, frames_factory):
 
 def test_temporal_graph_really_needs_the_full_context(handmade_bundle, frames_factory):
     """Negative control: dropping snippet t + c from the window changes snippet t's score."""
-    from stp_edge.streaming import SnippetAssembler
+    from stp_edge.pipeline.snippets import SnippetAssembler
 
     with Detector.load(handmade_bundle, backend="ort-cpu", preprocess="cpu") as det:
         c = det.context
         asm = SnippetAssembler(4)
         snippets = [s for s in (asm.push(f) for f in frames_factory(40)) if s is not None]
-        fe, re, _ = det.encode_features(snippets)
+        batch = det.encode_features(snippets)
+        fe, re = batch.frame_emb, batch.region_emb
         t = 3
         run = det.runners["temporal"].infer
         full = run({"frame_emb": fe[None, t - c:t + c + 1], "region_emb": re[None, t - c:t + c + 1]})
@@ -141,7 +142,7 @@ def test_flush_one_stream_keeps_the_others(handmade_bundle, frames_factory):
         tail0 = det.flush(0)
         assert {r.stream for r in tail0} == {0}
         assert [r.snippet for r in tail0] == [0, 1, 2]
-        assert all(r.region_scores is None and r.boxes == [] for r in tail0)
+        assert all(r.region_scores is None and r.boxes == () for r in tail0)
         tail1 = det.flush()
         assert [r.snippet for r in tail1] == [0, 1, 2]
         np.testing.assert_allclose([r.score for r in tail0], [r.score for r in tail1], atol=1e-6)
@@ -162,7 +163,7 @@ def test_spatial_runs_only_on_flagged_snippets(handmade_bundle, frames_factory):
 
 
 def test_push_refuses_bad_frames_with_index(handmade_bundle, frames_factory):
-    from stp_edge.frames import FrameError
+    from stp_edge.pipeline.frames import FrameError
 
     with Detector.load(handmade_bundle, backend="ort-cpu", preprocess="cpu") as det:
         for f in frames_factory(5):

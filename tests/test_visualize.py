@@ -2,7 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stp_edge.visualize import OverlayWriter, center_crop_roi, heatmap_overlay, plot_timeline
+from stp_edge.geometry import crop_square_pixels
+from stp_edge.visualize import OverlayWriter, heatmap_overlay, plot_timeline
 
 W, H = 160, 120
 
@@ -39,7 +40,7 @@ def test_heatmap_changes_pixels_only_where_the_map_is_high():
 
 def test_heatmap_roi_places_the_map():
     frame = _scene()
-    roi = center_crop_roi(W, H)
+    roi = crop_square_pixels((H, W))
     assert roi == (20, 0, 140, 120)
     out = heatmap_overlay(frame, np.ones((3, 3)), roi)
     diff = np.abs(out.astype(int) - frame.astype(int)).mean(-1)

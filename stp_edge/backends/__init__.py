@@ -1,7 +1,11 @@
-"""Backends: one `Runner` interface (base.py) and its subclasses (ort.py, trt.py, torch.py).
+"""Backends: one `Runner` interface (base.py), its subclasses (ort.py, trt.py, torch.py), and the factory.
 
-`select_backend()` is a pure function of what is available (`Availability`); `probe_availability()` finds
-that out on this machine, importing TensorRT, pycuda and onnxruntime only when called.
+The factory is the one place that turns a backend name into runners, for `Detector.load`, `verify` and the
+benchmarks alike:
+- `select_backend()` is a pure function of what is available (`Availability`);
+- `probe_availability()` finds that out on this machine, importing TensorRT, pycuda and onnxruntime only when
+  called;
+- `resolve_backend()` = probe + select; `create_runners()` builds one (inactive) runner per graph.
 """
 
 from __future__ import annotations
@@ -10,6 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 BACKENDS = ("trt", "ort-cuda", "ort-trt", "ort-cpu")
+BACKEND_CHOICES = ("auto", "ort", *BACKENDS)
+ORT_PROVIDERS = {
+    "ort-cpu": ("CPUExecutionProvider",),
+    "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
 
 
 @dataclass(frozen=True)
@@ -106,4 +116,44 @@ def probe_availability(bundle: Any = None, device: int = 0) -> Availability:
                         ort_providers=providers, reasons=tuple(reasons))
 
 
-__all__ = ["BACKENDS", "Availability", "probe_availability", "select_backend"]
+def resolve_backend(requested: str, bundle: Any = None, device: int = 0) -> str:
+    """The backend that will run: `requested` checked against this machine, or the fastest one for "auto".
+
+    "ort-cpu" needs no probe (onnxruntime's import error, if any, surfaces when its runner activates).
+    """
+    if requested == "ort-cpu":
+        return requested
+    return select_backend(requested, probe_availability(bundle, device))
+
+
+def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_code: bool = False) -> dict[str, Any]:
+    """One (inactive) runner per graph of `bundle` ("encoder", "temporal", "spatial") for a resolved backend.
+
+    Args:
+        bundle: A loaded `stp_edge.bundle.Bundle`.
+        backend: A resolved backend name (see `resolve_backend`).
+        device: CUDA device ordinal.
+        allow_host_code: Let TensorRT run the host code a version-compatible plan embeds
+            (`Runtime.engine_host_code_allowed`). Only the caller can allow it; a bundle's manifest never does,
+            since a plan's host code is native code that runs in this process.
+    """
+    from stp_edge.bundle import GRAPH_NAMES
+
+    if backend == "trt":
+        from stp_edge.backends.trt import TrtRunner, cuda_device_info, load_trt
+
+        gpu_name, cc = cuda_device_info(device)
+        engine = bundle.select_engine(tensorrt_version=load_trt().__version__, compute_capability=cc,
+                                      gpu_name=gpu_name)
+        return {g: TrtRunner(bundle.plan_path(engine, g), device=device, name=f"{g}.plan",
+                             allow_host_code=allow_host_code) for g in GRAPH_NAMES}
+    if backend not in ORT_PROVIDERS:
+        raise ValueError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
+    from stp_edge.backends.ort import OrtRunner
+
+    return {g: OrtRunner(bundle.graph_path(g), ORT_PROVIDERS[backend], device_id=device,
+                         name=f"{g}.onnx ({backend})") for g in GRAPH_NAMES}
+
+
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "Availability", "create_runners", "probe_availability",
+           "resolve_backend", "select_backend"]

@@ -38,29 +38,15 @@ class TensorSpec:
         return f"{self.name}: {np.dtype(self.dtype).name}[{dims}]"
 
 
-@dataclass(frozen=True)
-class DeviceArray:
-    """A raw CUDA device pointer with its shape and dtype (for producers without `__cuda_array_interface__`)."""
-
-    ptr: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    @property
-    def __cuda_array_interface__(self) -> dict[str, Any]:
-        return {"shape": tuple(self.shape), "typestr": np.dtype(self.dtype).str, "data": (int(self.ptr), False),
-                "version": 3}
-
-
 def is_device_array(value: Any) -> bool:
     """True when `value` is a CUDA buffer rather than host memory.
 
-    Accepted: objects with `__cuda_array_interface__` (CuPy, Numba, torch, `DeviceArray`) and the
-    `ptr`/`shape`/`dtype` triple of `stp_edge.cuda.DeviceTensor` (the CUDA preprocessor's output).
+    Accepted: objects with `__cuda_array_interface__` (CuPy, Numba, torch, and `stp_edge.cuda.DeviceArray`, the
+    CUDA preprocessor's output).
     """
     if isinstance(value, np.ndarray):
         return False
-    return hasattr(value, "__cuda_array_interface__") or all(hasattr(value, a) for a in ("ptr", "shape", "dtype"))
+    return hasattr(value, "__cuda_array_interface__")
 
 
 def feed_layout(value: Any) -> tuple[tuple[int, ...], np.dtype, int | None]:
@@ -74,8 +60,6 @@ def feed_layout(value: Any) -> tuple[tuple[int, ...], np.dtype, int | None]:
             if tuple(cai["strides"]) != tuple(int(s) for s in expect):
                 raise InputError(f"device feed with strides {cai['strides']} is not C-contiguous")
         return tuple(int(d) for d in cai["shape"]), np.dtype(cai["typestr"]), int(cai["data"][0])
-    if is_device_array(value):  # DeviceTensor: dense by construction
-        return tuple(int(d) for d in value.shape), np.dtype(value.dtype), int(value.ptr)
     raise InputError(f"feed must be a numpy array or a CUDA device array, got {type(value).__name__}")
 
 

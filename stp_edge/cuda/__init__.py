@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["CudaPreprocessor", "DeviceTensor", "build_fatbin", "load_kernels"]
+__all__ = ["CudaPreprocessor", "DeviceArray", "build_fatbin", "load_kernels"]
 
 _LAZY = {
     "CudaPreprocessor": "stp_edge.cuda.preprocess",
-    "DeviceTensor": "stp_edge.cuda.preprocess",
+    "DeviceArray": "stp_edge.cuda.memory",
     "build_fatbin": "stp_edge.cuda.build",
     "load_kernels": "stp_edge.cuda.kernels",
 }
@@ -20,7 +20,8 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from stp_edge.cuda.build import build_fatbin
     from stp_edge.cuda.kernels import load_kernels
-    from stp_edge.cuda.preprocess import CudaPreprocessor, DeviceTensor
+    from stp_edge.cuda.memory import DeviceArray
+    from stp_edge.cuda.preprocess import CudaPreprocessor
 
 
 def __getattr__(name: str) -> Any:

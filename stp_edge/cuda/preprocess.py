@@ -3,47 +3,29 @@
 Frames go host -> pinned staging buffer -> device (async, on the preprocessor's stream), then the
 horizontal pass (decode BGR8/NV12 + PIL antialiased bicubic along x, uint8 intermediate) and the vertical
 pass (bicubic along y, /255, mean/std, CHW, float32/float16). The result stays on the device as a
-`DeviceTensor` (a raw pointer + shape + dtype) that a TensorRT engine binds directly; no host round trip.
+`DeviceArray` (a raw pointer + shape + dtype) that a TensorRT engine binds directly; no host round trip.
 `run_device` takes frames that already live on the GPU (e.g. pitched NV12 surfaces of a hardware decoder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from stp_edge.cuda.kernels import BLOCK, grid_h, grid_v, load_kernels
+from stp_edge.cuda.memory import DeviceArray
+from stp_edge.pipeline.frames import validate_frame
 from stp_edge.preprocess import (
-    CLIP_MEAN,
-    CLIP_STD,
     CropResizePlan,
     PreprocessSpec,
-    check_bgr_frame,
+    normalisation,
     split_nv12,
     yuv_coefficients,
 )
 
 _FORMATS = ("bgr8", "nv12")
-
-
-@dataclass(frozen=True)
-class DeviceTensor:
-    """A dense array in device memory: `ptr` is a CUdeviceptr as int (bind it to TensorRT as is).
-
-    The memory belongs to the producer and is overwritten by its next call.
-    """
-
-    ptr: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    @property
-    def nbytes(self) -> int:
-        """Size in bytes."""
-        return int(np.prod(self.shape)) * self.dtype.itemsize
 
 
 class _DevicePlan:
@@ -69,7 +51,7 @@ class CudaPreprocessor:
 
     Example:
         >>> pre = CudaPreprocessor(224, max_batch=16)
-        >>> images = pre(frames)                       # DeviceTensor [B, 3, 224, 224] float32
+        >>> images = pre(frames)                       # DeviceArray [B, 3, 224, 224] float32
         >>> context.set_tensor_address("images", images.ptr)
 
     Buffers (pinned staging, device input, intermediate, output) are allocated on first use of a size and
@@ -111,9 +93,7 @@ class CudaPreprocessor:
         self._staging: dict[tuple[int, ...], tuple[np.ndarray, Any]] = {}
         self._mid, self._mid_bytes = None, 0
         self._out = cuda.mem_alloc(self.max_batch * 3 * self.image_size**2 * self.dtype.itemsize)
-        std = np.asarray(CLIP_STD, np.float32)
-        scale = np.float32(1.0) / (np.float32(255.0) * std)
-        bias = -np.asarray(CLIP_MEAN, np.float32) / std
+        scale, bias = normalisation(self.spec)
         self._norm = [np.float32(v) for v in (*scale, *bias)]
 
     @property
@@ -125,10 +105,10 @@ class CudaPreprocessor:
         """Wait until all work queued on the stream is done."""
         self.stream.synchronize()
 
-    def __call__(self, frames: Sequence[np.ndarray] | np.ndarray, sync: bool = True) -> DeviceTensor:
-        """Preprocess HxWx3 uint8 BGR host frames (all of one size) -> DeviceTensor [B, 3, S, S]."""
+    def __call__(self, frames: Sequence[np.ndarray] | np.ndarray, sync: bool = True) -> DeviceArray:
+        """Preprocess HxWx3 uint8 BGR host frames (all of one size) -> DeviceArray [B, 3, S, S]."""
         frames = self._as_list(frames, 3)
-        frames = [check_bgr_frame(f, i) for i, f in enumerate(frames)]
+        frames = [validate_frame(f, i) for i, f in enumerate(frames)]
         h, w = self._common_shape([f.shape for f in frames])[:2]
         dev = self._upload(frames)
         return self.run_device(dev, len(frames), h, w, pitch=w * 3, frame_stride=h * w * 3, sync=sync)
@@ -139,8 +119,8 @@ class CudaPreprocessor:
         matrix: str = "bt601",
         full_range: bool = False,
         sync: bool = True,
-    ) -> DeviceTensor:
-        """Preprocess NV12 host frames ([h*3/2, w] uint8, all of one size) -> DeviceTensor [B, 3, S, S]."""
+    ) -> DeviceArray:
+        """Preprocess NV12 host frames ([h*3/2, w] uint8, all of one size) -> DeviceArray [B, 3, S, S]."""
         frames = self._as_list(frames, 2)
         for i, f in enumerate(frames):
             try:
@@ -168,7 +148,7 @@ class CudaPreprocessor:
         matrix: str = "bt601",
         full_range: bool = False,
         sync: bool = True,
-    ) -> DeviceTensor:
+    ) -> DeviceArray:
         """Preprocess `batch` frames already in device memory.
 
         Args:
@@ -219,10 +199,11 @@ class CudaPreprocessor:
         )  # fmt: skip
         if sync:
             self.stream.synchronize()
-        return DeviceTensor(int(self._out), (batch, 3, p.size, p.size), self.dtype)
+        return DeviceArray(int(self._out), (batch, 3, p.size, p.size), self.dtype,
+                           stream=None if sync else self.stream_handle)
 
-    def to_host(self, tensor: DeviceTensor) -> np.ndarray:
-        """Copy a DeviceTensor to a new host array (waits for the stream; for checks and debugging)."""
+    def to_host(self, tensor: DeviceArray) -> np.ndarray:
+        """Copy a DeviceArray to a new host array (waits for the stream; for checks and debugging)."""
         out = np.empty(tensor.shape, tensor.dtype)
         self.stream.synchronize()
         self._cuda.memcpy_dtoh(out, tensor.ptr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from stp_edge.regions import bilinear_matrix, crop_windows
+from stp_edge.geometry import bilinear_matrix, crop_windows
 
 
 def pool_regions(patch_emb: torch.Tensor, grid: int, r: int) -> torch.Tensor:

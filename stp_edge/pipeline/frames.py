@@ -1,4 +1,8 @@
-"""Frame validation: everything the runtime accepts becomes an (H, W, 3) uint8 BGR array, or a clear error."""
+"""Stage 1, frames: everything the runtime accepts becomes an (H, W, 3) uint8 BGR array, or a clear error.
+
+This is the one frame check of the runtime: `Detector.push`, the video sources and the CPU/CUDA preprocessors
+all call `validate_frame`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ class FrameError(ValueError):
     """A frame is not an image the runtime can use; the message names the frame index."""
 
 
-def validate_frame(frame: Any, index: int) -> np.ndarray:
+def validate_frame(frame: Any, index: int, *, stream: int | None = None) -> np.ndarray:
     """Check one frame and convert it to (H, W, 3) uint8 BGR.
 
     Accepted: (H, W, 3) uint8 BGR (returned as is, made contiguous), grayscale (H, W) or (H, W, 1) uint8
@@ -20,12 +24,13 @@ def validate_frame(frame: Any, index: int) -> np.ndarray:
     Args:
         frame: The frame, as OpenCV delivers it.
         index: Frame index in its stream, used in error messages.
+        stream: Stream id, named in error messages when given.
 
     Raises:
         FrameError: Not an ndarray, empty, not uint8, or an unsupported shape; the message gives the index and
             what was expected versus what was received.
     """
-    where = f"frame {index}"
+    where = f"frame {index}" if stream is None else f"stream {stream} frame {index}"
     if not isinstance(frame, np.ndarray):
         raise FrameError(f"{where}: expected a numpy array (H, W, 3) uint8 BGR, got {type(frame).__name__}")
     if frame.dtype != np.uint8:

@@ -1,4 +1,4 @@
-"""Streaming logic, pure NumPy: cutting frames into snippets, the feature ring buffer, and the schedule.
+"""Stage 2, snippets: cutting a stream's frames into snippets, the feature ring buffer, and the schedule.
 
 The schedule (docs/architecture.md, "Streaming"): with context c, the output for snippet t depends only on
 snippets [t-c, t+c] clipped to the video. So once snippet t+c is encoded (or the stream is flushed), the
@@ -24,15 +24,19 @@ def sample_offsets(snippet_len: int, k: int) -> list[int]:
     return [int((i + 0.5) * snippet_len / k) for i in range(k)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Snippet:
-    """A completed snippet of one stream: its index, frame range [frame_start, frame_end) and sampled frames."""
+    """A completed snippet of one stream: its index, frame range [frame_start, frame_end) and sampled frames.
+
+    The sampled frames are the assembler's own copies, so a caller may reuse its frame buffer (OpenCV's
+    `cap.read(img)` idiom) without changing what the snippet holds.
+    """
 
     stream: int
     index: int
     frame_start: int
     frame_end: int
-    frames: list[np.ndarray]
+    frames: tuple[np.ndarray, ...]
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -43,8 +47,9 @@ class Snippet:
 class SnippetAssembler:
     """Collects the frames of one stream and emits a `Snippet` every `snippet_len` frames.
 
-    Only the sampled frames (and the latest frame) are kept, not the whole snippet. A partial snippet at the
-    end of the stream (`flush`) uses the same offsets, clipped to its last frame.
+    Only the sampled frames (and the latest frame) are kept, not the whole snippet, and they are copied: the
+    caller's array may be overwritten as soon as `push` returns. A partial snippet at the end of the stream
+    (`flush`) uses the same offsets, clipped to its last frame.
     """
 
     def __init__(self, snippet_len: int, frames_per_snippet: int = 1, stream: int = 0) -> None:
@@ -59,13 +64,23 @@ class SnippetAssembler:
         self.snippets_emitted = 0
         self._kept: dict[int, np.ndarray] = {}
         self._last: np.ndarray | None = None
+        self._scratch: np.ndarray | None = None
 
     def push(self, frame: np.ndarray) -> Snippet | None:
-        """Add one frame; return the snippet it completes, if any."""
+        """Add one frame; return the snippet it completes, if any.
+
+        A sampled frame is copied. A frame before the last sampling offset may end the stream (a partial
+        snippet at `flush` stands it in for the offsets it did not reach), so it is copied into one reused
+        scratch buffer; frames after the last offset are not touched.
+        """
         pos = self.frames_seen - self.snippets_emitted * self.snippet_len
         if pos in self.offsets:
-            self._kept[pos] = frame
-        self._last = frame
+            self._last = self._kept[pos] = frame.copy()
+        elif pos < self.offsets[-1]:
+            if self._scratch is None or self._scratch.shape != frame.shape:
+                self._scratch = np.empty_like(frame)
+            np.copyto(self._scratch, frame)
+            self._last = self._scratch
         self.frames_seen += 1
         if pos + 1 == self.snippet_len:
             return self._emit(self.snippet_len)
@@ -77,8 +92,12 @@ class SnippetAssembler:
         return self._emit(pos) if pos > 0 else None
 
     def _emit(self, length: int) -> Snippet:
-        assert self._last is not None
-        frames = [self._kept.get(o, self._last) if o < length else self._last for o in self.offsets]
+        last = self._last
+        if last is None:
+            raise RuntimeError("SnippetAssembler: a snippet ended before any frame was kept")
+        if last is self._scratch:  # the scratch buffer is reused by the next push: the snippet gets its own
+            last = last.copy()
+        frames = tuple(self._kept.get(o, last) if o < length else last for o in self.offsets)
         start = self.snippets_emitted * self.snippet_len
         snip = Snippet(self.stream, self.snippets_emitted, start, start + length, frames)
         self.snippets_emitted += 1
@@ -146,12 +165,21 @@ def temporal_window(t: int, n: int, context: int) -> tuple[int, int]:
     return max(0, t - context), min(n, t + context + 1)
 
 
+@dataclass(frozen=True)
+class SnippetInfo:
+    """What the scheduler keeps of an encoded snippet until its result is emitted."""
+
+    frame_start: int
+    frame_end: int
+    frame_shape: tuple[int, int]
+    timings: dict[str, float]
+
+
 @dataclass
 class StreamState:
-    """Bookkeeping of one stream inside a Detector."""
+    """Bookkeeping of one stream inside a Detector: assembler, feature ring, results emitted, pending info."""
 
     assembler: SnippetAssembler
     ring: FeatureRing
     emitted: int = 0
-    # snippet id -> (frame_start, frame_end, (H, W), timings so far)
-    meta: dict[int, tuple[int, int, tuple[int, int], dict[str, float]]] = field(default_factory=dict)
+    pending: dict[int, SnippetInfo] = field(default_factory=dict)

@@ -1,0 +1,161 @@
+"""Stage 3, encode: preprocessing choice, the encoder graph, region features, averaging over sampled frames.
+
+In: completed `Snippet`s (of one or several streams). Out: one `EncodedBatch`, frame_emb [B, E] and
+region_emb [B, R2, E] per snippet, which is exactly what the temporal and spatial stages consume.
+
+Region features (docs/architecture.md, "Regions"):
+- tokens mode: `pool_regions` averages (grid/R)^2 blocks of patch tokens, regions in row-major order;
+- crops mode: `make_crops` cuts the R*R windows of `stp_edge.geometry.crop_windows` from each preprocessed
+  image and resizes each back to SxS as M @ crop @ M.T (one bilinear matrix per axis); the crops' frame
+  embeddings are the region features. The torch twin (`stp_edge/model/regions.py`) computes the same numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stp_edge.backends.base import Runner, is_device_array
+from stp_edge.config import STPromptConfig
+from stp_edge.geometry import bilinear_matrix, crop_windows
+from stp_edge.pipeline.snippets import Snippet
+
+Preprocess = Callable[[Sequence[np.ndarray]], Any]
+
+
+def pool_regions(patch_emb: np.ndarray, grid: int, R: int) -> np.ndarray:
+    """Pool patch tokens [B, N, E] (N = grid*grid, row-major) into [B, R*R, E] region features.
+
+    Raises:
+        ValueError: N != grid*grid or R does not divide grid.
+    """
+    if patch_emb.ndim != 3:
+        raise ValueError(f"pool_regions: patch_emb must be [B, N, E], got shape {patch_emb.shape}")
+    B, N, E = patch_emb.shape
+    if N != grid * grid:
+        raise ValueError(f"pool_regions: patch_emb has N={N} tokens, expected grid*grid={grid * grid}")
+    if R < 1 or grid % R:
+        raise ValueError(f"pool_regions: region grid R={R} must divide the patch grid {grid}")
+    k = grid // R
+    x = patch_emb.reshape(B, R, k, R, k, E)
+    return x.mean(axis=(2, 4)).reshape(B, R * R, E)
+
+
+def make_crops(images: np.ndarray, R: int) -> np.ndarray:
+    """Cut R*R windows from each preprocessed image [B, 3, S, S] and resize each back to SxS.
+
+    Returns:
+        [B*R*R, 3, S, S] in the dtype of `images`; crops of image b occupy rows b*R*R ... (b+1)*R*R - 1 in
+        row-major window order.
+    """
+    if images.ndim != 4 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"make_crops: images must be [B, C, S, S], got shape {images.shape}")
+    B, C, S, _ = images.shape
+    windows = crop_windows(S, R)
+    side = windows[0][2]
+    m = bilinear_matrix(side, S).astype(images.dtype)
+    out = np.empty((B, len(windows), C, S, S), dtype=images.dtype)
+    for r, (y0, x0, s) in enumerate(windows):
+        crop = images[:, :, y0:y0 + s, x0:x0 + s]
+        out[:, r] = m @ crop @ m.T
+    return out.reshape(B * len(windows), C, S, S)
+
+
+def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, region_mode: str) -> Preprocess:
+    """The preprocessing callable: "cpu", "cuda", "auto" (CUDA with TensorRT in tokens mode, else CPU).
+
+    A callable is returned as is (frames -> [B, 3, S, S], NumPy or a device array the encoder runner accepts).
+    """
+    if callable(kind):
+        return kind
+    if kind == "auto":
+        kind = "cpu"
+        # The CUDA kernel feeds TensorRT on the device; crops mode cuts the preprocessed images on the host.
+        if backend == "trt" and region_mode == "tokens" and importlib.util.find_spec("pycuda") is not None:
+            kind = "cuda"
+    if kind == "cpu":
+        from stp_edge.preprocess import CpuPreprocessor
+
+        return CpuPreprocessor(image_size)
+    if kind == "cuda":
+        from stp_edge.cuda import CudaPreprocessor
+
+        # Its output buffer is overwritten by its next call, so `Encoder` runs the encoder on each chunk of at
+        # most `max_batch` frames before preprocessing the next.
+        return CudaPreprocessor(image_size, max_batch=16)  # = the default engine profile's max batch
+    raise ValueError(f"preprocess must be 'auto', 'cpu', 'cuda' or a callable, got {kind!r}")
+
+
+def preprocess_name(preprocess: Preprocess) -> str:
+    """A short name of the preprocessing in use, for reports ("cpu", "cuda" or the callable's type)."""
+    kind = type(preprocess).__name__
+    return {"CpuPreprocessor": "cpu", "CudaPreprocessor": "cuda"}.get(kind, kind)
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Features of a batch of snippets, in the order given.
+
+    Attributes:
+        snippets: The snippets encoded.
+        frame_emb: [B, E] frame embeddings (mean over each snippet's sampled frames).
+        region_emb: [B, R2, E] region features (mean over the sampled frames).
+        timings: "preprocess" and "encoder" milliseconds of the whole batch.
+    """
+
+    snippets: tuple[Snippet, ...]
+    frame_emb: np.ndarray
+    region_emb: np.ndarray
+    timings: Mapping[str, float]
+
+
+class Encoder:
+    """Preprocess the sampled frames of snippets, run the encoder graph, pool regions, average per snippet.
+
+    All sampled frames of a batch go through the encoder in one call, or in chunks of the preprocessor's
+    `max_batch` (the CUDA preprocessor overwrites its output buffer on every call).
+    """
+
+    def __init__(self, runner: Runner, preprocess: Preprocess, config: STPromptConfig) -> None:
+        self.runner = runner
+        self.preprocess = preprocess
+        self.config = config
+
+    def __call__(self, snippets: Sequence[Snippet]) -> EncodedBatch:
+        """Encode `snippets` (at least one)."""
+        cfg = self.config
+        k = cfg.frames_per_snippet
+        frames = [f for s in snippets for f in s.frames]
+        chunk = int(getattr(self.preprocess, "max_batch", 0) or len(frames))
+        frame_parts, region_parts = [], []
+        timings = {"preprocess": 0.0, "encoder": 0.0}
+        for i in range(0, len(frames), chunk):
+            t0 = time.perf_counter()
+            images = self.preprocess(frames[i:i + chunk])
+            t1 = time.perf_counter()
+            fe, re = self.encode_images(images)
+            timings["preprocess"] += (t1 - t0) * 1e3
+            timings["encoder"] += (time.perf_counter() - t1) * 1e3
+            frame_parts.append(fe)
+            region_parts.append(re)
+        b = len(snippets)
+        frame_emb = np.concatenate(frame_parts).reshape(b, k, -1).mean(axis=1, dtype=np.float32)
+        region_emb = np.concatenate(region_parts).reshape(b, k, cfg.num_regions, -1).mean(axis=1, dtype=np.float32)
+        return EncodedBatch(tuple(snippets), frame_emb, region_emb, timings)
+
+    def encode_images(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Encoder and region features of preprocessed images: frame_emb [n, E], region_emb [n, R2, E]."""
+        cfg = self.config
+        enc = self.runner.infer({"images": images})
+        if cfg.region_mode == "tokens":
+            return enc["frame_emb"], pool_regions(enc["patch_emb"], cfg.vision.grid, cfg.region_grid)
+        if is_device_array(images):
+            raise ValueError("crops mode cuts the preprocessed images on the host; use preprocess='cpu'")
+        crops = make_crops(np.asarray(images), cfg.region_grid)
+        region_emb = self.runner.infer({"images": crops})["frame_emb"]
+        return enc["frame_emb"], region_emb.reshape(len(images), cfg.num_regions, -1)

@@ -1,0 +1,59 @@
+"""Stage 5, spatial: which snippets get the spatial stream, the spatial graph, and the anomaly map.
+
+The spatial stream is training-free (DESIGN §2): region features are compared with normal and abnormal text
+queries inside `spatial.onnx`, which returns one score per region. It runs on the snippets `spatial_gate`
+selects: those whose score passes the threshold ("flagged", the default), every snippet ("all"), or none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stp_edge.backends.base import Runner
+
+SPATIAL_MODES = ("flagged", "all", "off")
+
+
+def spatial_gate(score: float, mode: str, threshold: float) -> bool:
+    """Whether a snippet with temporal `score` gets the spatial stream under `mode` (one of SPATIAL_MODES)."""
+    if mode not in SPATIAL_MODES:
+        raise ValueError(f"spatial_on must be one of {SPATIAL_MODES}, got {mode!r}")
+    return mode == "all" or (mode == "flagged" and score >= threshold)
+
+
+def anomaly_map(region_scores: np.ndarray) -> np.ndarray:
+    """[R2] region scores (row-major) -> [R, R] map."""
+    r2 = int(region_scores.shape[-1])
+    R = round(np.sqrt(r2))
+    if R * R != r2:
+        raise ValueError(f"anomaly_map: {r2} region scores is not a square grid")
+    return np.asarray(region_scores, dtype=np.float32).reshape(R, R)
+
+
+@dataclass(frozen=True)
+class SpatialOutput:
+    """The spatial stream's result for one snippet: [R2] region scores, the [R, R] map, call time (ms)."""
+
+    region_scores: np.ndarray
+    anomaly_map: np.ndarray
+    ms: float
+
+
+class SpatialHead:
+    """Runs the spatial graph on the region features of the gated snippets, in one call."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def __call__(self, region_emb: Sequence[np.ndarray]) -> list[SpatialOutput]:
+        """One output per [R2, E] region feature array, in order (none for an empty sequence)."""
+        if not region_emb:
+            return []
+        t0 = time.perf_counter()
+        scores = self.runner.infer({"region_emb": np.stack(region_emb)})["region_scores"]
+        ms = (time.perf_counter() - t0) * 1e3
+        return [SpatialOutput(np.asarray(s, dtype=np.float32), anomaly_map(s), ms) for s in scores]
