@@ -2,7 +2,14 @@
 
 Errors are reported as max abs and relative error, where relative = max|got - ref| / max|ref| (the error
 measured against the output's scale, which stays meaningful for outputs near zero), against named tolerances:
-`fp32` relative <= 1e-4, `fp16` relative <= 1e-2.
+`fp32` relative <= 1e-4, `fp16` relative <= 1e-2. Each graph is held to the tolerance of the precision it was
+recorded at: an fp16 bundle's encoder to fp16, its fp32 heads to fp32 (the manifest's `graph_precision`, and for
+TensorRT plans the engine set's per-graph `build_flags`).
+
+Backends come from the one factory (`stp_edge.backends.create_runners`), the same runners `Detector.load`
+uses. The torch reference is rebuilt from the bundle's recorded source, but a checkpoint *path* named inside
+a bundle is never opened unless the caller names it (`checkpoint=`): a bundle is data, not a file reference
+to follow.
 """
 
 from __future__ import annotations
@@ -83,6 +90,10 @@ def verify_bundle(
     source_d = dict(b.manifest.get("source") or {})
     if checkpoint:
         source_d = {"kind": "checkpoint", "checkpoint": str(checkpoint)}
+    elif source_d.get("kind") == "checkpoint" or source_d.get("clip_weights"):
+        named = source_d.get("checkpoint") or source_d.get("clip_weights")
+        raise ValueError(f"bundle {b.path} was exported from files ({named}); verify does not open paths named "
+                         "inside a bundle: pass the checkpoint (--checkpoint) yourself")
     if not source_d:
         raise ValueError(f"bundle {b.path} records no model source; pass checkpoint=")
     model = build_model(ModelSource.from_manifest(source_d))
@@ -98,7 +109,7 @@ def verify_bundle(
             ref = runner.infer(graph_feeds)
         for backend in backends:
             outputs, precision = _run_backend(b, graph, backend, graph_feeds, rep)
-            tol = "fp16" if precision == "fp16" else "fp32"
+            tol = tolerance_name(precision)
             for out_name, out in outputs.items():
                 max_abs, rel = compare(out, ref[out_name])
                 rep.rows.append(VerifyRow(graph, out_name, backend, tol, max_abs, rel, rel <= TOLERANCES[tol]))
@@ -111,22 +122,33 @@ def verify_bundle(
     return rep
 
 
+def tolerance_name(precision: str) -> str:
+    """The named tolerance of a graph computed at `precision` ("fp16" for fp16, "fp32" otherwise)."""
+    return "fp16" if precision == "fp16" else "fp32"
+
+
 def _run_backend(b, graph: str, backend: str, feeds: dict, rep: VerifyReport) -> tuple[dict, str]:
-    """(outputs, precision they were computed at) of one graph on one backend."""
-    if backend == "ort":
-        from stp_edge.backends.ort import OrtRunner
+    """(outputs, precision they were computed at) of one graph on one backend, through the backend factory."""
+    from stp_edge.backends import create_runners, resolve_backend
 
-        with OrtRunner(b.graph_path(graph)) as runner:
-            return runner.infer(feeds), b.precision
-    if backend == "trt":
-        from stp_edge.backends.trt import TrtRunner, cuda_device_info, load_trt
+    if backend not in ("ort", "trt"):
+        raise ValueError(f"unknown backend {backend!r}; expected 'ort' or 'trt'")
+    if backend == "trt" and not b.engines:
+        rep.notes.append(f"{graph}: bundle has no TensorRT engines; trt skipped")
+        return {}, b.graph_precision(graph)
+    name = resolve_backend(backend, b)
+    runner = create_runners(b, name, graphs=(graph,))[graph]
+    with runner:
+        outputs = runner.infer(feeds)
+    if name == "trt":
+        return outputs, runner_engine_precision(b, graph)
+    return outputs, b.graph_precision(graph)
 
-        if not b.engines:
-            rep.notes.append(f"{graph}: bundle has no TensorRT engines; trt skipped")
-            return {}, b.precision
-        gpu, cc = cuda_device_info(0)
-        engine = b.select_engine(tensorrt_version=load_trt().__version__, compute_capability=cc, gpu_name=gpu)
-        with TrtRunner(b.plan_path(engine, graph),
-                       allow_host_code=bool(engine.build_flags.get("version_compatible"))) as runner:
-            return runner.infer(feeds), engine.precision
-    raise ValueError(f"unknown backend {backend!r}; expected 'ort' or 'trt'")
+
+def runner_engine_precision(b, graph: str) -> str:
+    """Precision TensorRT built `graph` at, from the selected engine set's build flags."""
+    from stp_edge.backends.trt import cuda_device_info, load_trt
+
+    gpu, cc = cuda_device_info(0)
+    engine = b.select_engine(tensorrt_version=load_trt().__version__, compute_capability=cc, gpu_name=gpu)
+    return str(((engine.build_flags.get("graphs") or {}).get(graph) or {}).get("precision", engine.precision))

@@ -342,8 +342,13 @@ class Bundle:
 
     @property
     def precision(self) -> str:
-        """Precision of the ONNX graphs."""
+        """Precision of the bundle (its encoder's ONNX graph)."""
         return str(self.manifest["precision"])
+
+    def graph_precision(self, name: str) -> str:
+        """Precision ONNX graph `name` was exported in (fp16 bundles keep the heads fp32: `graph_precision`)."""
+        recorded = self.manifest.get("graph_precision") or {}
+        return str(recorded.get(name, self.precision))
 
     def select_engine(self, *, tensorrt_version: str, compute_capability: str | tuple[int, int], gpu_name: str,
                       precision: str | None = None) -> EngineInfo:

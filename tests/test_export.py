@@ -58,6 +58,21 @@ def test_verify_tiny_passes(which, request):
     assert worst < (1e-4 if which == "tiny_fp32" else 1e-2)
     if which == "tiny_fp16":
         assert worst > 1e-6  # the fp16 graphs really compute in half precision
+    # Each graph is held to the tolerance of its recorded precision: fp16 bundles keep fp32 heads.
+    want = {"encoder": "fp16" if which == "tiny_fp16" else "fp32", "temporal": "fp32", "spatial": "fp32"}
+    assert {r.graph: r.tolerance for r in report.rows} == want
+
+
+def test_verify_never_opens_a_path_named_by_the_bundle(tiny_fp32, tmp_path):
+    """A bundle naming a checkpoint path must not make verify load it; the caller names checkpoints."""
+    bundle = tmp_path / "b.stp"
+    shutil.copytree(tiny_fp32, bundle)
+    m = json.loads((bundle / "manifest.json").read_text())
+    for source in ({"kind": "checkpoint", "checkpoint": str(tmp_path / "planted")},
+                   {**m["source"], "clip_weights": str(tmp_path / "planted.pt")}):
+        (bundle / "manifest.json").write_text(json.dumps({**m, "source": source}))
+        with pytest.raises(ValueError, match="does not open paths named inside a bundle"):
+            verify_bundle(bundle, report=None)
 
 
 def test_demo_model_with_conv_stem_exports_and_verifies(tmp_path):

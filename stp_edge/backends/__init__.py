@@ -126,7 +126,8 @@ def resolve_backend(requested: str, bundle: Any = None, device: int = 0) -> str:
     return select_backend(requested, probe_availability(bundle, device))
 
 
-def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_code: bool = False) -> dict[str, Any]:
+def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_code: bool = False,
+                   graphs: tuple[str, ...] | None = None) -> dict[str, Any]:
     """One (inactive) runner per graph of `bundle` ("encoder", "temporal", "spatial") for a resolved backend.
 
     Args:
@@ -136,8 +137,11 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
         allow_host_code: Let TensorRT run the host code a version-compatible plan embeds
             (`Runtime.engine_host_code_allowed`). Only the caller can allow it; a bundle's manifest never does,
             since a plan's host code is native code that runs in this process.
+        graphs: The graphs to make runners for (default: all three).
     """
     from stp_edge.bundle import GRAPH_NAMES
+
+    names = GRAPH_NAMES if graphs is None else tuple(graphs)
 
     if backend == "trt":
         from stp_edge.backends.trt import TrtRunner, cuda_device_info, load_trt
@@ -146,13 +150,13 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
         engine = bundle.select_engine(tensorrt_version=load_trt().__version__, compute_capability=cc,
                                       gpu_name=gpu_name)
         return {g: TrtRunner(bundle.plan_path(engine, g), device=device, name=f"{g}.plan",
-                             allow_host_code=allow_host_code) for g in GRAPH_NAMES}
+                             allow_host_code=allow_host_code) for g in names}
     if backend not in ORT_PROVIDERS:
         raise ValueError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
     from stp_edge.backends.ort import OrtRunner
 
     return {g: OrtRunner(bundle.graph_path(g), ORT_PROVIDERS[backend], device_id=device,
-                         name=f"{g}.onnx ({backend})") for g in GRAPH_NAMES}
+                         name=f"{g}.onnx ({backend})") for g in names}
 
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "Availability", "create_runners", "probe_availability",
