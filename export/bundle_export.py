@@ -74,7 +74,7 @@ def _source(checkpoint, clip_weights, demo, random_config, seed, overrides) -> M
 def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, simplify: bool, progress: bool):
     from tqdm.auto import tqdm
 
-    from stp_edge import __version__
+    from stp_edge._version import __version__
     from stp_edge.bundle import sha256_file, write_manifest
     from stp_edge.preprocess import PreprocessSpec
 

@@ -113,13 +113,13 @@ def engine_mismatches(engine: EngineInfo, *, tensorrt_version: str, compute_capa
     (`build_flags["version_compatible"]`: same major, runtime not older), and to the compute capability unless
     built hardware-compatible (`build_flags["hardware_compatibility"] == "ampere_plus"`: any SM >= 8.0). A
     different GPU name with the same compute capability runs (TensorRT warns that tactics may be slower), so
-    it is not a mismatch here; see `engine_warnings`.
+    it is not a mismatch here (`select_engine` prefers a plan built on the same GPU model).
 
     Args:
         engine: The manifest entry.
         tensorrt_version: Version of the TensorRT runtime on this machine, e.g. "10.3.0".
         compute_capability: This GPU's compute capability, "8.7" or (8, 7).
-        gpu_name: This GPU's name (unused for the decision; accepted for symmetry with `engine_warnings`).
+        gpu_name: This GPU's name, named in the compute-capability message (not part of the decision).
     """
     reasons = []
     built, have = _version_tuple(engine.tensorrt_version), _version_tuple(tensorrt_version)
@@ -140,14 +140,6 @@ def engine_mismatches(engine: EngineInfo, *, tensorrt_version: str, compute_capa
                        f"({engine.gpu_name}), GPU has {cc_have[0]}.{cc_have[1]}"
                        + (f" ({gpu_name})" if gpu_name else ""))
     return reasons
-
-
-def engine_warnings(engine: EngineInfo, *, gpu_name: str) -> list[str]:
-    """Non-fatal differences: a plan built on another GPU model of the same compute capability."""
-    if gpu_slug(engine.gpu_name) != gpu_slug(gpu_name):
-        return [f"engine {engine.dir} was built on {engine.gpu_name!r}, this GPU is {gpu_name!r}: it runs, "
-                f"but tactics were timed on the other GPU"]
-    return []
 
 
 def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compute_capability: str | tuple[int, int],
@@ -203,7 +195,7 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
         MissingFileError: A listed file does not exist.
         ManifestError: A required graph is not described.
     """
-    from stp_edge import __version__
+    from stp_edge._version import __version__
 
     directory = Path(directory)
     engine_infos = [e if isinstance(e, EngineInfo) else EngineInfo.from_dict(e) for e in engines]

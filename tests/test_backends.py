@@ -14,7 +14,6 @@ from stp_edge.backends.trt import (
     TRT_API,
     TRT_MODULES,
     TrtRunner,
-    missing_api,
     output_nbytes,
     resolve_input_shape,
     trt_dtype_to_numpy,
@@ -154,6 +153,26 @@ def _trt_module():
     return None
 
 
+MISSING_API = """
+def missing_api(trt, api):
+    missing = []
+    for owner, names in api.items():
+        obj = trt if owner == "module" else getattr(trt, owner, None)
+        if obj is None:
+            missing.append(owner)
+            continue
+        missing += [f"{owner}.{n}" for n in names if not hasattr(obj, n)]
+    return missing
+"""
+
+
+def missing_api(trt) -> list[str]:
+    """Names in TRT_API that the given TensorRT module lacks ("Owner.name"); empty when all exist."""
+    scope: dict = {}
+    exec(MISSING_API, scope)
+    return scope["missing_api"](trt, TRT_API)
+
+
 def test_trt_api_names_exist_in_installed_tensorrt():
     trt = _trt_module()
     if trt is None:
@@ -165,8 +184,8 @@ def test_trt_api_names_exist_in_installed_tensorrt():
                     reason="set STP_EDGE_TRT_PYTHON to a python with tensorrt-lean-cu13-bindings installed")
 def test_trt_api_names_exist_in_lean_bindings_of_other_python():
     """Run the same check in another interpreter (the project venv stays free of TensorRT)."""
-    code = ("import sys; from stp_edge.backends.trt import load_trt, missing_api; t = load_trt(); "
-            "print(t.__name__, t.__version__, missing_api(t))")
+    code = (MISSING_API + "\nfrom stp_edge.backends.trt import TRT_API, load_trt\nt = load_trt()\n"
+            "print(t.__name__, t.__version__, missing_api(t, TRT_API))")
     out = subprocess.run([os.environ["STP_EDGE_TRT_PYTHON"], "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=True).stdout
     name, version, missing = out.strip().split(" ", 2)

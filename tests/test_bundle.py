@@ -15,7 +15,6 @@ from stp_edge.bundle import (
     MissingFileError,
     engine_dir_name,
     engine_mismatches,
-    engine_warnings,
     select_engine,
     sha256_file,
     write_manifest,
@@ -111,8 +110,6 @@ def test_engine_compatibility_pure_functions():
     hw = _engine(build_flags={"hardware_compatibility": "ampere_plus"})
     assert engine_mismatches(hw, tensorrt_version="10.3.0", compute_capability="9.0") == []
     assert "Ampere+" in engine_mismatches(hw, tensorrt_version="10.3.0", compute_capability="7.5")[0]
-    assert engine_warnings(e, gpu_name="NVIDIA Jetson Orin NX") != []
-    assert engine_warnings(e, gpu_name="NVIDIA Jetson AGX Orin") == []
 
 
 def test_select_engine_prefers_same_gpu_and_explains_rejections():

@@ -305,14 +305,3 @@ class TrtRunner(Runner):
         stream.synchronize()
         return {name: np.array(h, copy=True) for name, h in hosts.items()}  # pinned buffers are reused
 
-
-def missing_api(trt: ModuleType) -> list[str]:
-    """Names in `TRT_API` that the given TensorRT module lacks ("Owner.name"); empty when all exist."""
-    missing = []
-    for owner, names in TRT_API.items():
-        obj: Any = trt if owner == "module" else getattr(trt, owner, None)
-        if obj is None:
-            missing.append(owner)
-            continue
-        missing += [f"{owner}.{n}" for n in names if not hasattr(obj, n)]
-    return missing
