@@ -7,26 +7,29 @@ from setuptools import setup
 HERE = Path(__file__).parent
 VERSION = "0.1.0"
 
-RUNTIME = ["numpy>=1.24", "opencv-python-headless>=4.8", "tqdm>=4.60"]
+# Every range has an upper bound: the next major release, or for torch (whose ONNX exporter changes between
+# minor releases) the newest tested minor. requirements/ci.txt pins one tested version inside each range
+# (tests/test_packaging.py checks both).
+RUNTIME = ["numpy>=1.24,<3", "opencv-python-headless>=4.8,<6", "tqdm>=4.60,<5"]
 EXTRAS = {
-    "ort": ["onnxruntime>=1.17"],
-    "ort-gpu": ["onnxruntime-gpu>=1.17"],
+    "ort": ["onnxruntime>=1.17,<2"],
+    "ort-gpu": ["onnxruntime-gpu>=1.17,<2"],
     # TensorRT's Python wheels; on Jetson (JetPack 6) use the system python3-libnvinfer instead.
-    "trt": ["tensorrt>=10.0"],
-    "cuda": ["pycuda>=2024.1"],
-    # torch is deliberately unpinned here; `make test` pins the CPU build (requirements/ci.txt).
+    "trt": ["tensorrt>=10.0,<12"],
+    "cuda": ["pycuda>=2024.1,<2027"],
+    # `make test` installs the CPU torch build pinned in requirements/ci.txt.
     "export": [
-        "torch>=2.3",
-        "onnx>=1.16",
-        "onnxscript>=0.1",
-        "onnxsim>=0.4",
-        "safetensors>=0.4",
-        "ftfy>=6.1",
-        "regex>=2023.0",
-        "pillow>=10.0",
+        "torch>=2.3,<2.14",
+        "onnx>=1.16,<2",
+        "onnxscript>=0.1,<1",
+        "onnxsim>=0.4,<1",
+        "safetensors>=0.4,<1",
+        "ftfy>=6.1,<7",
+        "regex>=2023.0,<2028",  # calendar-versioned: the ceiling is a year
+        "pillow>=10.0,<14",
     ],
-    "eval": ["scikit-learn>=1.3", "matplotlib>=3.7"],
-    "dev": ["pytest>=8.0", "ruff>=0.5", "polygraphy>=0.49", "pillow>=10.0"],
+    "eval": ["scikit-learn>=1.3,<2", "matplotlib>=3.7,<4"],
+    "dev": ["pytest>=8.0,<10", "ruff>=0.5,<1", "polygraphy>=0.49,<1", "pillow>=10.0,<14", "vermin>=1.6,<2"],
 }
 
 setup(
@@ -39,15 +42,19 @@ setup(
     packages=[
         "stp_edge",
         "stp_edge.backends",
+        "stp_edge.bundle",
         "stp_edge.cuda",
+        "stp_edge.demo",
+        "stp_edge.eval",
         "stp_edge.model",
+        "stp_edge.pipeline",
         "stp_edge.export",
         "stp_edge.kernels",
     ],
     # The repository keeps export scripts and CUDA sources at the top level (DESIGN §4); installed, they
     # become subpackages so `pip install stp-edge[export]` gives a working `stp-edge export`.
     package_dir={"stp_edge.export": "export", "stp_edge.kernels": "kernels"},
-    package_data={"stp_edge.kernels": ["*.cu", "*.cuh"], "stp_edge": ["assets/demo/*"]},
+    package_data={"stp_edge.kernels": ["*.cu", "*.cuh"], "stp_edge.model": ["assets/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["stp-edge=stp_edge.cli:main"]},

@@ -1,0 +1,128 @@
+"""TensorRT engine sets of a bundle: their manifest entries and whether one fits this machine.
+
+Whether a plan fits is decided by pure functions (`engine_mismatches`, `select_engine`) that take the current
+environment as arguments, so they are tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stp_edge.bundle.errors import ManifestError
+
+
+def gpu_slug(gpu_name: str) -> str:
+    """File-system friendly GPU name: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
+
+
+def engine_dir_name(gpu_name: str, precision: str) -> str:
+    """Relative directory of one engine set: `engines/<gpu-slug>-<precision>`."""
+    return f"engines/{gpu_slug(gpu_name)}-{precision}"
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """One set of TensorRT plans (encoder/temporal/spatial) built for one GPU and precision."""
+
+    dir: str
+    precision: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    build_flags: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EngineInfo:
+        """Build from a manifest `engines` entry; a missing key raises ManifestError naming it."""
+        missing = [k for k in ("dir", "precision", "tensorrt_version", "gpu_name", "compute_capability")
+                   if k not in d]
+        if missing:
+            raise ManifestError(f"engine entry {dict(d)} lacks keys {missing}")
+        return cls(dir=str(d["dir"]), precision=str(d["precision"]), tensorrt_version=str(d["tensorrt_version"]),
+                   gpu_name=str(d["gpu_name"]), compute_capability=str(d["compute_capability"]),
+                   build_flags=dict(d.get("build_flags", {})))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Manifest form."""
+        return {"dir": self.dir, "precision": self.precision, "tensorrt_version": self.tensorrt_version,
+                "gpu_name": self.gpu_name, "compute_capability": self.compute_capability,
+                "build_flags": dict(self.build_flags)}
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", v))
+
+
+def _cc_tuple(cc: str | tuple[int, int] | float) -> tuple[int, int]:
+    if isinstance(cc, tuple):
+        return int(cc[0]), int(cc[1])
+    major, _, minor = str(cc).partition(".")
+    return int(major), int(minor or 0)
+
+
+def engine_mismatches(engine: EngineInfo, *, tensorrt_version: str, compute_capability: str | tuple[int, int],
+                      gpu_name: str | None = None) -> list[str]:
+    """Why `engine` cannot run in the given environment; an empty list means it can.
+
+    TensorRT plans are tied to the exact TensorRT version (major.minor.patch) unless built version-compatible
+    (`build_flags["version_compatible"]`: same major, runtime not older), and to the compute capability unless
+    built hardware-compatible (`build_flags["hardware_compatibility"] == "ampere_plus"`: any SM >= 8.0). A
+    different GPU name with the same compute capability runs (TensorRT warns that tactics may be slower), so
+    it is not a mismatch here (`select_engine` prefers a plan built on the same GPU model).
+
+    Args:
+        engine: The manifest entry.
+        tensorrt_version: Version of the TensorRT runtime on this machine, e.g. "10.3.0".
+        compute_capability: This GPU's compute capability, "8.7" or (8, 7).
+        gpu_name: This GPU's name, named in the compute-capability message (not part of the decision).
+    """
+    reasons = []
+    built, have = _version_tuple(engine.tensorrt_version), _version_tuple(tensorrt_version)
+    if engine.build_flags.get("version_compatible"):
+        if built[:1] != have[:1] or have < built:
+            reasons.append(f"TensorRT version: engine built (version-compatible) with {engine.tensorrt_version}, "
+                           f"runtime is {tensorrt_version} (needs the same major version, not older)")
+    elif built[:3] != have[:3]:
+        reasons.append(f"TensorRT version: engine built with {engine.tensorrt_version}, runtime is "
+                       f"{tensorrt_version}")
+    cc_built, cc_have = _cc_tuple(engine.compute_capability), _cc_tuple(compute_capability)
+    if engine.build_flags.get("hardware_compatibility") == "ampere_plus":
+        if cc_have < (8, 0):
+            reasons.append(f"compute capability: engine is Ampere+ hardware-compatible, GPU has "
+                           f"{cc_have[0]}.{cc_have[1]}")
+    elif cc_built != cc_have:
+        reasons.append(f"compute capability: engine built for {engine.compute_capability} "
+                       f"({engine.gpu_name}), GPU has {cc_have[0]}.{cc_have[1]}"
+                       + (f" ({gpu_name})" if gpu_name else ""))
+    return reasons
+
+
+def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compute_capability: str | tuple[int, int],
+                  gpu_name: str, precision: str | None = None) -> tuple[EngineInfo | None, list[str]]:
+    """Pick the engine set for this environment: exact GPU name first, then any compatible one.
+
+    Returns:
+        (engine or None, reasons): the reasons list explains every rejected engine, one line each, so a caller
+        that finds none can say exactly why.
+    """
+    ok, reasons = [], []
+    for e in engines:
+        if precision is not None and e.precision != precision:
+            reasons.append(f"{e.dir}: precision {e.precision}, wanted {precision}")
+            continue
+        why = engine_mismatches(e, tensorrt_version=tensorrt_version, compute_capability=compute_capability,
+                                gpu_name=gpu_name)
+        if why:
+            reasons.append(f"{e.dir}: " + "; ".join(why))
+        else:
+            ok.append(e)
+    if not engines:
+        reasons.append("the bundle has no TensorRT engines")
+    if not ok:
+        return None, reasons
+    ok.sort(key=lambda e: gpu_slug(e.gpu_name) != gpu_slug(gpu_name))  # same GPU model first (stable sort)
+    return ok[0], reasons
