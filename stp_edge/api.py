@@ -46,8 +46,11 @@ from stp_edge.video import VideoStats, open_source
 class Detector:
     """Streaming STPrompt: push frames of one or several streams, get a `SnippetResult` per snippet.
 
-    Build with `Detector.load(bundle)`. A result for snippet t arrives once snippet t + context has been
-    encoded, or at `flush()`. Use as a context manager (or call `close()`) to release the runners.
+    Build with `Detector.load(bundle)`. A result for snippet t is final once snippet t + c has been encoded
+    (c = `context`, the adapter's reach), or at `flush()`. With `lookahead=N < c` a *provisional* result
+    (`final=False`) is emitted as soon as snippet t + N is encoded, computed on the features available then,
+    and the final one follows c - N snippets later: an alarm can fire (N + 1) snippets after a snippet
+    starts instead of (c + 1). Use as a context manager (or call `close()`) to release the runners.
 
     Args:
         bundle: The loaded bundle.
@@ -55,10 +58,12 @@ class Detector:
         preprocess: frames -> images [B, 3, S, S] (NumPy or a device array the encoder runner accepts).
         spatial_on: "flagged" (score >= threshold), "all", or "off".
         backend: Name of the backend, for reports.
+        lookahead: Snippets after t to wait for before a provisional result for t (0 <= N <= c); None or c:
+            final results only.
     """
 
     def __init__(self, bundle: Bundle, runners: Mapping[str, Runner], preprocess: Preprocess, *,
-                 spatial_on: str = "flagged", backend: str = "custom") -> None:
+                 spatial_on: str = "flagged", backend: str = "custom", lookahead: int | None = None) -> None:
         if spatial_on not in SPATIAL_MODES:
             raise ValueError(f"spatial_on must be one of {SPATIAL_MODES}, got {spatial_on!r}")
         missing = [g for g in GRAPH_NAMES if g not in runners]
@@ -72,6 +77,9 @@ class Detector:
         self.score_threshold = float(self.config.score_threshold)
         self.box_threshold = float(self.config.box_threshold)
         self.context = self.config.context
+        self.lookahead = self.context if lookahead is None else int(lookahead)
+        if not 0 <= self.lookahead <= self.context:
+            raise ValueError(f"lookahead must be in [0, context={self.context}], got {lookahead!r}")
         self.encoder = Encoder(self.runners["encoder"], preprocess, self.config)
         self.temporal = TemporalHead(self.runners["temporal"])
         self.spatial = SpatialHead(self.runners["spatial"])
@@ -83,7 +91,7 @@ class Detector:
 
     @classmethod
     def load(cls, bundle: str | Path | Bundle, backend: str = "auto", preprocess: str | Preprocess = "auto",
-             spatial_on: str | bool | None = None, device: int = 0, *,
+             spatial_on: str | bool | None = None, device: int = 0, *, lookahead: int | None = None,
              allow_host_code: bool = False) -> Detector:
         """Load a bundle and pick its runners.
 
@@ -93,6 +101,7 @@ class Detector:
             preprocess: "auto", "cpu", "cuda", or a callable frames -> [B, 3, S, S].
             spatial_on: None (the bundle's config), "flagged", "all", "off", or True ("all") / False ("off").
             device: CUDA device ordinal.
+            lookahead: Provisional results N snippets after their snippet (see the class); None: final only.
             allow_host_code: Let TensorRT run the host code of version-compatible plans (never implied by the
                 bundle; see `stp_edge.backends.create_runners`).
         """
@@ -106,7 +115,7 @@ class Detector:
         pre = make_preprocess(preprocess, bundle.config.vision.image_size, backend=backend,
                               region_mode=bundle.config.region_mode)
         runners = create_runners(bundle, backend, device, allow_host_code=allow_host_code)
-        return cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend)
+        return cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend, lookahead=lookahead)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -199,22 +208,29 @@ class Detector:
             state.pending[s.index] = SnippetInfo(s.frame_start, s.frame_end, s.frame_shape, dict(batch.timings))
 
     def _emit_ready(self, streams: Iterable[int], *, final: bool) -> list[SnippetResult]:
-        items = []
+        items = []  # (stream, snippet, final)
         for k in dict.fromkeys(streams):
             state = self._streams[k]
-            items += [(k, t) for t in ready_snippets(state.ring.count, state.emitted, self.context, final=final)]
+            done = ready_snippets(state.ring.count, state.emitted, self.context, final=final)
+            items += [(k, t, True) for t in done]
+            if not final and self.lookahead < self.context:
+                early = ready_snippets(state.ring.count, max(state.provisional, done.stop), self.lookahead)
+                items += [(k, t, False) for t in early]
+                state.provisional = max(state.provisional, early.stop)
         if not items:
             return []
-        temporal = self.temporal([self._window(k, t) for k, t in items])
+        temporal = self.temporal([self._window(k, t) for k, t, _ in items])
         gated = [i for i, out in enumerate(temporal)
                  if spatial_gate(out.score, self.spatial_on, self.score_threshold)]
         spatial_out = self.spatial([self._streams[items[i][0]].ring.get(items[i][1])[1] for i in gated])
         spatial: dict[int, SpatialOutput] = dict(zip(gated, spatial_out, strict=True))
         results = []
-        for i, (k, t) in enumerate(items):
+        for i, (k, t, is_final) in enumerate(items):
             state = self._streams[k]
-            results.append(self._result(k, t, state.pending.pop(t), temporal[i], spatial.get(i)))
-            state.emitted = t + 1
+            info = state.pending.pop(t) if is_final else state.pending[t]
+            results.append(self._result(k, t, info, temporal[i], spatial.get(i), final=is_final))
+            if is_final:
+                state.emitted = t + 1
         return results
 
     def _window(self, stream: int, t: int) -> Window:
@@ -224,7 +240,7 @@ class Detector:
         return Window(frame_emb, region_emb, t - lo)
 
     def _result(self, stream: int, t: int, info: SnippetInfo, temporal: TemporalOutput,
-                spatial: SpatialOutput | None) -> SnippetResult:
+                spatial: SpatialOutput | None, *, final: bool = True) -> SnippetResult:
         """Build the snippet's result once, boxes included (stage 6)."""
         t0 = time.perf_counter()
         cfg = self.config
@@ -241,7 +257,7 @@ class Detector:
                              class_name=cfg.class_names[class_id], is_anomaly=temporal.score >= self.score_threshold,
                              region_scores=None if spatial is None else spatial.region_scores,
                              anomaly_map=None if spatial is None else spatial.anomaly_map,
-                             boxes=tuple(boxes), timings=timings)
+                             boxes=tuple(boxes), timings=timings, final=final)
 
     # --- offline reference -------------------------------------------------------------------------------
     def offline_scores(self, frames: Iterable[np.ndarray], *, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:

@@ -48,6 +48,8 @@ class SnippetResult:
         boxes: Boxes from the anomaly map, in original frame pixels.
         timings: Stage name -> milliseconds spent for this snippet (shared batched work is attributed
             to every snippet of the batch).
+        final: False for a provisional result of the low-latency mode (`Detector(lookahead=N)`), computed
+            before all of the snippet's temporal context was encoded; its final result follows.
     """
 
     stream: int
@@ -63,6 +65,7 @@ class SnippetResult:
     anomaly_map: np.ndarray | None = None
     boxes: tuple[Box, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    final: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (arrays become nested lists), one JSON line per snippet."""
@@ -83,4 +86,5 @@ class SnippetResult:
             "anomaly_map": arr(self.anomaly_map),
             "boxes": [b.to_dict() for b in self.boxes],
             "timings": {k: round(float(v), 4) for k, v in self.timings.items()},
+            "final": bool(self.final),
         }

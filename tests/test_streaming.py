@@ -194,3 +194,35 @@ def test_encoder_chunks_follow_preprocessor_max_batch(handmade_bundle, frames_fa
         chunked = det.offline_scores(frames, batch=6)[0]
     assert pre.calls == [4, 2]
     np.testing.assert_allclose(chunked, whole, atol=1e-6)
+
+
+def test_low_latency_mode_emits_provisional_then_final(handmade_bundle, frames_factory):
+    """lookahead=N: a provisional result for t as soon as t + N is encoded; finals equal the default stream."""
+    frames = frames_factory(64, seed=9)  # snippet_len 4: 16 snippets
+    with Detector.load(handmade_bundle, backend="ort-cpu", preprocess="cpu") as det:
+        c = det.context
+        assert c >= 2
+        default, _ = _stream_all(det, frames)
+    for n in range(c):
+        with Detector.load(handmade_bundle, backend="ort-cpu", preprocess="cpu", lookahead=n) as det:
+            seen, encoded, when = [], 0, {}
+            for i, f in enumerate(frames):
+                out = det.push(f)
+                if (i + 1) % 4 == 0:
+                    encoded += 1
+                for r in out:
+                    when[(r.snippet, r.final)] = encoded
+                seen += out
+            seen += det.flush()
+        finals = [r for r in seen if r.final]
+        early = [r for r in seen if not r.final]
+        assert [(r.snippet, r.score) for r in finals] == [(r.snippet, r.score) for r in default]
+        # all 16 snippets are encoded by pushes: snippet t gets its provisional when t + N is encoded
+        assert sorted(r.snippet for r in early) == list(range(16 - n))
+        for r in early:
+            assert when[(r.snippet, False)] == r.snippet + n + 1
+            assert when.get((r.snippet, True), 10**9) > when[(r.snippet, False)]
+        # the provisional score differs from the final one only through the missing future context
+        assert any(abs(a.score - b.score) > 1e-6 for a in early for b in finals if a.snippet == b.snippet)
+    with pytest.raises(ValueError, match="lookahead must be in"):
+        Detector.load(handmade_bundle, backend="ort-cpu", preprocess="cpu", lookahead=c + 1)

@@ -181,5 +181,6 @@ class StreamState:
 
     assembler: SnippetAssembler
     ring: FeatureRing
-    emitted: int = 0
+    emitted: int = 0  # final results emitted: snippets [0, emitted)
+    provisional: int = 0  # provisional results emitted: snippets [0, provisional) (low-latency mode)
     pending: dict[int, SnippetInfo] = field(default_factory=dict)
