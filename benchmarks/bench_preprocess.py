@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,8 +36,7 @@ from PIL import Image  # noqa: E402
 
 cv2.setNumThreads(int(BLAS_THREADS))  # OpenCV's own pool too (cvtColor, transpose)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from stp_edge.eval.machine import machine_info as base_machine_info  # noqa: E402
 from stp_edge.preprocess import CLIP_MEAN, CLIP_STD, CpuPreprocessor, resized_size  # noqa: E402
 
 RESOLUTIONS = {"720p": (720, 1280), "1080p": (1080, 1920), "4K": (2160, 3840)}
@@ -71,27 +68,8 @@ def make_frames(h: int, w: int, n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def machine_info() -> dict[str, str]:
-    """Host name, OS, CPU model and core count, library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "node": platform.node(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "pillow": Image.__version__,
-        "blas_threads": BLAS_THREADS,
-        "load_avg_1m_at_start": f"{os.getloadavg()[0]:.2f}",
-    }
+    """The machine (`stp_edge.eval.machine.machine_info`) plus Pillow's version and this run's BLAS threads."""
+    return {**base_machine_info(), "pillow": Image.__version__, "blas_threads": BLAS_THREADS}
 
 
 def time_alternating(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:

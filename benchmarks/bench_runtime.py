@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.bench_preprocess import RESOLUTIONS, machine_info, make_frames, pil_pipeline
+# the sibling script: `python benchmarks/bench_runtime.py` puts benchmarks/ first on sys.path
+from bench_preprocess import RESOLUTIONS, machine_info, make_frames, pil_pipeline
 
 
 class TorchPipeline:

@@ -1,4 +1,6 @@
-"""Where an exported model comes from: a checkpoint, the embedded demo model, or seeded random weights.
+"""Where an exported model comes from: a checkpoint, the demo model, or seeded random weights.
+
+The demo model's weights are the separate `stp-edge-demo-model` distribution (demo_model/ in the repository).
 
 The manifest records the source and a fingerprint of the weights so `verify` can rebuild the exact torch
 reference (or say that it cannot).
@@ -60,7 +62,8 @@ def build_model(source: ModelSource):
         path = Path(source.checkpoint) if source.kind == "checkpoint" else demo_checkpoint_dir()
         if source.kind == "demo" and not (path / "model.safetensors").is_file():
             raise FileNotFoundError(
-                f"the embedded demo model is missing ({path}); rebuild it with `python scripts/train_demo.py`"
+                f"the demo model's weights are missing ({path}); rebuild them with "
+                "`python scripts/train_demo.py --out demo_model/stp_edge_demo_model`"
             )
         model = load_stprompt(path)
     else:

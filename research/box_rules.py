@@ -1,7 +1,7 @@
 """Would another box rule reach the TIoU target? Re-boxes a bundle's own region maps with other rules.
 
     python scripts/eval_demo.py --checkpoint DIR --work W --out E.json   # keeps W/demo.stp and W/synthetic_test
-    python benchmarks/box_rules.py W/demo.stp W/synthetic_test --out benchmarks/results/NAME.md
+    python research/box_rules.py W/demo.stp W/synthetic_test --out research/results/NAME.md
 
 Runs the bundle (ONNX Runtime CPU) over the anomalous videos of a `write_benchmark` split once, keeps every
 snippet's score and region scores, and recomputes the snippet's box with the runtime's rule
@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def component_box(amap: np.ndarray, frame_hw: tuple[int, int], image_size: int, mode: str, level: float,
                   threshold: float) -> np.ndarray:
@@ -33,9 +31,10 @@ def component_box(amap: np.ndarray, frame_hw: tuple[int, int], image_size: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the bundle once, re-box its maps with every (level, threshold) rule, print the TIoU table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("data", type=Path, help="a directory written by stp_edge.synthetic.write_benchmark")
+    ap.add_argument("data", type=Path, help="a directory written by stp_edge.demo.synthetic.write_benchmark")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.2, 0.35, 0.5, 0.65, 0.8])
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) here")
@@ -44,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
 
     from stp_edge.api import Detector, run_video
-    from stp_edge.evaluate import expand_snippets, find_video, load_ground_truth, tiou
+    from stp_edge.eval.datasets import find_video, load_ground_truth
+    from stp_edge.eval.metrics import expand_snippets, tiou
     from stp_edge.spatial import anomaly_map
 
     rules = [(lv, th) for lv in args.levels for th in args.thresholds]

@@ -1,7 +1,7 @@
-"""How far can the demo recipe go? Ceilings of the embedded demo model, measured, not assumed.
+"""How far can the demo recipe go? Ceilings of the demo model, measured, not assumed.
 
-    python benchmarks/demo_ceiling.py [--probe-minutes 10] [--out benchmarks/results] [--name demo_ceiling]
-    python benchmarks/demo_ceiling.py --probe-minutes 0 --train-videos 600 --reference-out DIR [--reference-grid 14
+    python research/demo_ceiling.py [--probe-minutes 10] [--out research/results] [--name demo_ceiling]
+    python research/demo_ceiling.py --probe-minutes 0 --train-videos 600 --reference-out DIR [--reference-grid 14
         --reference-epochs 19] --name demo_supervised_reference
 
 1. Box ceiling (no model, seconds). The runtime's box is a union of region cells (`boxes_from_map`), so with
@@ -39,8 +39,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def cell_rectangles(image_size: int, grid: int, frame_hw: tuple[int, int]) -> np.ndarray:
     """[M,4] every rectangle of whole grid cells (frame pixels), M = (grid*(grid+1)/2)^2.
@@ -65,8 +63,8 @@ def box_ceiling(grid: int, image_size: int, num_videos: int, seed: int, snippet_
     runtime outputs: one map and one box per snippet, applied to each of its frames. The gap between the two is
     the event moving within a snippet (0.64 s at 25 fps).
     """
-    from stp_edge.evaluate import box_iou
-    from stp_edge.synthetic import benchmark_plans
+    from stp_edge.demo.synthetic import benchmark_plans
+    from stp_edge.eval.metrics import box_iou
 
     per_frame: dict[str, list[float]] = {}
     per_snippet: dict[str, list[float]] = {}
@@ -99,8 +97,8 @@ def encoder_probe(minutes: float, train_videos: int, val_videos: int, seed: int,
     import torch
     import torch.nn.functional as F
 
-    from stp_edge.evaluate import rank_auc
-    from stp_edge.model import demo_training as dt
+    from stp_edge.demo import training as dt
+    from stp_edge.eval.metrics import rank_auc
     from stp_edge.model.clip import VisionTransformer
 
     settings = dt.DemoTrainSettings(seed=seed)
@@ -171,7 +169,7 @@ def region_targets(boxes: np.ndarray, labels: np.ndarray, frame_hw: tuple[int, i
 
 
 def supervised_batch_loss(model, videos, settings, gen=None, aux=None, pseudo=None, scores_out=None):
-    """`demo_training.batch_loss` with FULL supervision (diagnostic reference only; same signature).
+    """`stp_edge.demo.training.batch_loss` with FULL supervision (diagnostic reference only; same signature).
 
     Per video: BCE of every snippet score against the sampled frame's label, class CE of every snippet (the
     video class where the frame is anomalous, normal elsewhere), BCE of every region's abnormal share against
@@ -181,7 +179,7 @@ def supervised_batch_loss(model, videos, settings, gen=None, aux=None, pseudo=No
     import torch
     import torch.nn.functional as F
 
-    from stp_edge.model import demo_training as dt
+    from stp_edge.demo import training as dt
 
     if settings.translate:
         raise ValueError("supervised_batch_loss: translate augmentation would move the boxes; set translate=0")
@@ -230,7 +228,7 @@ def supervised_reference(out_dir: Path, minutes: float, train_videos: int, val_v
     """
     from dataclasses import replace
 
-    from stp_edge.model import demo_training as dt
+    from stp_edge.demo import training as dt
 
     overrides: dict[str, object] = {}
     vision = dt.DEMO_OVERRIDES["vision"]
@@ -247,11 +245,12 @@ def supervised_reference(out_dir: Path, minutes: float, train_videos: int, val_v
             "epochs_run": len(result.history), "stopped_early": result.stopped_early,
             "train_seconds": round(result.seconds, 1), "val_snippet_auc": last.get("val_snippet_auc"),
             "val_top_region_iou": last.get("val_top_region_iou"),
-            "evaluate": f"python scripts/eval_demo.py --checkpoint {out_dir} --out benchmarks/results/"
+            "evaluate": f"python scripts/eval_demo.py --checkpoint {out_dir} --out research/results/"
                         f"demo_supervised_eval{'' if grid == 7 else f'_{grid}'}.json"}
 
 
 def to_markdown(result: dict) -> str:
+    """The markdown report of `main`'s result (box ceilings, probe epochs, supervised reference)."""
     lines = ["# Demo model ceilings", "", f"Machine: {result['machine']['cpu']}, "
              f"{result['machine']['cores']} cores", "", f"Command: `{result['command']}`", "",
              "## Box ceiling (perfect scores and region choice; cell-aligned boxes)", "",
@@ -288,6 +287,7 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure the ceilings asked for and write <out>/<name>.json and .md."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--probe-minutes", type=float, default=10.0, help="0 skips the encoder probe")
     ap.add_argument("--train-videos", type=int, default=400)
@@ -301,12 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference-minutes", type=float, default=27.0, help="time cap of the reference's training")
     ap.add_argument("--reference-grid", type=int, default=7, help="token/region grid of the reference (7 or 14)")
     ap.add_argument("--reference-epochs", type=int, default=None, help="schedule length (default the demo's)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--out", type=Path, default=Path("research/results"))
     ap.add_argument("--name", default="demo_ceiling", help="writes <out>/<name>.json and .md")
     args = ap.parse_args(argv)
 
-    from benchmarks.bench_preprocess import machine_info
-    from stp_edge.model.demo_training import demo_config
+    from stp_edge.demo.training import demo_config
+    from stp_edge.eval.machine import machine_info
 
     size = demo_config().vision.image_size
     result: dict[str, object] = {

@@ -1,10 +1,10 @@
 """Evaluate the demo model through its EXPORTED BUNDLE on the torch-free runtime (ONNX Runtime CPU).
 
-    python scripts/eval_demo.py --out benchmarks/results/demo_eval.json
+    python scripts/eval_demo.py --out research/results/demo_eval.json
 
-Exports the checkpoint (default: the embedded demo model) to a bundle, writes a held-out synthetic test split
+Exports the checkpoint (default: the demo model) to a bundle, writes a held-out synthetic test split
 (`write_benchmark(split="test")`: seeds and scene layouts the training never saw), runs
-`stp_edge.evaluate.evaluate_bundle` on it and saves the metrics (auc, ap, tiou, per_class) with the command and
+`stp_edge.eval.evaluate_bundle` on it and saves the metrics (auc, ap, tiou, per_class) with the command and
 the machine that produced them.
 
 TIoU uses the runtime's first box: the connected group of regions around the map's peak
@@ -21,22 +21,19 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", type=Path, default=None, help="checkpoint dir (default: embedded demo)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/demo_eval.json"))
+    ap.add_argument("--checkpoint", type=Path, default=None, help="checkpoint dir (default: the demo model)")
+    ap.add_argument("--out", type=Path, default=Path("research/results/demo_eval.json"))
     ap.add_argument("--num-videos", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="keep the bundle and test split here")
     args = ap.parse_args(argv)
 
-    from stp_edge.evaluate import evaluate_bundle
+    from stp_edge.demo.synthetic import write_benchmark
+    from stp_edge.eval.run import evaluate_bundle
     from stp_edge.export.bundle_export import export_bundle
-    from stp_edge.synthetic import write_benchmark
 
     with tempfile.TemporaryDirectory(prefix="stp-demo-eval-") as tmp:
         work = args.work or Path(tmp)
@@ -51,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     argv_used = argv if argv is not None else sys.argv[1:]
     import onnxruntime
 
-    from benchmarks.bench_preprocess import machine_info
+    from stp_edge.eval.machine import machine_info
 
     out = {**result.to_dict(),
            "box_rule": "runtime first box: the component around the map's peak (stp_edge.spatial.boxes_from_map)",
            "data": {"split": "test", "num_videos": args.num_videos, "seed": args.seed,
-                    "generator": "stp_edge.synthetic.write_benchmark"},
+                    "generator": "stp_edge.demo.synthetic.write_benchmark"},
            "model": {"source": manifest.get("source"), "config": manifest.get("config", {}).get("vision")},
            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *argv_used]),
            "machine": {**machine_info(), "onnxruntime": onnxruntime.__version__, "backend": "ort-cpu"},

@@ -6,13 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from stp_edge.synthetic import ANOMALY_CLASSES, CODECS, write_benchmark
+from stp_edge.demo.synthetic import ANOMALY_CLASSES, CODECS, write_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:

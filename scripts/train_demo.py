@@ -1,8 +1,8 @@
-"""Train the embedded demo model (tiny STPrompt, from scratch, video-level labels only) and save it.
+"""Train the demo model (tiny STPrompt, from scratch, video-level labels only) and save it.
 
-    python scripts/train_demo.py --out stp_edge/assets/demo --seed 0
+    python scripts/train_demo.py --out demo_model/stp_edge_demo_model --seed 0
 
-A thin CLI over `stp_edge.model.demo_training`; see its docstring for the recipe.
+A thin CLI over `stp_edge.demo.training`; see its docstring for the recipe.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from stp_edge.model.demo_training import DEMO_OVERRIDES, DemoTrainSettings, save_demo, train_demo
+from stp_edge.demo.training import DEMO_OVERRIDES, DemoTrainSettings, save_demo, train_demo
 
 
 def main(argv: list[str] | None = None) -> int:
     d = DemoTrainSettings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("stp_edge/assets/demo"), help="checkpoint directory")
+    ap.add_argument("--out", type=Path, default=Path("demo_model/stp_edge_demo_model"), help="checkpoint directory")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock cap on optimisation")
     ap.add_argument("--epochs", type=int, default=d.epochs)

@@ -44,7 +44,7 @@ class VisionConfig:
     # only to the patch tokens within Chebyshev distance r on the grid (not to the class token); the class token
     # still attends to every token. Patch features then describe their own neighbourhood, not the whole frame,
     # which is what region scoring needs from a from-scratch encoder (the demo model uses r=1; see
-    # stp_edge/assets/demo/README.md). Pretrained CLIP checkpoints keep -1.
+    # demo_model/stp_edge_demo_model/README.md). Pretrained CLIP checkpoints keep -1.
     patch_attention: int = -1
 
     @property

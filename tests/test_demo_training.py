@@ -1,12 +1,13 @@
-"""Demo-model training (stp_edge.model.demo_training) on a tiny budget, and the committed demo checkpoint."""
+"""Demo-model training (stp_edge.demo.training) on a tiny budget, and the committed demo checkpoint."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
+from research_scripts import research_script
 
-from stp_edge.model.demo_training import (
+from stp_edge.demo.training import (
     AttentionMIL,
     DemoTrainSettings,
     check_sha256sums,
@@ -199,8 +200,8 @@ def test_committed_demo_checkpoint_matches_its_sha256sums_and_loads():
 
 
 def test_supervised_reference_loss_plugs_into_train_demo_and_fits_the_boxes():
-    """The diagnostic of benchmarks/demo_ceiling.py: train_demo(loss_fn=) really trains on frame labels + boxes."""
-    from benchmarks.demo_ceiling import supervised_batch_loss
+    """The diagnostic of research/demo_ceiling.py: train_demo(loss_fn=) really trains on frame labels + boxes."""
+    supervised_batch_loss = research_script("demo_ceiling").supervised_batch_loss
 
     settings = DemoTrainSettings(seed=4, num_frames=96, epochs=8, batch_size=4, lr=1e-3, warmup_epochs=0.5,
                                  attention_mil_weight=0.0, self_train_weight=0.0, photometric=0.0)

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stp_edge.evaluate import evaluate_bundle, find_video
-from stp_edge.synthetic import generate_clip
+from stp_edge.demo.synthetic import generate_clip
+from stp_edge.eval import evaluate_bundle, find_video
 
 
 def _clips():

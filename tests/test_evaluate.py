@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stp_edge.evaluate import (
+from stp_edge.eval import (
     AnnotationError,
     VideoGroundTruth,
     VideoPrediction,
@@ -252,7 +252,7 @@ def test_prediction_from_results_takes_top_box_per_snippet():
 
 
 def test_evaluate_bundle_on_a_tiny_synthetic_split(handmade_bundle, tmp_path):
-    from stp_edge.synthetic import write_benchmark
+    from stp_edge.demo.synthetic import write_benchmark
 
     data = tmp_path / "data"
     write_benchmark(data, split="test", num_videos=2, seed=3, width=96, height=72, num_frames=24,

@@ -3,9 +3,9 @@ import json
 import cv2
 import numpy as np
 import pytest
+from research_scripts import research_script
 
-from stp_edge.evaluate import read_synthetic
-from stp_edge.synthetic import (
+from stp_edge.demo.synthetic import (
     ANOMALY_CLASSES,
     CLASS_NAMES,
     benchmark_plans,
@@ -14,6 +14,7 @@ from stp_edge.synthetic import (
     plan_clip,
     write_benchmark,
 )
+from stp_edge.eval.datasets import read_synthetic
 
 W, H, F = 192, 144, 64
 
@@ -181,9 +182,9 @@ def test_benchmark_plans_are_the_written_clips(tmp_path):
 
 
 def test_box_ceiling_of_cell_aligned_and_thin_boxes():
-    from benchmarks.demo_ceiling import cell_rectangles
-    from stp_edge.evaluate import box_iou
+    from stp_edge.eval.metrics import box_iou
 
+    cell_rectangles = research_script("demo_ceiling").cell_rectangles
     rects = cell_rectangles(112, 7, (240, 320))  # centre square x 40..280, cells of 240/7 px
     assert len(rects) == (7 * 8 // 2) ** 2
     cell = 240 / 7
@@ -194,8 +195,7 @@ def test_box_ceiling_of_cell_aligned_and_thin_boxes():
 
 
 def test_region_targets_are_cell_coverage_and_flip_with_the_image():
-    from benchmarks.demo_ceiling import region_targets
-
+    region_targets = research_script("demo_ceiling").region_targets
     cell = 240 / 7  # frame 240x320: centre square x 40..280, 7x7 cells of 240/7 px
     # snippet 0: a box covering cell (2, 1) fully and the right half of cell (2, 0)... in x: 0.5 of col 0
     box = np.array([40 + 0.5 * cell, 2 * cell, 40 + 2 * cell, 3 * cell])
@@ -213,9 +213,7 @@ def test_region_targets_are_cell_coverage_and_flip_with_the_image():
 
 
 def test_one_box_per_snippet_ceiling_is_below_the_per_frame_one_and_lowest_for_running():
-    from benchmarks.demo_ceiling import box_ceiling
-
-    b = box_ceiling(7, 112, num_videos=10, seed=0)  # 5 anomalous clips, one per class
+    b = research_script("demo_ceiling").box_ceiling(7, 112, num_videos=10, seed=0)  # 5 anomalous clips, one per class
     assert set(b["per_class"]) == {"fighting", "falling", "running", "abandoned object", "fire"}
     for v in b["per_class"].values():
         assert 0 < v["snippet_tiou_ceiling"] <= v["tiou_ceiling"] + 1e-12
@@ -229,7 +227,7 @@ def test_demo_clip_is_written_whole_and_a_bad_path_is_a_clear_oserror(tmp_path):
     import cv2
 
     from stp_edge.demo import write_clip
-    from stp_edge.synthetic import write_video
+    from stp_edge.demo.synthetic import write_video
 
     gt = write_clip(tmp_path / "clip.mp4", seed=3, anomaly="fire", seconds=2.0)
     cap = cv2.VideoCapture(str(tmp_path / "clip.mp4"))
@@ -243,9 +241,9 @@ def test_demo_clip_is_written_whole_and_a_bad_path_is_a_clear_oserror(tmp_path):
 
 
 def test_box_rule_variants_reproduce_the_runtime_rule_at_its_setting():
-    from benchmarks.box_rules import component_box
     from stp_edge.spatial import boxes_from_map, region_boxes, to_frame_coords
 
+    component_box = research_script("box_rules").component_box
     rng = np.random.default_rng(0)
     cells = to_frame_coords(region_boxes(112, 7), 112, (240, 320))
     for _ in range(20):

@@ -1,6 +1,11 @@
-"""`stp-edge demo` / `make demo`: the whole job on the embedded default, end to end.
+"""The demo wing: `stp-edge demo` / `make demo`, the whole job on the demo model, end to end.
 
-1. export the embedded demo model to a bundle (in a child process: exporting needs torch, running does not);
+Not part of the runtime (the runtime never imports it). Its modules: `synthetic` (the synthetic benchmark:
+clips with per-frame labels and boxes), `training` (how the demo model was trained; torch). The demo weights
+are a separate distribution, `stp-edge-demo-model` (demo_model/ in the repository), so a deployment wheel
+does not carry them. This module:
+
+1. export the demo model to a bundle (in a child process: exporting needs torch, running does not);
 2. generate a synthetic surveillance clip with a known anomaly and write it as an ordinary video file;
 3. run the torch-free runtime (ONNX Runtime on the CPU) over the file, frame by frame;
 4. print the detected events and a per-stage latency table, and write an overlay video and a score plot.
@@ -19,14 +24,25 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge._deps import MissingDependencyError
 from stp_edge.results import SnippetResult
 
 STAGES = ("decode", "preprocess", "encoder", "temporal", "spatial", "post")
 
 
 def demo_checkpoint_dir() -> Path:
-    """The embedded demo model's checkpoint directory (package data under stp_edge/assets/demo)."""
-    return Path(__file__).resolve().parent / "assets" / "demo"
+    """The demo model's checkpoint directory, from the separate `stp-edge-demo-model` distribution.
+
+    Raises:
+        MissingDependencyError: that distribution is not installed (`make venv` installs it).
+    """
+    try:
+        import stp_edge_demo_model
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the demo model is a separate package, stp-edge-demo-model, and it is not installed: "
+            "pip install ./demo_model (from a checkout of stp-edge; `make venv` does it)") from exc
+    return stp_edge_demo_model.checkpoint_dir()
 
 
 @dataclass
@@ -95,13 +111,13 @@ def latency_table(results: Sequence[SnippetResult]) -> dict[str, dict[str, float
 
 
 def ensure_demo_bundle(out: Path, report: Callable[[str], None] = print) -> Path:
-    """Export the embedded demo model to `out` unless an up-to-date export is already there."""
+    """Export the demo model to `out` unless an up-to-date export is already there."""
     from stp_edge.bundle import Bundle, BundleError, sha256_file
 
     weights = demo_checkpoint_dir() / "model.safetensors"
     if not weights.is_file():
-        raise FileNotFoundError(f"the embedded demo model is missing ({weights}); "
-                                "rebuild it with `python scripts/train_demo.py`")
+        raise FileNotFoundError(f"the demo model's weights are missing ({weights}); rebuild them with "
+                                "`python scripts/train_demo.py --out demo_model/stp_edge_demo_model`")
     want = sha256_file(weights)
     try:
         if Bundle.load(out).manifest.get("source", {}).get("checkpoint_sha256") == want:
@@ -119,7 +135,7 @@ def ensure_demo_bundle(out: Path, report: Callable[[str], None] = print) -> Path
 
 def write_clip(path: Path, *, seed: int, anomaly: str, seconds: float) -> dict[str, Any]:
     """Generate a synthetic clip with one anomaly, write it as a video file, return its ground truth."""
-    from stp_edge.synthetic import generate_clip, write_video
+    from stp_edge.demo.synthetic import generate_clip, write_video
 
     fps = 25.0
     clip = generate_clip(seed, width=320, height=240, num_frames=int(seconds * fps), anomaly=anomaly, fps=fps)
@@ -131,9 +147,9 @@ def write_clip(path: Path, *, seed: int, anomaly: str, seconds: float) -> dict[s
 def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str = "fire",
              seconds: float = 24.0, bundle: str | Path | None = None,
              report: Callable[[str], None] = print) -> DemoSummary:
-    """Run the demo; `bundle` overrides the embedded demo model (any bundle with the same classes works)."""
+    """Run the demo; `bundle` overrides the demo model (any bundle with the same classes works)."""
     from stp_edge.api import Detector, frame_scores, run_video, write_overlay
-    from stp_edge.evaluate import rank_auc
+    from stp_edge.eval.metrics import rank_auc
     from stp_edge.visualize import plot_timeline
 
     out = Path(out_dir)

@@ -1,7 +1,7 @@
-"""Training the embedded demo model: the `tiny` STPrompt, end to end from scratch, on the synthetic benchmark.
+"""Training the demo model: the `tiny` STPrompt, end to end from scratch, on the synthetic benchmark.
 
 No pretrained CLIP and no real data can be downloaded, so the demo model learns everything, encoder included,
-from synthetic clips (`stp_edge.synthetic`) with VIDEO-LEVEL LABELS ONLY (weak supervision):
+from synthetic clips (`stp_edge.demo.synthetic`) with VIDEO-LEVEL LABELS ONLY (weak supervision):
 
 - temporal stream: the top-k MIL losses of `stp_edge.model.train.mil_losses` (BCE on the top-k snippet scores
   against anomalous/normal, cross-entropy on the per-class top-k A-branch logits against the video class);
@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from stp_edge.bundle import sha256_file
 from stp_edge.config import STPromptConfig
-from stp_edge.evaluate import box_iou, rank_auc
+from stp_edge.eval.metrics import box_iou, rank_auc
 from stp_edge.model.train import mil_losses
 
 # Demo-model config overrides of the `tiny` preset (the spatial stream scores regions against the class prompts).
@@ -69,7 +69,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     # stem_centred: the plain conv stem centres each token's receptive field half a cell up-left of the cell it
     # is scored and boxed as (the session-4 model's region peaks sat ~0.5 cell right of the fire's box).
     # patch_attention=1: patch tokens attend to their 3x3 neighbourhood (the class token to all); validation
-    # snippet AUC 0.928 vs 0.905 with global attention, box IoU the same (stp_edge/assets/demo/README.md).
+    # snippet AUC 0.928 vs 0.905 with global attention, box IoU the same (demo_model/stp_edge_demo_model/README.md).
     "vision": replace(STPromptConfig.named("tiny").vision, stem="conv", stem_centred=True, patch_attention=1),
 }
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -200,8 +200,8 @@ def make_demo_videos(split: str, num_videos: int, *, seed: int, cfg: STPromptCon
     import cv2
     from tqdm.auto import tqdm
 
+    from stp_edge.demo.synthetic import ANOMALY_CLASSES, CLASS_NAMES, plan_clip
     from stp_edge.preprocess import CpuPreprocessor
-    from stp_edge.synthetic import ANOMALY_CLASSES, CLASS_NAMES, plan_clip
 
     s = settings or DemoTrainSettings()
     if cfg.frames_per_snippet != 1:
@@ -503,7 +503,7 @@ def train_demo(settings: DemoTrainSettings, *, train: Sequence[DemoVideo] | None
         progress: show progress bars.
         log: called with one line per epoch (None for silence).
         loss_fn: replaces `batch_loss` (same signature). Only for diagnostics that change the supervision,
-            e.g. the frame-and-box supervised reference of `benchmarks/demo_ceiling.py`; the demo model never
+            e.g. the frame-and-box supervised reference of `research/demo_ceiling.py`; the demo model never
             sets it.
 
     Returns:

@@ -1,38 +1,19 @@
-"""Frame-level evaluation of anomaly scores and boxes, and readers for the ground truth of common data sets.
+"""Ground truth of anomaly data sets: readers of their annotation formats, one `VideoGroundTruth` per video.
 
-Metrics (all over frames pooled across videos, as UCF-Crime / ShanghaiTech / UBnormal results are reported):
-- `auc`: ROC AUC of frame scores against frame labels (anomalous = 1);
-- `ap`: average precision (scikit-learn's step-wise definition, no interpolation);
-- per class, one-vs-normal: all frames of the normal videos plus all frames of that class's videos;
-- `tiou`: localization in the sense of the UCF-Crime spatio-temporal literature (Liu & Ma, "Exploring
-  Background-bias for Anomaly Detection in Surveillance Videos", ACM MM 2019, which annotated boxes on the
-  UCF-Crime test anomalies; STPrompt reports the same metric):
-
-      TIoU = (1 / N) * sum_{j=1..N} IoU(P_j, G_j) * [s_j >= threshold]
-
-  over the N frames that are anomalous and carry a ground-truth box G_j, where P_j is the predicted box of
-  frame j (the detector's top box) and s_j its frame score. A frame with no predicted box, or whose score is
-  below the threshold, contributes 0. Frames without a ground-truth box are not counted.
-
-Frame ranges everywhere are 0-based and half-open, [start, end).
-
-Readers: UCF-Crime `Temporal_Anomaly_Annotation_for_Testing_Videos.txt`, ShanghaiTech `test_frame_mask/*.npy`,
-UBnormal `*_tracks.txt`, and the synthetic benchmark of `stp_edge.synthetic` (manifest + annotation + boxes).
+UCF-Crime `Temporal_Anomaly_Annotation_for_Testing_Videos.txt`, ShanghaiTech `test_frame_mask/*.npy`,
+UBnormal `*_tracks.txt`, and the synthetic benchmark of `stp_edge.demo.synthetic` (manifest + annotation +
+boxes). Frame ranges everywhere are 0-based and half-open, [start, end).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-from stp_edge._deps import require
 
 
 class AnnotationError(ValueError):
@@ -81,198 +62,7 @@ class VideoGroundTruth:
         return out
 
 
-@dataclass
-class VideoPrediction:
-    """A detector's output for one video, expanded to frames.
 
-    Attributes:
-        scores: anomaly score per frame [F].
-        boxes: top predicted box per frame [F, 4] (x1, y1, x2, y2), NaN where none; None if not localizing.
-    """
-
-    scores: np.ndarray
-    boxes: np.ndarray | None = None
-
-
-@dataclass
-class EvalResult:
-    """Frame-level metrics; None where a metric is undefined (e.g. no anomalous frames)."""
-
-    auc: float | None
-    ap: float | None
-    tiou: float | None
-    threshold: float
-    per_class: dict[str, dict[str, Any]]
-    counts: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict with keys auc, ap, tiou, threshold, per_class, counts."""
-        return {"auc": self.auc, "ap": self.ap, "tiou": self.tiou, "threshold": self.threshold,
-                "per_class": self.per_class, "counts": self.counts}
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """JSON text of `to_dict()`."""
-        return json.dumps(self.to_dict(), indent=indent)
-
-
-# ----------------------------------------------------------------------------------------------- metrics
-def _finite(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def frame_auc_ap(scores: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
-    """ROC AUC and average precision of scores against 0/1 labels; (None, None) if only one class present."""
-    metrics = require("sklearn.metrics", "evaluation")
-    scores, labels = np.asarray(scores, float).ravel(), np.asarray(labels).ravel()
-    if scores.shape != labels.shape:
-        raise ValueError(f"scores has {scores.size} frames but labels has {labels.size}")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError(f"scores contain {int((~np.isfinite(scores)).sum())} non-finite values")
-    if labels.min(initial=0) == labels.max(initial=0):
-        return None, None
-    return (float(metrics.roc_auc_score(labels, scores)),
-            float(metrics.average_precision_score(labels, scores)))
-
-
-def rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC as the probability that a random positive outscores a random negative (ties count half).
-
-    NumPy only (no scikit-learn), for diagnostics on small sets; NaN when only one class is present.
-    """
-    labels, scores = np.asarray(labels).ravel(), np.asarray(scores, float).ravel()
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if not pos.size or not neg.size:
-        return float("nan")
-    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(wins / (pos.size * neg.size))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of boxes [N,4] and [N,4] (x1, y1, x2, y2); NaN rows give 0."""
-    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area = lambda z: np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)  # noqa: E731
-    union = area(a) + area(b) - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-    return np.nan_to_num(iou, nan=0.0)
-
-
-def tiou(scores: np.ndarray, pred_boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray,
-         threshold: float = 0.5) -> tuple[float | None, int]:
-    """TIoU over anomalous frames with a ground-truth box (see the module docstring).
-
-    Args:
-        scores: frame scores [F].
-        pred_boxes: predicted top box per frame [F,4], NaN where none.
-        gt_boxes: ground-truth box per frame [F,4], NaN where none.
-        gt_labels: 0/1 anomalous frame labels [F].
-        threshold: a frame's IoU counts only if its score is >= threshold.
-
-    Returns:
-        (TIoU or None when no frame qualifies, number of frames averaged over).
-    """
-    scores = np.asarray(scores, float)
-    pred_boxes, gt_boxes = np.asarray(pred_boxes, float), np.asarray(gt_boxes, float)
-    n = scores.shape[0]
-    if pred_boxes.shape != (n, 4) or gt_boxes.shape != (n, 4) or np.shape(gt_labels) != (n,):
-        raise ValueError(f"shape mismatch: scores {scores.shape}, pred_boxes {pred_boxes.shape}, "
-                         f"gt_boxes {gt_boxes.shape}, gt_labels {np.shape(gt_labels)}; expected [F], [F,4], "
-                         "[F,4], [F]")
-    sel = (np.asarray(gt_labels) > 0) & np.all(np.isfinite(gt_boxes), axis=1)
-    if not sel.any():
-        return None, 0
-    iou = box_iou(pred_boxes[sel], gt_boxes[sel]) * (scores[sel] >= threshold)
-    return float(iou.mean()), int(sel.sum())
-
-
-def expand_snippets(values: np.ndarray, num_frames: int, snippet_len: int = 16,
-                    ranges: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
-    """Per-snippet values -> per-frame values; snippet i covers frames [start_i, end_i).
-
-    By default snippet i covers [i * snippet_len, (i + 1) * snippet_len) clipped to the video. With explicit
-    `ranges`, frames no snippet covers take the value of the nearest covered frame (say, a video's tail that
-    was too short for a last snippet). Trailing dimensions are kept, so boxes [n,4] expand to [num_frames,4].
-    """
-    values = np.asarray(values)
-    n = values.shape[0]
-    if ranges is None:
-        ranges = [(i * snippet_len, min((i + 1) * snippet_len, num_frames)) for i in range(n)]
-    if len(ranges) != n:
-        raise ValueError(f"{n} snippet values but {len(ranges)} ranges")
-    out = np.full((num_frames, *values.shape[1:]), np.nan, dtype=np.float64)
-    covered = np.zeros(num_frames, bool)
-    for v, (s, e) in zip(values, ranges, strict=True):
-        if not 0 <= s < e:
-            raise ValueError(f"snippet range [{s}, {e}) is empty or negative")
-        out[s:min(e, num_frames)] = v
-        covered[s:min(e, num_frames)] = True
-    if not covered.any():
-        raise ValueError(f"no snippet covers any of the {num_frames} frames")
-    if not covered.all():
-        idx, frames = np.flatnonzero(covered), np.arange(num_frames)
-        pos = np.searchsorted(idx, frames)
-        after = idx[np.clip(pos, 0, len(idx) - 1)]  # first covered frame at or after each frame
-        before = idx[np.clip(pos - 1, 0, len(idx) - 1)]  # last covered frame before it
-        pick = np.where(np.abs(before - frames) <= np.abs(after - frames), before, after)
-        out[~covered] = out[pick[~covered]]
-    return out
-
-
-def evaluate_videos(gts: Sequence[VideoGroundTruth], preds: Mapping[str, VideoPrediction], *,
-                    threshold: float = 0.5) -> EvalResult:
-    """Pool frames over videos and compute AUC, AP, TIoU overall and per class (one-vs-normal).
-
-    Args:
-        gts: ground truth, one per video.
-        preds: predictions keyed by `VideoGroundTruth.name`; every ground-truth video must have one.
-        threshold: score threshold for TIoU gating.
-
-    Returns:
-        An `EvalResult`.
-
-    Raises:
-        ValueError: a video has no prediction, or prediction and ground truth disagree on the frame count.
-    """
-    missing = [g.name for g in gts if g.name not in preds]
-    if missing:
-        raise ValueError(f"no prediction for {len(missing)} video(s): {missing[:5]}")
-    per_video = []
-    for g in gts:
-        p = preds[g.name]
-        n = len(p.scores)
-        if g.num_frames is not None and g.num_frames != n:
-            raise ValueError(f"{g.name}: prediction has {n} frames, ground truth {g.num_frames}")
-        pb = p.boxes if p.boxes is not None else np.full((n, 4), np.nan)
-        if np.shape(pb) != (n, 4):
-            raise ValueError(f"{g.name}: boxes shape {np.shape(pb)}, expected ({n}, 4)")
-        per_video.append((g, np.asarray(p.scores, float), g.frame_labels(n), np.asarray(pb, float),
-                          g.box_array(n)))
-
-    def pooled(items: list) -> dict[str, Any]:
-        s = np.concatenate([it[1] for it in items])
-        y = np.concatenate([it[2] for it in items])
-        auc, ap = frame_auc_ap(s, y)
-        ti, n_box = tiou(s, np.concatenate([it[3] for it in items]), np.concatenate([it[4] for it in items]),
-                         y, threshold)
-        return {"auc": _finite(auc), "ap": _finite(ap), "tiou": _finite(ti) if ti is not None else None,
-                "videos": len(items), "frames": int(y.size), "anomalous_frames": int(y.sum()),
-                "box_frames": n_box}
-
-    overall = pooled(per_video)
-    normal = [it for it in per_video if not it[0].anomalous]
-    per_class = {}
-    for cls in sorted({it[0].label for it in per_video if it[0].anomalous}):
-        per_class[cls] = pooled(normal + [it for it in per_video if it[0].anomalous and it[0].label == cls])
-    counts = {"videos": len(per_video), "normal_videos": len(normal),
-              "anomalous_videos": len(per_video) - len(normal), "frames": overall["frames"],
-              "anomalous_frames": overall["anomalous_frames"], "box_frames": overall["box_frames"]}
-    return EvalResult(overall["auc"], overall["ap"], overall["tiou"], threshold, per_class, counts)
-
-
-# ----------------------------------------------------------------------------------------------- readers
 def _range_pairs(path: Path, lineno: int, tokens: Sequence[str]) -> list[tuple[int, int]]:
     """Parse `s1 e1 s2 e2 ...` (-1 -1 = absent) into [start, end) ranges."""
     try:
@@ -481,7 +271,7 @@ def read_box_csv(path: str | Path) -> dict[str, dict[int, tuple[float, float, fl
 
 
 def read_synthetic(root: str | Path) -> list[VideoGroundTruth]:
-    """Read a split written by `stp_edge.synthetic.write_benchmark` (manifest, annotation and boxes).
+    """Read a split written by `stp_edge.demo.synthetic.write_benchmark` (manifest, annotation and boxes).
 
     Raises:
         AnnotationError: the manifest and the annotation file disagree on the videos or their events.
@@ -508,24 +298,9 @@ def read_synthetic(root: str | Path) -> list[VideoGroundTruth]:
     return gts
 
 
-# ------------------------------------------------------------------------------------ running a bundle
-def prediction_from_results(results: Sequence[Any], num_frames: int) -> VideoPrediction:
-    """Expand one video's `SnippetResult`s to per-frame scores and top boxes (highest box score per snippet)."""
-    if not results:
-        raise ValueError(f"no snippet results for a {num_frames}-frame video")
-    ranges = [(r.frame_start, r.frame_end) for r in results]
-    scores = expand_snippets(np.array([r.score for r in results], float), num_frames, ranges=ranges)
-    top = np.full((len(results), 4), np.nan)
-    for k, r in enumerate(results):
-        if r.boxes:
-            b = max(r.boxes, key=lambda b: b.score)
-            top[k] = (b.x1, b.y1, b.x2, b.y2)
-    return VideoPrediction(scores, expand_snippets(top, num_frames, ranges=ranges))
-
-
 FORMATS = ("synthetic", "ucf-crime", "shanghaitech", "ubnormal")
-_VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif")
 
 
 def load_ground_truth(data: str | Path, fmt: str = "synthetic", annotations: str | Path | None = None,
@@ -552,93 +327,10 @@ def load_ground_truth(data: str | Path, fmt: str = "synthetic", annotations: str
 def find_video(data: Path, name: str) -> Path:
     """The file or frame directory of video `name` under `data` (searched recursively, extensions optional)."""
     stem = Path(name).stem
-    candidates = [data / name, *(data / f"{stem}{ext}" for ext in _VIDEO_EXTENSIONS), data / stem]
+    candidates = [data / name, *(data / f"{stem}{ext}" for ext in VIDEO_EXTENSIONS), data / stem]
     candidates += sorted(p for p in data.rglob(f"{stem}*") if p.stem == stem)
     for c in candidates:
-        if c.is_file() or (c.is_dir() and any(f.suffix.lower() in _IMAGE_EXTENSIONS for f in c.iterdir())):
+        if c.is_file() or (c.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in c.iterdir())):
             return c
     raise FileNotFoundError(f"video {name!r} of the annotations was not found under {data} (tried a file with "
-                            f"extensions {_VIDEO_EXTENSIONS} and a directory of frames)")
-
-
-def _run_on_frame_dir(det: Any, path: Path) -> list[Any]:
-    """Push a directory of frame images (sorted by name, as ShanghaiTech ships its test set) through `det`."""
-    import cv2
-
-    results: list[Any] = []
-    files = sorted(f for f in path.iterdir() if f.suffix.lower() in _IMAGE_EXTENSIONS)
-    for f in files:
-        frame = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise OSError(f"cannot read frame image {f}")
-        results += det.push(frame)
-    return results + det.flush()
-
-
-def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "auto",
-                    threshold: float | None = None, out_dir: str | Path | None = None,
-                    report: Any = print, fmt: str = "synthetic",
-                    annotations: str | Path | None = None) -> EvalResult:
-    """Run a bundle over every annotated video of a data set and evaluate it.
-
-    Args:
-        bundle: the exported model directory.
-        data: the videos: a directory written by `stp_edge.synthetic.write_benchmark`, or the directory holding
-            a real data set's video files or frame folders (searched recursively by name).
-        fmt: annotation format, one of `FORMATS`.
-        annotations: the annotation file/directory for "ucf-crime" and "shanghaitech".
-        backend: runtime backend for `Detector.load`.
-        threshold: TIoU score threshold; default the bundle's score threshold.
-        out_dir: if given, writes `eval.json` and one score-timeline PNG per video there.
-        report: called with one progress line per video (None for silence).
-
-    Returns:
-        The `EvalResult`.
-    """
-    from stp_edge.api import Detector, run_video
-
-    data = Path(data)
-    preds: dict[str, VideoPrediction] = {}
-    with Detector.load(bundle, backend=backend) as det:
-        gts = load_ground_truth(data, fmt, annotations, det.config.class_names)
-        thr = float(det.score_threshold if threshold is None else threshold)
-        for g in gts:
-            det.reset()
-            path = find_video(data, g.name)
-            results = _run_on_frame_dir(det, path) if path.is_dir() else list(run_video(path, detector=det))
-            if not g.num_frames:  # UCF-Crime's annotations carry no frame counts: take the video's
-                g.num_frames = max((r.frame_end for r in results), default=0)
-            preds[g.name] = prediction_from_results(list(results), int(g.num_frames or 0))
-            if report is not None:
-                report(f"{g.name}: {len(results)} snippets, max score {max(r.score for r in results):.3f}")
-    result = evaluate_videos(gts, preds, threshold=thr)
-    if out_dir is not None:
-        from stp_edge.visualize import plot_timeline
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(result.to_json() + "\n")
-        manifest = data / "manifest.json"
-        fps = float(json.loads(manifest.read_text()).get("fps", 25.0)) if manifest.is_file() else 25.0
-        for g in gts:
-            plot_timeline(out / f"{Path(g.name).stem}_timeline.png", preds[g.name].scores, fps,
-                          gt_ranges=g.ranges, threshold=thr, title=f"{g.name} ({g.label})")
-    return result
-
-
-def evaluate_cli(args: Any) -> int:
-    """`stp-edge eval`: evaluate `args.bundle` on `args.data`, or on a synthetic split generated first.
-
-    Uses args.bundle, args.data, args.split, args.num_videos, args.seed, args.backend, args.out.
-    """
-    data = args.data
-    if data is None:
-        from stp_edge.synthetic import write_benchmark
-
-        root = Path(args.out) if args.out is not None else Path("out/eval")
-        data = root / f"synthetic_{args.split}"
-        write_benchmark(data, split=args.split, num_videos=args.num_videos, seed=args.seed)
-    result = evaluate_bundle(args.bundle, data, backend=args.backend, out_dir=args.out,
-                             fmt=getattr(args, "format", "synthetic"), annotations=getattr(args, "annotations", None))
-    print(result.to_json())
-    return 0
+                            f"extensions {VIDEO_EXTENSIONS} and a directory of frames)")

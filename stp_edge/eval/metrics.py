@@ -1,0 +1,222 @@
+"""Frame-level metrics of anomaly scores and boxes.
+
+All over frames pooled across videos, as UCF-Crime / ShanghaiTech / UBnormal results are reported:
+- `auc`: ROC AUC of frame scores against frame labels (anomalous = 1);
+- `ap`: average precision (scikit-learn's step-wise definition, no interpolation);
+- per class, one-vs-normal: all frames of the normal videos plus all frames of that class's videos;
+- `tiou`: localization in the sense of the UCF-Crime spatio-temporal literature (Liu & Ma, "Exploring
+  Background-bias for Anomaly Detection in Surveillance Videos", ACM MM 2019, which annotated boxes on the
+  UCF-Crime test anomalies; STPrompt reports the same metric):
+
+      TIoU = (1 / N) * sum_{j=1..N} IoU(P_j, G_j) * [s_j >= threshold]
+
+  over the N frames that are anomalous and carry a ground-truth box G_j, where P_j is the predicted box of
+  frame j (the detector's top box) and s_j its frame score. A frame with no predicted box, or whose score is
+  below the threshold, contributes 0. Frames without a ground-truth box are not counted.
+
+Frame ranges everywhere are 0-based and half-open, [start, end).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stp_edge._deps import require
+from stp_edge.eval.datasets import VideoGroundTruth
+
+
+@dataclass
+class VideoPrediction:
+    """A detector's output for one video, expanded to frames.
+
+    Attributes:
+        scores: anomaly score per frame [F].
+        boxes: top predicted box per frame [F, 4] (x1, y1, x2, y2), NaN where none; None if not localizing.
+    """
+
+    scores: np.ndarray
+    boxes: np.ndarray | None = None
+
+
+@dataclass
+class EvalResult:
+    """Frame-level metrics; None where a metric is undefined (e.g. no anomalous frames)."""
+
+    auc: float | None
+    ap: float | None
+    tiou: float | None
+    threshold: float
+    per_class: dict[str, dict[str, Any]]
+    counts: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with keys auc, ap, tiou, threshold, per_class, counts."""
+        return {"auc": self.auc, "ap": self.ap, "tiou": self.tiou, "threshold": self.threshold,
+                "per_class": self.per_class, "counts": self.counts}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """JSON text of `to_dict()`."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def frame_auc_ap(scores: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
+    """ROC AUC and average precision of scores against 0/1 labels; (None, None) if only one class present."""
+    metrics = require("sklearn.metrics", "evaluation")
+    scores, labels = np.asarray(scores, float).ravel(), np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores has {scores.size} frames but labels has {labels.size}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"scores contain {int((~np.isfinite(scores)).sum())} non-finite values")
+    if labels.min(initial=0) == labels.max(initial=0):
+        return None, None
+    return (float(metrics.roc_auc_score(labels, scores)),
+            float(metrics.average_precision_score(labels, scores)))
+
+
+def rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC as the probability that a random positive outscores a random negative (ties count half).
+
+    NumPy only (no scikit-learn), for diagnostics on small sets; NaN when only one class is present.
+    """
+    labels, scores = np.asarray(labels).ravel(), np.asarray(scores, float).ravel()
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not pos.size or not neg.size:
+        return float("nan")
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (pos.size * neg.size))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of boxes [N,4] and [N,4] (x1, y1, x2, y2); NaN rows give 0."""
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area = lambda z: np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    return np.nan_to_num(iou, nan=0.0)
+
+
+def tiou(scores: np.ndarray, pred_boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray,
+         threshold: float = 0.5) -> tuple[float | None, int]:
+    """TIoU over anomalous frames with a ground-truth box (see the module docstring).
+
+    Args:
+        scores: frame scores [F].
+        pred_boxes: predicted top box per frame [F,4], NaN where none.
+        gt_boxes: ground-truth box per frame [F,4], NaN where none.
+        gt_labels: 0/1 anomalous frame labels [F].
+        threshold: a frame's IoU counts only if its score is >= threshold.
+
+    Returns:
+        (TIoU or None when no frame qualifies, number of frames averaged over).
+    """
+    scores = np.asarray(scores, float)
+    pred_boxes, gt_boxes = np.asarray(pred_boxes, float), np.asarray(gt_boxes, float)
+    n = scores.shape[0]
+    if pred_boxes.shape != (n, 4) or gt_boxes.shape != (n, 4) or np.shape(gt_labels) != (n,):
+        raise ValueError(f"shape mismatch: scores {scores.shape}, pred_boxes {pred_boxes.shape}, "
+                         f"gt_boxes {gt_boxes.shape}, gt_labels {np.shape(gt_labels)}; expected [F], [F,4], "
+                         "[F,4], [F]")
+    sel = (np.asarray(gt_labels) > 0) & np.all(np.isfinite(gt_boxes), axis=1)
+    if not sel.any():
+        return None, 0
+    iou = box_iou(pred_boxes[sel], gt_boxes[sel]) * (scores[sel] >= threshold)
+    return float(iou.mean()), int(sel.sum())
+
+
+def expand_snippets(values: np.ndarray, num_frames: int, snippet_len: int = 16,
+                    ranges: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """Per-snippet values -> per-frame values; snippet i covers frames [start_i, end_i).
+
+    By default snippet i covers [i * snippet_len, (i + 1) * snippet_len) clipped to the video. With explicit
+    `ranges`, frames no snippet covers take the value of the nearest covered frame (say, a video's tail that
+    was too short for a last snippet). Trailing dimensions are kept, so boxes [n,4] expand to [num_frames,4].
+    """
+    values = np.asarray(values)
+    n = values.shape[0]
+    if ranges is None:
+        ranges = [(i * snippet_len, min((i + 1) * snippet_len, num_frames)) for i in range(n)]
+    if len(ranges) != n:
+        raise ValueError(f"{n} snippet values but {len(ranges)} ranges")
+    out = np.full((num_frames, *values.shape[1:]), np.nan, dtype=np.float64)
+    covered = np.zeros(num_frames, bool)
+    for v, (s, e) in zip(values, ranges, strict=True):
+        if not 0 <= s < e:
+            raise ValueError(f"snippet range [{s}, {e}) is empty or negative")
+        out[s:min(e, num_frames)] = v
+        covered[s:min(e, num_frames)] = True
+    if not covered.any():
+        raise ValueError(f"no snippet covers any of the {num_frames} frames")
+    if not covered.all():
+        idx, frames = np.flatnonzero(covered), np.arange(num_frames)
+        pos = np.searchsorted(idx, frames)
+        after = idx[np.clip(pos, 0, len(idx) - 1)]  # first covered frame at or after each frame
+        before = idx[np.clip(pos - 1, 0, len(idx) - 1)]  # last covered frame before it
+        pick = np.where(np.abs(before - frames) <= np.abs(after - frames), before, after)
+        out[~covered] = out[pick[~covered]]
+    return out
+
+
+def evaluate_videos(gts: Sequence[VideoGroundTruth], preds: Mapping[str, VideoPrediction], *,
+                    threshold: float = 0.5) -> EvalResult:
+    """Pool frames over videos and compute AUC, AP, TIoU overall and per class (one-vs-normal).
+
+    Args:
+        gts: ground truth, one per video.
+        preds: predictions keyed by `VideoGroundTruth.name`; every ground-truth video must have one.
+        threshold: score threshold for TIoU gating.
+
+    Returns:
+        An `EvalResult`.
+
+    Raises:
+        ValueError: a video has no prediction, or prediction and ground truth disagree on the frame count.
+    """
+    missing = [g.name for g in gts if g.name not in preds]
+    if missing:
+        raise ValueError(f"no prediction for {len(missing)} video(s): {missing[:5]}")
+    per_video = []
+    for g in gts:
+        p = preds[g.name]
+        n = len(p.scores)
+        if g.num_frames is not None and g.num_frames != n:
+            raise ValueError(f"{g.name}: prediction has {n} frames, ground truth {g.num_frames}")
+        pb = p.boxes if p.boxes is not None else np.full((n, 4), np.nan)
+        if np.shape(pb) != (n, 4):
+            raise ValueError(f"{g.name}: boxes shape {np.shape(pb)}, expected ({n}, 4)")
+        per_video.append((g, np.asarray(p.scores, float), g.frame_labels(n), np.asarray(pb, float),
+                          g.box_array(n)))
+
+    def pooled(items: list) -> dict[str, Any]:
+        s = np.concatenate([it[1] for it in items])
+        y = np.concatenate([it[2] for it in items])
+        auc, ap = frame_auc_ap(s, y)
+        ti, n_box = tiou(s, np.concatenate([it[3] for it in items]), np.concatenate([it[4] for it in items]),
+                         y, threshold)
+        return {"auc": _finite(auc), "ap": _finite(ap), "tiou": _finite(ti) if ti is not None else None,
+                "videos": len(items), "frames": int(y.size), "anomalous_frames": int(y.sum()),
+                "box_frames": n_box}
+
+    overall = pooled(per_video)
+    normal = [it for it in per_video if not it[0].anomalous]
+    per_class = {}
+    for cls in sorted({it[0].label for it in per_video if it[0].anomalous}):
+        per_class[cls] = pooled(normal + [it for it in per_video if it[0].anomalous and it[0].label == cls])
+    counts = {"videos": len(per_video), "normal_videos": len(normal),
+              "anomalous_videos": len(per_video) - len(normal), "frames": overall["frames"],
+              "anomalous_frames": overall["anomalous_frames"], "box_frames": overall["box_frames"]}
+    return EvalResult(overall["auc"], overall["ap"], overall["tiou"], threshold, per_class, counts)
