@@ -15,6 +15,7 @@ $(STAMP): requirements/ci.txt setup.py
 	# so it is installed without them and only its data file is read (never imported).
 	$(PY) -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ./demo_model
 	# TensorRT 10.13's type stubs, for the test that checks export/trt_build.py's API use (the builder itself
 	# cannot be installed here). Unpacked beside the venv, never into site-packages: a `tensorrt` package of
 	# .pyi files there would make `import tensorrt` succeed and fool the runtime's backend detection.

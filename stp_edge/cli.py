@@ -5,7 +5,7 @@
     stp-edge build-engines BUNDLE [--precision fp16|fp32]               stp_edge.export.trt_build
     stp-edge run SOURCE --bundle B [--jsonl OUT]                        stp_edge.api.run_video
     stp-edge info BUNDLE                                                stp_edge.bundle.Bundle
-    stp-edge eval ... / stp-edge demo --out DIR                         stp_edge.evaluate / stp_edge.demo
+    stp-edge eval ... / stp-edge demo --out DIR                         stp_edge.eval / stp_edge.demo
 
 Library errors (bad bundle, unreadable video, missing dependency, ...) are printed as one line and exit with
 code 2; bugs keep their traceback.
@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a labelled (synthetic) benchmark: frame AUC, localisation."""
-    from stp_edge.evaluate import evaluate_cli
+    from stp_edge.eval.run import evaluate_cli
 
     return int(evaluate_cli(args) or 0)
 
