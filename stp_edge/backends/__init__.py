@@ -149,8 +149,9 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
         gpu_name, cc = cuda_device_info(device)
         engine = bundle.select_engine(tensorrt_version=load_trt().__version__, compute_capability=cc,
                                       gpu_name=gpu_name)
+        profiles = engine.build_flags.get("profiles") or {}
         return {g: TrtRunner(bundle.plan_path(engine, g), device=device, name=f"{g}.plan",
-                             allow_host_code=allow_host_code) for g in names}
+                             allow_host_code=allow_host_code, profiles=profiles.get(g)) for g in names}
     if backend not in ORT_PROVIDERS:
         raise ValueError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
     from stp_edge.backends.ort import OrtRunner

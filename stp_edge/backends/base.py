@@ -63,6 +63,28 @@ def feed_layout(value: Any) -> tuple[tuple[int, ...], np.dtype, int | None]:
     raise InputError(f"feed must be a numpy array or a CUDA device array, got {type(value).__name__}")
 
 
+def profile_max_batch(profiles: Mapping[str, Any] | None) -> int | None:
+    """Largest dim 0 every input of one optimisation profile accepts ({input: (min, opt, max)}), or None."""
+    if not profiles:
+        return None
+    return min(int(shapes[2][0]) for shapes in profiles.values())
+
+
+def batch_rows(value: Any, start: int, stop: int) -> Any:
+    """Rows [start, stop) of a feed along dim 0, without copying.
+
+    A NumPy view, or for a device buffer a `DeviceArray` at the offset pointer (same dtype, same producer stream).
+    """
+    if isinstance(value, np.ndarray):
+        return value[start:stop]
+    from stp_edge.cuda.memory import DeviceArray
+
+    shape, dtype, ptr = feed_layout(value)
+    row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    stream = value.__cuda_array_interface__.get("stream")
+    return DeviceArray(ptr + start * row, (stop - start, *shape[1:]), dtype, stream=stream)
+
+
 def check_feeds(feeds: Mapping[str, Any], specs: Mapping[str, TensorSpec], *, where: str = "",
                 allow_device: bool = False) -> None:
     """Raise InputError unless `feeds` has exactly the inputs of `specs` with matching dtype, rank and static dims."""
@@ -97,6 +119,9 @@ class Runner(abc.ABC):
     """
 
     accepts_device_feeds = False
+    # True where infer() makes its own CUDA stream wait on the `stream` of a device feed's
+    # __cuda_array_interface__ (an event, no host sync), so a producer may hand over unsynchronised work.
+    waits_on_feed_streams = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -162,6 +187,28 @@ class Runner(abc.ABC):
         out = self.infer_impl(feeds)
         self.last_inference_ms = (time.perf_counter() - start) * 1e3
         return out
+
+    def max_batch(self) -> int | None:
+        """Largest batch (dim 0 of every input) one `infer()` call accepts; None when unlimited.
+
+        TensorRT plans accept only their optimisation profile's range; ONNX Runtime and torch take any batch.
+        """
+        return None
+
+    def infer_batched(self, feeds: Mapping[str, Any], *, check_inputs: bool = True) -> dict[str, np.ndarray]:
+        """`infer()` in chunks of at most `max_batch()` rows along dim 0 of every feed; outputs concatenated.
+
+        Every graph of a bundle is batched along dim 0 of all its inputs and outputs (docs/architecture.md), so
+        chunking changes nothing but the number of calls.
+        """
+        limit = self.max_batch()
+        shapes = [feed_layout(v)[0] for v in feeds.values()]
+        n = shapes[0][0] if shapes and all(s and s[0] == shapes[0][0] for s in shapes) else None
+        if limit is None or n is None or n <= limit:
+            return self.infer(feeds, check_inputs=check_inputs)  # mismatched batches: infer() names them
+        parts = [self.infer({k: batch_rows(v, i, min(i + limit, n)) for k, v in feeds.items()},
+                           check_inputs=check_inputs) for i in range(0, n, limit)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     @abc.abstractmethod
     def activate_impl(self) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from stp_edge._deps import MissingDependencyError, require
-from stp_edge.backends.base import InputError, Runner, RunnerError, TensorSpec, feed_layout
+from stp_edge.backends.base import InputError, Runner, RunnerError, TensorSpec, feed_layout, profile_max_batch
 
 TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
 
@@ -160,16 +160,20 @@ class TrtRunner(Runner):
             other CUDA users (CuPy, ORT, the CUDA preprocessor) on that device.
         name: Runner name used in messages (default: the file name).
         allow_host_code: Let TensorRT run the lean runtime embedded in a version-compatible plan.
+        profiles: The plan's optimisation profile as the manifest records it ({input: [min, opt, max]}), so
+            `max_batch()` is known before the plan is loaded; None: read from the plan once active.
     """
 
     accepts_device_feeds = True
+    waits_on_feed_streams = True
 
     def __init__(self, plan_path: str | os.PathLike, *, device: int = 0, name: str | None = None,
-                 allow_host_code: bool = False) -> None:
+                 allow_host_code: bool = False, profiles: Mapping[str, Any] | None = None) -> None:
         self.plan_path = Path(plan_path)
         super().__init__(name or self.plan_path.name)
         self.device = device
         self.allow_host_code = allow_host_code
+        self.profiles = dict(profiles) if profiles else None
         self.trt: ModuleType | None = None
         self._reset_handles()
 
@@ -245,6 +249,15 @@ class TrtRunner(Runner):
 
     def output_names_impl(self) -> list[str]:
         return list(self._outputs)
+
+    def max_batch(self) -> int | None:
+        """Largest batch of the plan's optimisation profile (recorded in the manifest, or read from the plan)."""
+        if self.profiles is not None:
+            return profile_max_batch(self.profiles)
+        if not self.is_active:
+            return None
+        profiles = {n: p for n in self._inputs if (p := self._profile(n)) is not None}
+        return profile_max_batch(profiles)
 
     def _profile(self, name: str) -> tuple[Sequence[int], Sequence[int], Sequence[int]] | None:
         if any(int(d) < 0 for d in self.engine.get_tensor_shape(name)) and self.engine.num_optimization_profiles:

@@ -13,6 +13,9 @@ from typing import Any
 
 from stp_edge.bundle.errors import ManifestError
 
+Shape = tuple[int, ...]
+Profile = tuple[Shape, Shape, Shape]  # (min, opt, max)
+
 
 def gpu_slug(gpu_name: str) -> str:
     """File-system friendly GPU name: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
@@ -22,6 +25,50 @@ def gpu_slug(gpu_name: str) -> str:
 def engine_dir_name(gpu_name: str, precision: str) -> str:
     """Relative directory of one engine set: `engines/<gpu-slug>-<precision>`."""
     return f"engines/{gpu_slug(gpu_name)}-{precision}"
+
+
+def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1,
+                     max_snippets: int | None = None) -> dict[str, dict[str, Profile]]:
+    """One optimisation profile per graph: input name -> (min, opt, max) shapes.
+
+    Used by the TensorRT builder (`stp-edge build-engines`) and by ONNX Runtime's TensorRT provider, so both
+    build engines for the same ranges. B (snippets, possibly from several streams) ranges over 1..max_batch;
+    the temporal graph's T over 1..max_snippets with its optimum at the streaming window 2c+1
+    (c = `config.context`), the shape every streamed snippet runs. max_snippets defaults to that window:
+    TensorRT sizes activation memory for the largest shape, and on an edge device a long offline T (the
+    whole-video `offline_scores` reference) is better run with ONNX Runtime. In crops mode the encoder also
+    encodes R2 crops per image in one call, so its batch goes up to max_batch * R2.
+
+    Args:
+        config: The bundle's `STPromptConfig`.
+        max_batch: Largest batch of snippets.
+        opt_batch: Batch TensorRT tunes its kernels for.
+        max_snippets: Largest temporal window T (default: the streaming window 2c+1).
+
+    Raises:
+        ValueError: A batch or snippet bound is not positive or the optimum lies outside [1, max].
+    """
+    window = 2 * config.context + 1
+    max_snippets = window if max_snippets is None else max_snippets
+    if max_batch < 1 or not 1 <= opt_batch <= max_batch:
+        raise ValueError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}")
+    if max_snippets < window:
+        raise ValueError(f"max_snippets={max_snippets} is smaller than the streaming window 2c+1={window}; "
+                         f"streaming could not run")
+    v, r2, e = config.vision, config.num_regions, config.vision.embed_dim
+    s = v.image_size
+    enc_max = max_batch * r2 if config.region_mode == "crops" else max_batch
+
+    def batched(rest: Shape, opt_t: int | None = None) -> Profile:
+        if opt_t is None:
+            return (1, *rest), (opt_batch, *rest), (max_batch, *rest)
+        return (1, 1, *rest), (opt_batch, opt_t, *rest), (max_batch, max_snippets, *rest)
+
+    return {
+        "encoder": {"images": ((1, 3, s, s), (opt_batch, 3, s, s), (enc_max, 3, s, s))},
+        "temporal": {"frame_emb": batched((e,), window), "region_emb": batched((r2, e), window)},
+        "spatial": {"region_emb": batched((r2, e))},
+    }
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,9 @@ class EncodedBatch:
 class Encoder:
     """Preprocess the sampled frames of snippets, run the encoder graph, pool regions, average per snippet.
 
-    All sampled frames of a batch go through the encoder in one call, or in chunks of the preprocessor's
-    `max_batch` (the CUDA preprocessor overwrites its output buffer on every call).
+    All sampled frames of a batch go through the encoder in one call, or in chunks of the smaller of the
+    preprocessor's `max_batch` (the CUDA preprocessor overwrites its output buffer on every call) and the
+    runner's `max_batch()` (a TensorRT plan's profile); crops mode chunks its R2 crops per image the same way.
     """
 
     def __init__(self, runner: Runner, preprocess: Preprocess, config: STPromptConfig) -> None:
@@ -131,7 +132,8 @@ class Encoder:
         cfg = self.config
         k = cfg.frames_per_snippet
         frames = [f for s in snippets for f in s.frames]
-        chunk = int(getattr(self.preprocess, "max_batch", 0) or len(frames))
+        limits = [getattr(self.preprocess, "max_batch", None), self.runner.max_batch()]
+        chunk = min([int(n) for n in limits if n] or [len(frames)])
         frame_parts, region_parts = [], []
         timings = {"preprocess": 0.0, "encoder": 0.0}
         for i in range(0, len(frames), chunk):
@@ -151,11 +153,11 @@ class Encoder:
     def encode_images(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """Encoder and region features of preprocessed images: frame_emb [n, E], region_emb [n, R2, E]."""
         cfg = self.config
-        enc = self.runner.infer({"images": images})
+        enc = self.runner.infer_batched({"images": images})
         if cfg.region_mode == "tokens":
             return enc["frame_emb"], pool_regions(enc["patch_emb"], cfg.vision.grid, cfg.region_grid)
         if is_device_array(images):
             raise ValueError("crops mode cuts the preprocessed images on the host; use preprocess='cpu'")
         crops = make_crops(np.asarray(images), cfg.region_grid)
-        region_emb = self.runner.infer({"images": crops})["frame_emb"]
+        region_emb = self.runner.infer_batched({"images": crops})["frame_emb"]
         return enc["frame_emb"], region_emb.reshape(len(images), cfg.num_regions, -1)

@@ -44,7 +44,10 @@ class SpatialOutput:
 
 
 class SpatialHead:
-    """Runs the spatial graph on the region features of the gated snippets, in one call."""
+    """Runs the spatial graph on the region features of the gated snippets, in one call.
+
+    Or in chunks of the runner's `max_batch()`: a flush emits up to c+1 snippets per stream at once.
+    """
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
@@ -54,6 +57,6 @@ class SpatialHead:
         if not region_emb:
             return []
         t0 = time.perf_counter()
-        scores = self.runner.infer({"region_emb": np.stack(region_emb)})["region_scores"]
+        scores = self.runner.infer_batched({"region_emb": np.stack(region_emb)})["region_scores"]
         ms = (time.perf_counter() - t0) * 1e3
         return [SpatialOutput(np.asarray(s, dtype=np.float32), anomaly_map(s), ms) for s in scores]

@@ -2,7 +2,7 @@
 
 In: `Window`s cut from the feature rings by the scheduler (the snippet's features with up to c neighbours on
 each side). Out: one `TemporalOutput` per window, the score and class probabilities of its target snippet.
-Windows of equal length, from any streams, share one graph call.
+Windows of equal length, from any streams, share one graph call (in chunks of the runner's `max_batch()`).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class TemporalHead:
         out: list[TemporalOutput | None] = [None] * len(windows)
         for members in groups.values():
             t0 = time.perf_counter()
-            res = self.runner.infer({"frame_emb": np.stack([windows[i].frame_emb for i in members]),
-                                     "region_emb": np.stack([windows[i].region_emb for i in members])})
+            res = self.runner.infer_batched({"frame_emb": np.stack([windows[i].frame_emb for i in members]),
+                                             "region_emb": np.stack([windows[i].region_emb for i in members])})
             ms = (time.perf_counter() - t0) * 1e3
             for g, i in enumerate(members):
                 pos = windows[i].position
