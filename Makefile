@@ -5,15 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: demo test lint venv clean kernels
+.PHONY: demo test lint venv clean kernels check-install
 
 $(STAMP): requirements/ci.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/ci.txt
-	# CLIP's BPE vocabulary ships inside open-clip-torch; its declared deps (torchvision) break the CPU torch,
-	# so it is installed without them and only its data file is read (never imported).
-	$(PY) -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ./demo_model
 	# TensorRT 10.13's type stubs, for the test that checks export/trt_build.py's API use (the builder itself
@@ -40,10 +37,17 @@ demo: $(STAMP)
 ## make test: lint, then the whole CPU test suite (GPU tests skip themselves without CUDA).
 test: $(STAMP) $(TRT_VENV)/.installed
 	$(VENV)/bin/ruff check .
+	# Python 3.10 (Jetson, JetPack 6) is the oldest supported: fail on newer-only syntax and stdlib names.
+	$(VENV)/bin/vermin --no-tips -t=3.10- --violations --eval-annotations stp_edge export kernels scripts tests \
+		benchmarks setup.py
 	STP_EDGE_TRT_PYTHON=$$(test -f $(TRT_VENV)/.installed && echo $(CURDIR)/$(TRT_VENV)/bin/python) $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+## make check-install: build the wheel, install it non-editable into fresh venvs outside the checkout, run it.
+check-install: $(STAMP)
+	scripts/check_install.sh
 
 ## make kernels: compile kernels/preprocess.cu for every listed architecture (needs nvcc).
 kernels:

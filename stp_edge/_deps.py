@@ -10,7 +10,9 @@ EXTRA_FOR = {
     "torch": "export",
     "onnx": "export",
     "onnxsim": "export",
+    "onnxscript": "export",
     "safetensors": "export",
+    "regex": "export",
     "onnxruntime": "ort",
     "tensorrt": "trt",
     "tensorrt_lean": "trt",
@@ -34,3 +36,14 @@ def require(module: str, purpose: str = "") -> ModuleType:
         hint = f"pip install 'stp-edge[{extra}]'" if extra else f"pip install {top}"
         why = f" (needed for {purpose})" if purpose else ""
         raise MissingDependencyError(f"{module} is not installed{why}: {hint}. Original error: {exc}") from exc
+
+
+def explain(exc: BaseException) -> str:
+    """`exc` as one line; a missing module that an extra provides gets that extra's install hint.
+
+    For the CLI's one-line errors: `import torch` inside the export code raises a bare ModuleNotFoundError ("No
+    module named 'torch'"), which this turns into `pip install 'stp-edge[export]'`.
+    """
+    top = (exc.name or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    extra = EXTRA_FOR.get(top)
+    return f"{top} is not installed: pip install 'stp-edge[{extra}]'. Original error: {exc}" if extra else str(exc)

@@ -1,11 +1,24 @@
-"""CLIP BPE tokenizer: known ids and agreement with open-clip's own tokenizer (loaded by file path)."""
+"""CLIP BPE tokenizer: known ids, agreement with open-clip's tokenizer, and the packaged vocabulary."""
 
-import importlib.util
+import hashlib
 
 import numpy as np
 import pytest
 
-from stp_edge.model.tokenizer import Tokenizer, find_bpe_file
+from stp_edge.model import tokenizer as tokenizer_mod
+from stp_edge.model.tokenizer import BPE_PATH, Tokenizer, find_bpe_file
+
+# sha256 of openai/CLIP's clip/bpe_simple_vocab_16e6.txt.gz (also in stp_edge/model/assets/README)
+BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+
+# Ids from open_clip 3.3.0's SimpleTokenizer().encode(text) (recorded once; open_clip is no longer installed).
+OPEN_CLIP_IDS = {
+    "Hello, world! It's 2024.": [3306, 267, 1002, 256, 585, 568, 273, 271, 273, 275, 269],
+    "a man is fighting   in the street": [320, 786, 533, 4652, 530, 518, 2012],
+    "naïve café &amp; rock'n'roll": [1097, 35689, 563, 15304, 261, 2172, 262, 333, 262, 3341],
+    "an object left behind": [550, 14115, 1823, 2403],
+    "X X X X road accident.": [343, 343, 343, 343, 1759, 6608, 269],
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +39,30 @@ def test_round_trip_and_too_long(tok):
         tok("a photo of a dog", context_length=4)
 
 
-def test_agrees_with_open_clip_tokenizer(tok):
-    path = find_bpe_file().parent / "tokenizer.py"
-    if not path.is_file():
-        pytest.skip("open_clip's tokenizer.py is not installed beside the vocabulary")
-    spec = importlib.util.spec_from_file_location("_open_clip_tokenizer", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # this file imports only torch/ftfy/regex, not open_clip or torchvision
-    ref = mod.SimpleTokenizer()
-    texts = ["Hello, world! It's 2024.", "a man is fighting   in the street", "naïve café &amp; rock'n'roll",
-             "an object left behind", "X X X X road accident."]
-    for text in texts:
-        assert tok.encode(text) == ref.encode(text), text
+@pytest.mark.parametrize("text", list(OPEN_CLIP_IDS))
+def test_agrees_with_open_clip_tokenizer(tok, text):
+    assert tok.encode(text) == OPEN_CLIP_IDS[text]
+
+
+def test_vocabulary_is_packaged_with_its_license(monkeypatch):
+    monkeypatch.delenv("STP_EDGE_BPE_PATH", raising=False)
+    assert find_bpe_file() == BPE_PATH
+    assert hashlib.sha256(BPE_PATH.read_bytes()).hexdigest() == BPE_SHA256
+    assert "Copyright (c) 2021 OpenAI" in (BPE_PATH.parent / "LICENSE-CLIP").read_text()
+
+
+def test_env_override(tmp_path, monkeypatch):
+    copy = tmp_path / "vocab.txt.gz"
+    copy.write_bytes(BPE_PATH.read_bytes())
+    monkeypatch.setenv("STP_EDGE_BPE_PATH", str(copy))
+    assert find_bpe_file() == copy
+    monkeypatch.setenv("STP_EDGE_BPE_PATH", str(tmp_path / "missing.gz"))
+    with pytest.raises(FileNotFoundError, match="STP_EDGE_BPE_PATH"):
+        find_bpe_file()
+
+
+def test_missing_package_data_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("STP_EDGE_BPE_PATH", raising=False)
+    monkeypatch.setattr(tokenizer_mod, "BPE_PATH", tmp_path / "assets" / "gone.txt.gz")
+    with pytest.raises(FileNotFoundError, match="package data"):
+        find_bpe_file()

@@ -1,8 +1,8 @@
 """CLIP's byte-level BPE tokenizer.
 
-The merges file (`bpe_simple_vocab_16e6.txt.gz`, 49,152 lines) is not committed; it is read from the
-open-clip-torch distribution, which is installed with `--no-deps` and never imported (its declared
-dependencies pull torchvision, which breaks beside the CPU torch). Set STP_EDGE_BPE_PATH to use another copy.
+The merges file (`bpe_simple_vocab_16e6.txt.gz`, 49,152 lines) ships as package data in `assets/`, unchanged
+from openai/CLIP under its MIT license (assets/LICENSE-CLIP), as CLIP implementations ship it. Set
+STP_EDGE_BPE_PATH to use another copy.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import gzip
 import html
-import importlib.util
 import itertools
 import os
 from collections.abc import Iterable
@@ -19,29 +18,22 @@ from pathlib import Path
 import numpy as np
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
+BPE_PATH = Path(__file__).parent / "assets" / BPE_FILENAME
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 # Words are letters runs, single digits, or runs of other non-space symbols; contractions are split off.
 _PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 def find_bpe_file() -> Path:
-    """Locate CLIP's BPE merges file without importing the package that ships it."""
+    """Locate CLIP's BPE merges file: STP_EDGE_BPE_PATH when set, else the copy packaged in assets/."""
     env = os.environ.get("STP_EDGE_BPE_PATH")
     if env:
         if not Path(env).is_file():
             raise FileNotFoundError(f"STP_EDGE_BPE_PATH={env} does not exist")
         return Path(env)
-    for pkg in ("open_clip", "clip"):
-        spec = importlib.util.find_spec(pkg)  # finds the package directory; does not execute it
-        if spec and spec.submodule_search_locations:
-            for loc in spec.submodule_search_locations:
-                candidate = Path(loc) / BPE_FILENAME
-                if candidate.is_file():
-                    return candidate
-    raise FileNotFoundError(
-        f"CLIP's BPE vocabulary ({BPE_FILENAME}) was not found. Install it with "
-        "`pip install --no-deps open-clip-torch` or set STP_EDGE_BPE_PATH to the file."
-    )
+    if not BPE_PATH.is_file():
+        raise FileNotFoundError(f"{BPE_PATH} is missing: stp-edge was installed without its package data")
+    return BPE_PATH
 
 
 @functools.lru_cache
