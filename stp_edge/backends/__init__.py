@@ -15,6 +15,7 @@ from typing import Any
 
 BACKENDS = ("trt", "ort-cuda", "ort-trt", "ort-cpu")
 BACKEND_CHOICES = ("auto", "ort", *BACKENDS)
+TRITON_SCHEME = "triton://"  # backend names "triton://HOST:PORT": graphs served by Triton (backends/triton.py)
 ORT_PROVIDERS = {
     "ort-cpu": ("CPUExecutionProvider",),
     "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
@@ -123,6 +124,11 @@ def resolve_backend(requested: str, bundle: Any = None, device: int = 0) -> str:
     """
     if requested == "ort-cpu":
         return requested
+    if requested.startswith(TRITON_SCHEME):  # a served bundle: nothing to probe here (see `create_runners`)
+        from stp_edge.backends.triton import parse_triton_url
+
+        parse_triton_url(requested)
+        return requested
     return select_backend(requested, probe_availability(bundle, device))
 
 
@@ -143,6 +149,14 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
 
     names = GRAPH_NAMES if graphs is None else tuple(graphs)
 
+    if backend.startswith(TRITON_SCHEME):
+        # "triton://HOST:PORT": each graph runs on a Triton server as the model named after it
+        # (stp_edge.scale.serve); tritonclient is imported when a runner activates.
+        from stp_edge.backends.triton import TritonRunner, parse_triton_url
+
+        url = parse_triton_url(backend)
+        return {g: TritonRunner(url, g) for g in names}
+
     if backend == "trt":
         from stp_edge.backends.trt import TrtRunner, cuda_device_info, load_trt
 
@@ -160,5 +174,5 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
                          name=f"{g}.onnx ({backend})") for g in names}
 
 
-__all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "Availability", "create_runners", "probe_availability",
-           "resolve_backend", "select_backend"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "TRITON_SCHEME", "Availability", "create_runners",
+           "probe_availability", "resolve_backend", "select_backend"]
