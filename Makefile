@@ -30,12 +30,23 @@ $(TRT_VENV)/.installed:
 	-$(PYTHON) -m venv $(TRT_VENV) && $(TRT_VENV)/bin/python -m pip install --quiet numpy \
 		tensorrt-lean-cu13-bindings==11.4.0.106 tensorrt-lean-cu13-libs==11.4.0.106 && touch $@
 
+# PyTriton's Triton server (a real tritonserver whose only backend is Python) for tests/test_triton.py and
+# benchmarks/bench_triton.py, in a venv made from the system interpreter: its backend stub links the system's
+# libpython, and a venv from another 3.11 build fails at model load (`RLock._recursion_count`). PyTriton needs
+# numpy < 2. Best effort: without it the served-Detector tests skip with their reason.
+TRITON_PYTHON ?= /usr/bin/python3.11
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.installed:
+	-$(TRITON_PYTHON) -m venv $(TRITON_VENV) && echo '*' > $(TRITON_VENV)/.gitignore \
+		&& $(TRITON_VENV)/bin/python -m pip install --quiet nvidia-pytriton==0.7.0 onnxruntime==1.32.0 numpy==1.26.4 \
+		&& touch $@
+
 ## make demo: export the embedded demo model, run the torch-free runtime on a generated clip.
 demo: $(STAMP)
 	$(VENV)/bin/stp-edge demo --out $(OUT)
 
 ## make test: lint, then the whole CPU test suite (GPU tests skip themselves without CUDA).
-test: $(STAMP) $(TRT_VENV)/.installed
+test: $(STAMP) $(TRT_VENV)/.installed $(TRITON_VENV)/.installed
 	$(VENV)/bin/ruff check .
 	# Python 3.10 (Jetson, JetPack 6) is the oldest supported: fail on newer-only syntax and stdlib names.
 	$(VENV)/bin/vermin --no-tips -t=3.10- --violations --eval-annotations stp_edge export kernels scripts tests \
