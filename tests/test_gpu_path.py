@@ -102,3 +102,158 @@ def test_profile_max_batch_and_device_rows():
     assert (part.ptr, part.shape, part.stream) == (0x1000 + 2 * 3 * 2 * 2, (2, 3, 2), 7)
     host = np.arange(10).reshape(5, 2)
     assert np.shares_memory(batch_rows(host, 1, 3), host)
+
+
+# --- 3. engine selection across platforms and TensorRT versions ---------------------------------------------
+X86_A100 = {"os": "linux", "arch": "x86_64", "integrated": False}
+ORIN = {"os": "linux", "arch": "aarch64", "integrated": True}
+
+
+def _engine(**kw):
+    from stp_edge.bundle.engines import EngineInfo
+
+    base = dict(dir="engines/nvidia-a100-fp16", precision="fp16", tensorrt_version="10.3.0.26",
+                gpu_name="NVIDIA A100", compute_capability="8.0", platform=X86_A100)
+    base.update(kw)
+    return EngineInfo(**base)
+
+
+def test_host_platform_normalises_names():
+    from stp_edge.bundle.engines import host_platform
+
+    assert host_platform(True, system="Linux", machine="arm64") == ORIN
+    assert host_platform(False, system="Linux", machine="AMD64") == X86_A100
+    assert host_platform(None, system="Linux", machine="x86_64")["integrated"] is None
+
+
+def test_an_x86_a100_plan_is_never_selected_on_an_orin():
+    from stp_edge.bundle.engines import engine_mismatches, select_engine
+
+    orin = dict(tensorrt_version="10.3.0.26", compute_capability="8.7", gpu_name="Orin", platform=ORIN)
+    for flags in ({}, {"hardware_compatibility": "ampere_plus"}, {"version_compatible": True,
+                                                                  "hardware_compatibility": "ampere_plus"}):
+        why = engine_mismatches(_engine(build_flags=flags), **orin)
+        assert any(w.startswith("platform: engine built on linux x86_64, discrete GPU, this is linux aarch64, "
+                                "integrated GPU") for w in why), why
+    # Even an entry without a recorded platform: hardware compatibility is not for integrated GPUs.
+    hw = _engine(platform={}, build_flags={"hardware_compatibility": "ampere_plus"})
+    assert "not supported on integrated GPUs" in " ".join(engine_mismatches(hw, **orin))
+    same = _engine(platform=ORIN, gpu_name="Orin", compute_capability="8.7")
+    assert select_engine([_engine(), same], **orin)[0] is same
+
+
+def test_full_version_and_version_compatible_plans_follow_the_support_matrix():
+    from stp_edge.bundle.engines import engine_mismatches
+
+    env = dict(compute_capability="8.0", platform=X86_A100)
+    assert engine_mismatches(_engine(), tensorrt_version="10.3.0.26", **env) == []
+    assert "runtime is 10.3.0.30" in engine_mismatches(_engine(), tensorrt_version="10.3.0.30", **env)[0]
+    vc = _engine(build_flags={"version_compatible": True})
+    assert engine_mismatches(vc, tensorrt_version="10.13.0.35", **env) == []
+    assert engine_mismatches(vc, tensorrt_version="11.4.0.106", **env) == []  # 10.x plans on TensorRT 11
+    assert engine_mismatches(vc, tensorrt_version="10.2.0.1", **env)  # never on an older runtime
+    old = _engine(tensorrt_version="8.6.1.6", build_flags={"version_compatible": True})
+    assert engine_mismatches(old, tensorrt_version="10.13.0.35", **env) == []
+    assert "from 10.0" in engine_mismatches(old, tensorrt_version="11.4.0.106", **env)[0]
+
+
+def test_the_lean_runtime_only_considers_version_compatible_plans():
+    from stp_edge.bundle.engines import select_engine
+
+    plain = _engine(tensorrt_version="11.4.0.106")
+    vc = _engine(dir="engines/vc", build_flags={"version_compatible": True})
+    env = dict(tensorrt_version="11.4.0.106", compute_capability="8.0", gpu_name="NVIDIA A100", platform=X86_A100)
+    assert select_engine([plain, vc], **env)[0] is plain
+    chosen, reasons = select_engine([plain, vc], **env, lean_runtime=True)
+    assert chosen is vc and "loads only version-compatible plans" in reasons[0]
+
+
+def test_engine_entry_round_trips_its_platform():
+    from stp_edge.bundle.engines import EngineInfo
+
+    e = _engine()
+    assert EngineInfo.from_dict(e.to_dict()) == e and e.to_dict()["platform"] == X86_A100
+    legacy = {k: v for k, v in e.to_dict().items() if k != "platform"}
+    assert EngineInfo.from_dict(legacy).platform == {} and "platform" not in EngineInfo.from_dict(legacy).to_dict()
+
+
+class RefusedPlanRunner(ProfileRunner):
+    """A TensorRT runner stand-in whose plan TensorRT refused (what `deserialize_plan` raises)."""
+
+    def __init__(self, plan_path, inner: Runner) -> None:
+        super().__init__(inner, {})
+        self.plan_path = plan_path
+
+    def activate_impl(self) -> None:
+        from stp_edge.backends.base import PlanLoadError
+
+        raise PlanLoadError(f"{self.plan_path}: TensorRT cannot deserialise this plan", plan=self.plan_path)
+
+
+def test_a_plan_that_fails_to_load_falls_back_to_ort_under_auto_only(handmade_bundle):
+    from stp_edge.backends import activate_runners, create_runners
+    from stp_edge.backends.base import RunnerError
+
+    bundle = Bundle.load(handmade_bundle)
+    made = []
+
+    def make(b, backend, device, **kw):
+        if backend != "trt":
+            return create_runners(b, backend, device, **kw)
+        runners = {g: (OrtRunner(b.graph_path(g)) if g == "encoder" else
+                       RefusedPlanRunner(b.path / "engines/x/temporal.plan", OrtRunner(b.graph_path(g))))
+                   for g in ("encoder", "temporal", "spatial")}
+        made.append(runners)
+        return runners
+
+    warnings: list[str] = []
+    backend, runners = activate_runners(bundle, "trt", requested="auto", warn=warnings.append, make_runners=make)
+    assert backend == "ort-cpu" and all(r.is_active for r in runners.values())
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "falling back to onnxruntime (ort-cpu)" in warnings[0]
+    assert "stp-edge build-engines" in warnings[0]
+    assert not any(r.is_active for r in made[0].values())  # the encoder that did load was released
+    for r in runners.values():
+        r.deactivate()
+    with pytest.raises(RunnerError, match="cannot deserialise.*stp-edge build-engines") as err:
+        activate_runners(bundle, "trt", requested="trt", warn=warnings.append, make_runners=make)
+    assert len(warnings) == 1 and "\n" not in str(err.value)
+
+
+def test_plan_load_message_names_both_sides_and_the_rebuild():
+    from stp_edge.backends.trt import TrtEnvironment, plan_load_message
+
+    env = TrtEnvironment("tensorrt_lean", "11.4.0.106", "NVIDIA Jetson AGX Orin", "8.7", ORIN)
+    msg = plan_load_message("b.stp/engines/a/encoder.plan", _engine(), env, "b.stp")
+    assert msg == ("b.stp/engines/a/encoder.plan: TensorRT could not deserialise the plan: built with TensorRT "
+                   "10.3.0.26 on NVIDIA A100 (sm 8.0, linux x86_64, discrete GPU); this machine runs TensorRT "
+                   "11.4.0.106 (lean runtime) on NVIDIA Jetson AGX Orin (sm 8.7, linux aarch64, integrated GPU). "
+                   "Rebuild it here: stp-edge build-engines b.stp --precision fp16 --version-compatible")
+
+
+# --- 6. ONNX Runtime's TensorRT provider ------------------------------------------------------------------
+def test_ort_tensorrt_provider_options_carry_profiles_timing_cache_and_fp16(handmade_bundle, tmp_path):
+    from stp_edge.backends.ort import trt_provider_options
+    from stp_edge.bundle.engines import default_profiles
+
+    cfg = Bundle.load(handmade_bundle).config
+    profiles = default_profiles(cfg, max_batch=4)["temporal"]
+    opts = trt_provider_options(1, fp16=True, cache_dir=tmp_path, profiles=profiles)
+    e, r2, window = cfg.vision.embed_dim, cfg.num_regions, 2 * cfg.context + 1
+    assert opts["trt_profile_min_shapes"] == f"frame_emb:1x1x{e},region_emb:1x1x{r2}x{e}"
+    assert opts["trt_profile_opt_shapes"] == f"frame_emb:1x{window}x{e},region_emb:1x{window}x{r2}x{e}"
+    assert opts["trt_profile_max_shapes"] == f"frame_emb:4x{window}x{e},region_emb:4x{window}x{r2}x{e}"
+    assert opts["trt_fp16_enable"] is True and opts["device_id"] == 1
+    assert opts["trt_timing_cache_enable"] is True and opts["trt_timing_cache_path"] == str(tmp_path)
+    assert opts["trt_engine_cache_enable"] is True
+    assert "trt_profile_min_shapes" not in trt_provider_options(0, fp16=False, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        trt_provider_options(0, fp16=False, cache_dir=tmp_path, profiles={"x": ((2,), (1,), (4,))})
+
+
+def test_ort_trt_runners_get_the_bundle_profiles(handmade_bundle):
+    from stp_edge.backends import create_runners
+
+    bundle = Bundle.load(handmade_bundle)
+    runners = create_runners(bundle, "ort-trt", ort_trt_fp16=True)
+    opts = runners["spatial"]._provider_options("TensorrtExecutionProvider")
+    assert opts["trt_fp16_enable"] and opts["trt_profile_max_shapes"].startswith("region_emb:16x")

@@ -10,6 +10,8 @@ benchmarks alike:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,26 +85,24 @@ def probe_availability(bundle: Any = None, device: int = 0) -> Availability:
     reasons: list[str] = []
     have_trt = have_pycuda = plans = have_ort = False
     providers: tuple[str, ...] = ()
-    trt_version = gpu_name = cc = None
     try:
         from stp_edge.backends.trt import load_trt
 
-        trt_version = load_trt().__version__
+        load_trt()
         have_trt = True
     except ImportError as exc:
         reasons.append(f"TensorRT: {exc}")
     try:
         from stp_edge.backends.trt import cuda_device_info
 
-        gpu_name, cc = cuda_device_info(device)
+        cuda_device_info(device)
         have_pycuda = True
     except Exception as exc:  # ImportError, or pycuda's LogicError/RuntimeError without a driver or GPU
         reasons.append(f"pycuda/GPU: {exc}")
     if bundle is not None and have_trt and have_pycuda:
-        from stp_edge.bundle import select_engine
+        from stp_edge.backends.trt import trt_environment
 
-        engine, why = select_engine(bundle.engines, tensorrt_version=trt_version, compute_capability=cc,
-                                    gpu_name=gpu_name)
+        engine, why = trt_environment(device).select(bundle.engines)
         plans = engine is not None
         if not plans:
             reasons.append("TensorRT plans: " + "; ".join(why))
@@ -133,7 +133,7 @@ def resolve_backend(requested: str, bundle: Any = None, device: int = 0) -> str:
 
 
 def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_code: bool = False,
-                   graphs: tuple[str, ...] | None = None) -> dict[str, Any]:
+                   graphs: tuple[str, ...] | None = None, ort_trt_fp16: bool = False) -> dict[str, Any]:
     """One (inactive) runner per graph of `bundle` ("encoder", "temporal", "spatial") for a resolved backend.
 
     Args:
@@ -144,6 +144,7 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
             (`Runtime.engine_host_code_allowed`). Only the caller can allow it; a bundle's manifest never does,
             since a plan's host code is native code that runs in this process.
         graphs: The graphs to make runners for (default: all three).
+        ort_trt_fp16: "ort-trt" only: let ONNX Runtime's TensorRT provider use fp16 kernels.
     """
     from stp_edge.bundle import GRAPH_NAMES
 
@@ -158,11 +159,9 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
         return {g: TritonRunner(url, g) for g in names}
 
     if backend == "trt":
-        from stp_edge.backends.trt import TrtRunner, cuda_device_info, load_trt
+        from stp_edge.backends.trt import TrtRunner
 
-        gpu_name, cc = cuda_device_info(device)
-        engine = bundle.select_engine(tensorrt_version=load_trt().__version__, compute_capability=cc,
-                                      gpu_name=gpu_name)
+        engine = select_trt_engine(bundle, device)
         profiles = engine.build_flags.get("profiles") or {}
         return {g: TrtRunner(bundle.plan_path(engine, g), device=device, name=f"{g}.plan",
                              allow_host_code=allow_host_code, profiles=profiles.get(g)) for g in names}
@@ -170,9 +169,107 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
         raise ValueError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
     from stp_edge.backends.ort import OrtRunner
 
-    return {g: OrtRunner(bundle.graph_path(g), ORT_PROVIDERS[backend], device_id=device,
-                         name=f"{g}.onnx ({backend})") for g in names}
+    profiles = None
+    if backend == "ort-trt":  # the provider builds engines for the same profiles as `stp-edge build-engines`
+        from stp_edge.bundle.engines import default_profiles
+
+        profiles = default_profiles(bundle.config)
+    return {g: OrtRunner(bundle.graph_path(g), ORT_PROVIDERS[backend], device_id=device, name=f"{g}.onnx ({backend})",
+                         trt_fp16=ort_trt_fp16, trt_profiles=profiles[g] if profiles else None) for g in names}
 
 
-__all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "TRITON_SCHEME", "Availability", "create_runners",
-           "probe_availability", "resolve_backend", "select_backend"]
+def select_trt_engine(bundle: Any, device: int = 0) -> Any:
+    """The bundle's engine set for this machine's TensorRT runtime, GPU and platform.
+
+    Raises:
+        EngineCompatibilityError: None fits; names this machine, every refused set and why, and the rebuild.
+    """
+    from stp_edge.backends.trt import trt_environment
+    from stp_edge.bundle import EngineCompatibilityError
+
+    env = trt_environment(device)
+    engine, reasons = env.select(bundle.engines)
+    if engine is None:
+        vc = " --version-compatible" if env.lean else ""
+        raise EngineCompatibilityError(
+            f"bundle {bundle.path}: no TensorRT engine for {env.describe()}: " + "; ".join(reasons)
+            + f". Build one on this machine (stp-edge build-engines {bundle.path}{vc}) or use --backend ort")
+    return engine
+
+
+def activate_all(runners: dict[str, Any]) -> dict[str, Any]:
+    """Activate every runner (in order); if one fails, deactivate those already active and re-raise."""
+    done = []
+    try:
+        for runner in runners.values():
+            if not runner.is_active:
+                runner.activate()
+                done.append(runner)
+    except BaseException:
+        for runner in reversed(done):
+            runner.deactivate()
+        raise
+    return runners
+
+
+def ort_fallback_backend() -> str:
+    """The ONNX Runtime backend "auto" falls back to: ort-cuda where ORT has CUDA, else ort-cpu."""
+    from stp_edge._deps import require
+
+    return "ort-cuda" if "CUDAExecutionProvider" in require("onnxruntime").get_available_providers() else "ort-cpu"
+
+
+def activate_runners(bundle: Any, backend: str, device: int = 0, *, requested: str | None = None,
+                     allow_host_code: bool = False, warn: Callable[[str], None] | None = None,
+                     make_runners: Callable[..., dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+    """Create and activate the runners of a resolved `backend`; returns (backend that runs, runners).
+
+    A TensorRT plan that TensorRT refuses to deserialise (`PlanLoadError`: the manifest's engine entry looked
+    right, the plan did not load) falls back to ONNX Runtime with a one-line warning when `requested` is
+    "auto"; otherwise it raises a `RunnerError` naming the plan's build side, this machine and the rebuild
+    command.
+
+    Args:
+        bundle: A loaded `stp_edge.bundle.Bundle`.
+        backend: The resolved backend (`resolve_backend`).
+        device: CUDA device ordinal.
+        requested: What the caller asked for ("auto" allows the fallback); default `backend`.
+        allow_host_code: See `create_runners`.
+        warn: Receives the one-line fallback warning (default: the "stp_edge" logger's warning).
+        make_runners: `create_runners` (replaceable for tests).
+    """
+    from stp_edge.backends.base import PlanLoadError, RunnerError
+
+    make = make_runners or create_runners
+    runners = make(bundle, backend, device, allow_host_code=allow_host_code)
+    try:
+        return backend, activate_all(runners)
+    except PlanLoadError as exc:
+        if backend != "trt":
+            raise
+        message = _plan_failure(bundle, device, runners, exc)
+        if (requested or backend) != "auto":
+            raise RunnerError(message) from exc
+    fallback = ort_fallback_backend()
+    (warn or logging.getLogger("stp_edge").warning)(f"{message}; falling back to onnxruntime ({fallback})")
+    return fallback, activate_all(make(bundle, fallback, device, allow_host_code=allow_host_code))
+
+
+def _plan_failure(bundle: Any, device: int, runners: dict[str, Any], exc: Exception) -> str:
+    """One line naming the refused plan's build side, this machine and the rebuild command."""
+    from pathlib import Path
+
+    try:
+        from stp_edge.backends.trt import plan_load_message, trt_environment
+
+        engine_dir = Path(next(iter(runners.values())).plan_path).parent
+        engine = next(e for e in bundle.engines if bundle.path / e.dir == engine_dir)
+        return plan_load_message(getattr(exc, "plan", None) or engine_dir, engine, trt_environment(device),
+                                 bundle.path)
+    except Exception:  # the environment itself is broken: still say what failed, in one line
+        return f"{exc} (rebuild: stp-edge build-engines {bundle.path})"
+
+
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "TRITON_SCHEME", "Availability", "activate_all",
+           "activate_runners", "create_runners", "ort_fallback_backend", "probe_availability", "resolve_backend",
+           "select_backend", "select_trt_engine"]

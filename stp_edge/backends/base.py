@@ -21,6 +21,18 @@ class RunnerError(RuntimeError):
     """A runner was used in the wrong state or failed to load/run its graph."""
 
 
+class PlanLoadError(RunnerError):
+    """TensorRT refused to deserialise a plan (another TensorRT version, GPU or platform, or a corrupt file).
+
+    Attributes:
+        plan: The plan file (or runner name) that was refused.
+    """
+
+    def __init__(self, message: str, plan: Any = None) -> None:
+        super().__init__(message)
+        self.plan = plan
+
+
 class InputError(RunnerError, ValueError):
     """Feeds do not match the graph's inputs; the message names the input and expected versus got."""
 

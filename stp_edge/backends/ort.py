@@ -62,6 +62,41 @@ def resolve_providers(providers: Sequence[str] | str, available: Sequence[str]) 
     return list(providers)
 
 
+def shape_list(shapes: Mapping[str, Sequence[int]]) -> str:
+    """ONNX Runtime's TensorRT provider shape syntax: {"a": (1, 3), "b": (2,)} -> "a:1x3,b:2"."""
+    for name in shapes:
+        if not name or any(c in name for c in ":,"):
+            raise ValueError(f"input name {name!r} cannot be written in a TensorRT provider shape list")
+    return ",".join(f"{name}:{'x'.join(str(int(d)) for d in shape)}" for name, shape in shapes.items())
+
+
+def trt_provider_options(device_id: int, *, fp16: bool, cache_dir: str | os.PathLike,
+                         profiles: Mapping[str, Sequence[Sequence[int]]] | None = None) -> dict[str, Any]:
+    """Options of ONNX Runtime's TensorrtExecutionProvider.
+
+    Engines and the timing cache are kept in `cache_dir`. With `profiles` ({input: (min, opt, max)}, the same
+    ranges `stp-edge build-engines` uses) the provider builds one engine for the whole range instead of one per
+    new input shape, so a growing temporal window or batch does not trigger rebuilds (minutes each).
+
+    Raises:
+        ValueError: A profile is not (min, opt, max) of equal ranks with min <= opt <= max.
+    """
+    options: dict[str, Any] = {
+        "device_id": int(device_id), "trt_fp16_enable": bool(fp16),
+        "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir),
+    }
+    if profiles:
+        for name, p in profiles.items():
+            if len(p) != 3 or len({len(s) for s in p}) != 1 or not all(
+                    a <= b <= c for a, b, c in zip(*p, strict=True)):
+                raise ValueError(f"profile of {name!r} must be (min, opt, max) shapes of one rank with "
+                                 f"min <= opt <= max, got {p}")
+        for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):
+            options[key] = shape_list({name: p[i] for name, p in profiles.items()})
+    return options
+
+
 class OrtRunner(Runner):
     """Runs one ONNX graph with ONNX Runtime.
 
@@ -72,7 +107,9 @@ class OrtRunner(Runner):
         graph_optimization_level: One of "disable", "basic", "extended", "all".
         intra_op_num_threads: CPU threads per operator (None: ORT's default).
         trt_fp16: Let the TensorRT provider use FP16 kernels.
-        trt_cache_dir: Where the TensorRT provider caches its engines (None: next to the graph).
+        trt_cache_dir: Where the TensorRT provider caches its engines and timing cache (None: next to the graph).
+        trt_profiles: The TensorRT provider's optimisation profile, {input: (min, opt, max)} (see
+            `trt_provider_options`); None: the provider builds for each new shape.
         name: Runner name used in messages (default: the file name).
     """
 
@@ -81,6 +118,7 @@ class OrtRunner(Runner):
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | str = ("CPUExecutionProvider",), *,
                  device_id: int = 0, graph_optimization_level: str = "all", intra_op_num_threads: int | None = None,
                  trt_fp16: bool = False, trt_cache_dir: str | os.PathLike | None = None,
+                 trt_profiles: Mapping[str, Sequence[Sequence[int]]] | None = None,
                  name: str | None = None) -> None:
         self.path = Path(path)
         super().__init__(name or self.path.name)
@@ -93,6 +131,7 @@ class OrtRunner(Runner):
         self.intra_op_num_threads = intra_op_num_threads
         self.trt_fp16 = trt_fp16
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else self.path.parent / ".ort-trt-cache"
+        self.trt_profiles = dict(trt_profiles) if trt_profiles else None
         self.session: Any = None
         self.providers: list[str] = []
 
@@ -105,8 +144,8 @@ class OrtRunner(Runner):
         if provider == "CUDAExecutionProvider":
             return {"device_id": self.device_id}
         if provider == "TensorrtExecutionProvider":
-            return {"device_id": self.device_id, "trt_fp16_enable": self.trt_fp16,
-                    "trt_engine_cache_enable": True, "trt_engine_cache_path": str(self.trt_cache_dir)}
+            return trt_provider_options(self.device_id, fp16=self.trt_fp16, cache_dir=self.trt_cache_dir,
+                                        profiles=self.trt_profiles)
         return {}
 
     def activate_impl(self) -> None:

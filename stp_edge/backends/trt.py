@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,9 +31,18 @@ from typing import Any
 import numpy as np
 
 from stp_edge._deps import MissingDependencyError, require
-from stp_edge.backends.base import InputError, Runner, RunnerError, TensorSpec, feed_layout, profile_max_batch
+from stp_edge.backends.base import (
+    InputError,
+    PlanLoadError,
+    Runner,
+    RunnerError,
+    TensorSpec,
+    feed_layout,
+    profile_max_batch,
+)
 
 TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
+LEAN_MODULES = frozenset({"tensorrt_lean", "tensorrt_lean_bindings"})  # load version-compatible plans only
 
 # Every TensorRT attribute TrtRunner touches, by owner. Tests assert each exists on the real bindings.
 TRT_API: dict[str, tuple[str, ...]] = {
@@ -136,8 +146,8 @@ def deserialize_plan(trt: ModuleType, plan: bytes, *, where: str = "plan",
         runtime.engine_host_code_allowed = True
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
-        raise RunnerError(f"{where}: TensorRT {trt.__version__} cannot deserialise this plan (built with another "
-                          f"TensorRT version or for another GPU? see the bundle's manifest engines)")
+        raise PlanLoadError(f"{where}: TensorRT {trt.__version__} cannot deserialise this plan (built with another "
+                            f"TensorRT version or for another GPU? see the bundle's manifest engines)", plan=where)
     return runtime, engine
 
 
@@ -148,6 +158,78 @@ def cuda_device_info(device: int = 0) -> tuple[str, str]:
     dev = cuda.Device(device)
     major, minor = dev.compute_capability()
     return dev.name(), f"{major}.{minor}"
+
+
+def cuda_device_integrated(device: int = 0) -> bool:
+    """True for a GPU that shares memory with the CPU (Jetson), through pycuda's INTEGRATED attribute."""
+    cuda = require("pycuda.driver", "querying the GPU")
+    cuda.init()
+    return bool(cuda.Device(device).get_attribute(cuda.device_attribute.INTEGRATED))
+
+
+@dataclass(frozen=True)
+class TrtEnvironment:
+    """What decides which plans load here: the TensorRT runtime module and version, the GPU and the platform."""
+
+    module: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    platform: Mapping[str, Any]
+
+    @property
+    def lean(self) -> bool:
+        """The runtime is TensorRT's lean runtime (version-compatible plans only)."""
+        return self.module in LEAN_MODULES
+
+    def select(self, engines: Sequence[Any], precision: str | None = None) -> tuple[Any, list[str]]:
+        """`stp_edge.bundle.engines.select_engine` for this environment: (engine or None, reasons)."""
+        from stp_edge.bundle.engines import select_engine
+
+        return select_engine(engines, tensorrt_version=self.tensorrt_version,
+                             compute_capability=self.compute_capability, gpu_name=self.gpu_name,
+                             precision=precision, platform=self.platform, lean_runtime=self.lean)
+
+    def describe(self) -> str:
+        """'TensorRT 11.4.0.106 (lean runtime) on NVIDIA H200 (sm 9.0, linux x86_64, discrete GPU)'."""
+        from stp_edge.bundle.engines import describe_platform
+
+        lean = " (lean runtime)" if self.lean else ""
+        return (f"TensorRT {self.tensorrt_version}{lean} on {self.gpu_name} (sm {self.compute_capability}, "
+                f"{describe_platform(self.platform)})")
+
+
+def trt_environment(device: int = 0) -> TrtEnvironment:
+    """This machine's `TrtEnvironment` (imports TensorRT and pycuda)."""
+    from stp_edge.bundle.engines import host_platform
+
+    trt = load_trt()
+    gpu_name, cc = cuda_device_info(device)
+    return TrtEnvironment(trt.__name__, str(trt.__version__), gpu_name, cc,
+                          host_platform(cuda_device_integrated(device)))
+
+
+def describe_engine(engine: Any) -> str:
+    """'TensorRT 10.3.0.30 on NVIDIA A100 (sm 8.0, linux x86_64, discrete GPU)' from a manifest engine entry."""
+    from stp_edge.bundle.engines import describe_platform
+
+    flags = engine.build_flags
+    vc = ", version-compatible" if flags.get("version_compatible") else ""
+    hw = f", hardware-compatible {flags['hardware_compatibility']}" if flags.get("hardware_compatibility") else ""
+    return (f"TensorRT {engine.tensorrt_version}{vc}{hw} on {engine.gpu_name} (sm {engine.compute_capability}, "
+            f"{describe_platform(engine.platform)})")
+
+
+def rebuild_command(bundle_path: Any, engine: Any, env: TrtEnvironment | None = None) -> str:
+    """The `stp-edge build-engines` line that rebuilds `engine`'s precision for this machine."""
+    vc = " --version-compatible" if env is not None and env.lean else ""
+    return f"stp-edge build-engines {bundle_path} --precision {engine.precision}{vc}"
+
+
+def plan_load_message(plan: Any, engine: Any, env: TrtEnvironment, bundle_path: Any) -> str:
+    """One line naming both sides of a plan TensorRT refused, and the command that rebuilds it."""
+    return (f"{plan}: TensorRT could not deserialise the plan: built with {describe_engine(engine)}; this machine "
+            f"runs {env.describe()}. Rebuild it here: {rebuild_command(bundle_path, engine, env)}")
 
 
 # --- the runner -------------------------------------------------------------------------------------------
@@ -215,7 +297,7 @@ class TrtRunner(Runner):
             self._cuda.Context.pop()
 
     def _load(self) -> None:
-        self._runtime, self.engine = deserialize_plan(self.trt, self.plan_path.read_bytes(), where=self.name,
+        self._runtime, self.engine = deserialize_plan(self.trt, self.plan_path.read_bytes(), where=str(self.plan_path),
                                                     allow_host_code=self.allow_host_code)
         self.context = self.engine.create_execution_context()
         if self.context is None:

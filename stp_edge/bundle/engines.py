@@ -71,9 +71,46 @@ def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1,
     }
 
 
+# Runtime major version -> oldest TensorRT version whose version-compatible plans it loads (TensorRT's
+# "Version Compatibility" pages: 8.6 plans load on 8.6+, 9.x and 10.x runtimes; 10.x plans on 11.x).
+VERSION_COMPATIBLE_FROM = {8: (8, 6), 9: (8, 6), 10: (8, 6), 11: (10, 0)}
+PLATFORM_KEYS = ("os", "arch", "integrated")
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+
+
+def host_platform(integrated: bool | None, *, system: str | None = None, machine: str | None = None
+                  ) -> dict[str, Any]:
+    """This machine as an engine entry records it: OS, CPU architecture, integrated (Jetson) vs discrete GPU.
+
+    Args:
+        integrated: The CUDA device's `INTEGRATED` attribute (None when unknown).
+        system: `platform.system()` (default: this machine's).
+        machine: `platform.machine()` (default: this machine's).
+    """
+    import platform as _platform
+
+    system = (system or _platform.system()).lower()
+    machine = (machine or _platform.machine()).lower()
+    return {"os": system, "arch": _ARCH_ALIASES.get(machine, machine),
+            "integrated": None if integrated is None else bool(integrated)}
+
+
+def describe_platform(p: Mapping[str, Any] | None) -> str:
+    """'linux aarch64, integrated GPU' for messages ('unknown platform' for old manifests)."""
+    if not p:
+        return "unknown platform"
+    gpu = {True: ", integrated GPU", False: ", discrete GPU"}.get(p.get("integrated"), "")
+    return f"{p.get('os', '?')} {p.get('arch', '?')}{gpu}"
+
+
 @dataclass(frozen=True)
 class EngineInfo:
-    """One set of TensorRT plans (encoder/temporal/spatial) built for one GPU and precision."""
+    """One set of TensorRT plans (encoder/temporal/spatial) built for one GPU and precision.
+
+    `tensorrt_version` is the builder's full version (major.minor.patch.build: the standard runtime loads a plan
+    only from exactly that version); `platform` is `host_platform()` of the build machine ({} in manifests
+    written before it was recorded).
+    """
 
     dir: str
     precision: str
@@ -81,6 +118,7 @@ class EngineInfo:
     gpu_name: str
     compute_capability: str
     build_flags: Mapping[str, Any] = field(default_factory=dict)
+    platform: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EngineInfo:
@@ -91,13 +129,16 @@ class EngineInfo:
             raise ManifestError(f"engine entry {dict(d)} lacks keys {missing}")
         return cls(dir=str(d["dir"]), precision=str(d["precision"]), tensorrt_version=str(d["tensorrt_version"]),
                    gpu_name=str(d["gpu_name"]), compute_capability=str(d["compute_capability"]),
-                   build_flags=dict(d.get("build_flags", {})))
+                   build_flags=dict(d.get("build_flags", {})), platform=dict(d.get("platform") or {}))
 
     def to_dict(self) -> dict[str, Any]:
         """Manifest form."""
-        return {"dir": self.dir, "precision": self.precision, "tensorrt_version": self.tensorrt_version,
-                "gpu_name": self.gpu_name, "compute_capability": self.compute_capability,
-                "build_flags": dict(self.build_flags)}
+        d = {"dir": self.dir, "precision": self.precision, "tensorrt_version": self.tensorrt_version,
+             "gpu_name": self.gpu_name, "compute_capability": self.compute_capability,
+             "build_flags": dict(self.build_flags)}
+        if self.platform:
+            d["platform"] = dict(self.platform)
+        return d
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -111,33 +152,68 @@ def _cc_tuple(cc: str | tuple[int, int] | float) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
+def _version_mismatch(engine: EngineInfo, runtime: str, lean_runtime: bool) -> str | None:
+    built, have = _version_tuple(engine.tensorrt_version), _version_tuple(runtime)
+    vc = bool(engine.build_flags.get("version_compatible"))
+    if lean_runtime and not vc:
+        return (f"TensorRT version: the lean runtime ({runtime}) loads only version-compatible plans; this one "
+                f"was built for TensorRT {engine.tensorrt_version} only (rebuild with --version-compatible)")
+    if vc:
+        oldest = VERSION_COMPATIBLE_FROM.get(have[0], (have[0], 0)) if have else (0, 0)
+        if have < built or built[:2] < oldest:
+            return (f"TensorRT version: engine built (version-compatible) with {engine.tensorrt_version}; runtime "
+                    f"{runtime} loads version-compatible plans from {oldest[0]}.{oldest[1]} up to itself")
+        return None
+    n = min(len(built), len(have))  # a build number is compared where both sides have one
+    if built[:n] != have[:n] or n < 3:
+        return f"TensorRT version: engine built with {engine.tensorrt_version}, runtime is {runtime}"
+    return None
+
+
+def _platform_mismatch(engine: EngineInfo, platform: Mapping[str, Any] | None) -> str | None:
+    if not engine.platform or not platform:
+        return None
+    differ = [k for k in PLATFORM_KEYS if engine.platform.get(k) is not None and platform.get(k) is not None
+              and engine.platform.get(k) != platform.get(k)]
+    if differ:
+        return (f"platform: engine built on {describe_platform(engine.platform)}, this is "
+                f"{describe_platform(platform)} (plans are not portable across {', '.join(differ)})")
+    return None
+
+
 def engine_mismatches(engine: EngineInfo, *, tensorrt_version: str, compute_capability: str | tuple[int, int],
-                      gpu_name: str | None = None) -> list[str]:
+                      gpu_name: str | None = None, platform: Mapping[str, Any] | None = None,
+                      lean_runtime: bool = False) -> list[str]:
     """Why `engine` cannot run in the given environment; an empty list means it can.
 
-    TensorRT plans are tied to the exact TensorRT version (major.minor.patch) unless built version-compatible
-    (`build_flags["version_compatible"]`: same major, runtime not older), and to the compute capability unless
-    built hardware-compatible (`build_flags["hardware_compatibility"] == "ampere_plus"`: any SM >= 8.0). A
-    different GPU name with the same compute capability runs (TensorRT warns that tactics may be slower), so
-    it is not a mismatch here (`select_engine` prefers a plan built on the same GPU model).
+    - TensorRT version: a plan loads only on exactly the TensorRT version that built it (major, minor, patch
+      and build, where both sides give a build number), unless built version-compatible
+      (`build_flags["version_compatible"]`): then any runtime not older than the builder that
+      `VERSION_COMPATIBLE_FROM` allows (10.x plans on 11.x). The lean runtime loads version-compatible plans
+      only.
+    - Platform: OS, CPU architecture and integrated vs discrete GPU must match the build machine's
+      (`engine.platform`; not checked for old entries that lack it).
+    - Compute capability: must match unless built hardware-compatible ("ampere_plus": any SM >= 8.0), which
+      TensorRT does not support on integrated (Jetson) GPUs. A different GPU name with the same compute
+      capability runs (TensorRT warns that tactics may be slower), so it is not a mismatch here
+      (`select_engine` prefers a plan built on the same GPU model).
 
     Args:
         engine: The manifest entry.
-        tensorrt_version: Version of the TensorRT runtime on this machine, e.g. "10.3.0".
+        tensorrt_version: Version of the TensorRT runtime on this machine, e.g. "10.3.0.30".
         compute_capability: This GPU's compute capability, "8.7" or (8, 7).
         gpu_name: This GPU's name, named in the compute-capability message (not part of the decision).
+        platform: `host_platform()` of this machine, or None when unknown (not checked).
+        lean_runtime: The TensorRT module is the lean runtime.
     """
-    reasons = []
-    built, have = _version_tuple(engine.tensorrt_version), _version_tuple(tensorrt_version)
-    if engine.build_flags.get("version_compatible"):
-        if built[:1] != have[:1] or have < built:
-            reasons.append(f"TensorRT version: engine built (version-compatible) with {engine.tensorrt_version}, "
-                           f"runtime is {tensorrt_version} (needs the same major version, not older)")
-    elif built[:3] != have[:3]:
-        reasons.append(f"TensorRT version: engine built with {engine.tensorrt_version}, runtime is "
-                       f"{tensorrt_version}")
+    reasons = [r for r in (_version_mismatch(engine, tensorrt_version, lean_runtime),
+                           _platform_mismatch(engine, platform)) if r]
     cc_built, cc_have = _cc_tuple(engine.compute_capability), _cc_tuple(compute_capability)
-    if engine.build_flags.get("hardware_compatibility") == "ampere_plus":
+    level = engine.build_flags.get("hardware_compatibility")
+    if level and platform and platform.get("integrated"):
+        reasons.append(f"hardware compatibility: {level} plans are not supported on integrated GPUs (Jetson); "
+                       f"build on this device without --hardware-compatibility")
+    elif level == "ampere_plus":
         if cc_have < (8, 0):
             reasons.append(f"compute capability: engine is Ampere+ hardware-compatible, GPU has "
                            f"{cc_have[0]}.{cc_have[1]}")
@@ -149,7 +225,8 @@ def engine_mismatches(engine: EngineInfo, *, tensorrt_version: str, compute_capa
 
 
 def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compute_capability: str | tuple[int, int],
-                  gpu_name: str, precision: str | None = None) -> tuple[EngineInfo | None, list[str]]:
+                  gpu_name: str, precision: str | None = None, platform: Mapping[str, Any] | None = None,
+                  lean_runtime: bool = False) -> tuple[EngineInfo | None, list[str]]:
     """Pick the engine set for this environment: exact GPU name first, then any compatible one.
 
     Returns:
@@ -162,7 +239,7 @@ def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compu
             reasons.append(f"{e.dir}: precision {e.precision}, wanted {precision}")
             continue
         why = engine_mismatches(e, tensorrt_version=tensorrt_version, compute_capability=compute_capability,
-                                gpu_name=gpu_name)
+                                gpu_name=gpu_name, platform=platform, lean_runtime=lean_runtime)
         if why:
             reasons.append(f"{e.dir}: " + "; ".join(why))
         else:
