@@ -45,8 +45,14 @@ $(TRITON_VENV)/.installed:
 demo: $(STAMP)
 	$(VENV)/bin/stp-edge demo --out $(OUT)
 
+# ffmpeg (Debian's package) serves the live streams that tests/test_live_sources.py kills and restarts on
+# loopback; without it those tests skip with their reason.
+.PHONY: system-deps
+system-deps:
+	command -v ffmpeg >/dev/null || (apt-get update && apt-get install -y --no-install-recommends ffmpeg)
+
 ## make test: lint, then the whole CPU test suite (GPU tests skip themselves without CUDA).
-test: $(STAMP) $(TRT_VENV)/.installed $(TRITON_VENV)/.installed
+test: system-deps $(STAMP) $(TRT_VENV)/.installed $(TRITON_VENV)/.installed
 	$(VENV)/bin/ruff check .
 	# Python 3.10 (Jetson, JetPack 6) is the oldest supported: fail on newer-only syntax and stdlib names.
 	$(VENV)/bin/vermin --no-tips -t=3.10- --violations --eval-annotations stp_edge export kernels scripts tests \

@@ -1,15 +1,29 @@
 """Video sources through OpenCV: files, RTSP/HTTP URLs and camera indices.
 
-`open_source()` opens a source and reads its first frame, so a missing file, an undecodable file or a camera
-that does not exist fails at once with a clear `VideoError`. Iterating yields (H, W, 3) uint8 BGR frames;
-a frame that fails to decode mid-stream is counted in `stats.dropped` and skipped, not raised.
+`open_source()` opens a source and reads its first frame, so a missing file, an undecodable file, an
+unreachable stream or a camera that does not exist fails at once with a clear `VideoError` (no retry at open).
+Iterating yields (H, W, 3) uint8 BGR frames; a frame that fails to decode mid-stream is counted in
+`stats.dropped` and skipped, not raised.
+
+Live sources (URLs and cameras) that drop or stall reconnect with bounded exponential backoff (`Backoff`;
+`reconnect=None` never reconnects). Every outage that ends in a reconnect is a `Gap` in `stats.gaps`. The
+frames before and after a gap are not contiguous, so a consumer that keeps a temporal window iterates
+`frames_with_gaps()`, which yields `(frame, gap)` pairs: `gap` is the `Gap` that happened just before this
+frame, else None; plain iteration yields frames only. A live source whose reconnect attempts are exhausted
+ends with `stats.lost = True` and `stats.lost_reason`, so that a caller can exit non-zero. Opens and reads of
+URL sources are bounded by `timeout_ms` (FFmpeg backend), so a stalled stream becomes a gap, never a hang.
+
+For files, `stats.expected` is the frame count the container promises (None when it does not say) and
+`stats.missing` the frames it promised but never delivered (a truncated file).
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +38,100 @@ class VideoError(RuntimeError):
     """A video source cannot be opened or read."""
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect policy of a live source: exponential delays, bounded by attempts and/or total time.
+
+    Before attempt k (1-based) the source waits `min(initial_s * factor**(k-1), max_delay_s)`. It gives up
+    after `max_attempts` attempts or once `max_total_s` seconds have passed since the outage began, whichever
+    comes first (an attempt under way finishes, bounded by the open timeout). None disables a bound; with
+    both None it retries forever. `Backoff.never()` (or `reconnect=None`) makes the first drop final.
+    """
+
+    initial_s: float = 0.5
+    factor: float = 2.0
+    max_delay_s: float = 30.0
+    max_attempts: int | None = None
+    max_total_s: float | None = 300.0
+
+    def __post_init__(self) -> None:
+        if self.initial_s < 0 or self.max_delay_s < 0:
+            raise ValueError(f"Backoff delays must be >= 0, got initial_s={self.initial_s}, "
+                             f"max_delay_s={self.max_delay_s}")
+        if self.factor < 1:
+            raise ValueError(f"Backoff factor must be >= 1, got {self.factor}")
+        if self.max_attempts is not None and self.max_attempts < 0:
+            raise ValueError(f"Backoff max_attempts must be >= 0 or None, got {self.max_attempts}")
+        if self.max_total_s is not None and self.max_total_s < 0:
+            raise ValueError(f"Backoff max_total_s must be >= 0 or None, got {self.max_total_s}")
+
+    @classmethod
+    def never(cls) -> Backoff:
+        """A policy that never reconnects: the first drop loses the source."""
+        return cls(max_attempts=0)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt `attempt` (1-based)."""
+        # min() before the power would still overflow for huge attempts; cap the exponent instead
+        return min(self.initial_s * self.factor ** min(attempt - 1, 64), self.max_delay_s)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """One outage of a live source that ended in a reconnect.
+
+    Attributes:
+        frame: Index (in delivered frames) of the first frame after the gap; frames `frame - 1` and `frame`
+            are not contiguous in time.
+        lost_s: Seconds from the last frame before the gap to the first frame after it.
+        attempts: Reconnect attempts it took (the last one succeeded).
+        start_time: Unix time of the last frame before the gap.
+    """
+
+    frame: int
+    lost_s: float
+    attempts: int
+    start_time: float
+
+
 @dataclass
 class VideoStats:
-    """Counters of one source: frames delivered and frames dropped (failed grabs or invalid images)."""
+    """Counters of one source.
+
+    Attributes:
+        read: Frames delivered.
+        dropped: Frames skipped mid-stream (failed grabs or invalid images followed by good frames).
+        expected: Frames the file's container promises; None for live sources or when it does not say.
+        gaps: Outages of a live source that ended in a reconnect, in order.
+        lost: True when a live source dropped and could not be reconnected (the source ended because of it).
+        lost_reason: Why, when `lost`; else None.
+    """
 
     read: int = 0
     dropped: int = 0
+    expected: int | None = None
+    gaps: list[Gap] = field(default_factory=list)
+    lost: bool = False
+    lost_reason: str | None = None
+
+    @property
+    def missing(self) -> int:
+        """Frames the container promised but never delivered (the file is truncated); 0 when unknown.
+
+        Containers estimate some counts (from duration x fps), so a difference of a frame or two may be a
+        rounding of the container rather than lost data.
+        """
+        if self.expected is None:
+            return 0
+        return max(self.expected - self.read - self.dropped, 0)
+
+    @property
+    def gap_s(self) -> float:
+        """Total seconds lost in gaps that ended in a reconnect."""
+        return sum(g.lost_s for g in self.gaps)
+
+
+DEFAULT_BACKOFF = Backoff()
 
 
 def parse_source(source: str | int | Path) -> tuple[str, str | int]:
@@ -50,40 +152,39 @@ def parse_source(source: str | int | Path) -> tuple[str, str | int]:
 
 
 class VideoSource:
-    """An opened OpenCV capture that yields valid BGR frames and counts dropped ones.
+    """An opened OpenCV capture that yields valid BGR frames, counts dropped ones and reconnects live sources.
 
     Args:
         source: File path, URL (rtsp://, http://, ...) or camera index (int or digit string).
-        max_consecutive_failures: Failed grabs in a row after which the stream is considered ended (live
-            sources) or broken (files); single failures are dropped frames.
-        timeout_ms: Open/read timeout for URL sources (FFmpeg backend).
+        max_consecutive_failures: Failed grabs in a row after which the stream is considered ended (files) or
+            dropped (live sources); single failures are dropped frames.
+        timeout_ms: Open/read timeout for URL sources (FFmpeg backend; best effort for cameras). A live source
+            that delivers no good frame for this long is also considered dropped.
+        reconnect: Reconnect policy of live sources; None never reconnects. Ignored for files.
     """
 
     def __init__(self, source: str | int | Path, *, max_consecutive_failures: int = 25,
-                 timeout_ms: int = 10_000) -> None:
-        import cv2
-
+                 timeout_ms: int = 10_000, reconnect: Backoff | None = DEFAULT_BACKOFF) -> None:
         self.kind, self.target = parse_source(source)
         self.source = source
         self.max_consecutive_failures = max_consecutive_failures
+        self.timeout_ms = timeout_ms
+        self.reconnect = reconnect if reconnect is not None else Backoff.never()
         self.stats = VideoStats()
+        self._closed = threading.Event()
+        self._ended = False  # reached the end the container announces: a normal end, even for a URL
+        self._last_good = time.monotonic(), time.time()
         if self.kind == "file" and not Path(self.target).is_file():
             raise VideoError(f"video file not found: {self.target}")
-        if self.kind == "url":
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-            self._cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
-        else:
-            self._cap = cv2.VideoCapture(self.target)
-        if not self._cap.isOpened():
-            self._cap.release()
-            what = {"camera": f"camera index {self.target} (no such device, or it is busy)",
-                    "url": f"stream {self.target} (unreachable, or no FFmpeg support)",
-                    "file": f"video file {self.target} (not a video, or a codec OpenCV cannot decode)"}[self.kind]
-            raise VideoError(f"cannot open {what}")
-        self._first = self._read_valid()
-        if self._first is None:
-            self._cap.release()
-            raise VideoError(f"cannot decode any frame from {self.kind} {self.target}")
+        reason = self._connect()
+        if reason is not None:
+            raise VideoError(reason)
+        self.stats.expected = self.frame_count
+
+    @property
+    def live(self) -> bool:
+        """True for URLs and cameras: sources that can drop and be reconnected."""
+        return self.kind != "file"
 
     @property
     def fps(self) -> float | None:
@@ -103,12 +204,42 @@ class VideoSource:
         n = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
         return n if n > 0 else None
 
-    def _read_valid(self) -> np.ndarray | None:
-        """Next valid frame, or None at the end of the source.
+    def _open_capture(self) -> Any:
+        """A new `cv2.VideoCapture` of the source (not checked)."""
+        import cv2
 
-        Failed grabs and invalid images before a good frame count as dropped. A run of
-        `max_consecutive_failures` failures ends the source: for a file it is counted as dropped (the file is
-        truncated or corrupt from there), for a live source it is a disconnect, not frames.
+        if self.kind == "url":
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms,
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
+            return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
+        cap = cv2.VideoCapture(self.target)
+        if self.kind == "camera" and cap.isOpened():
+            cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms)  # honoured by some backends only
+        return cap
+
+    def _connect(self) -> str | None:
+        """Open the capture and read its first valid frame into `_first`; the reason on failure, else None."""
+        self._cap = self._open_capture()
+        self._first = None
+        if not self._cap.isOpened():
+            self._cap.release()
+            what = {"camera": f"camera index {self.target} (no such device, or it is busy)",
+                    "url": f"stream {self.target} (unreachable, or no FFmpeg support)",
+                    "file": f"video file {self.target} (not a video, or a codec OpenCV cannot decode)"}[self.kind]
+            return f"cannot open {what}"
+        self._last_good = time.monotonic(), time.time()
+        self._first = self._read_valid()
+        if self._first is None:
+            self._cap.release()
+            return f"cannot decode any frame from {self.kind} {self.target}"
+        return None
+
+    def _read_valid(self) -> np.ndarray | None:
+        """Next valid frame, or None when the source ends (a file) or drops (a live source).
+
+        Failed grabs and invalid images before a good frame count as dropped. A run of failures that ends the
+        source is not counted: for a file the shortfall shows in `stats.missing`, for a live source it is a
+        disconnect, not frames. A live source also drops when no good frame came for `timeout_ms`.
         """
         failures = 0
         while failures < self.max_consecutive_failures:
@@ -120,34 +251,84 @@ class VideoSource:
                     valid = None
                 if valid is not None:
                     self.stats.dropped += failures
+                    self._last_good = time.monotonic(), time.time()
                     return valid
-            elif self.kind == "file" and self._at_end():
-                self.stats.dropped += failures
+            elif self._at_end():
+                self._ended = True
                 return None
             failures += 1
-        if self.kind == "file":
-            self.stats.dropped += failures
+            if self.live and time.monotonic() - self._last_good[0] >= self.timeout_ms / 1000:
+                return None
         return None
 
     def _at_end(self) -> bool:
+        """True when the capture reached the end its container announces (a file, or a finite URL)."""
         import cv2
 
         n = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        pos = self._cap.get(cv2.CAP_PROP_POS_FRAMES)
-        return n <= 0 or pos >= n
+        if not 0 < n < 1e12:  # live FFmpeg streams report 0, -1 or garbage such as -1e15
+            return self.kind == "file"
+        return self._cap.get(cv2.CAP_PROP_POS_FRAMES) >= n
+
+    def _reconnect(self) -> Gap | None:
+        """Reopen a dropped live source with backoff; the `Gap` on success, None when lost or closed."""
+        policy = self.reconnect
+        self._cap.release()
+        t_lost, wall_lost = self._last_good
+        start = time.monotonic()
+        attempt, reason = 0, "the stream ended or stalled"
+        while policy.max_attempts is None or attempt < policy.max_attempts:
+            elapsed = time.monotonic() - start
+            if policy.max_total_s is not None and elapsed >= policy.max_total_s:
+                break
+            wait = policy.delay(attempt + 1)
+            if policy.max_total_s is not None:
+                wait = min(wait, policy.max_total_s - elapsed)
+            if self._closed.wait(wait):
+                return None
+            attempt += 1
+            failed = self._connect()
+            if self._closed.is_set():
+                self._cap.release()
+                return None
+            if failed is None:
+                gap = Gap(frame=self.stats.read, lost_s=time.monotonic() - t_lost, attempts=attempt,
+                          start_time=wall_lost)
+                self.stats.gaps.append(gap)
+                return gap
+            reason = failed
+        self.stats.lost = True
+        self.stats.lost_reason = (f"{self.kind} {self.target} lost after frame {self.stats.read}: "
+                                  f"{attempt} reconnect attempt(s) in {time.monotonic() - start:.1f} s failed "
+                                  f"(last: {reason})")
+        return None
+
+    def frames_with_gaps(self) -> Iterator[tuple[np.ndarray, Gap | None]]:
+        """Yield `(frame, gap)` until the source ends; `gap` is the outage just before this frame, else None."""
+        gap = None
+        while not self._closed.is_set():
+            frame, self._first = self._first, None
+            if frame is None:
+                frame = self._read_valid()
+            if frame is None:
+                if self._ended or not self.live:
+                    return
+                gap = self._reconnect()
+                if gap is None:
+                    return
+                continue
+            self.stats.read += 1
+            yield frame, gap
+            gap = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        """Yield frames until the source ends."""
-        if self._first is not None:
-            frame, self._first = self._first, None
-            self.stats.read += 1
-            yield frame
-        while (frame := self._read_valid()) is not None:
-            self.stats.read += 1
+        """Yield frames until the source ends (gaps are in `stats.gaps`; see `frames_with_gaps`)."""
+        for frame, _gap in self.frames_with_gaps():
             yield frame
 
     def close(self) -> None:
-        """Release the capture."""
+        """Release the capture; a source waiting to reconnect stops at its next wait or attempt."""
+        self._closed.set()
         self._cap.release()
 
     def __enter__(self) -> VideoSource:

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from stp_edge.video import VideoError, open_source, parse_source
+from stp_edge.sources import expand_sources
+from stp_edge.video import Backoff, VideoError, VideoSource, open_source, parse_source
 
 
 def _write_video(path, frames, fps=10.0):
@@ -101,11 +104,167 @@ def test_failed_grabs_mid_stream_are_dropped_not_fatal(tmp_path):
     assert len(got) == 12 and src.stats.read == 12 and src.stats.dropped == 3
 
 
-def test_live_source_ends_after_consecutive_failures(tmp_path):
+def test_url_that_reaches_its_announced_end_ends_normally(tmp_path):
     path = tmp_path / "clip.avi"
     _write_video(path, _smooth_frames(6))
     with open_source(path, max_consecutive_failures=3) as src:
-        src.kind = "url"  # behave as a live stream: failures at the end are a disconnect, not dropped frames
+        src.kind = "url"  # a finite stream (a clip over HTTP): its end is an end, not a drop to reconnect
         src._cap = _FlakyCapture(src._cap, fail_at={2})
         got = list(src)
     assert len(got) == 6 and src.stats.dropped == 1
+    assert not src.stats.lost and src.stats.gaps == []
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.8])
+def test_truncated_file_reports_expected_and_read(tmp_path, cut):
+    frames = _smooth_frames(12) * 3
+    path = tmp_path / "clip.avi"
+    _write_video(path, frames)
+    with open_source(path) as src:
+        assert len(list(src)) == 36
+    assert (src.stats.expected, src.stats.read, src.stats.dropped, src.stats.missing) == (36, 36, 0, 0)
+    data = path.read_bytes()
+    cut_path = tmp_path / "cut.avi"
+    cut_path.write_bytes(data[:int(len(data) * cut)])
+    start = time.perf_counter()
+    with open_source(cut_path) as src:
+        got = list(src)
+    stats = src.stats
+    assert stats.expected == 36  # the header survives the cut and still promises every frame
+    assert 0 < stats.read == len(got) < 36
+    assert stats.missing == 36 - stats.read - stats.dropped > 0
+    assert not stats.lost and stats.gaps == []  # a file is never reconnected
+    assert time.perf_counter() - start < 5
+    assert np.abs(got[-1].astype(int) - frames[len(got) - 1]).mean() < 8  # what was read is the right frames
+
+
+def test_backoff_delays_and_validation():
+    policy = Backoff(initial_s=0.1, factor=2.0, max_delay_s=0.5)
+    assert [policy.delay(k) for k in range(1, 6)] == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+    assert policy.delay(10_000) == 0.5  # no overflow on endless retries
+    assert Backoff.never().max_attempts == 0
+    assert Backoff().max_total_s is not None  # the default gives up eventually, so a lost camera is reported
+    for bad in ({"initial_s": -1}, {"factor": 0.5}, {"max_attempts": -1}, {"max_total_s": -2}):
+        with pytest.raises(ValueError, match="Backoff"):
+            Backoff(**bad)
+
+
+class _FakeCamera:
+    """A capture that delivers `n` moving frames and then fails every grab (unplugged); or fails to open."""
+
+    def __init__(self, n=0, opened=True):
+        self.n, self.opened, self.i = n, opened, 0
+
+    def isOpened(self):
+        return self.opened
+
+    def read(self):
+        if self.i >= self.n:
+            return False, None
+        self.i += 1
+        return True, _smooth_frames(self.i)[-1]
+
+    def get(self, prop):
+        return 0.0  # a camera announces no frame count
+
+    def set(self, prop, value):
+        return False
+
+    def release(self):
+        self.opened = False
+
+
+def _fake_cameras(monkeypatch, *caps):
+    """Each (re)open of a VideoSource returns the next capture; then captures that do not open."""
+    queue = list(caps)
+    monkeypatch.setattr(VideoSource, "_open_capture", lambda self: queue.pop(0) if queue else _FakeCamera(opened=False))
+
+
+def test_camera_that_drops_reconnects_then_is_lost(monkeypatch):
+    _fake_cameras(monkeypatch, _FakeCamera(5), _FakeCamera(opened=False), _FakeCamera(opened=False), _FakeCamera(4))
+    policy = Backoff(initial_s=0.01, factor=2.0, max_delay_s=0.02, max_attempts=3)
+    with open_source(5, reconnect=policy) as src:
+        pairs = list(src.frames_with_gaps())
+    gaps = [(i, g) for i, (_f, g) in enumerate(pairs) if g is not None]
+    assert len(pairs) == 9 and src.stats.read == 9
+    assert [(i, g.frame, g.attempts) for i, g in gaps] == [(5, 5, 3)]
+    assert src.stats.gaps == [gaps[0][1]] and src.stats.gap_s == gaps[0][1].lost_s > 0
+    assert src.stats.lost and src.stats.expected is None
+    assert src.stats.lost_reason.startswith("camera 5 lost after frame 9: 3 reconnect attempt(s)")
+    assert "cannot open camera index 5" in src.stats.lost_reason
+
+
+def test_camera_without_reconnect_is_lost_at_the_first_drop(monkeypatch):
+    _fake_cameras(monkeypatch, _FakeCamera(5), _FakeCamera(5))
+    with open_source(0, reconnect=None) as src:
+        assert len(list(src)) == 5
+    assert src.stats.lost and src.stats.gaps == [] and "0 reconnect attempt(s)" in src.stats.lost_reason
+
+
+def test_close_stops_a_reconnect_wait(monkeypatch):
+    _fake_cameras(monkeypatch, _FakeCamera(3))
+    src = open_source(0, reconnect=Backoff(initial_s=30, max_total_s=None))
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(src), daemon=True)
+    reader.start()
+    time.sleep(0.3)  # the reader has read 3 frames and waits 30 s before its first attempt
+    start = time.perf_counter()
+    src.close()
+    reader.join(timeout=5)
+    assert not reader.is_alive() and time.perf_counter() - start < 2
+    assert len(got) == 3 and not src.stats.lost  # closed by its owner, not lost
+
+
+def _touch(path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_expand_sources_passes_cameras_urls_and_files(tmp_path):
+    clip = _touch(tmp_path / "a.mp4")
+    assert expand_sources(0) == ["0"]
+    assert expand_sources("rtsp://cam/1") == ["rtsp://cam/1"]
+    assert expand_sources(clip) == [clip]
+    with pytest.raises(VideoError, match="video source not found: .*nope.mp4"):
+        expand_sources(tmp_path / "nope.mp4")
+
+
+def test_expand_sources_directory(tmp_path):
+    names = ["cam10.mp4", "cam2.avi", "cam1.MKV", "notes.txt", "thumb.jpg"]
+    for n in names:
+        _touch(tmp_path / "cams" / n)
+    _touch(tmp_path / "cams" / "sub" / "cam3.mp4")  # not recursive
+    got = expand_sources(tmp_path / "cams")
+    assert [Path(p).name for p in got] == ["cam1.MKV", "cam2.avi", "cam10.mp4"]  # natural order
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoError, match="directory .*empty holds no video files"):
+        expand_sources(tmp_path / "empty")
+
+
+def test_expand_sources_glob(tmp_path):
+    for n in ["cam10.mp4", "cam2.mp4", "cam1.avi", "x/cam3.mp4"]:
+        _touch(tmp_path / "cams" / n)
+    got = expand_sources(str(tmp_path / "cams" / "*.mp4"))
+    assert [Path(p).name for p in got] == ["cam2.mp4", "cam10.mp4"]
+    assert len(expand_sources(str(tmp_path / "cams" / "**" / "*.mp4"))) == 3
+    with pytest.raises(VideoError, match=r"glob '.*\*\.mov' matched no files"):
+        expand_sources(str(tmp_path / "cams" / "*.mov"))
+
+
+def test_expand_sources_list_file(tmp_path):
+    a = _touch(tmp_path / "clips" / "a.mp4")
+    b = _touch(tmp_path / "b.avi")
+    listing = tmp_path / "clips" / "list.txt"
+    listing.write_text(f"# cameras of site 3\n\n  a.mp4  \n{b}\nrtsp://10.0.0.5/stream\n  # old: x.mp4\n2\n")
+    assert expand_sources(listing) == [a, b, "rtsp://10.0.0.5/stream", "2"]  # relative to the list file
+    listing.write_text("a.mp4\nmissing.mp4\n# gone.mp4\n.\nother.avi\n")
+    with pytest.raises(VideoError) as err:
+        expand_sources(listing)
+    msg = str(err.value)
+    assert "list.txt: 3 missing source(s)" in msg and "\n" not in msg
+    assert "line 2: missing.mp4 not found" in msg and "line 4: . is not a file" in msg
+    assert "line 5: other.avi not found" in msg and "gone.mp4" not in msg
+    listing.write_text("# nothing yet\n")
+    with pytest.raises(VideoError, match="names no sources"):
+        expand_sources(listing)

@@ -1,0 +1,201 @@
+"""Live sources against a real stream: ffmpeg serves a generated clip as MPEG-TS over HTTP on 127.0.0.1.
+
+The server is killed (or frozen) mid-run and restarted, or never restarted; the reading side must record one
+gap and keep reading, or end with `stats.lost` after its bounded backoff. Each test takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from stp_edge.video import Backoff, Gap, open_source
+
+FFMPEG = shutil.which("ffmpeg")
+pytestmark = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (run `make system-deps`, or "
+                                                       "apt-get install ffmpeg): no server for live streams")
+FPS = 25
+DEADLINE_S = 30  # no test loop may run longer than this, whatever the stream does
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 2-second 64x48 MJPG clip: gradients with a moving square, never all zero."""
+    path = tmp_path_factory.mktemp("live") / "clip.avi"
+    yy, xx = np.mgrid[0:48, 0:64]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (64, 48))
+    assert writer.isOpened()
+    for i in range(2 * FPS):
+        f = np.stack([xx * 3, yy * 4, (xx + yy + 10 * i) % 256], axis=-1).astype(np.uint8)
+        f[10:26, (2 * i) % 48:(2 * i) % 48 + 16] = 255
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port, read from /proc (connecting would take ffmpeg's one client)."""
+    needle = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == needle and fields[3] == "0A":  # 0A: TCP_LISTEN
+            return True
+    return False
+
+
+class StreamServer:
+    """ffmpeg looping `clip` at its frame rate as MPEG-TS on http://127.0.0.1:port (one client per process)."""
+
+    def __init__(self, clip: Path, port: int, log: Path) -> None:
+        self.clip, self.port, self.log = clip, port, log
+        self.url = f"http://127.0.0.1:{port}/live.ts"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [FFMPEG, "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i", str(self.clip),
+               "-c:v", "mpeg4", "-g", "5", "-f", "mpegts", "-listen", "1", self.url]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while not _listening(self.port):
+            assert self.proc.poll() is None, f"ffmpeg exited: {self.log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "ffmpeg did not listen within 10 s"
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL: the connection drops as when a camera loses power (no clean end of stream)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the connection stays open and no data comes, as on a stalled network."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+
+@pytest.fixture
+def server(clip, tmp_path):
+    srv = StreamServer(clip, _free_port(), tmp_path / "ffmpeg.log")
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+class _Restart(threading.Thread):
+    """Kill `srv` and start it again after `delay_s`, off the reading thread; `check()` re-raises its failure."""
+
+    def __init__(self, srv: StreamServer, delay_s: float) -> None:
+        super().__init__(daemon=True)
+        self.srv, self.delay_s, self.error = srv, delay_s, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            time.sleep(self.delay_s)
+            self.srv.kill()
+            self.srv.start()
+        except BaseException as e:  # reported by check() in the test's thread
+            self.error = e
+
+    def check(self) -> None:
+        self.join(timeout=15)
+        assert not self.is_alive() and self.error is None, self.error
+
+
+def _assert_live_frames(frames: list[np.ndarray]) -> None:
+    assert all(f.shape == (48, 64, 3) and f.dtype == np.uint8 and f.mean() > 20 for f in frames)
+    moving = [np.abs(a.astype(int) - b).mean() for a, b in itertools.pairwise(frames)]
+    assert np.median(moving) > 1, "consecutive frames should differ: the square moves"
+
+
+def _read_through_outage(src, outage, after: int = 15):
+    """Read 10 frames, call `outage()`, then read until `after` frames past the first gap, or to the end.
+
+    Returns the frames, the (index, gap) pairs seen and the seconds from the outage to the end of reading.
+    """
+    frames, gaps = [], []
+    start, t_out = time.monotonic(), None
+    for frame, gap in src.frames_with_gaps():
+        if gap is not None:
+            gaps.append((len(frames), gap))
+        frames.append(frame)
+        if len(frames) == 10:
+            t_out = time.monotonic()
+            outage()
+        if gaps and len(frames) >= gaps[0][0] + after:
+            break
+        assert time.monotonic() - start < DEADLINE_S
+    return frames, gaps, time.monotonic() - (t_out or start)
+
+
+def test_killed_and_restarted_stream_reconnects_with_one_gap(server):
+    policy = Backoff(initial_s=0.1, factor=2.0, max_delay_s=0.4, max_total_s=15)
+    with open_source(server.url, reconnect=policy, timeout_ms=2000) as src:
+        restart: list[_Restart] = []
+        frames, gaps, _ = _read_through_outage(src, lambda: restart.append(_Restart(server, 0.6)))
+    restart[0].check()
+    assert len(gaps) == 1, src.stats
+    index, gap = gaps[0]
+    assert isinstance(gap, Gap) and src.stats.gaps == [gap] and not src.stats.lost
+    assert gap.frame == index >= 10  # frames buffered before the kill still arrive, then the gap
+    assert gap.attempts >= 2  # the first attempt, 0.1 s after the drop, finds no server (restart at 0.6 s)
+    # from the last buffered frame before the gap (the kill was earlier) to the first frame after it
+    assert policy.initial_s < gap.lost_s < 10 and abs(gap.start_time - time.time()) < 60
+    assert len(frames) == index + 15 == src.stats.read
+    _assert_live_frames(frames[index:])
+
+
+@pytest.mark.parametrize("policy", [Backoff(initial_s=0.05, factor=2.0, max_delay_s=0.2, max_attempts=4),
+                                    Backoff(initial_s=0.05, factor=2.0, max_delay_s=0.1, max_total_s=1.0)],
+                         ids=["max_attempts", "max_total_s"])
+def test_stream_that_never_returns_is_lost_after_bounded_backoff(server, policy):
+    with open_source(server.url, reconnect=policy, timeout_ms=2000) as src:
+        frames, gaps, after_kill_s = _read_through_outage(src, server.kill)
+    assert gaps == [] and src.stats.gaps == []
+    assert src.stats.lost and src.stats.read == len(frames) >= 10
+    assert server.url in src.stats.lost_reason and "reconnect attempt(s)" in src.stats.lost_reason
+    if policy.max_attempts is not None:
+        assert "4 reconnect attempt(s)" in src.stats.lost_reason
+    assert after_kill_s < 5, f"a bounded backoff (<= 1 s of waits) took {after_kill_s:.1f} s"
+
+
+def test_reconnect_none_loses_the_stream_at_the_first_drop(server):
+    with open_source(server.url, reconnect=None, timeout_ms=2000) as src:
+        _frames, gaps, after_kill_s = _read_through_outage(src, server.kill)
+    assert gaps == [] and src.stats.lost and "0 reconnect attempt(s)" in src.stats.lost_reason
+    assert after_kill_s < 3
+
+
+def test_stalled_stream_times_out_and_reconnects(server):
+    """A frozen server never closes the connection: the read timeout turns the stall into a gap."""
+    policy = Backoff(initial_s=0.1, factor=2.0, max_delay_s=0.3, max_total_s=15)
+    with open_source(server.url, reconnect=policy, timeout_ms=1000) as src:
+        restart: list[_Restart] = []
+
+        def stall():
+            server.freeze()
+            restart.append(_Restart(server, 2.5))  # attempts time out against the frozen server first
+
+        frames, gaps, elapsed = _read_through_outage(src, stall)
+    restart[0].check()
+    assert len(gaps) == 1 and src.stats.gaps == [gaps[0][1]] and not src.stats.lost
+    assert gaps[0][1].lost_s > 1.0  # at least the read timeout
+    assert elapsed < 15
+    _assert_live_frames(frames[gaps[0][0]:])
