@@ -18,6 +18,9 @@ $(STAMP): requirements/ci.txt setup.py
 	# .pyi files there would make `import tensorrt` succeed and fool the runtime's backend detection.
 	$(PY) -m pip download --quiet --no-deps tensorrt-stubs==10.13.0.35.1 -d $(VENV)/share/dl
 	$(PY) -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('$(VENV)/share/tensorrt-stubs') for w in glob.glob('$(VENV)/share/dl/tensorrt_stubs-10.13.0.35.1-*.whl')]"
+	# ... and the oldest stubs on PyPI (10.8; JetPack 6 ships TensorRT 10.3): the builder must hold on both.
+	$(PY) -m pip download --quiet --no-deps tensorrt-stubs==10.8.0.43.1 -d $(VENV)/share/dl
+	$(PY) -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('$(VENV)/share/tensorrt-stubs-10.8') for w in glob.glob('$(VENV)/share/dl/tensorrt_stubs-10.8.0.43.1-*.whl')]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

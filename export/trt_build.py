@@ -22,13 +22,16 @@ with `create_network(0)` (TensorRT 8.x needed `1 << EXPLICIT_BATCH`; that path i
   produce.
 
 Every TensorRT attribute used here is listed in `TRT_BUILDER_API`; tests/test_trt_build.py checks the list
-against TensorRT 10.13's published type stubs and checks that this file uses nothing outside the list.
+against the published type stubs of TensorRT 10.8 (the oldest on PyPI; JetPack 6 ships 10.3) and 10.13, where
+only `OPTIONAL_API` names may be absent from the older one, and checks that this file uses nothing outside the
+list. Jetson stays on TensorRT 10.x; the TensorRT 11 path is strongly typed only.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -50,6 +53,8 @@ from stp_edge.bundle import (
 )
 from stp_edge.bundle.engines import default_profiles
 from stp_edge.config import STPromptConfig
+
+log = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
 Profile = tuple[Shape, Shape, Shape]  # (min, opt, max)
@@ -74,16 +79,20 @@ TRT_BUILDER_API: dict[str, tuple[str, ...]] = {
     "OnnxParser": ("parse_from_file", "num_errors", "get_error"),
     "ParserError": ("desc",),
     "IBuilderConfig": ("set_memory_pool_limit", "set_flag", "clear_flag", "builder_optimization_level",
-                       "hardware_compatibility_level", "add_optimization_profile"),
+                       "hardware_compatibility_level", "add_optimization_profile", "create_timing_cache",
+                       "set_timing_cache", "get_timing_cache"),
+    "ITimingCache": ("serialize",),
     "IOptimizationProfile": ("set_shape",),
     "BuilderFlag": ("__members__", "FP16", "TF32", "VERSION_COMPATIBLE"),
     "MemoryPoolType": ("WORKSPACE",),
-    "HardwareCompatibilityLevel": tuple(HARDWARE_COMPATIBILITY.values()),
+    "HardwareCompatibilityLevel": ("__members__", *HARDWARE_COMPATIBILITY.values()),
     "NetworkDefinitionCreationFlag": ("STRONGLY_TYPED",),
 }
 # Names used only where present: weak-typing FP16 is gone in TensorRT 11, where every network is strongly
-# typed (STRONGLY_TYPED is then the default; it is passed only where the enum still has it).
-OPTIONAL_API = frozenset({"BuilderFlag.FP16", "NetworkDefinitionCreationFlag.STRONGLY_TYPED"})
+# typed (STRONGLY_TYPED is then the default; it is passed only where the enum still has it);
+# SAME_COMPUTE_CAPABILITY arrived in TensorRT 10.9 (JetPack 6 ships 10.3), and is refused where absent.
+OPTIONAL_API = frozenset({"BuilderFlag.FP16", "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+                          "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY"})
 
 
 class EngineBuildError(BundleError):
@@ -195,8 +204,37 @@ def graph_precisions(precision: str, onnx_precisions: Mapping[str, str]) -> dict
     return {g: precision if g == "encoder" else onnx_precisions[g] for g in GRAPH_NAMES}
 
 
-def check_hardware_compatibility(level: str | None, compute_capability: str) -> None:
-    """Refuse hardware compatibility the building GPU cannot produce (TensorRT's documented limits)."""
+def hardware_compatibility_member(level: str, available: Collection[str], tensorrt_version: str = "") -> str:
+    """The `HardwareCompatibilityLevel` member of `level`, or EngineBuildError where this TensorRT lacks it."""
+    member = HARDWARE_COMPATIBILITY[level]
+    if member not in available:
+        raise EngineBuildError(f"hardware_compatibility={level!r} needs TensorRT >= 10.9 "
+                               f"(HardwareCompatibilityLevel.{member}); this is TensorRT {tensorrt_version or '?'} "
+                               f"(levels {sorted(available)})")
+    return member
+
+
+def check_hardware_compatibility(level: str | None, compute_capability: str, *,
+                                 available: Collection[str] | None = None, integrated: bool = False,
+                                 tensorrt_version: str = "") -> None:
+    """Refuse hardware compatibility this TensorRT or the building GPU cannot produce (TensorRT's documented limits).
+
+    Args:
+        level: None, "ampere_plus" or "same_compute_capability".
+        compute_capability: The building GPU's, "8.7".
+        available: Member names of this TensorRT's `HardwareCompatibilityLevel` (None: not checked);
+            SAME_COMPUTE_CAPABILITY exists from TensorRT 10.9 only.
+        integrated: The building GPU is integrated (Jetson): TensorRT does not support hardware-compatible
+            engines there.
+        tensorrt_version: For the message.
+    """
+    if level is None:
+        return
+    if integrated:
+        raise EngineBuildError(f"hardware_compatibility={level!r}: hardware-compatible engines are not supported on "
+                               f"integrated GPUs (Jetson); build without --hardware-compatibility on each device")
+    if available is not None:
+        hardware_compatibility_member(level, available, tensorrt_version)
     major, _, minor = str(compute_capability).partition(".")
     cc = (int(major), int(minor or 0))
     if level == "ampere_plus" and cc < (8, 0):
@@ -220,6 +258,33 @@ def updated_manifest(manifest: Mapping[str, Any], engine: EngineInfo,
     new["files"].update(plan_hashes)
     new["engines"] = [e for e in manifest["engines"] if e.get("dir") != engine.dir] + [engine.to_dict()]
     return new
+
+
+class TimingCache:
+    """A TensorRT timing cache shared by the builds of one bundle, read from and saved to an optional file.
+
+    TensorRT times candidate kernels ("tactics") for every layer; the cache keeps those timings, so rebuilding
+    (another precision, a larger profile, the next bundle of the same model family) skips most of the timing.
+    A cache belongs to one GPU model and TensorRT version; TensorRT ignores a foreign one (`build_engine` warns).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.data = self.path.read_bytes() if self.path is not None and self.path.is_file() else b""
+
+    def save(self) -> None:
+        """Write the cache to `path` (atomically: a temporary file renamed over it); no-op without a path."""
+        if self.path is None or not self.data:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.data)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 # --- building one plan ------------------------------------------------------------------------------------
@@ -252,7 +317,8 @@ def _parse_onnx(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, str
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, shapes: Mapping[str, Profile],
-                 flags: Mapping[str, Any], *, trt: ModuleType | None = None, log_level: str = "warning") -> int:
+                 flags: Mapping[str, Any], *, trt: ModuleType | None = None, log_level: str = "warning",
+                 timing_cache: TimingCache | None = None) -> int:
     """Build one ONNX graph into a TensorRT plan file; returns the plan's size in bytes.
 
     Args:
@@ -262,6 +328,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, sha
         flags: `build_flags(...)` merged with this graph's `precision_mode(...)`.
         trt: The tensorrt module (default: `load_builder()`).
         log_level: TensorRT log severity: verbose, info, warning, error or internal_error.
+        timing_cache: Start from its timings and store the updated cache back into it (not saved to disk here).
 
     Raises:
         EngineBuildError: Parse errors (each of TensorRT's), a profile that does not fit an input, or a
@@ -285,8 +352,14 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, sha
         builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     level = flags.get("hardware_compatibility")
     if level:
-        builder_config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
-                                                              HARDWARE_COMPATIBILITY[level])
+        member = hardware_compatibility_member(level, trt.HardwareCompatibilityLevel.__members__,
+                                               str(trt.__version__))
+        builder_config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, member)
+    if timing_cache is not None:
+        cache = builder_config.create_timing_cache(timing_cache.data)
+        if not builder_config.set_timing_cache(cache, False):  # built for another GPU or TensorRT version
+            log.warning("timing cache %s does not match this GPU/TensorRT; starting an empty one", timing_cache.path)
+            builder_config.set_timing_cache(builder_config.create_timing_cache(b""), False)
 
     profile = builder.create_optimization_profile()
     inputs = []
@@ -308,6 +381,8 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, sha
                                f"out of memory? try a smaller --max-batch or --max-snippets)")
     with open(plan_path, "wb") as f:
         f.write(plan)
+    if timing_cache is not None:
+        timing_cache.data = bytes(builder_config.get_timing_cache().serialize())
     return Path(plan_path).stat().st_size
 
 
@@ -330,7 +405,9 @@ def _on_device(device: int) -> Iterator[None]:
 
 def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp16", max_batch: int = 16,
                          max_snippets: int | None = None, device: int = 0, version_compatible: bool = False,
-                         hardware_compatibility: str | None = None, progress: bool = True) -> Path:
+                         hardware_compatibility: str | None = None, progress: bool = True, opt_batch: int = 1,
+                         workspace_mb: int = DEFAULT_WORKSPACE_MB,
+                         timing_cache: str | os.PathLike | None = None) -> Path:
     """Build the encoder, temporal and spatial plans of a bundle for this GPU; returns the engine dir.
 
     The plans are built into a hidden directory inside the bundle, then moved to
@@ -345,8 +422,13 @@ def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp
         max_snippets: Largest temporal window T.
         device: CUDA device ordinal to build on.
         version_compatible: See `build_flags`.
-        hardware_compatibility: See `build_flags`.
+        hardware_compatibility: See `build_flags`; refused on integrated GPUs (Jetson), and
+            "same_compute_capability" before TensorRT 10.9.
         progress: Show a progress bar.
+        opt_batch: Batch TensorRT tunes for (see `profile_shapes`): the number of streams sharing the engine.
+        workspace_mb: Upper bound of the builder's scratch memory, MiB (edge devices want less than the default).
+        timing_cache: A timing cache file, read if it exists and written back after the build (one per GPU
+            model and TensorRT version); None: the three graphs still share one cache in memory.
 
     Raises:
         ValueError: A refused option (int8, an unknown compatibility level, bad profile bounds).
@@ -355,24 +437,29 @@ def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp
     """
     from tqdm.auto import tqdm
 
-    from stp_edge.backends.trt import cuda_device_info
+    from stp_edge.backends.trt import cuda_device_info, cuda_device_integrated
+    from stp_edge.bundle.engines import host_platform
 
     common = build_flags(precision, version_compatible=version_compatible,
-                         hardware_compatibility=hardware_compatibility)
+                         hardware_compatibility=hardware_compatibility, workspace_mb=workspace_mb)
     trt = load_builder()
     bundle = Bundle.load(bundle_path)  # every checksum, before spending minutes on a build
-    shapes = profile_shapes(bundle.config, max_batch=max_batch, max_snippets=max_snippets)
+    shapes = profile_shapes(bundle.config, max_batch=max_batch, opt_batch=opt_batch, max_snippets=max_snippets)
     onnx_precisions = bundle.manifest.get("graph_precision") or {g: bundle.precision for g in GRAPH_NAMES}
     available = set(trt.BuilderFlag.__members__)
     modes = {g: precision_mode(p, onnx_precisions[g], available)
              for g, p in graph_precisions(precision, onnx_precisions).items()}
     gpu_name, cc = cuda_device_info(device)
-    check_hardware_compatibility(hardware_compatibility, cc)
+    platform = host_platform(cuda_device_integrated(device))
+    check_hardware_compatibility(hardware_compatibility, cc, available=set(trt.HardwareCompatibilityLevel.__members__),
+                                 integrated=bool(platform["integrated"]), tensorrt_version=str(trt.__version__))
     engine = EngineInfo(dir=engine_dir_name(gpu_name, precision), precision=precision,
                         tensorrt_version=str(trt.__version__), gpu_name=gpu_name, compute_capability=cc,
+                        platform=platform,
                         build_flags={**common, "graphs": modes,
                                      "profiles": {g: {n: [list(d) for d in p] for n, p in s.items()}
                                                   for g, s in shapes.items()}})
+    cache = TimingCache(timing_cache)
 
     steps = tqdm(GRAPH_NAMES, desc=f"build {precision} engines", unit="graph", disable=not progress)
     staging = Path(tempfile.mkdtemp(prefix=".engines-partial-", dir=bundle.path))
@@ -381,7 +468,8 @@ def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp
             for g in steps:
                 steps.set_postfix_str(f"{g}.plan")
                 build_engine(bundle.graph_path(g), staging / f"{g}.plan", shapes[g], {**common, **modes[g]},
-                             trt=trt)
+                             trt=trt, timing_cache=cache)
+        cache.save()
         staging.chmod(0o755)  # mkdtemp creates 0700; the installed engine dir should read like the bundle
         install_engines(bundle.path, staging, engine)
     finally:

@@ -169,12 +169,16 @@ def test_hardware_compatibility_needs_a_recent_build_gpu():
 
 
 # --- the TensorRT API surface -----------------------------------------------------------------------------
-def _stubs_path() -> Path | None:
-    env = os.environ.get("STP_EDGE_TRT_STUBS")
+# The oldest tensorrt-stubs on PyPI (10.8; JetPack 6 ships TensorRT 10.3, never published as stubs) and 10.13.
+STUB_DIRS = {"10.8": "tensorrt-stubs-10.8", "10.13": "tensorrt-stubs"}
+
+
+def _stubs_path(version: str = "10.13") -> Path | None:
+    env = os.environ.get("STP_EDGE_TRT_STUBS") if version == "10.13" else None
     if env:
         p = Path(env)
         return p / "tensorrt_bindings" / "tensorrt.pyi" if p.is_dir() else p
-    p = REPO / ".venv" / "share" / "tensorrt-stubs" / "tensorrt_bindings" / "tensorrt.pyi"
+    p = REPO / ".venv" / "share" / STUB_DIRS[version] / "tensorrt_bindings" / "tensorrt.pyi"
     return p if p.is_file() else None
 
 
@@ -228,14 +232,16 @@ class StubIndex:
         return own.union(*(self.members(b) for b in bases if b in self.classes))
 
 
-@pytest.fixture(scope="module")
-def stubs() -> StubIndex:
-    path = _stubs_path()
+@pytest.fixture(scope="module", params=sorted(STUB_DIRS))
+def stubs(request) -> StubIndex:
+    path = _stubs_path(request.param)
     if path is None:
-        pytest.skip("TensorRT stubs not found: run `make venv` (unpacks tensorrt-stubs 10.13 into "
-                    ".venv/share/tensorrt-stubs) or set STP_EDGE_TRT_STUBS")
+        pytest.skip(f"TensorRT {request.param} stubs not found: run `make venv` (unpacks tensorrt-stubs into "
+                    f".venv/share/{STUB_DIRS[request.param]}) or set STP_EDGE_TRT_STUBS")
     assert path.is_file(), f"STP_EDGE_TRT_STUBS points to {path}, which does not exist"
-    return StubIndex(path)
+    index = StubIndex(path)
+    index.version = request.param
+    return index
 
 
 def test_stub_index_is_discriminating(stubs):
@@ -247,7 +253,7 @@ def test_stub_index_is_discriminating(stubs):
     assert "log" in stubs.members("Logger") and "__version__" in stubs.module
 
 
-def test_builder_api_exists_in_tensorrt_10_13_stubs(stubs):
+def _missing_builder_api(stubs: StubIndex) -> list[str]:
     missing = []
     for owner, names in TRT_BUILDER_API.items():
         if owner == "module":
@@ -256,7 +262,58 @@ def test_builder_api_exists_in_tensorrt_10_13_stubs(stubs):
             missing.append(owner)
         else:
             missing += [f"{owner}.{n}" for n in names if n not in stubs.members(owner)]
-    assert missing == []
+    return missing
+
+
+def test_builder_api_exists_in_tensorrt_10_8_and_10_13_stubs(stubs):
+    """Everything exists in 10.13; in 10.8 only OPTIONAL_API names may be absent (and are, where expected)."""
+    missing = _missing_builder_api(stubs)
+    if stubs.version == "10.13":
+        assert missing == []
+    else:
+        assert missing == ["HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY"]
+        assert set(missing) <= OPTIONAL_API
+
+
+def test_hardware_compatibility_against_each_stub_version(stubs):
+    """SAME_COMPUTE_CAPABILITY (TensorRT >= 10.9) is refused by name on 10.8; AMPERE_PLUS builds on both."""
+    from stp_edge.export.trt_build import hardware_compatibility_member
+
+    levels = _enum_members(stubs, "HardwareCompatibilityLevel")
+    assert hardware_compatibility_member("ampere_plus", levels) == "AMPERE_PLUS"
+    if stubs.version == "10.13":
+        assert hardware_compatibility_member("same_compute_capability", levels) == "SAME_COMPUTE_CAPABILITY"
+    else:
+        with pytest.raises(EngineBuildError, match=r"needs TensorRT >= 10.9 .*this is TensorRT 10.8"):
+            hardware_compatibility_member("same_compute_capability", levels, "10.8.0.43")
+        with pytest.raises(EngineBuildError, match="needs TensorRT >= 10.9"):
+            check_hardware_compatibility("same_compute_capability", "9.0", available=levels)
+    flags = _enum_members(stubs, "BuilderFlag")  # both still have weak-typing FP16 (TensorRT 11 does not)
+    assert precision_mode("fp16", "fp32", flags)["builder_flags"] == ["FP16"]
+
+
+def _enum_members(stubs: StubIndex, cls: str) -> set[str]:
+    """Members of a stub enum: its ClassVar annotations other than __members__."""
+    return {n for n in stubs.classes[cls][0] if n.isupper() and not n.startswith("_")}
+
+
+def test_hardware_compatible_engines_are_not_built_on_jetson():
+    with pytest.raises(EngineBuildError, match="not supported on integrated GPUs"):
+        check_hardware_compatibility("ampere_plus", "8.7", integrated=True)
+    check_hardware_compatibility(None, "8.7", integrated=True)
+
+
+def test_timing_cache_file_round_trip(tmp_path):
+    from stp_edge.export.trt_build import TimingCache
+
+    assert TimingCache(None).data == b"" and TimingCache(tmp_path / "none.cache").data == b""
+    cache = TimingCache(tmp_path / "sub" / "h200.cache")
+    cache.save()  # nothing built yet: no empty file
+    assert not cache.path.exists()
+    cache.data = bytes(range(256)) * 3
+    cache.save()
+    assert TimingCache(cache.path).data == cache.data
+    assert [p.name for p in cache.path.parent.iterdir()] == ["h200.cache"]  # no partial file left
 
 
 def test_builder_api_constant_covers_what_trt_build_uses():
