@@ -97,8 +97,7 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
     for name, spec in GRAPH_SPECS.items():
         steps.set_postfix_str(f"{name}.onnx")
         export_onnx(graphs[name], inputs[name], spec, tmp / f"{name}.onnx", opset=opset, simplify=simplify)
-        graph_meta[name] = {"file": f"{name}.onnx", "inputs": list(spec.inputs), "outputs": list(spec.outputs),
-                            "dynamic_axes": {k: {str(a): s for a, s in v.items()} for k, v in spec.dynamic.items()}}
+        graph_meta[name] = {"file": f"{name}.onnx", **_graph_shapes(model.cfg, spec)}
         steps.update()
     steps.set_postfix_str("manifest")
     cfg = model.cfg
@@ -116,6 +115,27 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
     )
     steps.update()
     steps.close()
+
+
+def _graph_shapes(cfg, spec) -> dict[str, dict[str, list]]:
+    """{"inputs": {name: shape}, "outputs": {...}} of one graph; dynamic axes carry their symbolic names.
+
+    The shapes come from the runtime's contract (`expected_io`), so the manifest, the config and the traced graph
+    agree by construction; the spec's names and dynamic axes must match it, or the export is refused.
+    """
+    from stp_edge.bundle import expected_io
+
+    io = expected_io(cfg)[spec.name]
+    for kind, names in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+        if list(io[kind]) != list(names):
+            raise ValueError(f"graph {spec.name!r} {kind} {list(names)} differ from the bundle contract "
+                             f"{list(io[kind])}")
+        for name in names:
+            dynamic = spec.dynamic.get(name, {})
+            if {a: d for a, d in enumerate(io[kind][name]) if isinstance(d, str)} != dynamic:
+                raise ValueError(f"graph {spec.name!r} tensor {name!r}: dynamic axes {dynamic} differ from the "
+                                 f"bundle contract {io[kind][name]}")
+    return io
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

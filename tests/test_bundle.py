@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -11,14 +12,21 @@ from stp_edge.bundle import (
     ChecksumError,
     EngineCompatibilityError,
     EngineInfo,
+    GraphMismatchError,
     ManifestError,
     MissingFileError,
+    UnsafePathError,
     engine_dir_name,
     engine_mismatches,
+    manifest_digest,
+    manifest_text,
+    read_onnx_io,
+    rewrite_manifest,
     select_engine,
     sha256_file,
     write_manifest,
 )
+from stp_edge.bundle.manifest import canonical_json
 
 
 @pytest.fixture
@@ -43,7 +51,7 @@ def test_load_checks_and_exposes_manifest(handmade_bundle):
 def test_edited_file_is_named_with_both_hashes(bundle_copy):
     expected = sha256_file(bundle_copy / "temporal.onnx")
     with open(bundle_copy / "temporal.onnx", "ab") as f:
-        f.write(b"\0")
+        f.write(b"\x12\x03abc")  # a valid protobuf field (producer_name again): ORT would still load the graph
     got = sha256_file(bundle_copy / "temporal.onnx")
     with pytest.raises(ChecksumError) as err:
         Bundle.load(bundle_copy)
@@ -69,18 +77,129 @@ def test_missing_manifest_and_not_a_directory(bundle_copy, tmp_path):
 
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda m: m.update(schema_version=99), "schema_version 99 is not supported; this stp-edge reads"),
-    (lambda m: m.update(schema_version="1"), "schema_version must be an integer, got '1'"),
-    (lambda m: m.pop("files"), r"missing keys \['files'\]"),
-    (lambda m: m["graphs"].pop("spatial"), r"graphs \['spatial'\] are not described"),
+    (lambda m: m.update(schema_version="1"), 'schema_version must be an integer, got "1"'),
+    (lambda m: m.pop("files"), r"manifest: missing keys \['files'\]"),
+    (lambda m: m["graphs"].pop("spatial"), r"manifest.graphs: missing keys \['spatial'\]"),
     (lambda m: m["config"].update(region_grid=5), "invalid config: region_grid=5"),
+    (lambda m: m["config"]["vision"].update(patch_size=0), "config.vision.patch_size: 0 is below the minimum 1"),
+    (lambda m: m["config"]["vision"].update(patch_size="8"), 'config.vision.patch_size: expected integer, got "8"'),
+    (lambda m: m.update(config=[1, 2]), "manifest.config: expected object, got an array"),
+    (lambda m: m["thresholds"].update(score=10**30), "thresholds.score: 1000000000000000000000000000000 is "
+                                                     "above the maximum 1"),
+    (lambda m: m.update(class_names=["normal", "fire"]), r'class_names \["normal", "fire"\] differs from the config'),
+    (lambda m: m["graphs"]["spatial"].update(file="other.onnx"),
+     "graph 'spatial' file 'other.onnx' is not listed in files"),
+    (lambda m: m["graphs"]["temporal"]["outputs"].update(class_probs=["B", "T", 7]),
+     r"graph 'temporal' output 'class_probs': expected shape \[B,T,3\], the manifest has \[B,T,7\]"),
 ])
 def test_bad_manifest_contents(bundle_copy, edit, message):
+    """Each check on its own: the edit is resealed (new digest), so only the check under test can refuse it."""
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    edit(manifest)
+    rewrite_manifest(bundle_copy, manifest)
+    with pytest.raises(ManifestError, match=message) as err:
+        Bundle.load(bundle_copy)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["thresholds"].update(score=0.01),
+    lambda m: m.update(class_names=[*m["class_names"][:2], "arson"]),
+    lambda m: m["config"].update(box_threshold=0.0),
+])
+def test_any_edit_after_export_is_refused_naming_the_manifest(bundle_copy, edit):
     path = bundle_copy / "manifest.json"
     manifest = json.loads(path.read_text())
     edit(manifest)
-    path.write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match=message):
+    path.write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(ManifestError, match=r"manifest.json was edited after export: its manifest_digest is "):
         Bundle.load(bundle_copy)
+
+
+def test_digest_is_rfc8785_canonical_json():
+    """The digest covers RFC 8785 (JCS) bytes, so a C++ port can use any JCS library to check it."""
+    value = {"b": [1.5e22, 1e-7, 0.001, 5.0, 123.456, -0.0, 2, True, None], "a": "\u00e9\n", "\u00e9": {}, "A": 1}
+    assert canonical_json(value) == '{"A":1,"a":"\u00e9\\n","b":[1.5e+22,1e-7,0.001,5,123.456,0,2,true,null],' \
+                                    '"\u00e9":{}}'.encode()
+    m = {"x": 1, "manifest_digest": "0" * 64}
+    assert manifest_digest(m) == hashlib.sha256(b'{"x":1}').hexdigest()
+    assert json.loads(manifest_text(m))["manifest_digest"] == manifest_digest(m)
+
+
+def test_schema_file_is_the_enforced_schema_and_covers_every_field():
+    """docs/manifest.schema.json is MANIFEST_SCHEMA, and the schema names every config/preprocess field."""
+    import dataclasses
+    from pathlib import Path
+
+    from stp_edge.bundle.schema import MANIFEST_SCHEMA, schema_json
+    from stp_edge.config import STPromptConfig, TextConfig, VisionConfig
+    from stp_edge.preprocess import PreprocessSpec
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "manifest.schema.json"
+    assert doc.read_text() == schema_json(), "regenerate: python -m stp_edge.bundle.schema > docs/manifest.schema.json"
+    defs = MANIFEST_SCHEMA["$defs"]
+    for name, cls in (("config", STPromptConfig), ("vision", VisionConfig), ("text", TextConfig),
+                      ("preprocess", PreprocessSpec)):
+        assert set(defs[name]["properties"]) == {f.name for f in dataclasses.fields(cls)}, name
+
+
+def _swap_in(bundle, graph: str, donor) -> None:
+    """Copy `graph` from `donor` into `bundle` and reseal the manifest so every checksum passes."""
+    shutil.copy(donor / f"{graph}.onnx", bundle / f"{graph}.onnx")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][f"{graph}.onnx"] = sha256_file(bundle / f"{graph}.onnx")
+    rewrite_manifest(bundle, manifest)
+
+
+def test_graph_of_another_config_fails_at_detector_load(bundle_copy, tmp_path):
+    from conftest import handmade_config, write_handmade_bundle
+
+    from stp_edge.api import Detector
+
+    other = write_handmade_bundle(tmp_path / "other.stp", handmade_config(region_grid=4, motion_topk=2))
+    _swap_in(bundle_copy, "spatial", other)
+    with pytest.raises(GraphMismatchError, match=r"spatial.onnx does not fit this bundle's config: graph 'spatial' "
+                                                 r"input 'region_emb': expected shape \[B,4,8\], spatial.onnx has "
+                                                 r"\[B,16,8\]"):
+        Detector.load(bundle_copy, backend="ort-cpu")
+
+
+def test_graph_in_the_wrong_slot_is_named(bundle_copy, tmp_path):
+    (tmp_path / "donor").mkdir()
+    shutil.copy(bundle_copy / "temporal.onnx", tmp_path / "donor" / "spatial.onnx")
+    _swap_in(bundle_copy, "spatial", tmp_path / "donor")
+    with pytest.raises(GraphMismatchError, match=r"graph 'spatial' inputs: expected \['region_emb'\], spatial.onnx "
+                                                 r"has \['frame_emb', 'region_emb'\]"):
+        Bundle.load(bundle_copy)
+
+
+def test_onnx_reader_matches_onnx(handmade_bundle):
+    import onnx
+
+    for g in ("encoder", "temporal", "spatial"):
+        model = onnx.load(str(handmade_bundle / f"{g}.onnx"))
+        io = read_onnx_io(handmade_bundle / f"{g}.onnx")
+        for kind, values in (("inputs", model.graph.input), ("outputs", model.graph.output)):
+            want = {v.name: (v.type.tensor_type.elem_type,
+                             [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values}
+            assert io[kind] == want
+
+
+def test_paths_stay_inside_the_bundle(bundle_copy, tmp_path):
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(bundle_copy / "spatial.onnx", outside)
+    (bundle_copy / "spatial.onnx").unlink()
+    (bundle_copy / "spatial.onnx").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match=r"spatial.onnx leads outside the bundle"):
+        Bundle.load(bundle_copy)
+    with pytest.raises(UnsafePathError, match=r"spatial.onnx leads outside the bundle"):
+        Bundle.load(bundle_copy, verify=False)
+    for bad in ("../spatial.onnx", "/etc/passwd", "C:/x.onnx", "a\\..\\b.onnx", "./spatial.onnx", "a//b"):
+        manifest = json.loads((bundle_copy / "manifest.json").read_text())
+        manifest["files"][bad] = "0" * 64
+        rewrite_manifest(bundle_copy, manifest)
+        with pytest.raises(ManifestError, match="does not match"):
+            Bundle.load(bundle_copy)
 
 
 def test_manifest_not_json(bundle_copy):
@@ -98,15 +217,17 @@ def _engine(**kw):
 
 def test_engine_compatibility_pure_functions():
     e = _engine()
-    assert engine_mismatches(e, tensorrt_version="10.3.0.26", compute_capability="8.7") == []
+    assert engine_mismatches(e, tensorrt_version="10.3.0.30", compute_capability="8.7") == []
+    assert engine_mismatches(e, tensorrt_version="10.3.0", compute_capability="8.7") == []  # no build number
+    assert engine_mismatches(e, tensorrt_version="10.3.0.26", compute_capability="8.7")  # another build
     why = engine_mismatches(e, tensorrt_version="10.4.0", compute_capability=(8, 7))
     assert why == ["TensorRT version: engine built with 10.3.0.30, runtime is 10.4.0"]
     why = engine_mismatches(e, tensorrt_version="10.3.0", compute_capability="9.0", gpu_name="NVIDIA H100")
     assert why == ["compute capability: engine built for 8.7 (NVIDIA Jetson AGX Orin), GPU has 9.0 (NVIDIA H100)"]
     vc = _engine(build_flags={"version_compatible": True})
     assert engine_mismatches(vc, tensorrt_version="10.8.0", compute_capability="8.7") == []
-    assert "same major" in engine_mismatches(vc, tensorrt_version="11.4.0", compute_capability="8.7")[0]
-    assert "not older" in engine_mismatches(vc, tensorrt_version="10.1.0", compute_capability="8.7")[0]
+    assert engine_mismatches(vc, tensorrt_version="11.4.0", compute_capability="8.7") == []  # 10.x plans on 11
+    assert "up to itself" in engine_mismatches(vc, tensorrt_version="10.1.0", compute_capability="8.7")[0]
     hw = _engine(build_flags={"hardware_compatibility": "ampere_plus"})
     assert engine_mismatches(hw, tensorrt_version="10.3.0", compute_capability="9.0") == []
     assert "Ampere+" in engine_mismatches(hw, tensorrt_version="10.3.0", compute_capability="7.5")[0]

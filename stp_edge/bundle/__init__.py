@@ -1,10 +1,13 @@
 """The exported model bundle: a directory with `manifest.json`, three ONNX graphs and optional TensorRT plans.
 
-Layout and manifest keys follow docs/bundle-format.md. Loading checks the schema version and the sha256 of every
-listed file and says exactly what does not match.
+Layout and manifest keys follow docs/bundle-format.md. Loading checks the manifest (schema, digest, consistency),
+that every listed file stays inside the bundle and has its sha256, and that each ONNX graph declares the inputs
+and outputs the config implies; it says exactly what does not match.
 
     errors.py    BundleError and its kinds
-    manifest.py  write_manifest / read_manifest / verify_checksums
+    schema.py    the published JSON Schema of manifest.json and its validator
+    manifest.py  write_manifest / read_manifest / verify_checksums, the manifest digest
+    contract.py  the graphs' I/O implied by a config; a protobuf-free reader of an ONNX file's I/O
     engines.py   EngineInfo, engine_mismatches, select_engine (pure functions of the environment)
 """
 
@@ -14,20 +17,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stp_edge.bundle.contract import check_onnx_file, expected_io, read_onnx_io
 from stp_edge.bundle.engines import EngineInfo, engine_dir_name, engine_mismatches, gpu_slug, select_engine
 from stp_edge.bundle.errors import (
     BundleError,
     ChecksumError,
     EngineCompatibilityError,
+    GraphMismatchError,
     ManifestError,
     MissingFileError,
+    UnsafePathError,
 )
 from stp_edge.bundle.manifest import (
     GRAPH_NAMES,
     MANIFEST,
     REQUIRED_KEYS,
     SCHEMA_VERSION,
+    check_files,
+    manifest_digest,
+    manifest_text,
     read_manifest,
+    rewrite_manifest,
     sha256_file,
     verify_checksums,
     write_manifest,
@@ -36,9 +46,10 @@ from stp_edge.config import STPromptConfig
 
 __all__ = [
     "GRAPH_NAMES", "MANIFEST", "REQUIRED_KEYS", "SCHEMA_VERSION", "Bundle", "BundleError", "ChecksumError",
-    "EngineCompatibilityError", "EngineInfo", "ManifestError", "MissingFileError", "engine_dir_name",
-    "engine_mismatches", "gpu_slug", "read_manifest", "select_engine", "sha256_file", "verify_checksums",
-    "write_manifest",
+    "EngineCompatibilityError", "EngineInfo", "GraphMismatchError", "ManifestError", "MissingFileError",
+    "UnsafePathError", "check_files", "check_onnx_file", "engine_dir_name", "engine_mismatches", "expected_io",
+    "gpu_slug", "manifest_digest", "manifest_text", "read_manifest", "read_onnx_io", "rewrite_manifest",
+    "select_engine", "sha256_file", "verify_checksums", "write_manifest",
 ]
 
 
@@ -53,26 +64,27 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Bundle:
-        """Read the manifest of `path` (the bundle dir or its manifest.json) and check every file's sha256.
+        """Read and check the bundle at `path` (the bundle dir or its manifest.json).
+
+        Checks, stopping at the first problem: the manifest (see `read_manifest`), that every listed file is a
+        regular file inside the bundle, its sha256 (skipped with `verify=False`), and that each ONNX graph
+        declares the inputs and outputs the config implies (names, float32, shapes).
 
         Raises:
-            ManifestError, MissingFileError, ChecksumError: With a message naming the file and the difference.
+            BundleError: ManifestError, MissingFileError, UnsafePathError, ChecksumError or GraphMismatchError,
+                one line naming the file and the difference.
         """
         path = Path(path)
         if path.name == MANIFEST and path.is_file():
             path = path.parent
         manifest = read_manifest(path)
-        if verify:
-            verify_checksums(path, manifest["files"])
-        try:
-            config = STPromptConfig.from_dict(manifest["config"])
-        except (TypeError, ValueError) as exc:
-            raise ManifestError(f"{path / MANIFEST}: invalid config: {exc}") from exc
+        (verify_checksums if verify else check_files)(path, manifest["files"])
+        config = STPromptConfig.from_dict(manifest["config"])  # checked by read_manifest
         engines = [EngineInfo.from_dict(e) for e in manifest["engines"]]
         bundle = cls(path=path, manifest=manifest, config=config, engines=engines)
+        expected = expected_io(config)
         for g in GRAPH_NAMES:
-            if not bundle.graph_path(g).is_file():
-                raise MissingFileError(f"bundle {path}: graph {g!r} file {bundle.graph_path(g).name} is missing")
+            check_onnx_file(g, bundle.graph_path(g), expected[g])
         return bundle
 
     def graph_path(self, name: str) -> Path:

@@ -8,7 +8,7 @@ class BundleError(Exception):
 
 
 class ManifestError(BundleError):
-    """manifest.json is missing, unreadable, of an unknown schema, or lacks a key."""
+    """manifest.json is missing, unreadable, edited after export, breaks the schema, or contradicts itself."""
 
 
 class MissingFileError(BundleError):
@@ -21,3 +21,11 @@ class ChecksumError(BundleError):
 
 class EngineCompatibilityError(BundleError):
     """No TensorRT plan of the bundle fits this machine (GPU, compute capability or TensorRT version)."""
+
+
+class UnsafePathError(BundleError):
+    """A path of the bundle leads outside it (a symlink out) or to something that is not a regular file."""
+
+
+class GraphMismatchError(BundleError):
+    """An ONNX graph does not declare the inputs/outputs the config implies (swapped, edited, truncated, empty)."""

@@ -1,0 +1,222 @@
+"""The graphs' I/O contract: the names and shapes a config implies, and what an ONNX file really declares.
+
+`expected_io(config)` is the table of docs/architecture.md ("Graphs") for one config. `read_onnx_io(path)` reads
+an ONNX file's graph inputs and outputs straight from the protobuf wire format (no `onnx`, no onnxruntime): it
+memory-maps the file and skips every node and weight by its length, so it costs microseconds even for a large
+encoder. Together they let `Bundle.load` refuse a swapped or edited graph before any runner starts.
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+from pathlib import Path
+
+from stp_edge.bundle.errors import GraphMismatchError
+from stp_edge.config import STPromptConfig
+
+Shape = list  # of int (a fixed size) or str (a symbolic, dynamic axis)
+ONNX_FLOAT = 1  # TensorProto.FLOAT: every graph boundary is float32, whatever the precision inside
+
+
+def expected_io(cfg: STPromptConfig) -> dict[str, dict[str, dict[str, Shape]]]:
+    """graph -> {"inputs": {name: shape}, "outputs": {name: shape}} implied by `cfg` (B, T dynamic)."""
+    S, N, E = cfg.vision.image_size, cfg.vision.num_patches, cfg.vision.embed_dim
+    R2, K = cfg.num_regions, cfg.num_classes
+    return {
+        "encoder": {"inputs": {"images": ["B", 3, S, S]},
+                    "outputs": {"frame_emb": ["B", E], "patch_emb": ["B", N, E]}},
+        "temporal": {"inputs": {"frame_emb": ["B", "T", E], "region_emb": ["B", "T", R2, E]},
+                     "outputs": {"score": ["B", "T"], "class_probs": ["B", "T", K]}},
+        "spatial": {"inputs": {"region_emb": ["B", R2, E]}, "outputs": {"region_scores": ["B", R2]}},
+    }
+
+
+def _fmt(shape: Shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def shape_mismatch(expected: Shape, got: Shape) -> bool:
+    """True unless same rank, equal fixed sizes, and a dynamic (symbolic) axis wherever one is expected."""
+    if len(expected) != len(got):
+        return True
+    for e, g in zip(expected, got, strict=True):
+        if isinstance(e, int) and e != g:
+            return True
+        if isinstance(e, str) and not isinstance(g, str):
+            return True
+    return False
+
+
+def io_mismatches(graph: str, expected: dict[str, dict[str, Shape]], got: dict[str, dict[str, Shape]],
+                  what: str) -> list[str]:
+    """One line per difference between two I/O tables of `graph` (`what` names the second, e.g. its file)."""
+    out = []
+    for kind in ("inputs", "outputs"):
+        want, have = expected[kind], got.get(kind, {})
+        if list(want) != list(have):
+            out.append(f"graph {graph!r} {kind}: expected {list(want)}, {what} has {list(have)}")
+            continue
+        for name, shape in want.items():
+            if shape_mismatch(shape, have[name]):
+                out.append(f"graph {graph!r} {kind[:-1]} {name!r}: expected shape {_fmt(shape)}, "
+                           f"{what} has {_fmt(have[name])}")
+    return out
+
+
+# --- protobuf wire format -------------------------------------------------------------------------------------
+class _Malformed(ValueError):
+    pass
+
+
+@dataclass
+class _Onnx:
+    inputs: dict[str, tuple[int, Shape]]
+    outputs: dict[str, tuple[int, Shape]]
+    initializers: set[str]
+    external: list[str]
+
+
+def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _Malformed("truncated or overlong varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf, pos: int, end: int):
+    """Yield (field number, wire type, value) of one message; value is an int, or (start, end) for bytes."""
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+        elif wire == 2:
+            n, pos = _varint(buf, pos, end)
+            if pos + n > end:
+                raise _Malformed(f"field {field} runs past its message ({n} bytes at offset {pos})")
+            value, pos = (pos, pos + n), pos + n
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            if pos + size > end:
+                raise _Malformed("truncated fixed-size field")
+            value, pos = 0, pos + size
+        else:
+            raise _Malformed(f"unsupported wire type {wire} (field {field})")
+        if field == 0:
+            raise _Malformed("field number 0")
+        yield field, wire, value
+
+
+def _string(buf, span) -> str:
+    try:
+        return bytes(buf[span[0]:span[1]]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Malformed("a name is not UTF-8") from exc
+
+
+def _value_info(buf, span) -> tuple[str, int, Shape]:
+    """ValueInfoProto -> (name, elem_type, shape); elem_type 0 when not a tensor."""
+    name, elem, shape = "", 0, []
+    for f, w, v in _fields(buf, *span):
+        if f == 1 and w == 2:
+            name = _string(buf, v)
+        elif f == 2 and w == 2:  # TypeProto
+            for tf, tw, tv in _fields(buf, *v):
+                if tf == 1 and tw == 2:  # TypeProto.Tensor
+                    for ef, ew, ev in _fields(buf, *tv):
+                        if ef == 1 and ew == 0:
+                            elem = ev
+                        elif ef == 2 and ew == 2:  # TensorShapeProto
+                            shape = [_dim(buf, dv) for df, dw, dv in _fields(buf, *ev) if df == 1 and dw == 2]
+    return name, elem, shape
+
+
+def _dim(buf, span) -> int | str:
+    value: int | str = "?"  # neither a size nor a name: an unknown (dynamic) axis
+    for f, w, v in _fields(buf, *span):
+        if f == 1 and w == 0:
+            value = v
+        elif f == 2 and w == 2:
+            value = _string(buf, v) or "?"
+    return value
+
+
+def _tensor_header(buf, span) -> tuple[str, bool]:
+    """TensorProto -> (name, stored externally); raw data is skipped by its length."""
+    name, external = "", False
+    for f, w, v in _fields(buf, *span):
+        if f == 8 and w == 2:
+            name = _string(buf, v)
+        elif f == 14 and w == 0:
+            external = v == 1
+    return name, external
+
+
+def _parse(buf) -> _Onnx:
+    graph = None
+    for f, w, v in _fields(buf, 0, len(buf)):
+        if f == 7 and w == 2:
+            graph = v
+    if graph is None:
+        raise _Malformed("no graph")
+    model = _Onnx({}, {}, set(), [])
+    for f, w, v in _fields(buf, *graph):
+        if w != 2:
+            continue
+        if f in (11, 12):
+            name, elem, shape = _value_info(buf, v)
+            (model.inputs if f == 11 else model.outputs)[name] = (elem, shape)
+        elif f == 5:
+            name, external = _tensor_header(buf, v)
+            model.initializers.add(name)
+            if external:
+                model.external.append(name)
+    return model
+
+
+def read_onnx_io(path: str | Path) -> dict[str, dict[str, tuple[int, Shape]]]:
+    """{"inputs": {name: (elem_type, shape)}, "outputs": {...}} of an ONNX file, without onnx or onnxruntime.
+
+    Inputs that are initializers (old exporters list weights as inputs) are left out.
+
+    Raises:
+        GraphMismatchError: The file is empty, truncated, not ONNX, or keeps weights in external files (a bundle's
+            graphs are self-contained: an external data path would name a file the manifest does not hash).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if not f.seek(0, 2):
+                raise GraphMismatchError(f"{path.name} is empty, not an ONNX model")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                model = _parse(buf)
+    except _Malformed as exc:
+        raise GraphMismatchError(f"{path.name} is not a valid ONNX model (truncated or corrupted): {exc}") from None
+    except OSError as exc:
+        raise GraphMismatchError(f"{path.name} cannot be read: {exc.strerror or exc}") from None
+    if model.external:
+        raise GraphMismatchError(f"{path.name} keeps weights {model.external[:3]} in external data files; bundle "
+                                 f"graphs must be self-contained")
+    if not model.outputs:
+        raise GraphMismatchError(f"{path.name} is not a valid ONNX model: its graph has no outputs")
+    inputs = {k: v for k, v in model.inputs.items() if k not in model.initializers}
+    return {"inputs": inputs, "outputs": model.outputs}
+
+
+def check_onnx_file(graph: str, path: Path, expected: dict[str, dict[str, Shape]]) -> None:
+    """Raise GraphMismatchError (one line) unless the ONNX file declares exactly the `expected` float tensors."""
+    io = read_onnx_io(path)
+    got = {kind: {n: shape for n, (_, shape) in io[kind].items()} for kind in ("inputs", "outputs")}
+    problems = io_mismatches(graph, expected, got, path.name)
+    for kind in ("inputs", "outputs"):
+        problems += [f"graph {graph!r} {kind[:-1]} {n!r}: expected float32, {path.name} has ONNX type {elem}"
+                     for n, (elem, _) in io[kind].items() if n in expected[kind] and elem != ONNX_FLOAT]
+    if problems:
+        raise GraphMismatchError(f"{path.name} does not fit this bundle's config: " + "; ".join(problems))
