@@ -22,11 +22,14 @@ ONE_LEVEL = 1.0 / 255 / min(CLIP_STD) + 1e-5  # one grey level in normalised uni
 
 @pytest.fixture(scope="module")
 def cuda():
+    """pycuda.driver with device 0's primary context current for the module (the tests' own pycuda calls)."""
     drv = cuda_driver_or_skip()
-    from stp_edge.cuda.kernels import ensure_context
+    from stp_edge.cuda.context import PrimaryContext
 
-    ensure_context()
-    return drv
+    ctx = PrimaryContext(0)
+    with ctx.current():
+        yield drv
+    ctx.release()
 
 
 def smooth_noise(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:

@@ -257,3 +257,177 @@ def test_ort_trt_runners_get_the_bundle_profiles(handmade_bundle):
     runners = create_runners(bundle, "ort-trt", ort_trt_fp16=True)
     opts = runners["spatial"]._provider_options("TensorrtExecutionProvider")
     assert opts["trt_fp16_enable"] and opts["trt_profile_max_shapes"].startswith("region_emb:16x")
+
+
+# --- 4. stream hand-off ------------------------------------------------------------------------------------
+def test_producer_stream_follows_cuda_array_interface_v3():
+    from stp_edge.cuda.memory import DeviceArray
+    from stp_edge.cuda.streams import CU_STREAM_LEGACY, CU_STREAM_PER_THREAD, producer_stream
+
+    f32 = np.dtype(np.float32)
+    assert producer_stream(np.ones(3, np.float32), 0x99) is None  # host memory
+    assert producer_stream(DeviceArray(0x1000, (1, 3), f32), 0x99) is None  # ready (synchronised)
+    assert producer_stream(DeviceArray(0x1000, (1, 3), f32, stream=0x99), 0x99) is None  # same stream: ordered
+    assert producer_stream(DeviceArray(0x1000, (1, 3), f32, stream=0x55), 0x99) == 0x55
+    assert producer_stream(DeviceArray(0x1000, (1, 3), f32, stream=CU_STREAM_LEGACY), 0x99) == 1
+    assert producer_stream(DeviceArray(0x1000, (1, 3), f32, stream=CU_STREAM_PER_THREAD), 0x99) == 2
+    with pytest.raises(ValueError, match="stream 0 is not allowed"):
+        producer_stream(DeviceArray(0x1000, (1, 3), f32, stream=0), 0x99)
+
+
+def test_trt_runner_waits_on_feed_streams_and_the_encoder_hands_over_without_sync(handmade_bundle, frames_factory):
+    """A CUDA preprocessor is called with sync=False only for a runner that waits on the producer's stream."""
+    from stp_edge.backends.trt import TrtRunner
+    from stp_edge.bundle.engines import default_profiles
+    from stp_edge.pipeline.encode import Encoder
+    from stp_edge.pipeline.snippets import SnippetAssembler
+    from stp_edge.preprocess import CpuPreprocessor
+
+    assert TrtRunner.waits_on_feed_streams and not OrtRunner.waits_on_feed_streams
+    bundle = Bundle.load(handmade_bundle)
+    cfg = bundle.config
+
+    class StreamPreprocess:  # the CudaPreprocessor call signature, computed on the CPU
+        stream_handle, max_batch = 0x55, 16
+
+        def __init__(self) -> None:
+            self.cpu, self.syncs = CpuPreprocessor(cfg.vision.image_size), []
+
+        def __call__(self, frames, sync: bool = True):
+            self.syncs.append(sync)
+            return self.cpu(frames)
+
+    class WaitingRunner(ProfileRunner):
+        waits_on_feed_streams = True
+
+    asm = SnippetAssembler(cfg.snippet_len, cfg.frames_per_snippet, 0)
+    snippet = next(s for f in frames_factory(cfg.snippet_len) if (s := asm.push(f)))
+    for runner_cls, expected in ((ProfileRunner, [True]), (WaitingRunner, [False])):
+        pre = StreamPreprocess()
+        with runner_cls(OrtRunner(bundle.graph_path("encoder")), default_profiles(cfg)["encoder"]) as runner:
+            Encoder(runner, pre, cfg)([snippet])
+        assert pre.syncs == expected
+
+
+# --- 5. contexts -------------------------------------------------------------------------------------------
+def test_check_device_names_what_exists():
+    from stp_edge.cuda.context import check_device
+
+    assert check_device(1, 2) == 1
+    with pytest.raises(ValueError, match=r"device 2 does not exist; this machine has 2 \(0..1\)"):
+        check_device(2, 2)
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        check_device(0, 0)
+    with pytest.raises(ValueError, match="integer ordinal"):
+        check_device(True, 2)
+
+
+def test_runtime_never_binds_a_context_implicitly():
+    """No runtime module imports pycuda.autoprimaryctx/autoinit (device 0, importing thread only)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "stp_edge"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value]
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names
+                          if n in ("pycuda.autoprimaryctx", "pycuda.autoinit")]
+    assert offenders == []
+
+
+# --- on a GPU (pycuda and a CUDA device; scripts/gpu_check.sh runs these) -----------------------------------
+def _gpu():
+    from cuda_driver import cuda_driver_or_skip
+
+    return cuda_driver_or_skip()
+
+
+def _frames(n: int, h: int = 1080, w: int = 1920) -> list[np.ndarray]:
+    rng = np.random.default_rng(n)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.mark.gpu
+def test_preprocessor_runs_from_another_thread_on_the_device_it_is_given():
+    import threading
+
+    from stp_edge.cuda import CudaPreprocessor
+    from stp_edge.preprocess import CpuPreprocessor
+
+    cuda = _gpu()
+    frames = _frames(2, 240, 320)
+    want = CpuPreprocessor(224)(frames)
+    device = cuda.Device.count() - 1
+    pre = CudaPreprocessor(224, max_batch=2, device=device)
+    out: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            out["got"] = pre.to_host(pre(frames))
+            out["current"] = cuda.Context.get_current()
+        except Exception as exc:  # reported in the main thread
+            out["error"] = exc
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert "error" not in out, out.get("error")
+    assert out["current"] is None  # the worker's context stack is left empty
+    np.testing.assert_allclose(out["got"], want, atol=2e-2)
+    with pre.current():
+        assert cuda.Context.get_device().pci_bus_id() == cuda.Device(device).pci_bus_id()
+    pre.close()
+
+
+@pytest.mark.gpu
+def test_no_context_stack_leak_per_create_and_close():
+    import threading
+
+    from stp_edge.cuda import CudaPreprocessor
+
+    cuda = _gpu()
+    seen: list[Any] = []
+
+    def cycles() -> None:
+        for _ in range(8):
+            with CudaPreprocessor(64, max_batch=1) as pre:
+                pre(_frames(1, 48, 64))
+            seen.append(cuda.Context.get_current())
+
+    t = threading.Thread(target=cycles)
+    t.start()
+    t.join()
+    assert seen == [None] * 8
+
+
+@pytest.mark.gpu
+def test_consumer_stream_waits_on_the_producer_event_without_host_sync():
+    """The preprocessor's unsynchronised output, read on another stream after StreamWaiter.wait, is complete."""
+    from stp_edge.cuda import CudaPreprocessor
+    from stp_edge.cuda.streams import StreamWaiter, producer_stream
+
+    cuda = _gpu()
+    frames = _frames(8, 2160, 3840)  # enough work that an unordered read would see the poison
+    with CudaPreprocessor(224, max_batch=8) as pre:
+        want = pre.to_host(pre(frames))
+        with pre.current():
+            consumer = cuda.Stream()
+            waiter = StreamWaiter()
+            cuda.memset_d32(int(pre._out), 0x7FC00000, want.size)  # NaN: an unordered read would see it
+            images = pre(frames, sync=False)
+            producer = producer_stream(images, int(consumer.handle))
+            assert producer == pre.stream_handle
+            waiter.wait(int(consumer.handle), producer)
+            got = cuda.pagelocked_empty(want.shape, want.dtype)
+            cuda.memcpy_dtoh_async(got, images.ptr, consumer)
+            consumer.synchronize()
+            waiter.close()
+    np.testing.assert_array_equal(got, want)

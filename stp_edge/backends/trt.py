@@ -15,14 +15,17 @@ here; the names this runner calls are listed in `TRT_API` and checked against th
 
 Inputs may be host NumPy arrays (staged through pinned memory) or device buffers (`__cuda_array_interface__`
 or `DeviceArray`), bound in place so the CUDA preprocessor's output never round-trips through the host. A
-device buffer must be ready when `infer()` is called (produced on `runner.stream` or synchronised).
+device buffer that names its producer's stream (the interface's `stream` key) is waited for on the GPU: an
+event recorded on that stream, which the runner's stream waits on before the engine runs (no host sync).
+Contexts are explicit (`stp_edge.cuda.context.PrimaryContext`): the device's primary context is retained on
+activation, pushed around every call from whichever thread makes it, and released on deactivation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -265,6 +268,7 @@ class TrtRunner(Runner):
         self._runtime: Any = None
         self._cuda: Any = None
         self._cuda_ctx: Any = None
+        self._waiter: Any = None
         self.stream: Any = None
         self._inputs: list[str] = []
         self._outputs: list[str] = []
@@ -275,26 +279,24 @@ class TrtRunner(Runner):
     def activate_impl(self) -> None:
         if not self.plan_path.is_file():
             raise RunnerError(f"{self.name}: TensorRT plan {self.plan_path} does not exist")
+        from stp_edge.cuda.context import PrimaryContext
+
         self.trt = load_trt()
-        self._cuda = require("pycuda.driver", "the TensorRT backend's memory")
-        self._cuda.init()
-        self._cuda_ctx = self._cuda.Device(self.device).retain_primary_context()
+        self._cuda_ctx = PrimaryContext(self.device, purpose="the TensorRT backend's memory")
+        self._cuda = self._cuda_ctx.driver
         try:
             with self._current():
                 self._load()
         except BaseException:
-            self._cuda_ctx.detach()
+            with self._current():
+                self._free()
+            self._cuda_ctx.release()
             self._reset_handles()
             raise
 
-    @contextlib.contextmanager
-    def _current(self) -> Iterator[None]:
+    def _current(self) -> contextlib.AbstractContextManager:
         """Make the device's primary context current for the duration (any thread may call the runner)."""
-        self._cuda_ctx.push()
-        try:
-            yield
-        finally:
-            self._cuda.Context.pop()
+        return self._cuda_ctx.current()
 
     def _load(self) -> None:
         self._runtime, self.engine = deserialize_plan(self.trt, self.plan_path.read_bytes(), where=str(self.plan_path),
@@ -312,18 +314,26 @@ class TrtRunner(Runner):
     def deactivate_impl(self) -> None:
         try:
             with self._current():
-                if self.stream is not None:
-                    self.stream.synchronize()
-                for alloc, _ in self._device_bufs.values():
-                    alloc.free()
-                self._host_bufs.clear()
-                self.stream = None
-                self.context = None  # TensorRT objects die before the context that owns their memory
-                self.engine = None
-                self._runtime = None
+                self._free()
         finally:
-            self._cuda_ctx.detach()
+            self._cuda_ctx.release()
             self._reset_handles()
+
+    def _free(self) -> None:
+        """Free buffers, event, stream and TensorRT objects (with the context current), before the release."""
+        if self.stream is not None:
+            self.stream.synchronize()
+        for alloc, _ in self._device_bufs.values():
+            alloc.free()
+        self._device_bufs.clear()
+        self._host_bufs.clear()
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+        self.stream = None
+        self.context = None  # TensorRT objects die before the context that owns their memory
+        self.engine = None
+        self._runtime = None
 
     def input_specs_impl(self) -> dict[str, TensorSpec]:
         return {n: TensorSpec(n, self._dtypes[n], tuple(int(d) for d in self.engine.get_tensor_shape(n)))
@@ -371,9 +381,20 @@ class TrtRunner(Runner):
         with self._current():
             return self._infer(feeds)
 
+    def _wait_for_producers(self, feeds: Mapping[str, Any]) -> None:
+        """Make the runner's stream wait (an event, no host sync) for the stream each device feed names."""
+        from stp_edge.cuda.streams import StreamWaiter, producer_stream
+
+        for value in feeds.values():
+            producer = producer_stream(value, int(self.stream.handle))
+            if producer is not None:
+                self._waiter = self._waiter or StreamWaiter()
+                self._waiter.wait(int(self.stream.handle), producer)
+
     def _infer(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         cuda, ctx, stream = self._cuda, self.context, self.stream
         specs = self.input_specs()
+        self._wait_for_producers(feeds)
         for name in self._inputs:
             value = feeds[name]
             shape, _, ptr = feed_layout(value)

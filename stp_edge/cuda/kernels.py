@@ -8,7 +8,6 @@ pycuda.compiler.SourceModule (needs nvcc on the machine). pycuda is imported her
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -45,14 +44,17 @@ def grid_v(size: int, batch: int) -> tuple[int, int, int]:
     return (_ceil_div(size, BLOCK[0]), _ceil_div(size, BLOCK[1]), batch)
 
 
-def ensure_context() -> Any:
-    """Make the device's primary context current (shared with TensorRT, CuPy and the CUDA runtime)."""
-    cuda = require("pycuda.driver", "CUDA preprocessing")
-    try:
-        importlib.import_module("pycuda.autoprimaryctx")  # pycuda >= 2021.1; side effect: context current
-    except ImportError:  # pragma: no cover - old pycuda
-        importlib.import_module("pycuda.autoinit")
-    return cuda.Context.get_current()
+def require_current_context(cuda: Any) -> Any:
+    """The current CUDA context, or a RuntimeError saying how to make one current.
+
+    Nothing here makes a context current implicitly (pycuda's autoprimaryctx would bind device 0 to the
+    importing thread): callers push one, e.g. `with PrimaryContext(device).current():`.
+    """
+    ctx = cuda.Context.get_current()
+    if ctx is None:
+        raise RuntimeError("no CUDA context is current on this thread: load the kernels inside "
+                           "`with stp_edge.cuda.context.PrimaryContext(device).current():` (CudaPreprocessor does)")
+    return ctx
 
 
 @dataclass
@@ -84,7 +86,7 @@ def fatbin_is_current(path: Path) -> bool:
 
 
 def load_kernels(fatbin: str | Path | None = None, compile_fallback: bool = True) -> PreprocessKernels:
-    """Load the preprocessing kernels into the current (primary) context.
+    """Load the preprocessing kernels into the current context (a module belongs to the context it loads in).
 
     Args:
         fatbin: prebuilt fatbin (default: $STP_EDGE_FATBIN or the repo's build/kernels/preprocess.fatbin).
@@ -95,10 +97,11 @@ def load_kernels(fatbin: str | Path | None = None, compile_fallback: bool = True
 
     Raises:
         MissingDependencyError: pycuda is not installed (`pip install 'stp-edge[cuda]'`).
-        RuntimeError: no usable fatbin and `compile_fallback` is False, or the compilation failed.
+        RuntimeError: no current CUDA context, no usable fatbin and `compile_fallback` is False, or the
+            compilation failed.
     """
-    ensure_context()
     cuda = require("pycuda.driver", "CUDA preprocessing")
+    require_current_context(cuda)
     path = Path(fatbin) if fatbin is not None else _default_fatbin()
     module, origin = None, ""
     if path is not None:

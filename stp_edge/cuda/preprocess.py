@@ -5,15 +5,21 @@ horizontal pass (decode BGR8/NV12 + PIL antialiased bicubic along x, uint8 inter
 pass (bicubic along y, /255, mean/std, CHW, float32/float16). The result stays on the device as a
 `DeviceArray` (a raw pointer + shape + dtype) that a TensorRT engine binds directly; no host round trip.
 `run_device` takes frames that already live on the GPU (e.g. pitched NV12 surfaces of a hardware decoder).
+
+Contexts are explicit: the preprocessor retains the primary context of the device it is given and pushes it
+around every call, so it works from any thread and on any device; `close()` frees its memory and releases the
+context, leaving the calling thread's context stack as it was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
+from stp_edge.cuda.context import PrimaryContext
 from stp_edge.cuda.kernels import BLOCK, grid_h, grid_v, load_kernels
 from stp_edge.cuda.memory import DeviceArray
 from stp_edge.pipeline.frames import validate_frame
@@ -26,6 +32,18 @@ from stp_edge.preprocess import (
 )
 
 _FORMATS = ("bgr8", "nv12")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _in_context(method: _F) -> _F:
+    """Run a CudaPreprocessor method with its device's context current (pushed and popped around the call)."""
+
+    @functools.wraps(method)
+    def wrapper(self: CudaPreprocessor, *args: Any, **kwargs: Any) -> Any:
+        with self.current():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class _DevicePlan:
@@ -44,6 +62,12 @@ class _DevicePlan:
         buf = cuda.to_device(a)
         self._keep.append(buf)
         return int(buf)
+
+    def free(self) -> None:
+        """Free the taps (with the owning context current)."""
+        for buf in self._keep:
+            buf.free()
+        self._keep.clear()
 
 
 class CudaPreprocessor:
@@ -65,15 +89,17 @@ class CudaPreprocessor:
         max_batch: int = 16,
         stream: Any = None,
         fatbin: str | None = None,
+        device: int = 0,
     ):
-        """Load the kernels and create the stream.
+        """Retain the device's primary context, load the kernels and create the stream.
 
         Args:
             image_size: crop side S.
             dtype: np.float32 or np.float16 output.
             max_batch: most frames per call (sizes the buffers).
-            stream: a pycuda Stream to work on (default: a new one).
+            stream: a pycuda Stream to work on, created in `device`'s primary context (default: a new one).
             fatbin: prebuilt kernels (see stp_edge.cuda.kernels.load_kernels).
+            device: CUDA device ordinal.
         """
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float16):
@@ -83,28 +109,66 @@ class CudaPreprocessor:
         self.image_size = int(image_size)
         self.max_batch = int(max_batch)
         self.spec = PreprocessSpec(size=self.image_size)
-        self.kernels = load_kernels(fatbin)
-        import pycuda.driver as cuda
-
-        self._cuda = cuda
-        self.stream = stream if stream is not None else cuda.Stream()
-        self._copied = cuda.Event()
+        self._context = PrimaryContext(device)
+        self.device = self._context.device
+        self._cuda = cuda = self._context.driver
         self._plans: dict[tuple[int, int], _DevicePlan] = {}
         self._staging: dict[tuple[int, ...], tuple[np.ndarray, Any]] = {}
         self._mid, self._mid_bytes = None, 0
-        self._out = cuda.mem_alloc(self.max_batch * 3 * self.image_size**2 * self.dtype.itemsize)
         scale, bias = normalisation(self.spec)
         self._norm = [np.float32(v) for v in (*scale, *bias)]
+        try:
+            with self.current():
+                self.kernels = load_kernels(fatbin)
+                self.stream = stream if stream is not None else cuda.Stream()
+                self._copied = cuda.Event()
+                self._out = cuda.mem_alloc(self.max_batch * 3 * self.image_size**2 * self.dtype.itemsize)
+        except BaseException:
+            self._context.release()
+            raise
+
+    def current(self) -> Any:
+        """Context manager: this preprocessor's device context, current for the duration.
+
+        For pycuda calls of the caller's own on the preprocessor's buffers: `with pre.current(): ...`.
+        """
+        return self._context.current()
+
+    def close(self) -> None:
+        """Free every buffer and release the device's context (idempotent); the preprocessor cannot run after."""
+        if getattr(self, "_out", None) is None:
+            return
+        with self.current():
+            self.stream.synchronize()
+            for plan in self._plans.values():
+                plan.free()
+            for _, dev in self._staging.values():
+                dev.free()
+            for buf in (self._mid, self._out):
+                if buf is not None:
+                    buf.free()
+            self._plans.clear()
+            self._staging.clear()
+            self._mid, self._out, self.stream, self._copied, self.kernels = None, None, None, None, None
+        self._context.release()
+
+    def __enter__(self) -> CudaPreprocessor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def stream_handle(self) -> int:
         """The CUstream as int (TensorRT's `execute_async_v3(stream_handle)`)."""
         return int(self.stream.handle)
 
+    @_in_context
     def synchronize(self) -> None:
         """Wait until all work queued on the stream is done."""
         self.stream.synchronize()
 
+    @_in_context
     def __call__(self, frames: Sequence[np.ndarray] | np.ndarray, sync: bool = True) -> DeviceArray:
         """Preprocess HxWx3 uint8 BGR host frames (all of one size) -> DeviceArray [B, 3, S, S]."""
         frames = self._as_list(frames, 3)
@@ -113,6 +177,7 @@ class CudaPreprocessor:
         dev = self._upload(frames)
         return self.run_device(dev, len(frames), h, w, pitch=w * 3, frame_stride=h * w * 3, sync=sync)
 
+    @_in_context
     def from_nv12(
         self,
         frames: Sequence[np.ndarray] | np.ndarray,
@@ -135,6 +200,7 @@ class CudaPreprocessor:
             matrix=matrix, full_range=full_range, sync=sync,
         )  # fmt: skip
 
+    @_in_context
     def run_device(
         self,
         src: Any,
@@ -202,6 +268,7 @@ class CudaPreprocessor:
         return DeviceArray(int(self._out), (batch, 3, p.size, p.size), self.dtype,
                            stream=None if sync else self.stream_handle)
 
+    @_in_context
     def to_host(self, tensor: DeviceArray) -> np.ndarray:
         """Copy a DeviceArray to a new host array (waits for the stream; for checks and debugging)."""
         out = np.empty(tensor.shape, tensor.dtype)
@@ -209,6 +276,7 @@ class CudaPreprocessor:
         self._cuda.memcpy_dtoh(out, tensor.ptr)
         return out
 
+    @_in_context
     def plan(self, height: int, width: int) -> CropResizePlan:
         """The resize/crop plan of an input size (uploading its taps on first use)."""
         return self._device_plan(height, width).plan

@@ -138,7 +138,7 @@ class Encoder:
         timings = {"preprocess": 0.0, "encoder": 0.0}
         for i in range(0, len(frames), chunk):
             t0 = time.perf_counter()
-            images = self.preprocess(frames[i:i + chunk])
+            images = self._preprocess(frames[i:i + chunk])
             t1 = time.perf_counter()
             fe, re = self.encode_images(images)
             timings["preprocess"] += (t1 - t0) * 1e3
@@ -149,6 +149,17 @@ class Encoder:
         frame_emb = np.concatenate(frame_parts).reshape(b, k, -1).mean(axis=1, dtype=np.float32)
         region_emb = np.concatenate(region_parts).reshape(b, k, cfg.num_regions, -1).mean(axis=1, dtype=np.float32)
         return EncodedBatch(tuple(snippets), frame_emb, region_emb, timings)
+
+    def _preprocess(self, frames: Sequence[np.ndarray]) -> Any:
+        """Preprocess one chunk; a CUDA preprocessor hands over by stream when the runner waits on streams.
+
+        With a runner that honours the `stream` of `__cuda_array_interface__` (TensorRT), the CUDA preprocessor
+        returns without a host sync and the runner's stream waits on an event instead; "preprocess" then times
+        the enqueue only, the kernels' time lands in "encoder".
+        """
+        if getattr(self.runner, "waits_on_feed_streams", False) and hasattr(self.preprocess, "stream_handle"):
+            return self.preprocess(frames, sync=False)
+        return self.preprocess(frames)
 
     def encode_images(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """Encoder and region features of preprocessed images: frame_emb [n, E], region_emb [n, R2, E]."""

@@ -1,0 +1,66 @@
+"""Explicit CUDA contexts: a device's primary context, retained once and made current around each use.
+
+pycuda's `autoprimaryctx`/`autoinit` make a context current on the importing thread only, and always on
+device 0; a runtime called from a worker thread, or given another device, then runs with no context or the
+wrong one. `PrimaryContext` instead retains the primary context of the device it is given (the one CuPy,
+torch, ONNX Runtime and TensorRT share) and pushes it around each call, popping it after, so any thread may
+call and the thread's context stack is left as it was found. pycuda is imported on construction only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from stp_edge._deps import require
+
+
+def check_device(device: int, count: int) -> int:
+    """`device` as an ordinal of one of `count` CUDA devices, or a ValueError that names what exists."""
+    if isinstance(device, bool) or not isinstance(device, int):
+        raise ValueError(f"CUDA device must be an integer ordinal, got {device!r}")
+    if count <= 0:
+        raise ValueError("no CUDA device is visible (check CUDA_VISIBLE_DEVICES and the driver)")
+    if not 0 <= device < count:
+        raise ValueError(f"CUDA device {device} does not exist; this machine has {count} (0..{count - 1})")
+    return device
+
+
+class PrimaryContext:
+    """The primary context of one device, retained until `release()`; `current()` makes it current.
+
+    Example:
+        >>> ctx = PrimaryContext(1)
+        >>> with ctx.current():
+        ...     buf = pycuda.driver.mem_alloc(1 << 20)
+        >>> ctx.release()
+    """
+
+    def __init__(self, device: int = 0, *, purpose: str = "CUDA preprocessing") -> None:
+        self._cuda = require("pycuda.driver", purpose)
+        self._cuda.init()
+        self.device = check_device(device, self._cuda.Device.count())
+        self._ctx: Any = self._cuda.Device(self.device).retain_primary_context()
+
+    @property
+    def driver(self) -> Any:
+        """The `pycuda.driver` module."""
+        return self._cuda
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[Any]:
+        """Push the context for the duration and pop it after (balanced on every exit path)."""
+        if self._ctx is None:
+            raise RuntimeError(f"the CUDA context of device {self.device} was released")
+        self._ctx.push()
+        try:
+            yield self._ctx
+        finally:
+            self._cuda.Context.pop()
+
+    def release(self) -> None:
+        """Drop the retain (idempotent). Free this context's allocations first, inside `current()`."""
+        if self._ctx is not None:
+            self._ctx.detach()
+            self._ctx = None

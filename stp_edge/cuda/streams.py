@@ -1,0 +1,77 @@
+"""Stream hand-off between producers and consumers of device buffers, with events instead of host syncs.
+
+A device buffer carries the stream its producer wrote it on in `__cuda_array_interface__["stream"]` (version 3:
+None = ready, 1 = the legacy default stream, 2 = the per-thread default stream, any other int = a CUstream;
+0 is forbidden as ambiguous). A consumer on another stream records an event on the producer's stream and makes
+its own stream wait on it (`cuEventRecord` + `cuStreamWaitEvent`): the GPU orders the work, the host never
+blocks. pycuda can record events only on its own Stream objects, so the two driver calls go through ctypes
+on libcuda (loaded on first use; no import-time dependency).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+CU_STREAM_LEGACY = 1
+CU_STREAM_PER_THREAD = 2
+CU_EVENT_DISABLE_TIMING = 0x2
+
+
+def producer_stream(value: Any, consumer: int) -> int | None:
+    """The stream a consumer on stream `consumer` must wait for before reading `value`, or None.
+
+    None for host arrays, buffers without a stream (already synchronised) and buffers produced on `consumer`
+    itself (stream order suffices).
+
+    Raises:
+        ValueError: The interface gives stream 0, which version 3 forbids (ambiguous legacy/per-thread).
+    """
+    cai = getattr(value, "__cuda_array_interface__", None)
+    if not isinstance(cai, dict) or cai.get("stream") is None:
+        return None
+    stream = int(cai["stream"])
+    if stream == 0:
+        raise ValueError("__cuda_array_interface__ stream 0 is not allowed (version 3): the producer must give "
+                         "1 (legacy default stream), 2 (per-thread default stream) or its CUstream")
+    return None if stream == int(consumer) else stream
+
+
+def _libcuda() -> ctypes.CDLL:
+    lib = ctypes.CDLL("libcuda.so.1")
+    ptr, uint = ctypes.c_void_p, ctypes.c_uint
+    lib.cuEventCreate.argtypes = [ctypes.POINTER(ptr), uint]
+    lib.cuEventRecord.argtypes = [ptr, ptr]
+    lib.cuStreamWaitEvent.argtypes = [ptr, ptr, uint]
+    lib.cuEventDestroy_v2.argtypes = [ptr]
+    for f in (lib.cuEventCreate, lib.cuEventRecord, lib.cuStreamWaitEvent, lib.cuEventDestroy_v2):
+        f.restype = ctypes.c_int
+    return lib
+
+
+def _check(status: int, call: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"{call} failed with CUresult {status}")
+
+
+class StreamWaiter:
+    """One reusable event that makes a consumer stream wait for producer streams.
+
+    Create, use and close it while the consumer's context is current (an event belongs to a context).
+    """
+
+    def __init__(self) -> None:
+        self._lib = _libcuda()
+        self._event = ctypes.c_void_p()
+        _check(self._lib.cuEventCreate(ctypes.byref(self._event), CU_EVENT_DISABLE_TIMING), "cuEventCreate")
+
+    def wait(self, consumer: int, producer: int) -> None:
+        """Queue on `consumer` a wait for everything queued on `producer` so far (no host synchronisation)."""
+        _check(self._lib.cuEventRecord(self._event, ctypes.c_void_p(producer)), "cuEventRecord")
+        _check(self._lib.cuStreamWaitEvent(ctypes.c_void_p(consumer), self._event, 0), "cuStreamWaitEvent")
+
+    def close(self) -> None:
+        """Destroy the event (idempotent)."""
+        if self._event is not None and self._event.value:
+            _check(self._lib.cuEventDestroy_v2(self._event), "cuEventDestroy")
+        self._event = None
