@@ -29,6 +29,9 @@ EXTRAS = {
         "pillow>=10.0,<14",
     ],
     "eval": ["scikit-learn>=1.3,<2", "matplotlib>=3.7,<4"],
+    # Scale-out: Ray Data pipelines for archives (`stp-edge extract --ray`, `stp-edge score --ray`), and the
+    # triton:// client backend (the server itself runs from PyTriton: stp_edge/scale/serve.py).
+    "scale": ["ray[data]>=2.40,<3", "tritonclient[http]>=2.40,<3"],
     "dev": ["pytest>=8.0,<10", "ruff>=0.5,<1", "polygraphy>=0.49,<1", "pillow>=10.0,<14", "vermin>=1.6,<2"],
 }
 
@@ -48,6 +51,7 @@ setup(
         "stp_edge.eval",
         "stp_edge.model",
         "stp_edge.pipeline",
+        "stp_edge.scale",
         "stp_edge.export",
         "stp_edge.kernels",
     ],
