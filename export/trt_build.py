@@ -389,18 +389,15 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, sha
 # --- building a bundle's plans ----------------------------------------------------------------------------
 @contextmanager
 def _on_device(device: int) -> Iterator[None]:
-    """Make `device`'s primary CUDA context current, so TensorRT builds for that GPU."""
-    from stp_edge._deps import require
+    """Make `device`'s primary CUDA context current, so TensorRT builds for that GPU (released after)."""
+    from stp_edge.cuda.context import PrimaryContext
 
-    cuda = require("pycuda.driver", "selecting the GPU to build on")
-    cuda.init()
-    ctx = cuda.Device(device).retain_primary_context()
-    ctx.push()
+    ctx = PrimaryContext(device, purpose="selecting the GPU to build on")
     try:
-        yield
+        with ctx.current():
+            yield
     finally:
-        cuda.Context.pop()
-        ctx.detach()
+        ctx.release()
 
 
 def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp16", max_batch: int = 16,

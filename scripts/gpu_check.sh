@@ -1,74 +1,103 @@
 #!/usr/bin/env bash
-# GPU check of the fused CUDA preprocessing (kernels/preprocess.cu) on a machine with an NVIDIA GPU, nvcc,
-# numpy and PyTorch/CuPy but no pycuda and no internet (our H100/H200 image):
-#   1. installs pycuda from the source archive in third_party/pycuda (built against this machine's CUDA),
-#   2. builds the fatbin (python -m stp_edge.cuda.build),
-#   3. runs the GPU tests (pytest -m gpu) and the nvcc/CPU preprocessing tests,
-#   4. runs the GPU benchmark and prints its table.
+# One prepared GPU check of the CUDA path, sized for a short GPU loan (the run phases take <= 5 minutes in all).
 #
-# third_party/ is git-ignored: populate it first, on a machine with internet, with
-#   scripts/fetch_pycuda.sh            (WITH_TEST_DEPS=1 if the GPU image lacks pillow/opencv/pytest)
-# and carry it with the tree. Results land in benchmarks/results/ and, if $OUT is set, are copied there.
-# Environment: PYTHON (default python3), CUDA_ROOT (default: found from nvcc), VENV (default /tmp/stp-edge-gpu-venv).
+#   scripts/gpu_check.sh prepare      on the development machine (registry access, nvcc): fetch pycuda's source
+#                                     and its pure-Python dependencies into third_party/pycuda, prebuild the
+#                                     kernel fatbin into build/kernels; then carry third_party/ and build/kernels
+#   scripts/gpu_check.sh run          on the GPU machine (no internet): the phases below, each under its own
+#                                     timeout, each writing JSON into $RESULTS
+#   scripts/gpu_check.sh --dry-run [prepare|run|all]   print every phase and its exact command, run nothing
+#
+# Run phases: install (pycuda built in place with parallel jobs + `pip install --target`: the machine's python3
+# may itself be a virtual environment, and a venv made from it would not see its torch/cupy), env, kernels (the
+# `gpu`-marked tests; a skip counts as a failure), sanitizer (compute-sanitizer memcheck on two kernel cases),
+# thread (the preprocessor called from a second thread), encoder (CUDA-preprocessed images fed zero-copy to the
+# torch reference ViT-B/16 vs the CPU path), timings (preprocess 1080p->224 batch 1/16; torch fp16 ViT-B/16
+# batch 1/16 eager and with CUDA graphs: the bar TensorRT must beat), summary.
+# Environment: PYTHON (python3), RESULTS ($OUT or build/gpu-check), DEPS (where pycuda & co. go),
+# DEADLINE (seconds for all run phases, 290), CUDA_ROOT (found from nvcc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-t_start=$(date +%s)
-PYTHON="${PYTHON:-python3}"
-VENV="${VENV:-${TMPDIR:-/tmp}/stp-edge-gpu-venv}"
-WHEELS=third_party/pycuda
 
-if [ -z "${CUDA_ROOT:-}" ]; then
-    # nvcc is often a wrapper script or a symlink; ask it where its toolkit is.
-    top=$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)
-    CUDA_ROOT=$(readlink -f "${top:-$(dirname "$(dirname "$(command -v nvcc)")")}")
-fi
-export CUDA_ROOT CUDA_HOME="$CUDA_ROOT" PATH="$CUDA_ROOT/bin:$PATH"
-echo "== GPU / toolkit"
-nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader || true
-nvcc --version | tail -2
-echo "CUDA_ROOT=$CUDA_ROOT"
-
-echo "== python env ($VENV, with the system site-packages: numpy, torch, cupy stay visible)"
-if [ ! -x "$VENV/bin/python" ]; then "$PYTHON" -m venv --system-site-packages "$VENV"; fi
-PY="$(cd "$VENV" && pwd)/bin/python"
-pip_offline() { "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" "$@"; }
-if ! "$PY" -c "import pycuda" 2>/dev/null; then
-    ls "$WHEELS"/pycuda-*.tar.gz >/dev/null 2>&1 || { echo "no pycuda sdist in $WHEELS: run scripts/fetch_pycuda.sh"; exit 2; }
-    "$PY" -c "import setuptools, wheel" 2>/dev/null || pip_offline setuptools wheel
-    pip_offline pytools platformdirs mako
-    t0=$(date +%s)
-    # pycuda reads its CUDA location from siteconf.py (configure.py), not from the environment;
-    # cuRAND (pycuda.curandom) is not used by stp-edge and left out, so the build needs only libcuda.
-    src=$(mktemp -d)
-    tar xzf "$(ls "$WHEELS"/pycuda-*.tar.gz | tail -1)" -C "$src"
-    # pycuda links -lcuda: the toolkit's stub or the driver's libcuda.so. Containers often mount only
-    # libcuda.so.1; then link against it through an unversioned symlink (the real driver library).
-    libdirs="$CUDA_ROOT/lib64/stubs,$CUDA_ROOT/targets/$(uname -m)-linux/lib/stubs,$CUDA_ROOT/lib64,$CUDA_ROOT/lib"
-    drv=$(ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
-    if [ -n "$drv" ]; then mkdir -p "$src/libcuda" && ln -sf "$drv" "$src/libcuda/libcuda.so"; libdirs="$libdirs,$src/libcuda"; fi
-    (cd "$src"/pycuda-* && "$PY" configure.py --cuda-root="$CUDA_ROOT" --no-cuda-enable-curand \
-        --cudadrv-lib-dir="$libdirs" >/dev/null)
-    # ~40 C++ files, compiled serially by setuptools: a few minutes.
-    pip_offline --no-build-isolation --no-deps "$src"/pycuda-*
-    echo "pycuda built in $(( $(date +%s) - t0 )) s"
-fi
-for pair in PIL:pillow cv2:opencv-python-headless pytest:pytest; do
-    mod=${pair%%:*} pkg=${pair#*:}
-    if ! "$PY" -c "import $mod" 2>/dev/null; then
-        pip_offline "$pkg" || { echo "$pkg missing and not in $WHEELS: run WITH_TEST_DEPS=1 scripts/fetch_pycuda.sh"; exit 2; }
-    fi
+DRY=0
+MODE=run
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY=1 ;;
+        prepare|run|all) MODE=$arg ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "usage: $0 [--dry-run] [prepare|run|all]" >&2; exit 2 ;;
+    esac
 done
-"$PY" -c "import pycuda.driver as d; d.init(); print('pycuda', __import__('pycuda').VERSION_TEXT, '| devices:', [d.Device(i).name() for i in range(d.Device.count())])"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-echo "== fatbin"
-"$PY" -m stp_edge.cuda.build --out build/kernels
+PY="${PYTHON:-python3}"
+RESULTS="${RESULTS:-${OUT:-build/gpu-check}}"
+DEPS="${DEPS:-${TMPDIR:-/tmp}/stp-edge-gpu-deps}"
+WHEELS=third_party/pycuda
+FATBIN=build/kernels/preprocess.fatbin
+DEADLINE="${DEADLINE:-290}"
+JOBS="$(nproc 2>/dev/null || echo 4)"
+T0=$(date +%s)
+FAILED=()
 
-echo "== tests"
-"$PY" -m pytest -q -rs -m gpu tests/test_cuda_gpu.py
-"$PY" -m pytest -q -rs tests/test_kernels_nvcc.py tests/test_preprocess.py
+# phase NAME TIMEOUT COMMAND...: print it; unless --dry-run, run it under min(TIMEOUT, time left) and record
+# {phase, command, rc, seconds, timeout_s} in $RESULTS/NAME.run.json.
+phase() {
+    local name=$1 limit=$2
+    shift 2
+    echo "== phase $name (timeout ${limit}s): $*"
+    [ "$DRY" = 1 ] && return 0
+    local left=$(( DEADLINE - ($(date +%s) - T0) ))
+    [ "$MODE" = prepare ] && left=$limit
+    [ "$left" -lt "$limit" ] && limit=$left
+    local start rc=0
+    start=$(date +%s)
+    if [ "$limit" -le 0 ]; then rc=124; else timeout --kill-after=10 "$limit" "$@" || rc=$?; fi
+    mkdir -p "$RESULTS"
+    printf '{"phase": "%s", "command": "%s", "rc": %d, "seconds": %d, "timeout_s": %d}\n' "$name" \
+        "$(printf '%s ' "$@" | sed 's/\\/\\\\/g; s/"/\\"/g')" "$rc" "$(( $(date +%s) - start ))" "$limit" \
+        > "$RESULTS/$name.run.json"
+    if [ "$rc" != 0 ]; then FAILED+=("$name(rc=$rc)"); echo "-- phase $name FAILED (rc=$rc)"; fi
+    return 0
+}
 
-echo "== benchmark"
-"$PY" benchmarks/bench_preprocess.py --gpu-only --repeats "${REPEATS:-7}"
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/preprocess_gpu.* "$OUT"/ 2>/dev/null || true; fi
-echo "== gpu_check done in $(( $(date +%s) - t_start )) s"
+prepare() {
+    # WITH_TEST_DEPS=1 adds pillow, opencv-python-headless and pytest (~60 MB per Python version: set
+    # PY_VERSIONS to the GPU machine's Python only, the carry limit is 64 MiB).
+    phase fetch-pycuda 600 env PY_VERSIONS="${PY_VERSIONS:-3.10 3.11 3.12 3.13}" WITH_TEST_DEPS="${WITH_TEST_DEPS:-0}" \
+        scripts/fetch_pycuda.sh
+    # pytest and its pure-Python dependencies (< 1 MB; python 3.10 resolves tomli and exceptiongroup as well).
+    phase fetch-pytest 300 "${VENV_PY:-.venv/bin/python}" -m pip download --quiet --only-binary=:all: \
+        --python-version 3.10 -d "$WHEELS" pytest
+    phase fatbin 600 "${VENV_PY:-.venv/bin/python}" -m stp_edge.cuda.build --out build/kernels
+    echo "carry: third_party build/kernels"
+}
+
+run_checks() {
+    export PYTHONPATH="$PWD:$DEPS${PYTHONPATH:+:$PYTHONPATH}" STP_EDGE_FATBIN="$PWD/$FATBIN"
+    [ "$DRY" = 1 ] || mkdir -p "$RESULTS"
+    [ "$DRY" = 1 ] || [ -f "$FATBIN" ] || { echo "no $FATBIN: run '$0 prepare' and carry build/kernels"; exit 2; }
+    phase install 150 env PYTHON="$PY" DEPS="$DEPS" WHEELS="$WHEELS" scripts/gpu_install.sh
+    phase env 30 "$PY" scripts/gpu_phases.py env --out "$RESULTS/env.json"
+    phase kernels 90 "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_cuda_gpu.py tests/test_gpu_path.py \
+        --junitxml "$RESULTS/kernels.xml"
+    phase kernels-summary 20 "$PY" scripts/gpu_phases.py junit "$RESULTS/kernels.xml" --out "$RESULTS/kernels.json"
+    phase sanitizer 60 compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
+        "$PY" scripts/gpu_phases.py sanitize --out "$RESULTS/sanitizer.json"
+    phase thread 30 "$PY" scripts/gpu_phases.py thread --out "$RESULTS/thread.json"
+    phase encoder 60 "$PY" scripts/gpu_phases.py encoder --out "$RESULTS/encoder.json"
+    phase timings 60 "$PY" scripts/gpu_phases.py timings --repeats 20 --out "$RESULTS/timings.json"
+}
+
+case "$MODE" in
+    prepare) prepare ;;
+    run) run_checks ;;
+    all) prepare; run_checks ;;
+esac
+echo "== phase summary: ${#FAILED[@]} failed${FAILED:+: ${FAILED[*]}} (results in $RESULTS)"
+if [ "$DRY" = 0 ]; then
+    list=""
+    for f in "${FAILED[@]}"; do list="$list${list:+, }\"$f\""; done
+    printf '{"failed": [%s], "seconds": %d}\n' "$list" "$(( $(date +%s) - T0 ))" > "$RESULTS/summary.json"
+fi
+[ "${#FAILED[@]}" = 0 ]

@@ -431,3 +431,48 @@ def test_consumer_stream_waits_on_the_producer_event_without_host_sync():
             consumer.synchronize()
             waiter.close()
     np.testing.assert_array_equal(got, want)
+
+
+# --- 7. the prepared GPU check ----------------------------------------------------------------------------
+def test_gpu_check_dry_run_prints_every_phase_and_its_command(tmp_path):
+    """`scripts/gpu_check.sh --dry-run all` runs nothing and lists each phase with its exact command."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RESULTS": str(tmp_path / "results"), "PYTHON": "python3"}
+    res = subprocess.run(["bash", str(repo / "scripts/gpu_check.sh"), "--dry-run", "all"], capture_output=True,
+                         text=True, env=env, timeout=60, check=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("== phase ")]
+    phases = [ln.split()[2] for ln in lines if ln.split()[2] != "summary:"]
+    assert phases == ["fetch-pycuda", "fetch-pytest", "fatbin", "install", "env", "kernels", "kernels-summary", "sanitizer",
+                      "thread", "encoder", "timings"]
+    text = res.stdout
+    assert "-m stp_edge.cuda.build --out build/kernels" in text  # the fatbin is prebuilt here, then carried
+    assert "scripts/gpu_install.sh" in text and "venv" not in text.replace(".venv/bin/python", "")
+    assert "-m gpu tests/test_cuda_gpu.py tests/test_gpu_path.py" in text
+    assert "compute-sanitizer --tool memcheck" in text and "gpu_phases.py sanitize" in text
+    for name in ("thread", "encoder", "timings"):
+        assert f"gpu_phases.py {name}" in text and f"{tmp_path}/results/{name}.json" in text
+    limits = [int(ln.split("(timeout ")[1].split("s)")[0]) for ln in lines if "(timeout " in ln]
+    assert sum(limits[3:]) <= 600 and all(limits)  # run phases are bounded; the script's deadline is 290 s
+    assert not (tmp_path / "results").exists()
+
+
+def test_junit_summary_counts_a_skip_as_a_failure(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gpu_phases", Path(__file__).resolve().parents[1]
+                                                  / "scripts/gpu_phases.py")
+    gpu_phases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_phases)
+    xml = tmp_path / "k.xml"
+    xml.write_text('<testsuites><testsuite><testcase classname="t" name="a"/>'
+                   '<testcase classname="t" name="b"><skipped message="no CUDA"/></testcase>'
+                   '</testsuite></testsuites>')
+    result = gpu_phases.phase_junit(xml)
+    assert result["ok"] is False and result["skipped"] == ["t::b"] and result["tests"] == 2
+    xml.write_text('<testsuites><testsuite><testcase classname="t" name="a"/></testsuite></testsuites>')
+    assert gpu_phases.phase_junit(xml)["ok"] is True

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what scripts/gpu_check.sh needs on a GPU machine without internet, without a venv: the pure-Python
+# dependencies from third_party/pycuda with `pip install --target $DEPS`, and pycuda compiled in place with
+# parallel jobs (setuptools builds ~40 C++ files serially through pip: minutes) and linked into $DEPS.
+# The caller puts $DEPS on PYTHONPATH. Environment: PYTHON, DEPS, WHEELS, CUDA_ROOT (default: from nvcc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+DEPS="${DEPS:?set DEPS}"
+WHEELS="${WHEELS:-third_party/pycuda}"
+export PYTHONPATH="$DEPS${PYTHONPATH:+:$PYTHONPATH}"
+if [ -z "${CUDA_ROOT:-}" ]; then
+    # nvcc is often a wrapper script or a symlink; ask it where its toolkit is.
+    top=$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)
+    CUDA_ROOT=$(readlink -f "${top:-$(dirname "$(dirname "$(command -v nvcc)")")}")
+fi
+mkdir -p "$DEPS"
+missing=()
+for pair in pytools:pytools mako:mako platformdirs:platformdirs pytest:pytest PIL:pillow cv2:opencv-python-headless; do
+    "$PY" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" --target "$DEPS" "${missing[@]}"
+fi
+if ! "$PY" -c "import pycuda.driver" 2>/dev/null; then
+    ls "$WHEELS"/pycuda-*.tar.gz >/dev/null 2>&1 || { echo "no pycuda sdist in $WHEELS: run scripts/gpu_check.sh prepare"; exit 2; }
+    src="$DEPS/src"
+    rm -rf "$src" && mkdir -p "$src"
+    tar xzf "$(ls "$WHEELS"/pycuda-*.tar.gz | tail -1)" -C "$src"
+    dir=$(ls -d "$src"/pycuda-* | tail -1)
+    # pycuda links -lcuda: the toolkit's stub, or the driver's libcuda.so.1 through an unversioned link
+    # (containers often mount only libcuda.so.1). cuRAND is not used by stp-edge and left out.
+    libdirs="$CUDA_ROOT/lib64/stubs,$CUDA_ROOT/targets/$(uname -m)-linux/lib/stubs,$CUDA_ROOT/lib64,$CUDA_ROOT/lib"
+    drv=$(ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
+    if [ -n "$drv" ]; then mkdir -p "$src/libcuda" && ln -sf "$drv" "$src/libcuda/libcuda.so"; libdirs="$libdirs,$src/libcuda"; fi
+    (cd "$dir" && "$PY" configure.py --cuda-root="$CUDA_ROOT" --no-cuda-enable-curand --cudadrv-lib-dir="$libdirs" \
+        >/dev/null && "$PY" setup.py -q build_ext --inplace -j "$(nproc)")
+    ln -sfn "$dir/pycuda" "$DEPS/pycuda"
+fi
+"$PY" -c "import pycuda, pycuda.driver as d; d.init(); print('pycuda', pycuda.VERSION_TEXT, '|', d.Device(0).name())"

@@ -1,0 +1,216 @@
+"""The Python phases of scripts/gpu_check.sh; each writes one JSON object (to --out and stdout).
+
+    env       GPU, driver, toolkit, Python and library versions
+    sanitize  two kernel cases (BGR 1080p batch 2, NV12 480p batch 1) for compute-sanitizer to watch
+    thread    the CUDA preprocessor built on the main thread, called from a second one, vs the main thread
+    encoder   CUDA-preprocessed images fed zero-copy to the torch reference ViT-B/16 on the GPU vs the CPU path
+    timings   preprocess 1080p->224 (batch 1, 16); torch fp16 ViT-B/16 (batch 1, 16), eager and CUDA graphs
+    junit     summarise a pytest JUnit XML file; a skipped test counts as a failure (a GPU check that skips
+              checked nothing)
+
+Run from the repository root with PYTHONPATH set by gpu_check.sh (pycuda from third_party/, stp_edge from the tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def frames(n: int, h: int = 1080, w: int = 1920, seed: int = 0) -> list[np.ndarray]:
+    """n random-texture BGR frames (never constant: constant inputs hide unwritten outputs)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return [np.roll(base, 7 * i, axis=1) for i in range(n)]
+
+
+def phase_env() -> dict[str, Any]:
+    import pycuda
+    import pycuda.driver as cuda
+
+    cuda.init()
+    out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                           "pycuda": pycuda.VERSION_TEXT, "driver": cuda.get_driver_version(),
+                           "devices": [{"name": cuda.Device(i).name(),
+                                        "cc": "{}.{}".format(*cuda.Device(i).compute_capability()),
+                                        "integrated": bool(cuda.Device(i).get_attribute(
+                                            cuda.device_attribute.INTEGRATED))}
+                                       for i in range(cuda.Device.count())]}
+    for mod in ("torch", "cupy", "onnxruntime", "cv2", "PIL"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception as exc:  # absent or broken: recorded, not fatal
+            out[mod] = f"unavailable: {exc}"
+    return out
+
+
+def phase_sanitize() -> dict[str, Any]:
+    from stp_edge.cuda import CudaPreprocessor
+
+    with CudaPreprocessor(224, max_batch=2) as pre:
+        bgr = pre.to_host(pre(frames(2)))
+        h, w = 480, 640
+        nv12 = np.random.default_rng(1).integers(16, 236, (h * 3 // 2, w), dtype=np.uint8)
+        yuv = pre.to_host(pre.from_nv12([nv12]))
+    return {"cases": ["bgr8 1080x1920 batch 2", "nv12 480x640 batch 1"],
+            "finite": bool(np.isfinite(bgr).all() and np.isfinite(yuv).all())}
+
+
+def phase_thread() -> dict[str, Any]:
+    from stp_edge.cuda import CudaPreprocessor
+
+    batch = frames(4, 720, 1280)
+    with CudaPreprocessor(224, max_batch=4) as pre:
+        main = pre.to_host(pre(batch))
+        got: dict[str, Any] = {}
+
+        def worker() -> None:
+            try:
+                got["out"] = pre.to_host(pre(batch))
+                import pycuda.driver as cuda
+
+                got["context_left_current"] = cuda.Context.get_current() is not None
+            except Exception as exc:
+                got["error"] = repr(exc)
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+    if "error" in got:
+        return {"ok": False, "error": got["error"]}
+    diff = float(np.abs(got["out"] - main).max())
+    return {"ok": diff == 0.0 and not got["context_left_current"], "max_abs_diff": diff,
+            "context_left_current": got["context_left_current"]}
+
+
+def _vit(dtype: Any) -> Any:
+    import torch
+
+    from stp_edge.config import VisionConfig
+    from stp_edge.model.clip import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(VisionConfig()).cuda().eval().to(dtype)
+
+
+def phase_encoder() -> dict[str, Any]:
+    import torch
+
+    from stp_edge.cuda import CudaPreprocessor
+    from stp_edge.preprocess import CpuPreprocessor
+
+    batch = frames(4)
+    vit = _vit(torch.float32)
+    cpu_images = torch.from_numpy(CpuPreprocessor(224)(batch)).cuda()
+    with CudaPreprocessor(224, max_batch=4) as pre, torch.no_grad():
+        images = pre(batch)  # synchronised DeviceArray, read in place through __cuda_array_interface__
+        gpu_images = torch.as_tensor(images, device="cuda")
+        pixel = float((gpu_images - cpu_images).abs().max())
+        (f_gpu, p_gpu), (f_cpu, p_cpu) = vit(gpu_images), vit(cpu_images)
+    rel = float((f_gpu - f_cpu).norm() / f_cpu.norm())
+    rel_p = float((p_gpu - p_cpu).norm() / p_cpu.norm())
+    return {"pixel_max_abs_diff": pixel, "frame_emb_rel_err": rel, "patch_emb_rel_err": rel_p,
+            "ok": pixel <= 2e-2 and rel <= 1e-3 and rel_p <= 1e-3}
+
+
+def _cuda_ms(fn: Callable[[], Any], repeats: int) -> float:
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        samples.append(start.elapsed_time(stop))
+    return statistics.median(samples)
+
+
+def phase_timings(repeats: int) -> dict[str, Any]:
+    import torch
+
+    from stp_edge.cuda import CudaPreprocessor
+
+    out: dict[str, Any] = {"repeats": repeats, "preprocess_1080p_ms": {}, "vit_b16_fp16_ms": {}}
+    with CudaPreprocessor(224, max_batch=16) as pre:
+        for b in (1, 16):
+            batch = frames(b)
+            pre(batch)
+            t = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                pre(batch)  # host frames in, synchronised: what the runtime pays per call
+                t.append((time.perf_counter() - t0) * 1e3)
+            out["preprocess_1080p_ms"][str(b)] = statistics.median(t)
+    vit = _vit(torch.float16)
+    with torch.no_grad():
+        for b in (1, 16):
+            x = torch.randn(b, 3, 224, 224, device="cuda", dtype=torch.float16)
+            eager = _cuda_ms(lambda x=x: vit(x), repeats)
+            static = x.clone()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    vit(static)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                vit(static)
+            out["vit_b16_fp16_ms"][str(b)] = {"eager": eager, "cuda_graph": _cuda_ms(graph.replay, repeats)}
+    return out
+
+
+def phase_junit(path: Path) -> dict[str, Any]:
+    import xml.etree.ElementTree as ET
+
+    cases = list(ET.parse(path).getroot().iter("testcase"))
+
+    def named(tag: str) -> list[str]:
+        return [f"{c.get('classname')}::{c.get('name')}" for c in cases if c.find(tag) is not None]
+
+    failed, errors, skipped = named("failure"), named("error"), named("skipped")
+    return {"tests": len(cases), "failed": failed, "errors": errors, "skipped": skipped,
+            "ok": bool(cases) and not (failed or errors or skipped)}
+
+
+PHASES = {"env": phase_env, "sanitize": phase_sanitize, "thread": phase_thread, "encoder": phase_encoder}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("phase", choices=[*PHASES, "timings", "junit"])
+    ap.add_argument("junit_xml", nargs="?", type=Path, help="junit: the pytest --junitxml file")
+    ap.add_argument("--out", type=Path, help="write the JSON here as well")
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.phase == "timings":
+        result = phase_timings(args.repeats)
+    elif args.phase == "junit":
+        result = phase_junit(args.junit_xml)
+    else:
+        result = PHASES[args.phase]()
+    result = {"phase": args.phase, "seconds": round(time.perf_counter() - t0, 2), **result}
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0 if result.get("ok", result.get("finite", True)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
