@@ -446,8 +446,8 @@ def test_gpu_check_dry_run_prints_every_phase_and_its_command(tmp_path):
                          text=True, env=env, timeout=60, check=True)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("== phase ")]
     phases = [ln.split()[2] for ln in lines if ln.split()[2] != "summary:"]
-    assert phases == ["fetch-pycuda", "fetch-pytest", "fatbin", "install", "env", "kernels", "kernels-summary", "sanitizer",
-                      "thread", "encoder", "timings"]
+    assert phases == ["fetch-pycuda", "fetch-pytest", "fatbin", "install", "env", "kernels", "kernels-summary",
+                      "sanitizer", "thread", "encoder", "timings"]
     text = res.stdout
     assert "-m stp_edge.cuda.build --out build/kernels" in text  # the fatbin is prebuilt here, then carried
     assert "scripts/gpu_install.sh" in text and "venv" not in text.replace(".venv/bin/python", "")
