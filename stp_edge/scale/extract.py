@@ -1,0 +1,239 @@
+"""`stp-edge extract`: snippet features of many videos for `stp-edge train`, with the runtime's own encoder.
+
+    extract_features("videos/", "feats/", bundle="model.stp", labels="labels.csv")
+    extract_features("videos/", "feats/", clip_weights="ViT-B-16.pt", fmt="ucf-crime",
+                     annotations="Temporal_Anomaly_Annotation_for_Testing_Videos.txt", ray=True)
+
+One `<video stem>.npz` per video (keys: `stp_edge.scale.features`), written under a temporary name and
+renamed. Resumable: a rerun skips every video whose file records the same feature fingerprint (and relabels,
+without re-encoding, one whose label changed), deletes the temporary files a killed run left, and encodes the
+rest. With `clip_weights` instead of a bundle, a bundle is first exported from those weights into
+`<out_dir>/encoder.stp` (random heads: extraction runs only the encoder; needs `pip install stp-edge[export]`);
+train with the same weights (`stp-edge train FEATS --clip-weights ...`) and the trained model's encoder is the
+one the features came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stp_edge.scale.features import (
+    encode_video,
+    existing_state,
+    feature_fingerprint,
+    features_npz,
+    relabel,
+    remove_partials,
+)
+from stp_edge.scale.inputs import VideoLabel, expand_videos, output_names, resolve_labels
+
+ENCODER_BUNDLE = "encoder.stp"  # where --clip-weights puts the bundle it exports, inside the output folder
+
+
+@dataclass
+class ExtractReport:
+    """What an extraction run did.
+
+    Attributes:
+        out_dir: The feature folder.
+        bundle: The bundle whose encoder made the features.
+        fingerprint: Its feature fingerprint (recorded in every file).
+        backends: Backends that ran ("ort-cpu", "trt", ...; one per node type under Ray).
+        workers: Processes that encoded (1 without Ray).
+        written: Files encoded and written by this run.
+        skipped: Files already done (same fingerprint and label).
+        relabelled: Files kept but given a new label.
+        failed: video -> why it could not be read.
+        partials_removed: Temporary files of a killed run that were deleted.
+        snippets: Snippets encoded by this run.
+        wall_s: Seconds the run took.
+    """
+
+    out_dir: Path
+    bundle: Path
+    fingerprint: str
+    backends: list[str] = field(default_factory=list)
+    workers: int = 1
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    relabelled: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    partials_removed: int = 0
+    snippets: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every video has its feature file."""
+        return not self.failed
+
+    def summary(self) -> str:
+        """One paragraph for the CLI."""
+        rate = self.snippets / self.wall_s if self.wall_s else 0.0
+        lines = [f"extract: {len(self.written)} written, {len(self.skipped)} already done, "
+                 f"{len(self.relabelled)} relabelled, {len(self.failed)} failed; {self.snippets} snippets in "
+                 f"{self.wall_s:.1f} s ({rate:.1f} snippets/s, {self.workers} worker(s), "
+                 f"{', '.join(self.backends) or 'no encoder run'}) -> {self.out_dir}"]
+        if self.partials_removed:
+            lines.append(f"removed {self.partials_removed} temporary file(s) of an interrupted run")
+        lines += [f"FAILED {video}: {why}" for video, why in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def clip_weights_bundle(clip_weights: str | Path, out: str | Path, *, config: str = "auto",
+                        progress: bool = True) -> Path:
+    """Export a bundle (random heads) around OpenAI CLIP weights, for feature extraction; reused if already there.
+
+    `config="auto"` takes the ViT-B/16 defaults with the image and text towers' shapes read from the weights
+    (so ViT-B/32 or a tiny test CLIP work too); "vit-b-16" or "tiny" force a preset.
+    """
+    from stp_edge.bundle import Bundle, BundleError
+
+    out, weights = Path(out), str(Path(clip_weights).resolve())
+    if out.exists():
+        try:
+            source = Bundle.load(out).manifest.get("source", {})
+            if source.get("clip_weights") == weights and source.get("kind") == "random":
+                return out
+        except BundleError:
+            pass
+    from stp_edge.export.bundle_export import export_bundle
+
+    overrides: dict[str, Any] = {}
+    if config == "auto":
+        from stp_edge.model.weights import infer_clip_config, read_clip_state_dict
+
+        vision, text = infer_clip_config(read_clip_state_dict(weights))
+        overrides = {"vision": dataclasses.asdict(vision), "text": dataclasses.asdict(text)}
+        config = "vit-b-16"
+    return export_bundle(out, random_config=config, clip_weights=weights, config_overrides=overrides, seed=0,
+                         overwrite=True, progress=progress)
+
+
+def _extract_job(detector: Any, row: dict[str, Any]) -> tuple[bytes, int]:
+    """Per-video job (`stp_edge.scale.jobs`): the video's `.npz` bytes and its snippet count."""
+    feats = encode_video(detector.encoder, detector.config, row["video"], batch=int(row["batch"]))
+    label = VideoLabel(int(row["label"]), str(row["class_name"]))
+    return features_npz(feats, label, str(row["fingerprint"]), detector.backend), len(feats.frame_ranges)
+
+
+def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | Path, *,
+                     bundle: str | Path | None = None, clip_weights: str | Path | None = None,
+                     labels: str | Path | Mapping[str, int | str] | None = None, fmt: str | None = None,
+                     annotations: str | Path | None = None, backend: str = "auto", batch: int = 16,
+                     progress: bool = True, resume: bool = True, ray: bool = False, workers: int | None = None,
+                     ray_address: str | None = None, config: str = "auto",
+                     classes: Sequence[str] | None = None) -> ExtractReport:
+    """Snippet features (`frame_emb`, `region_emb`, label, frame ranges, fingerprint) of every video, one `.npz` each.
+
+    Args:
+        videos: A folder, glob, `.txt` list or file, or a sequence of them (`stp_edge.scale.inputs.expand_videos`).
+        out_dir: Feature folder (created); `stp-edge train` reads it.
+        bundle: The bundle whose encoder to run (the one the trained model will be exported with).
+        clip_weights: OpenAI CLIP weights instead of a bundle: a bundle is exported to `out_dir/encoder.stp`.
+        labels: A `video,label` CSV, or {video: class index or name}; label = class index, 0 = normal.
+        fmt: Read labels from a data set's annotations instead: "ucf-crime", "shanghaitech", "ubnormal" or
+            "synthetic" (`stp_edge.eval.datasets`); anomalous videos get their class's index, or 1.
+        annotations: UCF-Crime's temporal annotation file or ShanghaiTech's test_frame_mask folder (with `fmt`).
+        backend: "auto" (trt > ort-cuda > ort-cpu) or a backend name, as `Detector.load`.
+        batch: Snippets per encoder call.
+        progress: Show a progress bar over videos.
+        resume: Keep finished files with the same fingerprint; False: encode every video again.
+        ray: Run as a Ray Data pipeline (`stp_edge.scale.jobs.run_ray`); the results are the same files.
+        workers: Ray actors (default: one per CPU of the cluster).
+        ray_address: Ray cluster to join (default: the connected one, `RAY_ADDRESS`, or a new local one).
+        config: With `clip_weights`: "auto" (shapes from the weights), "vit-b-16" or "tiny".
+        classes: Class names, normal first, that label indices refer to: those of the model you will train
+            (`stp-edge train --classes`); default: the bundle's.
+
+    Returns:
+        An `ExtractReport`; `report.failed` names videos that could not be read (the others are done).
+    """
+    from stp_edge.bundle import Bundle
+
+    start = time.perf_counter()
+    if (bundle is None) == (clip_weights is None):
+        raise ValueError("give exactly one of bundle or clip_weights")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = expand_videos(videos)
+    names = output_names(files, ".npz")
+    if clip_weights is not None:
+        bundle = clip_weights_bundle(clip_weights, out / ENCODER_BUNDLE, config=config, progress=progress)
+    loaded = Bundle.load(bundle)  # type: ignore[arg-type]
+    data_root = videos if isinstance(videos, (str, Path)) and Path(videos).is_dir() else None
+    class_names = tuple(classes) if classes else loaded.config.class_names
+    video_labels = resolve_labels(files, class_names, labels=labels, fmt=fmt,
+                                  annotations=annotations, data=data_root)
+    fingerprint = feature_fingerprint(loaded)
+    report = ExtractReport(out, loaded.path, fingerprint, partials_removed=remove_partials(out))
+    rows = []
+    for video in files:
+        target, label = out / names[video], video_labels[video]
+        state = existing_state(target, fingerprint, label) if resume else "redo"
+        if state == "done":
+            report.skipped.append(target)
+        elif state == "relabel":
+            relabel(target, label)
+            report.relabelled.append(target)
+        else:
+            rows.append({"video": str(video), "out": str(target), "label": label.index,
+                         "class_name": label.name, "fingerprint": fingerprint, "batch": batch})
+    _run(rows, report, loaded, backend=backend, progress=progress, ray=ray, workers=workers,
+         ray_address=ray_address)
+    report.wall_s = time.perf_counter() - start
+    return report
+
+
+def _run(rows: list[dict[str, Any]], report: ExtractReport, bundle: Any, *, backend: str, progress: bool,
+         ray: bool, workers: int | None, ray_address: str | None) -> None:
+    from tqdm.auto import tqdm
+
+    from stp_edge.scale.jobs import load_detector, ray_cluster, run_local, run_ray
+
+    if not rows:
+        return
+    bar = tqdm(total=len(rows), desc="extract", unit="video", disable=not progress)
+    backends: set[str] = set()
+
+    def record(status: dict[str, Any]) -> None:
+        backends.add(str(status["backend"]))
+        if status["error"]:
+            report.failed[str(status["video"])] = str(status["error"])
+        else:
+            report.written.append(Path(str(status["out"])))
+            report.snippets += int(status["snippets"])
+        bar.update()
+        bar.set_postfix(snippets=report.snippets, failed=len(report.failed))
+
+    try:
+        if ray:
+            with ray_cluster(ray_address) as cluster:
+                report.workers = workers or max(1, int(cluster.cluster_resources().get("CPU", 1)))
+                report.workers = min(report.workers, len(rows))
+                for status in run_ray(rows, _extract_job, bundle.path, backend=backend, workers=report.workers):
+                    record(status)
+        else:
+            with load_detector(bundle.path, backend) as det:
+                for status in run_local(rows, _extract_job, det):
+                    record(status)
+    finally:
+        bar.close()
+        report.backends = sorted(backends)
+        report.written.sort()
+
+
+def extract_cli(args: Any) -> int:
+    """`stp-edge extract`: the CLI's arguments -> `extract_features`; prints the report; 1 if a video failed."""
+    report = extract_features(args.videos, args.out, bundle=args.bundle, clip_weights=args.clip_weights,
+                              labels=args.labels, fmt=args.format, annotations=args.annotations,
+                              backend=args.backend, batch=args.batch, resume=not args.no_resume, ray=args.ray,
+                              workers=args.workers, ray_address=args.ray_address,
+                              classes=[c.strip() for c in args.classes.split(",")] if args.classes else None)
+    print(report.summary())
+    return 0 if report.ok else 1

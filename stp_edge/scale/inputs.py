@@ -1,0 +1,179 @@
+"""What an archive job reads: the video files of a folder, glob or list, their output names and their labels.
+
+Labels come from a CSV (`video,label`) or from a data set's annotations read by `stp_edge.eval.datasets`
+(UCF-Crime, ShanghaiTech, UBnormal, the synthetic benchmark). A label is a class index of the bundle's config
+(0 = normal): an anomalous video whose annotated class is one of the bundle's classes gets that class's index,
+any other anomalous video gets 1 (binary: normal / anomalous).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+UNLABELLED = -1  # the label stored when no label source is given (the trainer refuses it)
+
+
+@dataclass(frozen=True)
+class VideoLabel:
+    """A video's label: class index (0 = normal, -1 = unlabelled) and the class name it came from."""
+
+    index: int
+    name: str
+
+
+def expand_videos(videos: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Video files named by a folder, a glob, a `.txt` list or a file (or a sequence of these), in order.
+
+    URLs and cameras are refused: an archive job needs files that end.
+    """
+    from stp_edge.video import parse_source
+
+    specs = [videos] if isinstance(videos, (str, Path)) else list(videos)
+    out: list[Path] = []
+    for spec in specs:
+        for source in _expand(spec):
+            kind, _ = parse_source(source)
+            if kind != "file":
+                raise ValueError(f"{source!r} is a {kind}; extract and score read video files only")
+            out.append(Path(source))
+    if not out:
+        raise ValueError(f"no videos in {videos!r}")
+    return list(dict.fromkeys(out))
+
+
+def _expand(spec: str | Path) -> list[str]:
+    try:
+        from stp_edge.sources import expand_sources
+    except ImportError:  # pragma: no cover - older trees without stp_edge.sources
+        return _expand_fallback(spec)
+    return expand_sources(spec)
+
+
+def _expand_fallback(spec: str | Path) -> list[str]:
+    """Folder (video files inside it), glob, `.txt` list (relative to its folder) or a single file."""
+    import glob
+
+    from stp_edge.eval.datasets import VIDEO_EXTENSIONS
+
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(str(p) for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+    if path.suffix.lower() == ".txt" and path.is_file():
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        return [str(path.parent / ln) for ln in lines if ln and not ln.startswith("#")]
+    if path.is_file():
+        return [str(path)]
+    return sorted(glob.glob(str(spec), recursive=True))
+
+
+def output_names(videos: Sequence[Path], suffix: str) -> dict[Path, str]:
+    """video -> output file name (`<stem><suffix>`); two videos with the same stem are an error, not an overwrite."""
+    names: dict[str, Path] = {}
+    for v in videos:
+        name = f"{v.stem}{suffix}"
+        if name in names:
+            raise ValueError(f"videos {names[name]} and {v} would both write {name}; give them distinct names")
+        names[name] = v
+    return {v: n for n, v in names.items()}
+
+
+def _class_index(value: str, class_names: Sequence[str], where: str) -> VideoLabel:
+    """A CSV label: an integer class index, or a class name of the bundle ("normal" = 0)."""
+    value = value.strip()
+    try:
+        index = int(value)
+    except ValueError:
+        lowered = [c.lower() for c in class_names]
+        if value.lower() not in lowered:
+            raise ValueError(f"{where}: label {value!r} is neither a class index nor one of the bundle's classes "
+                             f"{list(class_names)}") from None
+        index = lowered.index(value.lower())
+    if not 0 <= index < len(class_names):
+        raise ValueError(f"{where}: label {index} is outside the bundle's {len(class_names)} classes")
+    return VideoLabel(index, class_names[index])
+
+
+def read_label_csv(path: str | Path, class_names: Sequence[str]) -> dict[str, VideoLabel]:
+    """`video,label` rows (a header row `video,label` is optional) -> {video: label}.
+
+    `video` is a file name, stem or path; `label` an integer class index or a class name of the bundle.
+    """
+    path = Path(path)
+    table: dict[str, VideoLabel] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), 1):
+            if not row or row[0].strip().startswith("#"):
+                continue
+            if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["video", "label"]:
+                continue
+            if len(row) < 2:
+                raise ValueError(f"{path}:{lineno}: expected 'video,label', got {row}")
+            table[row[0].strip()] = _class_index(row[1], class_names, f"{path}:{lineno}")
+    if not table:
+        raise ValueError(f"{path}: no `video,label` rows")
+    return table
+
+
+def read_annotation_labels(fmt: str, annotations: str | Path | None, data: str | Path | None,
+                           class_names: Sequence[str]) -> dict[str, VideoLabel]:
+    """{video: label} from a data set's annotations (`stp_edge.eval.datasets.load_ground_truth`).
+
+    A video the annotation marks anomalous gets its class's index in `class_names` when the class is one of
+    them, else 1; a normal video gets 0. `data` is the data set root (UBnormal, synthetic), `annotations` the
+    annotation file or folder (UCF-Crime, ShanghaiTech).
+    """
+    from stp_edge.eval.datasets import load_ground_truth
+
+    root = data if data is not None else annotations
+    gts = load_ground_truth(root, fmt, annotations, class_names=class_names)  # type: ignore[arg-type]
+    table = {}
+    for gt in gts:
+        if gt.label == "normal":
+            table[gt.name] = VideoLabel(0, class_names[0])
+        elif gt.label in class_names[1:]:
+            table[gt.name] = VideoLabel(list(class_names).index(gt.label), gt.label)
+        else:
+            table[gt.name] = VideoLabel(1, gt.label)
+    return table
+
+
+def match_labels(videos: Sequence[Path], table: Mapping[str, VideoLabel], source: str) -> dict[Path, VideoLabel]:
+    """Each video's label, looked up by the table's path, file name or stem; every video must have one."""
+    by_key: dict[str, VideoLabel] = {}
+    for key, label in table.items():
+        for k in (key, Path(key).name, Path(key).stem):
+            by_key.setdefault(k, label)
+    out, missing = {}, []
+    for v in videos:
+        label = next((by_key[k] for k in (str(v), v.name, v.stem) if k in by_key), None)
+        if label is None:
+            missing.append(v.name)
+        else:
+            out[v] = label
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"{len(missing)} video(s) have no label in {source}: {shown}")
+    return out
+
+
+def resolve_labels(videos: Sequence[Path], class_names: Sequence[str], *,
+                   labels: str | Path | Mapping[str, int | str] | None = None, fmt: str | None = None,
+                   annotations: str | Path | None = None, data: str | Path | None = None) -> dict[Path, VideoLabel]:
+    """The label of every video, from `labels` (CSV path or {video: index or class name}) or `fmt` annotations.
+
+    Without either, every video is unlabelled (`UNLABELLED`): its features can be scored but not trained on.
+    """
+    if labels is not None and fmt is not None:
+        raise ValueError("give labels from a CSV or from a data set's annotations (format), not both")
+    if labels is None and fmt is None:
+        return {v: VideoLabel(UNLABELLED, "") for v in videos}
+    if fmt is not None:
+        table = read_annotation_labels(fmt, annotations, data, class_names)
+        return match_labels(videos, table, f"the {fmt} annotations")
+    if isinstance(labels, Mapping):
+        table = {k: _class_index(str(v), class_names, f"labels[{k!r}]") for k, v in labels.items()}
+        return match_labels(videos, table, "the labels given")
+    return match_labels(videos, read_label_csv(labels, class_names), str(labels))  # type: ignore[arg-type]
