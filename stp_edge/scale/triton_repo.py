@@ -4,10 +4,10 @@ One Triton model per graph and backend: `encoder`, `temporal`, `spatial` run the
 Triton's onnxruntime backend; each TensorRT engine set of the bundle adds `<graph>_<engine set>` models on the
 tensorrt backend (`encoder_nvidia-h100-80gb-hbm3-fp16`, ...; a plan runs only on a Triton whose TensorRT
 version and GPU match the manifest's engine entry). `config.pbtxt` comes from the manifest: tensor names from
-`graphs`, dims from the graph contract (docs/architecture.md) with -1 for a dynamic axis, the leading batch
-axis B as Triton's `max_batch_size` with dynamic batching (snippets of many cameras share one run), and
-instance groups (KIND_CPU or KIND_GPU). The repository is written to a temporary directory and renamed into
-place, so a reader never sees half of one.
+`graphs`, dims from the graph contract (`stp_edge.bundle.contract.expected_io`) with -1 for a dynamic axis,
+the leading batch axis B as Triton's `max_batch_size` with dynamic batching (snippets of many cameras share
+one run), and instance groups (KIND_CPU or KIND_GPU). The repository is written to a temporary directory and
+renamed into place, so a reader never sees half of one.
 
     REPO/encoder/config.pbtxt        REPO/encoder/1/model.onnx
     REPO/temporal/...                REPO/encoder_<engine set>/1/model.plan
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from stp_edge.bundle import GRAPH_NAMES, Bundle, EngineInfo
+from stp_edge.bundle.contract import expected_io
 
 BACKEND_NAMES = ("onnxruntime", "tensorrt")
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -67,19 +68,14 @@ class TritonModel:
 
 
 def contract_shapes(bundle: Bundle) -> dict[str, dict[str, tuple[int | str, ...]]]:
-    """Tensor name -> shape of each graph (docs/architecture.md), "B"/"T" for the dynamic axes.
+    """Tensor name -> shape of each graph, "B"/"T" for the dynamic axes.
 
-    Shapes follow from the model config; a manifest that records shapes (name -> dims) overrides them.
+    Shapes follow from the model config (`stp_edge.bundle.contract.expected_io`, the table of
+    docs/architecture.md); a manifest that records shapes (name -> dims) overrides them.
     """
-    cfg = bundle.config
-    s, e, n, r2, k = (cfg.vision.image_size, cfg.vision.embed_dim, cfg.vision.num_patches, cfg.num_regions,
-                      cfg.num_classes)
     shapes: dict[str, dict[str, tuple[int | str, ...]]] = {
-        "encoder": {"images": ("B", 3, s, s), "frame_emb": ("B", e), "patch_emb": ("B", n, e)},
-        "temporal": {"frame_emb": ("B", "T", e), "region_emb": ("B", "T", r2, e), "score": ("B", "T"),
-                     "class_probs": ("B", "T", k)},
-        "spatial": {"region_emb": ("B", r2, e), "region_scores": ("B", r2)},
-    }
+        g: {name: tuple(dims) for kind in ("inputs", "outputs") for name, dims in io[kind].items()}
+        for g, io in expected_io(bundle.config).items()}
     for g, meta in bundle.manifest["graphs"].items():
         for key in ("inputs", "outputs"):
             if isinstance(meta.get(key), Mapping):
