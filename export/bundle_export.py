@@ -18,7 +18,7 @@ from stp_edge.export.onnx_export import DEFAULT_OPSET, export_onnx
 from stp_edge.export.sources import ModelSource, build_model, demo_checkpoint_dir, weights_fingerprint
 from stp_edge.model.graphs import GRAPH_SPECS, build_graphs, random_inputs, to_precision
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}  # int8: Q/DQ from fp32
 
 
 def export_bundle(
@@ -35,14 +35,25 @@ def export_bundle(
     overwrite: bool = False,
     progress: bool = True,
     config_overrides: dict | None = None,
+    calib: str | os.PathLike | None = None,
+    calib_frames: int | None = None,
 ) -> Path:
     """Export one model to the bundle directory `out` and return its path.
 
-    Exactly one of `checkpoint`, `demo` or `random_config` chooses the model.
+    Exactly one of `checkpoint`, `demo` or `random_config` chooses the model. `precision="int8"` quantizes
+    the encoder (heads stay fp32) on frames sampled from the videos in `calib` (at most `calib_frames`,
+    default `stp_edge.export.quantize.DEFAULT_MAX_FRAMES`); see `stp_edge.export.quantize`.
     """
     source = _source(checkpoint, clip_weights, demo, random_config, seed, config_overrides)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if (precision == "int8") != (calib is not None):
+        raise ValueError("precision='int8' needs calib= (CLI: --calib DIR), a directory of videos to calibrate "
+                         "on, and calib= is only used with precision='int8'")
+    if calib is not None:
+        from stp_edge.export.quantize import calibration_videos
+
+        calibration_videos(calib)  # fail before minutes of export when the directory has no video
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --force) to replace it")
@@ -50,7 +61,7 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp creates 0700; the finished bundle should be readable like any directory
     try:
-        _write_bundle(tmp, source, precision, opset, simplify, progress)
+        _write_bundle(tmp, source, precision, opset, simplify, progress, calib, calib_frames)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -71,14 +82,15 @@ def _source(checkpoint, clip_weights, demo, random_config, seed, overrides) -> M
                        clip_weights=str(Path(clip_weights).resolve()) if clip_weights else None)
 
 
-def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, simplify: bool, progress: bool):
+def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, simplify: bool, progress: bool,
+                  calib=None, calib_frames: int | None = None):
     from tqdm.auto import tqdm
 
     from stp_edge._version import __version__
     from stp_edge.bundle import sha256_file, write_manifest
     from stp_edge.preprocess import PreprocessSpec
 
-    steps = tqdm(total=5, desc="export", unit="step", disable=not progress)
+    steps = tqdm(total=6 if calib is not None else 5, desc="export", unit="step", disable=not progress)
     steps.set_postfix_str("building model")
     model = build_model(source)
     fingerprint = weights_fingerprint(model)
@@ -99,8 +111,13 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
         export_onnx(graphs[name], inputs[name], spec, tmp / f"{name}.onnx", opset=opset, simplify=simplify)
         graph_meta[name] = {"file": f"{name}.onnx", **_graph_shapes(model.cfg, spec)}
         steps.update()
-    steps.set_postfix_str("manifest")
     cfg = model.cfg
+    quantization = {}
+    if precision == "int8":
+        steps.set_postfix_str("int8 calibration")
+        quantization = _quantize_encoder(tmp, cfg, calib, calib_frames)
+        steps.update()
+    steps.set_postfix_str("manifest")
     # Provenance, so `verify` can rebuild the exact torch reference.
     source_meta = {**source.describe(), "weights_sha256": fingerprint}
     if source.kind in ("checkpoint", "demo"):
@@ -111,10 +128,29 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
         graphs=graph_meta, preprocess=PreprocessSpec(size=cfg.vision.image_size).to_dict(),
         extra={"source": source_meta,
                "graph_precision": {"encoder": precision, "temporal": "fp32", "spatial": "fp32"},
-               "exporter": {"stp_edge_version": __version__, "torch_version": torch.__version__}},
+               "exporter": {"stp_edge_version": __version__, "torch_version": torch.__version__,
+                            **quantization}},
     )
     steps.update()
     steps.close()
+
+
+def _quantize_encoder(tmp: Path, cfg, calib, calib_frames: int | None) -> dict:
+    """Replace tmp/encoder.onnx (fp32) by its calibrated Q/DQ INT8 twin; returns {"quantization": settings}.
+
+    The settings and the calibration set's fingerprint go under the manifest's `exporter` (an open object in
+    docs/manifest.schema.json; the top level admits no new key).
+    """
+    from stp_edge.export.quantize import DEFAULT_MAX_FRAMES, calibration_set, quantize_encoder
+
+    calib_set = calibration_set(calib, cfg, max_frames=calib_frames or DEFAULT_MAX_FRAMES)
+    fp32 = tmp / "encoder.fp32.onnx"
+    os.replace(tmp / "encoder.onnx", fp32)
+    try:
+        settings = quantize_encoder(fp32, tmp / "encoder.onnx", calib_set.images)
+    finally:
+        fp32.unlink(missing_ok=True)
+    return {"quantization": {**settings, "calibration": calib_set.fingerprint}}
 
 
 def _graph_shapes(cfg, spec) -> dict[str, dict[str, list]]:

@@ -1,0 +1,149 @@
+"""INT8 export: calibration on real (synthetic) videos, the Q/DQ encoder graph, its manifest, ORT CPU and verify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime.quantization")
+
+
+def _write_clips(root: Path, seeds=(11, 12), num_frames: int = 48) -> Path:
+    from stp_edge.demo.synthetic import generate_clip, write_video
+
+    root.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        clip = generate_clip(seed, width=160, height=120, num_frames=num_frames, anomaly="fire")
+        write_video(root / f"clip_{seed}.avi", clip.frames, 25.0, (160, 120), "MJPG", num_frames)
+    return root
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory) -> Path:
+    return _write_clips(tmp_path_factory.mktemp("calib"))
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory, calib_dir) -> Path:
+    from stp_edge.export.bundle_export import export_bundle
+
+    return export_bundle(tmp_path_factory.mktemp("int8") / "tiny_int8.stp", random_config="tiny", seed=3,
+                         precision="int8", calib=calib_dir, progress=False)
+
+
+def test_calibration_set_samples_the_runtime_frames_and_fingerprints_them(calib_dir, tmp_path):
+    from stp_edge.config import STPromptConfig
+    from stp_edge.export.quantize import calibration_set
+
+    cfg = STPromptConfig.named("tiny")
+    a = calibration_set(calib_dir, cfg)
+    s = cfg.vision.image_size
+    # 2 videos x 48 frames = 3 snippets each, one sampled frame per snippet
+    assert a.images.shape == (6, 3, s, s) and a.images.dtype == np.float32
+    assert np.isfinite(a.images).all() and a.images.std() > 0.1
+    assert a.fingerprint["num_frames"] == 6 and a.fingerprint["num_videos"] == 2
+    assert calibration_set(calib_dir, cfg).fingerprint == a.fingerprint
+    capped = calibration_set(calib_dir, cfg, max_frames=2)
+    assert capped.fingerprint["num_frames"] == 2 and capped.fingerprint["sha256"] != a.fingerprint["sha256"]
+    other = _write_clips(tmp_path / "other", seeds=(11, 13))
+    assert calibration_set(other, cfg).fingerprint["sha256"] != a.fingerprint["sha256"]
+
+
+def test_calibration_dir_without_videos_is_refused(tmp_path):
+    from stp_edge.config import STPromptConfig
+    from stp_edge.export.quantize import calibration_set
+
+    (tmp_path / "notes.txt").write_text("no videos here")
+    with pytest.raises(FileNotFoundError, match="no video file"):
+        calibration_set(tmp_path, STPromptConfig.named("tiny"))
+
+
+def test_int8_needs_calib_and_calib_needs_int8(tmp_path, calib_dir):
+    from stp_edge.export.bundle_export import export_bundle
+
+    with pytest.raises(ValueError, match="calib"):
+        export_bundle(tmp_path / "a.stp", random_config="tiny", precision="int8", progress=False)
+    with pytest.raises(ValueError, match="calib"):
+        export_bundle(tmp_path / "b.stp", random_config="tiny", calib=calib_dir, progress=False)
+    assert not list(tmp_path.glob("*.stp"))
+
+
+def test_int8_manifest_records_precision_and_calibration(int8_bundle, calib_dir):
+    from stp_edge.bundle import Bundle
+    from stp_edge.config import STPromptConfig
+    from stp_edge.export.quantize import calibration_set
+
+    b = Bundle.load(int8_bundle)
+    assert b.precision == "int8"
+    assert b.manifest["graph_precision"] == {"encoder": "int8", "temporal": "fp32", "spatial": "fp32"}
+    q = b.manifest["exporter"]["quantization"]
+    assert q["format"] == "QDQ" and q["tensorrt_compatible"] is True
+    assert q["calibration"] == calibration_set(calib_dir, STPromptConfig.named("tiny")).fingerprint
+    assert not list(int8_bundle.glob("*.fp32.onnx"))  # the intermediate fp32 encoder is not shipped
+    assert set(json.loads((int8_bundle / "manifest.json").read_text())["files"]) == {
+        "encoder.onnx", "temporal.onnx", "spatial.onnx"}
+
+
+def test_qdq_graph_is_symmetric_int8_and_keeps_norms_softmax_gelu_residuals_float(int8_bundle):
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(int8_bundle / "encoder.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq, "no Q/DQ nodes: the encoder was not quantized"
+    for n in qdq:  # TensorRT explicit quantization: signed int8, zero point 0
+        zp = inits.get(n.input[2]) if len(n.input) > 2 else None
+        assert zp is not None and zp.dtype == np.int8 and not zp.any(), n.name
+    weight_dq = [n for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert any(inits[n.input[1]].size > 1 for n in weight_dq), "weights should be per-channel"
+    for n in g.node:
+        if n.op_type in ("LayerNormalization", "Softmax", "Sigmoid", "Add"):
+            src = [producers.get(i) for i in n.input]
+            assert not any(p is not None and p.op_type == "DequantizeLinear" and p.input[0] not in inits
+                           for p in src if n.op_type != "Add" or p is not None), (n.op_type, n.name)
+    for n in (n for n in g.node if n.op_type == "MatMul"):
+        a, b = (producers.get(i) for i in n.input)
+        both_activations = all(n.input[k] not in inits and (p is None or p.op_type != "DequantizeLinear"
+                                                            or p.input[0] not in inits)
+                               for k, p in enumerate((a, b)))
+        if both_activations:  # attention products stay float
+            assert not any(p is not None and p.op_type == "DequantizeLinear" for p in (a, b)), n.name
+
+
+def test_int8_bundle_runs_on_ort_cpu_close_to_fp32(int8_bundle, exported_tiny_bundle, frames_factory):
+    from stp_edge.api import Detector
+    from stp_edge.export.verify import embedding_cosine
+
+    frames = frames_factory(64, height=120, width=160)
+    outs = []
+    for bundle in (exported_tiny_bundle, int8_bundle):
+        with Detector.load(bundle, backend="ort-cpu", preprocess="cpu") as det:
+            batch = det.encoder.encode_images(det.preprocess(frames[8::16]))
+            scores, _ = det.offline_scores(frames)
+        outs.append((batch, scores))
+    (fe32, re32), s32 = outs[0]
+    (fe8, re8), s8 = outs[1]
+    assert np.isfinite(fe8).all() and np.isfinite(s8).all()
+    assert embedding_cosine(fe8, fe32) > 0.95 and embedding_cosine(re8, re32) > 0.95
+    assert np.abs(s8 - s32).max() < 0.1
+
+
+def test_verify_reports_int8_cosine_and_score_deltas(int8_bundle):
+    from stp_edge.export.verify import TOLERANCES, verify_bundle
+
+    rep = verify_bundle(int8_bundle, seed=5, report=None)
+    enc = [r for r in rep.rows if r.graph == "encoder"]
+    assert {r.output for r in enc} == {"frame_emb", "patch_emb"}
+    assert all(r.tolerance == "int8" and r.cosine is not None for r in enc)
+    assert all(r.ok == (r.cosine >= TOLERANCES["int8"]) for r in enc)
+    heads = [r for r in rep.rows if r.graph in ("temporal", "spatial")]
+    assert heads and all(r.tolerance == "fp32" and r.ok for r in heads)
+    pipe = {r.output: r for r in rep.rows if r.graph == "pipeline"}
+    assert set(pipe) == {"score", "class_probs"} and all(np.isfinite(r.max_abs) for r in pipe.values())
+    assert "cos>=0.99" in rep.table()
