@@ -1,7 +1,7 @@
 """`stp-edge extract`: CLIP weights -> extract -> train -> export -> run on generated clips, resumability, labels.
 
-The end-to-end path is the one docs/scaling.md documents, with a tiny CLIP (the `tiny` config's towers, saved as
-a plain OpenAI-layout state_dict) standing in for ViT-B-16.pt.
+The end-to-end path is the one stp_edge/scale/extract.py documents, with a tiny CLIP (the `tiny` config's
+towers, saved as a plain OpenAI-layout state_dict) standing in for ViT-B-16.pt.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ class ExtractReport:
         bundle: The bundle whose encoder made the features.
         fingerprint: Its feature fingerprint (recorded in every file).
         backends: Backends that ran ("ort-cpu", "trt", ...; one per node type under Ray).
-        workers: Processes that encoded (1 without Ray).
+        workers: Ray actors asked for (1 without Ray).
+        processes: Distinct processes that encoded videos in this run.
         written: Files encoded and written by this run.
         skipped: Files already done (same fingerprint and label).
         relabelled: Files kept but given a new label.
@@ -59,6 +60,7 @@ class ExtractReport:
     fingerprint: str
     backends: list[str] = field(default_factory=list)
     workers: int = 1
+    processes: int = 0
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     relabelled: list[Path] = field(default_factory=list)
@@ -200,9 +202,11 @@ def _run(rows: list[dict[str, Any]], report: ExtractReport, bundle: Any, *, back
         return
     bar = tqdm(total=len(rows), desc="extract", unit="video", disable=not progress)
     backends: set[str] = set()
+    pids: set[int] = set()
 
     def record(status: dict[str, Any]) -> None:
         backends.add(str(status["backend"]))
+        pids.add(int(status["pid"]))
         if status["error"]:
             report.failed[str(status["video"])] = str(status["error"])
         else:
@@ -225,6 +229,7 @@ def _run(rows: list[dict[str, Any]], report: ExtractReport, bundle: Any, *, back
     finally:
         bar.close()
         report.backends = sorted(backends)
+        report.processes = len(pids)
         report.written.sort()
 
 

@@ -2,9 +2,9 @@
 
 A job is a module-level function `job(detector, row) -> (data, snippets)`: it decodes, preprocesses and encodes
 one video with the detector and returns the bytes of its output file. Both runners write those bytes with
-`write_atomic` and yield one small status dict per video: `video`, `out`, `snippets`, `backend`, `error`
-("" when it succeeded). A video that cannot be decoded is reported, not raised, so one bad file does not stop
-an archive.
+`write_atomic` and yield one small status dict per video: `video`, `out`, `snippets`, `backend`, `pid` (the
+process that ran it), `error` ("" when it succeeded). A video that cannot be decoded is reported, not raised,
+so one bad file does not stop an archive.
 
 The Ray pipeline: read rows (one per video, one block each) -> `map_batches` on an actor pool, each actor
 holding one Detector for all its videos (decode + preprocess + encode) -> `map_batches` tasks that write.
@@ -14,6 +14,7 @@ Ray is imported only here, when a Ray run is asked for.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from stp_edge.scale.features import write_atomic
 
 Job = Callable[[Any, dict[str, Any]], tuple[bytes, int]]
-STATUS_KEYS = ("video", "out", "snippets", "backend", "error")
+STATUS_KEYS = ("video", "out", "snippets", "backend", "pid", "error")
 
 
 def _per_video_errors() -> tuple[type[BaseException], ...]:
@@ -55,7 +56,8 @@ def load_detector(bundle: str | Path, backend: str = "auto", threads: int | None
 
 def run_one(job: Job, detector: Any, row: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """Run `job` on one row: (output bytes, status); a video that cannot be read gives b"" and its error."""
-    status = {"video": row["video"], "out": row["out"], "snippets": 0, "backend": detector.backend, "error": ""}
+    status = {"video": row["video"], "out": row["out"], "snippets": 0, "backend": detector.backend,
+              "pid": os.getpid(), "error": ""}
     try:
         data, status["snippets"] = job(detector, row)
     except _per_video_errors() as exc:

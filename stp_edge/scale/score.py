@@ -31,6 +31,7 @@ class ScoreReport:
     bundle: Path
     backends: list[str] = field(default_factory=list)
     workers: int = 1
+    processes: int = 0
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
@@ -125,9 +126,11 @@ def _run(rows: list[dict[str, Any]], report: ScoreReport, bundle: Path, *, backe
         return
     bar = tqdm(total=len(rows), desc="score", unit="video", disable=not progress)
     backends: set[str] = set()
+    pids: set[int] = set()
 
     def record(status: dict[str, Any]) -> None:
         backends.add(str(status["backend"]))
+        pids.add(int(status["pid"]))
         if status["error"]:
             report.failed[str(status["video"])] = str(status["error"])
         else:
@@ -151,6 +154,7 @@ def _run(rows: list[dict[str, Any]], report: ScoreReport, bundle: Path, *, backe
     finally:
         bar.close()
         report.backends = sorted(backends)
+        report.processes = len(pids)
         report.written.sort()
 
 
