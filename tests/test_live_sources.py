@@ -49,40 +49,71 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port, read from /proc (connecting would take ffmpeg's one client)."""
+def _serving(port: int) -> bool:
+    """Whether a socket on 127.0.0.1:port listens or serves a client, read from /proc (a probing connection
+    would take ffmpeg's one client)."""
     needle = f"0100007F:{port:04X}"
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[1] == needle and fields[3] == "0A":  # 0A: TCP_LISTEN
+        if fields[1] == needle and fields[3] in ("0A", "01"):  # TCP_LISTEN, TCP_ESTABLISHED
             return True
     return False
 
 
 class StreamServer:
-    """ffmpeg looping `clip` at its frame rate as MPEG-TS on http://127.0.0.1:port (one client per process)."""
+    """A camera on http://127.0.0.1:port: ffmpeg looping `clip` at its frame rate as MPEG-TS.
+
+    ffmpeg's HTTP listen mode serves one client per process, so a supervisor thread starts a new one when the
+    previous exits (its client went away, e.g. an attempt that timed out on a loaded machine), as a camera
+    accepts a new connection; `kill()` stops the supervisor and the process.
+    """
 
     def __init__(self, clip: Path, port: int, log: Path) -> None:
         self.clip, self.port, self.log = clip, port, log
         self.url = f"http://127.0.0.1:{port}/live.ts"
         self.proc: subprocess.Popen | None = None
+        self._running = False
+        self._lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
 
-    def start(self) -> None:
-        cmd = [FFMPEG, "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i", str(self.clip),
+    def _spawn(self) -> None:
+        cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip),
                "-c:v", "mpeg4", "-g", "5", "-f", "mpegts", "-listen", "1", self.url]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def _supervise(self) -> None:
+        while True:
+            assert self.proc is not None
+            self.proc.wait()
+            time.sleep(0.05)  # no busy loop if ffmpeg cannot start at all
+            with self._lock:
+                if not self._running:
+                    return
+                self._spawn()
+
+    def start(self) -> None:
+        with self._lock:
+            self._running = True
+            self._spawn()
         deadline = time.monotonic() + 10
-        while not _listening(self.port):
-            assert self.proc.poll() is None, f"ffmpeg exited: {self.log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "ffmpeg did not listen within 10 s"
+        while not _serving(self.port):
+            assert time.monotonic() < deadline, f"ffmpeg did not listen within 10 s: {self.log.read_text()[-2000:]}"
             time.sleep(0.02)
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
 
     def kill(self) -> None:
         """SIGKILL: the connection drops as when a camera loses power (no clean end of stream)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        with self._lock:
+            self._running = False
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+            assert not self._supervisor.is_alive()
 
     def freeze(self) -> None:
         """SIGSTOP: the connection stays open and no data comes, as on a stalled network."""
