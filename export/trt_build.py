@@ -30,7 +30,6 @@ list. Jetson stays on TensorRT 10.x; the TensorRT 11 path is strongly typed only
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
@@ -52,6 +51,7 @@ from stp_edge.bundle import (
     sha256_file,
 )
 from stp_edge.bundle.engines import default_profiles
+from stp_edge.bundle.manifest import manifest_text
 from stp_edge.config import STPromptConfig
 
 log = logging.getLogger(__name__)
@@ -488,7 +488,7 @@ def install_engines(bundle_path: str | os.PathLike, staging: Path, engine: Engin
     if missing:
         raise EngineBuildError(f"{staging}: plans {missing} were not built")
     hashes = {f"{engine.dir}/{p}": sha256_file(staging / p) for p in plans}
-    text = json.dumps(updated_manifest(read_manifest(bundle_path), engine, hashes), indent=2) + "\n"
+    text = manifest_text(updated_manifest(read_manifest(bundle_path), engine, hashes))  # sealed: new digest
 
     target = bundle_path / engine.dir
     made_parent = not target.parent.exists()

@@ -21,7 +21,7 @@ import pytest
 from cuda_driver import cuda_driver_or_skip
 
 from stp_edge._deps import MissingDependencyError
-from stp_edge.bundle import MANIFEST, Bundle, EngineInfo, engine_mismatches, read_manifest
+from stp_edge.bundle import MANIFEST, Bundle, EngineInfo, engine_mismatches, read_manifest, rewrite_manifest
 from stp_edge.config import STPromptConfig
 from stp_edge.export import trt_build
 from stp_edge.export.trt_build import (
@@ -350,8 +350,9 @@ def test_dynamically_chosen_names_are_listed():
 
 # --- manifest and atomic install (file handling; no TensorRT involved) -------------------------------------
 def _engine(dir_="engines/nvidia-test-gpu-fp16") -> EngineInfo:
-    return EngineInfo(dir=dir_, precision="fp16", tensorrt_version="10.13.0", gpu_name="NVIDIA Test GPU",
-                      compute_capability="8.9", build_flags=build_flags("fp16"))
+    return EngineInfo(dir=dir_, precision="fp16", tensorrt_version="10.13.0.35", gpu_name="NVIDIA Test GPU",
+                      compute_capability="8.9", build_flags=build_flags("fp16"),
+                      platform={"os": "linux", "arch": "x86_64", "integrated": False})  # schema-checked on load
 
 
 def test_updated_manifest_keeps_other_keys_and_replaces_the_same_dir():
@@ -369,7 +370,7 @@ def _bundle_copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     manifest = json.loads((dst / MANIFEST).read_text())
     manifest["source"] = {"kind": "random", "seed": 0}  # an extra key, as the exporter writes
-    (dst / MANIFEST).write_text(json.dumps(manifest))
+    rewrite_manifest(dst, manifest)  # resealed (manifest_digest), as a deliberate edit must be
     return dst
 
 

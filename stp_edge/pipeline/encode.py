@@ -66,8 +66,11 @@ def make_crops(images: np.ndarray, R: int) -> np.ndarray:
     return out.reshape(B * len(windows), C, S, S)
 
 
-def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, region_mode: str) -> Preprocess:
+def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, region_mode: str,
+                    device: int = 0) -> Preprocess:
     """The preprocessing callable: "cpu", "cuda", "auto" (CUDA with TensorRT in tokens mode, else CPU).
+
+    "cuda" runs on CUDA device `device` (the runners' device), from whichever thread calls it.
 
     A callable is returned as is (frames -> [B, 3, S, S], NumPy or a device array the encoder runner accepts).
     """
@@ -87,7 +90,7 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, re
 
         # Its output buffer is overwritten by its next call, so `Encoder` runs the encoder on each chunk of at
         # most `max_batch` frames before preprocessing the next.
-        return CudaPreprocessor(image_size, max_batch=16)  # = the default engine profile's max batch
+        return CudaPreprocessor(image_size, max_batch=16, device=device)  # = the default profile's max batch
     raise ValueError(f"preprocess must be 'auto', 'cpu', 'cuda' or a callable, got {kind!r}")
 
 
