@@ -181,7 +181,7 @@ def gemm_to_matmul(model: Any) -> int:
         if not has_bias:
             continue
         after = consumers.get(out, [])
-        if len(after) == 1 and after[0].op_type == "Reshape" and after[0].input[0] == out:
+        if len(after) == 1 and _keeps_last_dim(after[0], out, w.shape[1], inits):
             reshape = after[0]  # comes later in topological order; now reshapes the bias-free product
             final = reshape.output[0]
             reshape.input[0], reshape.output[0] = mm_out, f"{final}__nobias"
@@ -196,6 +196,16 @@ def gemm_to_matmul(model: Any) -> int:
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     return rewritten
+
+
+def _keeps_last_dim(node: Any, tensor: str, n: int, inits: dict[str, Any]) -> bool:
+    """True when `node` is a Reshape of `tensor` to a constant shape ending in `n` (a bias [n] commutes with it)."""
+    from onnx import numpy_helper
+
+    if node.op_type != "Reshape" or node.input[0] != tensor or node.input[1] not in inits:
+        return False
+    shape = numpy_helper.to_array(inits[node.input[1]])
+    return shape.ndim == 1 and len(shape) > 0 and int(shape[-1]) == n
 
 
 def quantize_encoder(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: np.ndarray, *,
