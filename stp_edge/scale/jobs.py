@@ -170,5 +170,6 @@ def run_ray(rows: Sequence[dict[str, Any]], job: Job, bundle: str | Path, *, bac
                         fn_constructor_kwargs={"job": job, "bundle": str(bundle), "backend": backend,
                                                "threads": threads},
                         compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1))
-    ds = ds.map_batches(write_outputs, batch_size=1, num_cpus=0.1)
+    # Writing is I/O: with a CPU share it would wait for the actors to free one, and stall the pipeline.
+    ds = ds.map_batches(write_outputs, batch_size=1, num_cpus=0)
     yield from ds.iter_rows()
