@@ -7,17 +7,19 @@
 #                 python3.10 or pyenv's), the oldest Python supported
 #   [export,ort]  `stp-edge export --random`, `verify`, `run` on a generated clip; `export --demo` when the
 #                 demo_model/ distribution exists
-# Versions are held to requirements/ci.txt (pip -c). Env: BUILD_PYTHON builds (default .venv/bin/python, which
-# needs setuptools), PYTHON makes the venvs (default python3), KEEP=1 keeps the temporary directory.
+# Versions are held to requirements/ci.txt (as pip constraints). Env: BUILD_PYTHON builds (default
+# .venv/bin/python, which needs setuptools), PYTHON makes the venvs (default python3), KEEP=1 keeps the
+# temporary directory.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_PYTHON=${BUILD_PYTHON:-$REPO/.venv/bin/python}
 PYTHON=${PYTHON:-python3}
 TORCH=torch==2.13.0  # the CPU build on this machine's disk; a looser spec pulls a multi-GB CUDA build
-PINS=$REPO/requirements/ci.txt
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/stp-edge-install.XXXXXX")
 if [[ ${KEEP:-0} == 1 ]]; then echo "keeping $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
+PINS=$WORK/constraints.txt  # requirements/ci.txt as pip constraints, which cannot carry extras
+sed -E 's/#.*//; s/^([A-Za-z0-9._-]+)\[[^]]*\]/\1/' "$REPO/requirements/ci.txt" >"$PINS"
 
 step() { printf '\n[check-install %3ds] %s\n' "$SECONDS" "$*"; }
 fail() { printf 'check-install: FAILED: %s\n' "$*" >&2; exit 1; }
@@ -49,6 +51,12 @@ assert a and len(a) == len(b), (len(a), len(b))
 assert all(abs(x["score"] - y["score"]) < 1e-5 for x, y in zip(a, b)), "the scores differ"
 print(f"{len(b)} snippets, the same scores in {sys.argv[1]} and {sys.argv[2]}")
 EOF
+}
+# Make the fresh venv $WORK/$1 with interpreter $2 and pip install the rest of the arguments; log in $WORK/$1.log.
+make_venv() {
+    local name=$1 python=$2
+    shift 2
+    { "$python" -m venv "$WORK/$name" && "$WORK/$name/bin/python" -m pip install "$@"; } >"$WORK/$name.log" 2>&1
 }
 # A Python 3.10 interpreter (the oldest supported: JetPack 6): $PYTHON310, python3.10, or pyenv's.
 find_python310() {
@@ -95,12 +103,19 @@ EOF
 
 ORT=$WORK/venv-ort/bin
 EXP=$WORK/venv-export/bin
-step "fresh venv [ort]: pip install $(basename "$WHEEL")[ort]"
-"$PYTHON" -m venv "$WORK/venv-ort"
-quiet "$ORT/python" -m pip install -c "$PINS" "$WHEEL[ort]"
-step "fresh venv [export,ort]: pip install $(basename "$WHEEL")[export,ort] $TORCH"
-"$PYTHON" -m venv "$WORK/venv-export"
-quiet "$EXP/python" -m pip install -c "$PINS" "$WHEEL[export,ort]" "$TORCH"
+PY310=$(find_python310) || PY310=
+W=$(basename "$WHEEL")
+step "fresh venvs, installed in parallel: [ort] $W[ort]; [export,ort] $W[export,ort] $TORCH${PY310:+;
+    [ort] on Python 3.10 $W[ort]}"
+# The Python 3.10 venv resolves without ci.txt: its numpy and onnxruntime pins need Python 3.11.
+declare -A JOBS
+make_venv venv-ort "$PYTHON" -c "$PINS" "$WHEEL[ort]" & JOBS[venv-ort]=$!
+make_venv venv-export "$PYTHON" -c "$PINS" "$WHEEL[export,ort]" "$TORCH" & JOBS[venv-export]=$!
+if [[ -n $PY310 ]]; then make_venv venv-310 "$PY310" "$WHEEL[ort]" & JOBS[venv-310]=$!; fi
+FAILED=()
+for name in "${!JOBS[@]}"; do wait "${JOBS[$name]}" || FAILED+=("$name"); done  # all finish before any report
+for name in "${FAILED[@]}"; do cat "$WORK/$name.log" >&2; done
+[[ ${#FAILED[@]} == 0 ]] || fail "installing ${FAILED[*]}"
 
 cd "$WORK/run"  # outside the checkout: nothing can be imported from the source tree
 step "[ort] import stp_edge and every runtime module from site-packages; torch is not installed"
@@ -153,12 +168,8 @@ cp -r X.stp copied.stp
 "$ORT/stp-edge" run clip.avi --bundle copied.stp --jsonl out-ort.jsonl
 same_scores out.jsonl out-ort.jsonl
 
-if PY310=$(find_python310); then
-    # Resolved without ci.txt: its numpy and onnxruntime pins need Python 3.11.
-    step "fresh venv [ort] on Python 3.10 ($PY310): pip install $(basename "$WHEEL")[ort]"
-    "$PY310" -m venv "$WORK/venv-310"
-    quiet "$WORK/venv-310/bin/python" -m pip install "$WHEEL[ort]"
-    step "[ort, Python 3.10] import every runtime module; stp-edge run on the same bundle"
+if [[ -n $PY310 ]]; then
+    step "[ort, Python 3.10: $PY310] import every runtime module; stp-edge run on the same bundle"
     import_runtime "$WORK/venv-310/bin/python"
     "$WORK/venv-310/bin/stp-edge" run clip.avi --bundle copied.stp --jsonl out-310.jsonl
     same_scores out.jsonl out-310.jsonl

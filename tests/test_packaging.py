@@ -102,7 +102,7 @@ def test_clip_vocabulary_is_package_data():
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("STP_EDGE_INSTALL_TEST") != "1" and os.environ.get("CI") != "true",
-                    reason="builds the wheel and installs it into two fresh venvs (about 2-3 minutes, downloads "
+                    reason="builds the wheel and installs it into fresh venvs (2-4 minutes on 2 cores, downloads "
                            "from PyPI); set STP_EDGE_INSTALL_TEST=1 or CI=true to run it")
 def test_clean_venv_non_editable_install(tmp_path):
     env = {**os.environ, "BUILD_PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
