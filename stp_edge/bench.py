@@ -18,7 +18,7 @@
 - with torch installed and the weights rebuildable from the bundle's recorded source, the plain PyTorch pipeline
   a researcher would write on the same weights and frames (cv2 decode of every frame, PIL bicubic + NumPy
   preprocessing of the sampled frame, eager `STPrompt.encode`, temporal stream on the last 2c+1 snippets,
-  spatial stream), one snippet at a time.
+  spatial stream), alternated snippet by snippet with the runtime so machine noise hits both alike.
 torch is imported only for that baseline; the rest needs only the runtime.
 """
 
@@ -189,12 +189,16 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
         det = Detector.load(b, backend=backend, lookahead=lookahead)
         load_s = time.perf_counter() - t0
         with det:
-            run = _run_streams(det, video, frames, streams, batch, progress)
-            peak_rss_mb = _peak_rss_mb()
+            # Measured before torch is imported: the runtime's own peak.
+            peak_rss_mb = _peak_rss_mb() if not torch_baseline else None
+            plain = _torch_baseline(b, video, checkpoint, notes) if torch_baseline else None
+            run = _run_streams(det, video, frames, streams, batch, progress, between=plain)
+            if peak_rss_mb is None:
+                peak_rss_mb = _peak_rss_mb()
+                notes.append("peak RSS includes the plain PyTorch pipeline run in the same process (interleaved); "
+                             "run with torch_baseline=False (--no-torch) for the runtime's own peak")
             stream_cost = _stream_cost(det, stream_lengths, progress) if stream_lengths else None
-        baseline = None
-        if torch_baseline:
-            baseline = _torch_baseline(b, video, run["frames_per_stream"], checkpoint, notes, progress)
+        baseline = plain.summary() if plain is not None else None
     final = [r for r in run["results"] if r.final]
     stages = {k: StageStats.of([run["decode"].get((r.stream, r.snippet), 0.0) if k == "decode" else r.timings[k]
                                 for r in final]) for k in STAGES}
@@ -208,23 +212,30 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
         stream_cost=stream_cost, floor=physical_floor(cfg), torch_baseline=baseline, machine=machine, notes=notes)
     notes.append("preprocess/encoder ms are per encoder call (one call serves up to `batch` snippets); temporal "
                  "ms per temporal call; decode ms per snippet of one stream (its 16 frames)")
-    notes.append("peak RSS: the process' peak (getrusage) after the runtime run, before the stream-length and "
-                 "PyTorch runs; it includes whatever the calling process held before")
+    notes.append("peak RSS: the process' peak (getrusage) after the runtime run, before the stream-length run; "
+                 "it includes whatever the calling process held before")
+    if baseline:
+        notes.append("plain PyTorch and stp-edge alternate snippet by snippet (each side's 16 frames, then the "
+                     "other's), so machine noise hits both alike; each side's wall time excludes the other's")
     if json_out is not None:
         report.save(json_out, plot=want_plot)
     return report
 
 
 # --- the runtime run -----------------------------------------------------------------------------------------
-def _run_streams(det, video: Path, frames: int, streams: int, batch: int, progress: bool) -> dict[str, Any]:
-    """Decode `video` once per stream and push frame by frame; results, per-snippet decode ms, wall time."""
+def _run_streams(det, video: Path, frames: int, streams: int, batch: int, progress: bool,
+                 between: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Decode `video` once per stream and push frame by frame; results, per-snippet decode ms, wall time.
+
+    `between` (the PyTorch baseline's step) is called after every snippet's frames; its time is not counted.
+    """
     from tqdm.auto import tqdm
 
     from stp_edge.video import open_source
 
     L = det.config.snippet_len
     decode_ms: dict[tuple[int, int], float] = defaultdict(float)
-    results, n = [], 0
+    results, n, other_s = [], 0, 0.0
     sources = [open_source(video) for _ in range(streams)]
     try:
         iters = [iter(s) for s in sources]
@@ -242,10 +253,14 @@ def _run_streams(det, video: Path, frames: int, streams: int, batch: int, progre
                 break
             for g in range(0, streams, batch):
                 results += det.push_many({k: batch_frames[k] for k in range(g, min(g + batch, streams))})
+            if between is not None and n % L == L - 1:
+                t0 = time.perf_counter()
+                between()
+                other_s += time.perf_counter() - t0
         else:
             n = frames
         results += det.flush()
-        wall_s = time.perf_counter() - start
+        wall_s = time.perf_counter() - start - other_s
     finally:
         for s in sources:
             s.close()
@@ -316,27 +331,43 @@ class _RandomFeatures:
 
 
 def _stream_cost(det, lengths: Sequence[int], progress: bool, window: int = 32) -> dict[str, Any]:
-    """Median ms of the pushes that complete each new snippet, over the `window` snippets ending at each length."""
+    """Median ms of one new snippet (its pushes) on streams that have run `n` snippets, for each n in `lengths`.
+
+    Each stream is first advanced to n - window snippets, untimed; then the streams take one snippet each in
+    turn, timed, for `window` rounds, so every length is measured side by side under the same machine load.
+    """
     from tqdm.auto import tqdm
 
+    window = max(1, min(window, min(lengths) // 2))  # the timed snippets lie inside each length
     real, det.encoder = det.encoder, _RandomFeatures(det.config)
-    L, stream = det.config.snippet_len, 10_000  # a stream id the main run did not use
+    L = det.config.snippet_len
     frame = np.full((8, 8, 3), 77, np.uint8)
-    per_snippet = []
+    ids = {n: 10_000 + i for i, n in enumerate(lengths)}  # stream ids the main run did not use
+    times: dict[int, list[float]] = {n: [] for n in lengths}
     try:
-        for _ in tqdm(range(max(lengths)), desc="stream length", unit="snippet", disable=not progress):
-            t0 = time.perf_counter()
-            for _ in range(L):
-                det.push(frame, stream)
-            per_snippet.append((time.perf_counter() - t0) * 1e3)
+        bar = tqdm(total=sum(lengths), desc="stream length", unit="snippet", disable=not progress)
+        for n, k in ids.items():
+            for _ in range(max(0, n - window) * L):
+                det.push(frame, k)
+            bar.update(max(0, n - window))
+        for _ in range(window):
+            for n, k in ids.items():
+                t0 = time.perf_counter()
+                for _ in range(L):
+                    det.push(frame, k)
+                times[n].append((time.perf_counter() - t0) * 1e3)
+            bar.update(len(ids))
+        bar.close()
     finally:
-        det.reset(stream)
+        for k in ids.values():
+            det.reset(k)
         det.encoder = real
-    med = {str(n): float(np.median(per_snippet[max(0, n - window):n])) for n in lengths}
+    med = {str(n): float(np.median(v)) for n, v in times.items()}
     first, last = med[str(min(lengths))], med[str(max(lengths))]
     return {"median_ms": med, "ratio": last / first, "window": window,
             "method": f"{L} pushes of 8x8 frames per snippet through Detector.push, encoder replaced by random "
-                      "features (ring buffer, scheduling, temporal and spatial graphs as in a live stream)"}
+                      "features (ring buffer, scheduling, temporal and spatial graphs as in a live stream); "
+                      f"the last {window} snippets before each length, the lengths alternated snippet by snippet"}
 
 
 # --- the physical floor ------------------------------------------------------------------------------------
@@ -410,8 +441,8 @@ def physical_floor(config) -> dict[str, Any]:
 
 
 # --- the plain PyTorch pipeline --------------------------------------------------------------------------
-def _torch_baseline(b, video: Path, frames: int, checkpoint, notes: list[str], progress: bool) -> dict | None:
-    """The researcher's loop on the same weights and frames; None (with a note) when it cannot run."""
+def _torch_baseline(b, video: Path, checkpoint, notes: list[str]) -> _TorchPipeline | None:
+    """The researcher's pipeline on the same weights and video; None (with a note) when it cannot run."""
     if importlib.util.find_spec("torch") is None:
         notes.append("plain PyTorch baseline skipped: torch is not installed (pip install 'stp-edge[export]')")
         return None
@@ -429,7 +460,7 @@ def _torch_baseline(b, video: Path, frames: int, checkpoint, notes: list[str], p
     if want and weights_fingerprint(model) != want:
         notes.append("plain PyTorch baseline skipped: the rebuilt weights differ from the bundle's")
         return None
-    return _torch_loop(model, video, frames, progress)
+    return _TorchPipeline(model, video)
 
 
 def pil_preprocess(frame_bgr: np.ndarray, size: int) -> np.ndarray:
@@ -448,45 +479,56 @@ def pil_preprocess(frame_bgr: np.ndarray, size: int) -> np.ndarray:
     return (x * scale + bias).transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def _torch_loop(model, video: Path, frames: int, progress: bool) -> dict[str, Any]:
-    import cv2
-    import torch
-    from tqdm.auto import tqdm
+class _TorchPipeline:
+    """The plain PyTorch pipeline, one snippet per call, as a researcher writes it.
 
-    cfg = model.cfg
-    L, c, mid = cfg.snippet_len, cfg.context, cfg.snippet_len // 2
-    times: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "encoder", "temporal", "spatial")}
-    feats, regions = [], []
-    cap = cv2.VideoCapture(str(video))
-    start = time.perf_counter()
-    n = 0
-    with torch.no_grad():
-        for _ in tqdm(range(frames // L), desc="plain PyTorch", unit="snippet", disable=not progress):
-            t0 = time.perf_counter()
-            clip = [f for ok, f in (cap.read() for _ in range(L)) if ok]
-            if len(clip) < L:
-                break
+    cv2 decode of the snippet's 16 frames, PIL preprocessing of the middle one, eager encoder, temporal stream
+    recomputed on the last 2c+1 snippets, spatial stream.
+    """
+
+    def __init__(self, model, video: Path) -> None:
+        import cv2
+
+        self.model, self.cap = model, cv2.VideoCapture(str(video))
+        self.feats: list[Any] = []
+        self.regions: list[Any] = []
+        self.times: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "encoder", "temporal",
+                                                              "spatial", "total")}
+
+    def __call__(self) -> None:
+        import torch
+
+        cfg = self.model.cfg
+        L, c = cfg.snippet_len, cfg.context
+        t0 = time.perf_counter()
+        clip = [f for ok, f in (self.cap.read() for _ in range(L)) if ok]
+        if len(clip) < L:
+            return
+        with torch.no_grad():
             t1 = time.perf_counter()
-            images = torch.from_numpy(pil_preprocess(clip[mid], cfg.vision.image_size))
+            images = torch.from_numpy(pil_preprocess(clip[L // 2], cfg.vision.image_size))
             t2 = time.perf_counter()
-            fe, pe = model.encode(images)
-            rg = model.regions(images, pe)
+            fe, pe = self.model.encode(images)
+            rg = self.model.regions(images, pe)
             t3 = time.perf_counter()
-            feats.append(fe[0])
-            regions.append(rg[0])
-            lo = max(0, len(feats) - (2 * c + 1))
-            model.temporal(torch.stack(feats[lo:])[None], torch.stack(regions[lo:])[None])
+            self.feats.append(fe[0])
+            self.regions.append(rg[0])
+            lo = max(0, len(self.feats) - (2 * c + 1))
+            self.model.temporal(torch.stack(self.feats[lo:])[None], torch.stack(self.regions[lo:])[None])
             t4 = time.perf_counter()
-            model.spatial(rg)
+            self.model.spatial(rg)
             t5 = time.perf_counter()
-            for k, (a, z) in zip(times, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)), strict=True):
-                times[k].append((z - a) * 1e3)
-            n += 1
-    cap.release()
-    wall = time.perf_counter() - start
-    return {"snippets": n, "end_to_end_ms_per_snippet": wall * 1e3 / max(1, n),
-            "stages": {k: float(np.median(v)) if v else float("nan") for k, v in times.items()},
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+        for k, (a, z) in zip(self.times, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t0, t5)), strict=True):
+            self.times[k].append((z - a) * 1e3)
+
+    def summary(self) -> dict[str, Any]:
+        import torch
+
+        self.cap.release()
+        total = self.times.pop("total")
+        return {"snippets": len(total), "end_to_end_ms_per_snippet": float(np.sum(total)) / max(1, len(total)),
+                "stages": {k: float(np.median(v)) if v else float("nan") for k, v in self.times.items()},
+                "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 # --- report helpers ------------------------------------------------------------------------------------------
