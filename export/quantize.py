@@ -217,6 +217,10 @@ def quantize_encoder(fp32_path: str | os.PathLike, out_path: str | os.PathLike, 
         The settings the manifest records under `quantization`.
     """
     import onnx
+
+    from stp_edge._deps import require
+
+    require("onnxruntime.quantization", "INT8 quantization (export --precision int8)")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
