@@ -212,8 +212,11 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
         stream_cost=stream_cost, floor=physical_floor(cfg), torch_baseline=baseline, machine=machine, notes=notes)
     notes.append("preprocess/encoder ms are per encoder call (one call serves up to `batch` snippets); temporal "
                  "ms per temporal call; decode ms per snippet of one stream (its 16 frames)")
-    notes.append("peak RSS: the process' peak (getrusage) after the runtime run, before the stream-length run; "
-                 "it includes whatever the calling process held before")
+    if not baseline:
+        notes.append("peak RSS: the process' peak (getrusage) after the runtime run, before the stream-length "
+                     "run; it includes whatever the calling process held before")
+    notes.append("floor: NumPy's BLAS rate on one GEMM shape, not the CPU's peak; a tuned kernel (ONNX Runtime's) "
+                 "can beat it, so a measured encoder below the fp32 floor is possible")
     if baseline:
         notes.append("plain PyTorch and stp-edge alternate snippet by snippet (each side's 16 frames, then the "
                      "other's), so machine noise hits both alike; each side's wall time excludes the other's")
