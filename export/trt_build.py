@@ -18,8 +18,12 @@ with `create_network(0)` (TensorRT 8.x needed `1 << EXPLICIT_BATCH`; that path i
   10.12+ recommends). An encoder exported in fp32 is built with `BuilderFlag.FP16` (weak typing, deprecated
   in TensorRT 10.12 and removed in 11); on a TensorRT without that flag the build is refused with the fix
   (export the bundle with `--precision fp16`) rather than silently producing an fp32 engine labelled fp16.
-* int8: refused; INT8 needs a calibration cache (or Q/DQ nodes in the graph), which this version does not
-  produce.
+* int8: explicit quantization only. The encoder must have been exported with `--precision int8` (Q/DQ nodes
+  from `stp_edge.export.quantize`, calibrated on the user's frames; the heads stay fp32): no calibration cache,
+  no implicit quantization. TensorRT 10.x builds it with `BuilderFlag.INT8` (weak typing: the Q/DQ scales
+  decide which layers run in INT8; everything else stays fp32, never fp16); TensorRT 11, which has no INT8
+  flag, builds it strongly typed (the graph's Q/DQ types are the precision). An int8 engine from an fp32 or
+  fp16 graph is refused with the fix (re-export with --precision int8 --calib DIR).
 
 Every TensorRT attribute used here is listed in `TRT_BUILDER_API`; tests/test_trt_build.py checks the list
 against the published type stubs of TensorRT 10.8 (the oldest on PyPI; JetPack 6 ships 10.3) and 10.13, where
@@ -59,7 +63,7 @@ log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
 Profile = tuple[Shape, Shape, Shape]  # (min, opt, max)
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 # Value of `hardware_compatibility` (as stored in the manifest) -> HardwareCompatibilityLevel member.
 HARDWARE_COMPATIBILITY = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
 # `log_level` argument -> Logger severity member.
@@ -83,15 +87,15 @@ TRT_BUILDER_API: dict[str, tuple[str, ...]] = {
                        "set_timing_cache", "get_timing_cache"),
     "ITimingCache": ("serialize",),
     "IOptimizationProfile": ("set_shape",),
-    "BuilderFlag": ("__members__", "FP16", "TF32", "VERSION_COMPATIBLE"),
+    "BuilderFlag": ("__members__", "FP16", "INT8", "TF32", "VERSION_COMPATIBLE"),
     "MemoryPoolType": ("WORKSPACE",),
     "HardwareCompatibilityLevel": ("__members__", *HARDWARE_COMPATIBILITY.values()),
     "NetworkDefinitionCreationFlag": ("STRONGLY_TYPED",),
 }
-# Names used only where present: weak-typing FP16 is gone in TensorRT 11, where every network is strongly
+# Names used only where present: weak-typing FP16 and INT8 are gone in TensorRT 11, where every network is strongly
 # typed (STRONGLY_TYPED is then the default; it is passed only where the enum still has it);
 # SAME_COMPUTE_CAPABILITY arrived in TensorRT 10.9 (JetPack 6 ships 10.3), and is refused where absent.
-OPTIONAL_API = frozenset({"BuilderFlag.FP16", "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+OPTIONAL_API = frozenset({"BuilderFlag.FP16", "BuilderFlag.INT8", "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
                           "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY"})
 
 
@@ -129,9 +133,6 @@ def check_profile(name: str, input_shape: Collection[int], profile: Profile) -> 
 
 
 def _check_precision(precision: str) -> None:
-    if precision == "int8":
-        raise ValueError("int8 engines need a calibration cache (or Q/DQ nodes in the graph), which this version "
-                         "of stp-edge does not produce; build fp16 or fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
@@ -144,7 +145,7 @@ def build_flags(precision: str, *, version_compatible: bool = False, hardware_co
     reads. The per-graph precision mode is added by `precision_mode`.
 
     Args:
-        precision: "fp32" or "fp16" ("int8" is refused: no calibration cache is produced).
+        precision: "fp32", "fp16" or "int8" (the encoder of an int8-exported bundle; see `precision_mode`).
         version_compatible: Build plans that later TensorRT versions of the same major can load
             (`BuilderFlag.VERSION_COMPATIBLE`). The plan then embeds the lean runtime, so the full TensorRT
             runtime deserialises it only with `Runtime.engine_host_code_allowed` set.
@@ -173,18 +174,33 @@ def precision_mode(wanted: str, onnx_precision: str, builder_flags: Collection[s
     """How to build one graph at precision `wanted` from an ONNX graph of precision `onnx_precision`.
 
     Args:
-        wanted: Precision of this graph's engine, "fp32" or "fp16".
-        onnx_precision: Precision the graph was exported in (the manifest's `graph_precision`).
-        builder_flags: Member names of this TensorRT's `BuilderFlag` (FP16 is absent from TensorRT 11).
+        wanted: Precision of this graph's engine, "fp32", "fp16" or "int8".
+        onnx_precision: Precision the graph was exported in (the manifest's `graph_precision`; "int8" is a
+            Q/DQ graph).
+        builder_flags: Member names of this TensorRT's `BuilderFlag` (FP16 and INT8 are absent from TensorRT 11).
 
     Returns:
         {"precision", "builder_flags": names to set, "cleared_flags": names to clear, "strongly_typed"}.
 
     Raises:
-        ValueError: int8, an fp32 engine from an fp16 graph, or fp16 from an fp32 graph without `FP16`.
+        ValueError: int8 from a graph without Q/DQ nodes (or a Q/DQ graph at another precision), an fp32 engine
+            from an fp16 graph, or fp16 from an fp32 graph without `FP16`.
     """
     _check_precision(wanted)
     _check_precision(onnx_precision)
+    if (wanted == "int8") != (onnx_precision == "int8"):
+        if wanted == "int8":
+            raise ValueError(f"an int8 engine is built from a Q/DQ graph (explicit quantization), but this graph "
+                             f"was exported in {onnx_precision}: re-export the bundle with --precision int8 "
+                             "--calib DIR (calibration frames from your videos)")
+        raise ValueError(f"the graph was exported in int8 (Q/DQ); build it with --precision int8, not {wanted}")
+    if wanted == "int8":
+        # TensorRT 10.x: weak typing with INT8 on (no FP16: LayerNorm/Softmax/GELU stay fp32 as quantized).
+        # TensorRT 11 has no INT8 flag: strongly typed, the Q/DQ nodes carry the precision.
+        if "INT8" in builder_flags:
+            return {"precision": wanted, "builder_flags": ["INT8"], "cleared_flags": ["TF32"],
+                    "strongly_typed": False}
+        return {"precision": wanted, "builder_flags": [], "cleared_flags": [], "strongly_typed": True}
     if onnx_precision == "fp16":
         if wanted == "fp32":
             raise ValueError("the graph was exported in fp16; an fp32 engine cannot be built from it (re-export "
@@ -428,7 +444,8 @@ def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp
             model and TensorRT version); None: the three graphs still share one cache in memory.
 
     Raises:
-        ValueError: A refused option (int8, an unknown compatibility level, bad profile bounds).
+        ValueError: A refused option (int8 from a graph without Q/DQ nodes, an unknown compatibility level, bad
+            profile bounds).
         MissingDependencyError: TensorRT or pycuda is not installed (names `pip install 'stp-edge[trt]'`).
         BundleError: The bundle does not load, or TensorRT cannot build it (EngineBuildError).
     """

@@ -5,7 +5,7 @@
 
 Runs the bundle (ONNX Runtime CPU) over the anomalous videos of a `write_benchmark` split once, keeps every
 snippet's score and region scores, and recomputes the snippet's box with the runtime's rule
-(`stp_edge.spatial.boxes_from_map`: the 8-connected component around the map's peak of the regions at or above
+(`stp_edge.pipeline.boxes.boxes_from_map`: the 8-connected component around the map's peak of the regions at or above
 max(absolute threshold, median + level x (peak - median))) for a grid of (level, absolute threshold) pairs.
 The runtime's own setting is level 0.5 with the bundle's box threshold; its row reproduces `eval_demo.py`'s
 TIoU. Rules are compared on the split they are scored on, so the best row is optimistic: an upper bound for
@@ -24,7 +24,7 @@ import numpy as np
 def component_box(amap: np.ndarray, frame_hw: tuple[int, int], image_size: int, mode: str, level: float,
                   threshold: float) -> np.ndarray:
     """(x1, y1, x2, y2) of the runtime's first box (`boxes_from_map`) for another level / absolute threshold."""
-    from stp_edge.spatial import boxes_from_map
+    from stp_edge.pipeline.boxes import boxes_from_map
 
     b = boxes_from_map(amap, frame_hw, image_size, threshold=threshold, class_id=0, mode=mode, level=level)[0]
     return np.array([b.x1, b.y1, b.x2, b.y2])
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from stp_edge.api import Detector, run_video
     from stp_edge.eval.datasets import find_video, load_ground_truth
     from stp_edge.eval.metrics import expand_snippets, tiou
-    from stp_edge.spatial import anomaly_map
+    from stp_edge.pipeline.spatial import anomaly_map
 
     rules = [(lv, th) for lv in args.levels for th in args.thresholds]
     pooled: dict[tuple[float, float], dict[str, list[tuple[float, int]]]] = {r: {} for r in rules}

@@ -46,7 +46,7 @@ def cell_rectangles(image_size: int, grid: int, frame_hw: tuple[int, int]) -> np
     The cells are the runtime's own (`region_boxes` mapped by `to_frame_coords`), so the rectangles are exactly
     the boxes `boxes_from_map` can return.
     """
-    from stp_edge.spatial import region_boxes, to_frame_coords
+    from stp_edge.geometry import region_boxes, to_frame_coords
 
     cells = to_frame_coords(region_boxes(image_size, grid), image_size, frame_hw).reshape(grid, grid, 4)
     x_edges = np.r_[cells[0, :, 0], cells[0, -1, 2]]
@@ -158,7 +158,7 @@ def region_targets(boxes: np.ndarray, labels: np.ndarray, frame_hw: tuple[int, i
     boxes [T,4] in frame pixels (NaN: none), labels [T] (0: normal snippet, all targets 0). `flip`: the targets of
     the horizontally flipped input (columns mirrored; the centre crop and the grid are symmetric).
     """
-    from stp_edge.spatial import region_boxes, to_frame_coords
+    from stp_edge.geometry import region_boxes, to_frame_coords
 
     cells = to_frame_coords(region_boxes(image_size, grid), image_size, frame_hw)
     cov = np.stack([cell_coverage(b, cells) if lab else np.zeros(len(cells))

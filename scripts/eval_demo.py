@@ -8,7 +8,7 @@ Exports the checkpoint (default: the demo model) to a bundle, writes a held-out 
 the machine that produced them.
 
 TIoU uses the runtime's first box: the connected group of regions around the map's peak
-(`stp_edge.spatial.boxes_from_map`, half-maximum rule).
+(`stp_edge.pipeline.boxes.boxes_from_map`, half-maximum rule).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from stp_edge.eval.machine import machine_info
 
     out = {**result.to_dict(),
-           "box_rule": "runtime first box: the component around the map's peak (stp_edge.spatial.boxes_from_map)",
+           "box_rule": ("runtime first box: the component around the map's peak"
+                        " (stp_edge.pipeline.boxes.boxes_from_map)"),
            "data": {"split": "test", "num_videos": args.num_videos, "seed": args.seed,
                     "generator": "stp_edge.demo.synthetic.write_benchmark"},
            "model": {"source": manifest.get("source"), "config": manifest.get("config", {}).get("vision")},

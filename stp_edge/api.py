@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from stp_edge.backends import create_runners, resolve_backend
+from stp_edge.backends import activate_runners, resolve_backend
 from stp_edge.backends.base import Runner
 from stp_edge.bundle import GRAPH_NAMES, Bundle
 from stp_edge.pipeline.boxes import box_class, boxes_from_map
@@ -41,6 +41,12 @@ from stp_edge.pipeline.spatial import SPATIAL_MODES, SpatialHead, SpatialOutput,
 from stp_edge.pipeline.temporal import TemporalHead, TemporalOutput, Window
 from stp_edge.results import SnippetResult
 from stp_edge.video import VideoStats, open_source
+
+
+def _deactivate(runners: Mapping[str, Runner]) -> None:
+    for runner in reversed(list(runners.values())):
+        if runner.is_active:
+            runner.deactivate()
 
 
 class Detector:
@@ -97,7 +103,9 @@ class Detector:
 
         Args:
             bundle: Bundle directory (checked by sha256) or a loaded `Bundle`.
-            backend: "auto" (trt > ort-cuda > ort-cpu), "trt", "ort", "ort-cuda", "ort-trt" or "ort-cpu".
+            backend: "auto" (trt > ort-cuda > ort-cpu), "trt", "ort", "ort-cuda", "ort-trt", "ort-cpu", or
+                "triton://HOST:PORT" (the bundle's graphs served by a Triton server; see `stp_edge.scale.serve`).
+                Under "auto" a TensorRT plan this machine refuses falls back to ONNX Runtime with a warning.
             preprocess: "auto", "cpu", "cuda", or a callable frames -> [B, 3, S, S].
             spatial_on: None (the bundle's config), "flagged", "all", "off", or True ("all") / False ("off").
             device: CUDA device ordinal.
@@ -107,14 +115,23 @@ class Detector:
         """
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
+        requested = backend
         backend = resolve_backend(backend, bundle, device)
         if spatial_on is None:
             spatial_on = bundle.config.spatial_on
         elif isinstance(spatial_on, bool):
             spatial_on = "all" if spatial_on else "off"
-        pre = make_preprocess(preprocess, bundle.config.vision.image_size, backend=backend,
-                              region_mode=bundle.config.region_mode)
-        runners = create_runners(bundle, backend, device, allow_host_code=allow_host_code)
+        # Runners first: a TensorRT plan refused under "auto" falls back to ONNX Runtime, and the preprocessing
+        # choice follows the backend that actually runs, on the runners' device.
+        backend, runners = activate_runners(bundle, backend, device, requested=requested,
+                                            allow_host_code=allow_host_code)
+        try:
+            pre = make_preprocess(preprocess, bundle.config.vision.image_size, backend=backend,
+                                  region_mode=bundle.config.region_mode, device=device,
+                                  max_batch=runners["encoder"].max_batch() or 16)
+        except BaseException:
+            _deactivate(runners)
+            raise
         return cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend, lookahead=lookahead)
 
     @property
@@ -131,9 +148,10 @@ class Detector:
     def close(self) -> None:
         """Deactivate the runners (the detector cannot run afterwards)."""
         with self._lock:
-            for runner in reversed(list(self.runners.values())):
-                if runner.is_active:
-                    runner.deactivate()
+            _deactivate(self.runners)
+            close = getattr(self.encoder.preprocess, "close", None)
+            if callable(close):
+                close()
 
     def __enter__(self) -> Detector:
         return self

@@ -26,7 +26,7 @@ EXIT_USAGE = 2
 def _library_errors() -> tuple[type[BaseException], ...]:
     from stp_edge.backends.base import RunnerError
     from stp_edge.bundle import BundleError
-    from stp_edge.frames import FrameError
+    from stp_edge.pipeline.frames import FrameError
     from stp_edge.video import VideoError
 
     return BundleError, VideoError, FrameError, RunnerError, ImportError, ValueError, OSError

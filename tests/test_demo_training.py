@@ -21,7 +21,7 @@ from stp_edge.demo.training import (
     train_demo,
 )
 from stp_edge.model.weights import load_stprompt
-from stp_edge.streaming import SnippetAssembler
+from stp_edge.pipeline.snippets import SnippetAssembler
 
 DEMO_MAX_BYTES = 10 * 1024 * 1024
 

@@ -241,7 +241,8 @@ def test_demo_clip_is_written_whole_and_a_bad_path_is_a_clear_oserror(tmp_path):
 
 
 def test_box_rule_variants_reproduce_the_runtime_rule_at_its_setting():
-    from stp_edge.spatial import boxes_from_map, region_boxes, to_frame_coords
+    from stp_edge.geometry import region_boxes, to_frame_coords
+    from stp_edge.pipeline.boxes import boxes_from_map
 
     component_box = research_script("box_rules").component_box
     rng = np.random.default_rng(0)

@@ -132,11 +132,23 @@ def test_build_flags_refuse_unknown_values():
         build_flags("bf16")
 
 
-def test_int8_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="int8 engines need a calibration cache"):
-        build_flags("int8")
-    with pytest.raises(ValueError, match="calibration cache"):
+def test_int8_builds_only_from_a_qdq_graph():
+    """INT8 is explicit quantization: the Q/DQ encoder of an int8 export; flags on 10.x, strongly typed on 11."""
+    assert build_flags("int8")["precision"] == "int8"
+    with pytest.raises(ValueError, match="re-export the bundle with --precision int8 --calib"):
         precision_mode("int8", "fp32", ALL_FLAGS)
+    with pytest.raises(ValueError, match="re-export the bundle with --precision int8 --calib"):
+        precision_mode("int8", "fp16", ALL_FLAGS)
+    with pytest.raises(ValueError, match="exported in int8"):
+        precision_mode("fp16", "int8", ALL_FLAGS)
+    trt10 = precision_mode("int8", "int8", ALL_FLAGS)
+    assert trt10 == {"precision": "int8", "builder_flags": ["INT8"], "cleared_flags": ["TF32"],
+                     "strongly_typed": False}
+    trt11 = precision_mode("int8", "int8", ALL_FLAGS - {"FP16", "INT8"})
+    assert trt11["strongly_typed"] and trt11["builder_flags"] == []
+    # The heads of an int8 bundle stay fp32 engines.
+    assert graph_precisions("int8", {"encoder": "int8", "temporal": "fp32", "spatial": "fp32"}) == {
+        "encoder": "int8", "temporal": "fp32", "spatial": "fp32"}
 
 
 def test_precision_modes():
@@ -475,8 +487,9 @@ def test_cli_build_engines_options():
                                       "--max-snippets", "64"])
     assert (args.precision, args.version_compatible, args.hardware_compatibility, args.device,
             args.max_snippets) == ("fp32", True, "ampere_plus", 1, 64)
+    assert build_parser().parse_args(["build-engines", "b.stp", "--precision", "int8"]).precision == "int8"
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["build-engines", "b.stp", "--precision", "int8"])
+        build_parser().parse_args(["build-engines", "b.stp", "--precision", "bf16"])
 
 
 # --- on a GPU with TensorRT -------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from stp_edge.bundle import sha256_file
 from stp_edge.config import STPromptConfig
 from stp_edge.eval.metrics import box_iou, rank_auc
 from stp_edge.model.train import mil_losses
+from stp_edge.preprocess import CLIP_MEAN, CLIP_STD
 
 # Demo-model config overrides of the `tiny` preset (the spatial stream scores regions against the class prompts).
 DEMO_OVERRIDES: dict[str, Any] = {
@@ -72,8 +73,6 @@ DEMO_OVERRIDES: dict[str, Any] = {
     # snippet AUC 0.928 vs 0.905 with global attention, box IoU the same (demo_model/stp_edge_demo_model/README.md).
     "vision": replace(STPromptConfig.named("tiny").vision, stem="conv", stem_centred=True, patch_attention=1),
 }
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -171,11 +170,11 @@ def demo_config(**overrides: Any) -> STPromptConfig:
 
 
 def snippet_frame_indices(num_frames: int, snippet_len: int, frames_per_snippet: int = 1) -> list[list[int]]:
-    """Frame indices the runtime samples for each snippet (same rule as `stp_edge.streaming.SnippetAssembler`).
+    """Frame indices the runtime samples for each snippet (same rule as `stp_edge.pipeline.snippets.SnippetAssembler`).
 
     A partial last snippet uses the same offsets; an offset past its end takes its last frame.
     """
-    from stp_edge.streaming import sample_offsets
+    from stp_edge.pipeline.snippets import sample_offsets
 
     offsets = sample_offsets(snippet_len, frames_per_snippet)
     out = []
@@ -445,7 +444,7 @@ def validate(model, videos: Sequence[DemoVideo], settings: DemoTrainSettings, ch
     top_region_iou (IoU of the highest region's cell with the ground-truth box, over anomalous snippets, 0 where
     the score is below the threshold) — the latter two are printed, never used to choose anything.
     """
-    from stp_edge.spatial import region_boxes, to_frame_coords
+    from stp_edge.geometry import region_boxes, to_frame_coords
 
     model.eval()
     q = model.spatial_query_features()

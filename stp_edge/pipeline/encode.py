@@ -67,10 +67,11 @@ def make_crops(images: np.ndarray, R: int) -> np.ndarray:
 
 
 def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, region_mode: str,
-                    device: int = 0) -> Preprocess:
+                    device: int = 0, max_batch: int = 16) -> Preprocess:
     """The preprocessing callable: "cpu", "cuda", "auto" (CUDA with TensorRT in tokens mode, else CPU).
 
-    "cuda" runs on CUDA device `device` (the runners' device), from whichever thread calls it.
+    "cuda" runs on CUDA device `device` (the runners' device), from whichever thread calls it, and holds device
+    buffers for `max_batch` frames (the encoder's largest batch: `Runner.max_batch()`, 16 when unlimited).
 
     A callable is returned as is (frames -> [B, 3, S, S], NumPy or a device array the encoder runner accepts).
     """
@@ -90,7 +91,7 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, re
 
         # Its output buffer is overwritten by its next call, so `Encoder` runs the encoder on each chunk of at
         # most `max_batch` frames before preprocessing the next.
-        return CudaPreprocessor(image_size, max_batch=16, device=device)  # = the default profile's max batch
+        return CudaPreprocessor(image_size, max_batch=max_batch, device=device)
     raise ValueError(f"preprocess must be 'auto', 'cpu', 'cuda' or a callable, got {kind!r}")
 
 
