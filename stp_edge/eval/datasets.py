@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,13 @@ import numpy as np
 
 class AnnotationError(ValueError):
     """A ground-truth file is malformed; the message names the file, line and what was expected."""
+
+
+class GroundTruthMismatch(AnnotationError):
+    """A video's ground truth does not fit the video (frame count, ranges past its end, frames lost in decoding).
+
+    The message names the video, its file and each problem as expected vs got.
+    """
 
 
 @dataclass
@@ -61,6 +69,60 @@ class VideoGroundTruth:
                 out[f] = b
         return out
 
+
+def check_ground_truth(gt: VideoGroundTruth, num_frames: int, *, dropped: int = 0,
+                       expected: int | None = None) -> list[str]:
+    """What is wrong with `gt` as the ground truth of a video of `num_frames` decoded frames; [] when it fits.
+
+    Checked: the annotation's own frame count (a mask's length) equals the video's; every range and box lies
+    inside the video; no frame was lost mid-decode (`dropped`: later frame numbers would no longer be the
+    annotation's); and the decoder read every frame the container promises (`expected`; pass it only when the
+    annotation has no frame count of its own, since it otherwise checks the same thing).
+
+    Args:
+        gt: the video's ground truth.
+        num_frames: frames the video delivered (decoded frames, or images of a frame folder).
+        dropped: frames that failed to decode between good ones.
+        expected: frames the container promises, when known.
+
+    Returns:
+        One line per problem, each saying what was expected and what was found.
+    """
+    if num_frames <= 0:
+        return [f"the video has no decodable frame: expected at least 1, got {num_frames}"]
+    problems = []
+    if gt.num_frames is not None and gt.num_frames != num_frames:
+        problems.append(f"ground truth has {gt.num_frames} frames, the video has {num_frames}")
+    for s, e in gt.ranges:
+        if e > num_frames:
+            problems.append(f"range [{s}, {e}) ends past the video: expected end <= {num_frames}, got {e}")
+    late = sorted(f for f in gt.boxes if not 0 <= f < num_frames)
+    if late:
+        problems.append(f"{len(late)} ground-truth box(es) outside the video (first at frame {late[0]}): "
+                        f"expected frames 0..{num_frames - 1}")
+    if dropped:
+        problems.append(f"{dropped} frame(s) failed to decode mid-video, so the frame numbers after the first "
+                        "failure no longer match the annotation's")
+    if expected is not None and expected > num_frames + dropped:
+        problems.append(f"the container promises {expected} frames, {num_frames + dropped} were read "
+                        "(truncated file)")
+    return problems
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The lines of a text annotation file; unreadable files and non-UTF-8 lines raise `AnnotationError`."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read the annotation file: {exc.strerror or exc}") from None
+    lines = []
+    for lineno, raw in enumerate(data.splitlines(), 1):
+        try:
+            lines.append(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+        except UnicodeDecodeError as exc:
+            raise AnnotationError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                  f"{exc.start + 1})") from None
+    return lines
 
 
 def _range_pairs(path: Path, lineno: int, tokens: Sequence[str]) -> list[tuple[int, int]]:
@@ -116,11 +178,12 @@ def read_temporal_annotation(path: str | Path, *, class_names: Sequence[str] | N
         One `VideoGroundTruth` per line.
 
     Raises:
-        AnnotationError: a line has the wrong number of fields, non-integer frames, or an invalid range.
+        AnnotationError: the file is unreadable or not UTF-8, or a line has the wrong number of fields,
+            non-integer frames, an invalid range, or a class that contradicts its ranges.
     """
     path = Path(path)
     out, seen = [], set()
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read_lines(path), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         tok = line.split()
@@ -136,6 +199,9 @@ def read_temporal_annotation(path: str | Path, *, class_names: Sequence[str] | N
         if label == "normal" and ranges:
             raise AnnotationError(f"{path}:{lineno}: class {tok[1]!r} is normal but has anomalous ranges "
                                   f"{ranges}; expected -1 -1 -1 -1")
+        if label != "normal" and not ranges:
+            raise AnnotationError(f"{path}:{lineno}: class {tok[1]!r} is anomalous but has no range (all -1); "
+                                  "expected at least one 'start end' pair, or the class Normal")
         n = (num_frames or {}).get(name)
         out.append(VideoGroundTruth(name, label, ranges, n))
     return out
@@ -153,7 +219,8 @@ def read_shanghaitech(mask_dir: str | Path) -> list[VideoGroundTruth]:
     Videos with any 1 get label "anomaly" (ShanghaiTech has no class names), the others "normal".
 
     Raises:
-        AnnotationError: the directory has no .npy files, or a mask is not a 1-D 0/1 array.
+        AnnotationError: the directory has no .npy files, or a file is not a .npy array, or a mask is empty,
+            not 1-D, or holds a value other than 0/1 (the message names the frame).
     """
     mask_dir = Path(mask_dir)
     files = sorted(mask_dir.glob("*.npy"))
@@ -161,13 +228,31 @@ def read_shanghaitech(mask_dir: str | Path) -> list[VideoGroundTruth]:
         raise AnnotationError(f"{mask_dir}: no .npy frame masks found (expected test_frame_mask/<video>.npy)")
     out = []
     for f in files:
-        m = np.load(f, allow_pickle=False)
-        if m.ndim != 1 or not np.isin(m, (0, 1)).all():
-            raise AnnotationError(f"{f}: expected a 1-D array of 0/1 per frame, got shape {m.shape} with "
-                                  f"values {np.unique(m)[:6].tolist()}")
+        m = _load_mask(f)
         ranges = _mask_to_ranges(m.astype(bool))
         out.append(VideoGroundTruth(f.stem, "anomaly" if ranges else "normal", ranges, int(m.size)))
     return out
+
+
+def _load_mask(f: Path) -> np.ndarray:
+    """One ShanghaiTech frame mask, checked: a non-empty 1-D numeric array of 0/1."""
+    try:
+        m = np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AnnotationError(f"{f}: not a NumPy .npy array ({reason})") from None
+    if not isinstance(m, np.ndarray) or m.dtype.kind not in "biuf":
+        raise AnnotationError(f"{f}: expected a numeric 1-D 0/1 array, got dtype {getattr(m, 'dtype', type(m))}")
+    if m.ndim != 1:
+        raise AnnotationError(f"{f}: expected a 1-D array of 0/1 per frame, got shape {m.shape}")
+    if m.size == 0:
+        raise AnnotationError(f"{f}: the mask is empty (0 frames); expected one 0/1 entry per frame of the video")
+    bad = ~np.isin(m, (0, 1))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise AnnotationError(f"{f}: expected a 1-D array of 0/1 per frame, but frame {i} is {m[i].item()} "
+                              f"({int(bad.sum())} such frame(s))")
+    return m
 
 
 def _mask_to_ranges(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -183,17 +268,17 @@ def read_ubnormal_tracks(path: str | Path) -> list[tuple[int, int, int]]:
     """
     path = Path(path)
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read_lines(path), 1):
         if not line.strip():
             continue
         tok = [t.strip() for t in line.split(",")]
         if len(tok) != 3:
             raise AnnotationError(f"{path}:{lineno}: expected 'track_id,start_frame,end_frame' (3 fields), "
                                   f"got {len(tok)}: {line.strip()!r}")
-        try:
-            tid, s, e = (int(float(t)) for t in tok)
-        except ValueError:
-            raise AnnotationError(f"{path}:{lineno}: fields must be numbers, got {tok}") from None
+        values = [_integral(t) for t in tok]
+        if None in values:
+            raise AnnotationError(f"{path}:{lineno}: fields must be integer frame numbers, got {tok}")
+        tid, s, e = values  # type: ignore[misc]
         if s < 0 or e < s:
             raise AnnotationError(f"{path}:{lineno}: frames ({s}, {e}); "
                                   "expected 0 <= start <= end (end inclusive)")
@@ -201,12 +286,34 @@ def read_ubnormal_tracks(path: str | Path) -> list[tuple[int, int, int]]:
     return rows
 
 
+def _integral(token: str) -> int | None:
+    """`token` as an int when it is one ("12", "12.0"); None for anything else ("4.5", "inf", "nan", "x")."""
+    try:
+        x = float(token)
+    except ValueError:
+        return None
+    return int(x) if math.isfinite(x) and x == int(x) else None
+
+
+def _union(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted union of [start, end) ranges (overlapping or touching ranges merge)."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
 def read_ubnormal(root: str | Path, video_names: Sequence[str] | None = None) -> list[VideoGroundTruth]:
     """Read UBnormal ground truth from the data set's own layout.
 
     Layout: `root/Scene<k>/<video>.mp4`, and for abnormal videos `root/Scene<k>/<video>_annotations/
     <video>_tracks.txt` (a `<video>_new_tracks.txt` next to it is preferred, as the authors' scripts do).
-    Frame counts come from the video files through OpenCV. The union of all tracks' frames is anomalous.
+    Frame counts come from the video containers through OpenCV (None when it cannot tell). The union of all
+    tracks' frames is anomalous; it is not clipped to the frame count, so a track past the video's end is
+    caught by `check_ground_truth` rather than silently shortened.
 
     Args:
         root: the UBnormal directory holding the Scene folders.
@@ -236,11 +343,8 @@ def read_ubnormal(root: str | Path, video_names: Sequence[str] | None = None) ->
             tracks = tracks if tracks.exists() else ann / f"{name}_tracks.txt"
             if not tracks.exists():
                 raise AnnotationError(f"{tracks}: missing tracks file for abnormal video {name!r}")
-            mask = np.zeros(n, bool)
-            for _, s, e in read_ubnormal_tracks(tracks):
-                mask[s:min(e, n)] = True
-            ranges = _mask_to_ranges(mask)
-        out.append(VideoGroundTruth(name, "anomaly" if ranges else "normal", ranges, n or None))
+            ranges = _union([(s, e) for _, s, e in read_ubnormal_tracks(tracks)])
+        out.append(VideoGroundTruth(name, "anomaly" if ranges else "normal", ranges, n if n > 0 else None))
     return out
 
 
@@ -264,6 +368,10 @@ def read_box_csv(path: str | Path) -> dict[str, dict[int, tuple[float, float, fl
             except ValueError:
                 msg = f"{path}:{lineno}: frame must be an integer and x1..y2 numbers, got {row}"
                 raise AnnotationError(msg) from None
+            if not all(math.isfinite(v) for v in box):
+                raise AnnotationError(f"{path}:{lineno}: box {box} is not finite")
+            if f < 0:
+                raise AnnotationError(f"{path}:{lineno}: frame {f} is negative; expected a 0-based frame number")
             if not (box[2] > box[0] and box[3] > box[1]):
                 raise AnnotationError(f"{path}:{lineno}: box {box} has x2 <= x1 or y2 <= y1")
             out.setdefault(row[0], {})[f] = box  # type: ignore[assignment]
@@ -282,16 +390,23 @@ def read_synthetic(root: str | Path) -> list[VideoGroundTruth]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise AnnotationError(f"{manifest_path}: cannot read the benchmark manifest: {exc}") from exc
-    frames = {v["name"]: int(v["num_frames"]) for v in manifest["videos"]}
-    gts = read_temporal_annotation(root / manifest.get("annotation", "Temporal_Anomaly_Annotation.txt"),
-                                   class_names=manifest["class_names"], num_frames=frames)
-    by_name = {v["name"]: v for v in manifest["videos"]}
+    try:
+        frames = {v["name"]: int(v["num_frames"]) for v in manifest["videos"]}
+        by_name = {v["name"]: v for v in manifest["videos"]}
+        class_names = list(manifest["class_names"])
+        annotation = root / manifest.get("annotation", "Temporal_Anomaly_Annotation.txt")
+        events = {name: v["event"] for name, v in by_name.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise AnnotationError(f"{manifest_path}: malformed benchmark manifest ({what}); expected videos "
+                              "[{name, num_frames, event}], class_names") from None
+    gts = read_temporal_annotation(annotation, class_names=class_names, num_frames=frames)
     if {g.name for g in gts} != set(by_name):
         raise AnnotationError(f"{root}: annotation and manifest list different videos")
     boxes_file = root / manifest.get("boxes", "boxes.csv")
     boxes = read_box_csv(boxes_file) if boxes_file.exists() else {}
     for g in gts:
-        ev = by_name[g.name]["event"]
+        ev = events[g.name]
         if (list(g.ranges[0]) if g.ranges else None) != ev:
             raise AnnotationError(f"{root}: {g.name}: annotation ranges {g.ranges} but manifest event {ev}")
         g.boxes = boxes.get(g.name, {})

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from stp_edge._deps import require
-from stp_edge.eval.datasets import VideoGroundTruth
+from stp_edge.eval.datasets import GroundTruthMismatch, VideoGroundTruth, check_ground_truth
 
 
 @dataclass
@@ -46,7 +46,11 @@ class VideoPrediction:
 
 @dataclass
 class EvalResult:
-    """Frame-level metrics; None where a metric is undefined (e.g. no anomalous frames)."""
+    """Frame-level metrics; None where a metric is undefined (e.g. no anomalous frames).
+
+    `excluded` maps each video left out because its ground truth does not fit it to the reason
+    (`evaluate_bundle(on_mismatch="skip")`); the metrics and counts cover the other videos only.
+    """
 
     auc: float | None
     ap: float | None
@@ -54,11 +58,12 @@ class EvalResult:
     threshold: float
     per_class: dict[str, dict[str, Any]]
     counts: dict[str, int]
+    excluded: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict with keys auc, ap, tiou, threshold, per_class, counts."""
+        """Plain dict with keys auc, ap, tiou, threshold, per_class, counts, excluded."""
         return {"auc": self.auc, "ap": self.ap, "tiou": self.tiou, "threshold": self.threshold,
-                "per_class": self.per_class, "counts": self.counts}
+                "per_class": self.per_class, "counts": self.counts, "excluded": self.excluded}
 
     def to_json(self, indent: int | None = 2) -> str:
         """JSON text of `to_dict()`."""
@@ -184,7 +189,9 @@ def evaluate_videos(gts: Sequence[VideoGroundTruth], preds: Mapping[str, VideoPr
         An `EvalResult`.
 
     Raises:
-        ValueError: a video has no prediction, or prediction and ground truth disagree on the frame count.
+        ValueError: a video has no prediction.
+        GroundTruthMismatch: a video's ground truth does not fit its prediction's frames (frame count, a range
+            or box past the end): never clipped silently.
     """
     missing = [g.name for g in gts if g.name not in preds]
     if missing:
@@ -194,7 +201,10 @@ def evaluate_videos(gts: Sequence[VideoGroundTruth], preds: Mapping[str, VideoPr
         p = preds[g.name]
         n = len(p.scores)
         if g.num_frames is not None and g.num_frames != n:
-            raise ValueError(f"{g.name}: prediction has {n} frames, ground truth {g.num_frames}")
+            raise GroundTruthMismatch(f"{g.name}: prediction has {n} frames, ground truth {g.num_frames}")
+        problems = check_ground_truth(g, n)
+        if problems:
+            raise GroundTruthMismatch(f"{g.name}: " + "; ".join(problems))
         pb = p.boxes if p.boxes is not None else np.full((n, 4), np.nan)
         if np.shape(pb) != (n, 4):
             raise ValueError(f"{g.name}: boxes shape {np.shape(pb)}, expected ({n}, 4)")

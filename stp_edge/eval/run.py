@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from stp_edge.eval.datasets import IMAGE_EXTENSIONS, find_video, load_ground_truth
+from stp_edge.eval.datasets import (
+    IMAGE_EXTENSIONS,
+    GroundTruthMismatch,
+    VideoGroundTruth,
+    check_ground_truth,
+    find_video,
+    load_ground_truth,
+)
 from stp_edge.eval.metrics import EvalResult, VideoPrediction, evaluate_videos, expand_snippets
 
 
@@ -27,7 +35,17 @@ def prediction_from_results(results: Sequence[Any], num_frames: int) -> VideoPre
     return VideoPrediction(scores, expand_snippets(top, num_frames, ranges=ranges))
 
 
-def _run_on_frame_dir(det: Any, path: Path) -> list[Any]:
+@dataclasses.dataclass
+class _Decoded:
+    """One video's results and what its decoder saw, for `check_ground_truth`."""
+
+    results: list[Any]
+    frames: int
+    dropped: int = 0
+    expected: int | None = None
+
+
+def _run_on_frame_dir(det: Any, path: Path) -> _Decoded:
     """Push a directory of frame images (sorted by name, as ShanghaiTech ships its test set) through `det`."""
     import cv2
 
@@ -38,14 +56,39 @@ def _run_on_frame_dir(det: Any, path: Path) -> list[Any]:
         if frame is None:
             raise OSError(f"cannot read frame image {f}")
         results += det.push(frame)
-    return results + det.flush()
+    return _Decoded(results + det.flush(), len(files))
+
+
+def _run_on_video(det: Any, path: Path) -> _Decoded:
+    """Run `det` over a video file; its frame counts come from the decoder's `VideoStats`."""
+    from stp_edge.api import run_video
+
+    results: list[Any] = []
+    out = run_video(path, detector=det, on_result=results.append)
+    return _Decoded(results, out.stats.read, out.stats.dropped, out.stats.expected)
+
+
+ON_MISMATCH = ("error", "skip")
+
+
+def _mismatch(g: VideoGroundTruth, path: Path, decoded: _Decoded) -> str | None:
+    """Why `g` does not fit the decoded video at `path` (one line), or None when it does."""
+    # The container's promise only matters when the annotation has no count of its own (UCF-Crime).
+    expected = decoded.expected if g.num_frames is None else None
+    problems = check_ground_truth(g, decoded.frames, dropped=decoded.dropped, expected=expected)
+    return "; ".join(problems) if problems else None
 
 
 def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "auto",
                     threshold: float | None = None, out_dir: str | Path | None = None,
                     report: Any = print, fmt: str = "synthetic",
-                    annotations: str | Path | None = None) -> EvalResult:
+                    annotations: str | Path | None = None, on_mismatch: str = "error") -> EvalResult:
     """Run a bundle over every annotated video of a data set and evaluate it.
+
+    Each video's ground truth is checked against the video as decoded (`check_ground_truth`: frame count,
+    ranges and boxes inside the video, no frame lost mid-decode, no truncation). A video that does not fit
+    never counts silently: by default the run stops with `GroundTruthMismatch`; with `on_mismatch="skip"` the
+    video is reported, left out of the metrics and listed in `EvalResult.excluded`.
 
     Args:
         bundle: the exported model directory.
@@ -57,27 +100,49 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
         threshold: TIoU score threshold; default the bundle's score threshold.
         out_dir: if given, writes `eval.json` and one score-timeline PNG per video there.
         report: called with one progress line per video (None for silence).
+        on_mismatch: "error" (stop at the first video whose ground truth does not fit it) or "skip".
 
     Returns:
         The `EvalResult`.
-    """
-    from stp_edge.api import Detector, run_video
 
+    Raises:
+        GroundTruthMismatch: a video does not fit its ground truth (under "error"), or none does (under "skip").
+    """
+    from stp_edge.api import Detector
+
+    if on_mismatch not in ON_MISMATCH:
+        raise ValueError(f"on_mismatch must be one of {ON_MISMATCH}, got {on_mismatch!r}")
     data = Path(data)
     preds: dict[str, VideoPrediction] = {}
+    kept: list[VideoGroundTruth] = []
+    excluded: dict[str, str] = {}
     with Detector.load(bundle, backend=backend) as det:
         gts = load_ground_truth(data, fmt, annotations, det.config.class_names)
         thr = float(det.score_threshold if threshold is None else threshold)
         for g in gts:
             det.reset()
             path = find_video(data, g.name)
-            results = _run_on_frame_dir(det, path) if path.is_dir() else list(run_video(path, detector=det))
-            if not g.num_frames:  # UCF-Crime's annotations carry no frame counts: take the video's
-                g.num_frames = max((r.frame_end for r in results), default=0)
-            preds[g.name] = prediction_from_results(list(results), int(g.num_frames or 0))
+            decoded = _run_on_frame_dir(det, path) if path.is_dir() else _run_on_video(det, path)
+            problem = _mismatch(g, path, decoded)
+            if problem is not None:
+                if on_mismatch == "error":
+                    raise GroundTruthMismatch(f"{g.name} ({path}): ground truth does not match the video: "
+                                              f"{problem} (on_mismatch='skip' leaves such videos out and "
+                                              "lists them)")
+                excluded[g.name] = problem
+                if report is not None:
+                    report(f"{g.name}: SKIPPED ({path}): {problem}")
+                continue
+            kept.append(dataclasses.replace(g, num_frames=decoded.frames))
+            preds[g.name] = prediction_from_results(decoded.results, decoded.frames)
             if report is not None:
-                report(f"{g.name}: {len(results)} snippets, max score {max(r.score for r in results):.3f}")
-    result = evaluate_videos(gts, preds, threshold=thr)
+                top = max(r.score for r in decoded.results)
+                report(f"{g.name}: {len(decoded.results)} snippets, max score {top:.3f}")
+    if not kept:
+        raise GroundTruthMismatch(f"no video of {len(gts)} matches its ground truth: "
+                                  + "; ".join(f"{k}: {v}" for k, v in excluded.items()))
+    result = evaluate_videos(kept, preds, threshold=thr)
+    result.excluded = excluded
     if out_dir is not None:
         from stp_edge.visualize import plot_timeline
 
@@ -86,7 +151,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
         (out / "eval.json").write_text(result.to_json() + "\n")
         manifest = data / "manifest.json"
         fps = float(json.loads(manifest.read_text()).get("fps", 25.0)) if manifest.is_file() else 25.0
-        for g in gts:
+        for g in kept:
             plot_timeline(out / f"{Path(g.name).stem}_timeline.png", preds[g.name].scores, fps,
                           gt_ranges=g.ranges, threshold=thr, title=f"{g.name} ({g.label})")
     return result
@@ -95,7 +160,8 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
 def evaluate_cli(args: Any) -> int:
     """`stp-edge eval`: evaluate `args.bundle` on `args.data`, or on a synthetic split generated first.
 
-    Uses args.bundle, args.data, args.split, args.num_videos, args.seed, args.backend, args.out.
+    Uses args.bundle, args.data, args.split, args.num_videos, args.seed, args.backend, args.out, and when the
+    parser defines them args.format, args.annotations, args.on_mismatch ("error" by default).
     """
     data = args.data
     if data is None:
@@ -105,6 +171,7 @@ def evaluate_cli(args: Any) -> int:
         data = root / f"synthetic_{args.split}"
         write_benchmark(data, split=args.split, num_videos=args.num_videos, seed=args.seed)
     result = evaluate_bundle(args.bundle, data, backend=args.backend, out_dir=args.out,
-                             fmt=getattr(args, "format", "synthetic"), annotations=getattr(args, "annotations", None))
+                             fmt=getattr(args, "format", "synthetic"), annotations=getattr(args, "annotations", None),
+                             on_mismatch=getattr(args, "on_mismatch", None) or "error")
     print(result.to_json())
     return 0
