@@ -9,7 +9,8 @@ import argparse
 import time
 from pathlib import Path
 
-from stp_edge.demo.synthetic import ANOMALY_CLASSES, CODECS, write_benchmark
+from stp_edge.demo.synthetic import ANOMALY_CLASSES, write_benchmark
+from stp_edge.video import CODECS
 
 
 def main(argv: list[str] | None = None) -> int:

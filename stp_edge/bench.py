@@ -277,6 +277,8 @@ def write_test_video(path: Path, frames: int, size: tuple[int, int] = DEFAULT_SI
     """A camera-like MJPG video: a smooth random texture with a few blocks moving across it (never constant)."""
     import cv2
 
+    from stp_edge.video import VideoWriter
+
     h, w = size
     rng = np.random.default_rng(seed)
     small = rng.integers(30, 220, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
@@ -284,18 +286,13 @@ def write_test_video(path: Path, frames: int, size: tuple[int, int] = DEFAULT_SI
     background = np.clip(background.astype(np.int16) + rng.integers(-12, 12, (h, w, 3)), 0, 255).astype(np.uint8)
     blocks = [(int(rng.integers(0, h - 60)), int(rng.integers(0, w)), int(rng.integers(2, 9)),
                tuple(int(v) for v in rng.integers(0, 255, 3))) for _ in range(4)]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    if not writer.isOpened():
-        raise OSError(f"cannot write {path} (OpenCV MJPG writer)")
-    try:
+    with VideoWriter(path, fps, (w, h), "MJPG") as writer:
         for i in range(frames):
             img = background.copy()
             for y, x0, speed, colour in blocks:
                 x = int(x0 + speed * i) % (w - 60)
                 img[y:y + 60, x:x + 60] = colour
             writer.write(img)
-    finally:
-        writer.release()
     return path
 
 
@@ -456,7 +453,7 @@ def _torch_baseline(b, video: Path, checkpoint, notes: list[str]) -> _TorchPipel
         notes.append("plain PyTorch baseline skipped: the bundle records no rebuildable source (pass checkpoint=; "
                      "paths named inside a bundle are not opened)")
         return None
-    from stp_edge.export.sources import ModelSource, build_model, weights_fingerprint
+    from stp_edge.model.sources import ModelSource, build_model, weights_fingerprint
 
     model = build_model(ModelSource.from_manifest(source))
     want = (b.manifest.get("source") or {}).get("weights_sha256")

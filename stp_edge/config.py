@@ -14,6 +14,9 @@ from typing import Any
 DEFAULT_CLASSES = ("normal", "abuse", "arrest", "arson", "assault", "burglary", "explosion", "fighting",
                    "road accident", "robbery", "shooting", "shoplifting", "stealing", "vandalism")
 
+DEMO_CLASSES = ("normal", "fighting", "falling", "running", "abandoned object", "fire")
+"""The classes of the synthetic benchmark, the demo model and the 'tiny' preset (index 0 is normal)."""
+
 DEFAULT_NORMAL_QUERIES = ("a photo of the road", "a photo of the sky", "a photo of a building",
                           "a photo of the grass", "a photo of a wall", "a photo of the floor",
                           "a photo of a tree")
@@ -198,7 +201,7 @@ class STPromptConfig:
                 motion_topk=4,
                 adapter_sigma=0.5,
                 prompt_ctx=4,
-                class_names=("normal", "fighting", "falling", "running", "abandoned object", "fire"),
+                class_names=DEMO_CLASSES,
             )
             base.update(overrides)
             return cls(**base)

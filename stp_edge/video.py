@@ -15,11 +15,18 @@ URL sources are bounded by `timeout_ms` (FFmpeg backend), so a stalled stream be
 
 For files, `stats.expected` is the frame count the container promises (None when it does not say) and
 `stats.missing` the frames it promised but never delivered (a truncated file).
+
+Writing: `VideoWriter` writes frames of one size with a codec of `CODECS`, under a temporary name that
+`close()` renames into place; its failures are `VideoError`s too.
 """
 
 from __future__ import annotations
 
+import math
+import operator
+import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +42,7 @@ URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 class VideoError(RuntimeError):
-    """A video source cannot be opened or read."""
+    """A video source cannot be opened or read, or a video file cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -344,3 +351,170 @@ class VideoSource:
 def open_source(source: str | int | Path, **kwargs: Any) -> VideoSource:
     """Open a file, URL or camera index; see `VideoSource`. Raises VideoError with the reason."""
     return VideoSource(source, **kwargs)
+
+
+# --- writing --------------------------------------------------------------------------------------------------
+CODECS: dict[str, str] = {"mp4v": ".mp4", "MJPG": ".avi"}
+"""The codecs stp-edge writes (fourcc -> file extension); both give back every frame when read with OpenCV."""
+
+# OpenCV 5.0's own MJPEG encoder (the .avi writer) corrupts its heap on frames narrower than 8 pixels (seen at
+# 4x4, 5x5, 2x8, 7x9; every width >= 8 is clean).
+_MIN_WIDTH = {"MJPG": 8}
+
+
+class VideoWriter:
+    """Writes uint8 BGR frames of one size to a video file, under a temporary name until `close()`.
+
+    The frames go to `.NAME.partial-XXXX.EXT` in the destination directory; `close()` finishes that file, reads
+    it back (frame count and last frame) and renames it to `path`, so an interrupted or failed run never leaves
+    a half-written file under the final name. `abort()` removes the temporary file. As a context manager it
+    closes on a normal exit and aborts on an exception. Every failure is a `VideoError` naming the file.
+
+    Limits: OpenCV buffers the encoded stream and reports no I/O error per frame (`cv2.VideoWriter.write`
+    returns None before OpenCV 5, and True for a frame it could not flush), so a full disk or a refused write
+    is detected at `close()`, by reading the finished file back, not at the frame that hit it.
+
+    Args:
+        path: Output file; its extension picks the codec (.mp4 -> mp4v, .avi -> MJPG, see `CODECS`). Missing
+            directories are created.
+        fps: Frame rate, finite and > 0.
+        size: (width, height); both even and >= 2 (OpenCV reads odd sizes back cropped to even), MJPG at
+            least 8 wide.
+        codec: A key of `CODECS`; default the one of the extension. It must match the extension.
+    """
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int], codec: str | None = None) -> None:
+        self.path = Path(path)
+        self.codec = self._codec(codec)
+        self.fps = self._fps(fps)
+        self.size = self._size(size)
+        self.frames_written = 0
+        self._state = "open"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.partial-", suffix=self.path.suffix,
+                                       dir=self.path.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise VideoError(f"{self.path}: cannot create the video file ({exc.strerror or exc})") from exc
+        self._tmp = Path(tmp)
+        import cv2
+
+        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
+        if not self._writer.isOpened():
+            self._writer.release()
+            self._tmp.unlink(missing_ok=True)
+            raise VideoError(f"{self.path}: OpenCV could not open a {self.codec} writer at "
+                             f"{self.size[0]}x{self.size[1]}")
+
+    def _codec(self, codec: str | None) -> str:
+        by_ext = {ext: c for c, ext in CODECS.items()}
+        suffix = self.path.suffix.lower()
+        if codec is None:
+            if suffix not in by_ext:
+                raise VideoError(f"{self.path}: unsupported extension {suffix!r}; expected one of "
+                                 f"{sorted(by_ext)}")
+            return by_ext[suffix]
+        if codec not in CODECS:
+            raise VideoError(f"{self.path}: codec {codec!r} is not supported; expected one of {sorted(CODECS)}")
+        if CODECS[codec] != suffix:
+            raise VideoError(f"{self.path}: codec {codec!r} writes {CODECS[codec]} files, not {suffix or 'none'}")
+        return codec
+
+    def _fps(self, fps: float) -> float:
+        try:
+            value = float(fps)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise VideoError(f"{self.path}: fps must be a finite number > 0, got {fps}")
+        return value
+
+    def _size(self, size: tuple[int, int]) -> tuple[int, int]:
+        try:
+            w, h = (operator.index(v) for v in size)
+        except (TypeError, ValueError):
+            raise VideoError(f"{self.path}: size must be (width, height) integers, got {size!r}") from None
+        if w < 2 or h < 2 or w % 2 or h % 2:
+            raise VideoError(f"{self.path}: size {w}x{h}: width and height must be even and >= 2 (OpenCV "
+                             "reads odd sizes back cropped to even)")
+        if w < _MIN_WIDTH.get(self.codec, 2):
+            raise VideoError(f"{self.path}: size {w}x{h}: {self.codec} needs frames at least "
+                             f"{_MIN_WIDTH[self.codec]} pixels wide (OpenCV's encoder breaks below that)")
+        return w, h
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one uint8 (height, width, 3) BGR frame of the size the writer was opened with."""
+        if self._state != "open":
+            raise VideoError(f"{self.path}: write() after {'close' if self._state == 'closed' else 'abort'}()")
+        expected = (self.size[1], self.size[0], 3)
+        dtype, shape = getattr(frame, "dtype", type(frame).__name__), getattr(frame, "shape", None)
+        if dtype != np.uint8 or shape != expected:
+            raise VideoError(f"{self.path}: frame {self.frames_written}: expected uint8 {expected}, "
+                             f"got {dtype} {shape}")
+        if self._writer.write(frame) is False:  # OpenCV >= 5 says False for a frame it skipped
+            raise VideoError(f"{self.path}: frame {self.frames_written}: OpenCV's {self.codec} writer did not "
+                             "take it")
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the file, check it reads back whole, rename it to `path` (a no-op once closed or aborted).
+
+        Raises:
+            VideoError: No frame was written, or the finished file does not hold every frame (a full disk or a
+                refused write); the temporary file is removed and `path` is left as it was.
+        """
+        if self._state != "open":
+            return
+        self._writer.release()
+        self._state = "closed"
+        try:
+            if self.frames_written == 0:
+                raise VideoError(f"{self.path}: no frame was written; a video needs at least one")
+            problem = self._read_back()
+            if problem:
+                raise VideoError(f"{self.path}: {self.frames_written} frames written but the finished file "
+                                 f"{problem} (a full disk, or a write the file system refused)")
+            os.chmod(self._tmp, 0o644)
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise VideoError(f"{self.path}: cannot move the finished file into place ({exc})") from exc
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+
+    def _read_back(self) -> str | None:
+        """What is wrong with the finished temporary file, or None when it holds every frame."""
+        import cv2
+
+        cap = cv2.VideoCapture(str(self._tmp))
+        try:
+            if not cap.isOpened():
+                return "cannot be opened"
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            if n != self.frames_written:
+                return f"holds {n}"
+            cap.set(cv2.CAP_PROP_POS_FRAMES, n - 1)
+            ok, frame = cap.read()
+            if not ok or frame.shape != (self.size[1], self.size[0], 3):
+                return "cannot decode its last frame"
+            return None
+        finally:
+            cap.release()
+
+    def abort(self) -> None:
+        """Stop and remove the temporary file; `path` is left as it was (a no-op once closed or aborted)."""
+        if self._state == "open":
+            self._writer.release()
+            self._tmp.unlink(missing_ok=True)
+            self._state = "aborted"
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

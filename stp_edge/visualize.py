@@ -16,8 +16,7 @@ import cv2
 import numpy as np
 
 from stp_edge._deps import require
-
-_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
+from stp_edge.video import VideoError, VideoWriter
 
 
 def heatmap_overlay(frame_bgr: np.ndarray, anomaly_map: np.ndarray,
@@ -82,7 +81,7 @@ def draw_hud(frame_bgr: np.ndarray, score: float, class_name: str | None, thresh
 
 
 class OverlayWriter:
-    """Writes annotated frames to a video file (mp4v for .mp4, MJPG for .avi); a context manager.
+    """Writes annotated frames to a video file through `stp_edge.video.VideoWriter`; a context manager.
 
     Example:
         with OverlayWriter("out.mp4", fps=25, size=(640, 360)) as w:
@@ -94,24 +93,25 @@ class OverlayWriter:
         """Open the writer.
 
         Args:
-            path: output file; the extension picks the codec (.mp4 -> mp4v, .avi -> MJPG).
+            path: output file; the extension picks the codec (`stp_edge.video.CODECS`: .mp4 -> mp4v,
+                .avi -> MJPG). Written under a temporary name until `close()`.
             fps: frame rate.
-            size: (width, height) of the written video; frames of another size are resized (boxes and the
-                map roi, given in input-frame pixels, are scaled with them).
+            size: (width, height) of the written video (even, see `VideoWriter`); frames of another size are
+                resized (boxes and the map roi, given in input-frame pixels, are scaled with them).
             threshold: score threshold drawn on the score bar; scores at or above it are drawn red.
             map_roi: input-frame region (x1, y1, x2, y2) the anomaly map covers; default the whole frame.
+
+        Raises:
+            VideoError: the file cannot be written with these settings.
         """
-        self.path = Path(path)
-        fourcc = _FOURCC.get(self.path.suffix.lower())
-        if fourcc is None:
-            raise ValueError(f"{self.path}: unsupported extension; expected one of {sorted(_FOURCC)}")
-        self.size = (int(size[0]), int(size[1]))
+        self._video = VideoWriter(path, fps, size)
+        self.path, self.size = self._video.path, self._video.size
         self.threshold, self.map_roi = threshold, map_roi
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), float(fps), self.size)
-        if not self._writer.isOpened():
-            raise RuntimeError(f"{self.path}: OpenCV could not open a {fourcc} writer at {self.size}")
-        self.frames_written = 0
+
+    @property
+    def frames_written(self) -> int:
+        """Frames appended so far."""
+        return self._video.frames_written
 
     def write(self, frame_bgr: np.ndarray, score: float, class_name: str | None = None,
               anomaly_map: np.ndarray | None = None,
@@ -124,11 +124,14 @@ class OverlayWriter:
             class_name: predicted class to print, or None.
             anomaly_map: [R,R] region scores in [0, 1], or None for no heatmap.
             boxes: (x1, y1, x2, y2) boxes in input-frame pixels, or None.
+
+        Raises:
+            VideoError: the writer is closed, the frame is not uint8 [H,W,3], or OpenCV refused it.
         """
-        if self._writer is None:
-            raise RuntimeError(f"{self.path}: write() after close()")
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"frame must be uint8 [H,W,3] BGR, got {frame_bgr.dtype} {frame_bgr.shape}")
+        ndim, dtype = getattr(frame_bgr, "ndim", None), getattr(frame_bgr, "dtype", None)
+        if ndim != 3 or frame_bgr.shape[2] != 3 or dtype != np.uint8:
+            raise VideoError(f"{self.path}: frame {self.frames_written}: expected uint8 [H,W,3] BGR, got "
+                             f"{dtype} {getattr(frame_bgr, 'shape', None)}")
         H, W = frame_bgr.shape[:2]
         sx, sy = self.size[0] / W, self.size[1] / H
         frame = frame_bgr if (W, H) == self.size else cv2.resize(frame_bgr, self.size,
@@ -140,21 +143,22 @@ class OverlayWriter:
                 roi = tuple(int(v) for v in np.round(np.asarray(self.map_roi, float) * scale))
             frame = heatmap_overlay(frame, anomaly_map, roi)  # type: ignore[arg-type]
         scaled = [np.asarray(b, float) * scale for b in boxes] if boxes else None
-        self._writer.write(draw_hud(frame, float(score), class_name, self.threshold, scaled))
-        self.frames_written += 1
+        self._video.write(draw_hud(frame, float(score), class_name, self.threshold, scaled))
 
     def close(self) -> None:
-        """Finish the file (safe to call twice)."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        """Finish the file and rename it into place (safe to call twice); see `VideoWriter.close`."""
+        self._video.close()
+
+    def abort(self) -> None:
+        """Drop what was written; the final path is left as it was."""
+        self._video.abort()
 
     def __enter__(self) -> OverlayWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        self._video.__exit__(exc_type, exc, tb)
 
 
 def plot_timeline(path: str | Path, frame_scores: Sequence[float] | np.ndarray, fps: float,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stp_edge.config import DEMO_CLASSES
 from stp_edge.demo.synthetic import write_benchmark
 from stp_edge.scale.extract import ENCODER_BUNDLE, extract_cli, extract_features
 from stp_edge.scale.features import PARTIAL, feature_fingerprint
@@ -21,7 +22,6 @@ from stp_edge.scale.inputs import UNLABELLED, VideoLabel, resolve_labels
 torch = pytest.importorskip("torch", reason="the end-to-end path trains and exports with torch ([export] extra)")
 
 NUM_FRAMES = 40  # 2 full snippets of 16 + a partial one of 8
-CLASSES = ("normal", "fighting", "falling", "running", "abandoned object", "fire")  # the tiny config's
 SNIPPETS = 3
 
 
@@ -50,7 +50,7 @@ def clip_weights(tmp_path_factory) -> Path:
 def extracted(videos, clip_weights, tmp_path_factory):
     """Features of the clips from the CLIP weights (exports feats/encoder.stp first), labels from the annotations."""
     out = tmp_path_factory.mktemp("feats")
-    report = extract_features(videos, out, clip_weights=clip_weights, fmt="synthetic", classes=CLASSES,
+    report = extract_features(videos, out, clip_weights=clip_weights, fmt="synthetic", classes=DEMO_CLASSES,
                               progress=False, batch=2)
     return out, report
 
@@ -132,7 +132,7 @@ def test_resume_after_a_killed_run(extracted, videos, tmp_path):
     (out / f".{missing.name}{PARTIAL}deadbeef0000").write_bytes(b"half a file")
     os.utime(out / done.name, (1_000_000_000, 1_000_000_000))
 
-    report = extract_features(videos, out, bundle=first.bundle, fmt="synthetic", classes=CLASSES, progress=False)
+    report = extract_features(videos, out, bundle=first.bundle, fmt="synthetic", classes=DEMO_CLASSES, progress=False)
     assert report.partials_removed == 1 and not list(out.glob(f".*{PARTIAL}*"))
     assert [p.name for p in report.skipped] == [done.name]
     assert sorted(p.name for p in report.written) == sorted(p.name for p in (stale_fp, corrupt, missing))
@@ -145,12 +145,12 @@ def test_resume_after_a_killed_run(extracted, videos, tmp_path):
     # a new label is applied without re-encoding; resume=False encodes everything again
     csv = tmp_path / "labels.csv"
     csv.write_text("video,label\n" + "".join(f"{f.name},fire\n" for f in sorted(videos.glob("*.mp4"))))
-    again = extract_features(videos, out, bundle=first.bundle, labels=csv, classes=CLASSES, progress=False)
+    again = extract_features(videos, out, bundle=first.bundle, labels=csv, classes=DEMO_CLASSES, progress=False)
     assert len(again.relabelled) == 4 and not again.written
     with np.load(out / done.name) as z:
         assert int(z["label"]) == 5 and str(z["class_name"]) == "fire"
         np.testing.assert_array_equal(z["frame_emb"], np.load(done)["frame_emb"])
-    fresh = extract_features(videos, out, bundle=first.bundle, labels=csv, classes=CLASSES, progress=False,
+    fresh = extract_features(videos, out, bundle=first.bundle, labels=csv, classes=DEMO_CLASSES, progress=False,
                              resume=False)
     assert len(fresh.written) == 4 and not fresh.skipped
 
@@ -193,14 +193,14 @@ def test_labels_from_csv_names_indices_and_missing(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("video,label\na.mp4,0\nb,Fire\n")
     with pytest.raises(ValueError, match="1 video\\(s\\) have no label .*c.mp4"):
-        resolve_labels(vids, CLASSES, labels=csv)
+        resolve_labels(vids, DEMO_CLASSES, labels=csv)
     csv.write_text("a.mp4,0\nb,Fire\n/anywhere/c.mp4,2\n")
-    got = resolve_labels(vids, CLASSES, labels=csv)
+    got = resolve_labels(vids, DEMO_CLASSES, labels=csv)
     assert got == {vids[0]: VideoLabel(0, "normal"), vids[1]: VideoLabel(5, "fire"), vids[2]: VideoLabel(2, "falling")}
     csv.write_text("a.mp4,explosion\n")
     with pytest.raises(ValueError, match="neither a class index nor"):
-        resolve_labels(vids[:1], CLASSES, labels=csv)
-    assert resolve_labels(vids[:1], CLASSES) == {vids[0]: VideoLabel(UNLABELLED, "")}
+        resolve_labels(vids[:1], DEMO_CLASSES, labels=csv)
+    assert resolve_labels(vids[:1], DEMO_CLASSES) == {vids[0]: VideoLabel(UNLABELLED, "")}
 
 
 def test_labels_from_ucf_crime_and_shanghaitech_layouts(tmp_path):
@@ -208,7 +208,7 @@ def test_labels_from_ucf_crime_and_shanghaitech_layouts(tmp_path):
     ann.write_text("Fighting003_x264.mp4  Fighting  10 20 -1 -1\nArson011_x264.mp4  Arson  5 9 -1 -1\n"
                    "Normal_Videos_003_x264.mp4  Normal  -1 -1 -1 -1\n")
     vids = [tmp_path / n for n in ("Fighting003_x264.mp4", "Arson011_x264.mp4", "Normal_Videos_003_x264.mp4")]
-    got = resolve_labels(vids, CLASSES, fmt="ucf-crime", annotations=ann)
+    got = resolve_labels(vids, DEMO_CLASSES, fmt="ucf-crime", annotations=ann)
     # a class of the bundle keeps its index; an anomaly the bundle has no class for is 1 (anomalous)
     assert [got[v].index for v in vids] == [1, 1, 0] and got[vids[1]].name == "arson"
 
@@ -217,7 +217,7 @@ def test_labels_from_ucf_crime_and_shanghaitech_layouts(tmp_path):
     np.save(masks / "01_0014.npy", np.array([0, 0, 1, 1, 0]))
     np.save(masks / "01_0015.npy", np.zeros(5, dtype=np.int64))
     vids = [tmp_path / "01_0014.avi", tmp_path / "01_0015.avi"]
-    got = resolve_labels(vids, CLASSES, fmt="shanghaitech", annotations=masks)
+    got = resolve_labels(vids, DEMO_CLASSES, fmt="shanghaitech", annotations=masks)
     assert [got[v] for v in vids] == [VideoLabel(1, "anomaly"), VideoLabel(0, "normal")]
     with pytest.raises(ValueError, match="not both"):
-        resolve_labels(vids, CLASSES, labels={"x": 1}, fmt="shanghaitech", annotations=masks)
+        resolve_labels(vids, DEMO_CLASSES, labels={"x": 1}, fmt="shanghaitech", annotations=masks)

@@ -20,7 +20,32 @@ W, H, F = 192, 144, 64
 
 
 def test_class_names_are_the_contract():
+    from stp_edge.config import DEMO_CLASSES, STPromptConfig
+
     assert CLASS_NAMES == ("normal", "fighting", "falling", "running", "abandoned object", "fire")
+    assert CLASS_NAMES is DEMO_CLASSES and STPromptConfig.named("tiny").class_names is DEMO_CLASSES
+
+
+def test_the_demo_class_names_are_listed_once():
+    """`stp_edge.config.DEMO_CLASSES` is the one list; a second literal copy creeping back fails here."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    files = [p for d in ("stp_edge", "export", "scripts", "benchmarks") for p in sorted((repo / d).rglob("*.py"))]
+    offenders = []
+    for p in files:
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                names = {e.value for e in node.elts if isinstance(e, ast.Constant)} & set(ANOMALY_CLASSES)
+                if len(names) >= 2:
+                    offenders.append(f"{p.relative_to(repo)}:{node.lineno}")
+    assert len(files) > 50 and offenders == ["stp_edge/config.py:" + str(_line_of_demo_classes(repo))]
+
+
+def _line_of_demo_classes(repo):
+    lines = (repo / "stp_edge" / "config.py").read_text(encoding="utf-8").splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.startswith("DEMO_CLASSES = "))
 
 
 def test_same_seed_same_clip_other_seed_other_clip():
@@ -214,7 +239,7 @@ def test_region_targets_are_cell_coverage_and_flip_with_the_image():
 
 def test_one_box_per_snippet_ceiling_is_below_the_per_frame_one_and_lowest_for_running():
     b = research_script("demo_ceiling").box_ceiling(7, 112, num_videos=10, seed=0)  # 5 anomalous clips, one per class
-    assert set(b["per_class"]) == {"fighting", "falling", "running", "abandoned object", "fire"}
+    assert set(b["per_class"]) == set(ANOMALY_CLASSES)
     for v in b["per_class"].values():
         assert 0 < v["snippet_tiou_ceiling"] <= v["tiou_ceiling"] + 1e-12
     # a runner crosses cells within 16 frames; a left object does not move
@@ -223,11 +248,12 @@ def test_one_box_per_snippet_ceiling_is_below_the_per_frame_one_and_lowest_for_r
     assert bag["snippet_tiou_ceiling"] == pytest.approx(bag["tiou_ceiling"], abs=1e-9)
 
 
-def test_demo_clip_is_written_whole_and_a_bad_path_is_a_clear_oserror(tmp_path):
+def test_demo_clip_is_written_whole_and_a_bad_path_is_a_clear_video_error(tmp_path):
     import cv2
 
     from stp_edge.demo import write_clip
     from stp_edge.demo.synthetic import write_video
+    from stp_edge.video import VideoError
 
     gt = write_clip(tmp_path / "clip.mp4", seed=3, anomaly="fire", seconds=2.0)
     cap = cv2.VideoCapture(str(tmp_path / "clip.mp4"))
@@ -235,9 +261,15 @@ def test_demo_clip_is_written_whole_and_a_bad_path_is_a_clear_oserror(tmp_path):
     ok, frame = cap.read()
     cap.release()
     assert ok and frame.shape == (240, 320, 3) and frame.std() > 5  # a rendered scene, not a blank frame
-    frames = np.zeros((3, 24, 32, 3), np.uint8)
-    with pytest.raises(OSError, match="no_such_dir"):
-        write_video(tmp_path / "no_such_dir" / "x.mp4", frames, 25.0, (32, 24), "mp4v", 3)
+    frames = np.random.default_rng(0).integers(0, 255, (3, 24, 32, 3), dtype=np.uint8)
+    (tmp_path / "a_file").write_text("not a directory")
+    with pytest.raises(VideoError, match=r"a_file/x\.mp4: cannot create"):
+        write_video(tmp_path / "a_file" / "x.mp4", frames, 25.0, (32, 24), "mp4v", 3)
+    with pytest.raises(VideoError, match=r"short\.mp4: 2 frames to write, expected 3"):
+        write_video(tmp_path / "short.mp4", frames[:2], 25.0, (32, 24), "mp4v", 3)
+    with pytest.raises(VideoError, match=r"odd\.mp4: size 33x24"):
+        write_video(tmp_path / "odd.mp4", frames, 25.0, (33, 24), "mp4v", 3)
+    assert not (tmp_path / "short.mp4").exists() and not list(tmp_path.glob(".*partial*"))
 
 
 def test_box_rule_variants_reproduce_the_runtime_rule_at_its_setting():

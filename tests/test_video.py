@@ -268,3 +268,216 @@ def test_expand_sources_list_file(tmp_path):
     listing.write_text("# nothing yet\n")
     with pytest.raises(VideoError, match="names no sources"):
         expand_sources(listing)
+
+
+# --- VideoWriter: the one writer of video files -------------------------------------------------------------
+def _noise_frames(n, height=48, width=64, seed=0):
+    """Smooth frames plus noise: every frame differs, so a stuck or blank write shows."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(f.astype(int) + rng.integers(-20, 20, f.shape), 0, 255).astype(np.uint8)
+            for f in _smooth_frames(n, height, width)]
+
+
+def _partials(directory):
+    return sorted(p.name for p in Path(directory).iterdir() if ".partial" in p.name)
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.avi"])
+def test_video_writer_renames_into_place_on_close(tmp_path, name):
+    from stp_edge.video import VideoWriter
+
+    frames = _smooth_frames(8)
+    path = tmp_path / "out" / name  # the directory is created
+    w = VideoWriter(path, 10.0, (64, 48))
+    for f in frames:
+        w.write(f)
+    assert w.frames_written == 8
+    assert not path.exists()  # nothing under the final name until close
+    (partial,) = _partials(path.parent)
+    assert partial.endswith(path.suffix)  # the container is chosen by the extension, so the temp name keeps it
+    w.close()
+    assert path.is_file() and _partials(path.parent) == []
+    w.close()  # a second close is a no-op
+    with open_source(path) as src:
+        got = list(src)
+    assert len(got) == 8 and got[0].shape == (48, 64, 3)
+    assert np.abs(got[5].astype(int) - frames[5]).mean() < 8  # the frames, not blanks
+    assert np.abs(got[5].astype(int) - got[6]).mean() > 1
+
+
+def test_video_writer_abort_and_exceptions_leave_the_final_name_alone(tmp_path):
+    from stp_edge.video import VideoWriter
+
+    path = tmp_path / "clip.mp4"
+    w = VideoWriter(path, 10.0, (64, 48))
+    for f in _noise_frames(4):
+        w.write(f)
+    w.abort()
+    assert not path.exists() and _partials(tmp_path) == []
+    with pytest.raises(VideoError, match="after abort"):
+        w.write(_noise_frames(1)[0])
+
+    def interrupted_run():
+        with VideoWriter(path, 10.0, (64, 48)) as w:
+            w.write(_noise_frames(1)[0])
+            raise KeyboardInterrupt
+
+    path.write_bytes(b"the previous run's file")
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_run()
+    assert path.read_bytes() == b"the previous run's file" and _partials(tmp_path) == []
+
+    with VideoWriter(path, 10.0, (64, 48)) as w:
+        for f in _noise_frames(3):
+            w.write(f)
+    with open_source(path) as src:
+        assert src.frame_count == 3
+
+
+@pytest.mark.parametrize("fps", [0, -5, float("nan"), float("inf")])
+def test_video_writer_refuses_a_bad_fps(tmp_path, fps):
+    from stp_edge.video import VideoWriter
+
+    with pytest.raises(VideoError, match=rf"x\.mp4: fps must be a finite number > 0, got {fps}"):
+        VideoWriter(tmp_path / "x.mp4", fps, (64, 48))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "size", "match"), [
+    ("x.mp4", (1, 1), r"1x1"),
+    ("x.avi", (1, 1), r"1x1"),
+    ("x.mp4", (65, 48), r"65x48: .*even"),  # OpenCV writes it, but reads back 64 pixels wide
+    ("x.avi", (64, 49), r"64x49: .*even"),
+    ("x.avi", (4, 4), r"4x4: .*at least 8 pixels wide"),  # OpenCV's MJPEG encoder corrupts its heap there
+    ("x.mp4", (0, 48), r"0x48"),
+])
+def test_video_writer_refuses_sizes_that_do_not_round_trip(tmp_path, name, size, match):
+    from stp_edge.video import VideoWriter
+
+    with pytest.raises(VideoError, match=match):
+        VideoWriter(tmp_path / name, 10.0, size)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_video_writer_smallest_sizes_round_trip(tmp_path):
+    from stp_edge.video import VideoWriter
+
+    for name, (w, h) in (("tiny.mp4", (2, 2)), ("tiny.avi", (8, 2))):
+        frames = [np.full((h, w, 3), 40 * k + 20, np.uint8) for k in range(3)]
+        with VideoWriter(tmp_path / name, 5.0, (w, h)) as vw:
+            for f in frames:
+                vw.write(f)
+        with open_source(tmp_path / name) as src:
+            got = list(src)
+        assert [g.shape for g in got] == [(h, w, 3)] * 3
+        assert got[2].mean() > got[0].mean() + 40
+
+
+def test_video_writer_codec_and_extension(tmp_path):
+    from stp_edge.video import CODECS, VideoWriter
+
+    assert CODECS == {"mp4v": ".mp4", "MJPG": ".avi"}
+    with pytest.raises(VideoError, match=r"x\.gif: .*'\.avi', '\.mp4'"):
+        VideoWriter(tmp_path / "x.gif", 10.0, (64, 48))
+    with pytest.raises(VideoError, match=r"x\.avi: codec 'mp4v' writes \.mp4 files"):
+        VideoWriter(tmp_path / "x.avi", 10.0, (64, 48), codec="mp4v")
+    with pytest.raises(VideoError, match=r"codec 'H264' .*'MJPG', 'mp4v'"):
+        VideoWriter(tmp_path / "x.mp4", 10.0, (64, 48), codec="H264")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_video_writer_unwritable_directory_is_a_video_error(tmp_path):
+    from stp_edge.video import VideoWriter
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the directory should be")  # refused even to root, unlike chmod
+    with pytest.raises(VideoError, match=r"file/x\.mp4: cannot create"):
+        VideoWriter(blocker / "x.mp4", 10.0, (64, 48))
+    with pytest.raises(VideoError, match=r"file/sub/x\.avi: cannot create"):
+        VideoWriter(blocker / "sub" / "x.avi", 10.0, (64, 48))
+
+
+def test_video_writer_checks_every_frame(tmp_path):
+    from stp_edge.video import VideoWriter
+
+    path = tmp_path / "clip.avi"
+    w = VideoWriter(path, 10.0, (64, 48))
+    good = _noise_frames(4)
+    for f in good[:3]:
+        w.write(f)
+    bad = np.ascontiguousarray(good[3][:, :60])
+    with pytest.raises(VideoError, match=r"clip\.avi: frame 3: expected uint8 \(48, 64, 3\), got uint8 \(48, 60, 3\)"):
+        w.write(bad)
+    with pytest.raises(VideoError, match=r"frame 3: expected uint8 \(48, 64, 3\), got float32 \(48, 64, 3\)"):
+        w.write(good[3].astype(np.float32))
+    with pytest.raises(VideoError, match=r"frame 3: expected uint8 \(48, 64, 3\), got uint8 \(48, 64\)"):
+        w.write(good[3][..., 0])
+    w.write(good[3])  # refused frames were not counted and did not break the writer
+    assert w.frames_written == 4
+    w.close()
+    with open_source(path) as src:
+        assert src.frame_count == 4
+    with pytest.raises(VideoError, match="after close"):
+        w.write(good[0])
+
+
+def test_video_writer_refuses_to_finish_an_empty_file(tmp_path):
+    from stp_edge.video import VideoWriter
+
+    w = VideoWriter(tmp_path / "x.mp4", 10.0, (64, 48))
+    with pytest.raises(VideoError, match=r"x\.mp4: no frame was written"):
+        w.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+_FULL_DISK = """
+import resource, signal, sys
+import numpy as np
+from stp_edge.video import VideoError, VideoWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+rng = np.random.default_rng(0)
+w = VideoWriter(sys.argv[1], 25.0, (64, 48))
+for _ in range(40):
+    w.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+try:
+    w.close()
+except VideoError as exc:
+    print("VideoError:", exc)
+"""
+
+
+@pytest.mark.parametrize("name", ["full.mp4", "full.avi"])
+def test_video_writer_detects_a_write_the_file_system_refused(tmp_path, name):
+    """OpenCV buffers and reports nothing per frame; close() reads the finished file back and says so."""
+    import subprocess
+    import sys
+
+    path = tmp_path / name
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path)], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert f"VideoError: {path}: 40 frames written" in proc.stdout, proc.stdout
+    assert not path.exists() and _partials(tmp_path) == []
+
+
+def test_only_stp_edge_video_opens_a_cv2_video_writer_or_maps_codecs():
+    """One writer and one codec map: a second `cv2.VideoWriter` or fourcc table creeping back fails here."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[1]
+    files = [p for d in ("stp_edge", "export", "scripts", "benchmarks") for p in sorted((repo / d).rglob("*.py"))]
+    codec_words = {"mp4v", "MJPG", ".mp4", ".avi"}
+    offenders = []
+    for p in files:
+        if p == repo / "stp_edge" / "video.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("VideoWriter", "VideoWriter_fourcc"):
+                if isinstance(node.value, ast.Name) and node.value.id == "cv2":
+                    offenders.append(f"{p.relative_to(repo)}:{node.lineno} cv2.{node.attr}")
+            if isinstance(node, ast.Dict):
+                words = {k.value for k in [*node.keys, *node.values] if isinstance(k, ast.Constant)}
+                if words & codec_words:
+                    offenders.append(f"{p.relative_to(repo)}:{node.lineno} codec map")
+    assert len(files) > 50 and not offenders

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from stp_edge.geometry import crop_square_pixels
+from stp_edge.video import VideoError
 from stp_edge.visualize import OverlayWriter, heatmap_overlay, plot_timeline
 
 W, H = 160, 120
@@ -83,15 +84,51 @@ def test_overlay_resizes_frames_and_boxes(tmp_path):
     assert (edge[..., 2] - edge[..., 1]).mean() > 80
 
 
-def test_overlay_errors(tmp_path):
-    with pytest.raises(ValueError, match="unsupported extension"):
+def test_overlay_errors_are_video_errors(tmp_path):
+    """The overlay fails as `VideoWriter` does: one error type, naming the file (and the frame)."""
+    with pytest.raises(VideoError, match=r"x\.gif: unsupported extension"):
         OverlayWriter(tmp_path / "x.gif", fps=5, size=(W, H))
+    with pytest.raises(VideoError, match=r"x\.avi: fps must be"):
+        OverlayWriter(tmp_path / "x.avi", fps=0, size=(W, H))
+    with pytest.raises(VideoError, match=r"x\.avi: size 161x120"):
+        OverlayWriter(tmp_path / "x.avi", fps=5, size=(W + 1, H))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(VideoError, match=r"file/x\.avi: cannot create"):
+        OverlayWriter(blocker / "x.avi", fps=5, size=(W, H))
     w = OverlayWriter(tmp_path / "x.avi", fps=5, size=(W, H))
-    with pytest.raises(ValueError, match="uint8"):
-        w.write(np.zeros((H, W), np.uint8), 0.5)
+    w.write(_scene(), 0.5)
+    with pytest.raises(VideoError, match=r"x\.avi: frame 1: expected uint8 \[H,W,3\] BGR, got uint8 \(120, 160\)"):
+        w.write(_scene()[..., 0], 0.5)
     w.close()
-    with pytest.raises(RuntimeError, match="after close"):
+    with pytest.raises(VideoError, match="after close"):
         w.write(_scene(), 0.5)
+
+
+def test_overlay_appears_under_its_name_only_when_closed(tmp_path):
+    path = tmp_path / "overlay.mp4"
+    with OverlayWriter(path, fps=5, size=(W, H)) as w:
+        w.write(_scene(), 0.2)
+        assert not path.exists()
+    assert len(_read_all(path)) == 1
+
+    def failing_run():
+        with OverlayWriter(path, fps=5, size=(W, H)) as w:
+            w.write(cv2.flip(_scene(), 1), 0.9)
+            raise OSError("the source went away")
+
+    with pytest.raises(OSError, match="went away"):
+        failing_run()
+    (kept,) = _read_all(path)  # the earlier file, untouched: the failed run's frame was not written over it
+    middle = slice(H // 3, 2 * H // 3)  # clear of the label plate (top) and the score bar (bottom)
+    to_old = np.abs(kept[middle].astype(int) - _scene()[middle]).mean()
+    to_new = np.abs(kept[middle].astype(int) - cv2.flip(_scene(), 1)[middle]).mean()
+    assert to_old < 8 < to_new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
+    w = OverlayWriter(tmp_path / "aborted.avi", fps=5, size=(W, H))
+    w.write(_scene(), 0.2)
+    w.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
 
 
 def test_timeline_png(tmp_path):

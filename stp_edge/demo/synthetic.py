@@ -34,10 +34,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-CLASS_NAMES: tuple[str, ...] = ("normal", "fighting", "falling", "running", "abandoned object", "fire")
+from stp_edge.config import DEMO_CLASSES
+from stp_edge.video import CODECS, VideoError, VideoWriter
+
+CLASS_NAMES: tuple[str, ...] = DEMO_CLASSES
 ANOMALY_CLASSES: tuple[str, ...] = CLASS_NAMES[1:]
 SCENE_KINDS: tuple[str, ...] = ("plaza", "street", "park")
-CODECS: dict[str, str] = {"mp4v": ".mp4", "MJPG": ".avi"}  # both round-trip frame-exactly with opencv here
 
 _WALK_SPEED = 0.03  # body heights per frame at 25 fps (about 1.3 m/s for a 1.7 m person)
 _MAX_HEIGHT = 0.34  # body height at the bottom row, as a fraction of the frame height
@@ -946,20 +948,14 @@ def write_benchmark(out_dir: str | Path, *, split: str, num_videos: int, seed: i
 
 def write_video(path: Path, frames: Iterable[np.ndarray], fps: float, size: tuple[int, int], codec: str,
                 expected: int) -> None:
-    """Write BGR frames of `size` (w, h) with OpenCV and check the container holds all `expected` of them.
+    """Write BGR frames of `size` (w, h) through `stp_edge.video.VideoWriter`: all `expected` of them or no file.
 
-    Raises OSError when no writer opens for `codec` or the file ends up with another frame count.
+    Raises:
+        VideoError: The writer cannot open, a frame does not fit, `frames` does not yield `expected` frames, or
+            the finished file does not hold them all; nothing is left under `path`.
     """
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
-    if not writer.isOpened():
-        raise OSError(f"{path}: OpenCV could not open a {codec} writer at {size[0]}x{size[1]}")
-    try:
+    with VideoWriter(path, fps, size, codec) as writer:
         for f in frames:
             writer.write(f)
-    finally:
-        writer.release()
-    cap = cv2.VideoCapture(str(path))
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    cap.release()
-    if n != expected:
-        raise OSError(f"{path}: wrote {expected} frames but the container reports {n}")
+        if writer.frames_written != expected:
+            raise VideoError(f"{path}: {writer.frames_written} frames to write, expected {expected}")
