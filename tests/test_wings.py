@@ -50,6 +50,15 @@ def test_no_runtime_module_imports_a_wing_even_lazily():
     assert not {k: v for k, v in offenders.items() if v}
 
 
+def test_no_runtime_module_imports_export_even_lazily():
+    """export/ is a layer above the runtime: the torch backend rebuilds models through stp_edge.model.sources."""
+    runtime = [p for p in sorted(PACKAGE.rglob("*.py")) if p.relative_to(PACKAGE).parts[0] not in NOT_RUNTIME]
+    assert PACKAGE / "backends" / "torch.py" in runtime and PACKAGE / "bench.py" in runtime
+    offenders = {str(p.relative_to(REPO)): sorted(m for m in _imported_modules(p) if m.startswith("stp_edge.export"))
+                 for p in [*runtime, *sorted((PACKAGE / "model").rglob("*.py"))]}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
 def test_the_model_does_not_import_the_wings():
     offenders = {str(p.relative_to(REPO)): sorted(m for m in _imported_modules(p) if m.startswith(WINGS))
                  for p in sorted((PACKAGE / "model").rglob("*.py"))}

@@ -32,8 +32,8 @@ class TorchRunner(Runner):
     @classmethod
     def from_bundle(cls, bundle: Any, graph: str, *, device: str = "cpu") -> TorchRunner:
         """Rebuild the torch reference of a bundle from the source its manifest records."""
-        from stp_edge.export.sources import ModelSource, build_model
         from stp_edge.model.graphs import build_graphs
+        from stp_edge.model.sources import ModelSource, build_model
 
         source = bundle.manifest.get("source")
         if not source:

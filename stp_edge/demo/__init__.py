@@ -24,25 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from stp_edge._deps import MissingDependencyError
+from stp_edge.model.sources import demo_checkpoint_dir
 from stp_edge.results import SnippetResult
 
 STAGES = ("decode", "preprocess", "encoder", "temporal", "spatial", "post")
-
-
-def demo_checkpoint_dir() -> Path:
-    """The demo model's checkpoint directory, from the separate `stp-edge-demo-model` distribution.
-
-    Raises:
-        MissingDependencyError: that distribution is not installed (`make venv` installs it).
-    """
-    try:
-        import stp_edge_demo_model
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "the demo model is a separate package, stp-edge-demo-model, and it is not installed: "
-            "pip install ./demo_model (from a checkout of stp-edge; `make venv` does it)") from exc
-    return stp_edge_demo_model.checkpoint_dir()
 
 
 @dataclass
