@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from stp_edge.errors import StpEdgeError
+
 # module -> the `pip install stp-edge[...]` extra that provides it
 EXTRA_FOR = {
     "torch": "export",
@@ -19,10 +21,12 @@ EXTRA_FOR = {
     "pycuda": "cuda",
     "sklearn": "eval",
     "matplotlib": "eval",
+    "ray": "scale",
+    "tritonclient": "scale",
 }
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(StpEdgeError, ImportError):
     """An optional dependency is not installed; the message says which extra provides it."""
 
 

@@ -12,11 +12,9 @@ run one at a time, each on its own streams' state); for parallel throughput use 
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +37,8 @@ from stp_edge.pipeline.snippets import (
 )
 from stp_edge.pipeline.spatial import SPATIAL_MODES, SpatialHead, SpatialOutput, spatial_gate
 from stp_edge.pipeline.temporal import TemporalHead, TemporalOutput, Window
-from stp_edge.results import SnippetResult
-from stp_edge.video import VideoStats, open_source
+from stp_edge.results import SnippetResult, frame_scores
+from stp_edge.run import VideoResults, run_video  # noqa: F401  (public API, re-exported)
 
 
 def _deactivate(runners: Mapping[str, Runner]) -> None:
@@ -86,6 +84,7 @@ class Detector:
         self.lookahead = self.context if lookahead is None else int(lookahead)
         if not 0 <= self.lookahead <= self.context:
             raise ValueError(f"lookahead must be in [0, context={self.context}], got {lookahead!r}")
+        self._preprocess = preprocess  # released by close() (a CUDA preprocessor holds device buffers)
         self.encoder = Encoder(self.runners["encoder"], preprocess, self.config)
         self.temporal = TemporalHead(self.runners["temporal"])
         self.spatial = SpatialHead(self.runners["spatial"])
@@ -127,7 +126,7 @@ class Detector:
                                             allow_host_code=allow_host_code)
         try:
             pre = make_preprocess(preprocess, bundle.config.vision.image_size, backend=backend,
-                                  region_mode=bundle.config.region_mode, device=device,
+                                  host_crops=bundle.host_crops, device=device,
                                   max_batch=runners["encoder"].max_batch() or 16)
         except BaseException:
             _deactivate(runners)
@@ -149,7 +148,7 @@ class Detector:
         """Deactivate the runners (the detector cannot run afterwards)."""
         with self._lock:
             _deactivate(self.runners)
-            close = getattr(self.encoder.preprocess, "close", None)
+            close = getattr(self._preprocess, "close", None)
             if callable(close):
                 close()
 
@@ -299,112 +298,6 @@ class Detector:
         region_emb = np.concatenate([f.region_emb for f in feats])[None]
         out = self.runners["temporal"].infer({"frame_emb": frame_emb, "region_emb": region_emb})
         return out["score"][0], out["class_probs"][0]
-
-
-class VideoResults(list):
-    """The `SnippetResult`s of a video, with `stats` (frames read/dropped), `fps`, `wall_s` and `threshold`."""
-
-    def __init__(self, results: Iterable[SnippetResult] = (), *, stats: VideoStats | None = None,
-                 fps: float | None = None, wall_s: float = 0.0, threshold: float = 0.5) -> None:
-        super().__init__(results)
-        self.stats = stats or VideoStats()
-        self.fps = fps
-        self.wall_s = wall_s
-        self.threshold = threshold
-
-
-def run_video(source: str | int | Path, *, bundle: str | Path | Bundle | None = None,
-              detector: Detector | None = None, on_result: Callable[[SnippetResult], None] | None = None,
-              max_frames: int | None = None, stream: int = 0, **load_kwargs: Any) -> VideoResults:
-    """Run a detector over a video file, URL or camera; return every snippet's result.
-
-    Args:
-        source: File path, URL or camera index.
-        bundle: Bundle to load a detector from (when `detector` is None).
-        detector: An existing detector (kept open); its stream `stream` is flushed at the end.
-        on_result: Called with each result as soon as it is final.
-        max_frames: Stop after this many frames.
-        stream: Stream id used for this source.
-        **load_kwargs: Passed to `Detector.load` (backend, preprocess, spatial_on, device) with `bundle`.
-
-    Returns:
-        A list of results with `.stats` (frames read and dropped), `.fps` and `.wall_s`.
-    """
-    if detector is None and bundle is None:
-        raise ValueError("run_video needs a bundle or a detector")
-    own = detector is None
-    det = detector if detector is not None else Detector.load(bundle, **load_kwargs)  # type: ignore[arg-type]
-    results = VideoResults(threshold=det.score_threshold)
-    decode_ms: dict[int, float] = defaultdict(float)
-    snippet_len = det.config.snippet_len
-
-    def emit(batch: list[SnippetResult]) -> None:
-        for r in batch:
-            r = dataclasses.replace(r, timings={"decode": decode_ms.pop(r.snippet, 0.0), **r.timings})
-            results.append(r)
-            if on_result is not None:
-                on_result(r)
-
-    start = time.perf_counter()
-    try:
-        with open_source(source) as src:
-            results.fps = src.fps
-            frames = iter(src)
-            n = 0
-            while max_frames is None or n < max_frames:
-                t0 = time.perf_counter()
-                frame = next(frames, None)
-                if frame is None:
-                    break
-                decode_ms[n // snippet_len] += (time.perf_counter() - t0) * 1e3
-                emit(det.push(frame, stream))
-                n += 1
-            emit(det.flush(stream))
-            results.stats = src.stats
-    finally:
-        if own:
-            det.close()
-    results.wall_s = time.perf_counter() - start
-    return results
-
-
-def frame_scores(results: Iterable[SnippetResult], num_frames: int | None = None) -> np.ndarray:
-    """Per-frame scores of one stream's results: each frame gets its snippet's score ([frame_start, frame_end))."""
-    results = list(results)
-    n = num_frames if num_frames is not None else max((r.frame_end for r in results), default=0)
-    out = np.zeros(n, dtype=np.float32)
-    for r in results:
-        out[r.frame_start:min(r.frame_end, n)] = r.score
-    return out
-
-
-def write_overlay(source: str | int | Path, results: Sequence[SnippetResult], out: str | Path, *,
-                  threshold: float = 0.5, fps: float | None = None) -> Path:
-    """Re-read `source` and write it with each snippet's score, class, anomaly map and boxes drawn on its frames."""
-    from stp_edge.geometry import crop_square_pixels
-    from stp_edge.visualize import OverlayWriter
-
-    by_frame = {}
-    for r in results:
-        for i in range(r.frame_start, r.frame_end):
-            by_frame[i] = r
-    with open_source(source) as src:
-        writer = None
-        try:
-            for i, frame in enumerate(src):
-                if i not in by_frame:
-                    break
-                h, w = frame.shape[:2]
-                if writer is None:
-                    writer = OverlayWriter(out, fps or src.fps or 25.0, (w, h), threshold=threshold,
-                                           map_roi=crop_square_pixels((h, w)))
-                r = by_frame[i]
-                writer.write(frame, r.score, r.class_name, r.anomaly_map,
-                             [(b.x1, b.y1, b.x2, b.y2) for b in r.boxes])
-        finally:
-            if writer is not None:
-                writer.close()
-    return Path(out)
 
 
 def plot_scores(results: Sequence[SnippetResult], out: str | Path, *, fps: float | None = None,

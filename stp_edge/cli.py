@@ -1,58 +1,91 @@
 """`stp-edge` command line: a thin layer over library functions, one per subcommand.
 
-    stp-edge export (--checkpoint PATH | --demo | --random) -o OUT.stp   stp_edge.export.bundle_export
-    stp-edge verify BUNDLE                                              stp_edge.export.verify
-    stp-edge build-engines BUNDLE [--precision fp16|fp32]               stp_edge.export.trt_build
-    stp-edge run SOURCE --bundle B [--jsonl OUT]                        stp_edge.api.run_video
-    stp-edge info BUNDLE                                                stp_edge.bundle.Bundle
-    stp-edge eval ... / stp-edge demo --out DIR                         stp_edge.eval / stp_edge.demo
+    stp-edge export (--checkpoint P | --demo | --random) -o OUT.stp   stp_edge.export.bundle_export
+    stp-edge verify BUNDLE                                          stp_edge.export.verify
+    stp-edge build-engines BUNDLE [--precision fp16|fp32|int8]      stp_edge.export.trt_build
+    stp-edge run BUNDLE SOURCE... [--jsonl OUT] [--overlay MP4]     stp_edge.run.run_video
+    stp-edge info BUNDLE                                            stp_edge.bundle.Bundle
+    stp-edge bench BUNDLE                                           stp_edge.bench
+    stp-edge extract VIDEOS -o FEATS / score VIDEOS --bundle B      stp_edge.scale
+    stp-edge serve BUNDLE                                           stp_edge.scale.serve (Triton)
+    stp-edge train / eval / demo                                    stp_edge.model.train / eval / demo
 
-Library errors (bad bundle, unreadable video, missing dependency, ...) are printed as one line and exit with
-code 2; bugs keep their traceback.
+Exit codes: 0 done; 1 the job ran but did not succeed (verify failed, a video failed, a live source was lost
+for good); 2 a library error (bad bundle, unreadable video, missing dependency, bad option: one line, no
+traceback); 130 / 143 stopped by SIGINT / SIGTERM after flushing every output. Anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from stp_edge._version import __version__
+from stp_edge.errors import StpEdgeError, UsageError
+
+EXIT_FAILED = 1
 EXIT_USAGE = 2
+BACKENDS_HELP = ("auto (TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU), trt, ort, ort-cuda, ort-trt, ort-cpu, "
+                 "or triton://HOST:PORT (a server started by `stp-edge serve`)")
 
 
-def _library_errors() -> tuple[type[BaseException], ...]:
-    from stp_edge.backends.base import RunnerError
-    from stp_edge.bundle import BundleError
-    from stp_edge.pipeline.frames import FrameError
-    from stp_edge.video import VideoError
+def _one_line(exc: BaseException) -> str | None:
+    """The one-line message of an error the user can act on; None for a bug (keep its traceback)."""
+    from stp_edge._deps import explain
 
-    return BundleError, VideoError, FrameError, RunnerError, ImportError, ValueError, OSError
+    if isinstance(exc, StpEdgeError):
+        return str(exc)
+    if isinstance(exc, ModuleNotFoundError):
+        line = explain(exc)
+        return line if line != str(exc) else None  # a module an extra provides, else a packaging bug
+    if isinstance(exc, OSError) and exc.errno is not None:  # the OS refused: a path, a full disk, permissions
+        return str(exc)
+    return None
 
 
-# --- commands ---------------------------------------------------------------------------------------------
+# --- export / verify / engines / info -----------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a checkpoint, the demo model or a random model to a bundle."""
+    """Export a checkpoint, the demo model or a random model to a bundle (a directory NAME.stp).
+
+    With --precision int8 the encoder is quantized (Q/DQ, calibrated on frames of the videos in --calib);
+    with --triton REPO a Triton model repository of the new bundle is written as well.
+    """
     from stp_edge.export.bundle_export import export_bundle
 
+    if args.out.suffix.lower() in (".onnx", ".plan", ".engine", ".trt"):
+        raise UsageError(f"-o {args.out}: a bundle is a directory of graphs and a manifest, not one "
+                         f"{args.out.suffix} file; name it e.g. {args.out.with_suffix('.stp')}")
     out = export_bundle(args.out, checkpoint=args.checkpoint, clip_weights=args.clip_weights, demo=args.demo,
                         random_config=args.config if args.random else None, seed=args.seed,
                         precision=args.precision, opset=args.opset, simplify=not args.no_simplify,
-                        overwrite=args.force, progress=True)
+                        overwrite=args.force, progress=not args.quiet, calib=args.calib,
+                        calib_frames=args.calib_frames)
     print(f"wrote {out}")
+    if args.triton is not None:
+        from stp_edge.scale.triton_repo import write_triton_repository
+
+        repo = write_triton_repository(out, args.triton, backends=tuple(args.triton_backend or ("onnxruntime",)),
+                                       max_batch=args.triton_max_batch, instances=args.triton_instances,
+                                       onnx_device=args.triton_device)
+        print(f"wrote Triton model repository {repo}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check a bundle's graphs against the torch reference on fresh random inputs."""
+    """Check a bundle's graphs against the torch reference on fresh random inputs (exit 1 when one fails)."""
     from stp_edge.export.verify import verify_bundle
 
     report = verify_bundle(args.bundle, checkpoint=args.checkpoint, seed=args.seed, batch=args.batch,
                            backends=tuple(args.backend or ("ort",)))
     print("verify: OK" if report.ok else "verify: FAILED")
-    return 0 if report.ok else 1
+    return 0 if report.ok else EXIT_FAILED
 
 
 def cmd_build_engines(args: argparse.Namespace) -> int:
@@ -60,15 +93,16 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
     from stp_edge.export.trt_build import build_bundle_engines
 
     out = build_bundle_engines(args.bundle, precision=args.precision, max_batch=args.max_batch,
-                               max_snippets=args.max_snippets, device=args.device,
+                               opt_batch=args.opt_batch, max_snippets=args.max_snippets, device=args.device,
                                version_compatible=args.version_compatible,
-                               hardware_compatibility=args.hardware_compatibility, progress=True)
+                               hardware_compatibility=args.hardware_compatibility, workspace_mb=args.workspace_mb,
+                               timing_cache=args.timing_cache, progress=not args.quiet)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print a bundle's manifest (checked by sha256 unless --no-check)."""
+    """Print a bundle's manifest (every file checked by sha256 unless --no-check)."""
     from stp_edge.bundle import Bundle
 
     bundle = Bundle.load(args.bundle, verify=not args.no_check)
@@ -76,61 +110,196 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- run --------------------------------------------------------------------------------------------------
 def _event_line(r: Any) -> str:
     line = (f"stream {r.stream} snippet {r.snippet:5d} frames [{r.frame_start}, {r.frame_end}) "
             f"score {r.score:.3f} {r.class_name}")
     if r.boxes:
         b = r.boxes[0]
         line += f" box ({b.x1:.0f},{b.y1:.0f})-({b.x2:.0f},{b.y2:.0f})"
-    return line
+    return line + ("" if r.final else " (provisional)")
+
+
+def _check_run_options(args: argparse.Namespace, sources: list[Any]) -> None:
+    """Everything that can be checked before any output is opened: options, optional dependencies, codecs."""
+    from stp_edge._deps import require
+    from stp_edge.outputs import check_outputs
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UsageError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if (args.overlay or args.plot) and len(sources) != 1:
+        raise UsageError(f"--overlay and --plot draw one source; {len(sources)} sources were given")
+    files = [s.target for s in sources if s.kind == "file"]
+    check_outputs({"--jsonl": args.jsonl, "--overlay": args.overlay, "--plot": args.plot}, files)
+    if args.plot:
+        require("matplotlib", "--plot")
+    if args.overlay:
+        from stp_edge.run import check_overlay_codec
+
+        check_overlay_codec(args.overlay)
+
+
+def _install_stop(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT/SIGTERM set `stop` (the run finishes what it read and flushes); a second signal interrupts at once."""
+    received: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        received["signum"] = signum
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    received["previous"] = previous
+    return received
+
+
+def _restore_signals(received: dict[int, Any]) -> None:
+    for sig, old in received.get("previous", {}).items():
+        signal.signal(sig, old)
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Run a bundle over a video and print anomalous snippets; optionally write JSON lines, overlay, plot."""
-    from stp_edge.api import run_video
+    """Run a bundle over videos, URLs or cameras; print anomalies, events and latency; write JSON lines/overlay.
+
+    SOURCE may be a file, an rtsp:// or http:// URL, a camera index, a directory, a glob or a .txt list of
+    those; several sources run together, one stream each. Outputs are written under a temporary name and
+    renamed at the end (also after Ctrl-C / SIGTERM, which end the run cleanly: exit 130 / 143).
+    """
+    from stp_edge.api import Detector
+    from stp_edge.outputs import AtomicTextFile
+    from stp_edge.run import open_sources, run_video
+    from stp_edge.video import Backoff
 
     out = out or sys.stdout
-    jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
+    bundle = args.bundle_option or args.bundle
+    specs = ([args.bundle] if args.bundle_option else []) + list(args.source)
+    if not specs:
+        raise UsageError("no SOURCE given: stp-edge run BUNDLE SOURCE...")
+    reconnect = None if args.reconnect_s == 0 else Backoff(max_total_s=args.reconnect_s)
+    # Validate everything (bundle, sources, options, output paths, codecs) before any output is opened.
+    with Detector.load(bundle, backend=args.backend, preprocess=args.preprocess, device=args.device,
+                       spatial_on=args.spatial, lookahead=args.lookahead,
+                       allow_host_code=args.allow_host_code) as det:
+        if args.threshold is not None:
+            det.score_threshold = float(args.threshold)
+        sources = open_sources([int(s) if str(s).isdigit() else s for s in specs],
+                               reconnect=reconnect, timeout_ms=args.timeout_ms)
+        try:
+            _check_run_options(args, sources)
+        except BaseException:
+            for src in sources:
+                src.close()
+            raise
+        say = (lambda *a: None) if args.quiet else (lambda line: print(line, file=out, flush=True))
+        say(f"bundle {bundle}: backend {det.backend}, preprocessing {det.preprocess_name}, device {args.device}, "
+            f"threshold {det.score_threshold:.2f}, {len(sources)} source(s)")
+        return _run_sources(det, sources, args, out, say, AtomicTextFile, run_video)
+
+
+def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: TextIO, say: Any,
+                 atomic: Any, run_video: Any) -> int:
+    from tqdm.auto import tqdm
+
+    totals = [s.frame_count for s in sources]
+    known = all(n is not None for n in totals) and not args.quiet
+    limit = args.max_frames
+    bar = (tqdm(total=sum(min(n, limit) if limit else n for n in totals), unit="frame", file=sys.stderr,
+                desc="run") if known else None)
+    jsonl = atomic(args.jsonl) if args.jsonl else None
+    scores: list[Any] = []
+    stop = threading.Event()
+    received = _install_stop(stop)
+    write = bar.write if bar is not None else (lambda line: print(line, file=out, flush=True))
 
     def on_result(r: Any) -> None:
         if jsonl is not None:
             jsonl.write(json.dumps(r.to_dict()) + "\n")
-        if r.is_anomaly or args.verbose:
-            print(("ANOMALY " if r.is_anomaly else "        ") + _event_line(r), file=out, flush=True)
+            jsonl.flush()
+        if args.plot and r.final:
+            scores.append(r)
+        if (r.is_anomaly and not args.quiet) or args.verbose:
+            write(("ANOMALY " if r.is_anomaly else "        ") + _event_line(r))
 
-    try:
-        source: str | int = int(args.source) if args.source.isdigit() else args.source
-        results = run_video(source, bundle=args.bundle, backend=args.backend, on_result=on_result,
-                            max_frames=args.max_frames, spatial_on="all" if args.spatial_all else None)
-    finally:
+    def on_gap(stream: int, gap: Any) -> None:
         if jsonl is not None:
-            jsonl.close()
-    n_anom = sum(r.is_anomaly for r in results)
-    rate = results.stats.read / results.wall_s if results.wall_s else 0.0
-    print(f"{len(results)} snippets, {n_anom} anomalous; {results.stats.read} frames read, "
-          f"{results.stats.dropped} dropped; {rate:.1f} frames/s", file=out)
-    if args.overlay:
-        from stp_edge.api import write_overlay
+            jsonl.write(json.dumps({"gap": {"stream": stream, "frame": gap.frame, "lost_s": round(gap.lost_s, 3),
+                                            "attempts": gap.attempts}}) + "\n")
+        write(f"GAP     stream {stream}: {gap.lost_s:.1f}s lost before frame {gap.frame}, reconnected after "
+              f"{gap.attempts} attempt(s); temporal window reset")
 
-        write_overlay(source, results, args.overlay, fps=results.fps, threshold=results.threshold)
-        print(f"wrote {args.overlay}", file=out)
+    results = None
+    try:
+        results = run_video(sources, detector=det, on_result=on_result, on_gap=on_gap,
+                            on_frame=(lambda s, n: bar.update(1)) if bar is not None else None,
+                            max_frames=limit, keep=False, overlay=args.overlay, stop=stop)
+    finally:
+        _restore_signals(received)
+        if bar is not None:
+            bar.close()
+        if jsonl is not None:
+            jsonl.commit()  # what was analysed is kept, even when the run failed part-way (the summary says so)
+    written = [p for p in (args.jsonl, args.overlay) if p]
     if args.plot:
         from stp_edge.api import plot_scores
 
-        plot_scores(results, args.plot, fps=results.fps, threshold=results.threshold)
-        print(f"wrote {args.plot}", file=out)
-    return 0
+        written.append(plot_scores(scores, args.plot, fps=results.fps, threshold=results.threshold))
+    _print_summary(results, out, quiet=args.quiet)
+    for path in written:
+        print(f"wrote {path}", file=out)
+    if "signum" in received:
+        signum = received["signum"]
+        print(f"stopped by {signal.Signals(signum).name}; outputs flushed", file=sys.stderr)
+        return 128 + signum
+    return EXIT_FAILED if results.lost else 0
 
 
+def _print_summary(results: Any, out: TextIO, *, quiet: bool) -> None:
+    from stp_edge.report import format_latency
+
+    rate = results.frames_read / results.wall_s if results.wall_s else 0.0
+    dropped = sum(s.stats.dropped for s in results.sources)
+    print(f"{results.snippets} snippets, {results.anomalous} anomalous; {results.frames_read} frames read, "
+          f"{dropped} dropped; {rate:.1f} frames/s", file=out)
+    for s in results.sources:
+        st = s.stats
+        if st.missing:
+            print(f"TRUNCATED {s.source}: the container promised {st.expected} frames, {st.read} were read "
+                  f"({st.dropped} dropped)", file=out)
+        if s.rejected:
+            print(f"REJECTED {s.source}: {s.rejected} frame(s) refused by the detector (skipped)", file=out)
+        if st.gaps:
+            print(f"GAPS    {s.source}: {len(st.gaps)} outage(s), {st.gap_s:.1f}s lost", file=out)
+        if st.lost:
+            print(f"LOST    {st.lost_reason}", file=out)
+    if quiet:
+        return
+    events = results.events.finish()
+    print(f"events: {results.events.count}" + ("" if events else " (none above the threshold)"), file=out)
+    fps = results.fps if len(results.sources) == 1 else None
+    for ev in events:
+        print("  " + ev.describe(fps), file=out)
+    table = results.latency.table()
+    if table:
+        for line in format_latency(table):
+            print(line, file=out)
+
+
+# --- offline / scale-out / benchmarks ------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the STPrompt heads on pre-extracted snippet features with video-level labels (top-k MIL)."""
+    """Train the STPrompt heads on extracted snippet features with video-level labels (top-k MIL)."""
     from stp_edge.model.train import train_features_cli
 
     return train_features_cli(args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a bundle on a labelled (synthetic) benchmark: frame AUC, localisation."""
+    """Evaluate a bundle on a labelled benchmark: frame AUC, localisation (ground truth checked per video)."""
     from stp_edge.eval.run import evaluate_cli
 
     return int(evaluate_cli(args) or 0)
@@ -144,118 +313,259 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- parser -----------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    """The `stp-edge` argument parser (every subcommand has --help)."""
-    p = argparse.ArgumentParser(prog="stp-edge", description="STPrompt video anomaly detection on edge GPUs.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Snippet features (frame_emb, region_emb, label) of videos, with the encoder a bundle deploys; resumable."""
+    from stp_edge.scale.extract import extract_cli
 
-    e = sub.add_parser("export", help="export a model to a bundle (ONNX graphs + manifest)",
-                       description=cmd_export.__doc__)
+    return extract_cli(args)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score videos with a bundle: one JSON-lines file of results per video; resumable, optionally on Ray."""
+    from stp_edge.scale.score import score_cli
+
+    return score_cli(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a bundle's graphs with Triton Inference Server (PyTriton) until interrupted."""
+    from stp_edge.scale.serve import serve
+
+    return serve(args.bundle, port=args.port, host=args.host, max_batch=args.max_batch, instances=args.instances,
+                 threads=args.threads, queue_delay_us=args.queue_delay_us, python=args.python)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure a bundle on this machine: per-stage latency, frames/s, cameras at 25 fps, RSS, floors, torch."""
+    from stp_edge.bench import bench_cli
+
+    return bench_cli(args)
+
+
+# --- parser -----------------------------------------------------------------------------------------------
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown in every option's help; descriptions keep their line breaks."""
+
+
+def _sub(sub: Any, name: str, func: Any, help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=func.__doc__, formatter_class=_Formatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def _bundle_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="bundle directory (NAME.stp, from `stp-edge export`)")
+
+
+def _add_export(sub: Any) -> None:
+    e = _sub(sub, "export", cmd_export, "export a model to a bundle (ONNX graphs + manifest)")
     src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="trained STPrompt checkpoint")
-    src.add_argument("--demo", action="store_true", help="the embedded demo model")
+    src.add_argument("--checkpoint", type=Path, help="trained STPrompt checkpoint directory (`stp-edge train -o`)")
+    src.add_argument("--demo", action="store_true", help="the embedded demo model (package stp-edge-demo-model)")
     src.add_argument("--random", action="store_true", help="random weights (for tests and benchmarks)")
-    e.add_argument("--config", choices=("tiny", "vit-b-16"), default="tiny", help="config of --random")
-    e.add_argument("--seed", type=int, default=0, help="seed of --random")
     e.add_argument("-o", "--out", type=Path, required=True, help="output bundle directory (NAME.stp)")
-    e.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    e.add_argument("--config", choices=("tiny", "vit-b-16"), default="tiny", help="model config of --random")
+    e.add_argument("--seed", type=int, default=0, help="seed of --random")
+    e.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="graph precision; int8 quantizes the encoder (needs --calib), heads stay fp32")
+    e.add_argument("--calib", type=Path, help="directory of videos whose frames calibrate --precision int8")
+    e.add_argument("--calib-frames", type=int, help="most calibration frames (default: the quantizer's)")
     e.add_argument("--clip-weights", type=Path, help="OpenAI CLIP weights (.pt archive or state_dict) to load")
-    e.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset")
     e.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     e.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    e.set_defaults(func=cmd_export)
+    e.add_argument("--triton", type=Path, metavar="REPO", help="also write a Triton model repository here")
+    e.add_argument("--triton-backend", action="append", choices=("onnxruntime", "tensorrt"),
+                   help="Triton backends of the repository (repeatable; default: onnxruntime)")
+    e.add_argument("--triton-max-batch", type=int, default=16, help="largest batch Triton's dynamic batcher forms")
+    e.add_argument("--triton-instances", type=int, default=1, help="model instances per device")
+    e.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu",
+                   help="where the onnxruntime models run (TensorRT plans always on the GPU)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    v = sub.add_parser("verify", help="check a bundle against the torch reference", description=cmd_verify.__doc__)
-    v.add_argument("bundle", type=Path)
+
+def _add_run(sub: Any) -> None:
+    r = _sub(sub, "run", cmd_run, "run a bundle on video files, URLs or cameras")
+    r.add_argument("bundle", type=Path, help="bundle directory (NAME.stp)")
+    r.add_argument("source", nargs="*", help="video file, rtsp:// or http:// URL, camera index, directory, glob "
+                   "or .txt list file (several: one stream each)")
+    r.add_argument("--bundle", dest="bundle_option", type=Path, help=argparse.SUPPRESS)  # the earlier spelling
+    r.add_argument("--backend", default="auto", metavar="NAME", help=BACKENDS_HELP)
+    r.add_argument("--preprocess", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="preprocessing (auto: the CUDA kernel with TensorRT in tokens mode, else CPU)")
+    r.add_argument("--device", type=int, default=0, help="CUDA device ordinal")
+    r.add_argument("--threshold", type=float, help="anomaly score threshold (default: the bundle's)")
+    r.add_argument("--spatial", choices=("flagged", "all", "off"),
+                   help="when the spatial stream runs (default: the bundle's; flagged = score >= threshold)")
+    r.add_argument("--spatial-all", dest="spatial", action="store_const", const="all",
+                   help="same as --spatial all")
+    r.add_argument("--lookahead", type=int, help="also emit provisional results N snippets after their snippet "
+                   "(0 <= N <= context; lower = earlier alarms)")
+    r.add_argument("--jsonl", type=Path, help="write one JSON line per result (and per reconnect gap)")
+    r.add_argument("--overlay", type=Path, help="write the video with scores, maps and boxes (.mp4 or .avi)")
+    r.add_argument("--plot", type=Path, help="write a plot of the scores (.png; needs matplotlib)")
+    r.add_argument("--max-frames", type=int, help="stop each source after this many frames")
+    r.add_argument("--reconnect-s", type=float, default=300.0,
+                   help="seconds a dropped live source keeps reconnecting (exponential backoff); 0: never")
+    r.add_argument("--timeout-ms", type=int, default=10_000, help="open/read timeout of URL sources")
+    r.add_argument("--allow-host-code", action="store_true",
+                   help="let TensorRT run the host code of version-compatible plans (only for bundles you trust)")
+    verbosity = r.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="print every snippet, not only anomalies")
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="no progress bar, no per-anomaly lines, no event/latency table")
+
+
+def _add_model_commands(sub: Any) -> None:
+    v = _sub(sub, "verify", cmd_verify, "check a bundle against the torch reference")
+    _bundle_arg(v)
     v.add_argument("--seed", type=int, help="seed of the random inputs (default: fresh, printed)")
     v.add_argument("--batch", type=int, default=2, help="batch size of the inputs")
-    v.add_argument("--checkpoint", type=Path, help="the checkpoint the bundle came from (default: its manifest)")
-    v.add_argument("--backend", action="append", choices=("ort", "trt"), default=None,
+    v.add_argument("--checkpoint", type=Path, help="the checkpoint the bundle came from (verify never opens a "
+                   "path named inside the bundle)")
+    v.add_argument("--backend", action="append", choices=("ort", "trt"),
                    help="backends to compare with torch (repeatable; default: ort)")
-    v.set_defaults(func=cmd_verify)
 
-    b = sub.add_parser("build-engines", help="build TensorRT engines for a bundle on this GPU",
-                       description=cmd_build_engines.__doc__)
-    b.add_argument("bundle", type=Path)
-    b.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
-                   help="engine precision (fp16: the encoder in fp16, the heads as exported)")
-    b.add_argument("--max-batch", type=int, default=16, help="largest batch of snippets (default: 16)")
-    b.add_argument("--max-snippets", type=int, help="largest temporal window T (default: the streaming window 2c+1)")
+    b = _sub(sub, "build-engines", cmd_build_engines, "build TensorRT engines for a bundle on this GPU")
+    _bundle_arg(b)
+    b.add_argument("--precision", choices=("fp16", "fp32", "int8"), default="fp16",
+                   help="encoder engine precision (heads as exported); int8 needs an int8-exported bundle")
+    b.add_argument("--max-batch", type=int, default=16, help="largest batch of snippets")
+    b.add_argument("--opt-batch", type=int, default=1, help="batch TensorRT tunes for (streams sharing the engine)")
+    b.add_argument("--max-snippets", type=int, help="largest temporal window T (default: the streaming window)")
+    b.add_argument("--workspace-mb", type=int, default=4096, help="builder scratch memory limit, MiB")
+    b.add_argument("--timing-cache", type=Path, help="timing cache file, read if present and updated")
     b.add_argument("--version-compatible", action="store_true",
                    help="plans that later TensorRT versions of the same major can load")
     b.add_argument("--hardware-compatibility", choices=("ampere_plus", "same_compute_capability"),
-                   help="plans for any Ampere+ GPU, or any GPU of this compute capability")
+                   help="plans for any Ampere+ GPU, or any GPU of this compute capability (not for Jetson)")
     b.add_argument("--device", type=int, default=0, help="CUDA device to build on")
-    b.set_defaults(func=cmd_build_engines)
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    r = sub.add_parser("run", help="run a bundle on a video file, URL or camera", description=cmd_run.__doc__)
-    r.add_argument("source", help="video file, rtsp:// or http:// URL, or camera index")
-    r.add_argument("--bundle", type=Path, required=True)
-    r.add_argument("--backend", default="auto", choices=("auto", "trt", "ort", "ort-cuda", "ort-trt", "ort-cpu"))
-    r.add_argument("--jsonl", type=Path, help="write one JSON line per snippet")
-    r.add_argument("--overlay", type=Path, help="write the video with scores, maps and boxes (mp4)")
-    r.add_argument("--plot", type=Path, help="write a plot of the scores (png)")
-    r.add_argument("--spatial-all", action="store_true", help="run the spatial stream on every snippet")
-    r.add_argument("--max-frames", type=int, help="stop after this many frames")
-    r.add_argument("-v", "--verbose", action="store_true", help="print every snippet, not only anomalies")
-    r.set_defaults(func=cmd_run)
-
-    i = sub.add_parser("info", help="print a bundle's manifest", description=cmd_info.__doc__)
-    i.add_argument("bundle", type=Path)
+    i = _sub(sub, "info", cmd_info, "print a bundle's manifest")
+    _bundle_arg(i)
     i.add_argument("--json", action="store_true", help="print the raw manifest JSON")
     i.add_argument("--no-check", action="store_true", help="skip the sha256 checks")
-    i.set_defaults(func=cmd_info)
 
-    t = sub.add_parser("train", help="train STPrompt heads on extracted features (video labels only)",
-                       description=cmd_train.__doc__)
-    t.add_argument("features", type=Path, help="directory of .npz files: frame_emb [T,E], region_emb [T,R2,E], label")
+    t = _sub(sub, "train", cmd_train, "train STPrompt heads on extracted features (video labels only)")
+    t.add_argument("features", type=Path, help="directory of .npz files from `stp-edge extract`")
     init = t.add_mutually_exclusive_group()
     init.add_argument("--init", type=Path, help="STPrompt checkpoint to start from (keeps its CLIP weights)")
     init.add_argument("--config", choices=("tiny", "vit-b-16"), default="vit-b-16", help="config of a new model")
     t.add_argument("--clip-weights", type=Path, help="OpenAI CLIP weights for a new model's frozen encoders")
     t.add_argument("--classes", help="comma-separated class names, normal first (default: the config's)")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=30, help="training epochs")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument("--batch-size", type=int, default=8, help="videos per batch")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("-o", "--out", type=Path, required=True, help="output checkpoint directory")
-    t.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("eval", help="evaluate a bundle on a labelled benchmark", description=cmd_eval.__doc__)
-    ev.add_argument("bundle", type=Path)
+    ev = _sub(sub, "eval", cmd_eval, "evaluate a bundle on a labelled benchmark")
+    _bundle_arg(ev)
     ev.add_argument("--data", type=Path, help="videos (and, for synthetic, ground truth); default: generate a "
                     "synthetic split")
     ev.add_argument("--format", default="synthetic", choices=("synthetic", "ucf-crime", "shanghaitech", "ubnormal"),
                     help="annotation format of --data")
     ev.add_argument("--annotations", type=Path, help="UCF-Crime temporal annotation file, or ShanghaiTech's "
                     "test_frame_mask directory")
-    ev.add_argument("--split", default="test")
+    ev.add_argument("--on-mismatch", choices=("error", "skip"), default="error",
+                    help="a video whose ground truth does not fit it stops the run, or is reported and left out")
+    ev.add_argument("--split", default="test", help="split of a synthetic benchmark")
     ev.add_argument("--num-videos", type=int, default=8, help="videos to generate when --data is absent")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--backend", default="auto")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the generated videos")
+    ev.add_argument("--backend", default="auto", metavar="NAME", help=BACKENDS_HELP)
     ev.add_argument("--out", type=Path, help="directory for the report and plots")
-    ev.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("demo", help="export the demo model and run it on a generated clip",
-                       description=cmd_demo.__doc__)
+    d = _sub(sub, "demo", cmd_demo, "export the demo model and run it on a generated clip")
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     d.add_argument("--anomaly", default="fire",
                    choices=("fighting", "falling", "running", "abandoned object", "fire"),
-                   help="anomaly in the generated clip (default: fire, the class the demo model detects best)")
+                   help="anomaly in the generated clip (fire: the class the demo model detects best)")
     d.add_argument("--seed", type=int, default=2026, help="seed of the generated clip")
     d.add_argument("--seconds", type=float, default=24.0, help="length of the generated clip")
-    d.set_defaults(func=cmd_demo)
+
+
+def _add_scale_commands(sub: Any) -> None:
+    x = _sub(sub, "extract", cmd_extract, "extract snippet features of videos for training")
+    x.add_argument("videos", help="a video, directory, glob or .txt list of videos")
+    x.add_argument("-o", "--out", type=Path, required=True, help="output directory of .npz files")
+    enc = x.add_mutually_exclusive_group(required=True)
+    enc.add_argument("--bundle", type=Path, help="bundle whose encoder extracts (the deployed numbers)")
+    enc.add_argument("--clip-weights", type=Path, help="OpenAI CLIP weights (a bundle is exported from them)")
+    x.add_argument("--labels", type=Path, help="labels.csv (video,label) of the videos")
+    x.add_argument("--format", choices=("ucf-crime", "shanghaitech", "ubnormal"),
+                   help="read labels from this data set's layout")
+    x.add_argument("--annotations", type=Path, help="the data set's annotation file or directory")
+    x.add_argument("--classes", help="comma-separated class names, normal first")
+    x.add_argument("--backend", default="auto", metavar="NAME", help=BACKENDS_HELP)
+    x.add_argument("--batch", type=int, default=16, help="snippets per encoder call")
+    x.add_argument("--no-resume", action="store_true", help="redo videos already extracted")
+    x.add_argument("--ray", action="store_true", help="run as a Ray Data pipeline")
+    x.add_argument("--workers", type=int, help="Ray actors (default: one per CPU)")
+    x.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
+
+    s = _sub(sub, "score", cmd_score, "score videos with a bundle (one results file per video)")
+    s.add_argument("videos", help="a video, directory, glob or .txt list of videos")
+    s.add_argument("--bundle", type=Path, required=True, help="bundle directory (NAME.stp)")
+    s.add_argument("-o", "--out", type=Path, required=True, help="output directory of .jsonl files")
+    s.add_argument("--backend", default="auto", metavar="NAME", help=BACKENDS_HELP)
+    s.add_argument("--no-resume", action="store_true", help="redo videos already scored")
+    s.add_argument("--ray", action="store_true", help="run as a Ray Data pipeline")
+    s.add_argument("--workers", type=int, help="Ray actors (default: one per CPU)")
+    s.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
+
+    v = _sub(sub, "serve", cmd_serve, "serve a bundle with Triton Inference Server (PyTriton)")
+    _bundle_arg(v)
+    v.add_argument("--port", type=int, default=8000, help="HTTP port")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    v.add_argument("--max-batch", type=int, default=16, help="largest batch of snippets Triton forms")
+    v.add_argument("--instances", type=int, default=1, help="onnxruntime sessions per graph")
+    v.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    v.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batcher's wait for more requests")
+    v.add_argument("--python", help="interpreter with nvidia-pytriton (default: STP_EDGE_TRITON_PYTHON, "
+                   "then .venv-triton)")
+
+    b = _sub(sub, "bench", cmd_bench, "benchmark a bundle on this machine")
+    _bundle_arg(b)
+    b.add_argument("--backend", default="auto", metavar="NAME", help=BACKENDS_HELP)
+    b.add_argument("--precision", help="label of the run (default: the bundle's precision)")
+    b.add_argument("--batch", type=int, default=1, help="encoder batch (snippets per call)")
+    b.add_argument("--streams", type=int, default=1, help="camera streams pushed together")
+    b.add_argument("--source", type=Path, help="video to decode (default: a generated 768x576 clip)")
+    b.add_argument("--frames", type=int, help="frames to run (default: the benchmark's)")
+    b.add_argument("--lookahead", type=int, help="low-latency mode lookahead (alert delay reported for it)")
+    b.add_argument("--no-torch", action="store_true", help="skip the plain PyTorch baseline (runtime-only RSS)")
+    b.add_argument("--json", type=Path, help="output JSON (default: benchmarks/results/bench_<bundle>_<backend>.json;"
+                   " .md and .png beside it)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `stp-edge` argument parser (every subcommand and option has help)."""
+    p = argparse.ArgumentParser(prog="stp-edge", description="STPrompt video anomaly detection on edge GPUs.",
+                                epilog="Exit codes: 0 done, 1 the job failed (verify, a video, a lost source), "
+                                       "2 library error, 130/143 SIGINT/SIGTERM.")
+    p.add_argument("--version", action="version", version=f"stp-edge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_export(sub)
+    _add_run(sub)
+    _add_model_commands(sub)
+    _add_scale_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `stp-edge`; returns the exit code."""
+    """Entry point of `stp-edge`; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _library_errors() as exc:
-        print(f"stp-edge {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"stp-edge {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as exc:
+        line = _one_line(exc)
+        if line is None:
+            raise
+        print(f"stp-edge {args.command}: error: {line}", file=sys.stderr)
         return EXIT_USAGE
 
 

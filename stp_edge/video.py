@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.errors import StpEdgeError
 from stp_edge.pipeline.frames import FrameError, validate_frame
 
 URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-class VideoError(RuntimeError):
+class VideoError(StpEdgeError, RuntimeError):
     """A video source cannot be opened or read, or a video file cannot be written."""
 
 

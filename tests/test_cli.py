@@ -7,7 +7,8 @@ import pytest
 
 from stp_edge.cli import build_parser, main
 
-COMMANDS = ("export", "verify", "run", "info", "eval", "demo")
+COMMANDS = ("export", "verify", "build-engines", "run", "info", "train", "eval", "demo", "extract", "score", "serve",
+            "bench")
 
 
 def test_every_command_has_help(capsys):
@@ -46,7 +47,7 @@ def test_library_errors_are_one_line_exit_2(tmp_path, handmade_bundle, capsys):
     assert err.count("\n") == 1 and "is not a directory" in err and "Traceback" not in err
     assert main(["run", str(tmp_path / "absent.mp4"), "--bundle", str(handmade_bundle),
                  "--backend", "ort-cpu"]) == 2
-    assert "video file not found" in capsys.readouterr().err
+    assert "video source not found" in capsys.readouterr().err
 
 
 def test_run_writes_one_json_line_per_snippet(tmp_path, handmade_bundle, frames_factory, capsys):

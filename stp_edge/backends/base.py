@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.errors import StpEdgeError
 
-class RunnerError(RuntimeError):
+
+class RunnerError(StpEdgeError, RuntimeError):
     """A runner was used in the wrong state or failed to load/run its graph."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from stp_edge.errors import StpEdgeError
 
-class BundleError(Exception):
+
+class BundleError(StpEdgeError):
     """Base class of every problem with a bundle."""
 
 

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from stp_edge.errors import StpEdgeError
+
 SCHEMA_ID = "https://stp-edge.dev/schemas/manifest-1.schema.json"
 
 # A bundle-relative POSIX path: components start with a letter, digit or underscore (so never "", ".", ".." or a
@@ -122,6 +124,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "source": {"type": "object", "properties": {"kind": {"enum": ["checkpoint", "demo", "random"]}},
                    "required": ["kind"]},
         "graph_precision": _obj({g: _PRECISION for g in ("encoder", "temporal", "spatial")}, required=[]),
+        "region_features": {"enum": ["encoder", "host"], "description": (
+            "encoder: encoder.onnx outputs region_emb (pooled tokens or encoded crops, computed in the graph); "
+            "host (also when absent, as in bundles exported before this key): it outputs patch_emb and the "
+            "runtime derives region_emb (docs/bundle-format.md, Regions)")},
         "exporter": {"type": "object", "properties": {"stp_edge_version": _text(64), "torch_version": _text(64)}},
     }, required=["schema_version", "stp_edge_version", "created", "config", "preprocess", "snippet_len",
                  "class_names", "spatial_queries", "thresholds", "precision", "opset", "graphs", "files", "engines",
@@ -137,7 +143,7 @@ _KEYWORDS = {"type", "enum", "const", "properties", "required", "additionalPrope
              "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "$ref"} | _ANNOTATIONS
 
 
-class SchemaViolation(ValueError):
+class SchemaViolation(StpEdgeError, ValueError):
     """A JSON value does not match the schema; `str()` is one line: where (a JSON pointer-like path) and why."""
 
 

@@ -24,6 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stp_edge.errors import StpEdgeError
+
 DEFAULT_ARCHS: tuple[str, ...] = ("80", "86", "87", "89", "90", "110")
 DEFAULT_PTX = "90"
 SOURCE = "preprocess.cu"
@@ -32,7 +34,7 @@ FATBIN = "preprocess.fatbin"
 NVCC_FLAGS = ("-O3", "-std=c++17", "--Werror", "all-warnings")
 
 
-class NvccError(RuntimeError):
+class NvccError(StpEdgeError, RuntimeError):
     """nvcc is missing or failed; the message carries its output."""
 
 

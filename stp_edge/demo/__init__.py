@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,25 +25,7 @@ from typing import Any
 import numpy as np
 
 from stp_edge.model.sources import demo_checkpoint_dir
-from stp_edge.results import SnippetResult
-
-STAGES = ("decode", "preprocess", "encoder", "temporal", "spatial", "post")
-
-
-@dataclass
-class Event:
-    """Consecutive anomalous snippets merged into one event."""
-
-    frame_start: int
-    frame_end: int
-    class_name: str
-    peak_score: float
-    box: tuple[float, float, float, float] | None
-
-    def describe(self, fps: float) -> str:
-        box = "no box" if self.box is None else "box ({:.0f},{:.0f})-({:.0f},{:.0f})".format(*self.box)
-        return (f"{self.frame_start / fps:6.2f}s - {self.frame_end / fps:6.2f}s  {self.class_name:<17} "
-                f"peak score {self.peak_score:.2f}  {box}")
+from stp_edge.report import Event, format_latency, latency_table, merge_events
 
 
 @dataclass
@@ -57,42 +39,6 @@ class DemoSummary:
     outputs: dict[str, Path] = field(default_factory=dict)
     torch_imported: bool = False
     frame_auc: float | None = None
-
-
-def merge_events(results: Sequence[SnippetResult], class_names: Sequence[str]) -> list[Event]:
-    """Runs of consecutive anomalous snippets -> events.
-
-    An event's class is the anomaly class with the highest mean probability over the run; its box is the
-    top box of the highest-scoring snippet that has one.
-    """
-    events: list[Event] = []
-    run: list[SnippetResult] = []
-    for r in [*results, None]:
-        if r is not None and r.is_anomaly and (not run or r.snippet == run[-1].snippet + 1):
-            run.append(r)
-            continue
-        if run:
-            probs = np.mean([x.class_probs for x in run], axis=0)
-            boxed = [x for x in run if x.boxes]
-            box = max(boxed, key=lambda x: x.score).boxes[0] if boxed else None
-            events.append(Event(run[0].frame_start, run[-1].frame_end, class_names[1 + int(np.argmax(probs[1:]))],
-                                max(x.score for x in run),
-                                None if box is None else (box.x1, box.y1, box.x2, box.y2)))
-        run = [r] if r is not None and r.is_anomaly else []
-    return events
-
-
-def latency_table(results: Sequence[SnippetResult]) -> dict[str, dict[str, float]]:
-    """Median and 90th percentile of each stage's time per snippet (ms)."""
-    table = {}
-    for stage in STAGES:
-        values = [r.timings[stage] for r in results if stage in r.timings]
-        if values:
-            table[stage] = {"median": float(np.median(values)), "p90": float(np.percentile(values, 90))}
-    totals = [sum(r.timings.get(s, 0.0) for s in STAGES) for r in results]
-    if totals:
-        table["total"] = {"median": float(np.median(totals)), "p90": float(np.percentile(totals, 90))}
-    return table
 
 
 def ensure_demo_bundle(out: Path, report: Callable[[str], None] = print) -> Path:
@@ -133,7 +79,7 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
              seconds: float = 24.0, bundle: str | Path | None = None,
              report: Callable[[str], None] = print) -> DemoSummary:
     """Run the demo; `bundle` overrides the demo model (any bundle with the same classes works)."""
-    from stp_edge.api import Detector, frame_scores, run_video, write_overlay
+    from stp_edge.api import Detector, frame_scores, run_video
     from stp_edge.eval.metrics import rank_auc
     from stp_edge.visualize import plot_timeline
 
@@ -146,9 +92,10 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
     report(f"clip     {clip_path}: {len(gt['labels'])} frames at {gt['fps']:.0f} fps; ground truth: "
            f"{gt['class_name']} from {s / gt['fps']:.2f}s to {e / gt['fps']:.2f}s")
 
+    outputs = {"overlay": out / "overlay.mp4", "plot": out / "scores.png", "results": out / "results.jsonl"}
     start = time.perf_counter()
     with Detector.load(bundle_path, backend="ort-cpu", preprocess="cpu") as det:
-        results = run_video(clip_path, detector=det)
+        results = run_video(clip_path, detector=det, overlay=outputs["overlay"])  # overlay drawn in the same pass
         threshold = det.score_threshold
         class_names = det.config.class_names
     wall = time.perf_counter() - start
@@ -161,8 +108,6 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
     summary.frame_auc = None if np.isnan(auc) else auc
     _print_summary(summary, results, gt, wall, report)
 
-    outputs = {"overlay": out / "overlay.mp4", "plot": out / "scores.png", "results": out / "results.jsonl"}
-    write_overlay(clip_path, results, outputs["overlay"], threshold=threshold, fps=gt["fps"])
     plot_timeline(outputs["plot"], scores, gt["fps"], gt_ranges=[gt["event"]], threshold=threshold,
                   title=f"stp-edge demo: {gt['class_name']} (frame AUC {summary.frame_auc:.3f})")
     with open(outputs["results"], "w", encoding="utf-8") as f:
@@ -184,6 +129,5 @@ def _print_summary(summary: DemoSummary, results, gt, wall: float, report: Calla
         report("  " + ev.describe(fps))
     if summary.frame_auc is not None:
         report(f"frame AUC on this clip: {summary.frame_auc:.3f}")
-    report("latency per snippet (ms)   median      p90")
-    for stage, v in summary.latency_ms.items():
-        report(f"  {stage:<22} {v['median']:8.2f} {v['p90']:8.2f}")
+    for line in format_latency(summary.latency_ms):
+        report(line)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from stp_edge.errors import StpEdgeError
 
-class AnnotationError(ValueError):
+
+class AnnotationError(StpEdgeError, ValueError):
     """A ground-truth file is malformed; the message names the file, line and what was expected."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from stp_edge.config import STPromptConfig, TextConfig, VisionConfig
+from stp_edge.errors import StpEdgeError
 
 # Metadata tensors in OpenAI's archives that are not parameters.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -23,7 +24,7 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_CONFIG = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(StpEdgeError, ValueError):
     """A checkpoint does not match the model: names the key(s) and the shapes."""
 
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.errors import StpEdgeError
 
-class FrameError(ValueError):
+
+class FrameError(StpEdgeError, ValueError):
     """A frame is not an image the runtime can use; the message names the frame index."""
 
 

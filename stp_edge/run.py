@@ -1,0 +1,454 @@
+"""Running a detector over video sources: decode ahead, gaps, results streamed to sinks, overlay in the same pass.
+
+`run_video(source, bundle=...)` is the whole job for files, URLs and cameras (one or several: a directory, a
+glob or a list file names several; see `stp_edge.sources`). The data flow:
+
+1. one reader thread per source decodes ahead into one bounded queue (OpenCV releases the GIL while it
+   decodes, so decoding overlaps the encoder), at most `2 * snippet_len` frames per source;
+2. the calling thread pushes frames to one `Detector`; frames of several sources that are ready together go
+   in one `push_many`, so their snippets share encoder calls;
+3. each result goes to `on_result` (and the overlay) as soon as it is final; `keep=False` keeps none of them,
+   so memory stays flat on an endless source (events and latency are summarised in bounded windows);
+4. a live source that drops and reconnects leaves a `Gap`: the stream's pending snippets are flushed, its
+   temporal window is reset (frames on either side of an outage are not one video), `on_gap` is called and
+   frame/snippet numbers go on counting across the gap;
+5. `stop` (a `threading.Event`, set by a signal handler for example) ends the run at the next frame: every
+   result of the frames already read is still flushed and delivered.
+
+The overlay is drawn in the same pass: the frames of a snippet wait (JPEG-compressed, so a window of c + 1
+snippets of 1080p frames stays in tens of MB) until the snippet's final result, then they are annotated and
+written. It is written under a temporary name and renamed when the run ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stp_edge.pipeline.frames import FrameError
+from stp_edge.report import EventTracker, LatencyStats
+from stp_edge.results import SnippetResult
+from stp_edge.video import Gap, VideoError, VideoSource, VideoStats, open_source
+
+
+@dataclass
+class SourceRun:
+    """What happened to one source of a run.
+
+    Attributes:
+        source: The source as given (path, URL or camera index).
+        stream: Its stream id in the detector and in the results.
+        stats: Frames read/dropped/expected, gaps, lost (see `stp_edge.video.VideoStats`).
+        fps: Frame rate the source reports, or None.
+        rejected: Frames the detector refused (`FrameError`: skipped and counted, the stream goes on).
+        error: A fatal error of this source's reader (re-raised by `run_video` after the others finished).
+    """
+
+    source: Any
+    stream: int
+    stats: VideoStats
+    fps: float | None
+    rejected: int = 0
+    error: BaseException | None = None
+
+
+class VideoResults(list):
+    """The results of a run (empty with `keep=False`) and its summary.
+
+    Attributes:
+        sources: One `SourceRun` per source, in order.
+        stats: The first source's `VideoStats` (the only one for a single source).
+        fps: The first source's frame rate, or None.
+        wall_s: Seconds from the first frame read to the last result delivered.
+        threshold: The detector's score threshold.
+        snippets / anomalous: Final results delivered, and those at or above the threshold.
+        events: `EventTracker` of the run (anomalous runs merged per stream).
+        latency: `LatencyStats` of the run (per-stage ms per snippet).
+        stopped: True when `stop` ended the run before the sources did.
+    """
+
+    def __init__(self, *, threshold: float = 0.5, class_names: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.sources: list[SourceRun] = []
+        self.wall_s = 0.0
+        self.threshold = threshold
+        self.snippets = 0
+        self.anomalous = 0
+        self.events = EventTracker(class_names)
+        self.latency = LatencyStats()
+        self.stopped = False
+
+    @property
+    def stats(self) -> VideoStats:
+        return self.sources[0].stats if self.sources else VideoStats()
+
+    @property
+    def fps(self) -> float | None:
+        return self.sources[0].fps if self.sources else None
+
+    @property
+    def lost(self) -> list[SourceRun]:
+        """Live sources lost for good (reconnects exhausted)."""
+        return [s for s in self.sources if s.stats.lost]
+
+    @property
+    def frames_read(self) -> int:
+        return sum(s.stats.read for s in self.sources)
+
+
+_END = object()
+
+
+class _Reader(threading.Thread):
+    """Decodes one source ahead of the detector into the shared queue; closes the source when done."""
+
+    def __init__(self, src: VideoSource, stream: int, out: queue.Queue, halt: threading.Event,
+                 max_frames: int | None) -> None:
+        super().__init__(name=f"stp-edge-decode-{stream}", daemon=True)
+        self.src, self.stream, self.out, self.halt, self.max_frames = src, stream, out, halt, max_frames
+
+    def run(self) -> None:
+        try:
+            frames = self.src.frames_with_gaps()
+            n = 0
+            while not self.halt.is_set() and (self.max_frames is None or n < self.max_frames):
+                t0 = time.perf_counter()
+                item = next(frames, None)
+                if item is None:
+                    break
+                if not self._put((self.stream, item[0], item[1], (time.perf_counter() - t0) * 1e3)):
+                    break
+                n += 1
+        except BaseException as exc:  # handed to the consuming thread, which re-raises it
+            self._put((self.stream, _END, exc, 0.0))
+            return
+        finally:
+            self.src.close()
+        self._put((self.stream, _END, None, 0.0))
+
+    def _put(self, item: tuple) -> bool:
+        while True:
+            try:
+                self.out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self.halt.is_set():
+                    return False
+
+
+class OverlaySink:
+    """Draws each snippet's score, map and boxes on its frames once its final result is known; one source.
+
+    Frames wait as JPEG bytes (quality 90) between being read and their snippet's final result, so memory is
+    bounded by the detector's lookahead, not the video's length. The writer (`stp_edge.visualize.OverlayWriter`)
+    is opened on the first frame and checked on every write.
+    """
+
+    def __init__(self, path: str | Path, *, fps: float | None, threshold: float) -> None:
+        self.path = Path(path)
+        self.fps = fps or 25.0
+        self.threshold = threshold
+        self.writer: Any = None
+        self._frames: deque[tuple[int, bytes]] = deque()
+
+    def add_frame(self, index: int, frame: np.ndarray) -> None:
+        """Hold frame `index` (the stream's running frame number) until its result arrives."""
+        import cv2
+
+        if self.writer is None:
+            from stp_edge.geometry import crop_square_pixels
+            from stp_edge.visualize import OverlayWriter
+
+            h, w = frame.shape[:2]
+            self.writer = OverlayWriter(self.path, self.fps, (w, h), threshold=self.threshold,
+                                        map_roi=crop_square_pixels((h, w)))
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise FrameError(f"overlay: frame {index} could not be JPEG-encoded for the pending buffer")
+        self._frames.append((index, buf.tobytes()))
+
+    def on_result(self, r: SnippetResult) -> None:
+        """Write the frames of a final result's snippet, annotated (and any earlier frame, without a result)."""
+        if not r.final:
+            return
+        while self._frames and self._frames[0][0] < r.frame_end:
+            index, data = self._frames.popleft()
+            frame = _decode_jpeg(data)
+            if index < r.frame_start:
+                self.writer.write(frame, float("nan"))
+            else:
+                self.writer.write(frame, r.score, r.class_name, r.anomaly_map,
+                                  [(b.x1, b.y1, b.x2, b.y2) for b in r.boxes])
+
+    def close(self) -> Path | None:
+        """Write frames still waiting (no result reached them) and close the file."""
+        if self.writer is None:
+            return None
+        try:
+            while self._frames:
+                self.writer.write(_decode_jpeg(self._frames.popleft()[1]), float("nan"))
+        finally:
+            self.writer.close()
+        return self.path
+
+
+def check_overlay_codec(path: str | Path) -> None:
+    """Write and delete a tiny overlay beside `path` before a run starts.
+
+    A codec or directory that cannot take the overlay fails now (VideoError or OSError naming the path), not
+    after hours of analysis.
+    """
+    import os
+    import tempfile
+
+    from stp_edge.visualize import OverlayWriter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=f".{path.stem}.probe-", suffix=path.suffix, dir=path.parent)
+
+    os.close(fd)
+    try:
+        frame = np.full((64, 64, 3), 127, np.uint8)
+        frame[16:48, 16:48] = (0, 128, 255)
+        with OverlayWriter(probe, 25.0, (64, 64)) as writer:
+            writer.write(frame, 0.5)
+            writer.write(frame, 0.5)
+        if Path(probe).stat().st_size == 0:
+            raise VideoError(f"--overlay {path}: OpenCV wrote an empty test file with this container/codec")
+    finally:
+        Path(probe).unlink(missing_ok=True)
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    import cv2
+
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def open_sources(source: Any, **source_kwargs: Any) -> list[VideoSource]:
+    """Open every source `source` names, all before any is read: one missing or undecodable source fails the call.
+
+    `source` is a path, URL, camera index, directory, glob, list file, a list of those, or `VideoSource`s.
+    """
+    from stp_edge.sources import expand_sources
+
+    items = list(source) if isinstance(source, (list, tuple)) else [source]
+    specs: list[Any] = []
+    for item in items:
+        if isinstance(item, VideoSource) or isinstance(item, int):
+            specs.append(item)
+        else:
+            specs.extend(expand_sources(item))
+    opened: list[VideoSource] = []
+    try:
+        for spec in specs:
+            opened.append(spec if isinstance(spec, VideoSource) else open_source(spec, **source_kwargs))
+    except BaseException:
+        for src in opened:
+            src.close()
+        raise
+    return opened
+
+
+def run_video(source: Any, *, bundle: Any = None, detector: Any = None,
+              on_result: Callable[[SnippetResult], None] | None = None,
+              on_gap: Callable[[int, Gap], None] | None = None, on_frame: Callable[[int, int], None] | None = None,
+              max_frames: int | None = None, stream: int = 0, keep: bool = True,
+              overlay: str | Path | None = None, stop: threading.Event | None = None,
+              source_kwargs: dict[str, Any] | None = None, **load_kwargs: Any) -> VideoResults:
+    """Run a detector over one or several video sources (see the module docstring); returns the results.
+
+    Args:
+        source: File path, URL, camera index, directory, glob, list file, a list of those, or opened
+            `VideoSource`s (then owned and closed here). Every source is opened before the first frame is read.
+        bundle: Bundle to load a detector from (when `detector` is None; closed at the end).
+        detector: An existing detector (kept open); its streams are flushed at the end.
+        on_result: Called with each result as soon as it is available (provisional ones too with a lookahead).
+        on_gap: Called with (stream, gap) when a live source reconnected after an outage.
+        on_frame: Called with (stream, frames read so far) for every frame (progress bars).
+        max_frames: Stop each source after this many frames.
+        stream: Stream id of the first source; source i gets `stream + i`.
+        keep: Keep every result in the returned list; False for endless sources (counts and summaries only).
+        overlay: Write the (single) source with scores, maps and boxes drawn to this video file.
+        stop: When set, the run ends at the next frame (the frames read so far are still finished).
+        source_kwargs: Passed to `stp_edge.video.open_source` (reconnect, timeout_ms, ...).
+        **load_kwargs: Passed to `Detector.load` with `bundle` (backend, preprocess, spatial_on, device, ...).
+
+    Raises:
+        VideoError: A source cannot be opened (before any frame is read) or its reader failed mid-run (after
+            the other sources finished and every output was closed).
+    """
+    from stp_edge.api import Detector
+
+    if detector is None and bundle is None:
+        raise ValueError("run_video needs a bundle or a detector")
+    sources = open_sources(source, **(source_kwargs or {}))
+    if overlay is not None and len(sources) != 1:
+        for src in sources:
+            src.close()
+        raise ValueError(f"an overlay is drawn for one source; {len(sources)} sources were given")
+    try:
+        det = detector if detector is not None else Detector.load(bundle, **load_kwargs)
+    except BaseException:
+        for src in sources:
+            src.close()
+        raise
+    try:
+        return _Run(det, sources, stream, keep=keep, on_result=on_result, on_gap=on_gap, on_frame=on_frame,
+                    overlay=overlay, stop=stop).run(max_frames)
+    finally:
+        if detector is None:
+            det.close()
+
+
+@dataclass
+class _StreamState:
+    frame_base: int = 0  # running frame number of the detector's frame 0 (frames before earlier gaps)
+    snippet_base: int = 0
+    emitted: int = 0  # final results delivered so far (the next epoch's snippet_base)
+    frames: int = 0  # frames pushed since the last gap
+    decode_ms: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+
+
+class _Run:
+    """One run of `run_video`: the consuming loop over the readers' queue."""
+
+    def __init__(self, det: Any, sources: list[VideoSource], first_stream: int, *, keep: bool,
+                 on_result: Callable | None, on_gap: Callable | None, on_frame: Callable | None,
+                 overlay: str | Path | None, stop: threading.Event | None) -> None:
+        self.det = det
+        self.keep, self.on_result, self.on_gap, self.on_frame = keep, on_result, on_gap, on_frame
+        self.stop = stop or threading.Event()
+        self.results = VideoResults(threshold=det.score_threshold, class_names=det.config.class_names)
+        self.runs = {first_stream + i: SourceRun(src.source, first_stream + i, src.stats, src.fps)
+                     for i, src in enumerate(sources)}
+        self.results.sources = list(self.runs.values())
+        self.sources = sources
+        self.state = {s: _StreamState() for s in self.runs}
+        self.overlay = (OverlaySink(overlay, fps=sources[0].fps, threshold=det.score_threshold)
+                        if overlay is not None else None)
+        self.snippet_len = det.config.snippet_len
+
+    def run(self, max_frames: int | None) -> VideoResults:
+        halt = threading.Event()
+        q: queue.Queue = queue.Queue(maxsize=2 * self.snippet_len * len(self.sources))
+        readers = [_Reader(src, s, q, halt, max_frames) for s, src in zip(self.runs, self.sources, strict=True)]
+        start = time.perf_counter()
+        try:
+            for r in readers:
+                r.start()
+            self._consume(q, len(readers))
+            for s in self.runs:
+                self._flush(s)
+        finally:
+            halt.set()
+            for r in readers:
+                r.join(timeout=30)
+            if self.overlay is not None:
+                self.overlay.close()
+            self.results.wall_s = time.perf_counter() - start
+            self.results.events.finish()
+        errors = [run.error for run in self.runs.values() if run.error is not None]
+        if errors:
+            raise errors[0]
+        return self.results
+
+    def _consume(self, q: queue.Queue, n_readers: int) -> None:
+        """Push frames as they come; frames of different streams that are ready together share a push_many."""
+        active = n_readers
+        batch: dict[int, np.ndarray] = {}
+        while active:
+            if self.stop.is_set():
+                self.results.stopped = True
+                break
+            try:
+                item = q.get(timeout=0.05) if not batch else q.get_nowait()
+            except queue.Empty:
+                self._push(batch)
+                continue
+            stream, frame, extra, decode_ms = item
+            if frame is _END:
+                self._push(batch)
+                self.runs[stream].error = extra
+                active -= 1
+                continue
+            if stream in batch or extra is not None:  # one frame per stream per call; a gap flushes first
+                self._push(batch)
+            if extra is not None:
+                self._gap(stream, extra)
+            st = self.state[stream]
+            st.decode_ms[st.frames // self.snippet_len] += decode_ms
+            batch[stream] = frame
+        self._push(batch)
+
+    def _push(self, batch: dict[int, np.ndarray]) -> None:
+        if not batch:
+            return
+        try:
+            out = self.det.push_many(batch)
+            accepted = list(batch)
+        except FrameError:
+            # A refused frame changes nothing (push_many validates first): push the others one by one.
+            out, accepted = [], []
+            for stream, frame in batch.items():
+                try:
+                    out += self.det.push(frame, stream)
+                    accepted.append(stream)
+                except FrameError:
+                    self.runs[stream].rejected += 1
+        for stream in accepted:
+            st = self.state[stream]
+            if self.overlay is not None:  # before the results: a snippet this frame completes draws it
+                self.overlay.add_frame(st.frame_base + st.frames, batch[stream])
+            st.frames += 1
+            if self.on_frame is not None:
+                self.on_frame(stream, self.runs[stream].stats.read)
+        batch.clear()
+        self._deliver(out)
+
+    def _gap(self, stream: int, gap: Gap) -> None:
+        """An outage of a live source: finish the frames before it, then start a new temporal window."""
+        self._flush(stream)
+        self.det.reset(stream)
+        st = self.state[stream]
+        st.frame_base += st.frames
+        st.snippet_base = st.emitted
+        st.frames = 0
+        if self.on_gap is not None:
+            self.on_gap(stream, gap)
+
+    def _flush(self, stream: int) -> None:
+        self._deliver(self.det.flush(stream))
+        self.state[stream].decode_ms.clear()
+
+    def _deliver(self, results: list[SnippetResult]) -> None:
+        for r in results:
+            st = self.state[r.stream]
+            decode = st.decode_ms.pop(r.snippet, 0.0) if r.final else st.decode_ms.get(r.snippet, 0.0)
+            if st.frame_base or st.snippet_base:
+                r = dataclasses.replace(r, snippet=r.snippet + st.snippet_base,
+                                        frame_start=r.frame_start + st.frame_base,
+                                        frame_end=r.frame_end + st.frame_base)
+            r = dataclasses.replace(r, timings={"decode": decode, **r.timings})
+            if r.final:
+                st.emitted += 1
+                self.results.snippets += 1
+                self.results.anomalous += bool(r.is_anomaly)
+                self.results.events.add(r)
+                self.results.latency.add(r)
+                if self.overlay is not None:
+                    self.overlay.on_result(r)
+            if self.keep:
+                self.results.append(r)
+            if self.on_result is not None:
+                self.on_result(r)
