@@ -1,11 +1,13 @@
 """Typed results of the runtime: one `SnippetResult` per snippet, with `Box` detections.
 
 Field names reuse the ONNX output names of docs/architecture.md (`score`, `class_probs`, `region_scores`), so a
-reader can follow a number from the graph to the JSON line.
+reader can follow a number from the graph to the JSON line. `expand_snippets` / `frame_scores` turn per-snippet
+values into per-frame ones, by the one rule the runtime, the plots and the evaluation share.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,3 +90,54 @@ class SnippetResult:
             "timings": {k: round(float(v), 4) for k, v in self.timings.items()},
             "final": bool(self.final),
         }
+
+
+def expand_snippets(values: np.ndarray, num_frames: int, snippet_len: int = 16,
+                    ranges: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """Per-snippet values -> per-frame values (float64); snippet i covers frames [start_i, end_i).
+
+    By default snippet i covers [i * snippet_len, (i + 1) * snippet_len) clipped to the video. A frame no
+    snippet covers (a gap, or a tail too short for a last snippet) takes the value of the nearest covered
+    frame, the earlier one on a tie; where ranges overlap, the later snippet wins. Trailing dimensions are
+    kept, so boxes [n,4] expand to [num_frames,4].
+
+    Raises:
+        ValueError: `ranges` does not match `values`, a range is empty or negative, or no snippet covers any
+            of `num_frames` > 0 frames.
+    """
+    values = np.asarray(values)
+    n = values.shape[0]
+    if ranges is None:
+        ranges = [(i * snippet_len, min((i + 1) * snippet_len, num_frames)) for i in range(n)]
+    if len(ranges) != n:
+        raise ValueError(f"{n} snippet values but {len(ranges)} ranges")
+    out = np.full((num_frames, *values.shape[1:]), np.nan, dtype=np.float64)
+    covered = np.zeros(num_frames, bool)
+    for v, (s, e) in zip(values, ranges, strict=True):
+        if not 0 <= s < e:
+            raise ValueError(f"snippet range [{s}, {e}) is empty or negative")
+        out[s:min(e, num_frames)] = v
+        covered[s:min(e, num_frames)] = True
+    if num_frames and not covered.any():
+        raise ValueError(f"no snippet covers any of the {num_frames} frames")
+    if not covered.all():
+        idx, frames = np.flatnonzero(covered), np.arange(num_frames)
+        pos = np.searchsorted(idx, frames)
+        after = idx[np.clip(pos, 0, len(idx) - 1)]  # first covered frame at or after each frame
+        before = idx[np.clip(pos - 1, 0, len(idx) - 1)]  # last covered frame before it
+        pick = np.where(np.abs(before - frames) <= np.abs(after - frames), before, after)
+        out[~covered] = out[pick[~covered]]
+    return out
+
+
+def frame_scores(results: Iterable[SnippetResult], num_frames: int | None = None) -> np.ndarray:
+    """Per-frame anomaly scores of one stream's results, by `expand_snippets`' rule.
+
+    Args:
+        results: The stream's results in emission order (a final result after its provisional one wins).
+        num_frames: Frames of the video; default up to the last result's `frame_end`.
+    """
+    results = list(results)
+    n = num_frames if num_frames is not None else max((r.frame_end for r in results), default=0)
+    return expand_snippets(np.array([r.score for r in results], float), n,
+                           ranges=[(r.frame_start, r.frame_end) for r in results])

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -139,6 +140,48 @@ def test_expand_snippets_explicit_ranges_and_boxes():
     assert np.allclose(out, [0.2, 0.2, 0.2, 0.7, 0.7, 0.7])
     with pytest.raises(ValueError, match="2 snippet values but 1 ranges"):
         expand_snippets(boxes, 10, ranges=[(0, 3)])
+
+
+def _result(k, start, end, score):
+    from stp_edge.results import SnippetResult
+
+    return SnippetResult(stream=0, snippet=k, frame_start=start, frame_end=end, score=score,
+                         class_probs=np.array([1 - score, score]), class_id=int(score >= 0.5), class_name="x",
+                         is_anomaly=score >= 0.5)
+
+
+def test_frame_scores_fill_uncovered_frames_as_evaluation_does():
+    """One rule for the runtime, the plots and the metrics: an uncovered frame takes its nearest covered frame."""
+    from stp_edge.api import frame_scores
+
+    results = [_result(0, 0, 4, 0.2), _result(1, 8, 12, 0.9)]  # frames 4..7 and 12..13 are not covered
+    got = frame_scores(results, 14)
+    assert got.tolist() == [0.2] * 6 + [0.9] * 8  # 4, 5 are nearer frame 3; 6, 7 nearer frame 8; the tail
+    assert np.array_equal(got, prediction_from_results(results, 14).scores)
+    assert frame_scores(results).tolist() == [0.2] * 6 + [0.9] * 6  # by default up to the last snippet's end
+    provisional = [_result(0, 0, 4, 0.2), dataclasses.replace(_result(1, 4, 8, 0.3), final=False),
+                   _result(1, 4, 8, 0.6)]
+    assert frame_scores(provisional).tolist() == [0.2] * 4 + [0.6] * 4  # the final result follows, and wins
+    assert frame_scores([]).shape == (0,)
+    with pytest.raises(ValueError, match="no snippet covers any of the 5 frames"):
+        frame_scores([], 5)
+
+
+def test_snippet_to_frame_expansion_is_defined_once():
+    import ast
+    from pathlib import Path
+
+    import stp_edge.api
+    import stp_edge.eval
+    import stp_edge.results
+
+    assert stp_edge.api.frame_scores is stp_edge.results.frame_scores
+    assert stp_edge.eval.expand_snippets is stp_edge.results.expand_snippets
+    package = Path(stp_edge.results.__file__).parent
+    defined = sorted(f"{p.relative_to(package)}:{node.name}" for p in sorted(package.rglob("*.py"))
+                     for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                     if isinstance(node, ast.FunctionDef) and node.name in ("frame_scores", "expand_snippets"))
+    assert defined == ["results.py:expand_snippets", "results.py:frame_scores"]
 
 
 # ---------------------------------------------------------------------------------------------- readers

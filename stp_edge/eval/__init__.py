@@ -26,12 +26,12 @@ from stp_edge.eval.metrics import (
     VideoPrediction,
     box_iou,
     evaluate_videos,
-    expand_snippets,
     frame_auc_ap,
     rank_auc,
     tiou,
 )
 from stp_edge.eval.run import evaluate_bundle, evaluate_cli, prediction_from_results
+from stp_edge.results import expand_snippets
 
 __all__ = [
     "FORMATS",

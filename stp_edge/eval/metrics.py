@@ -143,39 +143,6 @@ def tiou(scores: np.ndarray, pred_boxes: np.ndarray, gt_boxes: np.ndarray, gt_la
     return float(iou.mean()), int(sel.sum())
 
 
-def expand_snippets(values: np.ndarray, num_frames: int, snippet_len: int = 16,
-                    ranges: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
-    """Per-snippet values -> per-frame values; snippet i covers frames [start_i, end_i).
-
-    By default snippet i covers [i * snippet_len, (i + 1) * snippet_len) clipped to the video. With explicit
-    `ranges`, frames no snippet covers take the value of the nearest covered frame (say, a video's tail that
-    was too short for a last snippet). Trailing dimensions are kept, so boxes [n,4] expand to [num_frames,4].
-    """
-    values = np.asarray(values)
-    n = values.shape[0]
-    if ranges is None:
-        ranges = [(i * snippet_len, min((i + 1) * snippet_len, num_frames)) for i in range(n)]
-    if len(ranges) != n:
-        raise ValueError(f"{n} snippet values but {len(ranges)} ranges")
-    out = np.full((num_frames, *values.shape[1:]), np.nan, dtype=np.float64)
-    covered = np.zeros(num_frames, bool)
-    for v, (s, e) in zip(values, ranges, strict=True):
-        if not 0 <= s < e:
-            raise ValueError(f"snippet range [{s}, {e}) is empty or negative")
-        out[s:min(e, num_frames)] = v
-        covered[s:min(e, num_frames)] = True
-    if not covered.any():
-        raise ValueError(f"no snippet covers any of the {num_frames} frames")
-    if not covered.all():
-        idx, frames = np.flatnonzero(covered), np.arange(num_frames)
-        pos = np.searchsorted(idx, frames)
-        after = idx[np.clip(pos, 0, len(idx) - 1)]  # first covered frame at or after each frame
-        before = idx[np.clip(pos - 1, 0, len(idx) - 1)]  # last covered frame before it
-        pick = np.where(np.abs(before - frames) <= np.abs(after - frames), before, after)
-        out[~covered] = out[pick[~covered]]
-    return out
-
-
 def evaluate_videos(gts: Sequence[VideoGroundTruth], preds: Mapping[str, VideoPrediction], *,
                     threshold: float = 0.5) -> EvalResult:
     """Pool frames over videos and compute AUC, AP, TIoU overall and per class (one-vs-normal).

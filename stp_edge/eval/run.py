@@ -18,21 +18,21 @@ from stp_edge.eval.datasets import (
     find_video,
     load_ground_truth,
 )
-from stp_edge.eval.metrics import EvalResult, VideoPrediction, evaluate_videos, expand_snippets
+from stp_edge.eval.metrics import EvalResult, VideoPrediction, evaluate_videos
+from stp_edge.results import expand_snippets, frame_scores
 
 
 def prediction_from_results(results: Sequence[Any], num_frames: int) -> VideoPrediction:
     """Expand one video's `SnippetResult`s to per-frame scores and top boxes (highest box score per snippet)."""
     if not results:
         raise ValueError(f"no snippet results for a {num_frames}-frame video")
-    ranges = [(r.frame_start, r.frame_end) for r in results]
-    scores = expand_snippets(np.array([r.score for r in results], float), num_frames, ranges=ranges)
     top = np.full((len(results), 4), np.nan)
     for k, r in enumerate(results):
         if r.boxes:
             b = max(r.boxes, key=lambda b: b.score)
             top[k] = (b.x1, b.y1, b.x2, b.y2)
-    return VideoPrediction(scores, expand_snippets(top, num_frames, ranges=ranges))
+    boxes = expand_snippets(top, num_frames, ranges=[(r.frame_start, r.frame_end) for r in results])
+    return VideoPrediction(frame_scores(results, num_frames), boxes)
 
 
 @dataclasses.dataclass
