@@ -230,3 +230,60 @@ def test_stalled_stream_times_out_and_reconnects(server):
     assert gaps[0][1].lost_s > 1.0  # at least the read timeout
     assert elapsed < 15
     _assert_live_frames(frames[gaps[0][0]:])
+
+
+# --- the CLI on a live stream ------------------------------------------------------------------------------------
+def _start_run(handmade_bundle, url: str, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    import sys
+
+    jsonl = tmp_path / "live.jsonl"
+    cmd = [sys.executable, "-m", "stp_edge.cli", "run", str(handmade_bundle), url, "--backend", "ort-cpu",
+           "--jsonl", str(jsonl), "--timeout-ms", "2000", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), jsonl
+
+
+def _partial_lines(tmp_path: Path) -> list[dict]:
+    import json
+
+    lines = []
+    for p in tmp_path.glob(".live.jsonl.partial-*"):
+        lines += [json.loads(x) for x in p.read_text().splitlines() if x.endswith("}")]
+    return lines
+
+
+def _wait_for(cond, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not cond():
+        assert proc.poll() is None, f"stp-edge run ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} within {DEADLINE_S} s"
+        time.sleep(0.05)
+
+
+def test_cli_exits_1_when_the_live_source_is_lost_for_good(server, handmade_bundle, tmp_path):
+    proc, jsonl = _start_run(handmade_bundle, server.url, tmp_path, "--reconnect-s", "1")
+    _wait_for(lambda: len(_partial_lines(tmp_path)) >= 2, proc, "two results")
+    server.kill()
+    out, err = proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 1, (out, err)
+    assert "LOST" in out and server.url in out and "Traceback" not in err
+    assert len(jsonl.read_text().splitlines()) >= 2  # what was analysed before the loss is kept
+
+
+def test_cli_reports_a_gap_and_keeps_running_across_a_restart(server, handmade_bundle, tmp_path):
+    proc, jsonl = _start_run(handmade_bundle, server.url, tmp_path, "--reconnect-s", "20")
+    _wait_for(lambda: len(_partial_lines(tmp_path)) >= 2, proc, "two results")
+    restart = _Restart(server, 0.5)
+    _wait_for(lambda: any("gap" in x for x in _partial_lines(tmp_path)), proc, "a gap line")
+    restart.check()
+    n_gap = next(i for i, x in enumerate(_partial_lines(tmp_path)) if "gap" in x)
+    _wait_for(lambda: len(_partial_lines(tmp_path)) >= n_gap + 3, proc, "results after the gap")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 143, (out, err)
+    lines = [__import__("json").loads(x) for x in jsonl.read_text().splitlines()]
+    gap_at = next(i for i, x in enumerate(lines) if "gap" in x)
+    before, after = lines[:gap_at], [x for x in lines[gap_at + 1:] if "gap" not in x]
+    assert before and after and "GAPS" in out
+    # numbering goes on across the gap; the window restarts (the first snippet after it starts a new stream)
+    assert after[0]["snippet"] == before[-1]["snippet"] + 1
+    assert after[0]["frame_start"] == lines[gap_at]["gap"]["frame"] == before[-1]["frame_end"]
