@@ -7,7 +7,7 @@ OUT ?= out/demo
 
 .PHONY: demo test lint venv clean kernels check-install
 
-$(STAMP): requirements/ci.txt setup.py
+$(STAMP): requirements/ci.txt setup.py demo_model/setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/ci.txt
@@ -74,4 +74,4 @@ kernels:
 	$(PY) -m stp_edge.cuda.build --out build/kernels
 
 clean:
-	rm -rf $(VENV) $(TRT_VENV) build out .pytest_cache
+	rm -rf $(VENV) $(TRT_VENV) $(TRITON_VENV) build out .pytest_cache

@@ -137,59 +137,61 @@ def bench_gpu(repeats: int, resolutions: dict[str, tuple[int, int]]) -> tuple[li
     from stp_edge.cuda import CudaPreprocessor
 
     pre = CudaPreprocessor(SIZE, max_batch=max(BATCHES))
-    import pycuda.driver as cuda
+    # pycuda calls need the preprocessor's context current on this thread (it binds none at import).
+    with pre.current():
+        import pycuda.driver as cuda
 
-    dev = cuda.Context.get_device()
-    start, stop = cuda.Event(), cuda.Event()
+        dev = cuda.Context.get_device()
+        start, stop = cuda.Event(), cuda.Event()
 
-    def event_ms(fn: Callable[[], object], n: int) -> float:
-        fn()
-        samples = []
-        for _ in range(n):
-            start.record(pre.stream)
+        def event_ms(fn: Callable[[], object], n: int) -> float:
             fn()
-            stop.record(pre.stream)
-            stop.synchronize()
-            samples.append(stop.time_since(start))
-        return statistics.median(samples)
+            samples = []
+            for _ in range(n):
+                start.record(pre.stream)
+                fn()
+                stop.record(pre.stream)
+                stop.synchronize()
+                samples.append(stop.time_since(start))
+            return statistics.median(samples)
 
-    nbytes = 512 << 20
-    a, b = cuda.mem_alloc(nbytes), cuda.mem_alloc(nbytes)
-    copy_ms = event_ms(lambda: cuda.memcpy_dtod_async(b, a, nbytes, pre.stream), repeats)
-    bandwidth = 2 * nbytes / (copy_ms * 1e-3)  # bytes read + written per second
-    a.free()
-    b.free()
-    cpu = CpuPreprocessor(SIZE)
-    rows = []
-    for name, (h, w) in resolutions.items():
-        for batch in BATCHES:
-            frames = make_frames(h, w, batch)
-            host = np.stack(frames)
-            dsrc = cuda.to_device(host)
-            plan = pre.plan(h, w)
-            kern = event_ms(
-                lambda d=dsrc, n=batch, h=h, w=w: pre.run_device(d, n, h, w, w * 3, h * w * 3, sync=False),
-                repeats * 3,
-            )
-            e2e = event_ms(lambda f=frames: pre(f, sync=False), repeats * 3)
-            t = time_alternating({"twin": lambda f=frames: cpu(f)}, max(3, repeats // 2))
-            twin_ms = statistics.median(t["twin"]) * 1e3
-            window = plan.mid_rows * (plan.cols.last - plan.cols.first) * 3
-            floor_bytes = batch * (window + 3 * SIZE * SIZE * 4)
-            floor_ms = floor_bytes / bandwidth * 1e3
-            got = pre.to_host(pre(frames))
-            err = float(np.abs(got - pil_pipeline(frames)).max())
-            dsrc.free()
-            rows.append({
-                "resolution": name, "batch": batch, "kernel_ms": kern, "end_to_end_ms": e2e, "floor_ms": floor_ms,
-                "floor_fraction": floor_ms / kern, "cpu_twin_ms": twin_ms, "speedup_vs_twin": twin_ms / kern,
-                "max_abs_err_vs_pil": err,
-            })  # fmt: skip
-            print(f"  {name:>5} b{batch:<3} kernels {kern:7.3f} ms  e2e {e2e:7.3f} ms  floor {floor_ms:6.3f} ms  "
-                  f"twin {twin_ms:8.2f} ms")  # fmt: skip
-    meta = {"gpu": dev.name(), "compute_capability": ".".join(map(str, dev.compute_capability())),
-            "d2d_bandwidth_gbs": bandwidth / 1e9, "kernels": pre.kernels.origin}  # fmt: skip
-    return rows, meta
+        nbytes = 512 << 20
+        a, b = cuda.mem_alloc(nbytes), cuda.mem_alloc(nbytes)
+        copy_ms = event_ms(lambda: cuda.memcpy_dtod_async(b, a, nbytes, pre.stream), repeats)
+        bandwidth = 2 * nbytes / (copy_ms * 1e-3)  # bytes read + written per second
+        a.free()
+        b.free()
+        cpu = CpuPreprocessor(SIZE)
+        rows = []
+        for name, (h, w) in resolutions.items():
+            for batch in BATCHES:
+                frames = make_frames(h, w, batch)
+                host = np.stack(frames)
+                dsrc = cuda.to_device(host)
+                plan = pre.plan(h, w)
+                kern = event_ms(
+                    lambda d=dsrc, n=batch, h=h, w=w: pre.run_device(d, n, h, w, w * 3, h * w * 3, sync=False),
+                    repeats * 3,
+                )
+                e2e = event_ms(lambda f=frames: pre(f, sync=False), repeats * 3)
+                t = time_alternating({"twin": lambda f=frames: cpu(f)}, max(3, repeats // 2))
+                twin_ms = statistics.median(t["twin"]) * 1e3
+                window = plan.mid_rows * (plan.cols.last - plan.cols.first) * 3
+                floor_bytes = batch * (window + 3 * SIZE * SIZE * 4)
+                floor_ms = floor_bytes / bandwidth * 1e3
+                got = pre.to_host(pre(frames))
+                err = float(np.abs(got - pil_pipeline(frames)).max())
+                dsrc.free()
+                rows.append({
+                    "resolution": name, "batch": batch, "kernel_ms": kern, "end_to_end_ms": e2e, "floor_ms": floor_ms,
+                    "floor_fraction": floor_ms / kern, "cpu_twin_ms": twin_ms, "speedup_vs_twin": twin_ms / kern,
+                    "max_abs_err_vs_pil": err,
+                })  # fmt: skip
+                print(f"  {name:>5} b{batch:<3} kernels {kern:7.3f} ms  e2e {e2e:7.3f} ms  floor {floor_ms:6.3f} ms  "
+                      f"twin {twin_ms:8.2f} ms")  # fmt: skip
+        meta = {"gpu": dev.name(), "compute_capability": ".".join(map(str, dev.compute_capability())),
+                "d2d_bandwidth_gbs": bandwidth / 1e9, "kernels": pre.kernels.origin}  # fmt: skip
+        return rows, meta
 
 
 def gpu_markdown(rows: list[dict[str, object]], meta: dict, info: dict[str, str]) -> str:
