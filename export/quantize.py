@@ -12,9 +12,10 @@ onnxruntime-gpu 1.24, which would replace the pinned onnx 1.23.2 and put a secon
 beside the pinned CPU onnxruntime 1.32 (checked with `pip install --dry-run`), so it is not used.
 
 What is quantized: only the ops in `QUANTIZED_OPS` (the weight matmuls of attention and MLP, and the patch
-stem); LayerNorm, Softmax, GELU and the residual Adds stay float, as does the attention's activation x
-activation product (q @ k^T, attn @ v) unless `quantize_attention=True`: those are the ops where INT8 costs
-accuracy (softmax outputs span many decades; the residual stream carries outliers) for little speed.
+stem; not the crops-mode resize of the input images, `crop_matmuls`); LayerNorm, Softmax, GELU and the residual
+Adds stay float, as does the attention's activation x activation product (q @ k^T, attn @ v) unless
+`quantize_attention=True`: those are the ops where INT8 costs accuracy (softmax outputs span many decades; the
+residual stream carries outliers) for little speed.
 
 Calibration frames follow the runtime's sampling: each video in the directory is cut into snippets by
 `stp_edge.pipeline.snippets.SnippetAssembler` (one frame per snippet by default) and the sampled frames go
@@ -143,6 +144,27 @@ def attention_matmuls(model: Any) -> list[str]:
             if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
 
 
+def crop_matmuls(model: Any) -> list[str]:
+    """Names of MatMul nodes upstream of a Conv: the crops-mode resize (M @ crop @ M.T) of the input images.
+
+    They resample pixels before the patch stem; quantizing them would round the images themselves to 8 bits.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    seen: set[str] = set()
+    stack = [i for n in model.graph.node if n.op_type == "Conv" for i in n.input]
+    out = []
+    while stack:
+        tensor = stack.pop()
+        node = producer.get(tensor)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == "MatMul":
+            out.append(node.name)
+        stack.extend(node.input)
+    return out
+
+
 def gemm_to_matmul(model: Any) -> int:
     """Rewrite Gemm(A, W, b) with a constant W as MatMul(A, W') + b in place; returns how many were rewritten.
 
@@ -237,7 +259,7 @@ def quantize_encoder(fp32_path: str | os.PathLike, out_path: str | os.PathLike, 
         model = onnx.load(str(prepared))
         gemm_to_matmul(model)
         onnx.save(model, str(prepared))
-        exclude = [] if quantize_attention else attention_matmuls(model)
+        exclude = crop_matmuls(model) + ([] if quantize_attention else attention_matmuls(model))
         symmetric_acts = activations == "int8"
         quantize_static(
             str(prepared), str(out_path), _Reader(images, batch), quant_format=QuantFormat.QDQ,

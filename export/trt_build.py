@@ -105,12 +105,14 @@ class EngineBuildError(BundleError):
 
 # --- pure functions ---------------------------------------------------------------------------------------
 def profile_shapes(config: STPromptConfig, *, max_batch: int = 16, opt_batch: int = 1,
-                   max_snippets: int | None = None) -> dict[str, dict[str, Profile]]:
+                   max_snippets: int | None = None, regions: str = "encoder") -> dict[str, dict[str, Profile]]:
     """One optimisation profile per graph: `stp_edge.bundle.engines.default_profiles`.
 
     The same function gives ONNX Runtime's TensorRT provider its profiles, so both build for the same ranges.
+    `regions` is the bundle's `region_features`.
     """
-    return default_profiles(config, max_batch=max_batch, opt_batch=opt_batch, max_snippets=max_snippets)
+    return default_profiles(config, max_batch=max_batch, opt_batch=opt_batch, max_snippets=max_snippets,
+                            regions=regions)
 
 
 def check_profile(name: str, input_shape: Collection[int], profile: Profile) -> None:
@@ -458,7 +460,8 @@ def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp
                          hardware_compatibility=hardware_compatibility, workspace_mb=workspace_mb)
     trt = load_builder()
     bundle = Bundle.load(bundle_path)  # every checksum, before spending minutes on a build
-    shapes = profile_shapes(bundle.config, max_batch=max_batch, opt_batch=opt_batch, max_snippets=max_snippets)
+    shapes = profile_shapes(bundle.config, max_batch=max_batch, opt_batch=opt_batch, max_snippets=max_snippets,
+                            regions=bundle.region_features)
     onnx_precisions = bundle.manifest.get("graph_precision") or {g: bundle.precision for g in GRAPH_NAMES}
     available = set(trt.BuilderFlag.__members__)
     modes = {g: precision_mode(p, onnx_precisions[g], available)

@@ -9,6 +9,7 @@ time), so streaming equals offline exactly when, and only when, the runtime's wi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,32 +49,87 @@ def _init(name: str, array: np.ndarray):
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def make_encoder_graph(path: Path, cfg: STPromptConfig, rng: np.random.Generator) -> None:
-    """images [B,3,S,S] -> patch_emb [B,N,E] = tanh(patchify conv), frame_emb [B,E] = tanh(mean(patch) @ W)."""
+def make_encoder_graph(path: Path, cfg: STPromptConfig, rng: np.random.Generator, regions: str = "encoder") -> None:
+    """images [B,3,S,S] -> frame_emb [B,E] = tanh(mean(patch) @ W), and region features of patch = tanh(patchify conv).
+
+    `regions="encoder"` (the current contract): the graph returns region_emb [B,R2,E], the patch tokens pooled
+    into RxR regions (tokens mode) or the frame_emb of the R2 crops, cut and resized inside the graph exactly as
+    `stp_edge.pipeline.encode.make_crops` does and encoded in one batch with the images (crops mode).
+    `regions="host"`: a bundle exported before that change, returning patch_emb [B,N,E].
+    """
     from onnx import TensorProto, helper
 
+    from stp_edge.geometry import bilinear_matrix, crop_windows
+
     v = cfg.vision
-    S, P, E, N = v.image_size, v.patch_size, v.embed_dim, v.num_patches
-    nodes = [
-        helper.make_node("Conv", ["images", "w_patch", "b_patch"], ["conv"], kernel_shape=[P, P], strides=[P, P]),
-        helper.make_node("Tanh", ["conv"], ["conv_t"]),
-        helper.make_node("Reshape", ["conv_t", "shape_ben"], ["ben"]),
-        helper.make_node("Transpose", ["ben"], ["patch_emb"], perm=[0, 2, 1]),
-        helper.make_node("ReduceMean", ["patch_emb"], ["pooled"], axes=[1], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "w_frame"], ["frame_lin"]),
-        helper.make_node("Tanh", ["frame_lin"], ["frame_emb"]),
-    ]
+    S, P, E, N, R = v.image_size, v.patch_size, v.embed_dim, v.num_patches, cfg.region_grid
     inits = [
         _init("w_patch", rng.normal(0, 0.3, (E, 3, P, P)).astype(np.float32)),
         _init("b_patch", rng.normal(0, 0.1, E).astype(np.float32)),
         _init("shape_ben", np.array([0, E, -1], dtype=np.int64)),
         _init("w_frame", rng.normal(0, 1.0, (E, E)).astype(np.float32)),
     ]
+
+    def encoder(images: str, frame: str, patch: str) -> list:
+        return [
+            helper.make_node("Conv", [images, "w_patch", "b_patch"], ["conv"], kernel_shape=[P, P], strides=[P, P]),
+            helper.make_node("Tanh", ["conv"], ["conv_t"]),
+            helper.make_node("Reshape", ["conv_t", "shape_ben"], ["ben"]),
+            helper.make_node("Transpose", ["ben"], [patch], perm=[0, 2, 1]),
+            helper.make_node("ReduceMean", [patch], ["pooled"], axes=[1], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w_frame"], ["frame_lin"]),
+            helper.make_node("Tanh", ["frame_lin"], [frame]),
+        ]
+
+    if regions == "host":
+        nodes, second = encoder("images", "frame_emb", "patch_emb"), ("patch_emb", ["B", N, E])
+    elif cfg.region_mode == "tokens":
+        k = v.grid // R
+        nodes = [
+            *encoder("images", "frame_emb", "patches"),
+            helper.make_node("Reshape", ["patches", "shape_blocks"], ["blocks"]),
+            helper.make_node("ReduceMean", ["blocks"], ["cells"], axes=[2, 4], keepdims=0),
+            helper.make_node("Reshape", ["cells", "shape_regions"], ["region_emb"]),
+        ]
+        inits += [_init("shape_blocks", np.array([0, R, k, R, k, E], dtype=np.int64)),
+                  _init("shape_regions", np.array([0, R * R, E], dtype=np.int64))]
+        second = ("region_emb", ["B", R * R, E])
+    else:
+        windows = crop_windows(S, R)
+        side = windows[0][2]
+        m = bilinear_matrix(side, S).astype(np.float32)
+        nodes = []
+        for r, (y0, x0, s) in enumerate(windows):
+            inits += [_init(f"crop{r}_lo", np.array([y0, x0], dtype=np.int64)),
+                      _init(f"crop{r}_hi", np.array([y0 + s, x0 + s], dtype=np.int64))]
+            nodes += [
+                helper.make_node("Slice", ["images", f"crop{r}_lo", f"crop{r}_hi", "axes_hw"], [f"crop{r}"]),
+                helper.make_node("MatMul", ["m_rows", f"crop{r}"], [f"crop{r}_y"]),
+                helper.make_node("MatMul", [f"crop{r}_y", "m_cols"], [f"crop{r}_yx"]),
+                helper.make_node("Unsqueeze", [f"crop{r}_yx", "axis1"], [f"crop{r}_u"]),
+            ]
+        nodes += [
+            helper.make_node("Concat", [f"crop{r}_u" for r in range(len(windows))], ["crops5"], axis=1),
+            helper.make_node("Reshape", ["crops5", "shape_images"], ["crops"]),
+            helper.make_node("Concat", ["images", "crops"], ["all_images"], axis=0),
+            *encoder("all_images", "frame_all", "patch_all"),
+            helper.make_node("Shape", ["images"], ["batch"], start=0, end=1),
+            helper.make_node("Slice", ["frame_all", "zero", "batch", "axis0"], ["frame_emb"]),
+            helper.make_node("Slice", ["frame_all", "batch", "big", "axis0"], ["crop_frames"]),
+            helper.make_node("Reshape", ["crop_frames", "shape_regions"], ["region_emb"]),
+        ]
+        inits += [_init("m_rows", m), _init("m_cols", np.ascontiguousarray(m.T)),
+                  _init("axes_hw", np.array([2, 3], dtype=np.int64)), _init("axis1", np.array([1], dtype=np.int64)),
+                  _init("shape_images", np.array([-1, 3, S, S], dtype=np.int64)),
+                  _init("zero", np.array([0], dtype=np.int64)), _init("axis0", np.array([0], dtype=np.int64)),
+                  _init("big", np.array([2**62], dtype=np.int64)),
+                  _init("shape_regions", np.array([-1, R * R, E], dtype=np.int64))]
+        second = ("region_emb", ["B", R * R, E])
     graph = helper.make_graph(
         nodes, "encoder",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, S, S])],
         [helper.make_tensor_value_info("frame_emb", TensorProto.FLOAT, ["B", E]),
-         helper.make_tensor_value_info("patch_emb", TensorProto.FLOAT, ["B", N, E])],
+         helper.make_tensor_value_info(second[0], TensorProto.FLOAT, second[1])],
         inits)
     _save(graph, path)
 
@@ -133,21 +189,26 @@ def make_spatial_graph(path: Path, cfg: STPromptConfig, rng: np.random.Generator
     _save(graph, path)
 
 
-def write_handmade_bundle(out: Path, cfg: STPromptConfig, seed: int = 0) -> Path:
-    """A complete bundle directory (three hand-made graphs + manifest) for `cfg`."""
-    from stp_edge.bundle import write_manifest
+def write_handmade_bundle(out: Path, cfg: STPromptConfig, seed: int = 0, regions: str = "encoder") -> Path:
+    """A complete bundle directory (three hand-made graphs + manifest) for `cfg`.
+
+    `regions="host"` writes a bundle as exported before region features moved into the encoder graph (same
+    weights for the same seed): its encoder returns patch_emb and its manifest has no `region_features` key.
+    """
+    from stp_edge.bundle import rewrite_manifest, write_manifest
     from stp_edge.preprocess import PreprocessSpec
 
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    make_encoder_graph(out / "encoder.onnx", cfg, rng)
+    make_encoder_graph(out / "encoder.onnx", cfg, rng, regions)
     make_temporal_graph(out / "temporal.onnx", cfg, rng)
     make_spatial_graph(out / "spatial.onnx", cfg, rng)
     S, E, N, R2, K = (cfg.vision.image_size, cfg.vision.embed_dim, cfg.vision.num_patches,
                       cfg.num_regions, cfg.num_classes)
     graphs = {
         "encoder": {"file": "encoder.onnx", "inputs": {"images": ["B", 3, S, S]},
-                    "outputs": {"frame_emb": ["B", E], "patch_emb": ["B", N, E]}},
+                    "outputs": {"frame_emb": ["B", E],
+                                **({"patch_emb": ["B", N, E]} if regions == "host" else {"region_emb": ["B", R2, E]})}},
         "temporal": {"file": "temporal.onnx",
                      "inputs": {"frame_emb": ["B", "T", E], "region_emb": ["B", "T", R2, E]},
                      "outputs": {"score": ["B", "T"], "class_probs": ["B", "T", K]}},
@@ -155,7 +216,11 @@ def write_handmade_bundle(out: Path, cfg: STPromptConfig, seed: int = 0) -> Path
                     "outputs": {"region_scores": ["B", R2]}},
     }
     write_manifest(out, config=cfg, files=["encoder.onnx", "temporal.onnx", "spatial.onnx"], precision="fp32",
-                   opset=17, graphs=graphs, preprocess=PreprocessSpec(size=S).to_dict())
+                   opset=17, graphs=graphs, preprocess=PreprocessSpec(size=S).to_dict(), regions=regions)
+    if regions == "host":  # as written before the key existed
+        manifest = json.loads((out / "manifest.json").read_text())
+        del manifest["region_features"]
+        rewrite_manifest(out, manifest)
     return out
 
 
@@ -170,6 +235,21 @@ def handmade_crops_bundle(tmp_path_factory) -> Path:
     """Hand-made contract bundle, crops mode (3x3 overlapping crops through the encoder)."""
     cfg = handmade_config(region_mode="crops", region_grid=3, motion_topk=4)
     return write_handmade_bundle(tmp_path_factory.mktemp("handmade") / "crops.stp", cfg, seed=1)
+
+
+@pytest.fixture(scope="session")
+def handmade_legacy_bundle(tmp_path_factory) -> Path:
+    """The tokens bundle's weights as exported before region features moved into the encoder (patch_emb out)."""
+    return write_handmade_bundle(tmp_path_factory.mktemp("handmade") / "tokens-legacy.stp", handmade_config(),
+                                 regions="host")
+
+
+@pytest.fixture(scope="session")
+def handmade_legacy_crops_bundle(tmp_path_factory) -> Path:
+    """The crops bundle's weights as exported before crops moved into the encoder (the runtime cuts them)."""
+    cfg = handmade_config(region_mode="crops", region_grid=3, motion_topk=4)
+    return write_handmade_bundle(tmp_path_factory.mktemp("handmade") / "crops-legacy.stp", cfg, seed=1,
+                                 regions="host")
 
 
 # --- synthetic frames -------------------------------------------------------------------------------------

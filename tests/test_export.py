@@ -53,7 +53,7 @@ def test_verify_tiny_passes(which, request):
     report = verify_bundle(bundle, seed=11, report=lines.append)
     assert report.ok, "\n".join(lines)
     assert {(r.graph, r.output) for r in report.rows} == {
-        ("encoder", "frame_emb"), ("encoder", "patch_emb"), ("temporal", "score"),
+        ("encoder", "frame_emb"), ("encoder", "region_emb"), ("temporal", "score"),
         ("temporal", "class_probs"), ("spatial", "region_scores")}
     worst = max(r.rel for r in report.rows)
     assert worst < (1e-4 if which == "tiny_fp32" else 1e-2)

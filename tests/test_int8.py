@@ -139,7 +139,7 @@ def test_verify_reports_int8_cosine_and_score_deltas(int8_bundle):
 
     rep = verify_bundle(int8_bundle, seed=5, report=None)
     enc = [r for r in rep.rows if r.graph == "encoder"]
-    assert {r.output for r in enc} == {"frame_emb", "patch_emb"}
+    assert {r.output for r in enc} == {"frame_emb", "region_emb"}
     assert all(r.tolerance == "int8" and r.cosine is not None for r in enc)
     assert all(r.ok == (r.cosine >= TOLERANCES["int8"]) for r in enc)
     heads = [r for r in rep.rows if r.graph in ("temporal", "spatial")]

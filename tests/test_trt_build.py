@@ -67,11 +67,15 @@ def test_profile_shapes_vit_b_16_and_options():
     assert p["spatial"]["region_emb"] == ((1, 49, 512), (4, 49, 512), (8, 49, 512))
 
 
-def test_profile_shapes_crops_mode_encodes_r2_crops_per_image():
+def test_profile_shapes_crops_mode():
+    """The encoder cuts the crops itself (B images); a bundle that cuts them on the host sends B * R2 crops."""
     cfg = STPromptConfig.named("tiny", region_mode="crops", region_grid=3)
     p = profile_shapes(cfg, max_batch=4)
-    assert p["encoder"]["images"][2] == (4 * 9, 3, 112, 112)
+    assert p["encoder"]["images"][2] == (4, 3, 112, 112)
     assert p["spatial"]["region_emb"][2] == (4, 9, 64)
+    host = profile_shapes(cfg, max_batch=4, regions="host")
+    assert host["encoder"]["images"][2] == (4 * 9, 3, 112, 112)
+    assert host["spatial"] == p["spatial"] and host["temporal"] == p["temporal"]
 
 
 def test_profile_shapes_refuses_bad_bounds():

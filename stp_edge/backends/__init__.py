@@ -173,7 +173,7 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
     if backend == "ort-trt":  # the provider builds engines for the same profiles as `stp-edge build-engines`
         from stp_edge.bundle.engines import default_profiles
 
-        profiles = default_profiles(bundle.config)
+        profiles = default_profiles(bundle.config, regions=bundle.region_features)
     return {g: OrtRunner(bundle.graph_path(g), ORT_PROVIDERS[backend], device_id=device, name=f"{g}.onnx ({backend})",
                          trt_fp16=ort_trt_fp16, trt_profiles=profiles[g] if profiles else None) for g in names}
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stp_edge.bundle.contract import check_onnx_file, expected_io, read_onnx_io
+from stp_edge.bundle.contract import REGION_FEATURES, check_onnx_file, expected_io, read_onnx_io, region_features
 from stp_edge.bundle.engines import EngineInfo, engine_dir_name, engine_mismatches, gpu_slug, select_engine
 from stp_edge.bundle.errors import (
     BundleError,
@@ -45,11 +45,11 @@ from stp_edge.bundle.manifest import (
 from stp_edge.config import STPromptConfig
 
 __all__ = [
-    "GRAPH_NAMES", "MANIFEST", "REQUIRED_KEYS", "SCHEMA_VERSION", "Bundle", "BundleError", "ChecksumError",
-    "EngineCompatibilityError", "EngineInfo", "GraphMismatchError", "ManifestError", "MissingFileError",
-    "UnsafePathError", "check_files", "check_onnx_file", "engine_dir_name", "engine_mismatches", "expected_io",
-    "gpu_slug", "manifest_digest", "manifest_text", "read_manifest", "read_onnx_io", "rewrite_manifest",
-    "select_engine", "sha256_file", "verify_checksums", "write_manifest",
+    "GRAPH_NAMES", "MANIFEST", "REGION_FEATURES", "REQUIRED_KEYS", "SCHEMA_VERSION", "Bundle", "BundleError",
+    "ChecksumError", "EngineCompatibilityError", "EngineInfo", "GraphMismatchError", "ManifestError",
+    "MissingFileError", "UnsafePathError", "check_files", "check_onnx_file", "engine_dir_name", "engine_mismatches",
+    "expected_io", "gpu_slug", "manifest_digest", "manifest_text", "read_manifest", "read_onnx_io", "region_features",
+    "rewrite_manifest", "select_engine", "sha256_file", "verify_checksums", "write_manifest",
 ]
 
 
@@ -82,7 +82,7 @@ class Bundle:
         config = STPromptConfig.from_dict(manifest["config"])  # checked by read_manifest
         engines = [EngineInfo.from_dict(e) for e in manifest["engines"]]
         bundle = cls(path=path, manifest=manifest, config=config, engines=engines)
-        expected = expected_io(config)
+        expected = expected_io(config, bundle.region_features)
         for g in GRAPH_NAMES:
             check_onnx_file(g, bundle.graph_path(g), expected[g])
         return bundle
@@ -96,6 +96,20 @@ class Bundle:
     def plan_path(self, engine: EngineInfo, name: str) -> Path:
         """Path of the TensorRT plan of graph `name` in engine set `engine`."""
         return self.path / engine.dir / f"{name}.plan"
+
+    @property
+    def region_features(self) -> str:
+        """"encoder" when the encoder graph returns region_emb; "host" for bundles exported before it did.
+
+        A "host" bundle's encoder returns patch_emb, and the runtime pools it (tokens mode) or cuts and encodes
+        the crops itself (crops mode), as it always did: such bundles keep running unchanged.
+        """
+        return region_features(self.manifest)
+
+    @property
+    def host_crops(self) -> bool:
+        """True when the runtime cuts the crops itself: crops mode, regions computed on the host."""
+        return self.config.region_mode == "crops" and self.region_features == "host"
 
     @property
     def precision(self) -> str:
@@ -129,7 +143,9 @@ class Bundle:
             f"precision     {m['precision']}  opset {m['opset']}",
             f"image size    {c.vision.image_size}  embed {c.vision.embed_dim}  layers {c.vision.layers}",
             f"snippets      {c.snippet_len} frames, {c.frames_per_snippet} sampled; context {c.context}",
-            f"regions       {c.region_mode} {c.region_grid}x{c.region_grid}",
+            f"regions       {c.region_mode} {c.region_grid}x{c.region_grid}, computed "
+            + ("in the encoder graph" if self.region_features == "encoder" else "on the host (exported before "
+               "region features moved into the encoder graph; re-export to move them)"),
             f"classes       {', '.join(c.class_names)}",
             f"thresholds    score {c.score_threshold}  box {c.box_threshold}",
         ]

@@ -1,7 +1,7 @@
 """The graphs' I/O contract: the names and shapes a config implies, and what an ONNX file really declares.
 
-`expected_io(config)` is the table of docs/architecture.md ("Graphs") for one config. `read_onnx_io(path)` reads
-an ONNX file's graph inputs and outputs straight from the protobuf wire format (no `onnx`, no onnxruntime): it
+`expected_io(config, regions)` is the table of docs/architecture.md ("Graphs") for one config. `read_onnx_io(path)`
+reads an ONNX file's graph inputs and outputs straight from the protobuf wire format (no `onnx`, no onnxruntime): it
 memory-maps the file and skips every node and weight by its length, so it costs microseconds even for a large
 encoder. Together they let `Bundle.load` refuse a swapped or edited graph before any runner starts.
 """
@@ -9,8 +9,10 @@ encoder. Together they let `Bundle.load` refuse a swapped or edited graph before
 from __future__ import annotations
 
 import mmap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stp_edge.bundle.errors import GraphMismatchError
 from stp_edge.config import STPromptConfig
@@ -19,13 +21,34 @@ Shape = list  # of int (a fixed size) or str (a symbolic, dynamic axis)
 ONNX_FLOAT = 1  # TensorProto.FLOAT: every graph boundary is float32, whatever the precision inside
 
 
-def expected_io(cfg: STPromptConfig) -> dict[str, dict[str, dict[str, Shape]]]:
-    """graph -> {"inputs": {name: shape}, "outputs": {name: shape}} implied by `cfg` (B, T dynamic)."""
+# Where a bundle's region features are computed (manifest key `region_features`): "encoder" (the encoder graph
+# returns region_emb: patch tokens pooled, or crops encoded, inside the graph) or "host" (bundles exported before
+# that change, which have no such key: the encoder returns patch_emb and the runtime pools it, or cuts and encodes
+# the crops itself).
+REGION_FEATURES = ("encoder", "host")
+LEGACY_REGION_FEATURES = "host"  # what a manifest without the key means
+
+
+def region_features(manifest: Mapping[str, Any]) -> str:
+    """"encoder" or "host": the manifest's `region_features`, "host" when absent (bundles written before it)."""
+    return str(manifest.get("region_features", LEGACY_REGION_FEATURES))
+
+
+def expected_io(cfg: STPromptConfig, regions: str = "encoder") -> dict[str, dict[str, dict[str, Shape]]]:
+    """graph -> {"inputs": {name: shape}, "outputs": {name: shape}} implied by `cfg` (B, T dynamic).
+
+    Args:
+        cfg: The model config.
+        regions: `region_features` of the bundle: "encoder" (the encoder outputs region_emb [B,R2,E]) or "host"
+            (older bundles: it outputs patch_emb [B,N,E] and the runtime derives the regions).
+    """
+    if regions not in REGION_FEATURES:
+        raise ValueError(f"region_features must be one of {REGION_FEATURES}, got {regions!r}")
     S, N, E = cfg.vision.image_size, cfg.vision.num_patches, cfg.vision.embed_dim
     R2, K = cfg.num_regions, cfg.num_classes
+    second = {"region_emb": ["B", R2, E]} if regions == "encoder" else {"patch_emb": ["B", N, E]}
     return {
-        "encoder": {"inputs": {"images": ["B", 3, S, S]},
-                    "outputs": {"frame_emb": ["B", E], "patch_emb": ["B", N, E]}},
+        "encoder": {"inputs": {"images": ["B", 3, S, S]}, "outputs": {"frame_emb": ["B", E], **second}},
         "temporal": {"inputs": {"frame_emb": ["B", "T", E], "region_emb": ["B", "T", R2, E]},
                      "outputs": {"score": ["B", "T"], "class_probs": ["B", "T", K]}},
         "spatial": {"inputs": {"region_emb": ["B", R2, E]}, "outputs": {"region_scores": ["B", R2]}},

@@ -27,8 +27,8 @@ def engine_dir_name(gpu_name: str, precision: str) -> str:
     return f"engines/{gpu_slug(gpu_name)}-{precision}"
 
 
-def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1,
-                     max_snippets: int | None = None) -> dict[str, dict[str, Profile]]:
+def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1, max_snippets: int | None = None,
+                     regions: str = "encoder") -> dict[str, dict[str, Profile]]:
     """One optimisation profile per graph: input name -> (min, opt, max) shapes.
 
     Used by the TensorRT builder (`stp-edge build-engines`) and by ONNX Runtime's TensorRT provider, so both
@@ -36,14 +36,17 @@ def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1,
     the temporal graph's T over 1..max_snippets with its optimum at the streaming window 2c+1
     (c = `config.context`), the shape every streamed snippet runs. max_snippets defaults to that window:
     TensorRT sizes activation memory for the largest shape, and on an edge device a long offline T (the
-    whole-video `offline_scores` reference) is better run with ONNX Runtime. In crops mode the encoder also
-    encodes R2 crops per image in one call, so its batch goes up to max_batch * R2.
+    whole-video `offline_scores` reference) is better run with ONNX Runtime. In crops mode a bundle whose crops
+    are cut on the host (`regions="host"`, exported before crops moved into the encoder graph) sends the R2
+    crops of every image through the encoder in one call, so its batch goes up to max_batch * R2; an encoder
+    that cuts them itself takes max_batch images (and encodes B * (1 + R2) inside).
 
     Args:
         config: The bundle's `STPromptConfig`.
         max_batch: Largest batch of snippets.
         opt_batch: Batch TensorRT tunes its kernels for.
         max_snippets: Largest temporal window T (default: the streaming window 2c+1).
+        regions: The bundle's `region_features` ("encoder" or "host").
 
     Raises:
         ValueError: A batch or snippet bound is not positive or the optimum lies outside [1, max].
@@ -57,7 +60,7 @@ def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1,
                          f"streaming could not run")
     v, r2, e = config.vision, config.num_regions, config.vision.embed_dim
     s = v.image_size
-    enc_max = max_batch * r2 if config.region_mode == "crops" else max_batch
+    enc_max = max_batch * r2 if config.region_mode == "crops" and regions == "host" else max_batch
 
     def batched(rest: Shape, opt_t: int | None = None) -> Profile:
         if opt_t is None:

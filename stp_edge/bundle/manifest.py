@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from stp_edge.bundle.contract import expected_io, io_mismatches
+from stp_edge.bundle.contract import REGION_FEATURES, expected_io, io_mismatches, region_features
 from stp_edge.bundle.engines import EngineInfo
 from stp_edge.bundle.errors import ChecksumError, ManifestError, MissingFileError, UnsafePathError
 from stp_edge.bundle.schema import SchemaViolation, validate
@@ -116,7 +116,7 @@ def rewrite_manifest(directory: str | Path, manifest: Mapping[str, Any]) -> Path
 def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iterable[str], precision: str,
                    opset: int, graphs: Mapping[str, Mapping[str, Any]], preprocess: Mapping[str, Any],
                    engines: Iterable[EngineInfo | Mapping[str, Any]] = (),
-                   extra: Mapping[str, Any] | None = None) -> Path:
+                   extra: Mapping[str, Any] | None = None, regions: str = "encoder") -> Path:
     """Write `manifest.json` into a bundle directory, hashing every listed file and sealing it with its digest.
 
     Args:
@@ -132,6 +132,8 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
         preprocess: The preprocessing spec (image size, mean, std, resize/crop semantics).
         engines: EngineInfo or manifest dicts, one per engine set.
         extra: Further top-level keys the schema defines (source, graph_precision, exporter).
+        regions: `region_features`: "encoder" (the encoder graph outputs region_emb) or "host" (it outputs
+            patch_emb, as bundles exported before that change did).
 
     Returns:
         Path of the written manifest.
@@ -150,6 +152,8 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
             p = plan.relative_to(directory).as_posix()
             if p not in rel:
                 rel.append(p)
+    if regions not in REGION_FEATURES:
+        raise ManifestError(f"write_manifest: regions must be one of {REGION_FEATURES}, got {regions!r}")
     missing_graphs = [g for g in GRAPH_NAMES if g not in graphs]
     if missing_graphs:
         raise ManifestError(f"write_manifest: graphs {missing_graphs} are not described (need {GRAPH_NAMES})")
@@ -174,6 +178,7 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
         "graphs": {k: json.loads(json.dumps(v)) for k, v in graphs.items()},
         "files": hashes,
         "engines": [e.to_dict() for e in engine_infos],
+        "region_features": regions,
     }
     clash = sorted(set(extra or {}) & set(manifest))
     if clash:
@@ -310,7 +315,7 @@ def consistency_problems(manifest: Mapping[str, Any], config: STPromptConfig) ->
     if graph_precision.get("encoder", manifest["precision"]) != manifest["precision"]:
         out.append(f"graph_precision.encoder {graph_precision['encoder']!r} differs from precision "
                    f"{manifest['precision']!r}")
-    expected = expected_io(config)
+    expected = expected_io(config, region_features(manifest))
     for g in GRAPH_NAMES:
         out += io_mismatches(g, expected[g], manifest["graphs"][g], "the manifest")
     return out

@@ -25,8 +25,8 @@ class GraphSpec:
 
 
 GRAPH_SPECS = {
-    "encoder": GraphSpec("encoder", ("images",), ("frame_emb", "patch_emb"),
-                         {"images": {0: "B"}, "frame_emb": {0: "B"}, "patch_emb": {0: "B"}}),
+    "encoder": GraphSpec("encoder", ("images",), ("frame_emb", "region_emb"),
+                         {"images": {0: "B"}, "frame_emb": {0: "B"}, "region_emb": {0: "B"}}),
     "temporal": GraphSpec("temporal", ("frame_emb", "region_emb"), ("score", "class_probs"),
                           {"frame_emb": {0: "B", 1: "T"}, "region_emb": {0: "B", 1: "T"},
                            "score": {0: "B", 1: "T"}, "class_probs": {0: "B", 1: "T"}}),
@@ -55,10 +55,10 @@ class _Graph(nn.Module):
 
 
 class EncoderGraph(_Graph):
-    """images -> frame_emb, patch_emb."""
+    """images -> frame_emb, region_emb (regions pooled from patch tokens, or encoded crops, inside the graph)."""
 
     def forward(self, images: torch.Tensor):
-        return self._out(*self.model.encode(self._in(images)))
+        return self._out(*self.model.features(self._in(images)))
 
 
 class TemporalGraph(_Graph):

@@ -157,6 +157,19 @@ class STPrompt(nn.Module):
         """images [B,3,S,S] -> frame_emb [B,E], patch_emb [B,N,E]."""
         return self.clip.visual(images)
 
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B,3,S,S] -> frame_emb [B,E], region_emb [B,R2,E]: what the temporal and spatial streams read.
+
+        This is the exported encoder graph. Crops mode encodes each image and its R2 crops in one batch.
+        """
+        cfg = self.cfg
+        if cfg.region_mode == "tokens":
+            frame, patches = self.encode(images)
+            return frame, pool_regions(patches, cfg.vision.grid, cfg.region_grid)
+        b = images.shape[0]
+        frame, _ = self.encode(torch.cat([images, make_crops(images, cfg.region_grid)]))
+        return frame[:b], frame[b:].reshape(b, cfg.num_regions, -1)
+
     def regions(self, images: torch.Tensor, patch_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Region features [B,R2,E]: pooled patch tokens ("tokens") or encoded sliding-window crops ("crops")."""
         cfg = self.cfg

@@ -3,11 +3,14 @@
 In: completed `Snippet`s (of one or several streams). Out: one `EncodedBatch`, frame_emb [B, E] and
 region_emb [B, R2, E] per snippet, which is exactly what the temporal and spatial stages consume.
 
-Region features (docs/architecture.md, "Regions"):
+Region features (docs/architecture.md, "Regions") come out of the encoder graph itself (`region_emb`) in bundles
+exported since region features moved into it (manifest `region_features: "encoder"`). For older bundles, whose
+encoder returns `patch_emb`, they are computed here on the host, as those bundles always were:
 - tokens mode: `pool_regions` averages (grid/R)^2 blocks of patch tokens, regions in row-major order;
 - crops mode: `make_crops` cuts the R*R windows of `stp_edge.geometry.crop_windows` from each preprocessed
   image and resizes each back to SxS as M @ crop @ M.T (one bilinear matrix per axis); the crops' frame
-  embeddings are the region features. The torch twin (`stp_edge/model/regions.py`) computes the same numbers.
+  embeddings are the region features. The torch twin (`stp_edge/model/regions.py`) computes the same numbers,
+  and is what the exported encoder graphs run.
 """
 
 from __future__ import annotations
@@ -66,9 +69,12 @@ def make_crops(images: np.ndarray, R: int) -> np.ndarray:
     return out.reshape(B * len(windows), C, S, S)
 
 
-def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, region_mode: str,
+def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, host_crops: bool = False,
                     device: int = 0, max_batch: int = 16) -> Preprocess:
-    """The preprocessing callable: "cpu", "cuda", "auto" (CUDA with TensorRT in tokens mode, else CPU).
+    """The preprocessing callable: "cpu", "cuda", "auto" (CUDA with TensorRT unless crops are cut on the host).
+
+    `host_crops`: the bundle is in crops mode and its encoder graph does not cut the crops itself (a bundle
+    exported before region features moved into the encoder graph), so the preprocessed images must be on the host.
 
     "cuda" runs on CUDA device `device` (the runners' device), from whichever thread calls it, and holds device
     buffers for `max_batch` frames (the encoder's largest batch: `Runner.max_batch()`, 16 when unlimited).
@@ -79,8 +85,8 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, re
         return kind
     if kind == "auto":
         kind = "cpu"
-        # The CUDA kernel feeds TensorRT on the device; crops mode cuts the preprocessed images on the host.
-        if backend == "trt" and region_mode == "tokens" and importlib.util.find_spec("pycuda") is not None:
+        # The CUDA kernel feeds TensorRT on the device; host crops need the preprocessed images on the host.
+        if backend == "trt" and not host_crops and importlib.util.find_spec("pycuda") is not None:
             kind = "cuda"
     if kind == "cpu":
         from stp_edge.preprocess import CpuPreprocessor
@@ -119,7 +125,10 @@ class EncodedBatch:
 
 
 class Encoder:
-    """Preprocess the sampled frames of snippets, run the encoder graph, pool regions, average per snippet.
+    """Preprocess the sampled frames of snippets, run the encoder graph, average its features per snippet.
+
+    The encoder graph returns `frame_emb` and `region_emb`; a graph that returns `patch_emb` instead (a bundle
+    exported before region features moved into the graph) gets its regions computed here (`host_regions`).
 
     All sampled frames of a batch go through the encoder in one call, or in chunks of the smaller of the
     preprocessor's `max_batch` (the CUDA preprocessor overwrites its output buffer on every call) and the
@@ -167,12 +176,21 @@ class Encoder:
 
     def encode_images(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """Encoder and region features of preprocessed images: frame_emb [n, E], region_emb [n, R2, E]."""
-        cfg = self.config
         enc = self.runner.infer_batched({"images": images})
+        if "region_emb" in enc:
+            return enc["frame_emb"], enc["region_emb"]
+        return enc["frame_emb"], self.host_regions(images, enc)
+
+    def host_regions(self, images: Any, enc: Mapping[str, np.ndarray]) -> np.ndarray:
+        """region_emb [n, R2, E] of an encoder that returns patch_emb: pooled tokens, or crops run through it."""
+        cfg = self.config
+        if "patch_emb" not in enc:
+            raise ValueError(f"the encoder returned {sorted(enc)}: neither region_emb nor patch_emb")
         if cfg.region_mode == "tokens":
-            return enc["frame_emb"], pool_regions(enc["patch_emb"], cfg.vision.grid, cfg.region_grid)
+            return pool_regions(enc["patch_emb"], cfg.vision.grid, cfg.region_grid)
         if is_device_array(images):
-            raise ValueError("crops mode cuts the preprocessed images on the host; use preprocess='cpu'")
+            raise ValueError("this bundle cuts crops on the host (exported before crops moved into the encoder "
+                             "graph); use preprocess='cpu', or re-export it with `stp-edge export`")
         crops = make_crops(np.asarray(images), cfg.region_grid)
         region_emb = self.runner.infer_batched({"images": crops})["frame_emb"]
-        return enc["frame_emb"], region_emb.reshape(len(images), cfg.num_regions, -1)
+        return region_emb.reshape(len(images), cfg.num_regions, -1)

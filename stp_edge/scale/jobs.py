@@ -50,7 +50,7 @@ def load_detector(bundle: str | Path, backend: str = "auto", threads: int | None
     for runner in runners.values():
         if hasattr(runner, "intra_op_num_threads"):  # OrtRunner, read when it activates
             runner.intra_op_num_threads = threads
-    pre = make_preprocess("auto", b.config.vision.image_size, backend=name, region_mode=b.config.region_mode)
+    pre = make_preprocess("auto", b.config.vision.image_size, backend=name, host_crops=b.host_crops)
     return Detector(b, runners, pre, spatial_on=b.config.spatial_on, backend=name)
 
 

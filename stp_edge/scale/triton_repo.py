@@ -70,12 +70,12 @@ class TritonModel:
 def contract_shapes(bundle: Bundle) -> dict[str, dict[str, tuple[int | str, ...]]]:
     """Tensor name -> shape of each graph, "B"/"T" for the dynamic axes.
 
-    Shapes follow from the model config (`stp_edge.bundle.contract.expected_io`, the table of
-    docs/architecture.md); a manifest that records shapes (name -> dims) overrides them.
+    Shapes follow from the model config and the bundle's `region_features` (`stp_edge.bundle.contract.expected_io`,
+    the table of docs/architecture.md); a manifest that records shapes (name -> dims) overrides them.
     """
     shapes: dict[str, dict[str, tuple[int | str, ...]]] = {
         g: {name: tuple(dims) for kind in ("inputs", "outputs") for name, dims in io[kind].items()}
-        for g, io in expected_io(bundle.config).items()}
+        for g, io in expected_io(bundle.config, bundle.region_features).items()}
     for g, meta in bundle.manifest["graphs"].items():
         for key in ("inputs", "outputs"):
             if isinstance(meta.get(key), Mapping):
@@ -118,8 +118,9 @@ def triton_models(bundle: Bundle, *, backends: Sequence[str] = ("onnxruntime",),
     Args:
         bundle: The loaded bundle.
         backends: "onnxruntime" and/or "tensorrt" (the latter adds one model per graph and engine set).
-        max_batch: Largest batch of snippets Triton forms (crops mode: the encoder's is max_batch * R2, the
-            crops of a batch going through in one call; a TensorRT model is capped at its profile's maximum).
+        max_batch: Largest batch of snippets Triton forms (a TensorRT model is capped at its profile's maximum).
+            A bundle that cuts crops on the host (`Bundle.host_crops`) sends the crops of a batch through the
+            encoder in one call, so its encoder's is max_batch * R2.
         instances: Model instances per device.
         onnx_device: "cpu" or "gpu": where the onnxruntime models' instances run (plans always on the GPU).
         queue_delay_us: How long Triton may hold a request to batch it with others.
@@ -135,7 +136,7 @@ def triton_models(bundle: Bundle, *, backends: Sequence[str] = ("onnxruntime",),
     if "tensorrt" in backends and not bundle.engines:
         raise ValueError(f"bundle {bundle.path} has no TensorRT engines; build them with `stp-edge build-engines` "
                          f"or leave out the tensorrt backend")
-    crops = max_batch * bundle.config.num_regions if bundle.config.region_mode == "crops" else max_batch
+    crops = max_batch * bundle.config.num_regions if bundle.host_crops else max_batch
     models = []
     for g in GRAPH_NAMES:
         inputs, outputs = graph_tensors(bundle, g)
