@@ -35,6 +35,7 @@ def validate_frame(frame: Any, index: int, *, stream: int | None = None) -> np.n
     where = f"frame {index}" if stream is None else f"stream {stream} frame {index}"
     if not isinstance(frame, np.ndarray):
         raise FrameError(f"{where}: expected a numpy array (H, W, 3) uint8 BGR, got {type(frame).__name__}")
+    frame = np.asarray(frame)  # subclasses as plain arrays: np.matrix cannot hold (H, W, 3), a mask is not pixels
     if frame.dtype != np.uint8:
         raise FrameError(f"{where}: expected dtype uint8, got {frame.dtype} (convert with "
                          f"cv2.convertScaleAbs or scale to 0..255 yourself)")
