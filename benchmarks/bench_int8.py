@@ -6,7 +6,7 @@ In one process, on this machine:
 1. speed: the fp32 and the INT8 encoder of the same random-weight model (`export_bundle(random_config=...)`,
    INT8 calibrated on synthetic clips) through the runtime's own ONNX Runtime CPU runners, batch 1 and 16,
    the two graphs alternated call by call so machine noise hits both alike; ratio of medians;
-2. accuracy: worst and mean cosine of frame and patch embeddings, INT8 vs fp32, on preprocessed frames of
+2. accuracy: worst and mean cosine of frame and region embeddings, INT8 vs fp32, on preprocessed frames of
    held-out synthetic clips (seeds the calibration never saw; synthetic renders stand in for real frames here,
    no real video can be downloaded on this machine);
 3. the demo model exported fp32 and INT8 (calibrated on synthetic clips of another split), each evaluated with
@@ -62,7 +62,7 @@ def _cosines(fp32, int8, images: np.ndarray) -> dict:
     from stp_edge.export.verify import embedding_cosine
 
     out = {}
-    ref = {k: [] for k in ("frame_emb", "patch_emb")}
+    ref = {k: [] for k in ("frame_emb", "region_emb")}  # the encoder's outputs (region_emb: pooled in the graph)
     got = {k: [] for k in ref}
     for i in range(0, len(images), 8):
         a, b = fp32.infer({"images": images[i:i + 8]}), int8.infer({"images": images[i:i + 8]})

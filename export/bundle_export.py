@@ -16,7 +16,7 @@ import torch
 
 from stp_edge.export.onnx_export import DEFAULT_OPSET, export_onnx
 from stp_edge.export.sources import ModelSource, build_model, demo_checkpoint_dir, weights_fingerprint
-from stp_edge.model.graphs import GRAPH_SPECS, build_graphs, random_inputs, to_precision
+from stp_edge.model.graphs import build_graphs, graph_specs, random_inputs, to_precision
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}  # int8: Q/DQ from fp32
 
@@ -37,14 +37,20 @@ def export_bundle(
     config_overrides: dict | None = None,
     calib: str | os.PathLike | None = None,
     calib_frames: int | None = None,
+    region_features: str = "encoder",
 ) -> Path:
     """Export one model to the bundle directory `out` and return its path.
 
     Exactly one of `checkpoint`, `demo` or `random_config` chooses the model. `precision="int8"` quantizes
     the encoder (heads stay fp32) on frames sampled from the videos in `calib` (at most `calib_frames`,
     default `stp_edge.export.quantize.DEFAULT_MAX_FRAMES`); see `stp_edge.export.quantize`.
+
+    `region_features="encoder"` (default): the encoder graph returns region_emb. "host" writes the layout of
+    bundles exported before that (encoder returns patch_emb, no `region_features` key in the manifest), which
+    runtimes older than the change can load; the current runtime runs both.
     """
     source = _source(checkpoint, clip_weights, demo, random_config, seed, config_overrides)
+    graph_specs(region_features)  # refuses an unknown layout before any work
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if (precision == "int8") != (calib is not None):
@@ -61,7 +67,7 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp creates 0700; the finished bundle should be readable like any directory
     try:
-        _write_bundle(tmp, source, precision, opset, simplify, progress, calib, calib_frames)
+        _write_bundle(tmp, source, precision, opset, simplify, progress, calib, calib_frames, region_features)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -83,7 +89,7 @@ def _source(checkpoint, clip_weights, demo, random_config, seed, overrides) -> M
 
 
 def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, simplify: bool, progress: bool,
-                  calib=None, calib_frames: int | None = None):
+                  calib=None, calib_frames: int | None = None, regions: str = "encoder"):
     from tqdm.auto import tqdm
 
     from stp_edge._version import __version__
@@ -99,17 +105,18 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
     # Tracing inputs: float32 at the graph boundary whatever the precision; T = 5 (any T >= 2 traces the same graph).
     inputs = {g: {k: torch.from_numpy(v) for k, v in feeds.items()}
               for g, feeds in random_inputs(model.cfg, seed=0, snippets=5).items()}
-    graphs = build_graphs(model)
+    graphs = build_graphs(model, regions=regions)
     if dtype != torch.float32:
         # Reduced precision is for the encoder, where the FLOPs are. The temporal and spatial heads cost
         # microseconds and scale cosines by 1/temperature (~14x), which turns fp16 rounding into ~1.5% error
         # in class probabilities, so they stay float32 (measured: tests/test_export.py, ViT-B/16 fp16).
-        graphs["encoder"] = build_graphs(to_precision(copy.deepcopy(model), dtype), dtype)["encoder"]
+        graphs["encoder"] = build_graphs(to_precision(copy.deepcopy(model), dtype), dtype, regions)["encoder"]
     graph_meta = {}
-    for name, spec in GRAPH_SPECS.items():
+    specs = graph_specs(regions)
+    for name, spec in specs.items():
         steps.set_postfix_str(f"{name}.onnx")
         export_onnx(graphs[name], inputs[name], spec, tmp / f"{name}.onnx", opset=opset, simplify=simplify)
-        graph_meta[name] = {"file": f"{name}.onnx", **_graph_shapes(model.cfg, spec)}
+        graph_meta[name] = {"file": f"{name}.onnx", **_graph_shapes(model.cfg, spec, regions)}
         steps.update()
     cfg = model.cfg
     quantization = {}
@@ -124,12 +131,13 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
         ckpt = Path(source.checkpoint) if source.kind == "checkpoint" else demo_checkpoint_dir()
         source_meta["checkpoint_sha256"] = sha256_file(ckpt / "model.safetensors")
     write_manifest(
-        tmp, config=cfg, files=[f"{n}.onnx" for n in GRAPH_SPECS], precision=precision, opset=opset,
+        tmp, config=cfg, files=[f"{n}.onnx" for n in specs], precision=precision, opset=opset,
         graphs=graph_meta, preprocess=PreprocessSpec(size=cfg.vision.image_size).to_dict(),
         extra={"source": source_meta,
                "graph_precision": {"encoder": precision, "temporal": "fp32", "spatial": "fp32"},
                "exporter": {"stp_edge_version": __version__, "torch_version": torch.__version__,
                             **quantization}},
+        regions=None if regions == "host" else regions,  # "host" bundles predate the key: leave it out
     )
     steps.update()
     steps.close()
@@ -153,7 +161,7 @@ def _quantize_encoder(tmp: Path, cfg, calib, calib_frames: int | None) -> dict:
     return {"quantization": {**settings, "calibration": calib_set.fingerprint}}
 
 
-def _graph_shapes(cfg, spec) -> dict[str, dict[str, list]]:
+def _graph_shapes(cfg, spec, regions: str = "encoder") -> dict[str, dict[str, list]]:
     """{"inputs": {name: shape}, "outputs": {...}} of one graph; dynamic axes carry their symbolic names.
 
     The shapes come from the runtime's contract (`expected_io`), so the manifest, the config and the traced graph
@@ -161,7 +169,7 @@ def _graph_shapes(cfg, spec) -> dict[str, dict[str, list]]:
     """
     from stp_edge.bundle import expected_io
 
-    io = expected_io(cfg)[spec.name]
+    io = expected_io(cfg, regions)[spec.name]
     for kind, names in (("inputs", spec.inputs), ("outputs", spec.outputs)):
         if list(io[kind]) != list(names):
             raise ValueError(f"graph {spec.name!r} {kind} {list(names)} differ from the bundle contract "

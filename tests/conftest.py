@@ -9,7 +9,6 @@ time), so streaming equals offline exactly when, and only when, the runtime's wi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,7 +194,7 @@ def write_handmade_bundle(out: Path, cfg: STPromptConfig, seed: int = 0, regions
     `regions="host"` writes a bundle as exported before region features moved into the encoder graph (same
     weights for the same seed): its encoder returns patch_emb and its manifest has no `region_features` key.
     """
-    from stp_edge.bundle import rewrite_manifest, write_manifest
+    from stp_edge.bundle import write_manifest
     from stp_edge.preprocess import PreprocessSpec
 
     out.mkdir(parents=True, exist_ok=True)
@@ -216,11 +215,8 @@ def write_handmade_bundle(out: Path, cfg: STPromptConfig, seed: int = 0, regions
                     "outputs": {"region_scores": ["B", R2]}},
     }
     write_manifest(out, config=cfg, files=["encoder.onnx", "temporal.onnx", "spatial.onnx"], precision="fp32",
-                   opset=17, graphs=graphs, preprocess=PreprocessSpec(size=S).to_dict(), regions=regions)
-    if regions == "host":  # as written before the key existed
-        manifest = json.loads((out / "manifest.json").read_text())
-        del manifest["region_features"]
-        rewrite_manifest(out, manifest)
+                   opset=17, graphs=graphs, preprocess=PreprocessSpec(size=S).to_dict(),
+                   regions=None if regions == "host" else regions)  # "host" bundles predate the key
     return out
 
 

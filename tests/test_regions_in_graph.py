@@ -89,6 +89,24 @@ def test_manifest_records_where_regions_are_computed(exported_tiny_bundle, tiny_
     assert "computed in the encoder graph" in new.summary() and "on the host" in old.summary()
 
 
+def test_exporter_writes_the_host_layout_on_request(exported_tiny_bundle, tiny_legacy, tmp_path):
+    """export_bundle(region_features="host") writes what older runtimes read: patch_emb out, no key."""
+    from stp_edge.export.bundle_export import export_bundle
+
+    host = export_bundle(tmp_path / "host.stp", random_config="tiny", seed=3, progress=False,
+                         region_features="host")
+    manifest = json.loads((host / "manifest.json").read_text())
+    assert "region_features" not in manifest and Bundle.load(host).region_features == "host"
+    assert manifest["graphs"] == json.loads((tiny_legacy / "manifest.json").read_text())["graphs"]
+    images = _images(Bundle.load(host).config, 2, seed=23)
+    raw = _encode(host, images)[1]
+    ref = _encode(tiny_legacy, images)[1]
+    for k in ("frame_emb", "patch_emb"):
+        np.testing.assert_allclose(raw[k], ref[k], atol=1e-6 * np.abs(ref[k]).max(), rtol=0)
+    with pytest.raises(ValueError, match="region_features"):
+        export_bundle(tmp_path / "x.stp", random_config="tiny", progress=False, region_features="graph")
+
+
 def test_encoder_graph_pools_tokens_like_the_host(exported_tiny_bundle, tiny_legacy):
     """The graph's region_emb equals the old NumPy pooling of the old graph's patch_emb (fp32 tolerance)."""
     images = _images(Bundle.load(exported_tiny_bundle).config, 3, seed=21)

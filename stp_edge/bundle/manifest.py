@@ -116,7 +116,7 @@ def rewrite_manifest(directory: str | Path, manifest: Mapping[str, Any]) -> Path
 def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iterable[str], precision: str,
                    opset: int, graphs: Mapping[str, Mapping[str, Any]], preprocess: Mapping[str, Any],
                    engines: Iterable[EngineInfo | Mapping[str, Any]] = (),
-                   extra: Mapping[str, Any] | None = None, regions: str = "encoder") -> Path:
+                   extra: Mapping[str, Any] | None = None, regions: str | None = "encoder") -> Path:
     """Write `manifest.json` into a bundle directory, hashing every listed file and sealing it with its digest.
 
     Args:
@@ -133,7 +133,8 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
         engines: EngineInfo or manifest dicts, one per engine set.
         extra: Further top-level keys the schema defines (source, graph_precision, exporter).
         regions: `region_features`: "encoder" (the encoder graph outputs region_emb) or "host" (it outputs
-            patch_emb, as bundles exported before that change did).
+            patch_emb, as bundles exported before that change did); None leaves the key out, which means
+            "host" and is what runtimes older than the key can read.
 
     Returns:
         Path of the written manifest.
@@ -152,7 +153,7 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
             p = plan.relative_to(directory).as_posix()
             if p not in rel:
                 rel.append(p)
-    if regions not in REGION_FEATURES:
+    if regions is not None and regions not in REGION_FEATURES:
         raise ManifestError(f"write_manifest: regions must be one of {REGION_FEATURES}, got {regions!r}")
     missing_graphs = [g for g in GRAPH_NAMES if g not in graphs]
     if missing_graphs:
@@ -178,7 +179,7 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
         "graphs": {k: json.loads(json.dumps(v)) for k, v in graphs.items()},
         "files": hashes,
         "engines": [e.to_dict() for e in engine_infos],
-        "region_features": regions,
+        **({} if regions is None else {"region_features": regions}),
     }
     clash = sorted(set(extra or {}) & set(manifest))
     if clash:

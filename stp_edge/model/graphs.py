@@ -35,6 +35,20 @@ GRAPH_SPECS = {
 }
 
 
+# The encoder of bundles with `region_features` "host" (the layout before region features moved into the graph):
+# images -> frame_emb, patch_emb, the runtime deriving region_emb. Exported only on request (`export_bundle(...,
+# region_features="host")`), for runtimes that predate the change.
+HOST_REGIONS_ENCODER = GraphSpec("encoder", ("images",), ("frame_emb", "patch_emb"),
+                                 {"images": {0: "B"}, "frame_emb": {0: "B"}, "patch_emb": {0: "B"}})
+
+
+def graph_specs(regions: str = "encoder") -> dict[str, GraphSpec]:
+    """The three graphs' specs for a bundle's `region_features` ("encoder" or "host")."""
+    if regions not in ("encoder", "host"):
+        raise ValueError(f"region_features must be 'encoder' or 'host', got {regions!r}")
+    return {**GRAPH_SPECS, "encoder": HOST_REGIONS_ENCODER} if regions == "host" else dict(GRAPH_SPECS)
+
+
 class _Graph(nn.Module):
     """Runs one stage of an STPrompt in `dtype`, with float32 inputs and outputs at the boundary."""
 
@@ -59,6 +73,13 @@ class EncoderGraph(_Graph):
 
     def forward(self, images: torch.Tensor):
         return self._out(*self.model.features(self._in(images)))
+
+
+class PatchEncoderGraph(_Graph):
+    """images -> frame_emb, patch_emb: the encoder of "host" bundles (the runtime derives the regions)."""
+
+    def forward(self, images: torch.Tensor):
+        return self._out(*self.model.encode(self._in(images)))
 
 
 class TemporalGraph(_Graph):
@@ -89,10 +110,13 @@ def to_precision(model: STPrompt, dtype: torch.dtype) -> STPrompt:
     return model
 
 
-def build_graphs(model: STPrompt, dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
-    """The three graph modules over one (frozen-text) model, in eval mode."""
+def build_graphs(model: STPrompt, dtype: torch.dtype = torch.float32, regions: str = "encoder"
+                 ) -> dict[str, nn.Module]:
+    """The three graph modules over one (frozen-text) model, in eval mode (`regions`: see `graph_specs`)."""
+    graph_specs(regions)  # checks the name
     model.eval()
-    return {name: cls(model, dtype).eval() for name, cls in GRAPH_MODULES.items()}
+    modules = {**GRAPH_MODULES, "encoder": PatchEncoderGraph} if regions == "host" else GRAPH_MODULES
+    return {name: cls(model, dtype).eval() for name, cls in modules.items()}
 
 
 def random_inputs(cfg, seed: int, batch: int = 2, snippets: int | None = None) -> dict[str, dict[str, np.ndarray]]:
