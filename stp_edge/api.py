@@ -25,7 +25,7 @@ from stp_edge.backends.base import Runner
 from stp_edge.bundle import GRAPH_NAMES, Bundle
 from stp_edge.pipeline.boxes import box_class, boxes_from_map
 from stp_edge.pipeline.encode import EncodedBatch, Encoder, Preprocess, make_preprocess, preprocess_name
-from stp_edge.pipeline.frames import validate_frame
+from stp_edge.pipeline.frames import EncodedFrame, validate_frame
 from stp_edge.pipeline.snippets import (
     FeatureRing,
     Snippet,
@@ -182,10 +182,11 @@ class Detector:
         """Add one frame for each of several streams; snippets they complete share one encoder call.
 
         Every frame is validated before any stream changes, so an invalid frame raises `FrameError` and leaves
-        every stream (its own included) as it was: the caller can skip that frame and go on.
+        every stream (its own included) as it was: the caller can skip that frame and go on. A frame may be an
+        `EncodedFrame` (from `VideoSource.frames_with_gaps(lazy=True)`): it is decoded only if sampled.
         """
         with self._lock:
-            valid = {k: validate_frame(f, self._frames_seen(k), stream=k) for k, f in frames.items()}
+            valid = {k: self._admit(k, f) for k, f in frames.items()}
             snippets = [s for s in (self._state(k).assembler.push(f) for k, f in valid.items()) if s is not None]
             if not snippets:
                 return []
@@ -207,6 +208,15 @@ class Detector:
             finally:
                 for k in streams:
                     del self._streams[k]
+
+    def _admit(self, stream: int, frame: Any) -> np.ndarray | EncodedFrame:
+        """The frame as the stream will keep it: validated, or decoded first when compressed and sampled now."""
+        if isinstance(frame, EncodedFrame):
+            state = self._streams.get(stream)
+            if state is None or state.assembler.samples():
+                return frame.decode(stream=stream)
+            return frame
+        return validate_frame(frame, self._frames_seen(stream), stream=stream)
 
     def _frames_seen(self, stream: int) -> int:
         state = self._streams.get(stream)

@@ -241,7 +241,7 @@ def _run_streams(det, video: Path, frames: int, streams: int, batch: int, progre
     results, n, other_s = [], 0, 0.0
     sources = [open_source(video) for _ in range(streams)]
     try:
-        iters = [iter(s) for s in sources]
+        iters = [(f for f, _gap in s.frames_with_gaps(lazy=True)) for s in sources]  # as `stp-edge run` reads
         start = time.perf_counter()
         for n in tqdm(range(frames), desc="bench", unit="frame", disable=not progress):
             batch_frames = {}

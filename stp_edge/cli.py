@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from stp_edge._version import __version__
+from stp_edge.config import DEMO_CLASSES
 from stp_edge.errors import StpEdgeError, UsageError
 
 EXIT_FAILED = 1
@@ -479,7 +480,7 @@ def _add_model_commands(sub: Any) -> None:
     d = _sub(sub, "demo", cmd_demo, "export the demo model and run it on a generated clip")
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     d.add_argument("--anomaly", default="fire",
-                   choices=("fighting", "falling", "running", "abandoned object", "fire"),
+                   choices=DEMO_CLASSES[1:],
                    help="anomaly in the generated clip (fire: the class the demo model detects best)")
     d.add_argument("--seed", type=int, default=2026, help="seed of the generated clip")
     d.add_argument("--seconds", type=float, default=24.0, help="length of the generated clip")

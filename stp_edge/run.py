@@ -4,7 +4,8 @@
 glob or a list file names several; see `stp_edge.sources`). The data flow:
 
 1. one reader thread per source decodes ahead into one bounded queue (OpenCV releases the GIL while it
-   decodes, so decoding overlaps the encoder), at most `2 * snippet_len` frames per source;
+   decodes, so decoding overlaps the encoder), at most `2 * snippet_len` frames per source; MJPEG files are
+   read as compressed frames that the detector decodes only where a snippet samples them (1 frame of 16);
 2. the calling thread pushes frames to one `Detector`; frames of several sources that are ready together go
    in one `push_many`, so their snippets share encoder calls;
 3. each result goes to `on_result` (and the overlay) as soon as it is final; `keep=False` keeps none of them,
@@ -112,13 +113,14 @@ class _Reader(threading.Thread):
     """Decodes one source ahead of the detector into the shared queue; closes the source when done."""
 
     def __init__(self, src: VideoSource, stream: int, out: queue.Queue, halt: threading.Event,
-                 max_frames: int | None) -> None:
+                 max_frames: int | None, lazy: bool) -> None:
         super().__init__(name=f"stp-edge-decode-{stream}", daemon=True)
         self.src, self.stream, self.out, self.halt, self.max_frames = src, stream, out, halt, max_frames
+        self.lazy = lazy
 
     def run(self) -> None:
         try:
-            frames = self.src.frames_with_gaps()
+            frames = self.src.frames_with_gaps(lazy=self.lazy)
             n = 0
             while not self.halt.is_set() and (self.max_frames is None or n < self.max_frames):
                 t0 = time.perf_counter()
@@ -184,7 +186,7 @@ class OverlaySink:
             index, data = self._frames.popleft()
             frame = _decode_jpeg(data)
             if index < r.frame_start:
-                self.writer.write(frame, float("nan"))
+                self.writer.write(frame, None)
             else:
                 self.writer.write(frame, r.score, r.class_name, r.anomaly_map,
                                   [(b.x1, b.y1, b.x2, b.y2) for b in r.boxes])
@@ -195,7 +197,7 @@ class OverlaySink:
             return None
         try:
             while self._frames:
-                self.writer.write(_decode_jpeg(self._frames.popleft()[1]), float("nan"))
+                self.writer.write(_decode_jpeg(self._frames.popleft()[1]), None)
         finally:
             self.writer.close()
         return self.path
@@ -342,7 +344,9 @@ class _Run:
     def run(self, max_frames: int | None) -> VideoResults:
         halt = threading.Event()
         q: queue.Queue = queue.Queue(maxsize=2 * self.snippet_len * len(self.sources))
-        readers = [_Reader(src, s, q, halt, max_frames) for s, src in zip(self.runs, self.sources, strict=True)]
+        # Compressed frames (MJPEG files) go to the detector undecoded unless the overlay needs every frame.
+        lazy = self.overlay is None
+        readers = [_Reader(src, s, q, halt, max_frames, lazy) for s, src in zip(self.runs, self.sources, strict=True)]
         start = time.perf_counter()
         try:
             for r in readers:

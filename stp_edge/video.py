@@ -37,9 +37,11 @@ from typing import Any
 import numpy as np
 
 from stp_edge.errors import StpEdgeError
-from stp_edge.pipeline.frames import FrameError, validate_frame
+from stp_edge.pipeline.frames import EncodedFrame, FrameError, validate_frame
 
 URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# Codecs whose every packet is a whole JPEG image (decodable alone): `frames_with_gaps(lazy=True)` skips decoding.
+INTRA_ONLY_FOURCC = frozenset({"MJPG", "mjpg", "MJPA", "AVDJ", "jpeg", "JPEG", "dmb1"})
 
 
 class VideoError(StpEdgeError, RuntimeError):
@@ -179,6 +181,7 @@ class VideoSource:
         self.timeout_ms = timeout_ms
         self.reconnect = reconnect if reconnect is not None else Backoff.never()
         self.stats = VideoStats()
+        self.lazy = False  # delivering `EncodedFrame`s (see frames_with_gaps)
         self._closed = threading.Event()
         self._ended = False  # reached the end the container announces: a normal end, even for a URL
         self._last_good = time.monotonic(), time.time()
@@ -252,6 +255,10 @@ class VideoSource:
         failures = 0
         while failures < self.max_consecutive_failures:
             ok, frame = self._cap.read()
+            if self.lazy and ok and frame is not None and frame.size > 0:
+                self.stats.dropped += failures
+                self._last_good = time.monotonic(), time.time()
+                return EncodedFrame(frame.tobytes(), self.stats.read)
             if ok and frame is not None:
                 try:
                     valid = validate_frame(frame, self.stats.read + self.stats.dropped + failures)
@@ -311,8 +318,17 @@ class VideoSource:
                                   f"(last: {reason})")
         return None
 
-    def frames_with_gaps(self) -> Iterator[tuple[np.ndarray, Gap | None]]:
-        """Yield `(frame, gap)` until the source ends; `gap` is the outage just before this frame, else None."""
+    def frames_with_gaps(self, *, lazy: bool = False) -> Iterator[tuple[np.ndarray | EncodedFrame, Gap | None]]:
+        """Yield `(frame, gap)` until the source ends; `gap` is the outage just before this frame, else None.
+
+        With `lazy=True`, a file of an intra-only codec (MJPEG) yields `EncodedFrame`s after its first frame:
+        the compressed images, decoded (by libjpeg) only where a consumer needs the pixels, e.g. the one frame
+        of 16 a snippet samples (`Detector.push` accepts them). Other sources yield arrays as usual; `self.lazy`
+        says which. libjpeg and FFmpeg decode the same JPEG to slightly different pixels (chroma upsampling),
+        so every path of the runtime that reads files (run, extract, score, eval, bench) reads them lazily.
+        """
+        if lazy and not self.lazy:
+            self._enable_lazy()
         gap = None
         while not self._closed.is_set():
             frame, self._first = self._first, None
@@ -328,6 +344,25 @@ class VideoSource:
             self.stats.read += 1
             yield frame, gap
             gap = None
+
+    def _enable_lazy(self) -> None:
+        """Switch the capture to compressed packets when this is an MJPEG file whose packets libjpeg decodes."""
+        import cv2
+
+        fourcc = int(self._cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("latin-1")
+        if self.kind != "file" or fourcc not in INTRA_ONLY_FOURCC or self._first is None:
+            return
+        probe = cv2.VideoCapture(self.target)
+        try:
+            if not probe.set(cv2.CAP_PROP_FORMAT, -1):
+                return
+            ok, packet = probe.read()
+            image = cv2.imdecode(packet.ravel(), cv2.IMREAD_COLOR) if ok and packet is not None else None
+            if image is None or image.shape != self._first.shape:
+                return  # e.g. AVI1 packets without Huffman tables: keep FFmpeg's decoder
+        finally:
+            probe.release()
+        self.lazy = bool(self._cap.set(cv2.CAP_PROP_FORMAT, -1))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """Yield frames until the source ends (gaps are in `stats.gaps`; see `frames_with_gaps`)."""

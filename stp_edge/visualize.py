@@ -53,11 +53,19 @@ def _score_colour(score: float, threshold: float) -> tuple[int, int, int]:
     return (40, 40, 230) if score >= threshold else (60, 200, 60)
 
 
-def draw_hud(frame_bgr: np.ndarray, score: float, class_name: str | None, threshold: float = 0.5,
+def draw_hud(frame_bgr: np.ndarray, score: float | None, class_name: str | None, threshold: float = 0.5,
              boxes: Sequence[Sequence[float]] | None = None) -> np.ndarray:
-    """Draw boxes, a score bar along the bottom with a threshold tick, and "class score" text; returns a copy."""
+    """Draw boxes, a score bar along the bottom with a threshold tick, and "class score" text; returns a copy.
+
+    `score=None` marks a frame no result covers (a run stopped before its snippet was scored): an empty bar and
+    "no result".
+    """
     out = frame_bgr.copy()
     H, W = out.shape[:2]
+    if score is None:
+        score, class_name, empty = 0.0, None, True
+    else:
+        empty = False
     col = _score_colour(score, threshold)
     for b in boxes or ():
         x1, y1, x2, y2 = (round(float(v)) for v in b)
@@ -70,7 +78,7 @@ def draw_hud(frame_bgr: np.ndarray, score: float, class_name: str | None, thresh
         cv2.rectangle(out, (3, y0 + 1), (3 + fill, H - 4), col, -1)
     tx = 3 + round((W - 6) * float(np.clip(threshold, 0, 1)))
     cv2.line(out, (tx, y0 - 3), (tx, H - 2), (255, 255, 255), 1)
-    text = f"{class_name} {score:.2f}" if class_name else f"{score:.2f}"
+    text = "no result" if empty else f"{class_name} {score:.2f}" if class_name else f"{score:.2f}"
     scale = max(0.35, H / 600)
     thick = max(1, round(scale * 1.5))
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
@@ -113,14 +121,14 @@ class OverlayWriter:
         """Frames appended so far."""
         return self._video.frames_written
 
-    def write(self, frame_bgr: np.ndarray, score: float, class_name: str | None = None,
+    def write(self, frame_bgr: np.ndarray, score: float | None, class_name: str | None = None,
               anomaly_map: np.ndarray | None = None,
               boxes: Sequence[Sequence[float]] | None = None) -> None:
         """Annotate one frame and append it.
 
         Args:
             frame_bgr: uint8 [H,W,3] BGR frame.
-            score: anomaly score in [0, 1].
+            score: anomaly score in [0, 1]; None for a frame no result covers.
             class_name: predicted class to print, or None.
             anomaly_map: [R,R] region scores in [0, 1], or None for no heatmap.
             boxes: (x1, y1, x2, y2) boxes in input-frame pixels, or None.
@@ -143,7 +151,7 @@ class OverlayWriter:
                 roi = tuple(int(v) for v in np.round(np.asarray(self.map_roi, float) * scale))
             frame = heatmap_overlay(frame, anomaly_map, roi)  # type: ignore[arg-type]
         scaled = [np.asarray(b, float) * scale for b in boxes] if boxes else None
-        self._video.write(draw_hud(frame, float(score), class_name, self.threshold, scaled))
+        self._video.write(draw_hud(frame, None if score is None else float(score), class_name, self.threshold, scaled))
 
     def close(self) -> None:
         """Finish the file and rename it into place (safe to call twice); see `VideoWriter.close`."""

@@ -232,8 +232,8 @@ class GapSource:
         inner = self.src.frames_with_gaps
         at = self.at
 
-        def frames_with_gaps():
-            for i, (frame, _gap) in enumerate(inner()):
+        def frames_with_gaps(**kw):
+            for i, (frame, _gap) in enumerate(inner(**kw)):
                 yield frame, (Gap(frame=i, lost_s=3.0, attempts=2, start_time=0.0) if i == at else None)
 
         self.src.frames_with_gaps = frames_with_gaps
@@ -287,3 +287,20 @@ def test_signal_flushes_outputs_and_exits_128_plus_signum(handmade_bundle, tmp_p
     assert ok and n == lines[-1]["frame_end"]
     assert "snippets" in out and not list(tmp_path.glob(".*partial*"))
     assert os.path.getsize(video) > 0
+
+
+def test_overlay_frames_no_result_reached_are_written_marked(tmp_path):
+    """Frames whose snippet never got a result (a run that failed part-way) are still written, marked."""
+    from stp_edge.run import OverlaySink
+
+    sink = OverlaySink(tmp_path / "o.avi", fps=10.0, threshold=0.5)
+    frames = moving_frames(6)
+    for i, f in enumerate(frames):
+        sink.add_frame(i, f)
+    assert sink.close() == tmp_path / "o.avi"
+    cap = cv2.VideoCapture(str(tmp_path / "o.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    ok, first = cap.read()
+    cap.release()
+    # the frame itself (the HUD covers the top rows and the bottom bar), not a blank
+    assert ok and np.corrcoef(first[20:-8].ravel(), frames[0][20:-8].ravel())[0, 1] > 0.8

@@ -1,7 +1,9 @@
 """Stage 1, frames: everything the runtime accepts becomes an (H, W, 3) uint8 BGR array, or a clear error.
 
 This is the one frame check of the runtime: `Detector.push`, the video sources and the CPU/CUDA preprocessors
-all call `validate_frame`.
+all call `validate_frame`. An `EncodedFrame` (one compressed image of an intra-only video, from
+`VideoSource.frames_with_gaps(lazy=True)`) is accepted too: the detector decodes it only when the snippet
+samples it, so 15 of 16 frames of an MJPEG video are never decoded.
 """
 
 from __future__ import annotations
@@ -53,3 +55,31 @@ def validate_frame(frame: Any, index: int, *, stream: int | None = None) -> np.n
     if frame.shape[2] == 4:
         frame = frame[:, :, :3]
     return np.ascontiguousarray(frame)
+
+
+class EncodedFrame:
+    """One compressed image (a JPEG) of an intra-only video: its pixels are decoded only if they are used.
+
+    Attributes:
+        data: The compressed bytes, as the container holds them.
+        index: Frame index in its source, for error messages.
+    """
+
+    __slots__ = ("data", "index")
+
+    def __init__(self, data: bytes, index: int) -> None:
+        self.data = data
+        self.index = index
+
+    def decode(self, *, stream: int | None = None) -> np.ndarray:
+        """The (H, W, 3) uint8 BGR image; FrameError when the bytes do not decode."""
+        import cv2
+
+        image = cv2.imdecode(np.frombuffer(self.data, np.uint8), cv2.IMREAD_COLOR) if self.data else None
+        if image is None:
+            where = f"frame {self.index}" if stream is None else f"stream {stream} frame {self.index}"
+            raise FrameError(f"{where}: the compressed image ({len(self.data)} bytes) does not decode")
+        return validate_frame(image, self.index, stream=stream)
+
+    def __repr__(self) -> str:
+        return f"EncodedFrame(index={self.index}, {len(self.data)} bytes)"

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stp_edge.pipeline.frames import EncodedFrame, FrameError
+
 
 def sample_offsets(snippet_len: int, k: int) -> list[int]:
     """Offsets of the k evenly sampled frames inside a snippet: floor((i + 0.5) * L / k), i = 0..k-1.
@@ -50,6 +52,10 @@ class SnippetAssembler:
     Only the sampled frames (and the latest frame) are kept, not the whole snippet, and they are copied: the
     caller's array may be overwritten as soon as `push` returns. A partial snippet at the end of the stream
     (`flush`) uses the same offsets, clipped to its last frame.
+
+    Frames the snippet does not sample may be `EncodedFrame`s (compressed, decoded only if a partial snippet at
+    `flush` needs them); sampled ones must be arrays (`Detector` decodes them before `push`, see `samples`).
+    A partial snippet whose only candidate frame does not decode is dropped and counted in `undecodable`.
     """
 
     def __init__(self, snippet_len: int, frames_per_snippet: int = 1, stream: int = 0) -> None:
@@ -62,11 +68,16 @@ class SnippetAssembler:
         """Forget everything; the next frame is frame 0 of snippet 0."""
         self.frames_seen = 0
         self.snippets_emitted = 0
+        self.undecodable = 0
         self._kept: dict[int, np.ndarray] = {}
         self._last: np.ndarray | None = None
         self._scratch: np.ndarray | None = None
 
-    def push(self, frame: np.ndarray) -> Snippet | None:
+    def samples(self) -> bool:
+        """Whether the next frame pushed is one the snippet samples (its pixels are needed now)."""
+        return self.frames_seen - self.snippets_emitted * self.snippet_len in self.offsets
+
+    def push(self, frame: np.ndarray | EncodedFrame) -> Snippet | None:
         """Add one frame; return the snippet it completes, if any.
 
         A sampled frame is copied. A frame before the last sampling offset may end the stream (a partial
@@ -74,8 +85,13 @@ class SnippetAssembler:
         scratch buffer; frames after the last offset are not touched.
         """
         pos = self.frames_seen - self.snippets_emitted * self.snippet_len
+        if isinstance(frame, EncodedFrame) and pos in self.offsets:
+            frame = frame.decode(stream=self.stream)
         if pos in self.offsets:
             self._last = self._kept[pos] = frame.copy()
+        elif isinstance(frame, EncodedFrame):
+            if pos < self.offsets[-1]:
+                self._last = frame  # immutable bytes: nothing to copy; decoded only by a partial snippet
         elif pos < self.offsets[-1]:
             if self._scratch is None or self._scratch.shape != frame.shape:
                 self._scratch = np.empty_like(frame)
@@ -89,7 +105,20 @@ class SnippetAssembler:
     def flush(self) -> Snippet | None:
         """Emit the partial snippet at the end of the stream, if it has any frame."""
         pos = self.frames_seen - self.snippets_emitted * self.snippet_len
-        return self._emit(pos) if pos > 0 else None
+        if pos <= 0:  # no frame since the last snippet (a partial one ends the count below zero)
+            return None
+        if isinstance(self._last, EncodedFrame):
+            try:
+                self._last = self._last.decode(stream=self.stream)
+            except FrameError:
+                kept = [self._kept[o] for o in self.offsets if o in self._kept]
+                if not kept:  # nothing of this partial snippet decodes: drop it, counted
+                    self.undecodable += 1
+                    self.frames_seen -= pos
+                    self._kept, self._last = {}, None
+                    return None
+                self._last = kept[-1]
+        return self._emit(pos)
 
     def _emit(self, length: int) -> Snippet:
         last = self._last

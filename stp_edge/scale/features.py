@@ -82,7 +82,7 @@ def encode_video(encode: Callable[[Sequence[Snippet]], EncodedBatch], config: ST
     pending: list[Snippet] = []
     parts: list[EncodedBatch] = []
     with open_source(path) as src:
-        for frame in src:
+        for frame, _gap in src.frames_with_gaps(lazy=True):  # MJPEG: only sampled frames are decoded
             snippet = asm.push(frame)
             if snippet is not None:
                 pending.append(snippet)
