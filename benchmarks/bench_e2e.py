@@ -1,0 +1,162 @@
+"""Whole-run wall time on a 768x576 video file: `stp-edge run`'s path vs the plain PyTorch pipeline, fp32 and INT8.
+
+    python benchmarks/bench_e2e.py [--config vit-b-16] [--frames 384] [--rounds 3] [--codec MJPG]
+
+Issue 15's end-to-end target, measured in one process on this machine:
+- runtime: `stp_edge.run.run_video(video, detector=det, keep=False)`, the code `stp-edge run` runs (decode
+  thread ahead of the detector, MJPEG frames decoded only where a snippet samples them), wall time from the
+  first frame read to the last result;
+- plain PyTorch: the researcher's pipeline on the same weights and file (`stp_edge.bench`'s baseline: cv2
+  decode of all 16 frames of each snippet, PIL preprocessing, eager encoder, temporal stream on the last 2c+1
+  snippets, spatial stream), wall time over the whole file;
+- the two alternate round by round (fp32 runtime, INT8 runtime, PyTorch), so machine noise hits all alike;
+  ratios of medians. The INT8 bundle is calibrated on synthetic clips (no real video is available here).
+Bundles are random-weight exports (`export_bundle(random_config=...)`), cached under --work.
+Saves benchmarks/results/e2e_<config>_<codec>.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+TARGETS = {"fp32": 0.6, "int8": 0.4}
+
+
+def _bundles(cfg: str, work: Path, calib_frames: int) -> dict[str, Path]:
+    from stp_edge.bundle import Bundle, BundleError
+    from stp_edge.demo.synthetic import write_benchmark
+    from stp_edge.export.bundle_export import export_bundle
+
+    out = {}
+    for precision in ("fp32", "int8"):
+        path = work / f"{cfg}-{precision}.stp"
+        try:
+            Bundle.load(path)
+        except (BundleError, OSError):
+            extra = {}
+            if precision == "int8":
+                calib = work / "calib"
+                if not calib.exists():
+                    write_benchmark(calib, split="e2e-calib", num_videos=4, seed=7, num_frames=256)
+                extra = {"calib": calib, "calib_frames": calib_frames}
+            print(f"export {path} ...", flush=True)
+            export_bundle(path, random_config=cfg, seed=0, precision=precision, overwrite=True, progress=False,
+                          **extra)
+        out[precision] = path
+    return out
+
+
+def _runtime_wall(det, video: Path) -> tuple[float, int]:
+    from stp_edge.run import run_video
+
+    res = run_video(video, detector=det, keep=False)
+    return res.wall_s, res.snippets
+
+
+def _torch_wall(bundle, video: Path) -> tuple[float, int]:
+    from stp_edge.bench import _torch_baseline
+
+    notes: list[str] = []
+    pipe = _torch_baseline(bundle, video, None, notes)
+    if pipe is None:
+        raise RuntimeError("; ".join(notes))
+    start = time.perf_counter()
+    n = -1
+    while len(pipe.times["total"]) != n:  # a call that reads no full snippet adds nothing: the file ended
+        n = len(pipe.times["total"])
+        pipe()
+    wall = time.perf_counter() - start
+    pipe.summary()
+    return wall, n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="vit-b-16", choices=("tiny", "vit-b-16"), help="model config")
+    p.add_argument("--frames", type=int, default=384, help="frames of the generated 768x576 video")
+    p.add_argument("--rounds", type=int, default=3, help="alternated rounds (medians reported)")
+    p.add_argument("--codec", default="MJPG", choices=("MJPG", "mp4v"), help="codec of the generated video")
+    p.add_argument("--calib-frames", type=int, default=64, help="INT8 calibration frames")
+    p.add_argument("--work", type=Path, default=Path("/tmp/stp-e2e"), help="cache of bundles and the video")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
+    args = p.parse_args(argv)
+
+    from stp_edge.api import Detector
+    from stp_edge.bench import machine_description, write_test_video
+    from stp_edge.bundle import Bundle
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    bundles = _bundles(args.config, args.work, args.calib_frames)
+    video = args.work / f"e2e_{args.frames}.{'avi' if args.codec == 'MJPG' else 'mp4'}"
+    if not video.exists():
+        if args.codec == "MJPG":
+            write_test_video(video, args.frames)
+        else:
+            import cv2
+
+            mjpg = write_test_video(args.work / "tmp_src.avi", args.frames)
+            cap, writer = cv2.VideoCapture(str(mjpg)), None
+            while True:
+                ok, f = cap.read()
+                if not ok:
+                    break
+                if writer is None:
+                    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25.0,
+                                             (f.shape[1], f.shape[0]))
+                writer.write(f)
+            cap.release()
+            writer.release()
+    walls: dict[str, list[float]] = {"fp32": [], "int8": [], "torch": []}
+    snippets = {}
+    dets = {k: Detector.load(v, backend="ort-cpu") for k, v in bundles.items()}
+    fp32_bundle = Bundle.load(bundles["fp32"])
+    try:
+        for det in dets.values():  # warm-up: sessions, allocators, page cache
+            _runtime_wall(det, video)
+        for r in range(args.rounds):
+            for k, det in dets.items():
+                wall, snippets[k] = _runtime_wall(det, video)
+                walls[k].append(wall)
+            wall, snippets["torch"] = _torch_wall(fp32_bundle, video)
+            walls["torch"].append(wall)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in walls.items()),
+                  flush=True)
+    finally:
+        for det in dets.values():
+            det.close()
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    ratios = {k: med[k] / med["torch"] for k in ("fp32", "int8")}
+    machine = machine_description()
+    result = {"config": args.config, "video": {"frames": args.frames, "size": "768x576", "codec": args.codec},
+              "snippets": snippets, "rounds": args.rounds, "wall_s": walls, "median_s": med,
+              "ratio_vs_torch": ratios, "targets": TARGETS,
+              "met": {k: ratios[k] <= TARGETS[k] for k in ratios}, "machine": machine}
+    lines = [f"# End to end on a 768x576 {args.codec} file, {args.config} random weights",
+             "", f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores. {args.frames} frames "
+             f"({snippets.get('fp32')} snippets); {args.rounds} alternated rounds, medians.", "",
+             "| pipeline | wall s (median) | ms per snippet | vs plain PyTorch | target | met |",
+             "|---|---|---|---|---|---|"]
+    for k in ("torch", "fp32", "int8"):
+        ratio = "1.00" if k == "torch" else f"{ratios[k]:.2f}x"
+        target = "" if k == "torch" else f"<= {TARGETS[k]}x"
+        met = "" if k == "torch" else ("yes" if result["met"][k] else "no")
+        name = {"torch": "plain PyTorch (fp32, eager)", "fp32": "stp-edge run, fp32 ORT CPU",
+                "int8": "stp-edge run, INT8 ORT CPU"}[k]
+        lines.append(f"| {name} | {med[k]:.2f} | {med[k] * 1e3 / max(1, snippets[k]):.0f} | {ratio} | {target} | "
+                     f"{met} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"e2e_{args.config}_{args.codec.lower()}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(text)
+    print(f"saved {stem}.json/.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
