@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from stp_edge.errors import OutputExistsError, UsageError
 from stp_edge.export.onnx_export import DEFAULT_OPSET, export_onnx
 from stp_edge.export.sources import ModelSource, build_model, demo_checkpoint_dir, weights_fingerprint
 from stp_edge.model.graphs import build_graphs, graph_specs, random_inputs, to_precision
@@ -52,9 +53,9 @@ def export_bundle(
     source = _source(checkpoint, clip_weights, demo, random_config, seed, config_overrides)
     graph_specs(region_features)  # refuses an unknown layout before any work
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        raise UsageError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if (precision == "int8") != (calib is not None):
-        raise ValueError("precision='int8' needs calib= (CLI: --calib DIR), a directory of videos to calibrate "
+        raise UsageError("precision='int8' needs calib= (CLI: --calib DIR), a directory of videos to calibrate "
                          "on, and calib= is only used with precision='int8'")
     if calib is not None:
         from stp_edge.export.quantize import calibration_videos
@@ -62,7 +63,7 @@ def export_bundle(
         calibration_videos(calib)  # fail before minutes of export when the directory has no video
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --force) to replace it")
+        raise OutputExistsError(f"{out} already exists; pass overwrite=True (CLI: --force) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp creates 0700; the finished bundle should be readable like any directory
@@ -78,7 +79,7 @@ def export_bundle(
 def _source(checkpoint, clip_weights, demo, random_config, seed, overrides) -> ModelSource:
     chosen = [bool(checkpoint), bool(demo), bool(random_config)]
     if sum(chosen) != 1:
-        raise ValueError("choose exactly one model: a checkpoint, the demo model, or a random config")
+        raise UsageError("choose exactly one model: a checkpoint, the demo model, or a random config")
     if checkpoint:
         return ModelSource("checkpoint", checkpoint=str(Path(checkpoint).resolve()),
                            clip_weights=str(Path(clip_weights).resolve()) if clip_weights else None)
@@ -172,12 +173,12 @@ def _graph_shapes(cfg, spec, regions: str = "encoder") -> dict[str, dict[str, li
     io = expected_io(cfg, regions)[spec.name]
     for kind, names in (("inputs", spec.inputs), ("outputs", spec.outputs)):
         if list(io[kind]) != list(names):
-            raise ValueError(f"graph {spec.name!r} {kind} {list(names)} differ from the bundle contract "
+            raise UsageError(f"graph {spec.name!r} {kind} {list(names)} differ from the bundle contract "
                              f"{list(io[kind])}")
         for name in names:
             dynamic = spec.dynamic.get(name, {})
             if {a: d for a, d in enumerate(io[kind][name]) if isinstance(d, str)} != dynamic:
-                raise ValueError(f"graph {spec.name!r} tensor {name!r}: dynamic axes {dynamic} differ from the "
+                raise UsageError(f"graph {spec.name!r} tensor {name!r}: dynamic axes {dynamic} differ from the "
                                  f"bundle contract {io[kind][name]}")
     return io
 

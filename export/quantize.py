@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import MissingInputError, UsageError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv")
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
@@ -60,10 +61,10 @@ def calibration_videos(calib_dir: str | os.PathLike) -> list[Path]:
     """
     root = Path(calib_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"calibration directory {root} does not exist")
+        raise MissingInputError(f"calibration directory {root} does not exist")
     videos = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     if not videos:
-        raise FileNotFoundError(f"calibration directory {root} holds no video file ({', '.join(VIDEO_SUFFIXES)})")
+        raise MissingInputError(f"calibration directory {root} holds no video file ({', '.join(VIDEO_SUFFIXES)})")
     return videos
 
 
@@ -81,7 +82,7 @@ def calibration_set(calib_dir: str | os.PathLike, config: STPromptConfig, *,
     from stp_edge.video import open_source
 
     if max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        raise UsageError(f"max_frames must be >= 1, got {max_frames}")
     root = Path(calib_dir)
     videos = calibration_videos(root)
     per_video = max(1, math.ceil(max_frames / len(videos)))
@@ -109,7 +110,7 @@ def calibration_set(calib_dir: str | os.PathLike, config: STPromptConfig, *,
         if len(images) >= max_frames:
             break
     if not images:
-        raise ValueError(f"no full snippet ({config.snippet_len} frames) in the videos of {root}")
+        raise UsageError(f"no full snippet ({config.snippet_len} frames) in the videos of {root}")
     stacked = np.concatenate(images)
     digest.update(f"frames={len(stacked)}".encode())
     fingerprint = {"sha256": digest.hexdigest(), "num_frames": len(stacked), "num_videos": len(videos),
@@ -247,11 +248,11 @@ def quantize_encoder(fp32_path: str | os.PathLike, out_path: str | os.PathLike, 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if activations not in ACTIVATION_TYPES:
-        raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, got {activations!r}")
+        raise UsageError(f"activations must be one of {ACTIVATION_TYPES}, got {activations!r}")
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
+        raise UsageError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
     if len(images) == 0 or not np.isfinite(images).all():
-        raise ValueError("calibration images must be a non-empty, finite array")
+        raise UsageError("calibration images must be a non-empty, finite array")
     with tempfile.TemporaryDirectory(prefix="stp-quant-") as tmp:
         # Shape inference + the basic fusions ORT's quantizer expects (it finds the weight matmuls by them).
         prepared = Path(tmp) / "prepared.onnx"

@@ -57,6 +57,7 @@ from stp_edge.bundle import (
 from stp_edge.bundle.engines import default_profiles
 from stp_edge.bundle.manifest import manifest_text
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def check_profile(name: str, input_shape: Collection[int], profile: Profile) -> 
 
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def build_flags(precision: str, *, version_compatible: bool = False, hardware_compatibility: str | None = None,
@@ -161,12 +162,12 @@ def build_flags(precision: str, *, version_compatible: bool = False, hardware_co
     """
     _check_precision(precision)
     if hardware_compatibility is not None and hardware_compatibility not in HARDWARE_COMPATIBILITY:
-        raise ValueError(f"hardware_compatibility must be None or one of {sorted(HARDWARE_COMPATIBILITY)}, "
+        raise UsageError(f"hardware_compatibility must be None or one of {sorted(HARDWARE_COMPATIBILITY)}, "
                          f"got {hardware_compatibility!r}")
     if not 0 <= optimization_level <= 5:
-        raise ValueError(f"optimization_level must be in 0..5, got {optimization_level}")
+        raise UsageError(f"optimization_level must be in 0..5, got {optimization_level}")
     if workspace_mb < 1:
-        raise ValueError(f"workspace_mb must be positive, got {workspace_mb}")
+        raise UsageError(f"workspace_mb must be positive, got {workspace_mb}")
     return {"precision": precision, "version_compatible": bool(version_compatible),
             "hardware_compatibility": hardware_compatibility, "optimization_level": int(optimization_level),
             "workspace_mb": int(workspace_mb)}
@@ -192,10 +193,10 @@ def precision_mode(wanted: str, onnx_precision: str, builder_flags: Collection[s
     _check_precision(onnx_precision)
     if (wanted == "int8") != (onnx_precision == "int8"):
         if wanted == "int8":
-            raise ValueError(f"an int8 engine is built from a Q/DQ graph (explicit quantization), but this graph "
+            raise UsageError(f"an int8 engine is built from a Q/DQ graph (explicit quantization), but this graph "
                              f"was exported in {onnx_precision}: re-export the bundle with --precision int8 "
                              "--calib DIR (calibration frames from your videos)")
-        raise ValueError(f"the graph was exported in int8 (Q/DQ); build it with --precision int8, not {wanted}")
+        raise UsageError(f"the graph was exported in int8 (Q/DQ); build it with --precision int8, not {wanted}")
     if wanted == "int8":
         # TensorRT 10.x: weak typing with INT8 on (no FP16: LayerNorm/Softmax/GELU stay fp32 as quantized).
         # TensorRT 11 has no INT8 flag: strongly typed, the Q/DQ nodes carry the precision.
@@ -205,13 +206,13 @@ def precision_mode(wanted: str, onnx_precision: str, builder_flags: Collection[s
         return {"precision": wanted, "builder_flags": [], "cleared_flags": [], "strongly_typed": True}
     if onnx_precision == "fp16":
         if wanted == "fp32":
-            raise ValueError("the graph was exported in fp16; an fp32 engine cannot be built from it (re-export "
+            raise UsageError("the graph was exported in fp16; an fp32 engine cannot be built from it (re-export "
                              "the bundle with --precision fp32)")
         return {"precision": wanted, "builder_flags": [], "cleared_flags": [], "strongly_typed": True}
     if wanted == "fp32":
         return {"precision": wanted, "builder_flags": [], "cleared_flags": ["TF32"], "strongly_typed": False}
     if "FP16" not in builder_flags:
-        raise ValueError("this TensorRT has no BuilderFlag.FP16 (weak typing was removed in TensorRT 11), so an "
+        raise UsageError("this TensorRT has no BuilderFlag.FP16 (weak typing was removed in TensorRT 11), so an "
                          "fp32 graph builds only as fp32: export the bundle with --precision fp16 (its encoder "
                          "is then built strongly typed in fp16), or build --precision fp32")
     return {"precision": wanted, "builder_flags": ["FP16"], "cleared_flags": [], "strongly_typed": False}
@@ -354,7 +355,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, sha
     """
     trt = trt or load_builder()
     if log_level not in LOG_LEVELS:
-        raise ValueError(f"log_level must be one of {sorted(LOG_LEVELS)}, got {log_level!r}")
+        raise UsageError(f"log_level must be one of {sorted(LOG_LEVELS)}, got {log_level!r}")
     logger = trt.Logger(getattr(trt.Logger, LOG_LEVELS[log_level]))
     builder = trt.Builder(logger)
     network, _parser = _parse_onnx(trt, builder, logger, Path(onnx_path), bool(flags.get("strongly_typed")))

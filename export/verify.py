@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stp_edge.errors import UsageError
+
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.99}  # int8: minimum embedding cosine
 
 
@@ -101,15 +103,15 @@ def verify_bundle(
         source_d = {"kind": "checkpoint", "checkpoint": str(checkpoint)}
     elif source_d.get("kind") == "checkpoint" or source_d.get("clip_weights"):
         named = source_d.get("checkpoint") or source_d.get("clip_weights")
-        raise ValueError(f"bundle {b.path} was exported from files ({named}); verify does not open paths named "
+        raise UsageError(f"bundle {b.path} was exported from files ({named}); verify does not open paths named "
                          "inside a bundle: pass the checkpoint (--checkpoint) yourself")
     if not source_d:
-        raise ValueError(f"bundle {b.path} records no model source; pass checkpoint=")
+        raise UsageError(f"bundle {b.path} records no model source; pass checkpoint=")
     model = build_model(ModelSource.from_manifest(source_d))
     want = (b.manifest.get("source") or {}).get("weights_sha256")
     got = weights_fingerprint(model)
     if want and got != want:
-        raise ValueError(f"the rebuilt torch model's weights (sha256 {got[:12]}) differ from the exported ones "
+        raise UsageError(f"the rebuilt torch model's weights (sha256 {got[:12]}) differ from the exported ones "
                          f"({want[:12]}); pass the checkpoint the bundle was exported from")
     feeds = random_inputs(b.config, seed, batch)
     int8 = b.graph_precision("encoder") == "int8"
@@ -190,7 +192,7 @@ def _run_backend(b, graph: str, backend: str, feeds: dict, rep: VerifyReport) ->
     from stp_edge.backends import create_runners, resolve_backend
 
     if backend not in ("ort", "trt"):
-        raise ValueError(f"unknown backend {backend!r}; expected 'ort' or 'trt'")
+        raise UsageError(f"unknown backend {backend!r}; expected 'ort' or 'trt'")
     if backend == "trt" and not b.engines:
         rep.notes.append(f"{graph}: bundle has no TensorRT engines; trt skipped")
         return {}, b.graph_precision(graph)

@@ -23,6 +23,7 @@ import numpy as np
 from stp_edge.backends import activate_runners, resolve_backend
 from stp_edge.backends.base import Runner
 from stp_edge.bundle import GRAPH_NAMES, Bundle
+from stp_edge.errors import UsageError
 from stp_edge.pipeline.boxes import box_class, boxes_from_map
 from stp_edge.pipeline.encode import EncodedBatch, Encoder, Preprocess, make_preprocess, preprocess_name
 from stp_edge.pipeline.frames import EncodedFrame, validate_frame
@@ -69,10 +70,10 @@ class Detector:
     def __init__(self, bundle: Bundle, runners: Mapping[str, Runner], preprocess: Preprocess, *,
                  spatial_on: str = "flagged", backend: str = "custom", lookahead: int | None = None) -> None:
         if spatial_on not in SPATIAL_MODES:
-            raise ValueError(f"spatial_on must be one of {SPATIAL_MODES}, got {spatial_on!r}")
+            raise UsageError(f"spatial_on must be one of {SPATIAL_MODES}, got {spatial_on!r}")
         missing = [g for g in GRAPH_NAMES if g not in runners]
         if missing:
-            raise ValueError(f"Detector needs runners for {GRAPH_NAMES}; missing {missing}")
+            raise UsageError(f"Detector needs runners for {GRAPH_NAMES}; missing {missing}")
         self.bundle = bundle
         self.config = bundle.config
         self.runners = dict(runners)
@@ -83,7 +84,7 @@ class Detector:
         self.context = self.config.context
         self.lookahead = self.context if lookahead is None else int(lookahead)
         if not 0 <= self.lookahead <= self.context:
-            raise ValueError(f"lookahead must be in [0, context={self.context}], got {lookahead!r}")
+            raise UsageError(f"lookahead must be in [0, context={self.context}], got {lookahead!r}")
         self._preprocess = preprocess  # released by close() (a CUDA preprocessor holds device buffers)
         self.encoder = Encoder(self.runners["encoder"], preprocess, self.config)
         self.temporal = TemporalHead(self.runners["temporal"])
@@ -302,7 +303,7 @@ class Detector:
         tail = asm.flush()
         snippets += [tail] if tail is not None else []
         if not snippets:
-            raise ValueError("offline_scores: the video has no frames")
+            raise UsageError("offline_scores: the video has no frames")
         feats = [self.encoder(snippets[i:i + batch]) for i in range(0, len(snippets), batch)]
         frame_emb = np.concatenate([f.frame_emb for f in feats])[None]
         region_emb = np.concatenate([f.region_emb for f in feats])[None]

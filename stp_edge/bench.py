@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.errors import UsageError
+
 STAGES = ("decode", "preprocess", "encoder", "temporal", "spatial", "post")
 CAMERA_FPS = 25.0
 DEFAULT_SIZE = (576, 768)  # (H, W) of the generated video: a PAL-size surveillance camera
@@ -167,7 +169,7 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
     from stp_edge.bundle import Bundle
 
     if batch < 1 or streams < 1 or batch > streams:
-        raise ValueError(f"need 1 <= batch <= streams, got batch={batch}, streams={streams}")
+        raise UsageError(f"need 1 <= batch <= streams, got batch={batch}, streams={streams}")
     want_plot = json_out is not None and importlib.util.find_spec("matplotlib") is not None
     notes: list[str] = []
     if json_out is not None and not want_plot:
@@ -177,7 +179,7 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
     have = b.graph_precision("encoder")
     precision = precision or have
     if precision != have and not any(e.precision == precision for e in b.engines):
-        raise ValueError(f"bundle {b.path} has a {have} encoder and no {precision} engines; export it with "
+        raise UsageError(f"bundle {b.path} has a {have} encoder and no {precision} engines; export it with "
                          f"--precision {precision} (or build engines) to benchmark {precision}")
     frames = frames or cfg.snippet_len * (2 * cfg.context + 1 + 8)
     machine = machine_description()
@@ -268,7 +270,7 @@ def _run_streams(det, video: Path, frames: int, streams: int, batch: int, progre
         for s in sources:
             s.close()
     if n == 0:
-        raise ValueError(f"{video}: no frame decoded")
+        raise UsageError(f"{video}: no frame decoded")
     return {"results": results, "decode": decode_ms, "wall_s": wall_s, "frames_per_stream": n}
 
 

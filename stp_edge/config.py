@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from stp_edge.errors import UsageError
+
 DEFAULT_CLASSES = ("normal", "abuse", "arrest", "arson", "assault", "burglary", "explosion", "fighting",
                    "road accident", "robbery", "shooting", "shoplifting", "stealing", "vandalism")
 
@@ -119,33 +121,33 @@ class STPromptConfig:
         """Raise ValueError naming the field when the configuration is inconsistent."""
         v = self.vision
         if v.stem not in ("patch", "conv"):
-            raise ValueError(f"vision.stem={v.stem!r}; expected 'patch' or 'conv'")
+            raise UsageError(f"vision.stem={v.stem!r}; expected 'patch' or 'conv'")
         if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):
-            raise ValueError(f"vision.stem='conv' needs a power-of-two patch_size, got {v.patch_size}")
+            raise UsageError(f"vision.stem='conv' needs a power-of-two patch_size, got {v.patch_size}")
         if v.stem_centred and v.stem != "conv":
-            raise ValueError(f"vision.stem_centred applies to stem='conv' only, got stem={v.stem!r}")
+            raise UsageError(f"vision.stem_centred applies to stem='conv' only, got stem={v.stem!r}")
         if v.patch_attention < -1:
-            raise ValueError(f"vision.patch_attention={v.patch_attention}; expected -1 (global) or a radius >= 0")
+            raise UsageError(f"vision.patch_attention={v.patch_attention}; expected -1 (global) or a radius >= 0")
         if v.image_size % v.patch_size:
-            raise ValueError(f"vision.image_size={v.image_size} is not a multiple of patch_size={v.patch_size}")
+            raise UsageError(f"vision.image_size={v.image_size} is not a multiple of patch_size={v.patch_size}")
         if v.width % v.heads:
-            raise ValueError(f"vision.width={v.width} is not divisible by heads={v.heads}")
+            raise UsageError(f"vision.width={v.width} is not divisible by heads={v.heads}")
         if self.text.width % self.text.heads:
-            raise ValueError(f"text.width={self.text.width} is not divisible by heads={self.text.heads}")
+            raise UsageError(f"text.width={self.text.width} is not divisible by heads={self.text.heads}")
         if self.region_mode not in ("tokens", "crops"):
-            raise ValueError(f"region_mode must be 'tokens' or 'crops', got {self.region_mode!r}")
+            raise UsageError(f"region_mode must be 'tokens' or 'crops', got {self.region_mode!r}")
         if self.region_mode == "tokens" and v.grid % self.region_grid:
-            raise ValueError(f"region_grid={self.region_grid} must divide the patch grid {v.grid} in tokens mode")
+            raise UsageError(f"region_grid={self.region_grid} must divide the patch grid {v.grid} in tokens mode")
         if not 1 <= self.motion_topk <= self.region_grid**2:
-            raise ValueError(f"motion_topk={self.motion_topk} must be in [1, {self.region_grid**2}]")
+            raise UsageError(f"motion_topk={self.motion_topk} must be in [1, {self.region_grid**2}]")
         if len(self.class_names) < 2:
-            raise ValueError("class_names needs the normal class plus at least one anomaly class")
+            raise UsageError("class_names needs the normal class plus at least one anomaly class")
         if self.spatial_queries not in ("text", "class_prompts"):
-            raise ValueError(f"spatial_queries must be 'text' or 'class_prompts', got {self.spatial_queries!r}")
+            raise UsageError(f"spatial_queries must be 'text' or 'class_prompts', got {self.spatial_queries!r}")
         if self.spatial_on not in ("flagged", "all"):
-            raise ValueError(f"spatial_on must be 'flagged' or 'all', got {self.spatial_on!r}")
+            raise UsageError(f"spatial_on must be 'flagged' or 'all', got {self.spatial_on!r}")
         if self.frames_per_snippet < 1 or self.frames_per_snippet > self.snippet_len:
-            raise ValueError(f"frames_per_snippet={self.frames_per_snippet} must be in [1, {self.snippet_len}]")
+            raise UsageError(f"frames_per_snippet={self.frames_per_snippet} must be in [1, {self.snippet_len}]")
 
     # --- derived quantities -------------------------------------------------------------------------------
     @property
@@ -185,7 +187,7 @@ class STPromptConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown STPromptConfig fields: {unknown}")
+            raise UsageError(f"unknown STPromptConfig fields: {unknown}")
         return cls(**d)
 
     @classmethod
@@ -205,4 +207,4 @@ class STPromptConfig:
             )
             base.update(overrides)
             return cls(**base)
-        raise ValueError(f"unknown config name {name!r}; expected 'vit-b-16' or 'tiny'")
+        raise UsageError(f"unknown config name {name!r}; expected 'vit-b-16' or 'tiny'")

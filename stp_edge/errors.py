@@ -22,3 +22,11 @@ class InterruptedRun(StpEdgeError):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
+
+
+class MissingInputError(StpEdgeError, FileNotFoundError):
+    """A file or directory the caller named does not exist (or lacks what it must hold)."""
+
+
+class OutputExistsError(StpEdgeError, FileExistsError):
+    """An output exists and replacing it was not asked for."""

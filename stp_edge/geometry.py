@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from stp_edge.errors import UsageError
+
 
 def _round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
@@ -45,7 +47,7 @@ def crop_windows(S: int, R: int) -> list[tuple[int, int, int]]:
     side = round(2S/(R+1)), stride = round(S/(R+1)); offsets are clamped so every window lies inside.
     """
     if R < 1 or S < R + 1:
-        raise ValueError(f"crop_windows: need R >= 1 and S > R, got S={S}, R={R}")
+        raise UsageError(f"crop_windows: need R >= 1 and S > R, got S={S}, R={R}")
     side = _round_half_up(2 * S / (R + 1))
     stride = _round_half_up(S / (R + 1))
     offs = [min(i * stride, S - side) for i in range(R)]
@@ -60,7 +62,7 @@ def region_boxes(image_size: int, R: int, mode: str = "tokens") -> np.ndarray:
     if mode == "crops":
         return np.array([(x, y, x + s, y + s) for y, x, s in crop_windows(image_size, R)], dtype=np.float64)
     if mode != "tokens":
-        raise ValueError(f"region mode must be 'tokens' or 'crops', got {mode!r}")
+        raise UsageError(f"region mode must be 'tokens' or 'crops', got {mode!r}")
     cell = image_size / R
     return np.array([(j * cell, i * cell, (j + 1) * cell, (i + 1) * cell) for i in range(R) for j in range(R)])
 
@@ -82,7 +84,7 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     and mixes its two neighbours; each row sums to 1.
     """
     if in_size < 1 or out_size < 1:
-        raise ValueError(f"bilinear_matrix: sizes must be positive, got in={in_size}, out={out_size}")
+        raise UsageError(f"bilinear_matrix: sizes must be positive, got in={in_size}, out={out_size}")
     m = np.zeros((out_size, in_size), dtype=np.float64)
     scale = in_size / out_size
     for i in range(out_size):

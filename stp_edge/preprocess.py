@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from stp_edge.errors import UsageError
 from stp_edge.pipeline.frames import validate_frame
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -106,7 +107,7 @@ def filter_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]
         window of output i are zero.
     """
     if in_size <= 0 or out_size <= 0:
-        raise ValueError(f"filter_weights needs positive sizes, got in_size={in_size}, out_size={out_size}")
+        raise UsageError(f"filter_weights needs positive sizes, got in_size={in_size}, out_size={out_size}")
     scale = float(in_size) / out_size
     filterscale = max(scale, 1.0)
     support = BICUBIC_SUPPORT * filterscale
@@ -199,9 +200,9 @@ class CropResizePlan:
     def build(cls, in_h: int, in_w: int, size: int) -> CropResizePlan:
         """Plan the CLIP resize (short side -> size) and centre crop of an `in_h` x `in_w` image."""
         if in_h <= 0 or in_w <= 0:
-            raise ValueError(f"image must be non-empty, got {in_h}x{in_w}")
+            raise UsageError(f"image must be non-empty, got {in_h}x{in_w}")
         if size <= 0:
-            raise ValueError(f"image_size must be positive, got {size}")
+            raise UsageError(f"image_size must be positive, got {size}")
         new_h, new_w = resized_size(in_h, in_w, size)
         top, left = center_offset(new_h, size), center_offset(new_w, size)
         rows = _axis_taps(in_h, new_h, top, size)
@@ -221,7 +222,7 @@ def yuv_coefficients(matrix: str = "bt601", full_range: bool = False) -> dict[st
     U' = (U - 128) * c_scale, V' likewise; limited range maps Y 16..235 and chroma 16..240 to full scale.
     """
     if matrix not in _YUV_MATRICES:
-        raise ValueError(f"unknown YUV matrix {matrix!r}; expected one of {sorted(_YUV_MATRICES)}")
+        raise UsageError(f"unknown YUV matrix {matrix!r}; expected one of {sorted(_YUV_MATRICES)}")
     kr, kb = _YUV_MATRICES[matrix]
     kg = 1.0 - kr - kb
     return {
@@ -273,11 +274,11 @@ def split_nv12(nv12: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Views of the Y plane [h, w] and the interleaved UV plane [h/2, w/2, 2] of an NV12 frame."""
     if not isinstance(nv12, np.ndarray) or nv12.dtype != np.uint8 or nv12.ndim != 2:
         got = f"{nv12.dtype} array of shape {nv12.shape}" if isinstance(nv12, np.ndarray) else type(nv12)
-        raise ValueError(f"NV12 frame must be a 2-D uint8 array of shape (h*3/2, w), got {got}")
+        raise UsageError(f"NV12 frame must be a 2-D uint8 array of shape (h*3/2, w), got {got}")
     rows, w = nv12.shape
     h = rows * 2 // 3
     if rows % 3 or h % 2 or w % 2 or h == 0 or w == 0:
-        raise ValueError(
+        raise UsageError(
             f"NV12 frame of shape {nv12.shape} is not (h*3/2, w) with even, non-zero h and w "
             "(Y plane of h rows followed by h/2 rows of interleaved UV)"
         )
@@ -360,10 +361,10 @@ class CpuPreprocessor:
             dtype: np.float32 or np.float16 output.
         """
         if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
-            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+            raise UsageError(f"image_size must be a positive int, got {image_size!r}")
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float16):
-            raise ValueError(f"dtype must be float32 or float16, got {self.dtype}")
+            raise UsageError(f"dtype must be float32 or float16, got {self.dtype}")
         self.image_size = int(image_size)
         self.spec = PreprocessSpec(size=self.image_size)
         self._plans: dict[tuple[int, int], _CpuPlan] = {}
@@ -408,7 +409,7 @@ class CpuPreprocessor:
             try:
                 y, uv = split_nv12(nv12)
             except ValueError as exc:
-                raise ValueError(f"frame {b}: {exc}") from None
+                raise UsageError(f"frame {b}: {exc}") from None
             cp = self._cpu_plan(y.shape[0], y.shape[1])
             p = cp.plan
             # Convert a window aligned to the chroma grid, then cut the exact window out of it.
@@ -435,5 +436,5 @@ class CpuPreprocessor:
             frames = [frames] if frames.ndim == (3 if kind == "BGR" else 2) else list(frames)
         frames = list(frames)
         if not frames:
-            raise ValueError(f"expected at least one {kind} frame, got an empty sequence")
+            raise UsageError(f"expected at least one {kind} frame, got an empty sequence")
         return frames

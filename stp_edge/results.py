@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Box:
@@ -110,16 +112,16 @@ def expand_snippets(values: np.ndarray, num_frames: int, snippet_len: int = 16,
     if ranges is None:
         ranges = [(i * snippet_len, min((i + 1) * snippet_len, num_frames)) for i in range(n)]
     if len(ranges) != n:
-        raise ValueError(f"{n} snippet values but {len(ranges)} ranges")
+        raise UsageError(f"{n} snippet values but {len(ranges)} ranges")
     out = np.full((num_frames, *values.shape[1:]), np.nan, dtype=np.float64)
     covered = np.zeros(num_frames, bool)
     for v, (s, e) in zip(values, ranges, strict=True):
         if not 0 <= s < e:
-            raise ValueError(f"snippet range [{s}, {e}) is empty or negative")
+            raise UsageError(f"snippet range [{s}, {e}) is empty or negative")
         out[s:min(e, num_frames)] = v
         covered[s:min(e, num_frames)] = True
     if num_frames and not covered.any():
-        raise ValueError(f"no snippet covers any of the {num_frames} frames")
+        raise UsageError(f"no snippet covers any of the {num_frames} frames")
     if not covered.all():
         idx, frames = np.flatnonzero(covered), np.arange(num_frames)
         pos = np.searchsorted(idx, frames)

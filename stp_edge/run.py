@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.errors import UsageError
 from stp_edge.pipeline.frames import FrameError
 from stp_edge.report import EventTracker, LatencyStats
 from stp_edge.results import SnippetResult
@@ -293,12 +294,12 @@ def run_video(source: Any, *, bundle: Any = None, detector: Any = None,
     from stp_edge.api import Detector
 
     if detector is None and bundle is None:
-        raise ValueError("run_video needs a bundle or a detector")
+        raise UsageError("run_video needs a bundle or a detector")
     sources = open_sources(source, **(source_kwargs or {}))
     if overlay is not None and len(sources) != 1:
         for src in sources:
             src.close()
-        raise ValueError(f"an overlay is drawn for one source; {len(sources)} sources were given")
+        raise UsageError(f"an overlay is drawn for one source; {len(sources)} sources were given")
     try:
         det = detector if detector is not None else Detector.load(bundle, **load_kwargs)
     except BaseException:

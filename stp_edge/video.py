@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from stp_edge.errors import StpEdgeError
+from stp_edge.errors import StpEdgeError, UsageError
 from stp_edge.pipeline.frames import EncodedFrame, FrameError, validate_frame
 
 URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -66,14 +66,14 @@ class Backoff:
 
     def __post_init__(self) -> None:
         if self.initial_s < 0 or self.max_delay_s < 0:
-            raise ValueError(f"Backoff delays must be >= 0, got initial_s={self.initial_s}, "
+            raise UsageError(f"Backoff delays must be >= 0, got initial_s={self.initial_s}, "
                              f"max_delay_s={self.max_delay_s}")
         if self.factor < 1:
-            raise ValueError(f"Backoff factor must be >= 1, got {self.factor}")
+            raise UsageError(f"Backoff factor must be >= 1, got {self.factor}")
         if self.max_attempts is not None and self.max_attempts < 0:
-            raise ValueError(f"Backoff max_attempts must be >= 0 or None, got {self.max_attempts}")
+            raise UsageError(f"Backoff max_attempts must be >= 0 or None, got {self.max_attempts}")
         if self.max_total_s is not None and self.max_total_s < 0:
-            raise ValueError(f"Backoff max_total_s must be >= 0 or None, got {self.max_total_s}")
+            raise UsageError(f"Backoff max_total_s must be >= 0 or None, got {self.max_total_s}")
 
     @classmethod
     def never(cls) -> Backoff:

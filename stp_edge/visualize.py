@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from stp_edge._deps import require
+from stp_edge.errors import UsageError
 from stp_edge.video import VideoError, VideoWriter
 
 
@@ -34,11 +35,11 @@ def heatmap_overlay(frame_bgr: np.ndarray, anomaly_map: np.ndarray,
     """
     amap = np.asarray(anomaly_map, np.float32)
     if amap.ndim != 2 or not np.all(np.isfinite(amap)):
-        raise ValueError(f"anomaly_map must be a finite 2-D array, got shape {amap.shape}")
+        raise UsageError(f"anomaly_map must be a finite 2-D array, got shape {amap.shape}")
     H, W = frame_bgr.shape[:2]
     x1, y1, x2, y2 = roi if roi is not None else (0, 0, W, H)
     if not (0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H):
-        raise ValueError(f"map roi {roi} is not inside the {W}x{H} frame")
+        raise UsageError(f"map roi {roi} is not inside the {W}x{H} frame")
     up = np.clip(cv2.resize(amap, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR), 0, 1)
     # JET up to 7/8 of its range, so the hottest value is pure red rather than JET's dark maroon end.
     colour = cv2.applyColorMap((up * 223).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
@@ -190,7 +191,7 @@ def plot_timeline(path: str | Path, frame_scores: Sequence[float] | np.ndarray, 
     plt = require("matplotlib.pyplot", "timeline plots")
     scores = np.asarray(frame_scores, float).ravel()
     if scores.size == 0 or fps <= 0:
-        raise ValueError(f"need at least one score and fps > 0, got {scores.size} scores, fps={fps}")
+        raise UsageError(f"need at least one score and fps > 0, got {scores.size} scores, fps={fps}")
     t = np.arange(scores.size) / fps
     fig, ax = plt.subplots(figsize=(8, 2.6), dpi=100)
     try:

@@ -70,7 +70,7 @@ def test_run_writes_one_json_line_per_snippet(tmp_path, handmade_bundle, frames_
     assert len({round(r["score"], 6) for r in lines}) > 5  # scores vary with the video
     out = capsys.readouterr().out
     assert "11 snippets" in out and "42 frames read, 0 dropped" in out
-    assert out.count("snippet ") == 11
+    assert out.count("stream 0 snippet ") == 11
 
 
 def test_run_max_frames(tmp_path, handmade_bundle, frames_factory):
@@ -101,3 +101,33 @@ def test_run_overlay_and_plot(tmp_path, handmade_bundle, frames_factory):
     cap.release()
     assert ok and first.shape == (48, 80, 3)
     assert cv2.imread(str(plot)) is not None
+
+
+def test_scale_and_bench_commands_map_to_their_library_calls():
+    from stp_edge.cli import cmd_bench, cmd_extract, cmd_score, cmd_serve
+
+    p = build_parser()
+    a = p.parse_args(["extract", "vids/", "-o", "feats", "--bundle", "b.stp", "--ray", "--workers", "2",
+                      "--batch", "8", "--format", "ucf-crime", "--annotations", "ann.txt"])
+    assert (a.func, a.videos, str(a.out), str(a.bundle), a.ray, a.workers, a.batch, a.format) == (
+        cmd_extract, "vids/", "feats", "b.stp", True, 2, 8, "ucf-crime")
+    with pytest.raises(SystemExit):  # one encoder: a bundle or CLIP weights, not both, not neither
+        p.parse_args(["extract", "vids/", "-o", "feats"])
+    a = p.parse_args(["score", "vids/", "--bundle", "b.stp", "-o", "res", "--no-resume"])
+    assert (a.func, a.no_resume, a.ray) == (cmd_score, True, False)
+    a = p.parse_args(["serve", "b.stp", "--port", "8123", "--instances", "2"])
+    assert (a.func, a.port, a.instances, a.max_batch) == (cmd_serve, 8123, 2, 16)
+    a = p.parse_args(["bench", "b.stp", "--streams", "4", "--batch", "2", "--no-torch", "--lookahead", "1"])
+    assert (a.func, a.streams, a.batch, a.no_torch, a.lookahead) == (cmd_bench, 4, 2, True, 1)
+    a = p.parse_args(["build-engines", "b.stp", "--opt-batch", "4", "--workspace-mb", "512", "--timing-cache",
+                      "t.cache"])
+    assert (a.opt_batch, a.workspace_mb, str(a.timing_cache)) == (4, 512, "t.cache")
+    a = p.parse_args(["export", "--random", "-o", "m.stp", "--precision", "int8", "--calib", "clips",
+                      "--triton", "repo", "--triton-backend", "tensorrt"])
+    assert (a.precision, str(a.calib), str(a.triton), a.triton_backend) == ("int8", "clips", "repo", ["tensorrt"])
+
+
+def test_export_int8_without_calibration_is_one_line(tmp_path, capsys):
+    assert main(["export", "--random", "-o", str(tmp_path / "m.stp"), "--precision", "int8", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--calib" in err and err.count("\n") == 1 and not (tmp_path / "m.stp").exists()

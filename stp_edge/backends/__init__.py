@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from stp_edge.errors import UsageError
+
 BACKENDS = ("trt", "ort-cuda", "ort-trt", "ort-cpu")
 BACKEND_CHOICES = ("auto", "ort", *BACKENDS)
 TRITON_SCHEME = "triton://"  # backend names "triton://HOST:PORT": graphs served by Triton (backends/triton.py)
@@ -65,13 +67,13 @@ def select_backend(requested: str, available: Availability) -> str:
         for name in ("trt", "ort-cuda", "ort-cpu"):
             if can[name]:
                 return name
-        raise ValueError("no backend can run here: " + "; ".join(available.reasons or ("nothing installed",))
+        raise UsageError("no backend can run here: " + "; ".join(available.reasons or ("nothing installed",))
                          + ". Install onnxruntime: pip install 'stp-edge[ort]'")
     if requested not in can:
-        raise ValueError(f"unknown backend {requested!r}; expected 'auto', 'ort' or one of {BACKENDS}")
+        raise UsageError(f"unknown backend {requested!r}; expected 'auto', 'ort' or one of {BACKENDS}")
     if not can[requested]:
         why = "; ".join(available.reasons) or "its dependencies are missing"
-        raise ValueError(f"backend {requested!r} cannot run here: {why}")
+        raise UsageError(f"backend {requested!r} cannot run here: {why}")
     return requested
 
 
@@ -166,7 +168,7 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
         return {g: TrtRunner(bundle.plan_path(engine, g), device=device, name=f"{g}.plan",
                              allow_host_code=allow_host_code, profiles=profiles.get(g)) for g in names}
     if backend not in ORT_PROVIDERS:
-        raise ValueError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
+        raise UsageError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
     from stp_edge.backends.ort import OrtRunner
 
     profiles = None

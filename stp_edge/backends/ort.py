@@ -16,6 +16,7 @@ import numpy as np
 
 from stp_edge._deps import require
 from stp_edge.backends.base import InputError, Runner, RunnerError, TensorSpec, feed_layout
+from stp_edge.errors import UsageError
 
 ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -66,7 +67,7 @@ def shape_list(shapes: Mapping[str, Sequence[int]]) -> str:
     """ONNX Runtime's TensorRT provider shape syntax: {"a": (1, 3), "b": (2,)} -> "a:1x3,b:2"."""
     for name in shapes:
         if not name or any(c in name for c in ":,"):
-            raise ValueError(f"input name {name!r} cannot be written in a TensorRT provider shape list")
+            raise UsageError(f"input name {name!r} cannot be written in a TensorRT provider shape list")
     return ",".join(f"{name}:{'x'.join(str(int(d)) for d in shape)}" for name, shape in shapes.items())
 
 
@@ -90,7 +91,7 @@ def trt_provider_options(device_id: int, *, fp16: bool, cache_dir: str | os.Path
         for name, p in profiles.items():
             if len(p) != 3 or len({len(s) for s in p}) != 1 or not all(
                     a <= b <= c for a, b, c in zip(*p, strict=True)):
-                raise ValueError(f"profile of {name!r} must be (min, opt, max) shapes of one rank with "
+                raise UsageError(f"profile of {name!r} must be (min, opt, max) shapes of one rank with "
                                  f"min <= opt <= max, got {p}")
         for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):
             options[key] = shape_list({name: p[i] for name, p in profiles.items()})
@@ -123,7 +124,7 @@ class OrtRunner(Runner):
         self.path = Path(path)
         super().__init__(name or self.path.name)
         if graph_optimization_level not in OPT_LEVELS:
-            raise ValueError(f"graph_optimization_level must be one of {OPT_LEVELS}, got "
+            raise UsageError(f"graph_optimization_level must be one of {OPT_LEVELS}, got "
                              f"{graph_optimization_level!r}")
         self.requested_providers = providers
         self.device_id = device_id

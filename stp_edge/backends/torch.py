@@ -9,6 +9,7 @@ import numpy as np
 
 from stp_edge._deps import require
 from stp_edge.backends.base import Runner, TensorSpec
+from stp_edge.errors import UsageError
 
 
 class TorchRunner(Runner):
@@ -37,7 +38,7 @@ class TorchRunner(Runner):
 
         source = bundle.manifest.get("source")
         if not source:
-            raise ValueError(f"bundle {bundle.path} records no model source; the torch backend cannot rebuild it")
+            raise UsageError(f"bundle {bundle.path} records no model source; the torch backend cannot rebuild it")
         model = build_model(ModelSource.from_manifest(source))
         return cls(build_graphs(model)[graph], graph, device=device)
 

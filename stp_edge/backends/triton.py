@@ -20,6 +20,7 @@ import numpy as np
 
 from stp_edge._deps import MissingDependencyError
 from stp_edge.backends.base import Runner, RunnerError, TensorSpec
+from stp_edge.errors import UsageError
 
 SCHEME = "triton://"
 TRITON_DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64,
@@ -33,14 +34,14 @@ def parse_triton_url(backend: str) -> str:
         ValueError: Not a triton:// name, or no host and port.
     """
     if not backend.startswith(SCHEME):
-        raise ValueError(f"not a Triton backend name: {backend!r} (expected {SCHEME}HOST:PORT)")
+        raise UsageError(f"not a Triton backend name: {backend!r} (expected {SCHEME}HOST:PORT)")
     parts = urlsplit(backend)
     try:
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"{backend!r}: invalid port ({exc})") from None
+        raise UsageError(f"{backend!r}: invalid port ({exc})") from None
     if not parts.hostname or port is None or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"{backend!r}: expected {SCHEME}HOST:PORT, e.g. {SCHEME}127.0.0.1:8000")
+        raise UsageError(f"{backend!r}: expected {SCHEME}HOST:PORT, e.g. {SCHEME}127.0.0.1:8000")
     return parts.netloc
 
 

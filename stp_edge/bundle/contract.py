@@ -16,6 +16,7 @@ from typing import Any
 
 from stp_edge.bundle.errors import GraphMismatchError
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import UsageError
 
 Shape = list  # of int (a fixed size) or str (a symbolic, dynamic axis)
 ONNX_FLOAT = 1  # TensorProto.FLOAT: every graph boundary is float32, whatever the precision inside
@@ -43,7 +44,7 @@ def expected_io(cfg: STPromptConfig, regions: str = "encoder") -> dict[str, dict
             (older bundles: it outputs patch_emb [B,N,E] and the runtime derives the regions).
     """
     if regions not in REGION_FEATURES:
-        raise ValueError(f"region_features must be one of {REGION_FEATURES}, got {regions!r}")
+        raise UsageError(f"region_features must be one of {REGION_FEATURES}, got {regions!r}")
     S, N, E = cfg.vision.image_size, cfg.vision.num_patches, cfg.vision.embed_dim
     R2, K = cfg.num_regions, cfg.num_classes
     second = {"region_emb": ["B", R2, E]} if regions == "encoder" else {"patch_emb": ["B", N, E]}

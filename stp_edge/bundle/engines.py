@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stp_edge.bundle.errors import ManifestError
+from stp_edge.errors import UsageError
 
 Shape = tuple[int, ...]
 Profile = tuple[Shape, Shape, Shape]  # (min, opt, max)
@@ -54,9 +55,9 @@ def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1, ma
     window = 2 * config.context + 1
     max_snippets = window if max_snippets is None else max_snippets
     if max_batch < 1 or not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}")
+        raise UsageError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}")
     if max_snippets < window:
-        raise ValueError(f"max_snippets={max_snippets} is smaller than the streaming window 2c+1={window}; "
+        raise UsageError(f"max_snippets={max_snippets} is smaller than the streaming window 2c+1={window}; "
                          f"streaming could not run")
     v, r2, e = config.vision, config.num_regions, config.vision.embed_dim
     s = v.image_size

@@ -25,6 +25,7 @@ from stp_edge.bundle.engines import EngineInfo
 from stp_edge.bundle.errors import ChecksumError, ManifestError, MissingFileError, UnsafePathError
 from stp_edge.bundle.schema import SchemaViolation, validate
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import UsageError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -49,7 +50,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def _jcs_number(x: float) -> str:
     """A float as ECMAScript's Number.prototype.toString writes it (RFC 8785 section 3.2.2.3)."""
     if not math.isfinite(x):
-        raise ValueError(f"{x} is not a JSON number")
+        raise UsageError(f"{x} is not a JSON number")
     if x == 0:
         return "0"
     sign, r = ("-" if x < 0 else ""), repr(abs(x))  # repr: the shortest digits that round-trip
@@ -209,17 +210,17 @@ def _strict_json(text: str) -> Any:
         out: dict[str, Any] = {}
         for k, v in items:
             if k in out:
-                raise ValueError(f"duplicate key {k!r}")
+                raise UsageError(f"duplicate key {k!r}")
             out[k] = v
         return out
 
     def constant(name: str) -> None:
-        raise ValueError(f"{name} is not a JSON number")
+        raise UsageError(f"{name} is not a JSON number")
 
     def number(s: str) -> float:
         x = float(s)
         if not math.isfinite(x):
-            raise ValueError(f"number {s[:40]} overflows a double")
+            raise UsageError(f"number {s[:40]} overflows a double")
         return x
 
     return json.loads(text, object_pairs_hook=pairs, parse_constant=constant, parse_float=number)

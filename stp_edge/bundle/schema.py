@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from stp_edge.errors import StpEdgeError
+from stp_edge.errors import StpEdgeError, UsageError
 
 SCHEMA_ID = "https://stp-edge.dev/schemas/manifest-1.schema.json"
 
@@ -164,7 +164,7 @@ def _type_ok(value: Any, name: str) -> bool:
         if isinstance(value, float):
             return math.isfinite(value)
         return isinstance(value, int) and not isinstance(value, bool)
-    raise ValueError(f"schema uses unknown type {name!r}")
+    raise UsageError(f"schema uses unknown type {name!r}")
 
 
 def _show(value: Any) -> str:
@@ -189,7 +189,7 @@ class _Validator:
             return
         unknown = set(schema) - _KEYWORDS
         if unknown:
-            raise ValueError(f"schema uses keywords the validator does not implement: {sorted(unknown)}")
+            raise UsageError(f"schema uses keywords the validator does not implement: {sorted(unknown)}")
         for key in ("properties", "$defs"):
             for sub in schema.get(key, {}).values():
                 self._check_keywords(sub)
@@ -201,7 +201,7 @@ class _Validator:
 
     def _resolve(self, ref: str) -> Mapping[str, Any]:
         if not ref.startswith("#/$defs/"):
-            raise ValueError(f"schema $ref {ref!r} is not local")
+            raise UsageError(f"schema $ref {ref!r} is not local")
         return self.root["$defs"][ref[len("#/$defs/"):]]
 
     def check(self, value: Any, schema: Any, where: str) -> None:

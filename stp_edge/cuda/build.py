@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stp_edge.errors import StpEdgeError
+from stp_edge.errors import MissingInputError, StpEdgeError
 
 DEFAULT_ARCHS: tuple[str, ...] = ("80", "86", "87", "89", "90", "110")
 DEFAULT_PTX = "90"
@@ -48,7 +48,7 @@ def kernels_dir() -> Path:
     repo = Path(__file__).resolve().parents[2] / "kernels"
     if (repo / SOURCE).is_file():
         return repo
-    raise FileNotFoundError(f"cannot find {SOURCE}: neither the stp_edge.kernels package nor {repo} has it")
+    raise MissingInputError(f"cannot find {SOURCE}: neither the stp_edge.kernels package nor {repo} has it")
 
 
 def source_digest(directory: Path | None = None) -> str:

@@ -14,16 +14,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from stp_edge._deps import require
+from stp_edge.errors import UsageError
 
 
 def check_device(device: int, count: int) -> int:
     """`device` as an ordinal of one of `count` CUDA devices, or a ValueError that names what exists."""
     if isinstance(device, bool) or not isinstance(device, int):
-        raise ValueError(f"CUDA device must be an integer ordinal, got {device!r}")
+        raise UsageError(f"CUDA device must be an integer ordinal, got {device!r}")
     if count <= 0:
-        raise ValueError("no CUDA device is visible (check CUDA_VISIBLE_DEVICES and the driver)")
+        raise UsageError("no CUDA device is visible (check CUDA_VISIBLE_DEVICES and the driver)")
     if not 0 <= device < count:
-        raise ValueError(f"CUDA device {device} does not exist; this machine has {count} (0..{count - 1})")
+        raise UsageError(f"CUDA device {device} does not exist; this machine has {count} (0..{count - 1})")
     return device
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from stp_edge.cuda.context import PrimaryContext
 from stp_edge.cuda.kernels import BLOCK, grid_h, grid_v, load_kernels
 from stp_edge.cuda.memory import DeviceArray
+from stp_edge.errors import UsageError
 from stp_edge.pipeline.frames import validate_frame
 from stp_edge.preprocess import (
     CropResizePlan,
@@ -103,9 +104,9 @@ class CudaPreprocessor:
         """
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float16):
-            raise ValueError(f"dtype must be float32 or float16, got {self.dtype}")
+            raise UsageError(f"dtype must be float32 or float16, got {self.dtype}")
         if image_size <= 0 or max_batch <= 0:
-            raise ValueError(f"image_size and max_batch must be positive, got {image_size}, {max_batch}")
+            raise UsageError(f"image_size and max_batch must be positive, got {image_size}, {max_batch}")
         self.image_size = int(image_size)
         self.max_batch = int(max_batch)
         self.spec = PreprocessSpec(size=self.image_size)
@@ -191,7 +192,7 @@ class CudaPreprocessor:
             try:
                 split_nv12(f)
             except ValueError as exc:
-                raise ValueError(f"frame {i}: {exc}") from None
+                raise UsageError(f"frame {i}: {exc}") from None
         rows, w = self._common_shape([f.shape for f in frames])
         h = rows * 2 // 3
         dev = self._upload(frames)
@@ -231,14 +232,14 @@ class CudaPreprocessor:
             sync: wait for the result before returning.
         """
         if fmt not in _FORMATS:
-            raise ValueError(f"fmt must be one of {_FORMATS}, got {fmt!r}")
+            raise UsageError(f"fmt must be one of {_FORMATS}, got {fmt!r}")
         if not 0 < batch <= self.max_batch:
-            raise ValueError(f"batch must be 1..max_batch={self.max_batch}, got {batch}")
+            raise UsageError(f"batch must be 1..max_batch={self.max_batch}, got {batch}")
         min_pitch = 3 * width if fmt == "bgr8" else width
         if pitch < min_pitch:
-            raise ValueError(f"pitch {pitch} is smaller than a {fmt} row of width {width} ({min_pitch} bytes)")
+            raise UsageError(f"pitch {pitch} is smaller than a {fmt} row of width {width} ({min_pitch} bytes)")
         if fmt == "nv12" and (height % 2 or width % 2):
-            raise ValueError(f"NV12 needs even height and width, got {height}x{width}")
+            raise UsageError(f"NV12 needs even height and width, got {height}x{width}")
         dp = self._device_plan(height, width)
         p = dp.plan
         mid = self._mid_buffer(batch * 3 * p.mid_rows * p.size)
@@ -313,15 +314,15 @@ class CudaPreprocessor:
             frames = [frames] if frames.ndim == ndim else list(frames)
         frames = list(frames)
         if not frames:
-            raise ValueError("expected at least one frame, got an empty sequence")
+            raise UsageError("expected at least one frame, got an empty sequence")
         if len(frames) > self.max_batch:
-            raise ValueError(f"{len(frames)} frames exceed max_batch={self.max_batch}; split the batch")
+            raise UsageError(f"{len(frames)} frames exceed max_batch={self.max_batch}; split the batch")
         return frames
 
     @staticmethod
     def _common_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
         if any(s != shapes[0] for s in shapes):
-            raise ValueError(
+            raise UsageError(
                 f"CudaPreprocessor batches frames of one size; got shapes {sorted(set(shapes))}. "
                 "Call it once per size (or use CpuPreprocessor, which accepts mixed sizes)."
             )

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
+from stp_edge.errors import UsageError
+
 CU_STREAM_LEGACY = 1
 CU_STREAM_PER_THREAD = 2
 CU_EVENT_DISABLE_TIMING = 0x2
@@ -32,7 +34,7 @@ def producer_stream(value: Any, consumer: int) -> int | None:
         return None
     stream = int(cai["stream"])
     if stream == 0:
-        raise ValueError("__cuda_array_interface__ stream 0 is not allowed (version 3): the producer must give "
+        raise UsageError("__cuda_array_interface__ stream 0 is not allowed (version 3): the producer must give "
                          "1 (legacy default stream), 2 (per-thread default stream) or its CUstream")
     return None if stream == int(consumer) else stream
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.errors import MissingInputError, StpEdgeError
 from stp_edge.model.sources import demo_checkpoint_dir
 from stp_edge.report import Event, format_latency, latency_table, merge_events
 
@@ -47,7 +48,7 @@ def ensure_demo_bundle(out: Path, report: Callable[[str], None] = print) -> Path
 
     weights = demo_checkpoint_dir() / "model.safetensors"
     if not weights.is_file():
-        raise FileNotFoundError(f"the demo model's weights are missing ({weights}); rebuild them with "
+        raise MissingInputError(f"the demo model's weights are missing ({weights}); rebuild them with "
                                 "`python scripts/train_demo.py --out demo_model/stp_edge_demo_model`")
     want = sha256_file(weights)
     try:
@@ -60,7 +61,7 @@ def ensure_demo_bundle(out: Path, report: Callable[[str], None] = print) -> Path
     cmd = [sys.executable, "-m", "stp_edge.cli", "export", "--demo", "-o", str(out), "--force"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"exporting the demo model failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+        raise StpEdgeError(f"exporting the demo model failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
     return out
 
 

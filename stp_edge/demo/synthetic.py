@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from stp_edge.config import DEMO_CLASSES
+from stp_edge.errors import UsageError
 from stp_edge.video import CODECS, VideoError, VideoWriter
 
 CLASS_NAMES: tuple[str, ...] = DEMO_CLASSES
@@ -526,11 +527,11 @@ class ClipPlan:
     def __init__(self, seed: int, *, width: int, height: int, num_frames: int, anomaly: str | None,
                  fps: float, layout_seed: int | None, twin_of: str | None = None) -> None:
         if anomaly is not None and anomaly not in CLASS_NAMES:
-            raise ValueError(f"anomaly={anomaly!r} is not a class; expected None or one of {CLASS_NAMES}")
+            raise UsageError(f"anomaly={anomaly!r} is not a class; expected None or one of {CLASS_NAMES}")
         if twin_of is not None and (twin_of not in ANOMALY_CLASSES or anomaly not in (None, "normal")):
-            raise ValueError(f"twin_of={twin_of!r} needs a normal clip (anomaly=None) and one of {ANOMALY_CLASSES}")
+            raise UsageError(f"twin_of={twin_of!r} needs a normal clip (anomaly=None) and one of {ANOMALY_CLASSES}")
         if num_frames < 16 or width < 64 or height < 64:
-            raise ValueError(f"clip too small: got {num_frames} frames of {width}x{height}, "
+            raise UsageError(f"clip too small: got {num_frames} frames of {width}x{height}, "
                              "expected >= 16 frames of >= 64x64")
         self.seed, self.num_frames, self.fps = int(seed), int(num_frames), float(fps)
         self.class_name = anomaly or "normal"
@@ -906,12 +907,12 @@ def write_benchmark(out_dir: str | Path, *, split: str, num_videos: int, seed: i
         Path of the written manifest.json.
     """
     if codec not in CODECS:
-        raise ValueError(f"codec={codec!r} not supported; expected one of {sorted(CODECS)}")
+        raise UsageError(f"codec={codec!r} not supported; expected one of {sorted(CODECS)}")
     bad = [c for c in classes if c not in ANOMALY_CLASSES]
     if bad or not classes:
-        raise ValueError(f"classes={list(classes)!r}: expected a non-empty subset of {ANOMALY_CLASSES}")
+        raise UsageError(f"classes={list(classes)!r}: expected a non-empty subset of {ANOMALY_CLASSES}")
     if num_videos < 1 or not 0 <= anomaly_ratio <= 1:
-        raise ValueError(f"num_videos={num_videos}, anomaly_ratio={anomaly_ratio}: "
+        raise UsageError(f"num_videos={num_videos}, anomaly_ratio={anomaly_ratio}: "
                          "expected num_videos >= 1 and anomaly_ratio in [0, 1]")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

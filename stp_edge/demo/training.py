@@ -58,6 +58,7 @@ import torch.nn.functional as F
 
 from stp_edge.bundle import sha256_file
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import UsageError
 from stp_edge.eval.metrics import box_iou, rank_auc
 from stp_edge.model.train import mil_losses
 from stp_edge.preprocess import CLIP_MEAN, CLIP_STD
@@ -204,9 +205,9 @@ def make_demo_videos(split: str, num_videos: int, *, seed: int, cfg: STPromptCon
 
     s = settings or DemoTrainSettings()
     if cfg.frames_per_snippet != 1:
-        raise ValueError("demo training samples one frame per snippet; set frames_per_snippet=1")
+        raise UsageError("demo training samples one frame per snippet; set frames_per_snippet=1")
     if tuple(cfg.class_names) != CLASS_NAMES:
-        raise ValueError(f"demo config classes {cfg.class_names} differ from the synthetic ones {CLASS_NAMES}")
+        raise UsageError(f"demo config classes {cfg.class_names} differ from the synthetic ones {CLASS_NAMES}")
     pre = CpuPreprocessor(cfg.vision.image_size)
     rng = np.random.default_rng(_split_seed(seed, split, 0))
     n_anom = num_videos // 2
@@ -521,9 +522,9 @@ def train_demo(settings: DemoTrainSettings, *, train: Sequence[DemoVideo] | None
         val = make_demo_videos("val", settings.val_videos, seed=settings.seed, cfg=cfg, settings=settings,
                                progress=progress)
     if not train:
-        raise ValueError("no training videos")
+        raise UsageError("no training videos")
     if settings.select not in ("last", "val_loss"):
-        raise ValueError(f"select={settings.select!r}; expected 'last' or 'val_loss'")
+        raise UsageError(f"select={settings.select!r}; expected 'last' or 'val_loss'")
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stp_edge.errors import StpEdgeError
+from stp_edge.errors import MissingInputError, StpEdgeError, UsageError
 
 
 class AnnotationError(StpEdgeError, ValueError):
@@ -57,7 +57,7 @@ class VideoGroundTruth:
         """Per-frame 0/1 labels [num_frames] (defaults to `self.num_frames`)."""
         n = self.num_frames if num_frames is None else num_frames
         if n is None:
-            raise ValueError(f"{self.name}: frame count unknown; pass num_frames")
+            raise UsageError(f"{self.name}: frame count unknown; pass num_frames")
         y = np.zeros(n, np.int64)
         for s, e in self.ranges:
             y[max(0, s):min(n, e)] = 1
@@ -433,12 +433,12 @@ def load_ground_truth(data: str | Path, fmt: str = "synthetic", annotations: str
     if fmt == "ubnormal":
         return read_ubnormal(data)
     if annotations is None:
-        raise ValueError(f"format {fmt!r} needs the annotations path (--annotations)")
+        raise UsageError(f"format {fmt!r} needs the annotations path (--annotations)")
     if fmt == "ucf-crime":
         return read_ucf_crime(annotations, class_names=class_names)
     if fmt == "shanghaitech":
         return read_shanghaitech(annotations)
-    raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    raise UsageError(f"unknown format {fmt!r}; expected one of {FORMATS}")
 
 
 def find_video(data: Path, name: str) -> Path:
@@ -449,5 +449,5 @@ def find_video(data: Path, name: str) -> Path:
     for c in candidates:
         if c.is_file() or (c.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in c.iterdir())):
             return c
-    raise FileNotFoundError(f"video {name!r} of the annotations was not found under {data} (tried a file with "
+    raise MissingInputError(f"video {name!r} of the annotations was not found under {data} (tried a file with "
                             f"extensions {VIDEO_EXTENSIONS} and a directory of frames)")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from stp_edge._deps import require
+from stp_edge.errors import UsageError
 from stp_edge.eval.datasets import GroundTruthMismatch, VideoGroundTruth, check_ground_truth
 
 
@@ -80,9 +81,9 @@ def frame_auc_ap(scores: np.ndarray, labels: np.ndarray) -> tuple[float | None, 
     metrics = require("sklearn.metrics", "evaluation")
     scores, labels = np.asarray(scores, float).ravel(), np.asarray(labels).ravel()
     if scores.shape != labels.shape:
-        raise ValueError(f"scores has {scores.size} frames but labels has {labels.size}")
+        raise UsageError(f"scores has {scores.size} frames but labels has {labels.size}")
     if not np.all(np.isfinite(scores)):
-        raise ValueError(f"scores contain {int((~np.isfinite(scores)).sum())} non-finite values")
+        raise UsageError(f"scores contain {int((~np.isfinite(scores)).sum())} non-finite values")
     if labels.min(initial=0) == labels.max(initial=0):
         return None, None
     return (float(metrics.roc_auc_score(labels, scores)),
@@ -133,7 +134,7 @@ def tiou(scores: np.ndarray, pred_boxes: np.ndarray, gt_boxes: np.ndarray, gt_la
     pred_boxes, gt_boxes = np.asarray(pred_boxes, float), np.asarray(gt_boxes, float)
     n = scores.shape[0]
     if pred_boxes.shape != (n, 4) or gt_boxes.shape != (n, 4) or np.shape(gt_labels) != (n,):
-        raise ValueError(f"shape mismatch: scores {scores.shape}, pred_boxes {pred_boxes.shape}, "
+        raise UsageError(f"shape mismatch: scores {scores.shape}, pred_boxes {pred_boxes.shape}, "
                          f"gt_boxes {gt_boxes.shape}, gt_labels {np.shape(gt_labels)}; expected [F], [F,4], "
                          "[F,4], [F]")
     sel = (np.asarray(gt_labels) > 0) & np.all(np.isfinite(gt_boxes), axis=1)
@@ -162,7 +163,7 @@ def evaluate_videos(gts: Sequence[VideoGroundTruth], preds: Mapping[str, VideoPr
     """
     missing = [g.name for g in gts if g.name not in preds]
     if missing:
-        raise ValueError(f"no prediction for {len(missing)} video(s): {missing[:5]}")
+        raise UsageError(f"no prediction for {len(missing)} video(s): {missing[:5]}")
     per_video = []
     for g in gts:
         p = preds[g.name]
@@ -174,7 +175,7 @@ def evaluate_videos(gts: Sequence[VideoGroundTruth], preds: Mapping[str, VideoPr
             raise GroundTruthMismatch(f"{g.name}: " + "; ".join(problems))
         pb = p.boxes if p.boxes is not None else np.full((n, 4), np.nan)
         if np.shape(pb) != (n, 4):
-            raise ValueError(f"{g.name}: boxes shape {np.shape(pb)}, expected ({n}, 4)")
+            raise UsageError(f"{g.name}: boxes shape {np.shape(pb)}, expected ({n}, 4)")
         per_video.append((g, np.asarray(p.scores, float), g.frame_labels(n), np.asarray(pb, float),
                           g.box_array(n)))
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.errors import UsageError
 from stp_edge.eval.datasets import (
     IMAGE_EXTENSIONS,
     GroundTruthMismatch,
@@ -20,12 +21,13 @@ from stp_edge.eval.datasets import (
 )
 from stp_edge.eval.metrics import EvalResult, VideoPrediction, evaluate_videos
 from stp_edge.results import expand_snippets, frame_scores
+from stp_edge.video import VideoError
 
 
 def prediction_from_results(results: Sequence[Any], num_frames: int) -> VideoPrediction:
     """Expand one video's `SnippetResult`s to per-frame scores and top boxes (highest box score per snippet)."""
     if not results:
-        raise ValueError(f"no snippet results for a {num_frames}-frame video")
+        raise UsageError(f"no snippet results for a {num_frames}-frame video")
     top = np.full((len(results), 4), np.nan)
     for k, r in enumerate(results):
         if r.boxes:
@@ -54,7 +56,7 @@ def _run_on_frame_dir(det: Any, path: Path) -> _Decoded:
     for f in files:
         frame = cv2.imread(str(f), cv2.IMREAD_COLOR)
         if frame is None:
-            raise OSError(f"cannot read frame image {f}")
+            raise VideoError(f"cannot read frame image {f} (not an image, or unreadable)")
         results += det.push(frame)
     return _Decoded(results + det.flush(), len(files))
 
@@ -111,7 +113,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
     from stp_edge.api import Detector
 
     if on_mismatch not in ON_MISMATCH:
-        raise ValueError(f"on_mismatch must be one of {ON_MISMATCH}, got {on_mismatch!r}")
+        raise UsageError(f"on_mismatch must be one of {ON_MISMATCH}, got {on_mismatch!r}")
     data = Path(data)
     preds: dict[str, VideoPrediction] = {}
     kept: list[VideoGroundTruth] = []

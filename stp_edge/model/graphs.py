@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from stp_edge.errors import UsageError
 from stp_edge.model.stprompt import STPrompt
 
 
@@ -45,7 +46,7 @@ HOST_REGIONS_ENCODER = GraphSpec("encoder", ("images",), ("frame_emb", "patch_em
 def graph_specs(regions: str = "encoder") -> dict[str, GraphSpec]:
     """The three graphs' specs for a bundle's `region_features` ("encoder" or "host")."""
     if regions not in ("encoder", "host"):
-        raise ValueError(f"region_features must be 'encoder' or 'host', got {regions!r}")
+        raise UsageError(f"region_features must be 'encoder' or 'host', got {regions!r}")
     return {**GRAPH_SPECS, "encoder": HOST_REGIONS_ENCODER} if regions == "host" else dict(GRAPH_SPECS)
 
 
@@ -55,7 +56,7 @@ class _Graph(nn.Module):
     def __init__(self, model: STPrompt, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if not model.text_frozen:
-            raise ValueError("freeze the text side (model.freeze_text()) before building export graphs")
+            raise UsageError("freeze the text side (model.freeze_text()) before building export graphs")
         self.model = model
         self.dtype = dtype
 

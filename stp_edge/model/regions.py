@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from stp_edge.errors import UsageError
 from stp_edge.geometry import bilinear_matrix, crop_windows
 
 
@@ -15,7 +16,7 @@ def pool_regions(patch_emb: torch.Tensor, grid: int, r: int) -> torch.Tensor:
     """patch_emb [B,N,E] on a grid x grid patch layout -> [B,R*R,E], mean over (grid/R)^2 blocks, row-major."""
     b, n, e = patch_emb.shape
     if n != grid * grid or grid % r:
-        raise ValueError(f"cannot pool {n} patches (grid {grid}) into {r}x{r} regions")
+        raise UsageError(f"cannot pool {n} patches (grid {grid}) into {r}x{r} regions")
     s = grid // r
     x = patch_emb.reshape(b, r, s, r, s, e)
     return x.mean(dim=(2, 4)).reshape(b, r * r, e)

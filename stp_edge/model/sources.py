@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from stp_edge._deps import MissingDependencyError, require
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import MissingInputError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -82,13 +83,13 @@ def build_model(source: ModelSource) -> Any:
     elif source.kind in ("checkpoint", "demo"):
         path = Path(source.checkpoint) if source.kind == "checkpoint" else demo_checkpoint_dir()
         if source.kind == "demo" and not (path / "model.safetensors").is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"the demo model's weights are missing ({path}); rebuild them with "
                 "`python scripts/train_demo.py --out demo_model/stp_edge_demo_model`"
             )
         model = load_stprompt(path)
     else:
-        raise ValueError(f"unknown model source kind {source.kind!r}; expected checkpoint, demo or random")
+        raise UsageError(f"unknown model source kind {source.kind!r}; expected checkpoint, demo or random")
     if source.clip_weights:
         load_clip_into(model, source.clip_weights)
         model.text_frozen = False  # new CLIP text weights change the class and query features

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stp_edge.errors import MissingInputError, UsageError
+
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_PATH = Path(__file__).parent / "assets" / BPE_FILENAME
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -29,10 +31,10 @@ def find_bpe_file() -> Path:
     env = os.environ.get("STP_EDGE_BPE_PATH")
     if env:
         if not Path(env).is_file():
-            raise FileNotFoundError(f"STP_EDGE_BPE_PATH={env} does not exist")
+            raise MissingInputError(f"STP_EDGE_BPE_PATH={env} does not exist")
         return Path(env)
     if not BPE_PATH.is_file():
-        raise FileNotFoundError(f"{BPE_PATH} is missing: stp-edge was installed without its package data")
+        raise MissingInputError(f"{BPE_PATH} is missing: stp-edge was installed without its package data")
     return BPE_PATH
 
 
@@ -134,7 +136,7 @@ class Tokenizer:
         for row, text in enumerate(texts):
             ids = [self.sot, *self.encode(text), self.eot]
             if len(ids) > context_length:
-                raise ValueError(
+                raise UsageError(
                     f"text {row} ({text[:40]!r}...) is {len(ids)} tokens, longer than context_length={context_length}"
                 )
             out[row, : len(ids)] = ids

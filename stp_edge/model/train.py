@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stp_edge.errors import MissingInputError, UsageError
+
 
 @dataclass
 class FeatureVideo:
@@ -72,7 +74,7 @@ def train_on_features(
     from tqdm.auto import tqdm
 
     if not videos:
-        raise ValueError("no training videos")
+        raise UsageError("no training videos")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.text_frozen = False
@@ -122,16 +124,16 @@ def load_feature_dir(path: str | Path) -> list[FeatureVideo]:
     """Read every `*.npz` (frame_emb [T,E], region_emb [T,R2,E], label) under `path`."""
     files = sorted(Path(path).glob("*.npz"))
     if not files:
-        raise FileNotFoundError(f"no .npz feature files in {path}")
+        raise MissingInputError(f"no .npz feature files in {path}")
     videos = []
     for f in files:
         with np.load(f) as z:
             missing = {"frame_emb", "region_emb", "label"} - set(z.files)
             if missing:
-                raise ValueError(f"{f}: missing arrays {sorted(missing)}")
+                raise UsageError(f"{f}: missing arrays {sorted(missing)}")
             fe, re_ = z["frame_emb"], z["region_emb"]
             if fe.ndim != 2 or re_.ndim != 3 or re_.shape[0] != fe.shape[0] or re_.shape[2] != fe.shape[1]:
-                raise ValueError(f"{f}: frame_emb {fe.shape} and region_emb {re_.shape} are not [T,E] and [T,R2,E]")
+                raise UsageError(f"{f}: frame_emb {fe.shape} and region_emb {re_.shape} are not [T,E] and [T,R2,E]")
             videos.append(FeatureVideo(torch.from_numpy(fe).float(), torch.from_numpy(re_).float(),
                                        int(z["label"]), f.stem))
     return videos
@@ -154,11 +156,11 @@ def train_features_cli(args) -> int:
     e, r2 = model.cfg.vision.embed_dim, model.cfg.num_regions
     v = videos[0]
     if v.frame_emb.shape[1] != e or v.region_emb.shape[1] != r2:
-        raise ValueError(f"{args.features}: features are E={v.frame_emb.shape[1]}, R2={v.region_emb.shape[1]}; "
+        raise UsageError(f"{args.features}: features are E={v.frame_emb.shape[1]}, R2={v.region_emb.shape[1]}; "
                          f"the model expects E={e}, R2={r2}")
     bad = sorted({x.label for x in videos if not 0 <= x.label < model.cfg.num_classes})
     if bad:
-        raise ValueError(f"labels {bad} are outside the model's {model.cfg.num_classes} classes")
+        raise UsageError(f"labels {bad} are outside the model's {model.cfg.num_classes} classes")
     history = train_on_features(model, videos, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                 seed=args.seed)
     out = save_stprompt(model, args.out)

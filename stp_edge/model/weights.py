@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from stp_edge.config import STPromptConfig, TextConfig, VisionConfig
-from stp_edge.errors import StpEdgeError
+from stp_edge.errors import MissingInputError, StpEdgeError, UsageError
 
 # Metadata tensors in OpenAI's archives that are not parameters.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -39,7 +39,7 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an OpenAI CLIP checkpoint (TorchScript archive as released, or a state_dict file) to a state_dict."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CLIP checkpoint {path} does not exist")
+        raise MissingInputError(f"CLIP checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -123,7 +123,7 @@ def save_stprompt(model, out_dir: str | Path, *, text_tower: bool = True) -> Pat
     from safetensors.torch import save_file
 
     if not text_tower and not model.text_frozen:
-        raise ValueError("text_tower=False needs frozen text features (call model.freeze_text() first)")
+        raise UsageError("text_tower=False needs frozen text features (call model.freeze_text() first)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
@@ -145,7 +145,7 @@ def load_stprompt(path: str | Path, tokenizer=None):
     cfg_file, w_file = path / CHECKPOINT_CONFIG, path / CHECKPOINT_WEIGHTS
     for f in (cfg_file, w_file):
         if not f.is_file():
-            raise FileNotFoundError(f"STPrompt checkpoint {path} has no {f.name}")
+            raise MissingInputError(f"STPrompt checkpoint {path} has no {f.name}")
     meta = json.loads(cfg_file.read_text())
     if meta.get("format") != "stp-edge/stprompt":
         raise CheckpointError(f"{cfg_file}: field 'format' is {meta.get('format')!r}, expected 'stp-edge/stprompt'")

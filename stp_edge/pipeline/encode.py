@@ -25,6 +25,7 @@ import numpy as np
 
 from stp_edge.backends.base import Runner, is_device_array
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import UsageError
 from stp_edge.geometry import bilinear_matrix, crop_windows
 from stp_edge.pipeline.snippets import Snippet
 
@@ -38,12 +39,12 @@ def pool_regions(patch_emb: np.ndarray, grid: int, R: int) -> np.ndarray:
         ValueError: N != grid*grid or R does not divide grid.
     """
     if patch_emb.ndim != 3:
-        raise ValueError(f"pool_regions: patch_emb must be [B, N, E], got shape {patch_emb.shape}")
+        raise UsageError(f"pool_regions: patch_emb must be [B, N, E], got shape {patch_emb.shape}")
     B, N, E = patch_emb.shape
     if N != grid * grid:
-        raise ValueError(f"pool_regions: patch_emb has N={N} tokens, expected grid*grid={grid * grid}")
+        raise UsageError(f"pool_regions: patch_emb has N={N} tokens, expected grid*grid={grid * grid}")
     if R < 1 or grid % R:
-        raise ValueError(f"pool_regions: region grid R={R} must divide the patch grid {grid}")
+        raise UsageError(f"pool_regions: region grid R={R} must divide the patch grid {grid}")
     k = grid // R
     x = patch_emb.reshape(B, R, k, R, k, E)
     return x.mean(axis=(2, 4)).reshape(B, R * R, E)
@@ -57,7 +58,7 @@ def make_crops(images: np.ndarray, R: int) -> np.ndarray:
         row-major window order.
     """
     if images.ndim != 4 or images.shape[2] != images.shape[3]:
-        raise ValueError(f"make_crops: images must be [B, C, S, S], got shape {images.shape}")
+        raise UsageError(f"make_crops: images must be [B, C, S, S], got shape {images.shape}")
     B, C, S, _ = images.shape
     windows = crop_windows(S, R)
     side = windows[0][2]
@@ -98,7 +99,7 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, ho
         # Its output buffer is overwritten by its next call, so `Encoder` runs the encoder on each chunk of at
         # most `max_batch` frames before preprocessing the next.
         return CudaPreprocessor(image_size, max_batch=max_batch, device=device)
-    raise ValueError(f"preprocess must be 'auto', 'cpu', 'cuda' or a callable, got {kind!r}")
+    raise UsageError(f"preprocess must be 'auto', 'cpu', 'cuda' or a callable, got {kind!r}")
 
 
 def preprocess_name(preprocess: Preprocess) -> str:
@@ -185,11 +186,11 @@ class Encoder:
         """region_emb [n, R2, E] of an encoder that returns patch_emb: pooled tokens, or crops run through it."""
         cfg = self.config
         if "patch_emb" not in enc:
-            raise ValueError(f"the encoder returned {sorted(enc)}: neither region_emb nor patch_emb")
+            raise UsageError(f"the encoder returned {sorted(enc)}: neither region_emb nor patch_emb")
         if cfg.region_mode == "tokens":
             return pool_regions(enc["patch_emb"], cfg.vision.grid, cfg.region_grid)
         if is_device_array(images):
-            raise ValueError("this bundle cuts crops on the host (exported before crops moved into the encoder "
+            raise UsageError("this bundle cuts crops on the host (exported before crops moved into the encoder "
                              "graph); use preprocess='cpu', or re-export it with `stp-edge export`")
         crops = make_crops(np.asarray(images), cfg.region_grid)
         region_emb = self.runner.infer_batched({"images": crops})["frame_emb"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stp_edge.errors import UsageError
 from stp_edge.pipeline.frames import EncodedFrame, FrameError
 
 
@@ -22,7 +23,7 @@ def sample_offsets(snippet_len: int, k: int) -> list[int]:
     For k = 1 this is the middle frame (offset 8 of 16).
     """
     if not 1 <= k <= snippet_len:
-        raise ValueError(f"frames_per_snippet={k} must be in [1, snippet_len={snippet_len}]")
+        raise UsageError(f"frames_per_snippet={k} must be in [1, snippet_len={snippet_len}]")
     return [int((i + 0.5) * snippet_len / k) for i in range(k)]
 
 
@@ -144,7 +145,7 @@ class FeatureRing:
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
-            raise ValueError(f"FeatureRing capacity must be >= 1, got {capacity}")
+            raise UsageError(f"FeatureRing capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self.count = 0  # snippets appended so far == next snippet id
         self._frame: np.ndarray | None = None
@@ -153,13 +154,13 @@ class FeatureRing:
     def append(self, snippet: int, frame_emb: np.ndarray, region_emb: np.ndarray) -> None:
         """Store frame_emb [E] and region_emb [R2, E] of snippet `snippet` (must equal `count`)."""
         if snippet != self.count:
-            raise ValueError(f"FeatureRing: snippet {snippet} appended, expected snippet {self.count}")
+            raise UsageError(f"FeatureRing: snippet {snippet} appended, expected snippet {self.count}")
         if self._frame is None:
             self._frame = np.zeros((self.capacity, *frame_emb.shape), dtype=np.float32)
             self._region = np.zeros((self.capacity, *region_emb.shape), dtype=np.float32)
         assert self._region is not None
         if frame_emb.shape != self._frame.shape[1:] or region_emb.shape != self._region.shape[1:]:
-            raise ValueError(f"FeatureRing: snippet {snippet} features have shapes {frame_emb.shape}, "
+            raise UsageError(f"FeatureRing: snippet {snippet} features have shapes {frame_emb.shape}, "
                              f"{region_emb.shape}, expected {self._frame.shape[1:]}, {self._region.shape[1:]}")
         self._frame[snippet % self.capacity] = frame_emb
         self._region[snippet % self.capacity] = region_emb
@@ -169,7 +170,7 @@ class FeatureRing:
         """frame_emb [hi-lo, E] and region_emb [hi-lo, R2, E] of snippets [lo, hi), in order."""
         oldest = max(0, self.count - self.capacity)
         if not (oldest <= lo < hi <= self.count):
-            raise ValueError(f"FeatureRing: window [{lo}, {hi}) is not held; the ring holds snippets "
+            raise UsageError(f"FeatureRing: window [{lo}, {hi}) is not held; the ring holds snippets "
                              f"[{oldest}, {self.count})")
         assert self._frame is not None and self._region is not None
         idx = np.arange(lo, hi) % self.capacity
@@ -190,7 +191,7 @@ def ready_snippets(n_encoded: int, n_emitted: int, context: int, *, final: bool 
 def temporal_window(t: int, n: int, context: int) -> tuple[int, int]:
     """Window [lo, hi) the temporal graph runs on for snippet t, with n snippets encoded (the total at flush)."""
     if not 0 <= t < n:
-        raise ValueError(f"temporal_window: snippet {t} is not among the {n} encoded snippets")
+        raise UsageError(f"temporal_window: snippet {t} is not among the {n} encoded snippets")
     return max(0, t - context), min(n, t + context + 1)
 
 

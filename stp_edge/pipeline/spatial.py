@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stp_edge.backends.base import Runner
+from stp_edge.errors import UsageError
 
 SPATIAL_MODES = ("flagged", "all", "off")
 
@@ -21,7 +22,7 @@ SPATIAL_MODES = ("flagged", "all", "off")
 def spatial_gate(score: float, mode: str, threshold: float) -> bool:
     """Whether a snippet with temporal `score` gets the spatial stream under `mode` (one of SPATIAL_MODES)."""
     if mode not in SPATIAL_MODES:
-        raise ValueError(f"spatial_on must be one of {SPATIAL_MODES}, got {mode!r}")
+        raise UsageError(f"spatial_on must be one of {SPATIAL_MODES}, got {mode!r}")
     return mode == "all" or (mode == "flagged" and score >= threshold)
 
 
@@ -30,7 +31,7 @@ def anomaly_map(region_scores: np.ndarray) -> np.ndarray:
     r2 = int(region_scores.shape[-1])
     R = round(np.sqrt(r2))
     if R * R != r2:
-        raise ValueError(f"anomaly_map: {r2} region scores is not a square grid")
+        raise UsageError(f"anomaly_map: {r2} region scores is not a square grid")
     return np.asarray(region_scores, dtype=np.float32).reshape(R, R)
 
 

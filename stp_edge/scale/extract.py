@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stp_edge.errors import UsageError
 from stp_edge.scale.features import (
     encode_video,
     existing_state,
@@ -160,7 +161,7 @@ def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | P
 
     start = time.perf_counter()
     if (bundle is None) == (clip_weights is None):
-        raise ValueError("give exactly one of bundle or clip_weights")
+        raise UsageError("give exactly one of bundle or clip_weights")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = expand_videos(videos)

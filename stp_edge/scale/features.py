@@ -27,6 +27,7 @@ import numpy as np
 
 from stp_edge.bundle import Bundle
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import UsageError
 from stp_edge.pipeline.encode import EncodedBatch
 from stp_edge.pipeline.snippets import Snippet, SnippetAssembler
 from stp_edge.scale.inputs import VideoLabel
@@ -77,7 +78,7 @@ def encode_video(encode: Callable[[Sequence[Snippet]], EncodedBatch], config: ST
     from stp_edge.video import open_source
 
     if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+        raise UsageError(f"batch must be >= 1, got {batch}")
     asm = SnippetAssembler(config.snippet_len, config.frames_per_snippet)
     pending: list[Snippet] = []
     parts: list[EncodedBatch] = []

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from stp_edge.errors import UsageError
+
 UNLABELLED = -1  # the label stored when no label source is given (the trainer refuses it)
 
 
@@ -37,10 +39,10 @@ def expand_videos(videos: str | Path | Sequence[str | Path]) -> list[Path]:
         for source in _expand(spec):
             kind, _ = parse_source(source)
             if kind != "file":
-                raise ValueError(f"{source!r} is a {kind}; extract and score read video files only")
+                raise UsageError(f"{source!r} is a {kind}; extract and score read video files only")
             out.append(Path(source))
     if not out:
-        raise ValueError(f"no videos in {videos!r}")
+        raise UsageError(f"no videos in {videos!r}")
     return list(dict.fromkeys(out))
 
 
@@ -75,7 +77,7 @@ def output_names(videos: Sequence[Path], suffix: str) -> dict[Path, str]:
     for v in videos:
         name = f"{v.stem}{suffix}"
         if name in names:
-            raise ValueError(f"videos {names[name]} and {v} would both write {name}; give them distinct names")
+            raise UsageError(f"videos {names[name]} and {v} would both write {name}; give them distinct names")
         names[name] = v
     return {v: n for n, v in names.items()}
 
@@ -88,11 +90,11 @@ def _class_index(value: str, class_names: Sequence[str], where: str) -> VideoLab
     except ValueError:
         lowered = [c.lower() for c in class_names]
         if value.lower() not in lowered:
-            raise ValueError(f"{where}: label {value!r} is neither a class index nor one of the bundle's classes "
+            raise UsageError(f"{where}: label {value!r} is neither a class index nor one of the bundle's classes "
                              f"{list(class_names)}") from None
         index = lowered.index(value.lower())
     if not 0 <= index < len(class_names):
-        raise ValueError(f"{where}: label {index} is outside the bundle's {len(class_names)} classes")
+        raise UsageError(f"{where}: label {index} is outside the bundle's {len(class_names)} classes")
     return VideoLabel(index, class_names[index])
 
 
@@ -110,10 +112,10 @@ def read_label_csv(path: str | Path, class_names: Sequence[str]) -> dict[str, Vi
             if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["video", "label"]:
                 continue
             if len(row) < 2:
-                raise ValueError(f"{path}:{lineno}: expected 'video,label', got {row}")
+                raise UsageError(f"{path}:{lineno}: expected 'video,label', got {row}")
             table[row[0].strip()] = _class_index(row[1], class_names, f"{path}:{lineno}")
     if not table:
-        raise ValueError(f"{path}: no `video,label` rows")
+        raise UsageError(f"{path}: no `video,label` rows")
     return table
 
 
@@ -155,7 +157,7 @@ def match_labels(videos: Sequence[Path], table: Mapping[str, VideoLabel], source
             out[v] = label
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ValueError(f"{len(missing)} video(s) have no label in {source}: {shown}")
+        raise UsageError(f"{len(missing)} video(s) have no label in {source}: {shown}")
     return out
 
 
@@ -167,7 +169,7 @@ def resolve_labels(videos: Sequence[Path], class_names: Sequence[str], *,
     Without either, every video is unlabelled (`UNLABELLED`): its features can be scored but not trained on.
     """
     if labels is not None and fmt is not None:
-        raise ValueError("give labels from a CSV or from a data set's annotations (format), not both")
+        raise UsageError("give labels from a CSV or from a data set's annotations (format), not both")
     if labels is None and fmt is None:
         return {v: VideoLabel(UNLABELLED, "") for v in videos}
     if fmt is not None:

@@ -81,8 +81,10 @@ def require_ray() -> Any:
         import ray
         import ray.data
     except ImportError as exc:
-        raise ImportError(f"ray is not installed (needed for --ray): pip install 'stp-edge[scale]'. "
-                          f"Original error: {exc}") from exc
+        from stp_edge._deps import MissingDependencyError
+
+        raise MissingDependencyError(f"ray is not installed (needed for --ray): pip install 'stp-edge[scale]'. "
+                                     f"Original error: {exc}") from exc
     return ray
 
 

@@ -52,7 +52,9 @@ def triton_python() -> str:
     candidate = Path(__file__).resolve().parents[2] / ".venv-triton" / "bin" / "python"
     if candidate.is_file():
         return str(candidate)
-    raise FileNotFoundError(
+    from stp_edge.errors import MissingInputError  # the launching side only: the server side imports no stp_edge
+
+    raise MissingInputError(
         f"no Python with nvidia-pytriton: set {PYTHON_ENV}, or make a venv from the system interpreter "
         "(`/usr/bin/python3 -m venv .venv-triton && .venv-triton/bin/pip install nvidia-pytriton onnxruntime`, "
         "or `make .venv-triton/.installed` in a checkout)")
@@ -104,7 +106,9 @@ def start_server(bundle: str | os.PathLike, *, port: int, host: str = "127.0.0.1
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-3000:] if log else "(no log; pass log=)"
                 why = f"exited with {proc.returncode}" if proc.returncode is not None else f"not ready in {timeout_s}s"
-                raise RuntimeError(f"Triton server for {bundle} {why}: {' '.join(cmd)}\n{tail}")
+                from stp_edge.backends.base import RunnerError  # launching side only
+
+                raise RunnerError(f"Triton server for {bundle} {why}: {' '.join(cmd)}\n{tail}")
             time.sleep(0.25)
         yield url
     finally:

@@ -26,6 +26,7 @@ from typing import Any
 
 from stp_edge.bundle import GRAPH_NAMES, Bundle, EngineInfo
 from stp_edge.bundle.contract import expected_io
+from stp_edge.errors import UsageError
 
 BACKEND_NAMES = ("onnxruntime", "tensorrt")
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -94,10 +95,10 @@ def graph_tensors(bundle: Bundle, graph: str) -> tuple[tuple[TritonTensor, ...],
 
     def tensor(name: str) -> TritonTensor:
         if name not in shapes:
-            raise ValueError(f"bundle {bundle.path}: graph {graph!r} tensor {name!r} is not in the graph contract")
+            raise UsageError(f"bundle {bundle.path}: graph {graph!r} tensor {name!r} is not in the graph contract")
         shape = shapes[name]
         if not shape or shape[0] != "B":
-            raise ValueError(f"bundle {bundle.path}: {graph}.{name} has shape {shape}; its first axis must be "
+            raise UsageError(f"bundle {bundle.path}: {graph}.{name} has shape {shape}; its first axis must be "
                              f"the batch axis B")
         return TritonTensor(name, tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape[1:]))
 
@@ -127,14 +128,14 @@ def triton_models(bundle: Bundle, *, backends: Sequence[str] = ("onnxruntime",),
     """
     unknown = [b for b in backends if b not in BACKEND_NAMES]
     if unknown or not backends:
-        raise ValueError(f"backends must be a non-empty subset of {BACKEND_NAMES}, got {list(backends)}")
+        raise UsageError(f"backends must be a non-empty subset of {BACKEND_NAMES}, got {list(backends)}")
     if onnx_device not in INSTANCE_KINDS:
-        raise ValueError(f"onnx_device must be one of {sorted(INSTANCE_KINDS)}, got {onnx_device!r}")
+        raise UsageError(f"onnx_device must be one of {sorted(INSTANCE_KINDS)}, got {onnx_device!r}")
     if max_batch < 1 or instances < 1 or queue_delay_us < 0:
-        raise ValueError(f"need max_batch >= 1, instances >= 1, queue_delay_us >= 0; got {max_batch}, "
+        raise UsageError(f"need max_batch >= 1, instances >= 1, queue_delay_us >= 0; got {max_batch}, "
                          f"{instances}, {queue_delay_us}")
     if "tensorrt" in backends and not bundle.engines:
-        raise ValueError(f"bundle {bundle.path} has no TensorRT engines; build them with `stp-edge build-engines` "
+        raise UsageError(f"bundle {bundle.path} has no TensorRT engines; build them with `stp-edge build-engines` "
                          f"or leave out the tensorrt backend")
     crops = max_batch * bundle.config.num_regions if bundle.host_crops else max_batch
     models = []
