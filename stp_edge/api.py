@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,39 @@ from stp_edge.errors import UsageError
 from stp_edge.pipeline.boxes import box_class, boxes_from_map
 from stp_edge.pipeline.encode import EncodedBatch, Encoder, Preprocess, make_preprocess, preprocess_name
 from stp_edge.pipeline.frames import EncodedFrame, validate_frame
-from stp_edge.pipeline.snippets import (
+from stp_edge.pipeline.snippets import Snippet, SnippetAssembler
+from stp_edge.pipeline.spatial import SPATIAL_MODES, SpatialHead, SpatialOutput, spatial_gate
+from stp_edge.pipeline.temporal import (
     FeatureRing,
-    Snippet,
-    SnippetAssembler,
-    SnippetInfo,
-    StreamState,
+    TemporalHead,
+    TemporalOutput,
+    Window,
     ready_snippets,
     temporal_window,
 )
-from stp_edge.pipeline.spatial import SPATIAL_MODES, SpatialHead, SpatialOutput, spatial_gate
-from stp_edge.pipeline.temporal import TemporalHead, TemporalOutput, Window
 from stp_edge.results import SnippetResult, frame_scores
 from stp_edge.run import VideoResults, run_video  # noqa: F401  (public API, re-exported)
+
+
+@dataclass(frozen=True)
+class SnippetInfo:
+    """What the scheduler keeps of an encoded snippet until its result is emitted."""
+
+    frame_start: int
+    frame_end: int
+    frame_shape: tuple[int, int]
+    timings: dict[str, float]
+
+
+@dataclass
+class StreamState:
+    """Bookkeeping of one stream inside a Detector: assembler, feature ring, results emitted, pending info."""
+
+    assembler: SnippetAssembler
+    ring: FeatureRing
+    emitted: int = 0  # final results emitted: snippets [0, emitted)
+    provisional: int = 0  # provisional results emitted: snippets [0, provisional) (low-latency mode)
+    pending: dict[int, SnippetInfo] = field(default_factory=dict)
 
 
 def _deactivate(runners: Mapping[str, Runner]) -> None:
@@ -232,8 +253,8 @@ class Detector:
         batch = self.encoder(snippets)
         for i, s in enumerate(snippets):
             state = self._streams[s.stream]
-            state.ring.append(s.index, batch.frame_emb[i], batch.region_emb[i])
             state.pending[s.index] = SnippetInfo(s.frame_start, s.frame_end, s.frame_shape, dict(batch.timings))
+            state.ring.append(s.index, batch.frame_emb[i], batch.region_emb[i])
 
     def _emit_ready(self, streams: Iterable[int], *, final: bool) -> list[SnippetResult]:
         items = []  # (stream, snippet, final)
@@ -250,7 +271,7 @@ class Detector:
         temporal = self.temporal([self._window(k, t) for k, t, _ in items])
         gated = [i for i, out in enumerate(temporal)
                  if spatial_gate(out.score, self.spatial_on, self.score_threshold)]
-        spatial_out = self.spatial([self._streams[items[i][0]].ring.get(items[i][1])[1] for i in gated])
+        spatial_out = self.spatial([temporal[i].region_emb for i in gated])
         spatial: dict[int, SpatialOutput] = dict(zip(gated, spatial_out, strict=True))
         results = []
         for i, (k, t, is_final) in enumerate(items):

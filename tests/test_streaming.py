@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from stp_edge.api import Detector
-from stp_edge.pipeline.snippets import FeatureRing, SnippetAssembler, ready_snippets, sample_offsets, temporal_window
+from stp_edge.pipeline.snippets import SnippetAssembler, sample_offsets
+from stp_edge.pipeline.temporal import FeatureRing, ready_snippets, temporal_window
 
 
 def test_sample_offsets_hand_checked():

@@ -1,10 +1,10 @@
 """The runtime's data flow, one module per stage, in the order a frame passes them.
 
     frames    validate_frame: any accepted frame -> (H, W, 3) uint8 BGR, or FrameError naming it
-    snippets  SnippetAssembler (frames -> Snippet), FeatureRing (the window's features), the schedule
+    snippets  SnippetAssembler: frames -> Snippet (the sampled frames of every snippet_len frames)
     encode    Encoder: preprocess + encoder graph + region features -> EncodedBatch
-    temporal  TemporalHead: Window -> TemporalOutput (score, class probabilities)
-    spatial   spatial_gate, SpatialHead: region features -> SpatialOutput (region scores, anomaly map)
+    temporal  FeatureRing + schedule (ready_snippets, temporal_window), TemporalHead: Window -> TemporalOutput
+    spatial   spatial_gate, SpatialHead: the snippet's region features -> SpatialOutput (scores, anomaly map)
     boxes     boxes_from_map: anomaly map -> Box list in frame pixels
 
 `stp_edge.api.Detector` schedules them (when, and for which snippets) and builds each `SnippetResult` once.

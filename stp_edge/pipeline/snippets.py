@@ -1,15 +1,12 @@
-"""Stage 2, snippets: cutting a stream's frames into snippets, the feature ring buffer, and the schedule.
+"""Stage 2, snippets: cutting a stream's frames into snippets of `snippet_len` frames and sampling them.
 
-The schedule (docs/architecture.md, "Streaming"): with context c, the output for snippet t depends only on
-snippets [t-c, t+c] clipped to the video. So once snippet t+c is encoded (or the stream is flushed), the
-temporal graph runs on the window [max(0, t-c), min(n, t+c+1)) and snippet t is emitted. A ring buffer of
-2c+1 snippets holds every feature such a window needs, so each snippet costs the same however long the
-stream has run.
+In: frames (arrays, or `EncodedFrame`s for the frames a snippet does not sample). Out: one `Snippet` per
+`snippet_len` frames, holding copies of its sampled frames (and a partial one at the end of the stream).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,11 +37,7 @@ class Snippet:
     frame_start: int
     frame_end: int
     frames: tuple[np.ndarray, ...]
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        """(H, W) of the sampled frames (the first one's, frames of a stream share a size in practice)."""
-        return tuple(self.frames[0].shape[:2])  # type: ignore[return-value]
+    frame_shape: tuple[int, int]  # (H, W) of the first sampled frame (a stream's frames share a size in practice)
 
 
 class SnippetAssembler:
@@ -129,88 +122,9 @@ class SnippetAssembler:
             last = last.copy()
         frames = tuple(self._kept.get(o, last) if o < length else last for o in self.offsets)
         start = self.snippets_emitted * self.snippet_len
-        snip = Snippet(self.stream, self.snippets_emitted, start, start + length, frames)
+        snip = Snippet(self.stream, self.snippets_emitted, start, start + length, frames,
+                       (int(frames[0].shape[0]), int(frames[0].shape[1])))
         self.snippets_emitted += 1
         self._kept = {}
         self._last = None
         return snip
-
-
-class FeatureRing:
-    """Per-snippet features of one stream for the last `capacity` snippets (capacity 2c+1).
-
-    Snippet ids must arrive consecutively from 0; `window(lo, hi)` returns the stacked features of snippets
-    [lo, hi) and refuses ids that have already been overwritten or not yet written.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise UsageError(f"FeatureRing capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self.count = 0  # snippets appended so far == next snippet id
-        self._frame: np.ndarray | None = None
-        self._region: np.ndarray | None = None
-
-    def append(self, snippet: int, frame_emb: np.ndarray, region_emb: np.ndarray) -> None:
-        """Store frame_emb [E] and region_emb [R2, E] of snippet `snippet` (must equal `count`)."""
-        if snippet != self.count:
-            raise UsageError(f"FeatureRing: snippet {snippet} appended, expected snippet {self.count}")
-        if self._frame is None:
-            self._frame = np.zeros((self.capacity, *frame_emb.shape), dtype=np.float32)
-            self._region = np.zeros((self.capacity, *region_emb.shape), dtype=np.float32)
-        assert self._region is not None
-        if frame_emb.shape != self._frame.shape[1:] or region_emb.shape != self._region.shape[1:]:
-            raise UsageError(f"FeatureRing: snippet {snippet} features have shapes {frame_emb.shape}, "
-                             f"{region_emb.shape}, expected {self._frame.shape[1:]}, {self._region.shape[1:]}")
-        self._frame[snippet % self.capacity] = frame_emb
-        self._region[snippet % self.capacity] = region_emb
-        self.count += 1
-
-    def window(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """frame_emb [hi-lo, E] and region_emb [hi-lo, R2, E] of snippets [lo, hi), in order."""
-        oldest = max(0, self.count - self.capacity)
-        if not (oldest <= lo < hi <= self.count):
-            raise UsageError(f"FeatureRing: window [{lo}, {hi}) is not held; the ring holds snippets "
-                             f"[{oldest}, {self.count})")
-        assert self._frame is not None and self._region is not None
-        idx = np.arange(lo, hi) % self.capacity
-        return self._frame[idx], self._region[idx]
-
-    def get(self, snippet: int) -> tuple[np.ndarray, np.ndarray]:
-        """Features of one snippet."""
-        f, r = self.window(snippet, snippet + 1)
-        return f[0], r[0]
-
-
-def ready_snippets(n_encoded: int, n_emitted: int, context: int, *, final: bool = False) -> range:
-    """Snippet ids that can be emitted now: those t >= n_emitted with t + context < n_encoded (all at flush)."""
-    end = n_encoded if final else max(n_emitted, n_encoded - context)
-    return range(n_emitted, end)
-
-
-def temporal_window(t: int, n: int, context: int) -> tuple[int, int]:
-    """Window [lo, hi) the temporal graph runs on for snippet t, with n snippets encoded (the total at flush)."""
-    if not 0 <= t < n:
-        raise UsageError(f"temporal_window: snippet {t} is not among the {n} encoded snippets")
-    return max(0, t - context), min(n, t + context + 1)
-
-
-@dataclass(frozen=True)
-class SnippetInfo:
-    """What the scheduler keeps of an encoded snippet until its result is emitted."""
-
-    frame_start: int
-    frame_end: int
-    frame_shape: tuple[int, int]
-    timings: dict[str, float]
-
-
-@dataclass
-class StreamState:
-    """Bookkeeping of one stream inside a Detector: assembler, feature ring, results emitted, pending info."""
-
-    assembler: SnippetAssembler
-    ring: FeatureRing
-    emitted: int = 0  # final results emitted: snippets [0, emitted)
-    provisional: int = 0  # provisional results emitted: snippets [0, provisional) (low-latency mode)
-    pending: dict[int, SnippetInfo] = field(default_factory=dict)
