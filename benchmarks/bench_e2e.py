@@ -96,20 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.codec == "MJPG":
             write_test_video(video, args.frames)
         else:
-            import cv2
+            from stp_edge.video import VideoWriter, open_source
 
             mjpg = write_test_video(args.work / "tmp_src.avi", args.frames)
-            cap, writer = cv2.VideoCapture(str(mjpg)), None
-            while True:
-                ok, f = cap.read()
-                if not ok:
-                    break
-                if writer is None:
-                    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25.0,
-                                             (f.shape[1], f.shape[0]))
-                writer.write(f)
-            cap.release()
-            writer.release()
+            with open_source(mjpg) as src, VideoWriter(video, 25.0, (768, 576), "mp4v") as writer:
+                for f in src:
+                    writer.write(f)
     walls: dict[str, list[float]] = {"fp32": [], "int8": [], "torch": []}
     snippets = {}
     dets = {k: Detector.load(v, backend="ort-cpu") for k, v in bundles.items()}

@@ -255,10 +255,19 @@ class VideoSource:
         failures = 0
         while failures < self.max_consecutive_failures:
             ok, frame = self._cap.read()
-            if self.lazy and ok and frame is not None and frame.size > 0:
-                self.stats.dropped += failures
-                self._last_good = time.monotonic(), time.time()
-                return EncodedFrame(frame.tobytes(), self.stats.read)
+            if self.lazy:
+                data = frame.tobytes() if ok and frame is not None else b""
+                # A whole JPEG starts with SOI and ends with EOI (padding aside): an empty or cut packet is a
+                # dropped frame, as FFmpeg's decoder would have reported it, not a frame no one can decode.
+                if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+                    self.stats.dropped += failures
+                    self._last_good = time.monotonic(), time.time()
+                    return EncodedFrame(data, self.stats.read)
+                if not ok and self._at_end():
+                    self._ended = True
+                    return None
+                failures += 1
+                continue
             if ok and frame is not None:
                 try:
                     valid = validate_frame(frame, self.stats.read + self.stats.dropped + failures)
