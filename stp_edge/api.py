@@ -1,10 +1,10 @@
 """The runtime API: `Detector` (scheduling and lifecycle of the pipeline stages) and `run_video`.
 
 A frame's route from `Detector.push` to a `SnippetResult` passes each stage of `stp_edge.pipeline` once, in
-order: frames (validation) -> snippets (assembly, feature ring, schedule) -> encode (preprocess, encoder,
-regions) -> temporal -> spatial -> boxes. The Detector decides *when* each stage runs and for which snippets
-(docs/architecture.md, "Streaming"); the stages decide *what* is computed. Nothing here imports torch, and
-onnxruntime/TensorRT are imported only when a runner is activated.
+order: frames (validation) -> snippets (assembly) -> encode (preprocess, encoder with its region features)
+-> temporal (feature ring, schedule, temporal graph) -> spatial -> boxes. The Detector decides *when* each
+stage runs and for which snippets (docs/architecture.md, "Streaming"); the stages decide *what* is computed.
+Nothing here imports torch, and onnxruntime/TensorRT are imported only when a runner is activated.
 
 Threading: a Detector serialises its calls with a lock, so one Detector may be shared by threads (their calls
 run one at a time, each on its own streams' state); for parallel throughput use one Detector per thread.

@@ -345,7 +345,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # --- parser -----------------------------------------------------------------------------------------------
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown in every option's help; descriptions keep their line breaks."""
+    """Defaults shown in an option's help unless it names its default itself; descriptions keep line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def _sub(sub: Any, name: str, func: Any, help: str) -> argparse.ArgumentParser:

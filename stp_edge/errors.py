@@ -16,14 +16,6 @@ class UsageError(StpEdgeError, ValueError):
     """A bad argument or option value (a ValueError, so existing `except ValueError` keeps working)."""
 
 
-class InterruptedRun(StpEdgeError):
-    """A run stopped by SIGINT or SIGTERM after its outputs were flushed; `signum` says which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by signal {signum}")
-        self.signum = signum
-
-
 class MissingInputError(StpEdgeError, FileNotFoundError):
     """A file or directory the caller named does not exist (or lacks what it must hold)."""
 

@@ -1,4 +1,4 @@
-"""Region features (torch twin of stp_edge/regions.py): pooled patch tokens or sliding-window crops.
+"""Region features (torch twin of stp_edge.pipeline.encode's pooling and crops): pooled patch tokens or crops.
 
 The crop windows and interpolation matrices come from the NumPy module, so the runtime and the reference cut
 and resize exactly the same windows.
