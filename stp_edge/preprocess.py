@@ -20,6 +20,7 @@ No torch here: the runtime must stay torch-free.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -349,16 +350,18 @@ class CpuPreprocessor:
         >>> pre = CpuPreprocessor(224)
         >>> batch = pre([frame_bgr])          # np.ndarray [1, 3, 224, 224] float32
 
-    Filter matrices and scratch buffers are cached per input size; the returned array is freshly
-    allocated (callers may keep it).
+    Filter matrices and scratch buffers are cached per input size, for the `max_plans` sizes used last (a
+    1080p plan holds about 9 MB, so frames whose size keeps changing must not grow memory without bound); the
+    returned array is freshly allocated (callers may keep it).
     """
 
-    def __init__(self, image_size: int = 224, dtype: Any = np.float32):
+    def __init__(self, image_size: int = 224, dtype: Any = np.float32, *, max_plans: int = 16):
         """Create a preprocessor.
 
         Args:
             image_size: side S of the square crop (224 for ViT-B/16; smaller for tiny test models).
             dtype: np.float32 or np.float16 output.
+            max_plans: input sizes whose plans are kept (least recently used dropped first).
         """
         if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
             raise UsageError(f"image_size must be a positive int, got {image_size!r}")
@@ -367,7 +370,10 @@ class CpuPreprocessor:
             raise UsageError(f"dtype must be float32 or float16, got {self.dtype}")
         self.image_size = int(image_size)
         self.spec = PreprocessSpec(size=self.image_size)
-        self._plans: dict[tuple[int, int], _CpuPlan] = {}
+        if max_plans < 1:
+            raise UsageError(f"max_plans must be >= 1, got {max_plans!r}")
+        self.max_plans = int(max_plans)
+        self._plans: OrderedDict[tuple[int, int], _CpuPlan] = OrderedDict()
         scale, bias = normalisation(self.spec)
         self._scale, self._bias = scale.reshape(3, 1, 1), bias.reshape(3, 1, 1)
 
@@ -377,9 +383,13 @@ class CpuPreprocessor:
 
     def _cpu_plan(self, height: int, width: int) -> _CpuPlan:
         key = (int(height), int(width))
-        if key not in self._plans:
-            self._plans[key] = _CpuPlan(CropResizePlan.build(key[0], key[1], self.image_size))
-        return self._plans[key]
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        while len(self._plans) >= self.max_plans:
+            self._plans.popitem(last=False)
+        plan = self._plans[key] = _CpuPlan(CropResizePlan.build(key[0], key[1], self.image_size))
+        return plan
 
     def __call__(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Preprocess HxWx3 uint8 BGR frames (any sizes) into [B, 3, S, S] normalised RGB."""
