@@ -1,13 +1,16 @@
 """Write a corpus of hostile video files, each derived from small generated clips, with the outcome a run must give.
 
-    python scripts/make_hostile_videos.py OUT_DIR
+    python scripts/make_hostile_videos.py OUT_DIR [--big] [--run BUNDLE]
 
 Each case is one file OUT_DIR/<name>.<ext> (one FIFO among them) and an entry of OUT_DIR/cases.json:
-{"name", "file", "kind", "what", "expect", "frames", "dropped"}. `expect` is what `stp_edge.api.run_video` must
-end in: "results", "error" (a one-line `VideoError`/`FrameError`), or "either" (the container decides: a
-truncated MP4 has lost its index, a truncated AVI still plays up to the cut); anything else (another
-exception, a crash, a hang) is a defect. `frames` / `dropped`, when not null, are the frames the run must read
-and skip. tests/test_hostile_videos.py builds the corpus and checks every case.
+{"name", "file", "kind", "what", "expect", "frames", "dropped", "rejected"}. `expect` is what
+`stp_edge.api.run_video` must end in: "results", "error" (a one-line `VideoError`/`FrameError`), or "either"
+(the container decides: a truncated MP4 has lost its index, a truncated AVI still plays up to the cut);
+anything else (another exception, a crash, a hang) is a defect. `frames` / `dropped` / `rejected`, when not
+null, are the frames the run must read, skip while decoding, and have refused by the detector (MJPEG frames are
+decoded only when a snippet samples them, the middle frame of 16: one that does not decode then is refused, not
+dropped). tests/test_hostile_videos.py builds the corpus and checks every case. `--run BUNDLE` also runs every
+case through `run_video` here and prints what each ended in (OUT_DIR/outcomes.json), by kind.
 
 The base clips are 48 frames of 64x48 (a textured background with a moving square, never constant) written by
 OpenCV as MPEG-4 Part 2 in .mp4 and as MJPEG in .avi; hand-built cases use a minimal AVI muxer (`write_avi`)
@@ -41,6 +44,7 @@ class Case:
     expect: str = "results"
     frames: int | None = None
     dropped: int | None = None
+    rejected: int | None = None
 
 
 def clip(n: int = FRAMES, width: int = WIDTH, height: int = HEIGHT, seed: int = 0) -> list[np.ndarray]:
@@ -342,6 +346,15 @@ def make_cases(out: Path, *, big: bool = False) -> list[Case]:
     add("corrupt_all_frames", ".avi", lambda p: write_avi(p, corrupt(set(range(FRAMES))), width=WIDTH,
                                                         height=HEIGHT),
         "corrupt frames", "every frame is zero bytes", expect="error")
+    huge = [_sof_size(jpeg(f), 65500, 65500) for f in base]
+    add("sampled_frame_undecodable", ".avi",
+        lambda p: write_avi(p, [huge[i] if i == 8 else jpeg(f) for i, f in enumerate(base)], width=WIDTH,
+                            height=HEIGHT),
+        "corrupt frames", "frame 8 (the one snippet 0 samples) claims 65500x65500: well-formed, undecodable",
+        frames=FRAMES, dropped=0, rejected=1)
+    add("all_but_first_undecodable", ".avi",
+        lambda p: write_avi(p, [jpeg(base[0]), *huge[1:]], width=WIDTH, height=HEIGHT), "corrupt frames",
+        "frames 1-47 claim 65500x65500 (the first decodes)", expect="either")
     add("single_frame", ".avi", lambda p: write_avi(p, [jpeg(base[0])], width=WIDTH, height=HEIGHT), "size",
         "one frame only", frames=1)
 
@@ -354,13 +367,55 @@ def make_cases(out: Path, *, big: bool = False) -> list[Case]:
     return cases
 
 
+def _run_one(path: Path, bundle: Path, box: dict) -> None:
+    """Run one file; put what it ended in into box["o"]."""
+    from stp_edge.api import run_video
+
+    try:
+        res = run_video(path, bundle=bundle, backend="ort-cpu")
+        st = res.stats
+        box["o"] = {"outcome": "results", "snippets": len(res), "read": st.read, "dropped": st.dropped,
+                    "expected": st.expected, "missing": st.missing, "fps": res.fps}
+    except Exception as exc:  # reported as it is: the test decides what is allowed
+        box["o"] = {"outcome": "error", "error": type(exc).__name__, "message": str(exc)}
+
+
+def run_cases(out: Path, cases: Sequence[Case], bundle: Path, timeout_s: float = 60.0) -> list[dict]:
+    """Run every case through `stp_edge.api.run_video` (each in a thread, bounded by `timeout_s`)."""
+    import threading
+
+    outcomes = []
+    for case in cases:
+        box: dict = {}
+        t = threading.Thread(target=_run_one, args=(out / case.file, bundle, box), daemon=True)
+        t.start()
+        t.join(timeout_s)
+        outcomes.append({"name": case.name, "kind": case.kind, "expect": case.expect,
+                         **box.get("o", {"outcome": "hang"})})
+    return outcomes
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="where to write the cases")
     ap.add_argument("--big", action="store_true", help="add a clip of 8192x8192 frames (slow, ~1 GB to run)")
+    ap.add_argument("--run", type=Path, metavar="BUNDLE", help="run every case through run_video with BUNDLE")
     args = ap.parse_args(argv)
     cases = make_cases(args.out, big=args.big)
     print(f"{len(cases)} hostile videos in {args.out} (outcomes in {args.out / 'cases.json'})")
+    if args.run is not None:
+        outcomes = run_cases(args.out, cases, args.run)
+        (args.out / "outcomes.json").write_text(json.dumps(outcomes, indent=2) + "\n", encoding="utf-8")
+        for o in outcomes:
+            detail = (f"{o['read']} read, {o['dropped']} dropped, {o['missing']} missing of {o['expected']}"
+                      if o["outcome"] == "results" else f"{o.get('error')}: {o.get('message')}")
+            print(f"{o['kind']:16s} {o['name']:32s} {o['outcome']:8s} {detail}")
+        kinds: dict[str, dict[str, int]] = {}
+        for o in outcomes:
+            kinds.setdefault(o["kind"], {}).setdefault(o["outcome"], 0)
+            kinds[o["kind"]][o["outcome"]] += 1
+        for kind, counts in kinds.items():
+            print(f"{kind:16s} " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
     return 0
 
 

@@ -1,11 +1,11 @@
 """The hostile-video corpus (scripts/make_hostile_videos.py): every file ends in results or a one-line error.
 
 Each case runs through `stp_edge.api.run_video(path, bundle=...)` (a tiny random bundle exported once for the
-module) under a timeout. "results": every frame read is accounted for by contiguous final snippets with finite
-scores, the frame/drop counts the case states are met, a short read says how many frames the container
-promised; "error": a `VideoError`/`FrameError` whose one-line message names the file. A sample also runs
-through `stp-edge run` in a subprocess: exit 0 with the summary, or exit 2 with one error line, never a
-traceback.
+module) under a timeout. "results": every frame read and not refused by the detector is covered by contiguous
+final snippets with finite scores, the frame/drop/refusal counts the case states are met, a short read says how
+many frames the container promised; "error": a `VideoError`/`FrameError` whose one-line message names the
+file. A sample also runs through `stp-edge run` in a subprocess: exit 0 with the summary, or exit 2 with one
+error line, never a traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 60.0
 LIBRARY_ERRORS = (VideoError, FrameError)
 # Cases whose outcome is a known defect of the runtime, each checked by its own xfail test below.
-KNOWN_DEFECTS = {"corrupt_frames_run_30"}
+KNOWN_DEFECTS = {"corrupt_frames_run_30", "all_but_first_undecodable"}
 
 
 def _script():
@@ -77,12 +77,15 @@ def _check_results(case: Any, res: Any, snippet_len: int) -> list[str]:
     """What is wrong with a run that ended in results (empty when nothing is)."""
     problems = []
     stats = res.stats
+    rejected = _rejected(res)
+    analysed = stats.read - rejected
     if stats.read < 1:
         problems.append(f"results after reading {stats.read} frames")
     edges = [(r.frame_start, r.frame_end) for r in res]
-    expected_edges = [(s, min(s + snippet_len, stats.read)) for s in range(0, stats.read, snippet_len)]
+    expected_edges = [(s, min(s + snippet_len, analysed)) for s in range(0, analysed, snippet_len)]
     if edges != expected_edges:
-        problems.append(f"snippets cover {edges}, expected {expected_edges} for {stats.read} frames read")
+        problems.append(f"snippets cover {edges}, expected {expected_edges} for {stats.read} frames read, "
+                        f"{rejected} refused by the detector")
     if [r.snippet for r in res] != list(range(len(res))) or not all(r.final for r in res):
         problems.append("snippets are not numbered 0..n-1, or not all final")
     bad = [r.score for r in res if not (math.isfinite(r.score) and 0.0 <= r.score <= 1.0)]
@@ -92,6 +95,8 @@ def _check_results(case: Any, res: Any, snippet_len: int) -> list[str]:
         problems.append(f"read {stats.read} frames, expected {case.frames}")
     if case.dropped is not None and stats.dropped != case.dropped:
         problems.append(f"dropped {stats.dropped} frames, expected {case.dropped}")
+    if case.rejected is not None and rejected != case.rejected:
+        problems.append(f"the detector refused {rejected} frames, expected {case.rejected}")
     if case.kind in ("truncation", "flipped bytes"):
         if stats.read + stats.dropped > HOSTILE.FRAMES:
             problems.append(f"read {stats.read} + dropped {stats.dropped} frames of a {HOSTILE.FRAMES}-frame clip")
@@ -101,6 +106,11 @@ def _check_results(case: Any, res: Any, snippet_len: int) -> list[str]:
     if res.fps is not None and not (math.isfinite(res.fps) and res.fps > 0):
         problems.append(f"fps {res.fps}, expected None or a finite number > 0")
     return problems
+
+
+def _rejected(res: Any) -> int:
+    """Frames the detector refused during the run (`VideoResults.sources[i].rejected`), 0 when not reported."""
+    return sum(getattr(s, "rejected", 0) for s in getattr(res, "sources", None) or ())
 
 
 def _check_error(case: Any, exc: BaseException) -> list[str]:
@@ -171,8 +181,19 @@ def test_long_corrupt_run_inside_a_file_is_skipped_and_counted(corpus, bundle):
     assert (res.stats.read, res.stats.dropped) == (case.frames, case.dropped)
 
 
+@pytest.mark.xfail(strict=True, reason="stp_edge/pipeline/snippets.py + stp_edge/run.py: when no sampled frame of a "
+                   "partial last snippet decodes, flush() drops the snippet (SnippetAssembler.undecodable += 1) but "
+                   "run_video reports it nowhere, so its frames are neither analysed nor counted")
+def test_every_frame_read_is_analysed_or_counted(corpus, bundle):
+    out, cases = corpus
+    outcome, res = _run(out / cases["all_but_first_undecodable"].file, bundle)  # 1 good frame, 47 that claim 65500^2
+    assert outcome == "results"
+    covered = sum(r.frame_end - r.frame_start for r in res)
+    assert covered + _rejected(res) + res.stats.dropped == res.stats.read, (covered, _rejected(res), res.stats)
+
+
 CLI_SAMPLE = ["valid_mp4", "empty", "text", "truncated_mp4_at_50pct", "truncated_faststart_at_50pct",
-              "corrupt_frames_3", "fifo", "size_1x1_png"]
+              "corrupt_frames_3", "fifo", "size_1x1_png", "sampled_frame_undecodable"]
 
 
 @pytest.mark.parametrize("name", CLI_SAMPLE)

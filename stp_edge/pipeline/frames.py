@@ -75,9 +75,14 @@ class EncodedFrame:
         """The (H, W, 3) uint8 BGR image; FrameError when the bytes do not decode."""
         import cv2
 
-        image = cv2.imdecode(np.frombuffer(self.data, np.uint8), cv2.IMREAD_COLOR) if self.data else None
+        where = f"frame {self.index}" if stream is None else f"stream {stream} frame {self.index}"
+        try:
+            image = cv2.imdecode(np.frombuffer(self.data, np.uint8), cv2.IMREAD_COLOR) if self.data else None
+        except cv2.error as exc:  # e.g. a header claiming more pixels than CV_IO_MAX_IMAGE_PIXELS
+            reason = str(exc).strip().splitlines()[-1]
+            raise FrameError(f"{where}: the compressed image ({len(self.data)} bytes) does not decode: "
+                             f"{reason}") from None
         if image is None:
-            where = f"frame {self.index}" if stream is None else f"stream {stream} frame {self.index}"
             raise FrameError(f"{where}: the compressed image ({len(self.data)} bytes) does not decode")
         return validate_frame(image, self.index, stream=stream)
 
