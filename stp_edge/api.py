@@ -111,6 +111,9 @@ class Detector:
         self.temporal = TemporalHead(self.runners["temporal"])
         self.spatial = SpatialHead(self.runners["spatial"])
         self._streams: dict[int, StreamState] = {}
+        # Frames of partial last snippets dropped at flush because none of them decodes (compressed frames),
+        # by stream; the caller reads and clears its entries (`run_video` counts them as rejected).
+        self.dropped_tail_frames: dict[int, int] = {}
         self._lock = threading.RLock()
         for runner in self.runners.values():
             if not runner.is_active:
@@ -229,7 +232,9 @@ class Detector:
                 return self._emit_ready(streams, final=True)
             finally:
                 for k in streams:
-                    del self._streams[k]
+                    lost = self._streams.pop(k).assembler.undecodable_frames
+                    if lost:
+                        self.dropped_tail_frames[k] = self.dropped_tail_frames.get(k, 0) + lost
 
     def _admit(self, stream: int, frame: Any) -> np.ndarray | EncodedFrame:
         """The frame as the stream will keep it: validated, or decoded first when compressed and sampled now."""

@@ -51,7 +51,8 @@ class SourceRun:
         stream: Its stream id in the detector and in the results.
         stats: Frames read/dropped/expected, gaps, lost (see `stp_edge.video.VideoStats`).
         fps: Frame rate the source reports, or None.
-        rejected: Frames the detector refused (`FrameError`: skipped and counted, the stream goes on).
+        rejected: Frames the detector refused (`FrameError`: skipped and counted, the stream goes on), and
+            frames of a last partial snippet none of whose frames decodes.
         error: A fatal error of this source's reader (re-raised by `run_video` after the others finished).
     """
 
@@ -158,7 +159,8 @@ class OverlaySink:
 
     def __init__(self, path: str | Path, *, fps: float | None, threshold: float) -> None:
         self.path = Path(path)
-        self.fps = fps or 25.0
+        # A header's absurd rate (0, 1e-9, 2**31) would fail the writer; the overlay plays at 25 fps then.
+        self.fps = fps if fps is not None and 1.0 <= fps <= 240.0 else 25.0
         self.threshold = threshold
         self.writer: Any = None
         self._frames: deque[tuple[int, bytes]] = deque()
@@ -434,6 +436,7 @@ class _Run:
 
     def _flush(self, stream: int) -> None:
         self._deliver(self.det.flush(stream))
+        self.runs[stream].rejected += self.det.dropped_tail_frames.pop(stream, 0)
         self.state[stream].decode_ms.clear()
 
     def _deliver(self, results: list[SnippetResult]) -> None:

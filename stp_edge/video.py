@@ -245,15 +245,19 @@ class VideoSource:
             return f"cannot decode any frame from {self.kind} {self.target}"
         return None
 
-    def _read_valid(self) -> np.ndarray | None:
+    def _read_valid(self) -> np.ndarray | EncodedFrame | None:
         """Next valid frame, or None when the source ends (a file) or drops (a live source).
 
         Failed grabs and invalid images before a good frame count as dropped. A run of failures that ends the
         source is not counted: for a file the shortfall shows in `stats.missing`, for a live source it is a
-        disconnect, not frames. A live source also drops when no good frame came for `timeout_ms`.
+        disconnect, not frames. A live source also drops when no good frame came for `timeout_ms`, or after
+        `max_consecutive_failures` failures in a row. A file ends only where its container does, or where
+        reading stops advancing for `max_consecutive_failures` attempts: a long corrupt run inside a file is
+        skipped (and counted) up to the good frames after it.
         """
-        failures = 0
-        while failures < self.max_consecutive_failures:
+        failures = stalled = 0
+        position = self._position()
+        while stalled < self.max_consecutive_failures:
             ok, frame = self._cap.read()
             if self.lazy:
                 data = frame.tobytes() if ok and frame is not None else b""
@@ -266,9 +270,7 @@ class VideoSource:
                 if not ok and self._at_end():
                     self._ended = True
                     return None
-                failures += 1
-                continue
-            if ok and frame is not None:
+            elif ok and frame is not None:
                 try:
                     valid = validate_frame(frame, self.stats.read + self.stats.dropped + failures)
                 except FrameError:
@@ -281,9 +283,19 @@ class VideoSource:
                 self._ended = True
                 return None
             failures += 1
+            now = self._position()
+            stalled = 0 if self.kind == "file" and now > position else stalled + 1
+            position = max(position, now)
             if self.live and time.monotonic() - self._last_good[0] >= self.timeout_ms / 1000:
                 return None
         return None
+
+    def _position(self) -> float:
+        """The capture's frame position (files; 0 where the backend does not say)."""
+        import cv2
+
+        pos = self._cap.get(cv2.CAP_PROP_POS_FRAMES) if self.kind == "file" else 0.0
+        return pos if np.isfinite(pos) else 0.0
 
     def _at_end(self) -> bool:
         """True when the capture reached the end its container announces (a file, or a finite URL)."""

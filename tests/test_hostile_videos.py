@@ -28,8 +28,9 @@ from stp_edge.video import VideoError
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 60.0
 LIBRARY_ERRORS = (VideoError, FrameError)
-# Cases whose outcome is a known defect of the runtime, each checked by its own xfail test below.
-KNOWN_DEFECTS = {"corrupt_frames_run_30", "all_but_first_undecodable"}
+# Cases whose outcome is a known defect of the runtime (none at present: each found so far is fixed and has its
+# own test below).
+KNOWN_DEFECTS: set[str] = set()
 
 
 def _script():
@@ -170,9 +171,6 @@ def test_corrupt_frames_are_skipped_and_counted(corpus, bundle):
         assert res.stats.read + res.stats.dropped == HOSTILE.FRAMES
 
 
-@pytest.mark.xfail(strict=True, reason="stp_edge/video.py: 25 consecutive undecodable frames end a *file* "
-                   "(max_consecutive_failures), so the good frames after a long corrupt run are never read and "
-                   "the corrupt ones are not counted as dropped; the loss shows only as stats.missing")
 def test_long_corrupt_run_inside_a_file_is_skipped_and_counted(corpus, bundle):
     out, cases = corpus
     case = cases["corrupt_frames_run_30"]  # frames 10-39 corrupt, 40-47 good
@@ -181,9 +179,6 @@ def test_long_corrupt_run_inside_a_file_is_skipped_and_counted(corpus, bundle):
     assert (res.stats.read, res.stats.dropped) == (case.frames, case.dropped)
 
 
-@pytest.mark.xfail(strict=True, reason="stp_edge/pipeline/snippets.py + stp_edge/run.py: when no sampled frame of a "
-                   "partial last snippet decodes, flush() drops the snippet (SnippetAssembler.undecodable += 1) but "
-                   "run_video reports it nowhere, so its frames are neither analysed nor counted")
 def test_every_frame_read_is_analysed_or_counted(corpus, bundle):
     out, cases = corpus
     outcome, res = _run(out / cases["all_but_first_undecodable"].file, bundle)  # 1 good frame, 47 that claim 65500^2

@@ -62,7 +62,8 @@ class SnippetAssembler:
         """Forget everything; the next frame is frame 0 of snippet 0."""
         self.frames_seen = 0
         self.snippets_emitted = 0
-        self.undecodable = 0
+        self.undecodable = 0  # partial snippets dropped because no frame of theirs decodes
+        self.undecodable_frames = 0  # ... and their frames
         self._kept: dict[int, np.ndarray] = {}
         self._last: np.ndarray | None = None
         self._scratch: np.ndarray | None = None
@@ -108,6 +109,7 @@ class SnippetAssembler:
                 kept = [self._kept[o] for o in self.offsets if o in self._kept]
                 if not kept:  # nothing of this partial snippet decodes: drop it, counted
                     self.undecodable += 1
+                    self.undecodable_frames += pos
                     self.frames_seen -= pos
                     self._kept, self._last = {}, None
                     return None
