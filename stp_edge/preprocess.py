@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -343,6 +343,48 @@ class _CpuPlan:
         return _round_u8(self.out).reshape(size, size, 3)
 
 
+class SizeCache:
+    """Per-input-size cache keeping the `capacity` sizes used last (least recently used evicted first).
+
+    Frames whose size keeps changing (a hostile file, a camera renegotiating its resolution) must not grow
+    memory without bound.
+
+    `get(key, make)` returns the cached value or `make()`; an evicted value goes to `on_evict` (the CUDA
+    preprocessor frees its device buffers there, after its stream has finished with them).
+    """
+
+    def __init__(self, capacity: int, on_evict: Callable[[Any], None] | None = None) -> None:
+        if capacity < 1:
+            raise UsageError(f"cache capacity must be >= 1, got {capacity!r}")
+        self.capacity = int(capacity)
+        self.on_evict = on_evict
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        while len(self._items) >= self.capacity:
+            _, old = self._items.popitem(last=False)
+            if self.on_evict is not None:
+                self.on_evict(old)
+        value = self._items[key] = make()
+        return value
+
+    def values(self) -> list[Any]:
+        return list(self._items.values())
+
+    def __iter__(self) -> Iterator[Any]:
+        """The cached keys, least recently used first."""
+        return iter(list(self._items))
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class CpuPreprocessor:
     """CLIP preprocessing of uint8 BGR (or NV12) frames on the CPU, the twin of the CUDA kernel.
 
@@ -370,10 +412,8 @@ class CpuPreprocessor:
             raise UsageError(f"dtype must be float32 or float16, got {self.dtype}")
         self.image_size = int(image_size)
         self.spec = PreprocessSpec(size=self.image_size)
-        if max_plans < 1:
-            raise UsageError(f"max_plans must be >= 1, got {max_plans!r}")
         self.max_plans = int(max_plans)
-        self._plans: OrderedDict[tuple[int, int], _CpuPlan] = OrderedDict()
+        self._plans = SizeCache(max_plans)
         scale, bias = normalisation(self.spec)
         self._scale, self._bias = scale.reshape(3, 1, 1), bias.reshape(3, 1, 1)
 
@@ -382,14 +422,8 @@ class CpuPreprocessor:
         return self._cpu_plan(height, width).plan
 
     def _cpu_plan(self, height: int, width: int) -> _CpuPlan:
-        key = (int(height), int(width))
-        if key in self._plans:
-            self._plans.move_to_end(key)
-            return self._plans[key]
-        while len(self._plans) >= self.max_plans:
-            self._plans.popitem(last=False)
-        plan = self._plans[key] = _CpuPlan(CropResizePlan.build(key[0], key[1], self.image_size))
-        return plan
+        h, w = int(height), int(width)
+        return self._plans.get((h, w), lambda: _CpuPlan(CropResizePlan.build(h, w, self.image_size)))
 
     def __call__(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Preprocess HxWx3 uint8 BGR frames (any sizes) into [B, 3, S, S] normalised RGB."""

@@ -55,3 +55,14 @@ def test_detector_memory_is_bounded_when_frame_sizes_never_repeat(handmade_bundl
     # A plan for these sizes at S=32 holds 4-6 MB (the crop window transposed, one block of float rows): the
     # default 16 plans stay under 100 MB, where one plan per new size (98 sampled frames) is about 500 MB.
     assert grown < 128 * 2**20, f"runtime memory grew {grown / 2**20:.0f} MiB over 392 frames of new sizes"
+
+
+def test_size_cache_evicts_least_recently_used_through_its_hook():
+    from stp_edge.preprocess import SizeCache
+
+    evicted = []
+    cache = SizeCache(2, on_evict=evicted.append)
+    assert cache.get("a", lambda: 1) == 1 and cache.get("b", lambda: 2) == 2
+    assert cache.get("a", lambda: 99) == 1  # a hit refreshes "a": "b" is now the oldest
+    assert cache.get("c", lambda: 3) == 3
+    assert evicted == [2] and len(cache) == 2 and sorted(cache.values()) == [1, 3]

@@ -27,6 +27,7 @@ from stp_edge.pipeline.frames import validate_frame
 from stp_edge.preprocess import (
     CropResizePlan,
     PreprocessSpec,
+    SizeCache,
     normalisation,
     split_nv12,
     yuv_coefficients,
@@ -113,8 +114,9 @@ class CudaPreprocessor:
         self._context = PrimaryContext(device)
         self.device = self._context.device
         self._cuda = cuda = self._context.driver
-        self._plans: dict[tuple[int, int], _DevicePlan] = {}
-        self._staging: dict[tuple[int, ...], tuple[np.ndarray, Any]] = {}
+        # The 16 input sizes used last keep their filter taps and pinned staging buffers (LRU, as the CPU twin).
+        self._plans = SizeCache(16, on_evict=self._free_plan)
+        self._staging = SizeCache(16, on_evict=self._free_staging)
         self._mid, self._mid_bytes = None, 0
         scale, bias = normalisation(self.spec)
         self._norm = [np.float32(v) for v in (*scale, *bias)]
@@ -283,10 +285,16 @@ class CudaPreprocessor:
         return self._device_plan(height, width).plan
 
     def _device_plan(self, height: int, width: int) -> _DevicePlan:
-        key = (int(height), int(width))
-        if key not in self._plans:
-            self._plans[key] = _DevicePlan(CropResizePlan.build(key[0], key[1], self.image_size), self._cuda)
-        return self._plans[key]
+        h, w = int(height), int(width)
+        return self._plans.get((h, w), lambda: _DevicePlan(CropResizePlan.build(h, w, self.image_size), self._cuda))
+
+    def _free_plan(self, plan: _DevicePlan) -> None:
+        self.stream.synchronize()  # kernels queued on the stream may still read its taps
+        plan.free()
+
+    def _free_staging(self, item: tuple[np.ndarray, Any]) -> None:
+        self._copied.synchronize()  # the last async copy may still read it
+        item[1].free()
 
     def _mid_buffer(self, nbytes: int) -> int:
         if nbytes > self._mid_bytes:
@@ -297,10 +305,12 @@ class CudaPreprocessor:
     def _upload(self, frames: list[np.ndarray]) -> Any:
         """Copy frames into the pinned staging buffer of their shape and start the H2D copy."""
         shape = frames[0].shape
-        if shape not in self._staging:
+
+        def make() -> tuple[np.ndarray, Any]:
             host = self._cuda.pagelocked_empty((self.max_batch, *shape), np.uint8)
-            self._staging[shape] = (host, self._cuda.mem_alloc(host.nbytes))
-        host, dev = self._staging[shape]
+            return host, self._cuda.mem_alloc(host.nbytes)
+
+        host, dev = self._staging.get(shape, make)
         self._copied.synchronize()  # the previous async copy may still read the staging buffer
         n = len(frames)
         for b, f in enumerate(frames):
