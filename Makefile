@@ -60,7 +60,9 @@ test: system-deps $(STAMP) $(TRT_VENV)/.installed $(TRITON_VENV)/.installed
 	# Python 3.10 (Jetson, JetPack 6) is the oldest supported: fail on newer-only syntax and stdlib names.
 	$(VENV)/bin/vermin --no-tips -t=3.10- --violations --eval-annotations stp_edge export kernels scripts tests \
 		benchmarks setup.py
-	STP_EDGE_TRT_PYTHON=$$(test -f $(TRT_VENV)/.installed && echo $(CURDIR)/$(TRT_VENV)/bin/python) $(PY) -m pytest -q
+	# STP_EDGE_INSTALL_TEST=1: the wheel is built and installed non-editable into fresh venvs outside the checkout
+	# (tests/test_packaging.py runs scripts/check_install.sh), whatever CI sets.
+	STP_EDGE_INSTALL_TEST=1 STP_EDGE_TRT_PYTHON=$$(test -f $(TRT_VENV)/.installed && echo $(CURDIR)/$(TRT_VENV)/bin/python) $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
