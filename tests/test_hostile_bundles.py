@@ -5,12 +5,11 @@ Each outcome is one line, of the asserted `BundleError` class, and never another
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import handmade_config, write_handmade_bundle
+from research_scripts import repo_script
 
 import stp_edge.bundle as bundle_api
 from stp_edge.bundle import Bundle, BundleError
@@ -18,15 +17,7 @@ from stp_edge.bundle import Bundle, BundleError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("make_hostile_bundles", ROOT / "scripts" / "make_hostile_bundles.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-HOSTILE = _script()
+HOSTILE = repo_script("make_hostile_bundles")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ error line, never a traceback.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from research_scripts import repo_script
 
 from stp_edge.api import run_video
 from stp_edge.pipeline.frames import FrameError
@@ -33,15 +33,7 @@ LIBRARY_ERRORS = (VideoError, FrameError)
 KNOWN_DEFECTS: set[str] = set()
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("make_hostile_videos", ROOT / "scripts" / "make_hostile_videos.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-HOSTILE = _script()
+HOSTILE = repo_script("make_hostile_videos")
 
 
 @pytest.fixture(scope="module")
