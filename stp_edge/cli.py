@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from stp_edge._version import __version__
 from stp_edge.config import DEMO_CLASSES
@@ -112,6 +112,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # --- run --------------------------------------------------------------------------------------------------
+class _Score(NamedTuple):
+    """What `--plot` keeps of a final result (`stp_edge.results.frame_scores` reads these three fields)."""
+
+    frame_start: int
+    frame_end: int
+    score: float
+
+
 def _event_line(r: Any) -> str:
     line = (f"stream {r.stream} snippet {r.snippet:5d} frames [{r.frame_start}, {r.frame_end}) "
             f"score {r.score:.3f} {r.class_name}")
@@ -142,27 +150,32 @@ def _check_run_options(args: argparse.Namespace, sources: list[Any]) -> None:
         check_overlay_codec(args.overlay)
 
 
-def _install_stop(stop: threading.Event) -> dict[int, Any]:
-    """SIGINT/SIGTERM set `stop` (the run finishes what it read and flushes); a second signal interrupts at once."""
-    received: dict[int, Any] = {}
+class _StopOnSignal:
+    """SIGINT/SIGTERM handling of a run: the first sets `event` and records `signum`, a second interrupts at once.
 
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
+    With `event` set the run finishes the frames it read and flushes every output. Handlers are installed (from
+    the main thread only) while the context is entered, and the previous ones restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
             raise KeyboardInterrupt
-        received["signum"] = signum
-        stop.set()
+        self.signum = signum
+        self.event.set()
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    received["previous"] = previous
-    return received
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
 
-
-def _restore_signals(received: dict[int, Any]) -> None:
-    for sig, old in received.get("previous", {}).items():
-        signal.signal(sig, old)
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -173,8 +186,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     renamed at the end (also after Ctrl-C / SIGTERM, which end the run cleanly: exit 130 / 143).
     """
     from stp_edge.api import Detector
-    from stp_edge.outputs import AtomicTextFile
-    from stp_edge.run import open_sources, run_video
+    from stp_edge.run import open_sources
     from stp_edge.video import Backoff
 
     out = out or sys.stdout
@@ -197,25 +209,26 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             for src in sources:
                 src.close()
             raise
-        say = (lambda *a: None) if args.quiet else (lambda line: print(line, file=out, flush=True))
-        say(f"bundle {bundle}: backend {det.backend}, preprocessing {det.preprocess_name}, device {args.device}, "
-            f"threshold {det.score_threshold:.2f}, {len(sources)} source(s)")
-        return _run_sources(det, sources, args, out, say, AtomicTextFile, run_video)
+        if not args.quiet:
+            print(f"bundle {bundle}: backend {det.backend}, preprocessing {det.preprocess_name}, device "
+                  f"{args.device}, threshold {det.score_threshold:.2f}, {len(sources)} source(s)", file=out, flush=True)
+        return _run_sources(det, sources, args, out)
 
 
-def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: TextIO, say: Any,
-                 atomic: Any, run_video: Any) -> int:
+def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: TextIO) -> int:
     from tqdm.auto import tqdm
+
+    from stp_edge.outputs import AtomicTextFile
+    from stp_edge.run import run_video
 
     totals = [s.frame_count for s in sources]
     known = all(n is not None for n in totals) and not args.quiet
     limit = args.max_frames
     bar = (tqdm(total=sum(min(n, limit) if limit else n for n in totals), unit="frame", file=sys.stderr,
                 desc="run") if known else None)
-    jsonl = atomic(args.jsonl) if args.jsonl else None
-    scores: list[Any] = []
-    stop = threading.Event()
-    received = _install_stop(stop)
+    jsonl = AtomicTextFile(args.jsonl) if args.jsonl else None
+    scores: list[_Score] = []  # --plot: three numbers per snippet, not whole results (maps, probabilities)
+    stopper = _StopOnSignal()
     write = bar.write if bar is not None else (lambda line: print(line, file=out, flush=True))
 
     def on_result(r: Any) -> None:
@@ -223,7 +236,7 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
             jsonl.write(json.dumps(r.to_dict()) + "\n")
             jsonl.flush()
         if args.plot and r.final:
-            scores.append(r)
+            scores.append(_Score(r.frame_start, r.frame_end, r.score))
         if (r.is_anomaly and not args.quiet) or args.verbose:
             write(("ANOMALY " if r.is_anomaly else "        ") + _event_line(r))
 
@@ -234,13 +247,12 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
         write(f"GAP     stream {stream}: {gap.lost_s:.1f}s lost before frame {gap.frame}, reconnected after "
               f"{gap.attempts} attempt(s); temporal window reset")
 
-    results = None
     try:
-        results = run_video(sources, detector=det, on_result=on_result, on_gap=on_gap,
-                            on_frame=(lambda s, n: bar.update(1)) if bar is not None else None,
-                            max_frames=limit, keep=False, overlay=args.overlay, stop=stop)
+        with stopper:
+            results = run_video(sources, detector=det, on_result=on_result, on_gap=on_gap,
+                                on_frame=(lambda s, n: bar.update(1)) if bar is not None else None,
+                                max_frames=limit, keep=False, overlay=args.overlay, stop=stopper.event)
     finally:
-        _restore_signals(received)
         if bar is not None:
             bar.close()
         if jsonl is not None:
@@ -253,10 +265,9 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
     _print_summary(results, out, quiet=args.quiet)
     for path in written:
         print(f"wrote {path}", file=out)
-    if "signum" in received:
-        signum = received["signum"]
-        print(f"stopped by {signal.Signals(signum).name}; outputs flushed", file=sys.stderr)
-        return 128 + signum
+    if stopper.signum is not None:
+        print(f"stopped by {signal.Signals(stopper.signum).name}; outputs flushed", file=sys.stderr)
+        return 128 + stopper.signum
     return EXIT_FAILED if results.lost else 0
 
 

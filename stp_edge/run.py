@@ -298,14 +298,12 @@ def run_video(source: Any, *, bundle: Any = None, detector: Any = None,
     if detector is None and bundle is None:
         raise UsageError("run_video needs a bundle or a detector")
     sources = open_sources(source, **(source_kwargs or {}))
-    if overlay is not None and len(sources) != 1:
-        for src in sources:
-            src.close()
-        raise UsageError(f"an overlay is drawn for one source; {len(sources)} sources were given")
     try:
+        if overlay is not None and len(sources) != 1:
+            raise UsageError(f"an overlay is drawn for one source; {len(sources)} sources were given")
         det = detector if detector is not None else Detector.load(bundle, **load_kwargs)
     except BaseException:
-        for src in sources:
+        for src in sources:  # once the run starts, each source's reader closes it
             src.close()
         raise
     try:
@@ -425,8 +423,7 @@ class _Run:
 
     def _gap(self, stream: int, gap: Gap) -> None:
         """An outage of a live source: finish the frames before it, then start a new temporal window."""
-        self._flush(stream)
-        self.det.reset(stream)
+        self._flush(stream)  # Detector.flush also drops the stream's state: its next frame starts a new window
         st = self.state[stream]
         st.frame_base += st.frames
         st.snippet_base = st.emitted
