@@ -504,6 +504,8 @@ def _add_model_commands(sub: Any) -> None:
 
 
 def _add_scale_commands(sub: Any) -> None:
+    from stp_edge.scale.serve import add_server_arguments  # stdlib only at import: the options, not the server
+
     x = _sub(sub, "extract", cmd_extract, "extract snippet features of videos for training")
     x.add_argument("videos", help="a video, directory, glob or .txt list of videos")
     x.add_argument("-o", "--out", type=Path, required=True, help="output directory of .npz files")
@@ -534,12 +536,7 @@ def _add_scale_commands(sub: Any) -> None:
 
     v = _sub(sub, "serve", cmd_serve, "serve a bundle with Triton Inference Server (PyTriton)")
     _bundle_arg(v)
-    v.add_argument("--port", type=int, default=8000, help="HTTP port")
-    v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    v.add_argument("--max-batch", type=int, default=16, help="largest batch of snippets Triton forms")
-    v.add_argument("--instances", type=int, default=1, help="onnxruntime sessions per graph")
-    v.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
-    v.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batcher's wait for more requests")
+    add_server_arguments(v)
     v.add_argument("--python", help="interpreter with nvidia-pytriton (default: STP_EDGE_TRITON_PYTHON, "
                    "then .venv-triton)")
 

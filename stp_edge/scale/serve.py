@@ -188,16 +188,21 @@ def _bind_graph(triton, name: str, onnx_path: Path, args: argparse.Namespace) ->
                 strict=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server in this interpreter (needs pytriton, onnxruntime, numpy); blocks until SIGINT/SIGTERM."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundle", type=Path)
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """The server's options, shared by this script and `stp-edge serve` (which launches it)."""
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--max-batch", type=int, default=16, help="largest batch of snippets Triton forms")
     p.add_argument("--instances", type=int, default=1, help="onnxruntime sessions per graph")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     p.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batcher's wait for more requests")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server in this interpreter (needs pytriton, onnxruntime, numpy); blocks until SIGINT/SIGTERM."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle", type=Path)
+    add_server_arguments(p)
     args = p.parse_args(argv)
     from pytriton.triton import Triton, TritonConfig
 
