@@ -259,29 +259,15 @@ class VideoSource:
         position = self._position()
         while stalled < self.max_consecutive_failures:
             ok, frame = self._cap.read()
-            if self.lazy:
-                data = frame.tobytes() if ok and frame is not None else b""
-                # A whole JPEG starts with SOI and ends with EOI (padding aside): an empty or cut packet is a
-                # dropped frame, as FFmpeg's decoder would have reported it, not a frame no one can decode.
-                if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
-                    self.stats.dropped += failures
-                    self._last_good = time.monotonic(), time.time()
-                    return EncodedFrame(data, self.stats.read)
-                if not ok and self._at_end():
-                    self._ended = True
-                    return None
-            elif ok and frame is not None:
-                try:
-                    valid = validate_frame(frame, self.stats.read + self.stats.dropped + failures)
-                except FrameError:
-                    valid = None
-                if valid is not None:
-                    self.stats.dropped += failures
-                    self._last_good = time.monotonic(), time.time()
-                    return valid
-            elif self._at_end():
+            if not ok and self._at_end():
                 self._ended = True
                 return None
+            frame = frame if ok else None
+            good = self._packet(frame) if self.lazy else self._image(frame, failures)
+            if good is not None:
+                self.stats.dropped += failures
+                self._last_good = time.monotonic(), time.time()
+                return good
             failures += 1
             now = self._position()
             stalled = 0 if self.kind == "file" and now > position else stalled + 1
@@ -289,6 +275,26 @@ class VideoSource:
             if self.live and time.monotonic() - self._last_good[0] >= self.timeout_ms / 1000:
                 return None
         return None
+
+    def _packet(self, frame: np.ndarray | None) -> EncodedFrame | None:
+        """A compressed frame (lazy mode), or None for a packet that is not a whole JPEG.
+
+        A whole JPEG starts with SOI and ends with EOI (padding aside): an empty or cut packet is a dropped
+        frame, as FFmpeg's decoder would have reported it, not a frame no one can decode.
+        """
+        data = frame.tobytes() if frame is not None else b""
+        if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+            return EncodedFrame(data, self.stats.read)
+        return None
+
+    def _image(self, frame: np.ndarray | None, failures: int) -> np.ndarray | None:
+        """The decoded frame if it is a valid image, else None (a dropped frame)."""
+        if frame is None:
+            return None
+        try:
+            return validate_frame(frame, self.stats.read + self.stats.dropped + failures)
+        except FrameError:
+            return None
 
     def _position(self) -> float:
         """The capture's frame position (files; 0 where the backend does not say)."""
