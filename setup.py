@@ -45,6 +45,7 @@ setup(
     packages=[
         "stp_edge",
         "stp_edge.backends",
+        "stp_edge.bench",
         "stp_edge.bundle",
         "stp_edge.cuda",
         "stp_edge.demo",
@@ -52,10 +53,11 @@ setup(
         "stp_edge.model",
         "stp_edge.pipeline",
         "stp_edge.scale",
+        "stp_edge.synthetic",
         "stp_edge.export",
         "stp_edge.kernels",
     ],
-    # The repository keeps export scripts and CUDA sources at the top level (DESIGN §4); installed, they
+    # The repository keeps export scripts and CUDA sources at the top level; installed, they
     # become subpackages so `pip install stp-edge[export]` gives a working `stp-edge export`.
     package_dir={"stp_edge.export": "export", "stp_edge.kernels": "kernels"},
     package_data={"stp_edge.kernels": ["*.cu", "*.cuh"], "stp_edge.model": ["assets/*"]},

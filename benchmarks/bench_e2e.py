@@ -6,7 +6,7 @@ Issue 15's end-to-end target, measured in one process on this machine:
 - runtime: `stp_edge.run.run_video(video, detector=det, keep=False)`, the code `stp-edge run` runs (decode
   thread ahead of the detector, MJPEG frames decoded only where a snippet samples them), wall time from the
   first frame read to the last result;
-- plain PyTorch: the researcher's pipeline on the same weights and file (`stp_edge.bench`'s baseline: cv2
+- plain PyTorch: the researcher's pipeline on the same weights and file (`stp_edge.bench.baseline`: cv2
   decode of all 16 frames of each snippet, PIL preprocessing, eager encoder, temporal stream on the last 2c+1
   snippets, spatial stream), wall time over the whole file;
 - the two alternate round by round (fp32 runtime, INT8 runtime, PyTorch), so machine noise hits all alike;
@@ -28,8 +28,8 @@ TARGETS = {"fp32": 0.6, "int8": 0.4}
 
 def _bundles(cfg: str, work: Path, calib_frames: int) -> dict[str, Path]:
     from stp_edge.bundle import Bundle, BundleError
-    from stp_edge.demo.synthetic import write_benchmark
     from stp_edge.export.bundle_export import export_bundle
+    from stp_edge.synthetic import write_benchmark
 
     out = {}
     for precision in ("fp32", "int8"):
@@ -58,17 +58,16 @@ def _runtime_wall(det, video: Path) -> tuple[float, int]:
 
 
 def _torch_wall(bundle, video: Path) -> tuple[float, int]:
-    from stp_edge.bench import _torch_baseline
+    from stp_edge.bench.baseline import load_torch_pipeline
 
     notes: list[str] = []
-    pipe = _torch_baseline(bundle, video, None, notes)
+    pipe = load_torch_pipeline(bundle, video, notes=notes)
     if pipe is None:
         raise RuntimeError("; ".join(notes))
     start = time.perf_counter()
-    n = -1
-    while len(pipe.times["total"]) != n:  # a call that reads no full snippet adds nothing: the file ended
-        n = len(pipe.times["total"])
-        pipe()
+    n = 0
+    while pipe():  # False once the file has no full snippet left
+        n += 1
     wall = time.perf_counter() - start
     pipe.summary()
     return wall, n
@@ -86,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from stp_edge.api import Detector
-    from stp_edge.bench import machine_description, write_test_video
+    from stp_edge.bench import write_test_video
     from stp_edge.bundle import Bundle
+    from stp_edge.machine import machine_info
 
     args.work.mkdir(parents=True, exist_ok=True)
     bundles = _bundles(args.config, args.work, args.calib_frames)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             det.close()
     med = {k: statistics.median(v) for k, v in walls.items()}
     ratios = {k: med[k] / med["torch"] for k in ("fp32", "int8")}
-    machine = machine_description()
+    machine = machine_info()
     result = {"config": args.config, "video": {"frames": args.frames, "size": "768x576", "codec": args.codec},
               "snippets": snippets, "rounds": args.rounds, "wall_s": walls, "median_s": med,
               "ratio_vs_torch": ratios, "targets": TARGETS,

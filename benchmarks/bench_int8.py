@@ -31,7 +31,7 @@ TARGETS = {"speedup": 2.0, "cosine": 0.99, "auc_loss_points": 0.5}
 
 
 def _clips(out: Path, split: str, n: int, seed: int, num_frames: int) -> Path:
-    from stp_edge.demo.synthetic import write_benchmark
+    from stp_edge.synthetic import write_benchmark
 
     write_benchmark(out, split=split, num_videos=n, seed=seed, num_frames=num_frames)
     return out
@@ -114,14 +114,14 @@ def demo_part(work: Path, calib: Path, test_videos: int, calib_frames: int) -> d
         out[precision] = {"auc": res.auc, "ap": res.ap, "tiou": res.tiou}
     out["auc_loss_points"] = 100 * (out["fp32"]["auc"] - out["int8"]["auc"])
     out["data"] = {"split": "test", "num_videos": test_videos, "seed": 0,
-                   "generator": "stp_edge.demo.synthetic.write_benchmark"}
+                   "generator": "stp_edge.synthetic.write_benchmark"}
     return out
 
 
 def markdown(res: dict) -> str:
     m, enc = res["machine"], res["encoder"]
     lines = [f"# INT8 (Q/DQ) encoder vs fp32, ONNX Runtime CPU ({m['cpu']}, {m['cores']} cores, "
-             f"load {m['load_avg_1m_at_start']} at start)", "",
+             f"load {m['load_avg_1m']} at start)", "",
              f"Model: {enc['config']} random weights; INT8 calibrated on "
              f"{enc['quantization']['calibration']['num_frames']} frames of synthetic clips; "
              f"{enc['quantization']['activations']} activations, "
@@ -137,7 +137,7 @@ def markdown(res: dict) -> str:
         lines.append(f"| {k} | {c['min']:.5f} | {c['mean']:.5f} | {c['n_images']} | "
                      f"{'yes' if c['min'] >= TARGETS['cosine'] else 'no'} |")
     lines.append("")
-    lines.append("Held-out frames: preprocessed frames of synthetic clips (stp_edge.demo.synthetic, seeds the "
+    lines.append("Held-out frames: preprocessed frames of synthetic clips (stp_edge.synthetic, seeds the "
                  "calibration never saw). They stand in for real frames: no real video is available here.")
     if res.get("demo"):
         d = res["demo"]
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
 
-    from stp_edge.eval.machine import machine_info
+    from stp_edge.machine import machine_info
 
     t0 = time.monotonic()
     res = {"machine": machine_info(), "targets": TARGETS,
@@ -179,9 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_demo:
             res["demo"] = demo_part(work, calib, args.test_videos, args.calib_frames)
     res["seconds"] = time.monotonic() - t0
-    import onnxruntime
-
-    res["machine"]["onnxruntime"] = onnxruntime.__version__
     table = markdown(res)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

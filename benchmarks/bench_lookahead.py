@@ -83,12 +83,12 @@ def _first_alarm(emitted: list[tuple[Any, int]], start: int, end: int, thr: floa
 
 def run(num_videos: int, seed: int, work: Path, report=print) -> dict:
     from stp_edge.api import Detector
-    from stp_edge.demo.synthetic import write_benchmark
+    from stp_edge.datasets import find_video, load_ground_truth
     from stp_edge.eval import evaluate_bundle
-    from stp_edge.eval.datasets import find_video, load_ground_truth
     from stp_edge.eval.metrics import evaluate_videos
     from stp_edge.eval.run import prediction_from_results
     from stp_edge.export.bundle_export import export_bundle
+    from stp_edge.synthetic import write_benchmark
 
     bundle = work / "demo.stp"
     if not bundle.exists():
@@ -168,7 +168,7 @@ def run(num_videos: int, seed: int, work: Path, report=print) -> dict:
         })
     return {"bundle": {"source": "demo", "context": c, "snippet_len": L, "score_threshold": thr},
             "data": {"split": "test", "num_videos": len(gts), "seed": seed, "fps_of_videos": 25,
-                     "generator": "stp_edge.demo.synthetic.write_benchmark"},
+                     "generator": "stp_edge.synthetic.write_benchmark"},
             "cross_check": {"evaluate_bundle_auc": cross.auc, "finals_auc": rows[0]["auc_final"]},
             "rows": rows}
 
@@ -176,7 +176,7 @@ def run(num_videos: int, seed: int, work: Path, report=print) -> dict:
 def markdown(res: dict) -> str:
     m, b, d = res["machine"], res["bundle"], res["data"]
     lines = ["# Low-latency mode on the demo benchmark: provisional results per lookahead N", "",
-             f"Machine: {m['node']}, {m['cpu']}, {m['cores']} cores (load {m['load_avg_1m_at_start']} at start, "
+             f"Machine: {m['node']}, {m['cpu']}, {m['cores']} cores (load {m['load_avg_1m']} at start, "
              f"{res['load_avg_1m_at_end']} at end); onnxruntime {m['onnxruntime']} (CPU). "
              f"Demo model bundle (context c = {b['context']} snippets of {b['snippet_len']} frames, score threshold "
              f"{b['score_threshold']}), synthetic test split: {d['num_videos']} videos (seed {d['seed']}, "
@@ -220,12 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         return 0
 
-    import onnxruntime
-
-    from stp_edge.eval.machine import machine_info
+    from stp_edge.machine import machine_info
 
     t0 = time.monotonic()
-    machine = {**machine_info(), "onnxruntime": onnxruntime.__version__}
+    machine = machine_info()  # with the ONNX Runtime version
     with tempfile.TemporaryDirectory(prefix="stp-lookahead-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -36,28 +36,13 @@ from PIL import Image  # noqa: E402
 
 cv2.setNumThreads(int(BLAS_THREADS))  # OpenCV's own pool too (cvtColor, transpose)
 
-from stp_edge.eval.machine import machine_info as base_machine_info  # noqa: E402
-from stp_edge.preprocess import CLIP_MEAN, CLIP_STD, CpuPreprocessor, resized_size  # noqa: E402
+from stp_edge.bench.reference import pil_pipeline  # noqa: E402
+from stp_edge.machine import machine_info as base_machine_info  # noqa: E402
+from stp_edge.preprocess import CpuPreprocessor  # noqa: E402
 
 RESOLUTIONS = {"720p": (720, 1280), "1080p": (1080, 1920), "4K": (2160, 3840)}
 BATCHES = (1, 16)
 SIZE = 224
-
-
-def pil_pipeline(frames: list[np.ndarray], size: int = SIZE) -> np.ndarray:
-    """The straightforward per-frame PIL + NumPy version of CLIP's preprocessing."""
-    mean = np.asarray(CLIP_MEAN, np.float32)
-    std = np.asarray(CLIP_STD, np.float32)
-    out = []
-    for bgr in frames:
-        h, w = bgr.shape[:2]
-        nh, nw = resized_size(h, w, size)
-        img = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).resize((nw, nh), Image.BICUBIC)
-        top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
-        img = img.crop((left, top, left + size, top + size))
-        a = (np.asarray(img, np.float32) / 255.0 - mean) / std
-        out.append(a.transpose(2, 0, 1))
-    return np.stack(out)
 
 
 def make_frames(h: int, w: int, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -68,7 +53,7 @@ def make_frames(h: int, w: int, n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def machine_info() -> dict[str, str]:
-    """The machine (`stp_edge.eval.machine.machine_info`) plus Pillow's version and this run's BLAS threads."""
+    """The machine (`stp_edge.machine.machine_info`) plus Pillow's version and this run's BLAS threads."""
     return {**base_machine_info(), "pillow": Image.__version__, "blas_threads": BLAS_THREADS}
 
 
@@ -114,7 +99,7 @@ def cpu_markdown(rows: list[dict[str, object]], info: dict[str, str]) -> str:
         "",
         f"Machine: {info['node']} - {info['cpu']} ({info['cores']} cores), {info['platform']}; "
         f"numpy {info['numpy']}, OpenCV {info['opencv']}, Pillow {info['pillow']}; BLAS threads "
-        f"{info['blas_threads']}. Load average (1 min) when the run started: {info['load_avg_1m_at_start']} "
+        f"{info['blas_threads']}. Load average (1 min) when the run started: {info['load_avg_1m']} "
         "(other jobs share this machine).",
         "Output 224x224 float32. Medians over repeats, both pipelines alternating in one process, same frames; "
         "the fastest run of each shows the cost with the least interference from other jobs.",

@@ -46,11 +46,11 @@ def main() -> None:
 
     import ray
 
-    from stp_edge.demo.synthetic import write_benchmark
-    from stp_edge.eval.machine import machine_info
     from stp_edge.export.bundle_export import export_bundle
+    from stp_edge.machine import machine_info
     from stp_edge.scale.extract import extract_features
     from stp_edge.scale.score import score_videos
+    from stp_edge.synthetic import write_benchmark
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray-"))
     videos = tmp / "videos"

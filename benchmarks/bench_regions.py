@@ -27,8 +27,8 @@ import numpy as np
 
 def _images(cfg, n: int) -> np.ndarray:
     """n preprocessed frames of a synthetic clip (what the encoder sees at run time)."""
-    from stp_edge.demo.synthetic import generate_clip
     from stp_edge.preprocess import CpuPreprocessor
+    from stp_edge.synthetic import generate_clip
 
     clip = generate_clip(11, width=640, height=360, num_frames=16 * n)
     return CpuPreprocessor(cfg.vision.image_size)(list(clip.frames[8::16][:n]))
@@ -110,7 +110,7 @@ def run(cfg_name: str, work: Path, reps: int, batches: list[int]) -> dict:
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# Region features in the encoder graph vs pooled on the host ({res['config']}, ORT CPU)", "",
-             f"Machine: {m['node']}, {m['cpu']}, {m['cores']} cores, load {m['load_avg_1m_at_start']} at start, "
+             f"Machine: {m['node']}, {m['cpu']}, {m['cores']} cores, load {m['load_avg_1m']} at start, "
              f"{res['load_avg_1m_at_end']} at end; onnxruntime {m['onnxruntime']}.", "",
              f"Same random weights exported twice: `region_features=\"encoder\"` (encoder.onnx returns region_emb, "
              f"{res['grid']}x{res['grid']} tokens pooled to {res['region_grid']}x{res['region_grid']} in the graph) "
@@ -148,12 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import os
 
-    import onnxruntime
-
-    from stp_edge.eval.machine import machine_info
+    from stp_edge.machine import machine_info
 
     t0 = time.monotonic()
-    machine = {**machine_info(), "onnxruntime": onnxruntime.__version__}
+    machine = machine_info()  # with the ONNX Runtime version
     with tempfile.TemporaryDirectory(prefix="stp-regions-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

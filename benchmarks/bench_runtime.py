@@ -4,8 +4,9 @@
 
 Both sides run the same random-weight model (exported once to a bundle) on the same camera-like frames, in the
 same process, one snippet (16 frames, 1 sampled) at a time, as a live camera feeds them:
-- plain PyTorch: per snippet, PIL bicubic resize + crop + NumPy normalise, torch eager encoder, region pooling,
-  then the temporal stream on the window of the last 2c+1 snippets and the spatial stream, in torch;
+- plain PyTorch (`stp_edge.bench.baseline.TorchPipeline`, `stp-edge bench`'s baseline): per snippet, PIL bicubic
+  resize + crop + NumPy normalise, torch eager encoder, region features, then the temporal stream on the window
+  of the last 2c+1 snippets and the spatial stream, in torch;
 - stp-edge: `Detector.push()` frame by frame on ONNX Runtime (CPU) with the CPU preprocessing twin.
 Medians over steady-state snippets (after warm-up, once the 2c+1 window is full; results emitted by `push`,
 not by the final batched `flush`) per stage and end to end, and their ratio. "total" is the time of the push
@@ -28,37 +29,7 @@ from pathlib import Path
 import numpy as np
 
 # the sibling script: `python benchmarks/bench_runtime.py` puts benchmarks/ first on sys.path
-from bench_preprocess import RESOLUTIONS, machine_info, make_frames, pil_pipeline
-
-
-class TorchPipeline:
-    """The straightforward loop: PIL preprocessing, eager torch, window recomputed per snippet."""
-
-    def __init__(self, model) -> None:
-        self.model, self.frames, self.regions = model, [], []
-
-    def step(self, frames: list[np.ndarray]) -> dict[str, float]:
-        import torch
-
-        from stp_edge.model.regions import pool_regions
-
-        cfg, c = self.model.cfg, self.model.cfg.context
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            images = torch.from_numpy(pil_pipeline([frames[len(frames) // 2]], cfg.vision.image_size))
-            t1 = time.perf_counter()
-            fe, pe = self.model.encode(images)
-            regions = pool_regions(pe, cfg.vision.grid, cfg.region_grid)
-            t2 = time.perf_counter()
-            self.frames.append(fe[0])
-            self.regions.append(regions[0])
-            lo = max(0, len(self.frames) - (2 * c + 1))
-            self.model.temporal(torch.stack(self.frames[lo:])[None], torch.stack(self.regions[lo:])[None])
-            t3 = time.perf_counter()
-            self.model.spatial(regions)
-            t4 = time.perf_counter()
-        return dict(zip(STAGES, np.array([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0]) * 1e3, strict=True))
-
+from bench_preprocess import RESOLUTIONS, machine_info, make_frames
 
 STAGES = ("preprocess", "encoder", "temporal", "spatial", "total")
 
@@ -66,6 +37,7 @@ STAGES = ("preprocess", "encoder", "temporal", "spatial", "total")
 def run_interleaved(model, bundle: Path, snippets: list[list[np.ndarray]], warmup: int) -> dict[str, dict]:
     """Alternate the two pipelines snippet by snippet so machine noise hits both alike."""
     from stp_edge.api import Detector
+    from stp_edge.bench.baseline import TorchPipeline
 
     plain = TorchPipeline(model)
     times = {"plain PyTorch": {k: [] for k in STAGES}, "stp-edge (ORT CPU)": {k: [] for k in STAGES}}
@@ -103,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from stp_edge.export.bundle_export import export_bundle
-    from stp_edge.export.sources import ModelSource, build_model
+    from stp_edge.model.sources import ModelSource, build_model
 
     torch.set_num_threads(args.threads)
     h, w = RESOLUTIONS[args.resolution]

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from stp_edge import Detector
-from stp_edge.eval.machine import machine_info
+from stp_edge.machine import machine_info
 
 RSS_BOUND_MIB = 8.0
 LATENCY_BOUND = (0.67, 1.5)  # last/first decile median CPU ms per snippet
@@ -169,7 +169,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"# Soak: {res['frames']:,} frames, {a['streams']} streams, one Detector ({a['config']}, {res['backend']}, "
         f"{a['size']} frames)",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']} (host {m['node']}, load {m['load_avg_1m_at_start']}"
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']} (host {m['node']}, load {m['load_avg_1m']}"
         " at start). NumPy " + m["numpy"] + ", OpenCV " + m["opencv"] + ".",
         "",
         f"{res['snippets']:,} snippets in {res['wall_s']:.1f} s ({res['frames'] / res['wall_s']:.0f} frames/s); "

@@ -16,8 +16,8 @@ import torch
 
 from stp_edge.errors import OutputExistsError, UsageError
 from stp_edge.export.onnx_export import DEFAULT_OPSET, export_onnx
-from stp_edge.export.sources import ModelSource, build_model, demo_checkpoint_dir, weights_fingerprint
 from stp_edge.model.graphs import build_graphs, graph_specs, random_inputs, to_precision
+from stp_edge.model.sources import ModelSource, build_model, demo_checkpoint_dir, weights_fingerprint
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}  # int8: Q/DQ from fp32
 
@@ -46,9 +46,9 @@ def export_bundle(
     the encoder (heads stay fp32) on frames sampled from the videos in `calib` (at most `calib_frames`,
     default `stp_edge.export.quantize.DEFAULT_MAX_FRAMES`); see `stp_edge.export.quantize`.
 
-    `region_features="encoder"` (default): the encoder graph returns region_emb. "host" writes the layout of
-    bundles exported before that (encoder returns patch_emb, no `region_features` key in the manifest), which
-    runtimes older than the change can load; the current runtime runs both.
+    `region_features="encoder"` (default): the encoder graph returns region_emb. "host" writes the deprecated
+    layout (encoder returns patch_emb, no `region_features` key in the manifest) that stp-edge 0.3.0 stops
+    reading (docs/bundle-format.md, "Compatibility"); until then the runtime runs both.
     """
     source = _source(checkpoint, clip_weights, demo, random_config, seed, config_overrides)
     graph_specs(region_features)  # refuses an unknown layout before any work
@@ -138,7 +138,7 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
                "graph_precision": {"encoder": precision, "temporal": "fp32", "spatial": "fp32"},
                "exporter": {"stp_edge_version": __version__, "torch_version": torch.__version__,
                             **quantization}},
-        regions=None if regions == "host" else regions,  # "host" bundles predate the key: leave it out
+        regions=None if regions == "host" else regions,  # "host" bundles have no key, as every reader expects
     )
     steps.update()
     steps.close()

@@ -37,8 +37,8 @@ import numpy as np
 
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import MissingInputError, UsageError
+from stp_edge.media_files import VIDEO_EXTENSIONS, video_files
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv")
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 ACTIVATION_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -54,17 +54,18 @@ class CalibrationSet:
 
 
 def calibration_videos(calib_dir: str | os.PathLike) -> list[Path]:
-    """Video files directly or recursively under `calib_dir`, sorted by relative path.
+    """The video files of `calib_dir`, as `stp-edge run DIR` picks them (`stp_edge.media_files.video_files`).
 
     Raises:
-        FileNotFoundError: The directory does not exist or holds no video file.
+        FileNotFoundError: The directory does not exist or holds no video file (subfolders are not searched).
     """
     root = Path(calib_dir)
     if not root.is_dir():
         raise MissingInputError(f"calibration directory {root} does not exist")
-    videos = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    videos = video_files(root)
     if not videos:
-        raise MissingInputError(f"calibration directory {root} holds no video file ({', '.join(VIDEO_SUFFIXES)})")
+        raise MissingInputError(f"calibration directory {root} holds no video file ({', '.join(VIDEO_EXTENSIONS)}; "
+                                f"subfolders are not searched)")
     return videos
 
 
@@ -103,7 +104,7 @@ def calibration_set(calib_dir: str | os.PathLike, config: STPromptConfig, *,
                     continue
                 for f in snippet.frames:
                     digest.update(hashlib.sha256(np.ascontiguousarray(f)).digest())
-                images.append(pre(list(snippet.frames)))
+                images.append(pre._from_valid(snippet.frames))  # the source checked its frames already
                 taken += 1
                 if taken >= per_video or len(images) >= max_frames:
                     break

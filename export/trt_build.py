@@ -1,6 +1,6 @@
 """Bundle ONNX graphs -> TensorRT plans, through the TensorRT Python API (TensorRT >= 10 only).
 
-Three small pieces (STYLE §2): pure functions decide the optimisation profiles, the per-graph precision mode
+Three small pieces: pure functions decide the optimisation profiles, the per-graph precision mode
 and the build flags the manifest records (tested without TensorRT); `build_engine()` turns one ONNX file into
 one plan; `build_bundle_engines()` builds the three plans of a bundle into a hidden staging directory and
 installs them as `engines/<gpu-slug>-<precision>/` with an updated manifest, so a failed build changes

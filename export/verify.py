@@ -11,10 +11,10 @@ its report adds `pipeline` rows, the score and class-probability deltas of encod
 recorded at: an fp16 bundle's encoder to fp16, its fp32 heads to fp32 (the manifest's `graph_precision`, and for
 TensorRT plans the engine set's per-graph `build_flags`).
 
-Backends come from the one factory (`stp_edge.backends.create_runners`), the same runners `Detector.load`
-uses. The torch reference is rebuilt from the bundle's recorded source, but a checkpoint *path* named inside
-a bundle is never opened unless the caller names it (`checkpoint=`): a bundle is data, not a file reference
-to follow.
+Backends come from the one factory (`stp_edge.backends.choose_backend` + `create_runners`), the same runners
+`Detector.load` uses; for TensorRT the report names the plans the runners loaded (`TrtRunner.engine_info`).
+The torch reference is rebuilt from the bundle's recorded source, but a checkpoint *path* named inside a bundle
+is never opened unless the caller names it (`checkpoint=`): a bundle is data, not a file reference to follow.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class VerifyReport:
     seed: int
     rows: list[VerifyRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    trt_plans: dict[str, str] = field(default_factory=dict)  # graph -> the plan its TensorRT runner loaded, and how
 
     @property
     def ok(self) -> bool:
@@ -92,8 +93,8 @@ def verify_bundle(
     """Run fresh random inputs through torch and each backend for every graph of `bundle`."""
     from stp_edge.backends.torch import TorchRunner
     from stp_edge.bundle import Bundle
-    from stp_edge.export.sources import ModelSource, build_model, weights_fingerprint
     from stp_edge.model.graphs import build_graphs, random_inputs
+    from stp_edge.model.sources import ModelSource, build_model, weights_fingerprint
 
     b = Bundle.load(bundle)
     seed = secrets.randbelow(2**31) if seed is None else seed
@@ -118,11 +119,12 @@ def verify_bundle(
     if int8:
         feeds["encoder"]["images"] = synthetic_images(b.config, seed, batch)
     reference = build_graphs(model)
+    choices = {backend: _choose(b, backend) for backend in backends}
     for graph, graph_feeds in feeds.items():
         with TorchRunner(reference[graph], graph) as runner:
             ref = runner.infer(graph_feeds)
         for backend in backends:
-            outputs, precision = _run_backend(b, graph, backend, graph_feeds, rep)
+            outputs, precision = _run_backend(b, graph, choices[backend], graph_feeds, rep)
             tol = tolerance_name(precision)
             for out_name, out in outputs.items():
                 max_abs, rel = compare(out, ref[out_name])
@@ -134,9 +136,11 @@ def verify_bundle(
                     rep.rows.append(VerifyRow(graph, out_name, backend, tol, max_abs, rel, rel <= TOLERANCES[tol]))
     if int8:
         for backend in backends:
-            rep.rows += _pipeline_rows(b, reference, feeds["encoder"]["images"], backend, rep)
+            rep.rows += _pipeline_rows(b, reference, feeds["encoder"]["images"], backend, choices[backend])
     if report:
         report(f"verify {b.path} (precision {b.precision}, seed {seed}, batch {batch})")
+        for graph, plan in rep.trt_plans.items():
+            report(f"trt {graph}: {plan}")
         report(rep.table())
         for n in rep.notes:
             report(f"note: {n}")
@@ -161,25 +165,35 @@ def embedding_cosine(got: np.ndarray, ref: np.ndarray) -> float:
 
 def synthetic_images(cfg, seed: int, n: int) -> np.ndarray:
     """n preprocessed frames [n, 3, S, S] of a fresh synthetic clip (in-distribution inputs for INT8)."""
-    from stp_edge.demo.synthetic import generate_clip
     from stp_edge.preprocess import CpuPreprocessor
+    from stp_edge.synthetic import generate_clip
 
     clip = generate_clip(seed, width=320, height=240, num_frames=max(16, 16 * n))
     return CpuPreprocessor(cfg.vision.image_size)(list(clip.frames[8::16][:n]))
 
 
-def _pipeline_rows(b, reference: dict, images: np.ndarray, backend: str, rep: VerifyReport) -> list[VerifyRow]:
+def _choose(b, backend: str):
+    """The `BackendChoice` verify runs `backend` ("ort" or "trt") with, or None for "trt" without engines."""
+    from stp_edge.backends import choose_backend
+
+    if backend not in ("ort", "trt"):
+        raise UsageError(f"unknown backend {backend!r}; expected 'ort' or 'trt'")
+    if backend == "trt" and not b.engines:
+        return None
+    return choose_backend(backend, b)
+
+
+def _pipeline_rows(b, reference: dict, images: np.ndarray, backend: str, choice) -> list[VerifyRow]:
     """Score and class-prob deltas of encoder -> temporal on `backend` vs torch, the images as one window."""
-    from stp_edge.backends import create_runners, resolve_backend
+    from stp_edge.backends import create_runners
     from stp_edge.backends.torch import TorchRunner
     from stp_edge.pipeline.encode import Encoder
 
-    if backend == "trt" and not b.engines:
+    if choice is None:
         return []
     outs = []
-    name = resolve_backend(backend, b)
     for runners in ({g: TorchRunner(reference[g], g) for g in ("encoder", "temporal")},
-                    create_runners(b, name, graphs=("encoder", "temporal"))):
+                    create_runners(b, choice.name, graphs=("encoder", "temporal"), engine=choice.engine)):
         with runners["encoder"] as enc, runners["temporal"] as temporal:
             frame_emb, region_emb = Encoder(enc, None, b.config).encode_images(images)
             outs.append(temporal.infer({"frame_emb": frame_emb[None], "region_emb": region_emb[None]}))
@@ -187,46 +201,44 @@ def _pipeline_rows(b, reference: dict, images: np.ndarray, backend: str, rep: Ve
     return [VerifyRow("pipeline", k, backend, "reported", *compare(got[k], ref[k]), True) for k in ref]
 
 
-def _run_backend(b, graph: str, backend: str, feeds: dict, rep: VerifyReport) -> tuple[dict, str]:
-    """(outputs, precision they were computed at) of one graph on one backend, through the backend factory."""
-    from stp_edge.backends import create_runners, resolve_backend
+def _run_backend(b, graph: str, choice, feeds: dict, rep: VerifyReport) -> tuple[dict, str]:
+    """(outputs, precision they were computed at) of one graph on the chosen backend; None: trt skipped."""
+    from stp_edge.backends import create_runners
 
-    if backend not in ("ort", "trt"):
-        raise UsageError(f"unknown backend {backend!r}; expected 'ort' or 'trt'")
-    if backend == "trt" and not b.engines:
+    if choice is None:
         rep.notes.append(f"{graph}: bundle has no TensorRT engines; trt skipped")
         return {}, b.graph_precision(graph)
-    name = resolve_backend(backend, b)
-    runner = create_runners(b, name, graphs=(graph,))[graph]
+    runner = create_runners(b, choice.name, graphs=(graph,), engine=choice.engine)[graph]
     with runner:
         outputs = runner.infer(feeds)
         if graph == "encoder" and "region_emb" not in outputs:
             outputs = _host_regions(b, runner, feeds["images"], rep)
-    if name == "trt":
-        return outputs, runner_engine_precision(b, graph)
+    if choice.name == "trt":
+        return outputs, _ran_trt(b, graph, runner, rep)
     return outputs, b.graph_precision(graph)
 
 
 def _host_regions(b, runner, images: np.ndarray, rep: VerifyReport) -> dict[str, np.ndarray]:
     """frame_emb and region_emb of an encoder that returns patch_emb, with the regions computed as the runtime does.
 
-    Bundles exported before region features moved into the encoder graph return patch_emb; the runtime derives
-    region_emb on the host (`Encoder.host_regions`), and that is what is compared with torch's region_emb.
+    Bundles in the deprecated "host" region layout return patch_emb; the runtime derives region_emb on the host
+    (`Encoder.host_regions`), and that is what is compared with torch's region_emb.
     """
     from stp_edge.pipeline.encode import Encoder
 
-    note = ("encoder: this bundle computes region features on the host (exported before they moved into the "
-            "encoder graph); region_emb is compared as the runtime derives it from the graph's patch_emb")
+    note = ("encoder: this bundle computes region features on the host (a deprecated layout); region_emb is "
+            "compared as the runtime derives it from the graph's patch_emb")
     if note not in rep.notes:
         rep.notes.append(note)
     frame_emb, region_emb = Encoder(runner, None, b.config).encode_images(images)
     return {"frame_emb": frame_emb, "region_emb": region_emb}
 
 
-def runner_engine_precision(b, graph: str) -> str:
-    """Precision TensorRT built `graph` at, from the selected engine set's build flags."""
-    from stp_edge.backends.trt import cuda_device_info, load_trt
+def _ran_trt(b, graph: str, runner, rep: VerifyReport) -> str:
+    """Record the plan `runner` loaded in the report; the precision TensorRT built `graph` at (its build flags)."""
+    from stp_edge.backends.trt import describe_engine
 
-    gpu, cc = cuda_device_info(0)
-    engine = b.select_engine(tensorrt_version=load_trt().__version__, compute_capability=cc, gpu_name=gpu)
+    engine = runner.engine_info
+    plan = Path(runner.plan_path).relative_to(b.path).as_posix()
+    rep.trt_plans[graph] = f"{plan} ({engine.precision}, built with {describe_engine(engine)})"
     return str(((engine.build_flags.get("graphs") or {}).get(graph) or {}).get("precision", engine.precision))

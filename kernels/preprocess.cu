@@ -1,6 +1,7 @@
-// Fused CLIP preprocessing kernels (DESIGN §3): antialiased bicubic short-side resize with PIL's exact
-// integer arithmetic, centre crop, BGR8 or NV12 (BT.601/BT.709, limited/full range) -> RGB, /255,
-// mean/std, CHW, float32 or float16. Two launches per batch of same-sized frames, block (32, 8):
+// Fused CLIP preprocessing kernels (CLIP's own preprocessing, as PIL computes it): antialiased bicubic
+// short-side resize with PIL's exact integer arithmetic, centre crop, BGR8 or NV12 (BT.601/BT.709,
+// limited/full range) -> RGB, /255, mean/std, CHW, float32 or float16. Two launches per batch of
+// same-sized frames, block (32, 8):
 //
 //   stp_resize_h_{bgr8,nv12}   grid (ceil(size/32), ceil(mid_rows/8), batch)
 //   stp_resize_v_{f32,f16}     grid (ceil(size/32), ceil(size/8), batch)

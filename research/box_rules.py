@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the bundle once, re-box its maps with every (level, threshold) rule, print the TIoU table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("data", type=Path, help="a directory written by stp_edge.demo.synthetic.write_benchmark")
+    ap.add_argument("data", type=Path, help="a directory written by stp_edge.synthetic.write_benchmark")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.2, 0.35, 0.5, 0.65, 0.8])
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) here")
@@ -42,10 +42,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
 
-    from stp_edge.api import Detector, run_video
-    from stp_edge.eval.datasets import find_video, load_ground_truth
-    from stp_edge.eval.metrics import expand_snippets, tiou
+    from stp_edge.api import Detector
+    from stp_edge.datasets import find_video, load_ground_truth
+    from stp_edge.eval.metrics import tiou
     from stp_edge.pipeline.spatial import anomaly_map
+    from stp_edge.results import expand_snippets
+    from stp_edge.run import run_video
 
     rules = [(lv, th) for lv in args.levels for th in args.thresholds]
     pooled: dict[tuple[float, float], dict[str, list[tuple[float, int]]]] = {r: {} for r in rules}

@@ -63,8 +63,8 @@ def box_ceiling(grid: int, image_size: int, num_videos: int, seed: int, snippet_
     runtime outputs: one map and one box per snippet, applied to each of its frames. The gap between the two is
     the event moving within a snippet (0.64 s at 25 fps).
     """
-    from stp_edge.demo.synthetic import benchmark_plans
-    from stp_edge.eval.metrics import box_iou
+    from stp_edge.metrics import box_iou
+    from stp_edge.synthetic import benchmark_plans
 
     per_frame: dict[str, list[float]] = {}
     per_snippet: dict[str, list[float]] = {}
@@ -98,7 +98,7 @@ def encoder_probe(minutes: float, train_videos: int, val_videos: int, seed: int,
     import torch.nn.functional as F
 
     from stp_edge.demo import training as dt
-    from stp_edge.eval.metrics import rank_auc
+    from stp_edge.metrics import rank_auc
     from stp_edge.model.clip import VisionTransformer
 
     settings = dt.DemoTrainSettings(seed=seed)
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from stp_edge.demo.training import demo_config
-    from stp_edge.eval.machine import machine_info
+    from stp_edge.machine import machine_info
 
     size = demo_config().vision.image_size
     result: dict[str, object] = {

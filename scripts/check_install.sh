@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Clean-install check (DESIGN §4): build stp-edge's sdist and, from it, the wheel; install the wheel
+# Clean-install check: build stp-edge's sdist and, from it, the wheel; install the wheel
 # non-editable into two fresh venvs outside the checkout and run the CLI from a directory outside it:
 #   [ort]         every runtime module imports without torch, `stp-edge --help`, export refused with a
 #                 one-line error naming [export], `stp-edge run` on a bundle exported in the other venv;
@@ -159,19 +159,19 @@ for i in range(24):
 writer.release()
 EOF
 
-step "[export,ort] stp-edge run clip.avi --bundle X.stp --jsonl out.jsonl"
-"$EXP/stp-edge" run clip.avi --bundle X.stp --jsonl out.jsonl
+step "[export,ort] stp-edge run X.stp clip.avi --jsonl out.jsonl"
+"$EXP/stp-edge" run X.stp clip.avi --jsonl out.jsonl
 [[ -s out.jsonl ]] || fail "out.jsonl is empty"
 
 step "[ort] stp-edge run on a copy of the bundle exported in the [export,ort] venv"
 cp -r X.stp copied.stp
-"$ORT/stp-edge" run clip.avi --bundle copied.stp --jsonl out-ort.jsonl
+"$ORT/stp-edge" run copied.stp clip.avi --jsonl out-ort.jsonl
 same_scores out.jsonl out-ort.jsonl
 
 if [[ -n $PY310 ]]; then
     step "[ort, Python 3.10: $PY310] import every runtime module; stp-edge run on the same bundle"
     import_runtime "$WORK/venv-310/bin/python"
-    "$WORK/venv-310/bin/stp-edge" run clip.avi --bundle copied.stp --jsonl out-310.jsonl
+    "$WORK/venv-310/bin/stp-edge" run copied.stp clip.avi --jsonl out-310.jsonl
     same_scores out.jsonl out-310.jsonl
 else
     step "no Python 3.10 interpreter (set PYTHON310 to one): the Python 3.10 runtime check is skipped"

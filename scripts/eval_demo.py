@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="keep the bundle and test split here")
     args = ap.parse_args(argv)
 
-    from stp_edge.demo.synthetic import write_benchmark
     from stp_edge.eval.run import evaluate_bundle
     from stp_edge.export.bundle_export import export_bundle
+    from stp_edge.synthetic import write_benchmark
 
     with tempfile.TemporaryDirectory(prefix="stp-demo-eval-") as tmp:
         work = args.work or Path(tmp)
@@ -48,13 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     argv_used = argv if argv is not None else sys.argv[1:]
     import onnxruntime
 
-    from stp_edge.eval.machine import machine_info
+    from stp_edge.machine import machine_info
 
     out = {**result.to_dict(),
            "box_rule": ("runtime first box: the component around the map's peak"
                         " (stp_edge.pipeline.boxes.boxes_from_map)"),
            "data": {"split": "test", "num_videos": args.num_videos, "seed": args.seed,
-                    "generator": "stp_edge.demo.synthetic.write_benchmark"},
+                    "generator": "stp_edge.synthetic.write_benchmark"},
            "model": {"source": manifest.get("source"), "config": manifest.get("config", {}).get("vision")},
            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *argv_used]),
            "machine": {**machine_info(), "onnxruntime": onnxruntime.__version__, "backend": "ort-cpu"},

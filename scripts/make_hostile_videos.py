@@ -4,7 +4,7 @@
 
 Each case is one file OUT_DIR/<name>.<ext> (one FIFO among them) and an entry of OUT_DIR/cases.json:
 {"name", "file", "kind", "what", "expect", "frames", "dropped", "rejected"}. `expect` is what
-`stp_edge.api.run_video` must end in: "results", "error" (a one-line `VideoError`/`FrameError`), or "either"
+`stp_edge.run.run_video` must end in: "results", "error" (a one-line `VideoError`/`FrameError`), or "either"
 (the container decides: a truncated MP4 has lost its index, a truncated AVI still plays up to the cut);
 anything else (another exception, a crash, a hang) is a defect. `frames` / `dropped` / `rejected`, when not
 null, are the frames the run must read, skip while decoding, and have refused by the detector (MJPEG frames are
@@ -369,7 +369,7 @@ def make_cases(out: Path, *, big: bool = False) -> list[Case]:
 
 def _run_one(path: Path, bundle: Path, box: dict) -> None:
     """Run one file; put what it ended in into box["o"]."""
-    from stp_edge.api import run_video
+    from stp_edge.run import run_video
 
     try:
         res = run_video(path, bundle=bundle, backend="ort-cpu")
@@ -381,7 +381,7 @@ def _run_one(path: Path, bundle: Path, box: dict) -> None:
 
 
 def run_cases(out: Path, cases: Sequence[Case], bundle: Path, timeout_s: float = 60.0) -> list[dict]:
-    """Run every case through `stp_edge.api.run_video` (each in a thread, bounded by `timeout_s`)."""
+    """Run every case through `stp_edge.run.run_video` (each in a thread, bounded by `timeout_s`)."""
     import threading
 
     outcomes = []

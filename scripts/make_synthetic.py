@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from stp_edge.demo.synthetic import ANOMALY_CLASSES, write_benchmark
+from stp_edge.synthetic import ANOMALY_CLASSES, write_benchmark
 from stp_edge.video import CODECS
 
 

@@ -14,7 +14,7 @@ _LAZY = {
     "Detector": "stp_edge.api",
     "SnippetResult": "stp_edge.results",
     "Box": "stp_edge.results",
-    "run_video": "stp_edge.api",
+    "run_video": "stp_edge.run",
     "STPromptConfig": "stp_edge.config",
     "VisionConfig": "stp_edge.config",
     "TextConfig": "stp_edge.config",
@@ -27,10 +27,11 @@ __all__ = [  # noqa: RUF022
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from stp_edge.api import Detector, run_video
+    from stp_edge.api import Detector
     from stp_edge.bundle import Bundle
     from stp_edge.config import STPromptConfig, TextConfig, VisionConfig
     from stp_edge.results import Box, SnippetResult
+    from stp_edge.run import run_video
 
 
 def __getattr__(name: str) -> Any:

@@ -1,10 +1,11 @@
-"""The runtime API: `Detector` (scheduling and lifecycle of the pipeline stages) and `run_video`.
+"""The runtime API: `Detector`, the scheduling and lifecycle of the pipeline stages.
 
-A frame's route from `Detector.push` to a `SnippetResult` passes each stage of `stp_edge.pipeline` once, in
-order: frames (validation) -> snippets (assembly) -> encode (preprocess, encoder with its region features)
--> temporal (feature ring, schedule, temporal graph) -> spatial -> boxes. The Detector decides *when* each
-stage runs and for which snippets (docs/architecture.md, "Streaming"); the stages decide *what* is computed.
-Nothing here imports torch, and onnxruntime/TensorRT are imported only when a runner is activated.
+`Detector.push` checks a frame once (`stp_edge.frames.validate_frame`), then its route to a `SnippetResult`
+passes each stage of `stp_edge.pipeline` once, in order: snippets (assembly) -> encode (preprocess, encoder
+with its region features) -> temporal (feature ring, schedule, temporal graph) -> spatial -> boxes. The
+Detector decides *when* each stage runs and for which snippets (docs/architecture.md, "Streaming"); the stages
+decide *what* is computed. Nothing here imports torch, and onnxruntime/TensorRT are imported only when a
+runner is activated. `run_video` (`stp_edge.run`) drives a Detector over video sources.
 
 Threading: a Detector serialises its calls with a lock, so one Detector may be shared by threads (their calls
 run one at a time, each on its own streams' state); for parallel throughput use one Detector per thread.
@@ -21,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from stp_edge.backends import activate_runners, resolve_backend
+from stp_edge.backends import activate_runners, choose_backend
 from stp_edge.backends.base import Runner
 from stp_edge.bundle import GRAPH_NAMES, Bundle
 from stp_edge.errors import UsageError
+from stp_edge.frames import EncodedFrame, validate_frame
 from stp_edge.pipeline.boxes import box_class, boxes_from_map
 from stp_edge.pipeline.encode import EncodedBatch, Encoder, Preprocess, make_preprocess, preprocess_name
-from stp_edge.pipeline.frames import EncodedFrame, validate_frame
 from stp_edge.pipeline.snippets import Snippet, SnippetAssembler
 from stp_edge.pipeline.spatial import SPATIAL_MODES, SpatialHead, SpatialOutput, spatial_gate
 from stp_edge.pipeline.temporal import (
@@ -38,8 +39,7 @@ from stp_edge.pipeline.temporal import (
     ready_snippets,
     temporal_window,
 )
-from stp_edge.results import SnippetResult, frame_scores
-from stp_edge.run import VideoResults, run_video  # noqa: F401  (public API, re-exported)
+from stp_edge.results import SnippetResult
 
 
 @dataclass(frozen=True)
@@ -140,15 +140,15 @@ class Detector:
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
         requested = backend
-        backend = resolve_backend(backend, bundle, device)
+        choice = choose_backend(backend, bundle, device, allow_host_code=allow_host_code)  # the engine, once
         if spatial_on is None:
             spatial_on = bundle.config.spatial_on
         elif isinstance(spatial_on, bool):
             spatial_on = "all" if spatial_on else "off"
         # Runners first: a TensorRT plan refused under "auto" falls back to ONNX Runtime, and the preprocessing
         # choice follows the backend that actually runs, on the runners' device.
-        backend, runners = activate_runners(bundle, backend, device, requested=requested,
-                                            allow_host_code=allow_host_code)
+        backend, runners = activate_runners(bundle, choice.name, device, requested=requested,
+                                            allow_host_code=allow_host_code, engine=choice.engine)
         try:
             pre = make_preprocess(preprocess, bundle.config.vision.image_size, backend=backend,
                                   host_crops=bundle.host_crops, device=device,
@@ -210,8 +210,16 @@ class Detector:
         every stream (its own included) as it was: the caller can skip that frame and go on. A frame may be an
         `EncodedFrame` (from `VideoSource.frames_with_gaps(lazy=True)`): it is decoded only if sampled.
         """
+        return self._push_many(frames, checked=False)
+
+    def _push_many(self, frames: Mapping[int, np.ndarray | EncodedFrame], *, checked: bool) -> list[SnippetResult]:
+        """`push_many`, or with `checked=True` the internal door of frames a `VideoSource` already validated.
+
+        `run_video` pushes a source's frames this way, so that each frame is checked once: arrays go in as they
+        are, and only compressed frames are decoded (and checked, by `EncodedFrame.decode`).
+        """
         with self._lock:
-            valid = {k: self._admit(k, f) for k, f in frames.items()}
+            valid = {k: self._admit(k, f, checked=checked) for k, f in frames.items()}
             snippets = [s for s in (self._state(k).assembler.push(f) for k, f in valid.items()) if s is not None]
             if not snippets:
                 return []
@@ -236,14 +244,14 @@ class Detector:
                     if lost:
                         self.dropped_tail_frames[k] = self.dropped_tail_frames.get(k, 0) + lost
 
-    def _admit(self, stream: int, frame: Any) -> np.ndarray | EncodedFrame:
-        """The frame as the stream will keep it: validated, or decoded first when compressed and sampled now."""
+    def _admit(self, stream: int, frame: Any, *, checked: bool) -> np.ndarray | EncodedFrame:
+        """The frame as the stream keeps it: validated (as given if `checked`), compressed ones decoded if sampled."""
         if isinstance(frame, EncodedFrame):
             state = self._streams.get(stream)
             if state is None or state.assembler.samples():
                 return frame.decode(stream=stream)
             return frame
-        return validate_frame(frame, self._frames_seen(stream), stream=stream)
+        return frame if checked else validate_frame(frame, self._frames_seen(stream), stream=stream)
 
     def _frames_seen(self, stream: int) -> int:
         state = self._streams.get(stream)
@@ -295,7 +303,7 @@ class Detector:
 
     def _result(self, stream: int, t: int, info: SnippetInfo, temporal: TemporalOutput,
                 spatial: SpatialOutput | None, *, final: bool = True) -> SnippetResult:
-        """Build the snippet's result once, boxes included (stage 6)."""
+        """Build the snippet's result once, boxes included (the boxes stage)."""
         t0 = time.perf_counter()
         cfg = self.config
         probs = temporal.class_probs
@@ -336,10 +344,3 @@ class Detector:
         out = self.runners["temporal"].infer({"frame_emb": frame_emb, "region_emb": region_emb})
         return out["score"][0], out["class_probs"][0]
 
-
-def plot_scores(results: Sequence[SnippetResult], out: str | Path, *, fps: float | None = None,
-                threshold: float = 0.5) -> Path:
-    """PNG of the per-frame score over time (matplotlib, through `stp_edge.visualize.plot_timeline`)."""
-    from stp_edge.visualize import plot_timeline
-
-    return plot_timeline(out, frame_scores(results), fps or 25.0, threshold=threshold)

@@ -5,7 +5,7 @@
     stp-edge build-engines BUNDLE [--precision fp16|fp32|int8]      stp_edge.export.trt_build
     stp-edge run BUNDLE SOURCE... [--jsonl OUT] [--overlay MP4]     stp_edge.run.run_video
     stp-edge info BUNDLE                                            stp_edge.bundle.Bundle
-    stp-edge bench BUNDLE                                           stp_edge.bench
+    stp-edge bench BUNDLE                                           stp_edge.bench.run_bench
     stp-edge extract VIDEOS -o FEATS / score VIDEOS --bundle B      stp_edge.scale
     stp-edge serve BUNDLE                                           stp_edge.scale.serve (Triton)
     stp-edge train / eval / demo                                    stp_edge.model.train / eval / demo
@@ -190,8 +190,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from stp_edge.video import Backoff
 
     out = out or sys.stdout
-    bundle = args.bundle_option or args.bundle
-    specs = ([args.bundle] if args.bundle_option else []) + list(args.source)
+    bundle, specs = args.bundle, list(args.source)
     if not specs:
         raise UsageError("no SOURCE given: stp-edge run BUNDLE SOURCE...")
     reconnect = None if args.reconnect_s == 0 else Backoff(max_total_s=args.reconnect_s)
@@ -218,7 +217,6 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: TextIO) -> int:
     from tqdm.auto import tqdm
 
-    from stp_edge.outputs import AtomicTextFile
     from stp_edge.run import run_video
 
     totals = [s.frame_count for s in sources]
@@ -226,40 +224,32 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
     limit = args.max_frames
     bar = (tqdm(total=sum(min(n, limit) if limit else n for n in totals), unit="frame", file=sys.stderr,
                 desc="run") if known else None)
-    jsonl = AtomicTextFile(args.jsonl) if args.jsonl else None
     scores: list[_Score] = []  # --plot: three numbers per snippet, not whole results (maps, probabilities)
     stopper = _StopOnSignal()
     write = bar.write if bar is not None else (lambda line: print(line, file=out, flush=True))
 
     def on_result(r: Any) -> None:
-        if jsonl is not None:
-            jsonl.write(json.dumps(r.to_dict()) + "\n")
-            jsonl.flush()
         if args.plot and r.final:
             scores.append(_Score(r.frame_start, r.frame_end, r.score))
         if (r.is_anomaly and not args.quiet) or args.verbose:
             write(("ANOMALY " if r.is_anomaly else "        ") + _event_line(r))
 
     def on_gap(stream: int, gap: Any) -> None:
-        if jsonl is not None:
-            jsonl.write(json.dumps({"gap": {"stream": stream, "frame": gap.frame, "lost_s": round(gap.lost_s, 3),
-                                            "attempts": gap.attempts}}) + "\n")
         write(f"GAP     stream {stream}: {gap.lost_s:.1f}s lost before frame {gap.frame}, reconnected after "
               f"{gap.attempts} attempt(s); temporal window reset")
 
     try:
-        with stopper:
+        with stopper:  # the JSONL file keeps what was analysed, even when the run fails part-way
             results = run_video(sources, detector=det, on_result=on_result, on_gap=on_gap,
                                 on_frame=(lambda s, n: bar.update(1)) if bar is not None else None,
-                                max_frames=limit, keep=False, overlay=args.overlay, stop=stopper.event)
+                                max_frames=limit, keep=False, overlay=args.overlay, jsonl=args.jsonl,
+                                stop=stopper.event)
     finally:
         if bar is not None:
             bar.close()
-        if jsonl is not None:
-            jsonl.commit()  # what was analysed is kept, even when the run failed part-way (the summary says so)
     written = [p for p in (args.jsonl, args.overlay) if p]
     if args.plot:
-        from stp_edge.api import plot_scores
+        from stp_edge.visualize import plot_scores
 
         written.append(plot_scores(scores, args.plot, fps=results.fps, threshold=results.threshold))
     _print_summary(results, out, quiet=args.quiet)
@@ -305,16 +295,31 @@ def _print_summary(results: Any, out: TextIO, *, quiet: bool) -> None:
 # --- offline / scale-out / benchmarks ------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the STPrompt heads on extracted snippet features with video-level labels (top-k MIL)."""
-    from stp_edge.model.train import train_features_cli
+    from stp_edge.model.train import train_from_features
 
-    return train_features_cli(args)
+    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+    report = train_from_features(args.features, args.out, init=args.init, config=args.config, classes=classes,
+                                 clip_weights=args.clip_weights, epochs=args.epochs, lr=args.lr,
+                                 batch_size=args.batch_size, seed=args.seed)
+    print(f"trained on {report.videos} videos: loss {report.losses[0]:.4f} -> {report.losses[-1]:.4f}; "
+          f"wrote {report.checkpoint}")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a labelled benchmark: frame AUC, localisation (ground truth checked per video)."""
-    from stp_edge.eval.run import evaluate_cli
+    from stp_edge.eval.run import evaluate_bundle
 
-    return int(evaluate_cli(args) or 0)
+    data = args.data
+    if data is None:  # no data set given: evaluate on a synthetic split generated here
+        from stp_edge.synthetic import write_benchmark
+
+        data = (args.out if args.out is not None else Path("out/eval")) / f"synthetic_{args.split}"
+        write_benchmark(data, split=args.split, num_videos=args.num_videos, seed=args.seed)
+    result = evaluate_bundle(args.bundle, data, backend=args.backend, out_dir=args.out, fmt=args.format,
+                             annotations=args.annotations, on_mismatch=args.on_mismatch)
+    print(result.to_json())
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -327,16 +332,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """Snippet features (frame_emb, region_emb, label) of videos, with the encoder a bundle deploys; resumable."""
-    from stp_edge.scale.extract import extract_cli
+    from stp_edge.scale.extract import extract_features
 
-    return extract_cli(args)
+    report = extract_features(args.videos, args.out, bundle=args.bundle, clip_weights=args.clip_weights,
+                              labels=args.labels, fmt=args.format, annotations=args.annotations,
+                              backend=args.backend, batch=args.batch, resume=not args.no_resume, ray=args.ray,
+                              workers=args.workers, ray_address=args.ray_address,
+                              classes=[c.strip() for c in args.classes.split(",")] if args.classes else None)
+    print(report.summary())
+    return 0 if report.ok else EXIT_FAILED
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score videos with a bundle: one JSON-lines file of results per video; resumable, optionally on Ray."""
-    from stp_edge.scale.score import score_cli
+    from stp_edge.scale.score import score_videos
 
-    return score_cli(args)
+    report = score_videos(args.videos, args.bundle, args.out, backend=args.backend, resume=not args.no_resume,
+                          ray=args.ray, workers=args.workers, ray_address=args.ray_address)
+    print(report.summary())
+    return 0 if report.ok else EXIT_FAILED
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -349,9 +363,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure a bundle on this machine: per-stage latency, frames/s, cameras at 25 fps, RSS, floors, torch."""
-    from stp_edge.bench import bench_cli
+    from stp_edge.bench import run_bench
 
-    return bench_cli(args)
+    out = args.json or Path("benchmarks/results") / f"bench_{Path(args.bundle).name}_{args.backend}.json"
+    report = run_bench(args.bundle, backend=args.backend, precision=args.precision, batch=args.batch,
+                       streams=args.streams, source=args.source, frames=args.frames, json_out=out,
+                       torch_baseline=not args.no_torch, lookahead=args.lookahead, progress=True)
+    print(report.markdown())
+    print(f"saved {out} (+ .md, .png)")
+    return 0
 
 
 # --- parser -----------------------------------------------------------------------------------------------
@@ -386,7 +406,8 @@ def _add_export(sub: Any) -> None:
     e.add_argument("--seed", type=int, default=0, help="seed of --random")
     e.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="graph precision; int8 quantizes the encoder (needs --calib), heads stay fp32")
-    e.add_argument("--calib", type=Path, help="directory of videos whose frames calibrate --precision int8")
+    e.add_argument("--calib", type=Path, help="directory of videos whose frames calibrate --precision int8 (the "
+                   "video files directly in it, as 'run DIR' picks them; subfolders are not searched)")
     e.add_argument("--calib-frames", type=int, help="most calibration frames (default: the quantizer's)")
     e.add_argument("--clip-weights", type=Path, help="OpenAI CLIP weights (.pt archive or state_dict) to load")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset")
@@ -405,9 +426,9 @@ def _add_export(sub: Any) -> None:
 def _add_run(sub: Any) -> None:
     r = _sub(sub, "run", cmd_run, "run a bundle on video files, URLs or cameras")
     r.add_argument("bundle", type=Path, help="bundle directory (NAME.stp)")
-    r.add_argument("source", nargs="*", help="video file, rtsp:// or http:// URL, camera index, directory, glob "
+    r.add_argument("source", nargs="*", help="video file, rtsp:// or http:// URL, camera index, directory (the "
+                   "video files directly in it; subfolders are not searched), glob ('DIR/**/*.mp4' recurses) "
                    "or .txt list file (several: one stream each)")
-    r.add_argument("--bundle", dest="bundle_option", type=Path, help=argparse.SUPPRESS)  # the earlier spelling
     r.add_argument("--backend", default="auto", metavar="NAME", help=BACKENDS_HELP)
     r.add_argument("--preprocess", default="auto", choices=("auto", "cpu", "cuda"),
                    help="preprocessing (auto: the CUDA kernel with TensorRT in tokens mode, else CPU)")

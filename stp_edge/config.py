@@ -1,7 +1,8 @@
 """STPrompt model configuration: one dataclass tree, JSON round-trippable, no torch.
 
-Defaults are CLIP ViT-B/16 and the STPrompt numbers of DESIGN §2. Every [R]/[D] number of the design is a field
-here, not a constant in code. The runtime reads this config back from a bundle's manifest.
+Defaults are CLIP ViT-B/16 and STPrompt's numbers: the paper's where it states them, a stated choice where it
+does not (region grid, motion top-k, adapter depth and bandwidth). Each is a field here, not a constant in
+code. The runtime reads this config back from a bundle's manifest.
 """
 
 from __future__ import annotations

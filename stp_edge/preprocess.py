@@ -1,4 +1,4 @@
-"""CLIP preprocessing on the CPU: the NumPy/OpenCV twin of the fused CUDA kernel (DESIGN §3).
+"""CLIP preprocessing on the CPU: the NumPy/OpenCV twin of the fused CUDA kernel (kernels/preprocess.cu).
 
 The golden function is CLIP's own: PIL bicubic resize of the short side to S (antialiased, PIL's separable
 convolution), centre crop SxS, RGB, /255, mean/std normalisation, CHW. This module reproduces PIL's resize
@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from stp_edge.errors import UsageError
-from stp_edge.pipeline.frames import validate_frame
+from stp_edge.frames import validate_frame
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -426,9 +426,16 @@ class CpuPreprocessor:
         return self._plans.get((h, w), lambda: _CpuPlan(CropResizePlan.build(h, w, self.image_size)))
 
     def __call__(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Preprocess HxWx3 uint8 BGR frames (any sizes) into [B, 3, S, S] normalised RGB."""
+        """Preprocess HxWx3 uint8 BGR frames (any sizes) into [B, 3, S, S] normalised RGB.
+
+        Each frame is checked first (`stp_edge.frames.validate_frame`: gray and BGRA are converted, anything else
+        is a `FrameError`).
+        """
         frames = self._as_list(frames, "BGR")
-        frames = [validate_frame(f, i) for i, f in enumerate(frames)]
+        return self._from_valid([validate_frame(f, i) for i, f in enumerate(frames)])
+
+    def _from_valid(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """`__call__` of frames `validate_frame` returned, not checked again: the entry of the encode stage."""
         out = np.empty((len(frames), 3, self.image_size, self.image_size), self.dtype)
         for b, frame in enumerate(frames):
             cp = self._cpu_plan(frame.shape[0], frame.shape[1])

@@ -16,14 +16,17 @@ glob or a list file names several; see `stp_edge.sources`). The data flow:
 5. `stop` (a `threading.Event`, set by a signal handler for example) ends the run at the next frame: every
    result of the frames already read is still flushed and delivered.
 
-The overlay is drawn in the same pass: the frames of a snippet wait (JPEG-compressed, so a window of c + 1
-snippets of 1080p frames stays in tens of MB) until the snippet's final result, then they are annotated and
-written. It is written under a temporary name and renamed when the run ends.
+Two sinks: `JsonlSink` streams one JSON line per result and per gap (readable while the run goes on; kept on
+every end), and `OverlaySink` draws the overlay in the same pass: the frames of a snippet wait (JPEG-compressed, so
+a window of c + 1 snippets of 1080p frames stays in tens of MB) until the snippet's final result, then they are
+annotated and written. Both files are written under a temporary name and renamed when the run ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import queue
 import threading
 import time
@@ -31,15 +34,20 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from stp_edge.errors import UsageError
-from stp_edge.pipeline.frames import FrameError
+from stp_edge.frames import FrameError
+from stp_edge.outputs import AtomicTextFile
 from stp_edge.report import EventTracker, LatencyStats
 from stp_edge.results import SnippetResult
 from stp_edge.video import Gap, VideoError, VideoSource, VideoStats, open_source
+
+if TYPE_CHECKING:  # pragma: no cover - api imports this module
+    from stp_edge.api import Detector
+    from stp_edge.bundle import Bundle
 
 
 @dataclass
@@ -147,6 +155,44 @@ class _Reader(threading.Thread):
             except queue.Full:
                 if self.halt.is_set():
                     return False
+
+
+class JsonlSink:
+    """One JSON line per result (`SnippetResult.to_dict()`) and per reconnect gap; a context manager.
+
+    The one place the line shapes are written (`stp-edge run --jsonl`, `stp-edge score`, the demo). A path is
+    written under a temporary name and renamed by `close()` on every end, so a run that failed part-way keeps
+    the results it delivered; a text stream is written to and left open. Each result is flushed as it is
+    written, so the file can be read while the run goes on.
+    """
+
+    def __init__(self, target: str | os.PathLike | TextIO) -> None:
+        self._atomic: AtomicTextFile | None = None
+        self._out: AtomicTextFile | TextIO
+        if isinstance(target, (str, os.PathLike)):
+            self._atomic = self._out = AtomicTextFile(target)
+        else:
+            self._out = target
+
+    def on_result(self, r: SnippetResult) -> None:
+        """Write one result's line and flush it."""
+        self._out.write(json.dumps(r.to_dict()) + "\n")
+        self._out.flush()
+
+    def on_gap(self, stream: int, gap: Gap) -> None:
+        """Write the line of an outage of `stream` (where it happened, seconds lost, reconnect attempts)."""
+        record = {"stream": stream, "frame": gap.frame, "lost_s": round(gap.lost_s, 3), "attempts": gap.attempts}
+        self._out.write(json.dumps({"gap": record}) + "\n")
+
+    def close(self) -> Path | None:
+        """Rename a file written under its temporary name into place (safe to call twice); returns its path."""
+        return self._atomic.commit() if self._atomic is not None else None
+
+    def __enter__(self) -> JsonlSink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class OverlaySink:
@@ -265,12 +311,13 @@ def open_sources(source: Any, **source_kwargs: Any) -> list[VideoSource]:
     return opened
 
 
-def run_video(source: Any, *, bundle: Any = None, detector: Any = None,
+def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detector: Detector | None = None,
               on_result: Callable[[SnippetResult], None] | None = None,
               on_gap: Callable[[int, Gap], None] | None = None, on_frame: Callable[[int, int], None] | None = None,
               max_frames: int | None = None, stream: int = 0, keep: bool = True,
-              overlay: str | Path | None = None, stop: threading.Event | None = None,
-              source_kwargs: dict[str, Any] | None = None, **load_kwargs: Any) -> VideoResults:
+              overlay: str | Path | None = None, jsonl: str | Path | TextIO | None = None,
+              stop: threading.Event | None = None, source_kwargs: dict[str, Any] | None = None,
+              **load_kwargs: Any) -> VideoResults:
     """Run a detector over one or several video sources (see the module docstring); returns the results.
 
     Args:
@@ -285,6 +332,8 @@ def run_video(source: Any, *, bundle: Any = None, detector: Any = None,
         stream: Stream id of the first source; source i gets `stream + i`.
         keep: Keep every result in the returned list; False for endless sources (counts and summaries only).
         overlay: Write the (single) source with scores, maps and boxes drawn to this video file.
+        jsonl: Write one JSON line per result and per gap to this file (`JsonlSink`: under a temporary name,
+            renamed at the end, also when the run fails part-way) or text stream.
         stop: When set, the run ends at the next frame (the frames read so far are still finished).
         source_kwargs: Passed to `stp_edge.video.open_source` (reconnect, timeout_ms, ...).
         **load_kwargs: Passed to `Detector.load` with `bundle` (backend, preprocess, spatial_on, device, ...).
@@ -308,7 +357,7 @@ def run_video(source: Any, *, bundle: Any = None, detector: Any = None,
         raise
     try:
         return _Run(det, sources, stream, keep=keep, on_result=on_result, on_gap=on_gap, on_frame=on_frame,
-                    overlay=overlay, stop=stop).run(max_frames)
+                    overlay=overlay, jsonl=jsonl, stop=stop).run(max_frames)
     finally:
         if detector is None:
             det.close()
@@ -326,9 +375,9 @@ class _StreamState:
 class _Run:
     """One run of `run_video`: the consuming loop over the readers' queue."""
 
-    def __init__(self, det: Any, sources: list[VideoSource], first_stream: int, *, keep: bool,
+    def __init__(self, det: Detector, sources: list[VideoSource], first_stream: int, *, keep: bool,
                  on_result: Callable | None, on_gap: Callable | None, on_frame: Callable | None,
-                 overlay: str | Path | None, stop: threading.Event | None) -> None:
+                 overlay: str | Path | None, jsonl: str | Path | TextIO | None, stop: threading.Event | None) -> None:
         self.det = det
         self.keep, self.on_result, self.on_gap, self.on_frame = keep, on_result, on_gap, on_frame
         self.stop = stop or threading.Event()
@@ -341,6 +390,7 @@ class _Run:
         self.overlay = (OverlaySink(overlay, fps=sources[0].fps, threshold=det.score_threshold)
                         if overlay is not None else None)
         self.snippet_len = det.config.snippet_len
+        self.jsonl = JsonlSink(jsonl) if jsonl is not None else None  # last: it opens its file
 
     def run(self, max_frames: int | None) -> VideoResults:
         halt = threading.Event()
@@ -359,14 +409,22 @@ class _Run:
             halt.set()
             for r in readers:
                 r.join(timeout=30)
-            if self.overlay is not None:
-                self.overlay.close()
+            self._close_sinks()
             self.results.wall_s = time.perf_counter() - start
             self.results.events.finish()
         errors = [run.error for run in self.runs.values() if run.error is not None]
         if errors:
             raise errors[0]
         return self.results
+
+    def _close_sinks(self) -> None:
+        """Finish the overlay, then the JSONL file (kept even when the overlay cannot be finished)."""
+        try:
+            if self.overlay is not None:
+                self.overlay.close()
+        finally:
+            if self.jsonl is not None:
+                self.jsonl.close()
 
     def _consume(self, q: queue.Queue, n_readers: int) -> None:
         """Push frames as they come; frames of different streams that are ready together share a push_many."""
@@ -399,15 +457,16 @@ class _Run:
     def _push(self, batch: dict[int, np.ndarray]) -> None:
         if not batch:
             return
+        # The sources checked their frames: the detector's internal door does not check them again.
         try:
-            out = self.det.push_many(batch)
+            out = self.det._push_many(batch, checked=True)
             accepted = list(batch)
         except FrameError:
-            # A refused frame changes nothing (push_many validates first): push the others one by one.
+            # A refused frame changes nothing (push_many admits every frame first): push the others one by one.
             out, accepted = [], []
             for stream, frame in batch.items():
                 try:
-                    out += self.det.push(frame, stream)
+                    out += self.det._push_many({stream: frame}, checked=True)
                     accepted.append(stream)
                 except FrameError:
                     self.runs[stream].rejected += 1
@@ -428,6 +487,8 @@ class _Run:
         st.frame_base += st.frames
         st.snippet_base = st.emitted
         st.frames = 0
+        if self.jsonl is not None:
+            self.jsonl.on_gap(stream, gap)
         if self.on_gap is not None:
             self.on_gap(stream, gap)
 
@@ -455,5 +516,7 @@ class _Run:
                     self.overlay.on_result(r)
             if self.keep:
                 self.results.append(r)
+            if self.jsonl is not None:
+                self.jsonl.on_result(r)
             if self.on_result is not None:
                 self.on_result(r)

@@ -3,8 +3,9 @@
 `expand_sources()` turns one argument into a list of sources that `stp_edge.video.open_source` opens:
 
 - a camera index or a URL: itself;
-- a directory: the video files directly inside it (by extension, natural order: cam2 before cam10);
-- a glob pattern (`cams/*.mp4`, `**` recurses): the matching files, natural order;
+- a directory: its video files (`stp_edge.media_files.video_files`: the files directly inside it with a video
+  extension, natural order: cam2 before cam10; subfolders are not searched);
+- a glob pattern (`cams/*.mp4`, `**` recurses: `cams/**/*.mp4`): the matching files, natural order;
 - a list file (`.txt`): one path, URL or camera index per line; blank lines and lines starting with `#` are
   skipped; relative paths are relative to the list file's directory;
 - any other path: the file itself.
@@ -19,17 +20,11 @@ import glob
 import re
 from pathlib import Path
 
+from stp_edge.media_files import VIDEO_EXTENSIONS, natural_key, video_files
 from stp_edge.video import VideoError, parse_source
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts",
-                              ".m2ts", ".wmv", ".flv", ".mjpg", ".mjpeg", ".3gp", ".ogv", ".h264", ".h265"})
 LIST_EXTENSIONS = frozenset({".txt"})
 _GLOB_CHARS = re.compile(r"[*?[]")
-
-
-def _natural_key(path: str) -> list[int | str]:
-    """Sort key that orders digit runs by value: cam2 before cam10."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path)]
 
 
 def expand_sources(spec: str | int | Path) -> list[str]:
@@ -53,17 +48,18 @@ def expand_sources(spec: str | int | Path) -> list[str]:
 
 
 def _from_directory(path: Path) -> list[str]:
-    files = [str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
+    files = [str(p) for p in video_files(path)]
     if not files:
-        raise VideoError(f"directory {path} holds no video files (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
-    return sorted(files, key=_natural_key)
+        raise VideoError(f"directory {path} holds no video files (looked for {', '.join(sorted(VIDEO_EXTENSIONS))}; "
+                         f"subfolders are not searched: a glob such as {path / '**' / '*.mp4'} is)")
+    return files
 
 
 def _from_glob(pattern: str) -> list[str]:
     files = [p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
     if not files:
         raise VideoError(f"glob {pattern!r} matched no files")
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=natural_key)
 
 
 def _from_list(path: Path) -> list[str]:

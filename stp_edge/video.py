@@ -2,8 +2,9 @@
 
 `open_source()` opens a source and reads its first frame, so a missing file, an undecodable file, an
 unreachable stream or a camera that does not exist fails at once with a clear `VideoError` (no retry at open).
-Iterating yields (H, W, 3) uint8 BGR frames; a frame that fails to decode mid-stream is counted in
-`stats.dropped` and skipped, not raised.
+Iterating yields (H, W, 3) uint8 BGR frames, checked here by `stp_edge.frames.validate_frame` (a source is
+their door into the runtime: `run_video` does not check them again); a frame that fails to decode mid-stream is
+counted in `stats.dropped` and skipped, not raised.
 
 Live sources (URLs and cameras) that drop or stall reconnect with bounded exponential backoff (`Backoff`;
 `reconnect=None` never reconnects). Every outage that ends in a reconnect is a `Gap` in `stats.gaps`. The
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from stp_edge.errors import StpEdgeError, UsageError
-from stp_edge.pipeline.frames import EncodedFrame, FrameError, validate_frame
+from stp_edge.frames import EncodedFrame, FrameError, validate_frame
 
 URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # Codecs whose every packet is a whole JPEG image (decodable alone): `frames_with_gaps(lazy=True)` skips decoding.

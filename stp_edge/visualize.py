@@ -1,4 +1,4 @@
-"""Visual output: an overlay video (heatmap, boxes, score bar, label) and a score-timeline plot.
+"""Visual output: an overlay video (heatmap, boxes, score bar, label) and score-timeline plots.
 
 The anomaly map is the spatial stream's region grid (R x R scores in [0, 1]). It describes the image the model
 saw, which for CLIP preprocessing is the center square of the frame; pass
@@ -17,6 +17,7 @@ import numpy as np
 
 from stp_edge._deps import require
 from stp_edge.errors import UsageError
+from stp_edge.results import SnippetResult, frame_scores
 from stp_edge.video import VideoError, VideoWriter
 
 
@@ -214,3 +215,9 @@ def plot_timeline(path: str | Path, frame_scores: Sequence[float] | np.ndarray, 
     finally:
         plt.close(fig)
     return path
+
+
+def plot_scores(results: Sequence[SnippetResult], out: str | Path, *, fps: float | None = None,
+                threshold: float = 0.5) -> Path:
+    """PNG of one stream's per-frame score over time, from its results (`plot_timeline` of `frame_scores`)."""
+    return plot_timeline(out, frame_scores(results), fps or 25.0, threshold=threshold)

@@ -213,3 +213,90 @@ def test_cuda_preprocessor_output_is_a_device_feed():
     d = DeviceArray(ptr=0x8000, shape=(1, 2), dtype=np.dtype(np.float16))
     assert feed_layout(d) == ((1, 2), np.dtype(np.float16), 0x8000)
     assert "stream" not in d.__cuda_array_interface__
+
+
+# --- one TensorRT engine choice per load ---------------------------------------------------------------------
+class PlanOnOrt(OrtRunner):
+    """A TrtRunner stand-in: takes TrtRunner's arguments, keeps `plan_path` and `engine_info`, runs the ONNX twin."""
+
+    def __init__(self, plan_path, *, device=0, name=None, allow_host_code=False, profiles=None, engine_info=None):
+        plan_path = Path(plan_path)  # BUNDLE/engines/SET/GRAPH.plan -> BUNDLE/GRAPH.onnx
+        super().__init__(plan_path.parents[2] / f"{plan_path.stem}.onnx", name=name)
+        self.plan_path, self.engine_info = plan_path, engine_info
+
+
+def _with_engines(src: Path, out: Path, gpus: tuple[str, ...]):
+    """A copy of bundle `src` with one fp32 engine set (placeholder plans) per GPU name, all sm 8.0."""
+    import shutil
+
+    from stp_edge.bundle import Bundle, EngineInfo, engine_dir_name, write_manifest
+    from stp_edge.bundle.engines import host_platform
+
+    b = Bundle.load(shutil.copytree(src, out))
+    engines = [EngineInfo(engine_dir_name(gpu, "fp32"), "fp32", "10.3.0.30", gpu, "8.0", {"precision": "fp32"},
+                          host_platform(False)) for gpu in gpus]
+    for e in engines:
+        (out / e.dir).mkdir(parents=True)
+        for g in ("encoder", "temporal", "spatial"):
+            (out / e.dir / f"{g}.plan").write_bytes(f"{e.dir} {g}".encode())
+    extra = {k: b.manifest[k] for k in ("source", "graph_precision", "exporter") if k in b.manifest}
+    write_manifest(out, config=b.config, files=list(b.manifest["files"]), precision=b.precision,
+                   opset=b.manifest["opset"], graphs=b.manifest["graphs"], preprocess=b.manifest["preprocess"],
+                   engines=engines, extra=extra, regions=b.manifest.get("region_features"))
+    return Bundle.load(out)
+
+
+@pytest.fixture
+def a100_machine(monkeypatch):
+    """This process as an A100 with TensorRT 10.3.0.30 (plans run by `PlanOnOrt`); yields the engine choices made."""
+    from types import SimpleNamespace
+
+    import stp_edge.backends.trt as trt_backend
+    from stp_edge.bundle import Bundle
+
+    monkeypatch.setattr(trt_backend, "load_trt", lambda *a: SimpleNamespace(__name__="tensorrt",
+                                                                            __version__="10.3.0.30"))
+    monkeypatch.setattr(trt_backend, "cuda_device_info", lambda device=0: ("NVIDIA A100", "8.0"))
+    monkeypatch.setattr(trt_backend, "cuda_device_integrated", lambda device=0: False)
+    monkeypatch.setattr(trt_backend, "TrtRunner", PlanOnOrt)
+    choices = []
+    select = Bundle.select_engine
+
+    def counted(self, env, **kw):
+        choices.append(select(self, env, **kw))
+        return choices[-1]
+
+    monkeypatch.setattr(Bundle, "select_engine", counted)
+    return choices
+
+
+@pytest.mark.parametrize("backend", ["auto", "trt"])
+def test_detector_load_chooses_the_engine_once_and_its_runners_report_it(backend, handmade_bundle, tmp_path,
+                                                                          a100_machine, frames_factory):
+    from stp_edge.api import Detector
+
+    bundle = _with_engines(handmade_bundle, tmp_path / "b.stp", ("NVIDIA A30", "NVIDIA A100"))
+    with Detector.load(bundle, backend=backend, preprocess="cpu") as det:
+        assert len(a100_machine) == 1  # probe and runners share one choice
+        engine = a100_machine[0]
+        assert det.backend == "trt" and engine.gpu_name == "NVIDIA A100"  # the same GPU model, though listed second
+        for g, runner in det.runners.items():
+            assert runner.engine_info is engine and runner.plan_path == bundle.plan_path(engine, g)
+        results = [r for f in frames_factory(3 * bundle.config.snippet_len) for r in det.push(f)] + det.flush()
+    assert len(results) == 3
+
+
+@pytest.mark.slow
+def test_verify_reports_the_plans_its_runners_loaded(exported_tiny_bundle, tmp_path, a100_machine):
+    from stp_edge.export.verify import verify_bundle
+
+    bundle = _with_engines(exported_tiny_bundle, tmp_path / "tiny.stp", ("NVIDIA A100",))
+    lines: list[str] = []
+    rep = verify_bundle(bundle.path, seed=2, backends=("trt",), report=lines.append)
+    engine = bundle.engines[0]
+    assert len(a100_machine) == 1 and a100_machine[0] == engine
+    assert set(rep.trt_plans) == {"encoder", "temporal", "spatial"}
+    for g, ran in rep.trt_plans.items():
+        assert ran.startswith(f"{engine.dir}/{g}.plan (fp32, built with TensorRT 10.3.0.30 on NVIDIA A100")
+        assert f"trt {g}: {ran}" in lines
+    assert rep.ok and {r.backend for r in rep.rows} == {"trt"}

@@ -15,6 +15,7 @@ from stp_edge.bundle import (
     GraphMismatchError,
     ManifestError,
     MissingFileError,
+    TrtEnvironment,
     UnsafePathError,
     engine_dir_name,
     engine_mismatches,
@@ -262,10 +263,10 @@ def test_write_manifest_with_engines(bundle_copy):
                    engines=[engine])
     b2 = Bundle.load(bundle_copy)
     assert f"{rel}/encoder.plan" in b2.manifest["files"]  # plans are hashed even when not listed
-    env = dict(tensorrt_version="10.3.0", compute_capability="9.0", gpu_name="NVIDIA H100 80GB HBM3")
-    assert b2.plan_path(b2.select_engine(**env), "spatial") == bundle_copy / rel / "spatial.plan"
+    env = TrtEnvironment("tensorrt", "10.3.0", "NVIDIA H100 80GB HBM3", "9.0", {})
+    assert b2.plan_path(b2.select_engine(env), "spatial") == bundle_copy / rel / "spatial.plan"
     with pytest.raises(EngineCompatibilityError, match=r"no TensorRT engine for NVIDIA A100.*runtime is 10.5.0"):
-        b2.select_engine(tensorrt_version="10.5.0", compute_capability="9.0", gpu_name="NVIDIA A100")
+        b2.select_engine(TrtEnvironment("tensorrt", "10.5.0", "NVIDIA A100", "9.0", {}))
     (bundle_copy / rel / "temporal.plan").write_bytes(b"tampered")
     with pytest.raises(ChecksumError, match="temporal.plan"):
         Bundle.load(bundle_copy)
@@ -276,3 +277,22 @@ def test_write_manifest_refuses_missing_files(bundle_copy):
     with pytest.raises(MissingFileError, match="'extra.bin' does not exist"):
         write_manifest(bundle_copy, config=b.config, files=["encoder.onnx", "extra.bin"], precision="fp32",
                        opset=17, graphs=b.manifest["graphs"], preprocess={})
+
+
+def test_host_region_layout_is_deprecated_with_its_end_release(handmade_bundle, handmade_legacy_bundle, tmp_path):
+    """The "host" layout still loads and writes, each time with a FutureWarning naming the release that ends it."""
+    import warnings
+
+    from stp_edge.bundle.contract import HOST_REGIONS_REMOVED_IN
+
+    with pytest.warns(FutureWarning, match=f"deprecated and stp-edge {HOST_REGIONS_REMOVED_IN} will refuse it"):
+        old = Bundle.load(handmade_legacy_bundle)
+    assert old.region_features == "host" and f"stp-edge {HOST_REGIONS_REMOVED_IN}" in old.summary()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        Bundle.load(handmade_bundle)  # the current layout: no warning
+    copy = shutil.copytree(handmade_legacy_bundle, tmp_path / "legacy.stp")
+    m = old.manifest
+    with pytest.warns(FutureWarning, match="re-export the model"):
+        write_manifest(copy, config=old.config, files=list(m["files"]), precision=m["precision"], opset=m["opset"],
+                       graphs=m["graphs"], preprocess=m["preprocess"], regions=None)

@@ -45,7 +45,7 @@ def test_library_errors_are_one_line_exit_2(tmp_path, handmade_bundle, capsys):
     assert main(["info", str(tmp_path / "absent.stp")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a directory" in err and "Traceback" not in err
-    assert main(["run", str(tmp_path / "absent.mp4"), "--bundle", str(handmade_bundle),
+    assert main(["run", str(handmade_bundle), str(tmp_path / "absent.mp4"),
                  "--backend", "ort-cpu"]) == 2
     assert "video source not found" in capsys.readouterr().err
 
@@ -58,7 +58,7 @@ def test_run_writes_one_json_line_per_snippet(tmp_path, handmade_bundle, frames_
         writer.write(f)
     writer.release()
     jsonl = tmp_path / "out.jsonl"
-    code = main(["run", str(video), "--bundle", str(handmade_bundle), "--backend", "ort-cpu",
+    code = main(["run", str(handmade_bundle), str(video), "--backend", "ort-cpu",
                  "--jsonl", str(jsonl), "--spatial-all", "-v"])
     assert code == 0
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
@@ -80,7 +80,7 @@ def test_run_max_frames(tmp_path, handmade_bundle, frames_factory):
         writer.write(f)
     writer.release()
     jsonl = tmp_path / "out.jsonl"
-    assert main(["run", str(video), "--bundle", str(handmade_bundle), "--backend", "ort-cpu",
+    assert main(["run", str(handmade_bundle), str(video), "--backend", "ort-cpu",
                  "--jsonl", str(jsonl), "--max-frames", "8"]) == 0
     assert len(jsonl.read_text().splitlines()) == 2
 
@@ -93,7 +93,7 @@ def test_run_overlay_and_plot(tmp_path, handmade_bundle, frames_factory):
         writer.write(f)
     writer.release()
     overlay, plot = tmp_path / "overlay.avi", tmp_path / "scores.png"
-    assert main(["run", str(video), "--bundle", str(handmade_bundle), "--backend", "ort-cpu", "--spatial-all",
+    assert main(["run", str(handmade_bundle), str(video), "--backend", "ort-cpu", "--spatial-all",
                  "--overlay", str(overlay), "--plot", str(plot)]) == 0
     cap = cv2.VideoCapture(str(overlay))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20

@@ -127,10 +127,10 @@ def test_a_bug_keeps_its_traceback(handmade_bundle, clip, monkeypatch):
     """A ValueError from a bug (here NumPy, deep in the run) is not a library error: it is not swallowed."""
     import stp_edge.api
 
-    def broken(self, frames):
+    def broken(self, frames, **_kwargs):
         return np.zeros((2, 3)) + np.zeros((4, 5))  # operands could not be broadcast: ValueError
 
-    monkeypatch.setattr(stp_edge.api.Detector, "push_many", broken)
+    monkeypatch.setattr(stp_edge.api.Detector, "_push_many", broken)  # the door run_video pushes through
     with pytest.raises(ValueError, match="broadcast"):
         main(["run", str(handmade_bundle), str(clip), "--backend", "ort-cpu"])
 
@@ -140,7 +140,7 @@ def test_library_errors_derive_from_one_root():
     from stp_edge.backends.base import RunnerError
     from stp_edge.bundle import BundleError
     from stp_edge.errors import StpEdgeError
-    from stp_edge.pipeline.frames import FrameError
+    from stp_edge.frames import FrameError
     from stp_edge.video import VideoError
 
     for cls in (MissingDependencyError, RunnerError, BundleError, FrameError, VideoError):
@@ -257,6 +257,69 @@ def test_a_gap_flushes_resets_the_window_and_numbers_go_on(handmade_bundle, tmp_
         [(r.snippet, r.frame_start, r.frame_end) for r in ref_before]
         + [(r.snippet + len(ref_before), r.frame_start + 20, r.frame_end + 20) for r in ref_after])
     np.testing.assert_allclose([r.score for r in res], [r.score for r in (*ref_before, *ref_after)], atol=1e-6)
+
+
+# --- one JSONL writer ----------------------------------------------------------------------------------------
+def _same_line_but_timings(a: str, b: str) -> None:
+    """Two JSON lines written the same way: same keys in the same order, same values; timings are wall clock."""
+    ra, rb = json.loads(a), json.loads(b)
+    assert json.dumps(ra) == a and json.dumps(rb) == b  # each line is exactly `json.dumps` of its record
+    assert list(ra) == list(rb) and list(ra["timings"]) == list(rb["timings"])
+    assert {**ra, "timings": None} == {**rb, "timings": None}
+
+
+def test_run_video_jsonl_is_what_run_jsonl_writes(handmade_bundle, tmp_path):
+    from stp_edge.run import run_video
+
+    video = write_avi(tmp_path / "clip.avi", moving_frames(42, seed=6))
+    by_cli, by_lib = tmp_path / "cli.jsonl", tmp_path / "lib.jsonl"
+    assert main(["run", str(handmade_bundle), str(video), "--backend", "ort-cpu", "--spatial", "all",
+                 "--jsonl", str(by_cli), "-q"]) == 0
+    res = run_video(video, bundle=handmade_bundle, backend="ort-cpu", spatial_on="all", jsonl=by_lib, keep=False)
+    cli, lib = by_cli.read_text().splitlines(), by_lib.read_text().splitlines()
+    assert len(cli) == len(lib) == res.snippets == 11
+    assert any(json.loads(line)["anomaly_map"] is not None for line in lib)  # maps and boxes are in the lines
+    for a, b in zip(cli, lib, strict=True):
+        _same_line_but_timings(a, b)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_jsonl_gap_line_and_its_place(handmade_bundle, tmp_path):
+    """A reconnect gap is one line, between the results before and after it (the shape `stp-edge run` writes)."""
+    from stp_edge.run import run_video
+
+    whole = write_avi(tmp_path / "whole.avi", moving_frames(44, seed=7))
+    path = tmp_path / "gap.jsonl"
+    res = run_video(GapSource(whole, 20).wrap(), bundle=handmade_bundle, backend="ort-cpu", jsonl=path)
+    lines = path.read_text().splitlines()
+    before = sum(r.frame_start < 20 for r in res)
+    assert lines[before] == '{"gap": {"stream": 0, "frame": 20, "lost_s": 3.0, "attempts": 2}}'
+    del lines[before]
+    assert [json.loads(x)["snippet"] for x in lines] == [r.snippet for r in res]
+
+
+def test_jsonl_keeps_what_was_delivered_when_the_run_fails(handmade_bundle, tmp_path):
+    import io
+
+    from stp_edge.run import JsonlSink, run_video
+
+    video = write_avi(tmp_path / "clip.avi", moving_frames(42, seed=6))
+    path = tmp_path / "r.jsonl"
+    seen = []
+
+    def fail_on_the_third(r):
+        seen.append(r)
+        if len(seen) == 3:
+            raise RuntimeError("consumer failed")
+
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        run_video(video, bundle=handmade_bundle, backend="ort-cpu", jsonl=path, on_result=fail_on_the_third)
+    assert [json.loads(x)["snippet"] for x in path.read_text().splitlines()] == [0, 1, 2]
+    assert not list(tmp_path.glob(".*partial*"))
+    stream = io.StringIO()
+    with JsonlSink(stream) as sink:  # a text stream is written to and left open
+        sink.on_result(seen[0])
+    assert not stream.closed and stream.getvalue() == path.read_text().splitlines(keepends=True)[0]
 
 
 # --- signals (a real child process) ------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 from cuda_driver import cuda_driver_or_skip
-from pil_exact import pil_reference
 
+from stp_edge.bench.reference import pil_reference
 from stp_edge.preprocess import CLIP_STD, CpuPreprocessor, nv12_to_rgb
 
 pytestmark = pytest.mark.gpu

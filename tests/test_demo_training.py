@@ -186,7 +186,7 @@ def test_tiny_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_p
 
 
 def test_committed_demo_checkpoint_matches_its_sha256sums_and_loads():
-    from stp_edge.export.sources import demo_checkpoint_dir
+    from stp_edge.model.sources import demo_checkpoint_dir
 
     demo = demo_checkpoint_dir()
     assert (demo / "SHA256SUMS").is_file(), f"{demo} has no SHA256SUMS"

@@ -41,7 +41,7 @@ def test_reusing_one_frame_buffer_gives_the_same_results(handmade_bundle, frames
 
 def test_a_bad_frame_in_push_many_touches_no_stream(handmade_bundle, frames_factory):
     """A refused frame raises, changes nothing, and both streams go on to the same results as a clean run."""
-    from stp_edge.pipeline.frames import FrameError
+    from stp_edge.frames import FrameError
 
     a, b = frames_factory(40, seed=1), frames_factory(40, seed=2)
     with Detector.load(handmade_bundle, backend="ort-cpu", preprocess="cpu") as det:

@@ -5,8 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stp_edge.demo.synthetic import generate_clip
-from stp_edge.eval import evaluate_bundle, find_video
+from stp_edge.datasets import find_video
+from stp_edge.eval import evaluate_bundle
+from stp_edge.synthetic import generate_clip
 
 
 def _clips():

@@ -16,14 +16,11 @@ import pytest
 from conftest import moving_frames
 
 from stp_edge.cli import main as cli_main
-from stp_edge.eval import (
+from stp_edge.datasets import (
     AnnotationError,
     GroundTruthMismatch,
     VideoGroundTruth,
-    VideoPrediction,
     check_ground_truth,
-    evaluate_bundle,
-    evaluate_videos,
     read_box_csv,
     read_shanghaitech,
     read_synthetic,
@@ -31,6 +28,7 @@ from stp_edge.eval import (
     read_ubnormal,
     read_ubnormal_tracks,
 )
+from stp_edge.eval import VideoPrediction, evaluate_bundle, evaluate_videos
 
 
 def _frame_dir(root: Path, name: str, n: int, seed: int) -> Path:

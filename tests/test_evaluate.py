@@ -6,24 +6,25 @@ import cv2
 import numpy as np
 import pytest
 
-from stp_edge.eval import (
+from stp_edge.datasets import (
     AnnotationError,
     VideoGroundTruth,
-    VideoPrediction,
-    box_iou,
-    evaluate_bundle,
-    evaluate_videos,
-    expand_snippets,
-    frame_auc_ap,
-    prediction_from_results,
-    rank_auc,
     read_box_csv,
     read_shanghaitech,
     read_temporal_annotation,
     read_ubnormal,
     read_ubnormal_tracks,
+)
+from stp_edge.eval import (
+    VideoPrediction,
+    evaluate_bundle,
+    evaluate_videos,
+    expand_snippets,
+    frame_auc_ap,
+    prediction_from_results,
     tiou,
 )
+from stp_edge.metrics import box_iou, rank_auc
 
 
 # ---------------------------------------------------------------------------------------------- AUC / AP
@@ -152,7 +153,7 @@ def _result(k, start, end, score):
 
 def test_frame_scores_fill_uncovered_frames_as_evaluation_does():
     """One rule for the runtime, the plots and the metrics: an uncovered frame takes its nearest covered frame."""
-    from stp_edge.api import frame_scores
+    from stp_edge.results import frame_scores
 
     results = [_result(0, 0, 4, 0.2), _result(1, 8, 12, 0.9)]  # frames 4..7 and 12..13 are not covered
     got = frame_scores(results, 14)
@@ -171,11 +172,11 @@ def test_snippet_to_frame_expansion_is_defined_once():
     import ast
     from pathlib import Path
 
-    import stp_edge.api
     import stp_edge.eval
     import stp_edge.results
+    import stp_edge.visualize
 
-    assert stp_edge.api.frame_scores is stp_edge.results.frame_scores
+    assert stp_edge.visualize.frame_scores is stp_edge.results.frame_scores  # what plot_scores draws
     assert stp_edge.eval.expand_snippets is stp_edge.results.expand_snippets
     package = Path(stp_edge.results.__file__).parent
     defined = sorted(f"{p.relative_to(package)}:{node.name}" for p in sorted(package.rglob("*.py"))
@@ -295,7 +296,7 @@ def test_prediction_from_results_takes_top_box_per_snippet():
 
 
 def test_evaluate_bundle_on_a_tiny_synthetic_split(handmade_bundle, tmp_path):
-    from stp_edge.demo.synthetic import write_benchmark
+    from stp_edge.synthetic import write_benchmark
 
     data = tmp_path / "data"
     write_benchmark(data, split="test", num_videos=2, seed=3, width=96, height=72, num_frames=24,

@@ -15,9 +15,9 @@ from stp_edge.bundle import Bundle, ChecksumError
 from stp_edge.bundle.manifest import rewrite_manifest
 from stp_edge.export import bundle_export
 from stp_edge.export.bundle_export import export_bundle
-from stp_edge.export.sources import ModelSource, build_model
 from stp_edge.export.verify import verify_bundle
 from stp_edge.model.graphs import build_graphs, random_inputs
+from stp_edge.model.sources import ModelSource, build_model
 
 
 @pytest.fixture(scope="module")

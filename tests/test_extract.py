@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stp_edge.cli import cmd_extract
 from stp_edge.config import DEMO_CLASSES
-from stp_edge.demo.synthetic import write_benchmark
-from stp_edge.scale.extract import ENCODER_BUNDLE, extract_cli, extract_features
+from stp_edge.scale.extract import ENCODER_BUNDLE, extract_features
 from stp_edge.scale.features import PARTIAL, feature_fingerprint
 from stp_edge.scale.inputs import UNLABELLED, VideoLabel, resolve_labels
+from stp_edge.synthetic import write_benchmark
 
 torch = pytest.importorskip("torch", reason="the end-to-end path trains and exports with torch ([export] extra)")
 
@@ -78,10 +79,11 @@ class RecordingEncoder:
 
 @pytest.mark.slow
 def test_clip_weights_extract_train_export_run(extracted, videos, clip_weights, tmp_path):
-    from stp_edge.api import Detector, run_video
+    from stp_edge.api import Detector
     from stp_edge.bundle import Bundle
+    from stp_edge.cli import main as cli_main
     from stp_edge.export.bundle_export import export_bundle
-    from stp_edge.model.train import train_features_cli
+    from stp_edge.run import run_video
 
     feats, report = extracted
     assert report.ok and len(report.written) == 4 and report.snippets == 4 * SNIPPETS
@@ -97,9 +99,9 @@ def test_clip_weights_extract_train_export_run(extracted, videos, clip_weights, 
 
     # train the heads (the CLIP towers are the extraction's), export the checkpoint, run the runtime
     ckpt, model = tmp_path / "ckpt", tmp_path / "model.stp"
-    args = argparse.Namespace(features=feats, init=None, config="tiny", classes=None, clip_weights=clip_weights,
-                              epochs=3, lr=1e-3, batch_size=2, seed=0, out=ckpt)
-    assert train_features_cli(args) == 0
+    argv = ["train", str(feats), "--config", "tiny", "--clip-weights", str(clip_weights), "--epochs", "3",
+            "--lr", "1e-3", "--batch-size", "2", "--seed", "0", "-o", str(ckpt)]
+    assert cli_main(argv) == 0
     export_bundle(model, checkpoint=ckpt, progress=False)
     assert feature_fingerprint(Bundle.load(model)) == report.fingerprint  # same encoder graph, byte for byte
 
@@ -176,7 +178,7 @@ def test_unreadable_video_is_reported_and_the_rest_written(extracted, videos, tm
     ns = argparse.Namespace(videos=str(listing), out=tmp_path / "feats", bundle=first.bundle, clip_weights=None,
                             labels=None, format=None, annotations=None, classes=None, backend="auto", batch=16,
                             no_resume=False, ray=False, workers=None, ray_address=None)
-    assert extract_cli(ns) == 1
+    assert cmd_extract(ns) == 1
     assert [p.name for p in (tmp_path / "feats").glob("*.npz")] == [f"{good.stem}.npz"]
 
 

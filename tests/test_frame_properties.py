@@ -21,7 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from stp_edge.api import Detector  # noqa: E402
-from stp_edge.pipeline.frames import FrameError, validate_frame  # noqa: E402
+from stp_edge.frames import FrameError, validate_frame  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

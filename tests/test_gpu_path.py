@@ -170,6 +170,21 @@ def test_the_lean_runtime_only_considers_version_compatible_plans():
     assert chosen is vc and "loads only version-compatible plans" in reasons[0]
 
 
+def test_plans_that_need_host_code_come_last_unless_it_is_allowed():
+    from stp_edge.bundle.engines import TrtEnvironment, needs_host_code, select_engine
+
+    vc = _engine(dir="engines/vc", build_flags={"version_compatible": True})
+    plain = _engine(dir="engines/plain", tensorrt_version="10.13.0.35")
+    env = dict(tensorrt_version="10.13.0.35", compute_capability="8.0", gpu_name="NVIDIA A100", platform=X86_A100)
+    assert needs_host_code(vc) and not needs_host_code(plain)
+    assert select_engine([vc, plain], **env)[0] is plain
+    assert select_engine([vc, plain], **env, allow_host_code=True)[0] is vc  # manifest order
+    assert select_engine([vc], **env)[0] is vc  # still chosen when nothing else fits: its load error says why
+    b = Bundle(path=None, manifest={}, config=None, engines=[vc, plain])  # the choice needs only the engines
+    machine = TrtEnvironment("tensorrt", "10.13.0.35", "NVIDIA A100", "8.0", X86_A100)
+    assert b.select_engine(machine) is plain and b.select_engine(machine, allow_host_code=True) is vc
+
+
 def test_engine_entry_round_trips_its_platform():
     from stp_edge.bundle.engines import EngineInfo
 
@@ -222,7 +237,8 @@ def test_a_plan_that_fails_to_load_falls_back_to_ort_under_auto_only(handmade_bu
 
 
 def test_plan_load_message_names_both_sides_and_the_rebuild():
-    from stp_edge.backends.trt import TrtEnvironment, plan_load_message
+    from stp_edge.backends.trt import plan_load_message
+    from stp_edge.bundle.engines import TrtEnvironment
 
     env = TrtEnvironment("tensorrt_lean", "11.4.0.106", "NVIDIA Jetson AGX Orin", "8.7", ORIN)
     msg = plan_load_message("b.stp/engines/a/encoder.plan", _engine(), env, "b.stp")

@@ -1,6 +1,6 @@
 """The hostile-video corpus (scripts/make_hostile_videos.py): every file ends in results or a one-line error.
 
-Each case runs through `stp_edge.api.run_video(path, bundle=...)` (a tiny random bundle exported once for the
+Each case runs through `stp_edge.run.run_video(path, bundle=...)` (a tiny random bundle exported once for the
 module) under a timeout. "results": every frame read and not refused by the detector is covered by contiguous
 final snippets with finite scores, the frame/drop/refusal counts the case states are met, a short read says how
 many frames the container promised; "error": a `VideoError`/`FrameError` whose one-line message names the
@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from research_scripts import repo_script
 
-from stp_edge.api import run_video
-from stp_edge.pipeline.frames import FrameError
+from stp_edge.frames import FrameError
+from stp_edge.run import run_video
 from stp_edge.video import VideoError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,8 +188,8 @@ def test_cli_run_exits_0_or_2_without_traceback(corpus, bundle, name):
     out, cases = corpus
     case = cases[name]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "stp_edge.cli", "run", str(out / case.file), "--bundle",
-                           str(bundle), "--backend", "ort-cpu"], capture_output=True, text=True, errors="replace",
+    proc = subprocess.run([sys.executable, "-m", "stp_edge.cli", "run", str(bundle), str(out / case.file),
+                           "--backend", "ort-cpu"], capture_output=True, text=True, errors="replace",
                           timeout=TIMEOUT_S, env=env)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
     outcome, res = _run(out / case.file, bundle)  # the library's outcome on the same file

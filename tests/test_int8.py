@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime.quantization")
 
 
 def _write_clips(root: Path, seeds=(11, 12), num_frames: int = 48) -> Path:
-    from stp_edge.demo.synthetic import generate_clip, write_video
+    from stp_edge.synthetic import generate_clip, write_video
 
     root.mkdir(parents=True, exist_ok=True)
     for seed in seeds:

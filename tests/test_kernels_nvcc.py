@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pil_exact import pil_reference
 
+from stp_edge.bench.reference import pil_reference
 from stp_edge.cuda import build
 from stp_edge.cuda.kernels import BLOCK, KERNELS, grid_h, grid_v
 from stp_edge.preprocess import (

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import moving_frames
 
-from stp_edge.pipeline.frames import EncodedFrame, FrameError
+from stp_edge.frames import EncodedFrame, FrameError
 from stp_edge.pipeline.snippets import SnippetAssembler
 from stp_edge.video import open_source
 

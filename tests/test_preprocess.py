@@ -1,4 +1,4 @@
-"""CPU twin of the CLIP preprocessing (stp_edge.preprocess) against PIL, the golden definition (DESIGN §3)."""
+"""CPU twin of the CLIP preprocessing (stp_edge.preprocess) against PIL, the golden definition (CLIP's own)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
+from stp_edge.bench.reference import pil_reference as pil_clip_preprocess
 from stp_edge.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -39,20 +39,6 @@ def smooth_noise(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
     img = 128 + 80 * np.sin(f[0] * 6.28 * x + ph) * np.cos(f[1] * 6.28 * y - ph) + 30 * (x - y)
     img = img + rng.normal(0, 20, size=(h, w, c)).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def pil_clip_preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
-    """What CLIP does: PIL bicubic Resize(size) (long side int(size*long/short)), CenterCrop, normalise."""
-    h, w = rgb.shape[:2]
-    if h <= w:
-        nh, nw = size, int(size * w / h)
-    else:
-        nh, nw = int(size * h / w), size
-    img = Image.fromarray(rgb).resize((nw, nh), Image.BICUBIC)
-    top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)  # torchvision CenterCrop
-    a = np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255.0
-    a = (a - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
-    return a.transpose(2, 0, 1)
 
 
 def assert_close_to_pil(got: np.ndarray, ref: np.ndarray) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stp_edge.demo.synthetic import write_benchmark
 from stp_edge.scale.extract import extract_features
 from stp_edge.scale.score import score_videos
+from stp_edge.synthetic import write_benchmark
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'stp-edge[scale]'")
 

@@ -31,8 +31,8 @@ def legacy_twin(bundle: Path, out: Path) -> Path:
     `region_features` key.
     """
     from stp_edge.export.onnx_export import export_onnx
-    from stp_edge.export.sources import ModelSource, build_model
     from stp_edge.model.graphs import GraphSpec
+    from stp_edge.model.sources import ModelSource, build_model
 
     shutil.copytree(bundle, out)
     manifest = json.loads((out / "manifest.json").read_text())

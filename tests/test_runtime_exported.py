@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stp_edge.api import Detector
-from stp_edge.demo.synthetic import generate_clip
+from stp_edge.synthetic import generate_clip
 
 
 @pytest.fixture(scope="module")

@@ -164,7 +164,7 @@ def test_spatial_runs_only_on_flagged_snippets(handmade_bundle, frames_factory):
 
 
 def test_push_refuses_bad_frames_with_index(handmade_bundle, frames_factory):
-    from stp_edge.pipeline.frames import FrameError
+    from stp_edge.frames import FrameError
 
     with Detector.load(handmade_bundle, backend="ort-cpu", preprocess="cpu") as det:
         for f in frames_factory(5):

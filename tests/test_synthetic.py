@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from research_scripts import research_script
 
-from stp_edge.demo.synthetic import (
+from stp_edge.datasets import read_synthetic
+from stp_edge.synthetic import (
     ANOMALY_CLASSES,
     CLASS_NAMES,
     benchmark_plans,
@@ -14,7 +15,6 @@ from stp_edge.demo.synthetic import (
     plan_clip,
     write_benchmark,
 )
-from stp_edge.eval.datasets import read_synthetic
 
 W, H, F = 192, 144, 64
 
@@ -207,7 +207,7 @@ def test_benchmark_plans_are_the_written_clips(tmp_path):
 
 
 def test_box_ceiling_of_cell_aligned_and_thin_boxes():
-    from stp_edge.eval.metrics import box_iou
+    from stp_edge.metrics import box_iou
 
     cell_rectangles = research_script("demo_ceiling").cell_rectangles
     rects = cell_rectangles(112, 7, (240, 320))  # centre square x 40..280, cells of 240/7 px
@@ -252,7 +252,7 @@ def test_demo_clip_is_written_whole_and_a_bad_path_is_a_clear_video_error(tmp_pa
     import cv2
 
     from stp_edge.demo import write_clip
-    from stp_edge.demo.synthetic import write_video
+    from stp_edge.synthetic import write_video
     from stp_edge.video import VideoError
 
     gt = write_clip(tmp_path / "clip.mp4", seed=3, anomaly="fire", seconds=2.0)

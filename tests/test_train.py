@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stp_edge.config import STPromptConfig
-from stp_edge.eval.metrics import rank_auc
+from stp_edge.metrics import rank_auc
 from stp_edge.model.stprompt import STPrompt
 from stp_edge.model.train import (
     FeatureVideo,

@@ -21,7 +21,15 @@ import pytest
 from cuda_driver import cuda_driver_or_skip
 
 from stp_edge._deps import MissingDependencyError
-from stp_edge.bundle import MANIFEST, Bundle, EngineInfo, engine_mismatches, read_manifest, rewrite_manifest
+from stp_edge.bundle import (
+    MANIFEST,
+    Bundle,
+    EngineInfo,
+    TrtEnvironment,
+    engine_mismatches,
+    read_manifest,
+    rewrite_manifest,
+)
 from stp_edge.config import STPromptConfig
 from stp_edge.export import trt_build
 from stp_edge.export.trt_build import (
@@ -538,8 +546,7 @@ def test_built_engines_match_onnxruntime(exported_tiny_bundle, tmp_path):
     feeds = _random_feeds(bundle.config, np.random.default_rng())
     tolerance = {"fp32": 1e-4, "fp16": 1e-2}  # relative to the output's scale, as `verify`; TF32 is off in fp32
     for precision, engine_dir in built.items():
-        engine = bundle.select_engine(tensorrt_version=trt.__version__, compute_capability=cc, gpu_name=gpu,
-                                      precision=precision)
+        engine = bundle.select_engine(TrtEnvironment(trt.__name__, trt.__version__, gpu, cc, {}), precision=precision)
         assert bundle.path / engine.dir == engine_dir and engine.build_flags["precision"] == precision
         for graph, feed in feeds.items():
             with OrtRunner(bundle.graph_path(graph)) as ort, TrtRunner(bundle.plan_path(engine, graph)) as rt:

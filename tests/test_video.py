@@ -242,6 +242,29 @@ def test_expand_sources_directory(tmp_path):
         expand_sources(tmp_path / "empty")
 
 
+def test_run_dir_and_export_calib_dir_pick_the_same_files(tmp_path):
+    """One definition of a folder's videos: the files directly inside it with a video extension, natural order."""
+    from stp_edge.export.quantize import calibration_videos
+    from stp_edge.media_files import video_files
+
+    names = ["cam10.mp4", "cam2.AVI", "cam1.mkv", "a.webm", "b.ts", "c.MJPEG", "notes.txt", "thumb.jpg", "x.mp4.part",
+             "day1/cam3.mp4", "day1/deeper/cam4.mov", "day2/cam5.avi"]
+    for n in names:
+        _touch(tmp_path / "clips" / n)
+    (tmp_path / "clips" / "folder.mp4").mkdir()  # a folder named like a video is not one
+    root = tmp_path / "clips"
+    run_picks = expand_sources(root)
+    calib_picks = calibration_videos(root)
+    assert run_picks == [str(p) for p in calib_picks] == [str(p) for p in video_files(root)]
+    assert [Path(p).name for p in run_picks] == ["a.webm", "b.ts", "c.MJPEG", "cam1.mkv", "cam2.AVI", "cam10.mp4"]
+    only_nested = tmp_path / "nested"
+    _touch(only_nested / "sub" / "cam.mp4")
+    with pytest.raises(VideoError, match="holds no video files .*subfolders are not searched"):
+        expand_sources(only_nested)
+    with pytest.raises(FileNotFoundError, match="holds no video file .*subfolders are not searched"):
+        calibration_videos(only_nested)
+
+
 def test_expand_sources_glob(tmp_path):
     for n in ["cam10.mp4", "cam2.mp4", "cam1.avi", "x/cam3.mp4"]:
         _touch(tmp_path / "cams" / n)

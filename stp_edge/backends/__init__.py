@@ -4,8 +4,9 @@ The factory is the one place that turns a backend name into runners, for `Detect
 benchmarks alike:
 - `select_backend()` is a pure function of what is available (`Availability`);
 - `probe_availability()` finds that out on this machine, importing TensorRT, pycuda and onnxruntime only when
-  called;
-- `resolve_backend()` = probe + select; `create_runners()` builds one (inactive) runner per graph.
+  called; with a bundle it also makes the engine choice (`select_trt_engine`), once;
+- `choose_backend()` = probe + select, keeping that engine; `resolve_backend()` is its name alone;
+- `create_runners()` builds one (inactive) runner per graph, TensorRT ones on the chosen engine set.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Availability:
         onnxruntime: onnxruntime imports.
         ort_providers: Execution providers of the installed onnxruntime.
         reasons: Why a faster backend is unavailable, one line each (for messages and `stp-edge info`).
+        trt_engine: That engine set (`select_trt_engine`'s choice), or None.
     """
 
     tensorrt: bool = False
@@ -46,6 +48,7 @@ class Availability:
     onnxruntime: bool = False
     ort_providers: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
+    trt_engine: Any = None
 
 
 def select_backend(requested: str, available: Availability) -> str:
@@ -77,15 +80,17 @@ def select_backend(requested: str, available: Availability) -> str:
     return requested
 
 
-def probe_availability(bundle: Any = None, device: int = 0) -> Availability:
+def probe_availability(bundle: Any = None, device: int = 0, *, allow_host_code: bool = False) -> Availability:
     """Find out what this machine offers (imports the optional dependencies; never at import time).
 
     Args:
-        bundle: A `stp_edge.bundle.Bundle` whose engines are checked against this GPU, or None.
+        bundle: A `stp_edge.bundle.Bundle` whose engine set for this machine is chosen, or None.
         device: CUDA device ordinal.
+        allow_host_code: See `create_runners` (part of the engine choice).
     """
     reasons: list[str] = []
-    have_trt = have_pycuda = plans = have_ort = False
+    have_trt = have_pycuda = have_ort = False
+    engine = None
     providers: tuple[str, ...] = ()
     try:
         from stp_edge.backends.trt import load_trt
@@ -102,12 +107,12 @@ def probe_availability(bundle: Any = None, device: int = 0) -> Availability:
     except Exception as exc:  # ImportError, or pycuda's LogicError/RuntimeError without a driver or GPU
         reasons.append(f"pycuda/GPU: {exc}")
     if bundle is not None and have_trt and have_pycuda:
-        from stp_edge.backends.trt import trt_environment
+        from stp_edge.bundle import EngineCompatibilityError
 
-        engine, why = trt_environment(device).select(bundle.engines)
-        plans = engine is not None
-        if not plans:
-            reasons.append("TensorRT plans: " + "; ".join(why))
+        try:
+            engine = select_trt_engine(bundle, device, allow_host_code=allow_host_code)
+        except EngineCompatibilityError as exc:
+            reasons.append("TensorRT plans: " + "; ".join(exc.reasons))
     try:
         from stp_edge._deps import require
 
@@ -115,27 +120,50 @@ def probe_availability(bundle: Any = None, device: int = 0) -> Availability:
         have_ort = True
     except ImportError as exc:
         reasons.append(f"onnxruntime: {exc}")
-    return Availability(tensorrt=have_trt, pycuda=have_pycuda, trt_plans=plans, onnxruntime=have_ort,
-                        ort_providers=providers, reasons=tuple(reasons))
+    return Availability(tensorrt=have_trt, pycuda=have_pycuda, trt_plans=engine is not None, onnxruntime=have_ort,
+                        ort_providers=providers, reasons=tuple(reasons), trt_engine=engine)
 
 
-def resolve_backend(requested: str, bundle: Any = None, device: int = 0) -> str:
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend that will run a bundle here and, for "trt", the engine set its runners load.
+
+    Attributes:
+        name: A resolved backend name ("trt", "ort-cuda", "ort-trt", "ort-cpu" or "triton://HOST:PORT").
+        engine: The bundle's `EngineInfo` chosen for this machine when `name` is "trt", else None.
+    """
+
+    name: str
+    engine: Any = None
+
+
+def choose_backend(requested: str, bundle: Any = None, device: int = 0, *,
+                   allow_host_code: bool = False) -> BackendChoice:
     """The backend that will run: `requested` checked against this machine, or the fastest one for "auto".
 
+    The engine set is chosen here, once; pass `engine=choice.engine` to `create_runners`/`activate_runners`.
     "ort-cpu" needs no probe (onnxruntime's import error, if any, surfaces when its runner activates).
     """
     if requested == "ort-cpu":
-        return requested
+        return BackendChoice(requested)
     if requested.startswith(TRITON_SCHEME):  # a served bundle: nothing to probe here (see `create_runners`)
         from stp_edge.backends.triton import parse_triton_url
 
         parse_triton_url(requested)
-        return requested
-    return select_backend(requested, probe_availability(bundle, device))
+        return BackendChoice(requested)
+    available = probe_availability(bundle, device, allow_host_code=allow_host_code)
+    name = select_backend(requested, available)
+    return BackendChoice(name, available.trt_engine if name == "trt" else None)
+
+
+def resolve_backend(requested: str, bundle: Any = None, device: int = 0) -> str:
+    """The name of `choose_backend`'s choice, for callers that need no TensorRT engine set."""
+    return choose_backend(requested, bundle, device).name
 
 
 def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_code: bool = False,
-                   graphs: tuple[str, ...] | None = None, ort_trt_fp16: bool = False) -> dict[str, Any]:
+                   graphs: tuple[str, ...] | None = None, ort_trt_fp16: bool = False,
+                   engine: Any = None) -> dict[str, Any]:
     """One (inactive) runner per graph of `bundle` ("encoder", "temporal", "spatial") for a resolved backend.
 
     Args:
@@ -147,6 +175,7 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
             since a plan's host code is native code that runs in this process.
         graphs: The graphs to make runners for (default: all three).
         ort_trt_fp16: "ort-trt" only: let ONNX Runtime's TensorRT provider use fp16 kernels.
+        engine: "trt" only: the engine set to load (`choose_backend`'s `engine`); None chooses it here.
     """
     from stp_edge.bundle import GRAPH_NAMES
 
@@ -163,10 +192,12 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
     if backend == "trt":
         from stp_edge.backends.trt import TrtRunner
 
-        engine = select_trt_engine(bundle, device)
+        if engine is None:
+            engine = select_trt_engine(bundle, device, allow_host_code=allow_host_code)
         profiles = engine.build_flags.get("profiles") or {}
         return {g: TrtRunner(bundle.plan_path(engine, g), device=device, name=f"{g}.plan",
-                             allow_host_code=allow_host_code, profiles=profiles.get(g)) for g in names}
+                             allow_host_code=allow_host_code, profiles=profiles.get(g), engine_info=engine)
+                for g in names}
     if backend not in ORT_PROVIDERS:
         raise UsageError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
     from stp_edge.backends.ort import OrtRunner
@@ -180,23 +211,15 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
                          trt_fp16=ort_trt_fp16, trt_profiles=profiles[g] if profiles else None) for g in names}
 
 
-def select_trt_engine(bundle: Any, device: int = 0) -> Any:
-    """The bundle's engine set for this machine's TensorRT runtime, GPU and platform.
+def select_trt_engine(bundle: Any, device: int = 0, *, allow_host_code: bool = False) -> Any:
+    """`Bundle.select_engine` for this machine's TensorRT runtime, GPU and platform (imports TensorRT, pycuda).
 
     Raises:
         EngineCompatibilityError: None fits; names this machine, every refused set and why, and the rebuild.
     """
     from stp_edge.backends.trt import trt_environment
-    from stp_edge.bundle import EngineCompatibilityError
 
-    env = trt_environment(device)
-    engine, reasons = env.select(bundle.engines)
-    if engine is None:
-        vc = " --version-compatible" if env.lean else ""
-        raise EngineCompatibilityError(
-            f"bundle {bundle.path}: no TensorRT engine for {env.describe()}: " + "; ".join(reasons)
-            + f". Build one on this machine (stp-edge build-engines {bundle.path}{vc}) or use --backend ort")
-    return engine
+    return bundle.select_engine(trt_environment(device), allow_host_code=allow_host_code)
 
 
 def activate_all(runners: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +245,7 @@ def ort_fallback_backend() -> str:
 
 
 def activate_runners(bundle: Any, backend: str, device: int = 0, *, requested: str | None = None,
-                     allow_host_code: bool = False, warn: Callable[[str], None] | None = None,
+                     allow_host_code: bool = False, engine: Any = None, warn: Callable[[str], None] | None = None,
                      make_runners: Callable[..., dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
     """Create and activate the runners of a resolved `backend`; returns (backend that runs, runners).
 
@@ -237,13 +260,14 @@ def activate_runners(bundle: Any, backend: str, device: int = 0, *, requested: s
         device: CUDA device ordinal.
         requested: What the caller asked for ("auto" allows the fallback); default `backend`.
         allow_host_code: See `create_runners`.
+        engine: "trt" only: the engine set to load (`choose_backend`'s `engine`); None chooses it.
         warn: Receives the one-line fallback warning (default: the "stp_edge" logger's warning).
         make_runners: `create_runners` (replaceable for tests).
     """
     from stp_edge.backends.base import PlanLoadError, RunnerError
 
     make = make_runners or create_runners
-    runners = make(bundle, backend, device, allow_host_code=allow_host_code)
+    runners = make(bundle, backend, device, allow_host_code=allow_host_code, engine=engine)
     try:
         return backend, activate_all(runners)
     except PlanLoadError as exc:
@@ -258,20 +282,20 @@ def activate_runners(bundle: Any, backend: str, device: int = 0, *, requested: s
 
 
 def _plan_failure(bundle: Any, device: int, runners: dict[str, Any], exc: Exception) -> str:
-    """One line naming the refused plan's build side, this machine and the rebuild command."""
-    from pathlib import Path
-
+    """One line naming the refused plan's build side (the runners' engine set), this machine and the rebuild."""
+    short = f"{exc} (rebuild: stp-edge build-engines {bundle.path})"
+    engine = next((r.engine_info for r in runners.values() if getattr(r, "engine_info", None) is not None), None)
+    if engine is None:
+        return short
     try:
         from stp_edge.backends.trt import plan_load_message, trt_environment
 
-        engine_dir = Path(next(iter(runners.values())).plan_path).parent
-        engine = next(e for e in bundle.engines if bundle.path / e.dir == engine_dir)
-        return plan_load_message(getattr(exc, "plan", None) or engine_dir, engine, trt_environment(device),
-                                 bundle.path)
+        return plan_load_message(getattr(exc, "plan", None) or bundle.path / engine.dir, engine,
+                                 trt_environment(device), bundle.path)
     except Exception:  # the environment itself is broken: still say what failed, in one line
-        return f"{exc} (rebuild: stp-edge build-engines {bundle.path})"
+        return short
 
 
-__all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "TRITON_SCHEME", "Availability", "activate_all",
-           "activate_runners", "create_runners", "ort_fallback_backend", "probe_availability", "resolve_backend",
-           "select_backend", "select_trt_engine"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "TRITON_SCHEME", "Availability", "BackendChoice",
+           "activate_all", "activate_runners", "choose_backend", "create_runners", "ort_fallback_backend",
+           "probe_availability", "resolve_backend", "select_backend", "select_trt_engine"]

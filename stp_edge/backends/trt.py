@@ -1,6 +1,6 @@
 """TensorRT backend: deserialise a plan and run it with the TensorRT 10/11 name-based I/O API and pycuda memory.
 
-Loading and running are separate small pieces (STYLE §2): `load_trt()` finds a TensorRT runtime module,
+Loading and running are separate small pieces: `load_trt()` finds a TensorRT runtime module,
 `deserialize_plan()` turns plan bytes into an engine, `TrtRunner` owns a context, a stream and buffers.
 Every decision that needs no TensorRT (dtype mapping, shape resolution against an optimisation profile, output
 sizes) is a pure function below, tested without a GPU.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -43,9 +42,9 @@ from stp_edge.backends.base import (
     feed_layout,
     profile_max_batch,
 )
+from stp_edge.bundle.engines import EngineInfo, TrtEnvironment, describe_platform, host_platform
 
-TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
-LEAN_MODULES = frozenset({"tensorrt_lean", "tensorrt_lean_bindings"})  # load version-compatible plans only
+TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")  # full runtime first, then the lean ones
 
 # Every TensorRT attribute TrtRunner touches, by owner. Tests assert each exists on the real bindings.
 TRT_API: dict[str, tuple[str, ...]] = {
@@ -170,52 +169,16 @@ def cuda_device_integrated(device: int = 0) -> bool:
     return bool(cuda.Device(device).get_attribute(cuda.device_attribute.INTEGRATED))
 
 
-@dataclass(frozen=True)
-class TrtEnvironment:
-    """What decides which plans load here: the TensorRT runtime module and version, the GPU and the platform."""
-
-    module: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    platform: Mapping[str, Any]
-
-    @property
-    def lean(self) -> bool:
-        """The runtime is TensorRT's lean runtime (version-compatible plans only)."""
-        return self.module in LEAN_MODULES
-
-    def select(self, engines: Sequence[Any], precision: str | None = None) -> tuple[Any, list[str]]:
-        """`stp_edge.bundle.engines.select_engine` for this environment: (engine or None, reasons)."""
-        from stp_edge.bundle.engines import select_engine
-
-        return select_engine(engines, tensorrt_version=self.tensorrt_version,
-                             compute_capability=self.compute_capability, gpu_name=self.gpu_name,
-                             precision=precision, platform=self.platform, lean_runtime=self.lean)
-
-    def describe(self) -> str:
-        """'TensorRT 11.4.0.106 (lean runtime) on NVIDIA H200 (sm 9.0, linux x86_64, discrete GPU)'."""
-        from stp_edge.bundle.engines import describe_platform
-
-        lean = " (lean runtime)" if self.lean else ""
-        return (f"TensorRT {self.tensorrt_version}{lean} on {self.gpu_name} (sm {self.compute_capability}, "
-                f"{describe_platform(self.platform)})")
-
-
 def trt_environment(device: int = 0) -> TrtEnvironment:
     """This machine's `TrtEnvironment` (imports TensorRT and pycuda)."""
-    from stp_edge.bundle.engines import host_platform
-
     trt = load_trt()
     gpu_name, cc = cuda_device_info(device)
     return TrtEnvironment(trt.__name__, str(trt.__version__), gpu_name, cc,
                           host_platform(cuda_device_integrated(device)))
 
 
-def describe_engine(engine: Any) -> str:
+def describe_engine(engine: EngineInfo) -> str:
     """'TensorRT 10.3.0.30 on NVIDIA A100 (sm 8.0, linux x86_64, discrete GPU)' from a manifest engine entry."""
-    from stp_edge.bundle.engines import describe_platform
-
     flags = engine.build_flags
     vc = ", version-compatible" if flags.get("version_compatible") else ""
     hw = f", hardware-compatible {flags['hardware_compatibility']}" if flags.get("hardware_compatibility") else ""
@@ -223,13 +186,13 @@ def describe_engine(engine: Any) -> str:
             f"{describe_platform(engine.platform)})")
 
 
-def rebuild_command(bundle_path: Any, engine: Any, env: TrtEnvironment | None = None) -> str:
+def rebuild_command(bundle_path: Any, engine: EngineInfo, env: TrtEnvironment | None = None) -> str:
     """The `stp-edge build-engines` line that rebuilds `engine`'s precision for this machine."""
     vc = " --version-compatible" if env is not None and env.lean else ""
     return f"stp-edge build-engines {bundle_path} --precision {engine.precision}{vc}"
 
 
-def plan_load_message(plan: Any, engine: Any, env: TrtEnvironment, bundle_path: Any) -> str:
+def plan_load_message(plan: Any, engine: EngineInfo, env: TrtEnvironment, bundle_path: Any) -> str:
     """One line naming both sides of a plan TensorRT refused, and the command that rebuilds it."""
     return (f"{plan}: TensorRT could not deserialise the plan: built with {describe_engine(engine)}; this machine "
             f"runs {env.describe()}. Rebuild it here: {rebuild_command(bundle_path, engine, env)}")
@@ -247,18 +210,22 @@ class TrtRunner(Runner):
         allow_host_code: Let TensorRT run the lean runtime embedded in a version-compatible plan.
         profiles: The plan's optimisation profile as the manifest records it ({input: [min, opt, max]}), so
             `max_batch()` is known before the plan is loaded; None: read from the plan once active.
+        engine_info: The bundle's engine set the plan belongs to (`Bundle.select_engine`'s choice), kept as
+            `engine_info` so callers can report what ran; None for a plan file outside a bundle.
     """
 
     accepts_device_feeds = True
     waits_on_feed_streams = True
 
     def __init__(self, plan_path: str | os.PathLike, *, device: int = 0, name: str | None = None,
-                 allow_host_code: bool = False, profiles: Mapping[str, Any] | None = None) -> None:
+                 allow_host_code: bool = False, profiles: Mapping[str, Any] | None = None,
+                 engine_info: EngineInfo | None = None) -> None:
         self.plan_path = Path(plan_path)
         super().__init__(name or self.plan_path.name)
         self.device = device
         self.allow_host_code = allow_host_code
         self.profiles = dict(profiles) if profiles else None
+        self.engine_info = engine_info
         self.trt: ModuleType | None = None
         self._reset_handles()
 

@@ -8,7 +8,7 @@ and outputs the config implies; it says exactly what does not match.
     schema.py    the published JSON Schema of manifest.json and its validator
     manifest.py  write_manifest / read_manifest / verify_checksums, the manifest digest
     contract.py  the graphs' I/O implied by a config; a protobuf-free reader of an ONNX file's I/O
-    engines.py   EngineInfo, engine_mismatches, select_engine (pure functions of the environment)
+    engines.py   EngineInfo, TrtEnvironment, engine_mismatches, select_engine (pure functions of the machine)
 """
 
 from __future__ import annotations
@@ -17,8 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stp_edge.bundle.contract import REGION_FEATURES, check_onnx_file, expected_io, read_onnx_io, region_features
-from stp_edge.bundle.engines import EngineInfo, engine_dir_name, engine_mismatches, gpu_slug, select_engine
+from stp_edge.bundle.contract import (
+    HOST_REGIONS_REMOVED_IN,
+    REGION_FEATURES,
+    check_onnx_file,
+    expected_io,
+    read_onnx_io,
+    region_features,
+    warn_host_regions,
+)
+from stp_edge.bundle.engines import (
+    EngineInfo,
+    TrtEnvironment,
+    describe_platform,
+    engine_dir_name,
+    engine_mismatches,
+    gpu_slug,
+    select_engine,
+)
 from stp_edge.bundle.errors import (
     BundleError,
     ChecksumError,
@@ -47,9 +63,10 @@ from stp_edge.config import STPromptConfig
 __all__ = [
     "GRAPH_NAMES", "MANIFEST", "REGION_FEATURES", "REQUIRED_KEYS", "SCHEMA_VERSION", "Bundle", "BundleError",
     "ChecksumError", "EngineCompatibilityError", "EngineInfo", "GraphMismatchError", "ManifestError",
-    "MissingFileError", "UnsafePathError", "check_files", "check_onnx_file", "engine_dir_name", "engine_mismatches",
-    "expected_io", "gpu_slug", "manifest_digest", "manifest_text", "read_manifest", "read_onnx_io", "region_features",
-    "rewrite_manifest", "select_engine", "sha256_file", "verify_checksums", "write_manifest",
+    "MissingFileError", "TrtEnvironment", "UnsafePathError", "check_files", "check_onnx_file", "engine_dir_name",
+    "engine_mismatches", "expected_io", "gpu_slug", "manifest_digest", "manifest_text", "read_manifest",
+    "read_onnx_io", "region_features", "rewrite_manifest", "select_engine", "sha256_file", "verify_checksums",
+    "write_manifest",
 ]
 
 
@@ -68,7 +85,8 @@ class Bundle:
 
         Checks, stopping at the first problem: the manifest (see `read_manifest`), that every listed file is a
         regular file inside the bundle, its sha256 (skipped with `verify=False`), and that each ONNX graph
-        declares the inputs and outputs the config implies (names, float32, shapes).
+        declares the inputs and outputs the config implies (names, float32, shapes). A bundle in the deprecated
+        "host" region layout loads with a FutureWarning naming the release that stops reading it.
 
         Raises:
             BundleError: ManifestError, MissingFileError, UnsafePathError, ChecksumError or GraphMismatchError,
@@ -85,6 +103,8 @@ class Bundle:
         expected = expected_io(config, bundle.region_features)
         for g in GRAPH_NAMES:
             check_onnx_file(g, bundle.graph_path(g), expected[g])
+        if bundle.region_features == "host":
+            warn_host_regions(path)
         return bundle
 
     def graph_path(self, name: str) -> Path:
@@ -99,10 +119,11 @@ class Bundle:
 
     @property
     def region_features(self) -> str:
-        """"encoder" when the encoder graph returns region_emb; "host" for bundles exported before it did.
+        """"encoder" when the encoder graph returns region_emb; "host" (deprecated) when it returns patch_emb.
 
-        A "host" bundle's encoder returns patch_emb, and the runtime pools it (tokens mode) or cuts and encodes
-        the crops itself (crops mode), as it always did: such bundles keep running unchanged.
+        The runtime pools a "host" bundle's patch_emb (tokens mode) or cuts and encodes the crops itself (crops
+        mode), with the same results as the "encoder" layout, in every release before `HOST_REGIONS_REMOVED_IN`
+        (docs/bundle-format.md, "Compatibility").
         """
         return region_features(self.manifest)
 
@@ -121,17 +142,34 @@ class Bundle:
         recorded = self.manifest.get("graph_precision") or {}
         return str(recorded.get(name, self.precision))
 
-    def select_engine(self, *, tensorrt_version: str, compute_capability: str | tuple[int, int], gpu_name: str,
+    def select_engine(self, env: TrtEnvironment, *, allow_host_code: bool = False,
                       precision: str | None = None) -> EngineInfo:
-        """The engine set for this environment, or EngineCompatibilityError listing why each one was refused."""
-        engine, reasons = select_engine(self.engines, tensorrt_version=tensorrt_version,
-                                        compute_capability=compute_capability, gpu_name=gpu_name,
-                                        precision=precision)
+        """The engine set that runs on the machine `env` describes: the one engine choice, made once per load.
+
+        Considers everything the runtime does: TensorRT version and lean runtime, compute capability, GPU name
+        and platform (`engine_mismatches`), and whether plans that need host code may load (`select_engine`).
+
+        Args:
+            env: The machine (`stp_edge.backends.trt.trt_environment()` finds this one's).
+            allow_host_code: The caller lets TensorRT run host code embedded in version-compatible plans.
+            precision: Only engine sets of this precision (default: any).
+
+        Raises:
+            EngineCompatibilityError: None fits; names the machine, every refused set and why (also in its
+                `reasons`), and the command that builds one.
+        """
+        engine, reasons = select_engine(self.engines, tensorrt_version=env.tensorrt_version,
+                                        compute_capability=env.compute_capability, gpu_name=env.gpu_name,
+                                        precision=precision, platform=env.platform, lean_runtime=env.lean,
+                                        allow_host_code=allow_host_code)
         if engine is None:
+            vc = " --version-compatible" if env.lean else ""
             raise EngineCompatibilityError(
-                f"bundle {self.path}: no TensorRT engine for {gpu_name} (compute capability "
-                f"{compute_capability}, TensorRT {tensorrt_version}): " + "; ".join(reasons)
-                + ". Build one with `stp-edge build-engines` on this machine or use --backend ort")
+                f"bundle {self.path}: no TensorRT engine for {env.gpu_name} (sm {env.compute_capability}, "
+                f"TensorRT {env.tensorrt_version}{' lean runtime' if env.lean else ''}, "
+                f"{describe_platform(env.platform)}): " + "; ".join(reasons)
+                + f". Build one on this machine (stp-edge build-engines {self.path}{vc}) or use --backend ort",
+                reasons)
         return engine
 
     def summary(self) -> str:
@@ -144,8 +182,8 @@ class Bundle:
             f"image size    {c.vision.image_size}  embed {c.vision.embed_dim}  layers {c.vision.layers}",
             f"snippets      {c.snippet_len} frames, {c.frames_per_snippet} sampled; context {c.context}",
             f"regions       {c.region_mode} {c.region_grid}x{c.region_grid}, computed "
-            + ("in the encoder graph" if self.region_features == "encoder" else "on the host (exported before "
-               "region features moved into the encoder graph; re-export to move them)"),
+            + ("in the encoder graph" if self.region_features == "encoder" else "on the host (a deprecated "
+               f"layout that stp-edge {HOST_REGIONS_REMOVED_IN} refuses; re-export to move them into the graph)"),
             f"classes       {', '.join(c.class_names)}",
             f"thresholds    score {c.score_threshold}  box {c.box_threshold}",
         ]

@@ -9,6 +9,7 @@ encoder. Together they let `Bundle.load` refuse a swapped or edited graph before
 from __future__ import annotations
 
 import mmap
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +24,26 @@ ONNX_FLOAT = 1  # TensorProto.FLOAT: every graph boundary is float32, whatever t
 
 
 # Where a bundle's region features are computed (manifest key `region_features`): "encoder" (the encoder graph
-# returns region_emb: patch tokens pooled, or crops encoded, inside the graph) or "host" (bundles exported before
-# that change, which have no such key: the encoder returns patch_emb and the runtime pools it, or cuts and encodes
-# the crops itself).
+# returns region_emb: patch tokens pooled, or crops encoded, inside the graph) or "host" (the encoder returns
+# patch_emb and the runtime pools it, or cuts and encodes the crops itself). A manifest without the key means
+# "host". The "host" layout is deprecated: read and written by every release before `HOST_REGIONS_REMOVED_IN`,
+# see docs/bundle-format.md ("Compatibility").
 REGION_FEATURES = ("encoder", "host")
 LEGACY_REGION_FEATURES = "host"  # what a manifest without the key means
+HOST_REGIONS_REMOVED_IN = "0.3.0"  # the stp-edge release that refuses "host" bundles
 
 
 def region_features(manifest: Mapping[str, Any]) -> str:
-    """"encoder" or "host": the manifest's `region_features`, "host" when absent (bundles written before it)."""
+    """"encoder" or "host": the manifest's `region_features`, "host" when the key is absent."""
     return str(manifest.get("region_features", LEGACY_REGION_FEATURES))
+
+
+def warn_host_regions(where: str | Path) -> None:
+    """Say (FutureWarning) that the bundle at `where` uses the deprecated "host" region layout, and until when."""
+    warnings.warn(f"{where}: this bundle computes region features on the host (region_features \"host\", or no "
+                  f"region_features key): this layout is deprecated and stp-edge {HOST_REGIONS_REMOVED_IN} will "
+                  f"refuse it; re-export the model (`stp-edge export`) to compute them in the encoder graph",
+                  FutureWarning, stacklevel=3)
 
 
 def expected_io(cfg: STPromptConfig, regions: str = "encoder") -> dict[str, dict[str, dict[str, Shape]]]:
@@ -41,7 +52,7 @@ def expected_io(cfg: STPromptConfig, regions: str = "encoder") -> dict[str, dict
     Args:
         cfg: The model config.
         regions: `region_features` of the bundle: "encoder" (the encoder outputs region_emb [B,R2,E]) or "host"
-            (older bundles: it outputs patch_emb [B,N,E] and the runtime derives the regions).
+            (deprecated: it outputs patch_emb [B,N,E] and the runtime derives the regions).
     """
     if regions not in REGION_FEATURES:
         raise UsageError(f"region_features must be one of {REGION_FEATURES}, got {regions!r}")

@@ -1,7 +1,8 @@
-"""TensorRT engine sets of a bundle: their manifest entries and whether one fits this machine.
+"""TensorRT engine sets of a bundle: their manifest entries and whether one fits a machine.
 
-Whether a plan fits is decided by pure functions (`engine_mismatches`, `select_engine`) that take the current
-environment as arguments, so they are tested without a GPU.
+Whether a plan fits is decided by pure functions (`engine_mismatches`, `select_engine`) of the machine as a
+`TrtEnvironment` describes it, so they are tested without a GPU; `Bundle.select_engine` is the one choice the
+runtime and `verify` make with them, and `stp_edge.backends.trt.trt_environment` finds this machine's values.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1, ma
     (c = `config.context`), the shape every streamed snippet runs. max_snippets defaults to that window:
     TensorRT sizes activation memory for the largest shape, and on an edge device a long offline T (the
     whole-video `offline_scores` reference) is better run with ONNX Runtime. In crops mode a bundle whose crops
-    are cut on the host (`regions="host"`, exported before crops moved into the encoder graph) sends the R2
-    crops of every image through the encoder in one call, so its batch goes up to max_batch * R2; an encoder
+    are cut on the host (`regions="host"`, the deprecated layout) sends the R2 crops of every image through the
+    encoder in one call, so its batch goes up to max_batch * R2; an encoder
     that cuts them itself takes max_batch images (and encodes B * (1 + R2) inside).
 
     Args:
@@ -100,11 +101,44 @@ def host_platform(integrated: bool | None, *, system: str | None = None, machine
 
 
 def describe_platform(p: Mapping[str, Any] | None) -> str:
-    """'linux aarch64, integrated GPU' for messages ('unknown platform' for old manifests)."""
+    """'linux aarch64, integrated GPU' for messages ('unknown platform' for an entry that records none)."""
     if not p:
         return "unknown platform"
     gpu = {True: ", integrated GPU", False: ", discrete GPU"}.get(p.get("integrated"), "")
     return f"{p.get('os', '?')} {p.get('arch', '?')}{gpu}"
+
+
+LEAN_MODULES = frozenset({"tensorrt_lean", "tensorrt_lean_bindings"})  # load version-compatible plans only
+
+
+@dataclass(frozen=True)
+class TrtEnvironment:
+    """What decides which plans load on a machine: its TensorRT runtime module and version, GPU and platform.
+
+    Attributes:
+        module: Name of the TensorRT runtime module ("tensorrt", or a lean runtime in `LEAN_MODULES`).
+        tensorrt_version: Its version, e.g. "10.3.0.30".
+        gpu_name: The GPU's name.
+        compute_capability: The GPU's compute capability, "major.minor".
+        platform: `host_platform()` of the machine ({} when unknown: not checked).
+    """
+
+    module: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    platform: Mapping[str, Any]
+
+    @property
+    def lean(self) -> bool:
+        """The runtime is TensorRT's lean runtime (version-compatible plans only)."""
+        return self.module in LEAN_MODULES
+
+    def describe(self) -> str:
+        """'TensorRT 11.4.0.106 (lean runtime) on NVIDIA H200 (sm 9.0, linux x86_64, discrete GPU)'."""
+        lean = " (lean runtime)" if self.lean else ""
+        return (f"TensorRT {self.tensorrt_version}{lean} on {self.gpu_name} (sm {self.compute_capability}, "
+                f"{describe_platform(self.platform)})")
 
 
 @dataclass(frozen=True)
@@ -112,8 +146,8 @@ class EngineInfo:
     """One set of TensorRT plans (encoder/temporal/spatial) built for one GPU and precision.
 
     `tensorrt_version` is the builder's full version (major.minor.patch.build: the standard runtime loads a plan
-    only from exactly that version); `platform` is `host_platform()` of the build machine ({} in manifests
-    written before it was recorded).
+    only from exactly that version); `platform` is `host_platform()` of the build machine ({} when the entry
+    records none, e.g. a plan built elsewhere and listed by hand: then it is not checked).
     """
 
     dir: str
@@ -196,7 +230,7 @@ def engine_mismatches(engine: EngineInfo, *, tensorrt_version: str, compute_capa
       `VERSION_COMPATIBLE_FROM` allows (10.x plans on 11.x). The lean runtime loads version-compatible plans
       only.
     - Platform: OS, CPU architecture and integrated vs discrete GPU must match the build machine's
-      (`engine.platform`; not checked for old entries that lack it).
+      (`engine.platform`; not checked for entries that record none).
     - Compute capability: must match unless built hardware-compatible ("ampere_plus": any SM >= 8.0), which
       TensorRT does not support on integrated (Jetson) GPUs. A different GPU name with the same compute
       capability runs (TensorRT warns that tactics may be slower), so it is not a mismatch here
@@ -228,10 +262,23 @@ def engine_mismatches(engine: EngineInfo, *, tensorrt_version: str, compute_capa
     return reasons
 
 
+def needs_host_code(engine: EngineInfo) -> bool:
+    """Whether TensorRT deserialises `engine`'s plans only with `Runtime.engine_host_code_allowed` set.
+
+    A version-compatible plan embeds TensorRT's lean runtime, which is native code that runs in this process;
+    `stp-edge build-engines` never leaves it out.
+    """
+    return bool(engine.build_flags.get("version_compatible"))
+
+
 def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compute_capability: str | tuple[int, int],
                   gpu_name: str, precision: str | None = None, platform: Mapping[str, Any] | None = None,
-                  lean_runtime: bool = False) -> tuple[EngineInfo | None, list[str]]:
-    """Pick the engine set for this environment: exact GPU name first, then any compatible one.
+                  lean_runtime: bool = False, allow_host_code: bool = False) -> tuple[EngineInfo | None, list[str]]:
+    """Pick the engine set for this environment among those `engine_mismatches` accepts.
+
+    Ranking: without `allow_host_code`, plans that need no host code (`needs_host_code`) come before those that
+    do (which would not deserialise); then a plan built on the same GPU model before any other compatible one;
+    then manifest order.
 
     Returns:
         (engine or None, reasons): the reasons list explains every rejected engine, one line each, so a caller
@@ -252,5 +299,6 @@ def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compu
         reasons.append("the bundle has no TensorRT engines")
     if not ok:
         return None, reasons
-    ok.sort(key=lambda e: gpu_slug(e.gpu_name) != gpu_slug(gpu_name))  # same GPU model first (stable sort)
+    ok.sort(key=lambda e: (needs_host_code(e) and not allow_host_code,  # stable sort: manifest order last
+                           gpu_slug(e.gpu_name) != gpu_slug(gpu_name)))
     return ok[0], reasons

@@ -22,7 +22,14 @@ class ChecksumError(BundleError):
 
 
 class EngineCompatibilityError(BundleError):
-    """No TensorRT plan of the bundle fits this machine (GPU, compute capability or TensorRT version)."""
+    """No TensorRT plan of the bundle fits this machine (GPU, compute capability, TensorRT version, platform).
+
+    `reasons` lists why each engine set was refused, one line each (the message says it too).
+    """
+
+    def __init__(self, message: str, reasons: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.reasons = list(reasons)
 
 
 class UnsafePathError(BundleError):

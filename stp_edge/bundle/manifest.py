@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from stp_edge.bundle.contract import REGION_FEATURES, expected_io, io_mismatches, region_features
+from stp_edge.bundle.contract import REGION_FEATURES, expected_io, io_mismatches, region_features, warn_host_regions
 from stp_edge.bundle.engines import EngineInfo
 from stp_edge.bundle.errors import ChecksumError, ManifestError, MissingFileError, UnsafePathError
 from stp_edge.bundle.schema import SchemaViolation, validate
@@ -134,8 +134,8 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
         engines: EngineInfo or manifest dicts, one per engine set.
         extra: Further top-level keys the schema defines (source, graph_precision, exporter).
         regions: `region_features`: "encoder" (the encoder graph outputs region_emb) or "host" (it outputs
-            patch_emb, as bundles exported before that change did); None leaves the key out, which means
-            "host" and is what runtimes older than the key can read.
+            patch_emb); None leaves the key out, which means "host". "host" and None are deprecated (a
+            FutureWarning): `HOST_REGIONS_REMOVED_IN` stops reading them (docs/bundle-format.md).
 
     Returns:
         Path of the written manifest.
@@ -156,6 +156,8 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
                 rel.append(p)
     if regions is not None and regions not in REGION_FEATURES:
         raise ManifestError(f"write_manifest: regions must be one of {REGION_FEATURES}, got {regions!r}")
+    if regions in (None, "host"):
+        warn_host_regions(directory)
     missing_graphs = [g for g in GRAPH_NAMES if g not in graphs]
     if missing_graphs:
         raise ManifestError(f"write_manifest: graphs {missing_graphs} are not described (need {GRAPH_NAMES})")

@@ -126,7 +126,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "graph_precision": _obj({g: _PRECISION for g in ("encoder", "temporal", "spatial")}, required=[]),
         "region_features": {"enum": ["encoder", "host"], "description": (
             "encoder: encoder.onnx outputs region_emb (pooled tokens or encoded crops, computed in the graph); "
-            "host (also when absent, as in bundles exported before this key): it outputs patch_emb and the "
+            "host (also when absent; deprecated, refused from stp-edge 0.3.0): it outputs patch_emb and the "
             "runtime derives region_emb (docs/bundle-format.md, Regions)")},
         "exporter": {"type": "object", "properties": {"stp_edge_version": _text(64), "torch_version": _text(64)}},
     }, required=["schema_version", "stp_edge_version", "created", "config", "preprocess", "snippet_len",

@@ -23,7 +23,7 @@ from stp_edge.cuda.context import PrimaryContext
 from stp_edge.cuda.kernels import BLOCK, grid_h, grid_v, load_kernels
 from stp_edge.cuda.memory import DeviceArray
 from stp_edge.errors import UsageError
-from stp_edge.pipeline.frames import validate_frame
+from stp_edge.frames import validate_frame
 from stp_edge.preprocess import (
     CropResizePlan,
     PreprocessSpec,
@@ -173,9 +173,17 @@ class CudaPreprocessor:
 
     @_in_context
     def __call__(self, frames: Sequence[np.ndarray] | np.ndarray, sync: bool = True) -> DeviceArray:
-        """Preprocess HxWx3 uint8 BGR host frames (all of one size) -> DeviceArray [B, 3, S, S]."""
+        """Preprocess HxWx3 uint8 BGR host frames (all of one size) -> DeviceArray [B, 3, S, S].
+
+        Each frame is checked first (`stp_edge.frames.validate_frame`: gray and BGRA are converted, anything else
+        is a `FrameError`).
+        """
         frames = self._as_list(frames, 3)
-        frames = [validate_frame(f, i) for i, f in enumerate(frames)]
+        return self._from_valid([validate_frame(f, i) for i, f in enumerate(frames)], sync=sync)
+
+    @_in_context
+    def _from_valid(self, frames: Sequence[np.ndarray], sync: bool = True) -> DeviceArray:
+        """`__call__` of frames `validate_frame` returned, not checked again: the entry of the encode stage."""
         h, w = self._common_shape([f.shape for f in frames])[:2]
         dev = self._upload(frames)
         return self.run_device(dev, len(frames), h, w, pitch=w * 3, frame_stride=h * w * 3, sync=sync)

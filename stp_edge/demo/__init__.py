@@ -1,9 +1,9 @@
 """The demo wing: `stp-edge demo` / `make demo`, the whole job on the demo model, end to end.
 
-Not part of the runtime (the runtime never imports it). Its modules: `synthetic` (the synthetic benchmark:
-clips with per-frame labels and boxes), `training` (how the demo model was trained; torch). The demo weights
-are a separate distribution, `stp-edge-demo-model` (demo_model/ in the repository), so a deployment wheel
-does not carry them. This module:
+Not part of the runtime (the runtime never imports it). Its clips come from the synthetic benchmark
+(`stp_edge.synthetic`); `training` is how the demo model was trained (torch). The demo weights are a separate
+distribution, `stp-edge-demo-model` (demo_model/ in the repository), so a deployment wheel does not carry them.
+This module:
 
 1. export the demo model to a bundle (in a child process: exporting needs torch, running does not);
 2. generate a synthetic surveillance clip with a known anomaly and write it as an ordinary video file;
@@ -13,7 +13,6 @@ does not carry them. This module:
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -67,7 +66,7 @@ def ensure_demo_bundle(out: Path, report: Callable[[str], None] = print) -> Path
 
 def write_clip(path: Path, *, seed: int, anomaly: str, seconds: float) -> dict[str, Any]:
     """Generate a synthetic clip with one anomaly, write it as a video file, return its ground truth."""
-    from stp_edge.demo.synthetic import generate_clip, write_video
+    from stp_edge.synthetic import generate_clip, write_video
 
     fps = 25.0
     clip = generate_clip(seed, width=320, height=240, num_frames=int(seconds * fps), anomaly=anomaly, fps=fps)
@@ -80,8 +79,10 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
              seconds: float = 24.0, bundle: str | Path | None = None,
              report: Callable[[str], None] = print) -> DemoSummary:
     """Run the demo; `bundle` overrides the demo model (any bundle with the same classes works)."""
-    from stp_edge.api import Detector, frame_scores, run_video
-    from stp_edge.eval.metrics import rank_auc
+    from stp_edge.api import Detector
+    from stp_edge.metrics import rank_auc
+    from stp_edge.results import frame_scores
+    from stp_edge.run import run_video
     from stp_edge.visualize import plot_timeline
 
     out = Path(out_dir)
@@ -96,7 +97,8 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
     outputs = {"overlay": out / "overlay.mp4", "plot": out / "scores.png", "results": out / "results.jsonl"}
     start = time.perf_counter()
     with Detector.load(bundle_path, backend="ort-cpu", preprocess="cpu") as det:
-        results = run_video(clip_path, detector=det, overlay=outputs["overlay"])  # overlay drawn in the same pass
+        results = run_video(clip_path, detector=det, overlay=outputs["overlay"],  # drawn in the same pass
+                            jsonl=outputs["results"])
         threshold = det.score_threshold
         class_names = det.config.class_names
     wall = time.perf_counter() - start
@@ -111,9 +113,6 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
 
     plot_timeline(outputs["plot"], scores, gt["fps"], gt_ranges=[gt["event"]], threshold=threshold,
                   title=f"stp-edge demo: {gt['class_name']} (frame AUC {summary.frame_auc:.3f})")
-    with open(outputs["results"], "w", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps(r.to_dict()) + "\n")
     summary.outputs = outputs
     for name, path in outputs.items():
         report(f"wrote    {name:<8} {path}")

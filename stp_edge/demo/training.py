@@ -1,7 +1,7 @@
 """Training the demo model: the `tiny` STPrompt, end to end from scratch, on the synthetic benchmark.
 
 No pretrained CLIP and no real data can be downloaded, so the demo model learns everything, encoder included,
-from synthetic clips (`stp_edge.demo.synthetic`) with VIDEO-LEVEL LABELS ONLY (weak supervision):
+from synthetic clips (`stp_edge.synthetic`) with VIDEO-LEVEL LABELS ONLY (weak supervision):
 
 - temporal stream: the top-k MIL losses of `stp_edge.model.train.mil_losses` (BCE on the top-k snippet scores
   against anomalous/normal, cross-entropy on the per-class top-k A-branch logits against the video class);
@@ -33,7 +33,7 @@ video-level validation loss instead). They only feed diagnostics printed during 
 top-region IoU on the validation split).
 
 The encoder's forward pass runs under bfloat16 autocast (`bf16`, default on; heads, losses and validation in
-float32): about 1.5x the images per second on this workplace's 2-core CPU.
+float32): about 1.5x the images per second on a CPU with bf16 kernels (AVX512-BF16).
 
 The encoder sees what the runtime sees: the sampled frame of each 16-frame snippet (the runtime's
 `SnippetAssembler` offsets), JPEG-compressed at a random quality to mimic the video codec of the benchmark
@@ -59,19 +59,17 @@ import torch.nn.functional as F
 from stp_edge.bundle import sha256_file
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import UsageError
-from stp_edge.eval.metrics import box_iou, rank_auc
+from stp_edge.metrics import box_iou, rank_auc
 from stp_edge.model.train import mil_losses
 from stp_edge.preprocess import CLIP_MEAN, CLIP_STD
 
 # Demo-model config overrides of the `tiny` preset (the spatial stream scores regions against the class prompts).
 DEMO_OVERRIDES: dict[str, Any] = {
     "spatial_queries": "class_prompts",
-    # The tiny ViT with a convolutional stem: a from-scratch patch-embedding ViT barely learned these frames
-    # (supervised probe on 100 layouts: validation AUC 0.65 vs 0.82 with the conv stem in the same 2.5 min).
+    # The tiny ViT with a convolutional stem: a from-scratch patch-embedding ViT barely learns these frames.
     # stem_centred: the plain conv stem centres each token's receptive field half a cell up-left of the cell it
-    # is scored and boxed as (the session-4 model's region peaks sat ~0.5 cell right of the fire's box).
-    # patch_attention=1: patch tokens attend to their 3x3 neighbourhood (the class token to all); validation
-    # snippet AUC 0.928 vs 0.905 with global attention, box IoU the same (demo_model/stp_edge_demo_model/README.md).
+    # is scored and boxed as. patch_attention=1: patch tokens attend to their 3x3 neighbourhood (the class token
+    # to all). The runs behind each choice: demo_model/stp_edge_demo_model/README.md ("What was tried").
     "vision": replace(STPromptConfig.named("tiny").vision, stem="conv", stem_centred=True, patch_attention=1),
 }
 
@@ -113,12 +111,12 @@ class DemoTrainSettings:
     self_train_start: float = 0.35
     # Self-training, spatial extent (0 disables it): in each pseudo-positive snippet, the mean abnormal share of
     # its `self_region_topk` highest-scoring regions is pushed towards 1 (a person-sized event covers 2-4 cells
-    # of the 7x7 grid while region MIL over the whole video lifts only its few best pairs). Tried with k=3 and
-    # left off: the maps spread onto the wrong cells (validation TIoU 0.071 vs 0.175; demo README).
+    # of the 7x7 grid while region MIL over the whole video lifts only its few best pairs). Off by default: it
+    # spreads the maps onto the wrong cells (demo README, "What was tried").
     self_region_topk: int = 0
-    # Which epoch to keep: "last" (end of the schedule) or "val_loss" (lowest video-level validation loss). The
-    # validation loss stopped being a useful guide once self-training sharpened the scores: it rose from epoch
-    # 20 on (over-confident class logits) while the validation snippet AUC rose from 0.77 to 0.84-0.87.
+    # Which epoch to keep: "last" (end of the schedule) or "val_loss" (lowest video-level validation loss). Once
+    # self-training sharpens the scores the validation loss rises (over-confident class logits) while the
+    # validation snippet AUC still rises, so "val_loss" keeps an early, weaker epoch.
     select: str = "last"
     jpeg_quality: tuple[int, int] = (70, 95)
     flip: bool = True
@@ -127,7 +125,7 @@ class DemoTrainSettings:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     threads: int = 2
     # bfloat16 autocast of the encoder's forward pass while training (heads, losses and validation stay fp32):
-    # 1.5-1.6x the images per second on this 2-core CPU (AVX512-BF16), so more epochs fit the time budget.
+    # about 1.5x the images per second on a CPU with AVX512-BF16, so more epochs fit the time budget.
     bf16: bool = True
 
 
@@ -200,8 +198,8 @@ def make_demo_videos(split: str, num_videos: int, *, seed: int, cfg: STPromptCon
     import cv2
     from tqdm.auto import tqdm
 
-    from stp_edge.demo.synthetic import ANOMALY_CLASSES, CLASS_NAMES, plan_clip
     from stp_edge.preprocess import CpuPreprocessor
+    from stp_edge.synthetic import ANOMALY_CLASSES, CLASS_NAMES, plan_clip
 
     s = settings or DemoTrainSettings()
     if cfg.frames_per_snippet != 1:

@@ -1,25 +1,25 @@
-"""Running a bundle over an annotated data set and scoring it: `evaluate_bundle`, `stp-edge eval`."""
+"""Running a bundle over an annotated data set and scoring it: `evaluate_bundle` (`stp-edge eval`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stp_edge.errors import UsageError
-from stp_edge.eval.datasets import (
-    IMAGE_EXTENSIONS,
+from stp_edge.datasets import (
     GroundTruthMismatch,
     VideoGroundTruth,
     check_ground_truth,
     find_video,
     load_ground_truth,
 )
+from stp_edge.errors import UsageError
 from stp_edge.eval.metrics import EvalResult, VideoPrediction, evaluate_videos
+from stp_edge.media_files import IMAGE_EXTENSIONS
 from stp_edge.results import expand_snippets, frame_scores
 from stp_edge.video import VideoError
 
@@ -63,7 +63,7 @@ def _run_on_frame_dir(det: Any, path: Path) -> _Decoded:
 
 def _run_on_video(det: Any, path: Path) -> _Decoded:
     """Run `det` over a video file; its frame counts come from the decoder's `VideoStats`."""
-    from stp_edge.api import run_video
+    from stp_edge.run import run_video
 
     results: list[Any] = []
     out = run_video(path, detector=det, on_result=results.append)
@@ -83,7 +83,7 @@ def _mismatch(g: VideoGroundTruth, path: Path, decoded: _Decoded) -> str | None:
 
 def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "auto",
                     threshold: float | None = None, out_dir: str | Path | None = None,
-                    report: Any = print, fmt: str = "synthetic",
+                    report: Callable[[str], None] | None = print, fmt: str = "synthetic",
                     annotations: str | Path | None = None, on_mismatch: str = "error") -> EvalResult:
     """Run a bundle over every annotated video of a data set and evaluate it.
 
@@ -94,7 +94,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
 
     Args:
         bundle: the exported model directory.
-        data: the videos: a directory written by `stp_edge.demo.synthetic.write_benchmark`, or the directory holding
+        data: the videos: a directory written by `stp_edge.synthetic.write_benchmark`, or the directory holding
             a real data set's video files or frame folders (searched recursively by name).
         fmt: annotation format, one of `FORMATS`.
         annotations: the annotation file/directory for "ucf-crime" and "shanghaitech".
@@ -158,22 +158,3 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
                           gt_ranges=g.ranges, threshold=thr, title=f"{g.name} ({g.label})")
     return result
 
-
-def evaluate_cli(args: Any) -> int:
-    """`stp-edge eval`: evaluate `args.bundle` on `args.data`, or on a synthetic split generated first.
-
-    Uses args.bundle, args.data, args.split, args.num_videos, args.seed, args.backend, args.out, and when the
-    parser defines them args.format, args.annotations, args.on_mismatch ("error" by default).
-    """
-    data = args.data
-    if data is None:
-        from stp_edge.demo.synthetic import write_benchmark
-
-        root = Path(args.out) if args.out is not None else Path("out/eval")
-        data = root / f"synthetic_{args.split}"
-        write_benchmark(data, split=args.split, num_videos=args.num_videos, seed=args.seed)
-    result = evaluate_bundle(args.bundle, data, backend=args.backend, out_dir=args.out,
-                             fmt=getattr(args, "format", "synthetic"), annotations=getattr(args, "annotations", None),
-                             on_mismatch=getattr(args, "on_mismatch", None) or "error")
-    print(result.to_json())
-    return 0

@@ -36,9 +36,9 @@ GRAPH_SPECS = {
 }
 
 
-# The encoder of bundles with `region_features` "host" (the layout before region features moved into the graph):
+# The encoder of bundles with `region_features` "host" (deprecated; docs/bundle-format.md, "Compatibility"):
 # images -> frame_emb, patch_emb, the runtime deriving region_emb. Exported only on request (`export_bundle(...,
-# region_features="host")`), for runtimes that predate the change.
+# region_features="host")`).
 HOST_REGIONS_ENCODER = GraphSpec("encoder", ("images",), ("frame_emb", "patch_emb"),
                                  {"images": {0: "B"}, "frame_emb": {0: "B"}, "patch_emb": {0: "B"}})
 

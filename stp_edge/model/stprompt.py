@@ -1,4 +1,4 @@
-"""STPrompt (Wu et al., ACM MM 2024) on a frozen CLIP, as specified in DESIGN §2.
+"""STPrompt (Wu et al., ACM MM 2024) on a frozen CLIP; every number the paper leaves open is a config field.
 
 Temporal stream: regions -> SA2 (motion prior, top-k, softmax weights) -> banded distance adapter -> C-branch
 (anomaly score) and A-branch (cosine to learned class prompts). Spatial stream: training-free region scoring

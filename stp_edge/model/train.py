@@ -1,6 +1,6 @@
 """Weakly supervised training of the STPrompt heads on pre-extracted snippet features (video labels only).
 
-Losses (DESIGN §2): BCE on the mean of the top-k snippet scores (k = floor(T/16) + 1) against the binary video
+Losses: BCE on the mean of the top-k snippet scores (k = floor(T/16) + 1) against the binary video
 label (top-k MIL), plus cross-entropy on the per-class top-k mean of the A-branch logits against the video class.
 Features per video: `frame_emb` [T,E] and `region_emb` [T,R2,E] from the frozen encoder, one row per snippet.
 A feature directory holds one `.npz` per video with keys `frame_emb`, `region_emb`, `label` (class index,
@@ -139,30 +139,72 @@ def load_feature_dir(path: str | Path) -> list[FeatureVideo]:
     return videos
 
 
-def train_features_cli(args) -> int:
-    """`stp-edge train`: build or load a model, train its heads on a feature directory, save a checkpoint."""
+@dataclass(frozen=True)
+class TrainReport:
+    """What `train_from_features` did: the checkpoint it wrote, the videos it trained on, the loss per epoch."""
+
+    checkpoint: Path
+    videos: int
+    losses: list[float]
+
+
+def train_from_features(
+    features: str | Path,
+    out: str | Path,
+    *,
+    init: str | Path | None = None,
+    config: str = "vit-b-16",
+    classes: Sequence[str] | None = None,
+    clip_weights: str | Path | None = None,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainReport:
+    """Train an STPrompt's heads on a feature directory (`load_feature_dir`) and save the checkpoint (`stp-edge train`).
+
+    Args:
+        features: directory of `.npz` snippet features, one per video (`stp-edge extract`).
+        out: output checkpoint directory.
+        init: a checkpoint to start from (keeps its CLIP weights); `config`, `classes` and `clip_weights` are
+            then not used.
+        config: named config of a new model ("vit-b-16" or "tiny").
+        classes: class names of a new model, normal first (default: the config's).
+        clip_weights: OpenAI CLIP weights for a new model's frozen encoders (default: random).
+        epochs: training epochs.
+        lr: learning rate.
+        batch_size: videos per batch.
+        seed: seed of the batch order and of torch during training.
+        progress: show a progress bar.
+
+    Returns:
+        A `TrainReport`.
+
+    Raises:
+        MissingInputError: `features` holds no `.npz` file.
+        UsageError: the features do not fit the model (embedding width, regions) or a label is outside its classes.
+    """
     from stp_edge.config import STPromptConfig
     from stp_edge.model.stprompt import STPrompt
     from stp_edge.model.weights import load_clip_into, load_stprompt, save_stprompt
 
-    videos = load_feature_dir(args.features)
-    if args.init:
-        model = load_stprompt(args.init)
+    videos = load_feature_dir(features)
+    if init:
+        model = load_stprompt(init)
     else:
-        overrides = {"class_names": tuple(c.strip() for c in args.classes.split(","))} if args.classes else {}
-        model = STPrompt(STPromptConfig.named(args.config, **overrides))
-        if args.clip_weights:
-            load_clip_into(model, args.clip_weights)
+        overrides = {"class_names": tuple(classes)} if classes else {}
+        model = STPrompt(STPromptConfig.named(config, **overrides))
+        if clip_weights:
+            load_clip_into(model, clip_weights)
     e, r2 = model.cfg.vision.embed_dim, model.cfg.num_regions
     v = videos[0]
     if v.frame_emb.shape[1] != e or v.region_emb.shape[1] != r2:
-        raise UsageError(f"{args.features}: features are E={v.frame_emb.shape[1]}, R2={v.region_emb.shape[1]}; "
+        raise UsageError(f"{features}: features are E={v.frame_emb.shape[1]}, R2={v.region_emb.shape[1]}; "
                          f"the model expects E={e}, R2={r2}")
     bad = sorted({x.label for x in videos if not 0 <= x.label < model.cfg.num_classes})
     if bad:
         raise UsageError(f"labels {bad} are outside the model's {model.cfg.num_classes} classes")
-    history = train_on_features(model, videos, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                seed=args.seed)
-    out = save_stprompt(model, args.out)
-    print(f"trained on {len(videos)} videos: loss {history[0]:.4f} -> {history[-1]:.4f}; wrote {out}")
-    return 0
+    history = train_on_features(model, videos, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                progress=progress)
+    return TrainReport(save_stprompt(model, out), len(videos), history)

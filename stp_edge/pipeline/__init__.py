@@ -1,6 +1,8 @@
 """The runtime's data flow, one module per stage, in the order a frame passes them.
 
-    frames    validate_frame: any accepted frame -> (H, W, 3) uint8 BGR, or FrameError naming it
+Frames arrive checked: `stp_edge.frames.validate_frame` runs where a frame enters (`Detector.push`, a video
+source), below the stages, and no stage checks a frame again.
+
     snippets  SnippetAssembler: frames -> Snippet (the sampled frames of every snippet_len frames)
     encode    Encoder: preprocess + encoder graph + region features -> EncodedBatch
     temporal  FeatureRing + schedule (ready_snippets, temporal_window), TemporalHead: Window -> TemporalOutput
@@ -8,5 +10,6 @@
     boxes     boxes_from_map: anomaly map -> Box list in frame pixels
 
 `stp_edge.api.Detector` schedules them (when, and for which snippets) and builds each `SnippetResult` once.
-A stage imports only stages before it and the shared leaf modules (config, geometry, results, backends.base).
+A stage imports only stages before it and the shared leaf modules (frames, config, geometry, results,
+backends.base).
 """

@@ -1,4 +1,4 @@
-"""Stage 6, boxes: an anomaly map -> boxes in original frame pixels.
+"""Stage 5, boxes: an anomaly map -> boxes in original frame pixels.
 
 The model sees the centre crop of the frame (CLIP preprocessing: short side resized to S, centre crop SxS),
 i.e. the square of side min(H, W) centred in the frame (`stp_edge.geometry.crop_square`). Region cells are

@@ -1,11 +1,11 @@
-"""Stage 3, encode: preprocessing choice, the encoder graph, region features, averaging over sampled frames.
+"""Stage 2, encode: preprocessing choice, the encoder graph, region features, averaging over sampled frames.
 
 In: completed `Snippet`s (of one or several streams). Out: one `EncodedBatch`, frame_emb [B, E] and
 region_emb [B, R2, E] per snippet, which is exactly what the temporal and spatial stages consume.
 
 Region features (docs/architecture.md, "Regions") come out of the encoder graph itself (`region_emb`) in bundles
-exported since region features moved into it (manifest `region_features: "encoder"`). For older bundles, whose
-encoder returns `patch_emb`, they are computed here on the host, as those bundles always were:
+with manifest `region_features: "encoder"`. For bundles in the deprecated "host" layout, whose encoder returns
+`patch_emb`, they are computed here on the host:
 - tokens mode: `pool_regions` averages (grid/R)^2 blocks of patch tokens, regions in row-major order;
 - crops mode: `make_crops` cuts the R*R windows of `stp_edge.geometry.crop_windows` from each preprocessed
   image and resizes each back to SxS as M @ crop @ M.T (one bilinear matrix per axis); the crops' frame
@@ -74,8 +74,8 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, ho
                     device: int = 0, max_batch: int = 16) -> Preprocess:
     """The preprocessing callable: "cpu", "cuda", "auto" (CUDA with TensorRT unless crops are cut on the host).
 
-    `host_crops`: the bundle is in crops mode and its encoder graph does not cut the crops itself (a bundle
-    exported before region features moved into the encoder graph), so the preprocessed images must be on the host.
+    `host_crops`: the bundle is in crops mode and its encoder graph does not cut the crops itself (the deprecated
+    "host" region layout), so the preprocessed images must be on the host.
 
     "cuda" runs on CUDA device `device` (the runners' device), from whichever thread calls it, and holds device
     buffers for `max_batch` frames (the encoder's largest batch: `Runner.max_batch()`, 16 when unlimited).
@@ -128,8 +128,8 @@ class EncodedBatch:
 class Encoder:
     """Preprocess the sampled frames of snippets, run the encoder graph, average its features per snippet.
 
-    The encoder graph returns `frame_emb` and `region_emb`; a graph that returns `patch_emb` instead (a bundle
-    exported before region features moved into the graph) gets its regions computed here (`host_regions`).
+    The encoder graph returns `frame_emb` and `region_emb`; a graph that returns `patch_emb` instead (the
+    deprecated "host" region layout) gets its regions computed here (`host_regions`).
 
     All sampled frames of a batch go through the encoder in one call, or in chunks of the smaller of the
     preprocessor's `max_batch` (the CUDA preprocessor overwrites its output buffer on every call) and the
@@ -170,10 +170,15 @@ class Encoder:
         With a runner that honours the `stream` of `__cuda_array_interface__` (TensorRT), the CUDA preprocessor
         returns without a host sync and the runner's stream waits on an event instead; "preprocess" then times
         the enqueue only, the kernels' time lands in "encoder".
+
+        The frames were checked where they entered (`Detector.push`, or the video source `run_video` reads), so
+        the CPU and CUDA preprocessors run through their `_from_valid`, which does not check them again; a custom
+        callable gets them as they are.
         """
+        run = getattr(self.preprocess, "_from_valid", self.preprocess)
         if getattr(self.runner, "waits_on_feed_streams", False) and hasattr(self.preprocess, "stream_handle"):
-            return self.preprocess(frames, sync=False)
-        return self.preprocess(frames)
+            return run(frames, sync=False)
+        return run(frames)
 
     def encode_images(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """Encoder and region features of preprocessed images: frame_emb [n, E], region_emb [n, R2, E]."""

@@ -1,4 +1,4 @@
-"""Stage 2, snippets: cutting a stream's frames into snippets of `snippet_len` frames and sampling them.
+"""Stage 1, snippets: cutting a stream's frames into snippets of `snippet_len` frames and sampling them.
 
 In: frames (arrays, or `EncodedFrame`s for the frames a snippet does not sample). Out: one `Snippet` per
 `snippet_len` frames, holding copies of its sampled frames (and a partial one at the end of the stream).
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stp_edge.errors import UsageError
-from stp_edge.pipeline.frames import EncodedFrame, FrameError
+from stp_edge.frames import EncodedFrame, FrameError
 
 
 def sample_offsets(snippet_len: int, k: int) -> list[int]:

@@ -1,6 +1,6 @@
-"""Stage 5, spatial: which snippets get the spatial stream, the spatial graph, and the anomaly map.
+"""Stage 4, spatial: which snippets get the spatial stream, the spatial graph, and the anomaly map.
 
-The spatial stream is training-free (DESIGN §2): region features are compared with normal and abnormal text
+The spatial stream is training-free, as in the paper: region features are compared with normal and abnormal text
 queries inside `spatial.onnx`, which returns one score per region. It runs on the snippets `spatial_gate`
 selects: those whose score passes the threshold ("flagged", the default), every snippet ("all"), or none.
 """

@@ -1,4 +1,4 @@
-"""Stage 4, temporal: each stream's feature ring, the schedule, and the temporal graph on each ready window.
+"""Stage 3, temporal: each stream's feature ring, the schedule, and the temporal graph on each ready window.
 
 The schedule (docs/architecture.md, "Streaming"): with context c, the output for snippet t depends only on
 snippets [t-c, t+c] clipped to the video. So once snippet t+c is encoded (or the stream is flushed), the

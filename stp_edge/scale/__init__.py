@@ -3,9 +3,10 @@
 Archives (one process, or a Ray Data pipeline with `ray=True`):
     extract.py      extract_features / `stp-edge extract`: snippet features (.npz per video) for `stp-edge train`
     score.py        score_videos / `stp-edge score`: one JSONL of SnippetResults per video
+    jobs.py         the driver both share: per-video jobs in this process or on a Ray cluster (ray is imported
+                    only there), progress, and one ArchiveReport
     features.py     the encode job of one video, its .npz file, the feature fingerprint, atomic writes
     inputs.py       videos of a folder/glob/list, output names, labels (CSV or data set annotations)
-    jobs.py         per-video jobs in this process or on a Ray cluster (ray is imported only there)
 Many cameras: triton_repo.py (model repository from a bundle) and the served Detector (see their docstrings).
 
 `import stp_edge` imports nothing from here; Ray and tritonclient are imported only when used
@@ -17,19 +18,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {
-    "ExtractReport": "stp_edge.scale.extract",
+    "ArchiveReport": "stp_edge.scale.jobs",
     "extract_features": "stp_edge.scale.extract",
-    "ScoreReport": "stp_edge.scale.score",
     "score_videos": "stp_edge.scale.score",
     "feature_fingerprint": "stp_edge.scale.features",
 }
 
-__all__ = ["ExtractReport", "ScoreReport", "extract_features", "feature_fingerprint", "score_videos"]
+__all__ = ["ArchiveReport", "extract_features", "feature_fingerprint", "score_videos"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from stp_edge.scale.extract import ExtractReport, extract_features
+    from stp_edge.scale.extract import extract_features
     from stp_edge.scale.features import feature_fingerprint
-    from stp_edge.scale.score import ScoreReport, score_videos
+    from stp_edge.scale.jobs import ArchiveReport
+    from stp_edge.scale.score import score_videos
 
 
 def __getattr__(name: str) -> Any:

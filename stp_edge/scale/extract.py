@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,63 +28,11 @@ from stp_edge.scale.features import (
     feature_fingerprint,
     features_npz,
     relabel,
-    remove_partials,
 )
-from stp_edge.scale.inputs import VideoLabel, expand_videos, output_names, resolve_labels
+from stp_edge.scale.inputs import VideoLabel, resolve_labels
+from stp_edge.scale.jobs import ArchiveReport, JobOutput, prepare_outputs, run_archive
 
 ENCODER_BUNDLE = "encoder.stp"  # where --clip-weights puts the bundle it exports, inside the output folder
-
-
-@dataclass
-class ExtractReport:
-    """What an extraction run did.
-
-    Attributes:
-        out_dir: The feature folder.
-        bundle: The bundle whose encoder made the features.
-        fingerprint: Its feature fingerprint (recorded in every file).
-        backends: Backends that ran ("ort-cpu", "trt", ...; one per node type under Ray).
-        workers: Ray actors asked for (1 without Ray).
-        processes: Distinct processes that encoded videos in this run.
-        written: Files encoded and written by this run.
-        skipped: Files already done (same fingerprint and label).
-        relabelled: Files kept but given a new label.
-        failed: video -> why it could not be read.
-        partials_removed: Temporary files of a killed run that were deleted.
-        snippets: Snippets encoded by this run.
-        wall_s: Seconds the run took.
-    """
-
-    out_dir: Path
-    bundle: Path
-    fingerprint: str
-    backends: list[str] = field(default_factory=list)
-    workers: int = 1
-    processes: int = 0
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    relabelled: list[Path] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    partials_removed: int = 0
-    snippets: int = 0
-    wall_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """Every video has its feature file."""
-        return not self.failed
-
-    def summary(self) -> str:
-        """One paragraph for the CLI."""
-        rate = self.snippets / self.wall_s if self.wall_s else 0.0
-        lines = [f"extract: {len(self.written)} written, {len(self.skipped)} already done, "
-                 f"{len(self.relabelled)} relabelled, {len(self.failed)} failed; {self.snippets} snippets in "
-                 f"{self.wall_s:.1f} s ({rate:.1f} snippets/s, {self.workers} worker(s), "
-                 f"{', '.join(self.backends) or 'no encoder run'}) -> {self.out_dir}"]
-        if self.partials_removed:
-            lines.append(f"removed {self.partials_removed} temporary file(s) of an interrupted run")
-        lines += [f"FAILED {video}: {why}" for video, why in sorted(self.failed.items())]
-        return "\n".join(lines)
 
 
 def clip_weights_bundle(clip_weights: str | Path, out: str | Path, *, config: str = "auto",
@@ -118,11 +65,11 @@ def clip_weights_bundle(clip_weights: str | Path, out: str | Path, *, config: st
                          overwrite=True, progress=progress)
 
 
-def _extract_job(detector: Any, row: dict[str, Any]) -> tuple[bytes, int]:
+def _extract_job(detector: Any, row: dict[str, Any]) -> JobOutput:
     """Per-video job (`stp_edge.scale.jobs`): the video's `.npz` bytes and its snippet count."""
     feats = encode_video(detector.encoder, detector.config, row["video"], batch=int(row["batch"]))
     label = VideoLabel(int(row["label"]), str(row["class_name"]))
-    return features_npz(feats, label, str(row["fingerprint"]), detector.backend), len(feats.frame_ranges)
+    return JobOutput(features_npz(feats, label, str(row["fingerprint"]), detector.backend), len(feats.frame_ranges))
 
 
 def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | Path, *,
@@ -131,7 +78,7 @@ def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | P
                      annotations: str | Path | None = None, backend: str = "auto", batch: int = 16,
                      progress: bool = True, resume: bool = True, ray: bool = False, workers: int | None = None,
                      ray_address: str | None = None, config: str = "auto",
-                     classes: Sequence[str] | None = None) -> ExtractReport:
+                     classes: Sequence[str] | None = None) -> ArchiveReport:
     """Snippet features (`frame_emb`, `region_emb`, label, frame ranges, fingerprint) of every video, one `.npz` each.
 
     Args:
@@ -141,7 +88,7 @@ def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | P
         clip_weights: OpenAI CLIP weights instead of a bundle: a bundle is exported to `out_dir/encoder.stp`.
         labels: A `video,label` CSV, or {video: class index or name}; label = class index, 0 = normal.
         fmt: Read labels from a data set's annotations instead: "ucf-crime", "shanghaitech", "ubnormal" or
-            "synthetic" (`stp_edge.eval.datasets`); anomalous videos get their class's index, or 1.
+            "synthetic" (`stp_edge.datasets`); anomalous videos get their class's index, or 1.
         annotations: UCF-Crime's temporal annotation file or ShanghaiTech's test_frame_mask folder (with `fmt`).
         backend: "auto" (trt > ort-cuda > ort-cpu) or a backend name, as `Detector.load`.
         batch: Snippets per encoder call.
@@ -155,29 +102,28 @@ def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | P
             (`stp-edge train --classes`); default: the bundle's.
 
     Returns:
-        An `ExtractReport`; `report.failed` names videos that could not be read (the others are done).
+        An `ArchiveReport` (job "extract"); `report.failed` names videos that could not be read (the others are
+        done).
     """
     from stp_edge.bundle import Bundle
 
-    start = time.perf_counter()
+    started = time.perf_counter()
     if (bundle is None) == (clip_weights is None):
         raise UsageError("give exactly one of bundle or clip_weights")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = expand_videos(videos)
-    names = output_names(files, ".npz")
+    targets, partials = prepare_outputs(videos, out, ".npz")
     if clip_weights is not None:
         bundle = clip_weights_bundle(clip_weights, out / ENCODER_BUNDLE, config=config, progress=progress)
     loaded = Bundle.load(bundle)  # type: ignore[arg-type]
     data_root = videos if isinstance(videos, (str, Path)) and Path(videos).is_dir() else None
     class_names = tuple(classes) if classes else loaded.config.class_names
-    video_labels = resolve_labels(files, class_names, labels=labels, fmt=fmt,
+    video_labels = resolve_labels(list(targets), class_names, labels=labels, fmt=fmt,
                                   annotations=annotations, data=data_root)
     fingerprint = feature_fingerprint(loaded)
-    report = ExtractReport(out, loaded.path, fingerprint, partials_removed=remove_partials(out))
+    report = ArchiveReport("extract", out, loaded.path, fingerprint, partials_removed=partials)
     rows = []
-    for video in files:
-        target, label = out / names[video], video_labels[video]
+    for video, target in targets.items():
+        label = video_labels[video]
         state = existing_state(target, fingerprint, label) if resume else "redo"
         if state == "done":
             report.skipped.append(target)
@@ -187,59 +133,5 @@ def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | P
         else:
             rows.append({"video": str(video), "out": str(target), "label": label.index,
                          "class_name": label.name, "fingerprint": fingerprint, "batch": batch})
-    _run(rows, report, loaded, backend=backend, progress=progress, ray=ray, workers=workers,
-         ray_address=ray_address)
-    report.wall_s = time.perf_counter() - start
-    return report
-
-
-def _run(rows: list[dict[str, Any]], report: ExtractReport, bundle: Any, *, backend: str, progress: bool,
-         ray: bool, workers: int | None, ray_address: str | None) -> None:
-    from tqdm.auto import tqdm
-
-    from stp_edge.scale.jobs import load_detector, ray_cluster, run_local, run_ray
-
-    if not rows:
-        return
-    bar = tqdm(total=len(rows), desc="extract", unit="video", disable=not progress)
-    backends: set[str] = set()
-    pids: set[int] = set()
-
-    def record(status: dict[str, Any]) -> None:
-        backends.add(str(status["backend"]))
-        pids.add(int(status["pid"]))
-        if status["error"]:
-            report.failed[str(status["video"])] = str(status["error"])
-        else:
-            report.written.append(Path(str(status["out"])))
-            report.snippets += int(status["snippets"])
-        bar.update()
-        bar.set_postfix(snippets=report.snippets, failed=len(report.failed))
-
-    try:
-        if ray:
-            with ray_cluster(ray_address) as cluster:
-                report.workers = workers or max(1, int(cluster.cluster_resources().get("CPU", 1)))
-                report.workers = min(report.workers, len(rows))
-                for status in run_ray(rows, _extract_job, bundle.path, backend=backend, workers=report.workers):
-                    record(status)
-        else:
-            with load_detector(bundle.path, backend) as det:
-                for status in run_local(rows, _extract_job, det):
-                    record(status)
-    finally:
-        bar.close()
-        report.backends = sorted(backends)
-        report.processes = len(pids)
-        report.written.sort()
-
-
-def extract_cli(args: Any) -> int:
-    """`stp-edge extract`: the CLI's arguments -> `extract_features`; prints the report; 1 if a video failed."""
-    report = extract_features(args.videos, args.out, bundle=args.bundle, clip_weights=args.clip_weights,
-                              labels=args.labels, fmt=args.format, annotations=args.annotations,
-                              backend=args.backend, batch=args.batch, resume=not args.no_resume, ray=args.ray,
-                              workers=args.workers, ray_address=args.ray_address,
-                              classes=[c.strip() for c in args.classes.split(",")] if args.classes else None)
-    print(report.summary())
-    return 0 if report.ok else 1
+    return run_archive(report, rows, _extract_job, started=started, backend=backend, progress=progress, ray=ray,
+                       workers=workers, ray_address=ray_address)

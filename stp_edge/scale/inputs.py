@@ -1,6 +1,6 @@
 """What an archive job reads: the video files of a folder, glob or list, their output names and their labels.
 
-Labels come from a CSV (`video,label`) or from a data set's annotations read by `stp_edge.eval.datasets`
+Labels come from a CSV (`video,label`) or from a data set's annotations read by `stp_edge.datasets`
 (UCF-Crime, ShanghaiTech, UBnormal, the synthetic benchmark). A label is a class index of the bundle's config
 (0 = normal): an anomalous video whose annotated class is one of the bundle's classes gets that class's index,
 any other anomalous video gets 1 (binary: normal / anomalous).
@@ -31,12 +31,13 @@ def expand_videos(videos: str | Path | Sequence[str | Path]) -> list[Path]:
 
     URLs and cameras are refused: an archive job needs files that end.
     """
+    from stp_edge.sources import expand_sources
     from stp_edge.video import parse_source
 
     specs = [videos] if isinstance(videos, (str, Path)) else list(videos)
     out: list[Path] = []
     for spec in specs:
-        for source in _expand(spec):
+        for source in expand_sources(spec):
             kind, _ = parse_source(source)
             if kind != "file":
                 raise UsageError(f"{source!r} is a {kind}; extract and score read video files only")
@@ -44,31 +45,6 @@ def expand_videos(videos: str | Path | Sequence[str | Path]) -> list[Path]:
     if not out:
         raise UsageError(f"no videos in {videos!r}")
     return list(dict.fromkeys(out))
-
-
-def _expand(spec: str | Path) -> list[str]:
-    try:
-        from stp_edge.sources import expand_sources
-    except ImportError:  # pragma: no cover - older trees without stp_edge.sources
-        return _expand_fallback(spec)
-    return expand_sources(spec)
-
-
-def _expand_fallback(spec: str | Path) -> list[str]:
-    """Folder (video files inside it), glob, `.txt` list (relative to its folder) or a single file."""
-    import glob
-
-    from stp_edge.eval.datasets import VIDEO_EXTENSIONS
-
-    path = Path(spec)
-    if path.is_dir():
-        return sorted(str(p) for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
-    if path.suffix.lower() == ".txt" and path.is_file():
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-        return [str(path.parent / ln) for ln in lines if ln and not ln.startswith("#")]
-    if path.is_file():
-        return [str(path)]
-    return sorted(glob.glob(str(spec), recursive=True))
 
 
 def output_names(videos: Sequence[Path], suffix: str) -> dict[Path, str]:
@@ -121,13 +97,13 @@ def read_label_csv(path: str | Path, class_names: Sequence[str]) -> dict[str, Vi
 
 def read_annotation_labels(fmt: str, annotations: str | Path | None, data: str | Path | None,
                            class_names: Sequence[str]) -> dict[str, VideoLabel]:
-    """{video: label} from a data set's annotations (`stp_edge.eval.datasets.load_ground_truth`).
+    """{video: label} from a data set's annotations (`stp_edge.datasets.load_ground_truth`).
 
     A video the annotation marks anomalous gets its class's index in `class_names` when the class is one of
     them, else 1; a normal video gets 0. `data` is the data set root (UBnormal, synthetic), `annotations` the
     annotation file or folder (UCF-Crime, ShanghaiTech).
     """
-    from stp_edge.eval.datasets import load_ground_truth
+    from stp_edge.datasets import load_ground_truth
 
     root = data if data is not None else annotations
     gts = load_ground_truth(root, fmt, annotations, class_names=class_names)  # type: ignore[arg-type]

@@ -1,10 +1,12 @@
-"""Run a per-video job over many videos: in this process, or as a Ray Data pipeline on a Ray cluster.
+"""The archive job driver of `extract` and `score`: one output file per video, in this process or on Ray.
 
-A job is a module-level function `job(detector, row) -> (data, snippets)`: it decodes, preprocesses and encodes
-one video with the detector and returns the bytes of its output file. Both runners write those bytes with
-`write_atomic` and yield one small status dict per video: `video`, `out`, `snippets`, `backend`, `pid` (the
-process that ran it), `error` ("" when it succeeded). A video that cannot be decoded is reported, not raised,
-so one bad file does not stop an archive.
+A job is a module-level function `job(detector, row) -> JobOutput`: it runs one video through the detector and
+returns the bytes of its output file with its counts. `run_archive` runs the jobs of the videos still to do
+(the commands decide which are already done), shows one progress bar over videos and records every outcome in
+one `ArchiveReport`. Both runners write each output with `write_atomic` and yield one small status dict per
+video (`STATUS_KEYS`): `video`, `out`, `snippets`, `anomalous`, `backend`, `pid` (the process that ran it),
+`error` ("" when it succeeded). A video that cannot be decoded is reported, not raised, so one bad file does not
+stop an archive.
 
 The Ray pipeline: read rows (one per video, one block each) -> `map_batches` on an actor pool, each actor
 holding one Detector for all its videos (decode + preprocess + encode) -> `map_batches` tasks that write.
@@ -15,18 +17,163 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from stp_edge.scale.features import write_atomic
+from stp_edge.scale.features import remove_partials, write_atomic
+from stp_edge.scale.inputs import expand_videos, output_names
 
-Job = Callable[[Any, dict[str, Any]], tuple[bytes, int]]
-STATUS_KEYS = ("video", "out", "snippets", "backend", "pid", "error")
+STATUS_KEYS = ("video", "out", "snippets", "anomalous", "backend", "pid", "error")
+
+
+class JobOutput(NamedTuple):
+    """What a job made of one video: its output file's bytes, snippets run, and anomalous ones (score only)."""
+
+    data: bytes
+    snippets: int
+    anomalous: int = 0
+
+
+Job = Callable[[Any, dict[str, Any]], JobOutput]
+
+
+@dataclass
+class ArchiveReport:
+    """What an archive run (`extract_features`, `score_videos`) did.
+
+    Attributes:
+        job: "extract" or "score".
+        out_dir: The output folder.
+        bundle: The bundle that ran.
+        fingerprint: What decided the outputs: the feature fingerprint recorded in every `.npz` (extract), the
+            bundle identity recorded in the folder (score).
+        backends: Backends that ran ("ort-cpu", "trt", ...; one per node type under Ray).
+        workers: Ray actors asked for (1 without Ray).
+        processes: Distinct processes that ran videos in this run.
+        written: Files made and written by this run.
+        skipped: Files already done (kept as they are).
+        relabelled: Feature files kept but given a new label (extract only).
+        failed: video -> why it could not be read.
+        partials_removed: Temporary files of a killed run that were deleted.
+        snippets: Snippets run by this run.
+        anomalous: Final results at or above the threshold (score); None where nothing is scored (extract).
+        wall_s: Seconds the run took.
+    """
+
+    job: str
+    out_dir: Path
+    bundle: Path
+    fingerprint: str = ""
+    backends: list[str] = field(default_factory=list)
+    workers: int = 1
+    processes: int = 0
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    relabelled: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    partials_removed: int = 0
+    snippets: int = 0
+    anomalous: int | None = None
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every video has its output file."""
+        return not self.failed
+
+    def summary(self) -> str:
+        """One paragraph for the CLI."""
+        rate = self.snippets / self.wall_s if self.wall_s else 0.0
+        extract = self.job == "extract"
+        counts = [f"{len(self.written)} written", f"{len(self.skipped)} already done",
+                  *([f"{len(self.relabelled)} relabelled"] if extract else []), f"{len(self.failed)} failed"]
+        snippets = f"{self.snippets} snippets" + ("" if self.anomalous is None else f" ({self.anomalous} anomalous)")
+        ran = ", ".join(self.backends) or ("no encoder run" if extract else "no model run")
+        lines = [f"{self.job}: {', '.join(counts)}; {snippets} in {self.wall_s:.1f} s ({rate:.1f} snippets/s, "
+                 f"{self.workers} worker(s), {ran}) -> {self.out_dir}"]
+        if self.partials_removed:
+            lines.append(f"removed {self.partials_removed} temporary file(s) of an interrupted run")
+        lines += [f"FAILED {video}: {why}" for video, why in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def prepare_outputs(videos: str | Path | Sequence[str | Path], out_dir: Path,
+                    suffix: str) -> tuple[dict[Path, Path], int]:
+    """The output folder of a run: created, cleared of the temporary files a killed run left.
+
+    Returns:
+        video -> its output file `<out_dir>/<stem><suffix>` for every video named (`expand_videos`), and how
+        many temporary files were deleted.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = expand_videos(videos)
+    names = output_names(files, suffix)
+    return {video: out_dir / names[video] for video in files}, remove_partials(out_dir)
+
+
+def run_archive(report: ArchiveReport, rows: Sequence[dict[str, Any]], job: Job, *, started: float,
+                backend: str = "auto", progress: bool = True, ray: bool = False, workers: int | None = None,
+                ray_address: str | None = None) -> ArchiveReport:
+    """Run `job` on every row (one video still to do each), recording each outcome in `report`.
+
+    Args:
+        report: The run's report, with the videos already done recorded.
+        rows: One dict per video (`video`, `out` and the job's own keys; plain scalars).
+        job: The per-video job (a module-level function, so Ray can ship it).
+        started: `time.perf_counter()` when the command started (the report's `wall_s` counts from it).
+        backend: "auto" or a backend name, as `Detector.load`.
+        progress: Show a progress bar over videos.
+        ray: Run as a Ray Data pipeline (`run_ray`); the outputs are the same files.
+        workers: Ray actors (default: one per CPU of the cluster, at most one per video).
+        ray_address: Ray cluster to join (default: the connected one, `RAY_ADDRESS`, or a new local one).
+
+    Returns:
+        `report`, completed.
+    """
+    from tqdm.auto import tqdm
+
+    backends: set[str] = set()
+    pids: set[int] = set()
+    bar = tqdm(total=len(rows), desc=report.job, unit="video", disable=not progress or not rows)
+
+    def record(status: dict[str, Any]) -> None:
+        backends.add(str(status["backend"]))
+        pids.add(int(status["pid"]))
+        if status["error"]:
+            report.failed[str(status["video"])] = str(status["error"])
+        else:
+            report.written.append(Path(str(status["out"])))
+            report.snippets += int(status["snippets"])
+            if report.anomalous is not None:
+                report.anomalous += int(status["anomalous"])
+        bar.update()
+        counts = {"snippets": report.snippets, "failed": len(report.failed)}
+        bar.set_postfix(counts if report.anomalous is None else {**counts, "anomalous": report.anomalous})
+
+    try:
+        if rows and ray:
+            with ray_cluster(ray_address) as cluster:
+                report.workers = min(workers or max(1, int(cluster.cluster_resources().get("CPU", 1))), len(rows))
+                for status in run_ray(rows, job, report.bundle, backend=backend, workers=report.workers):
+                    record(status)
+        elif rows:
+            with load_detector(report.bundle, backend) as det:
+                for status in run_local(rows, job, det):
+                    record(status)
+    finally:
+        bar.close()
+        report.backends = sorted(backends)
+        report.processes = len(pids)
+        report.written.sort()
+        report.wall_s = time.perf_counter() - started
+    return report
 
 
 def _per_video_errors() -> tuple[type[BaseException], ...]:
-    from stp_edge.pipeline.frames import FrameError
+    from stp_edge.frames import FrameError
     from stp_edge.video import VideoError
 
     return VideoError, FrameError, OSError
@@ -38,15 +185,16 @@ def load_detector(bundle: str | Path, backend: str = "auto", threads: int | None
     A Ray actor that owns one CPU should not start an ONNX Runtime pool sized for the whole machine.
     """
     from stp_edge.api import Detector
-    from stp_edge.backends import create_runners, resolve_backend
+    from stp_edge.backends import choose_backend, create_runners
     from stp_edge.bundle import Bundle
     from stp_edge.pipeline.encode import make_preprocess
 
     if threads is None:
         return Detector.load(bundle, backend=backend)
     b = Bundle.load(bundle)
-    name = resolve_backend(backend, b)
-    runners = create_runners(b, name)
+    choice = choose_backend(backend, b)
+    name = choice.name
+    runners = create_runners(b, name, engine=choice.engine)
     for runner in runners.values():
         if hasattr(runner, "intra_op_num_threads"):  # OrtRunner, read when it activates
             runner.intra_op_num_threads = threads
@@ -56,14 +204,15 @@ def load_detector(bundle: str | Path, backend: str = "auto", threads: int | None
 
 def run_one(job: Job, detector: Any, row: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """Run `job` on one row: (output bytes, status); a video that cannot be read gives b"" and its error."""
-    status = {"video": row["video"], "out": row["out"], "snippets": 0, "backend": detector.backend,
+    status = {"video": row["video"], "out": row["out"], "snippets": 0, "anomalous": 0, "backend": detector.backend,
               "pid": os.getpid(), "error": ""}
     try:
-        data, status["snippets"] = job(detector, row)
+        out = job(detector, row)
     except _per_video_errors() as exc:
         status["error"] = f"{type(exc).__name__}: {exc}"
         return b"", status
-    return data, status
+    status["snippets"], status["anomalous"] = out.snippets, out.anomalous
+    return out.data, status
 
 
 def run_local(rows: Sequence[dict[str, Any]], job: Job, detector: Any) -> Iterator[dict[str, Any]]:
@@ -77,14 +226,10 @@ def run_local(rows: Sequence[dict[str, Any]], job: Job, detector: Any) -> Iterat
 
 def require_ray() -> Any:
     """The `ray` module with Ray Data, or an ImportError naming the extra that installs it."""
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        from stp_edge._deps import MissingDependencyError
+    from stp_edge._deps import require
 
-        raise MissingDependencyError(f"ray is not installed (needed for --ray): pip install 'stp-edge[scale]'. "
-                                     f"Original error: {exc}") from exc
+    ray = require("ray", "--ray")
+    require("ray.data", "--ray")
     return ray
 
 

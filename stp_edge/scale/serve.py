@@ -153,7 +153,8 @@ def _check_bundle(path: Path) -> dict:
     return manifest
 
 
-def _bind_graph(triton, name: str, onnx_path: Path, args: argparse.Namespace) -> None:
+def _bind_graph(triton, name: str, onnx_path: Path, *, max_batch: int, instances: int, threads: int,
+                queue_delay_us: int) -> None:
     import numpy as np
     import onnxruntime as ort
     from pytriton.decorators import batch
@@ -161,8 +162,8 @@ def _bind_graph(triton, name: str, onnx_path: Path, args: argparse.Namespace) ->
 
     def session():
         opts = ort.SessionOptions()
-        if args.threads:
-            opts.intra_op_num_threads = args.threads
+        if threads:
+            opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
         return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
 
@@ -174,7 +175,7 @@ def _bind_graph(triton, name: str, onnx_path: Path, args: argparse.Namespace) ->
             return dict(zip(out_names, sess.run(out_names, feeds), strict=True))
         return infer
 
-    sessions = [session() for _ in range(args.instances)]
+    sessions = [session() for _ in range(instances)]
 
     def tensors(values) -> list:
         # The first axis is the batch axis Triton batches along; other symbolic axes (T) are dynamic.
@@ -183,8 +184,8 @@ def _bind_graph(triton, name: str, onnx_path: Path, args: argparse.Namespace) ->
 
     triton.bind(model_name=name, infer_func=[infer_fn(s) for s in sessions],
                 inputs=tensors(sessions[0].get_inputs()), outputs=tensors(sessions[0].get_outputs()),
-                config=ModelConfig(max_batch_size=args.max_batch,
-                                   batcher=DynamicBatcher(max_queue_delay_microseconds=args.queue_delay_us)),
+                config=ModelConfig(max_batch_size=max_batch,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=queue_delay_us)),
                 strict=True)
 
 
@@ -212,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           exit_on_error=True, log_verbose=0)
     with Triton(config=config) as triton:
         for g in GRAPHS:
-            _bind_graph(triton, g, args.bundle / manifest["graphs"][g]["file"], args)
+            _bind_graph(triton, g, args.bundle / manifest["graphs"][g]["file"], max_batch=args.max_batch,
+                        instances=args.instances, threads=args.threads, queue_delay_us=args.queue_delay_us)
         try:
             triton.serve()
         except KeyboardInterrupt:

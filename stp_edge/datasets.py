@@ -1,8 +1,9 @@
 """Ground truth of anomaly data sets: readers of their annotation formats, one `VideoGroundTruth` per video.
 
 UCF-Crime `Temporal_Anomaly_Annotation_for_Testing_Videos.txt`, ShanghaiTech `test_frame_mask/*.npy`,
-UBnormal `*_tracks.txt`, and the synthetic benchmark of `stp_edge.demo.synthetic` (manifest + annotation +
-boxes). Frame ranges everywhere are 0-based and half-open, [start, end).
+UBnormal `*_tracks.txt`, and the synthetic benchmark of `stp_edge.synthetic` (manifest + annotation + boxes).
+Frame ranges everywhere are 0-based and half-open, [start, end). Read by the evaluation wing and by the archive
+jobs of `stp_edge.scale` (training labels).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stp_edge.errors import MissingInputError, StpEdgeError, UsageError
+from stp_edge.media_files import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 
 class AnnotationError(StpEdgeError, ValueError):
@@ -381,7 +383,7 @@ def read_box_csv(path: str | Path) -> dict[str, dict[int, tuple[float, float, fl
 
 
 def read_synthetic(root: str | Path) -> list[VideoGroundTruth]:
-    """Read a split written by `stp_edge.demo.synthetic.write_benchmark` (manifest, annotation and boxes).
+    """Read a split written by `stp_edge.synthetic.write_benchmark` (manifest, annotation and boxes).
 
     Raises:
         AnnotationError: the manifest and the annotation file disagree on the videos or their events.
@@ -416,8 +418,6 @@ def read_synthetic(root: str | Path) -> list[VideoGroundTruth]:
 
 
 FORMATS = ("synthetic", "ucf-crime", "shanghaitech", "ubnormal")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif")
 
 
 def load_ground_truth(data: str | Path, fmt: str = "synthetic", annotations: str | Path | None = None,

@@ -1,9 +1,11 @@
-"""Stage 1, frames: everything the runtime accepts becomes an (H, W, 3) uint8 BGR array, or a clear error.
+"""A frame, as the runtime takes it in, checked where it enters.
 
-This is the one frame check of the runtime: `Detector.push`, the video sources and the CPU/CUDA preprocessors
-all call `validate_frame`. An `EncodedFrame` (one compressed image of an intra-only video, from
-`VideoSource.frames_with_gaps(lazy=True)`) is accepted too: the detector decodes it only when the snippet
-samples it, so 15 of 16 frames of an MJPEG video are never decoded.
+Everything the runtime accepts becomes an (H, W, 3) uint8 BGR array, or a `FrameError` naming it.
+`validate_frame` runs once per frame, at the door it comes in by: `Detector.push`/`push_many`, a `VideoSource`,
+or a CPU/CUDA preprocessor called directly; what lies behind those doors (the pipeline stages, `run_video`
+feeding a source's frames to its detector) takes the checked frame as it is. An `EncodedFrame` (one compressed
+image of an intra-only video, from `VideoSource.frames_with_gaps(lazy=True)`) is checked when it is decoded,
+which the detector does only when the snippet samples it, so 15 of 16 frames of an MJPEG video are never decoded.
 """
 
 from __future__ import annotations
