@@ -1,18 +1,33 @@
-# Fresh-machine entry points. Both create .venv and install pinned dependencies themselves.
+# Fresh-machine entry points. Both create .venv and install pinned dependencies themselves: `make demo` what the
+# demo needs (requirements/demo.txt), `make test` the whole CI set (requirements/ci.txt, a superset).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 OUT ?= out/demo
+# torch==2.13.0 is PyPI's CUDA build on Linux (several GB) unless pip finds the CPU build first: a local wheel
+# (this workplace has one), or PyTorch's CPU index, e.g. `make TORCH_INDEX=https://download.pytorch.org/whl/cpu demo`.
+TORCH_INDEX ?=
 
 .PHONY: demo test lint venv clean kernels check-install
 
-$(STAMP): requirements/ci.txt setup.py demo_model/setup.py
+# The venv with stp-edge and the demo model (editable) and the pins of one requirements file ($<).
+define install_venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/ci.txt
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) $$(grep -m1 '^torch==' $<))
+	$(PY) -m pip install --quiet -r $<
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ./demo_model
+endef
+
+$(DEMO_STAMP): requirements/demo.txt setup.py demo_model/setup.py
+	$(install_venv)
+	@touch $(DEMO_STAMP)
+
+$(STAMP): requirements/ci.txt setup.py demo_model/setup.py
+	$(install_venv)
 	# TensorRT 10.13's type stubs, for the test that checks export/trt_build.py's API use (the builder itself
 	# cannot be installed here). Unpacked beside the venv, never into site-packages: a `tensorrt` package of
 	# .pyi files there would make `import tensorrt` succeed and fool the runtime's backend detection.
@@ -45,14 +60,19 @@ $(TRITON_VENV)/.installed:
 		&& touch $@
 
 ## make demo: export the embedded demo model, run the torch-free runtime on a generated clip.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/stp-edge demo --out $(OUT)
+	@echo "stp-edge is in $(VENV)/bin: run $(VENV)/bin/stp-edge, or 'source $(VENV)/bin/activate' first (README, Quick start)"
 
 # ffmpeg (Debian's package) serves the live streams that tests/test_live_sources.py kills and restarts on
-# loopback; without it those tests skip with their reason.
+# loopback. Best effort: as root it is installed with apt-get; otherwise, or when that fails, the build goes on
+# and those tests skip with their reason.
 .PHONY: system-deps
 system-deps:
-	command -v ffmpeg >/dev/null || (apt-get update && apt-get install -y --no-install-recommends ffmpeg)
+	@command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
+		&& apt-get install -y -qq --no-install-recommends ffmpeg; } \
+		|| echo "make: ffmpeg is not installed and could not be (not root, or apt-get failed): the live-source" \
+			"tests will skip (install it with: sudo apt-get install ffmpeg)"
 
 ## make test: lint, then the whole CPU test suite (GPU tests skip themselves without CUDA).
 test: system-deps $(STAMP) $(TRT_VENV)/.installed $(TRITON_VENV)/.installed

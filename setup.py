@@ -33,6 +33,8 @@ EXTRAS = {
     # triton:// client backend (the server itself runs from PyTriton: stp_edge/scale/serve.py).
     "scale": ["ray[data]>=2.40,<3", "tritonclient[http]>=2.40,<3"],
     "dev": ["pytest>=8.0,<10", "ruff>=0.5,<1", "polygraphy>=0.49,<1", "pillow>=10.0,<14", "vermin>=1.6,<2"],
+    # H.264 overlays: PyAV's wheels carry an FFmpeg with libx264 (OpenCV's have no H.264 encoder).
+    "h264": ["av>=13,<20"],
 }
 
 setup(

@@ -54,13 +54,11 @@ def export_bundle(
     graph_specs(region_features)  # refuses an unknown layout before any work
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    if (precision == "int8") != (calib is not None):
-        raise UsageError("precision='int8' needs calib= (CLI: --calib DIR), a directory of videos to calibrate "
-                         "on, and calib= is only used with precision='int8'")
-    if calib is not None:
-        from stp_edge.export.quantize import calibration_videos
+    from stp_edge.export.quantize import check_int8_request, model_snippet_len
 
-        calibration_videos(calib)  # fail before minutes of export when the directory has no video
+    # Fail before minutes of export: the options agree, the frame cap, every video opens, a full snippet to sample.
+    check_int8_request(precision, calib, calib_frames, model_snippet_len(
+        checkpoint=checkpoint, demo=demo, random_config=random_config, overrides=config_overrides))
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists; pass overwrite=True (CLI: --force) to replace it")
@@ -102,6 +100,12 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
     model = build_model(source)
     fingerprint = weights_fingerprint(model)
     steps.update()
+    calib_set = None
+    if precision == "int8":  # sampled before the graphs are exported: a video without a full snippet fails now
+        from stp_edge.export.quantize import DEFAULT_MAX_FRAMES, calibration_set
+
+        steps.set_postfix_str("calibration frames")
+        calib_set = calibration_set(calib, model.cfg, max_frames=calib_frames or DEFAULT_MAX_FRAMES)
     dtype = PRECISIONS[precision]
     # Tracing inputs: float32 at the graph boundary whatever the precision; T = 5 (any T >= 2 traces the same graph).
     inputs = {g: {k: torch.from_numpy(v) for k, v in feeds.items()}
@@ -123,7 +127,7 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
     quantization = {}
     if precision == "int8":
         steps.set_postfix_str("int8 calibration")
-        quantization = _quantize_encoder(tmp, cfg, calib, calib_frames)
+        quantization = _quantize_encoder(tmp, calib_set)
         steps.update()
     steps.set_postfix_str("manifest")
     # Provenance, so `verify` can rebuild the exact torch reference.
@@ -144,15 +148,14 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
     steps.close()
 
 
-def _quantize_encoder(tmp: Path, cfg, calib, calib_frames: int | None) -> dict:
-    """Replace tmp/encoder.onnx (fp32) by its calibrated Q/DQ INT8 twin; returns {"quantization": settings}.
+def _quantize_encoder(tmp: Path, calib_set) -> dict:
+    """Replace tmp/encoder.onnx (fp32) by its Q/DQ INT8 twin calibrated on `calib_set`; returns {"quantization": ...}.
 
     The settings and the calibration set's fingerprint go under the manifest's `exporter` (an open object in
     docs/manifest.schema.json; the top level admits no new key).
     """
-    from stp_edge.export.quantize import DEFAULT_MAX_FRAMES, calibration_set, quantize_encoder
+    from stp_edge.export.quantize import quantize_encoder
 
-    calib_set = calibration_set(calib, cfg, max_frames=calib_frames or DEFAULT_MAX_FRAMES)
     fp32 = tmp / "encoder.fp32.onnx"
     os.replace(tmp / "encoder.onnx", fp32)
     try:

@@ -69,6 +69,75 @@ def calibration_videos(calib_dir: str | os.PathLike) -> list[Path]:
     return videos
 
 
+def model_snippet_len(*, checkpoint: str | os.PathLike | None = None, demo: bool = False,
+                      random_config: str | None = None, overrides: dict | None = None) -> int | None:
+    """The snippet length of the model an export will build, read without torch (None when it cannot tell)."""
+    import json
+
+    from stp_edge.errors import StpEdgeError
+    from stp_edge.model.sources import demo_checkpoint_dir
+
+    try:
+        if random_config:
+            return STPromptConfig.named(random_config, **(overrides or {})).snippet_len
+        ckpt = Path(checkpoint) if checkpoint else demo_checkpoint_dir() if demo else None
+        if ckpt is None:
+            return None
+        return STPromptConfig.from_dict(json.loads((ckpt / "config.json").read_text())["config"]).snippet_len
+    except (OSError, ValueError, KeyError, TypeError, StpEdgeError):
+        return None  # building the model reports what is wrong with it
+
+
+def check_int8_request(precision: str, calib: str | os.PathLike | None, calib_frames: int | None,
+                       snippet_len: int | None = None) -> None:
+    """The INT8 options agree and their inputs are usable; torch-free, so the CLI runs it before importing torch.
+
+    Raises:
+        UsageError: int8 without `calib`, `calib` or `calib_frames` without int8, or a bad `calib_frames`.
+        FileNotFoundError, VideoError: see `check_calibration`.
+    """
+    if (precision == "int8") != (calib is not None):
+        raise UsageError("precision='int8' needs calib= (CLI: --calib DIR), a directory of videos to calibrate "
+                         "on, and calib= is only used with precision='int8'")
+    if calib_frames is not None and precision != "int8":
+        raise UsageError("calib_frames= (CLI: --calib-frames) is only used with precision='int8'")
+    if calib is not None:
+        check_calibration(calib, calib_frames, snippet_len)
+
+
+def check_calibration(calib_dir: str | os.PathLike, max_frames: int | None = None,
+                      snippet_len: int | None = None) -> list[Path]:
+    """Check an INT8 export's calibration inputs before any export work.
+
+    The frame cap is an integer >= 1, every video opens, and (given `snippet_len`) some video holds a full
+    snippet, so `calibration_set` can sample at least one frame: cheap (headers, then at most one snippet of
+    frames decoded), where finding out after the graphs are exported costs the export.
+
+    Returns:
+        The calibration videos (`calibration_videos`).
+
+    Raises:
+        UsageError: `max_frames` is not an integer >= 1 (CLI: --calib-frames), or no video holds a full snippet.
+        FileNotFoundError: the directory does not exist or holds no video file.
+        VideoError: a video cannot be opened (naming it).
+    """
+    from stp_edge.video import open_source
+
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
+                                   or max_frames < 1):
+        raise UsageError(f"calib_frames must be an integer >= 1 (CLI: --calib-frames), got {max_frames!r}")
+    root = Path(calib_dir)
+    videos = calibration_videos(root)
+    full = snippet_len is None
+    for path in videos:
+        with open_source(path) as src:  # reads the header and the first frame: a broken file fails here, by name
+            full = full or sum(1 for _, _ in zip(range(snippet_len), src, strict=False)) == snippet_len
+    if not full:
+        raise UsageError(f"no full snippet ({snippet_len} frames) in the videos of {root}; calibrate on videos of "
+                         f"at least {snippet_len} frames")
+    return videos
+
+
 def calibration_set(calib_dir: str | os.PathLike, config: STPromptConfig, *,
                     max_frames: int = DEFAULT_MAX_FRAMES) -> CalibrationSet:
     """Sample and preprocess calibration frames from every video in `calib_dir`, as the runtime samples them.

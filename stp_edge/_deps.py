@@ -23,6 +23,7 @@ EXTRA_FOR = {
     "matplotlib": "eval",
     "ray": "scale",
     "tritonclient": "scale",
+    "av": "h264",
 }
 
 

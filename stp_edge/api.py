@@ -9,25 +9,35 @@ runner is activated. `run_video` (`stp_edge.run`) drives a Detector over video s
 
 Threading: a Detector serialises its calls with a lock, so one Detector may be shared by threads (their calls
 run one at a time, each on its own streams' state); for parallel throughput use one Detector per thread.
+
+Faults: every graph call goes through `stp_edge.pipeline.calls.run_graph` (one retry; outputs held to the contract
+of `stp_edge.bundle.contract`). A snippet whose call failed twice, or whose outputs break the contract, becomes
+an invalid result (`SnippetResult.invalid_reason`) in its place in the stream, and the stream goes on: whatever
+a stage raises, each stream's assembler, feature ring and pending snippets stay consistent. `on_invalid="error"`
+(the default) then raises the error (`GraphOutputError`, `BackendCallError`, with the call's results attached);
+`"mark"` returns the invalid results and raises only when the backend has failed every call for
+`max_outage_s` seconds.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from stp_edge.backends import activate_runners, choose_backend
+from stp_edge.backends import CallLimits, activate_runners, choose_backend
 from stp_edge.backends.base import Runner
-from stp_edge.bundle import GRAPH_NAMES, Bundle
-from stp_edge.errors import UsageError
+from stp_edge.bundle import GRAPH_NAMES, Bundle, expected_io
+from stp_edge.errors import BackendCallError, InferenceError, UsageError
 from stp_edge.frames import EncodedFrame, validate_frame
 from stp_edge.pipeline.boxes import box_class, boxes_from_map
+from stp_edge.pipeline.calls import Item, run_graph
 from stp_edge.pipeline.encode import EncodedBatch, Encoder, Preprocess, make_preprocess, preprocess_name
 from stp_edge.pipeline.snippets import Snippet, SnippetAssembler
 from stp_edge.pipeline.spatial import SPATIAL_MODES, SpatialHead, SpatialOutput, spatial_gate
@@ -41,15 +51,23 @@ from stp_edge.pipeline.temporal import (
 )
 from stp_edge.results import SnippetResult
 
+ON_INVALID = ("error", "mark")
+MAX_OUTAGE_S = 60.0  # "mark": graph calls failing for this long in a row end the run (a restart takes less)
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class SnippetInfo:
-    """What the scheduler keeps of an encoded snippet until its result is emitted."""
+    """What the scheduler keeps of an encoded snippet until its result is emitted.
+
+    `failed`: why the snippet has no features (its encoder call failed or broke the contract), or None.
+    """
 
     frame_start: int
     frame_end: int
     frame_shape: tuple[int, int]
     timings: dict[str, float]
+    failed: str | None = None
 
 
 @dataclass
@@ -86,12 +104,22 @@ class Detector:
         backend: Name of the backend, for reports.
         lookahead: Snippets after t to wait for before a provisional result for t (0 <= N <= c); None or c:
             final results only.
+        on_invalid: What a graph call that fails twice, or returns values its contract forbids, does to the call
+            that made it: "error" raises (`BackendCallError`, `GraphOutputError`; the streams stay consistent
+            and the call's results ride on the error), "mark" returns those snippets as invalid results.
+
+    Attributes:
+        max_outage_s: Under "mark", how long graph calls may fail without a success in between before the
+            Detector raises `BackendCallError` (the backend is down, not restarting).
     """
 
     def __init__(self, bundle: Bundle, runners: Mapping[str, Runner], preprocess: Preprocess, *,
-                 spatial_on: str = "flagged", backend: str = "custom", lookahead: int | None = None) -> None:
+                 spatial_on: str = "flagged", backend: str = "custom", lookahead: int | None = None,
+                 on_invalid: str = "error") -> None:
         if spatial_on not in SPATIAL_MODES:
             raise UsageError(f"spatial_on must be one of {SPATIAL_MODES}, got {spatial_on!r}")
+        if on_invalid not in ON_INVALID:
+            raise UsageError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
         missing = [g for g in GRAPH_NAMES if g not in runners]
         if missing:
             raise UsageError(f"Detector needs runners for {GRAPH_NAMES}; missing {missing}")
@@ -106,11 +134,20 @@ class Detector:
         self.lookahead = self.context if lookahead is None else int(lookahead)
         if not 0 <= self.lookahead <= self.context:
             raise UsageError(f"lookahead must be in [0, context={self.context}], got {lookahead!r}")
+        self.on_invalid = on_invalid
+        self.max_outage_s = MAX_OUTAGE_S
         self._preprocess = preprocess  # released by close() (a CUDA preprocessor holds device buffers)
+        io = expected_io(self.config, bundle.region_features)
         self.encoder = Encoder(self.runners["encoder"], preprocess, self.config)
-        self.temporal = TemporalHead(self.runners["temporal"])
-        self.spatial = SpatialHead(self.runners["spatial"])
+        self.temporal = TemporalHead(self.runners["temporal"], io["temporal"]["outputs"])
+        self.spatial = SpatialHead(self.runners["spatial"], io["spatial"]["outputs"])
         self._streams: dict[int, StreamState] = {}
+        self._closed = False
+        # Of the push/flush in progress: errors raised at its end under "error" (invalid snippets), and in every
+        # mode (anything else a stage raised, after the streams were made consistent).
+        self._errors: list[InferenceError] = []
+        self._fatal: list[BaseException] = []
+        self._outage: dict[str, tuple[float, int]] = {}  # graph -> (first failure, failed stage calls in a row)
         # Frames of partial last snippets dropped at flush because none of them decodes (compressed frames),
         # by stream; the caller reads and clears its entries (`run_video` counts them as rejected).
         self.dropped_tail_frames: dict[int, int] = {}
@@ -122,7 +159,7 @@ class Detector:
     @classmethod
     def load(cls, bundle: str | Path | Bundle, backend: str = "auto", preprocess: str | Preprocess = "auto",
              spatial_on: str | bool | None = None, device: int = 0, *, lookahead: int | None = None,
-             allow_host_code: bool = False) -> Detector:
+             allow_host_code: bool = False, on_invalid: str = "error", limits: CallLimits | None = None) -> Detector:
         """Load a bundle and pick its runners.
 
         Args:
@@ -136,7 +173,13 @@ class Detector:
             lookahead: Provisional results N snippets after their snippet (see the class); None: final only.
             allow_host_code: Let TensorRT run the host code of version-compatible plans (never implied by the
                 bundle; see `stp_edge.backends.create_runners`).
+            on_invalid: "error" or "mark": what a failed graph call or an output its contract forbids does (see
+                the class).
+            limits: Per-call deadline, onnxruntime memory cap, Triton connect timeout, stop grace
+                (`stp_edge.backends.CallLimits`); None: the defaults.
         """
+        if on_invalid not in ON_INVALID:
+            raise UsageError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
         requested = backend
@@ -148,15 +191,16 @@ class Detector:
         # Runners first: a TensorRT plan refused under "auto" falls back to ONNX Runtime, and the preprocessing
         # choice follows the backend that actually runs, on the runners' device.
         backend, runners = activate_runners(bundle, choice.name, device, requested=requested,
-                                            allow_host_code=allow_host_code, engine=choice.engine)
+                                            allow_host_code=allow_host_code, engine=choice.engine, limits=limits)
         try:
             pre = make_preprocess(preprocess, bundle.config.vision.image_size, backend=backend,
                                   host_crops=bundle.host_crops, device=device,
-                                  max_batch=runners["encoder"].max_batch() or 16)
+                                  max_batch=runners["encoder"].max_batch() or 16, spec=bundle.preprocess_spec)
         except BaseException:
             _deactivate(runners)
             raise
-        return cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend, lookahead=lookahead)
+        return cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend, lookahead=lookahead,
+                   on_invalid=on_invalid)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -172,6 +216,7 @@ class Detector:
     def close(self) -> None:
         """Deactivate the runners (the detector cannot run afterwards)."""
         with self._lock:
+            self._closed = True
             _deactivate(self.runners)
             close = getattr(self._preprocess, "close", None)
             if callable(close):
@@ -219,12 +264,14 @@ class Detector:
         are, and only compressed frames are decoded (and checked, by `EncodedFrame.decode`).
         """
         with self._lock:
+            self._require_open()
             valid = {k: self._admit(k, f, checked=checked) for k, f in frames.items()}
             snippets = [s for s in (self._state(k).assembler.push(f) for k, f in valid.items()) if s is not None]
             if not snippets:
                 return []
+            self._errors, self._fatal = [], []
             self._encode(snippets)
-            return self._emit_ready([s.stream for s in snippets], final=False)
+            return self._finish(self._emit_ready([s.stream for s in snippets], final=False))
 
     def flush(self, stream: int | None = None) -> list[SnippetResult]:
         """End `stream` (or every stream): encode its partial snippet and emit every pending result.
@@ -232,17 +279,24 @@ class Detector:
         The stream's state is dropped, so a later push on the same id starts a new stream at frame 0.
         """
         with self._lock:
+            self._require_open()
             streams = list(self._streams) if stream is None else [stream] if stream in self._streams else []
-            snippets = [s for s in (self._streams[k].assembler.flush() for k in streams) if s is not None]
+            self._errors, self._fatal = [], []
             try:
+                snippets = [s for s in (self._streams[k].assembler.flush() for k in streams) if s is not None]
                 if snippets:
                     self._encode(snippets)
-                return self._emit_ready(streams, final=True)
+                results = self._emit_ready(streams, final=True)
             finally:
                 for k in streams:
                     lost = self._streams.pop(k).assembler.undecodable_frames
                     if lost:
                         self.dropped_tail_frames[k] = self.dropped_tail_frames.get(k, 0) + lost
+            return self._finish(results)
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise UsageError("this Detector is closed (its runners are released); load a new one")
 
     def _admit(self, stream: int, frame: Any, *, checked: bool) -> np.ndarray | EncodedFrame:
         """The frame as the stream keeps it: validated (as given if `checked`), compressed ones decoded if sampled."""
@@ -263,54 +317,130 @@ class Detector:
         return self.encoder(snippets)
 
     def _encode(self, snippets: Sequence[Snippet]) -> None:
-        batch = self.encoder(snippets)
+        """Encode snippets and commit them to their streams: features to the ring, or a snippet without them."""
+        def run() -> tuple[EncodedBatch | None, tuple[str | None, ...]]:
+            batch = self.encoder(snippets, on_error=self._errors.append)
+            return batch, tuple(batch.problem(i) for i in range(len(snippets)))
+
+        batch, invalid = self._stage(run, lambda why: (None, (why,) * len(snippets)), graph="encoder")
         for i, s in enumerate(snippets):
             state = self._streams[s.stream]
-            state.pending[s.index] = SnippetInfo(s.frame_start, s.frame_end, s.frame_shape, dict(batch.timings))
-            state.ring.append(s.index, batch.frame_emb[i], batch.region_emb[i])
+            timings = dict(batch.timings) if batch is not None else {}
+            state.pending[s.index] = SnippetInfo(s.frame_start, s.frame_end, s.frame_shape, timings, invalid[i])
+            if invalid[i] is None and batch is not None:
+                state.ring.append(s.index, batch.frame_emb[i], batch.region_emb[i])
+            else:
+                state.ring.append_missing(s.index)  # a cut in the stream, as at its ends
 
-    def _emit_ready(self, streams: Iterable[int], *, final: bool) -> list[SnippetResult]:
-        items = []  # (stream, snippet, final)
+    def _ready(self, streams: Iterable[int], *, final: bool) -> list[tuple[int, int, bool]]:
+        """(stream, snippet, final) of every result that can be emitted now, in stream and snippet order."""
+        items = []
         for k in dict.fromkeys(streams):
             state = self._streams[k]
-            done = ready_snippets(state.ring.count, state.emitted, self.context, final=final)
+            done = ready_snippets(state.ring.count, state.emitted, self.context, final=final,
+                                  cut=state.ring.last_missing)
             items += [(k, t, True) for t in done]
             if not final and self.lookahead < self.context:
                 early = ready_snippets(state.ring.count, max(state.provisional, done.stop), self.lookahead)
                 items += [(k, t, False) for t in early]
                 state.provisional = max(state.provisional, early.stop)
+        return items
+
+    def _emit_ready(self, streams: Iterable[int], *, final: bool) -> list[SnippetResult]:
+        items = self._ready(streams, final=final)
         if not items:
             return []
-        temporal = self.temporal([self._window(k, t) for k, t, _ in items])
-        gated = [i for i, out in enumerate(temporal)
-                 if spatial_gate(out.score, self.spatial_on, self.score_threshold)]
-        spatial_out = self.spatial([temporal[i].region_emb for i in gated])
+        todo = [i for i, (k, t, _) in enumerate(items) if self._streams[k].pending[t].failed is None]
+        nothing = np.full(self.config.num_classes, np.nan, np.float32)
+        temporal = dict(zip(todo, self._stage(
+            lambda: self.temporal([self._window(*items[i][:2]) for i in todo], on_error=self._errors.append),
+            lambda why: [TemporalOutput(float("nan"), nothing, nothing[:0], 0.0, why)] * len(todo),
+            graph="temporal" if todo else None), strict=True))
+        gated = [i for i in todo if temporal[i].invalid is None
+                 and spatial_gate(temporal[i].score, self.spatial_on, self.score_threshold)]
+        labels = [f"stream {items[i][0]} snippet {items[i][1]}" for i in gated]
+        spatial_out = self._stage(
+            lambda: self.spatial([temporal[i].region_emb for i in gated], labels, on_error=self._errors.append),
+            lambda why: [SpatialOutput(None, None, 0.0, why)] * len(gated), graph="spatial" if gated else None)
         spatial: dict[int, SpatialOutput] = dict(zip(gated, spatial_out, strict=True))
         results = []
         for i, (k, t, is_final) in enumerate(items):
             state = self._streams[k]
             info = state.pending.pop(t) if is_final else state.pending[t]
-            results.append(self._result(k, t, info, temporal[i], spatial.get(i), final=is_final))
+            results.append(self._stage(partial(self._result, k, t, info, temporal.get(i), spatial.get(i),
+                                               final=is_final), partial(self._invalid, k, t, info, final=is_final),
+                                       graph=None))
             if is_final:
                 state.emitted = t + 1
         return results
 
+    def _stage(self, run: Callable[[], T], fallback: Callable[[str], T], *, graph: str | None) -> T:
+        """Run one stage; whatever it raises, return `fallback(reason)` so the streams stay consistent.
+
+        What it raised is kept for the end of the push/flush (`_finish`); after an interrupt (KeyboardInterrupt,
+        SystemExit) no further graph is called. When the stage calls `graph` (None: no graph call), a failed call
+        counts towards that graph's outage (`max_outage_s`) and a successful one ends it.
+        """
+        if graph is not None and any(not isinstance(e, Exception) for e in self._fatal):
+            return fallback("not run: the call was interrupted")
+        before = len(self._errors)
+        try:
+            out = run()
+        except BaseException as exc:  # re-raised by _finish, once the streams are consistent
+            self._fatal.append(exc)
+            return fallback(f"error: {type(exc).__name__}: {exc}")
+        if graph is not None:
+            self._track_outage(graph, self._errors[before:])
+        return out
+
+    def _track_outage(self, graph: str, errors: Sequence[InferenceError]) -> None:
+        """Count a stage whose graph calls failed; under "mark", give up once they have failed for long."""
+        failed = [e for e in errors if isinstance(e, BackendCallError)]
+        if not failed:
+            self._outage.pop(graph, None)
+            return
+        now = time.monotonic()
+        since, calls = self._outage.get(graph, (now, 0))
+        self._outage[graph] = (since, calls + 1)
+        if self.on_invalid == "mark" and calls >= 1 and now - since >= self.max_outage_s:
+            self._fatal.append(BackendCallError(
+                f"{graph} graph calls have failed for {now - since:.0f} s ({calls + 1} stage calls in a row, each call "
+                f"retried once; max_outage_s={self.max_outage_s:g}), the last: {failed[-1]}"))
+
+    def _finish(self, results: list[SnippetResult]) -> list[SnippetResult]:
+        """Return the call's results, or raise what went wrong with them attached (the streams are consistent)."""
+        errors, fatal = self._errors, self._fatal
+        self._errors, self._fatal = [], []
+        first = fatal[0] if fatal else errors[0] if errors and self.on_invalid == "error" else None
+        if first is None:
+            return results
+        try:  # every error raised here carries the call's results (an InferenceError declares the attribute)
+            first.results = results  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__: its results are lost with it
+            pass
+        raise first
+
     def _window(self, stream: int, t: int) -> Window:
         ring = self._streams[stream].ring
-        lo, hi = temporal_window(t, ring.count, self.context)
+        start, stop = ring.segment(t)  # a snippet without features cuts the stream like its ends
+        lo, hi = temporal_window(t, stop, self.context, start)
         frame_emb, region_emb = ring.window(lo, hi)
-        return Window(frame_emb, region_emb, t - lo)
+        return Window(frame_emb, region_emb, t - lo, f"stream {stream} snippet {t}")
 
-    def _result(self, stream: int, t: int, info: SnippetInfo, temporal: TemporalOutput,
+    def _result(self, stream: int, t: int, info: SnippetInfo, temporal: TemporalOutput | None,
                 spatial: SpatialOutput | None, *, final: bool = True) -> SnippetResult:
         """Build the snippet's result once, boxes included (the boxes stage)."""
+        if info.failed is not None or temporal is None or temporal.invalid is not None:
+            why = info.failed or (temporal.invalid if temporal is not None else None) or "no temporal output"
+            return self._invalid(stream, t, info, why, final=final, temporal_ms=temporal.ms if temporal else 0.0)
         t0 = time.perf_counter()
         cfg = self.config
         probs = temporal.class_probs
         class_id = int(np.argmax(probs))
         boxes = []
-        if spatial is not None:
-            boxes = boxes_from_map(spatial.anomaly_map, info.frame_shape, cfg.vision.image_size,
+        amap = spatial.anomaly_map if spatial is not None else None
+        if amap is not None:
+            boxes = boxes_from_map(amap, info.frame_shape, cfg.vision.image_size,
                                    threshold=self.box_threshold, class_id=box_class(probs), mode=cfg.region_mode)
         timings = {**info.timings, "temporal": temporal.ms, "spatial": spatial.ms if spatial is not None else 0.0,
                    "post": (time.perf_counter() - t0) * 1e3}
@@ -318,14 +448,24 @@ class Detector:
                              score=temporal.score, class_probs=probs, class_id=class_id,
                              class_name=cfg.class_names[class_id], is_anomaly=temporal.score >= self.score_threshold,
                              region_scores=None if spatial is None else spatial.region_scores,
-                             anomaly_map=None if spatial is None else spatial.anomaly_map,
-                             boxes=tuple(boxes), timings=timings, final=final)
+                             anomaly_map=amap, boxes=tuple(boxes), timings=timings, final=final,
+                             invalid_reason=None if spatial is None else spatial.invalid)
+
+    def _invalid(self, stream: int, t: int, info: SnippetInfo, reason: str, *, final: bool,
+                 temporal_ms: float = 0.0) -> SnippetResult:
+        """The result of a snippet the temporal stream gave nothing for: no score, no class, the reason why."""
+        return SnippetResult(stream=stream, snippet=t, frame_start=info.frame_start, frame_end=info.frame_end,
+                             score=float("nan"), class_probs=np.full(self.config.num_classes, np.nan, np.float32),
+                             class_id=-1, class_name="", is_anomaly=None,
+                             timings={**info.timings, "temporal": temporal_ms, "spatial": 0.0, "post": 0.0},
+                             final=final, invalid_reason=reason)
 
     # --- offline reference -------------------------------------------------------------------------------
     def offline_scores(self, frames: Iterable[np.ndarray], *, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Scores [n] and class probs [n, K] of a whole video, with the temporal graph run once on all snippets.
 
-        This is the offline reference that streaming must equal; it does not touch the streaming state.
+        This is the offline reference that streaming must equal; it does not touch the streaming state. A failed
+        graph call or an output its contract forbids raises (`BackendCallError`, `GraphOutputError`).
         """
         c = self.config
         asm = SnippetAssembler(c.snippet_len, c.frames_per_snippet, stream=-1)
@@ -341,6 +481,10 @@ class Detector:
         feats = [self.encoder(snippets[i:i + batch]) for i in range(0, len(snippets), batch)]
         frame_emb = np.concatenate([f.frame_emb for f in feats])[None]
         region_emb = np.concatenate([f.region_emb for f in feats])[None]
-        out = self.runners["temporal"].infer({"frame_emb": frame_emb, "region_emb": region_emb})
+        n = frame_emb.shape[1]
+        out, _ = run_graph(self.runners["temporal"], "temporal", {"frame_emb": frame_emb, "region_emb": region_emb},
+                           expected=self.temporal.outputs, dims={"B": 1, "T": n},
+                           items=[Item(f"snippet {t}", (0, t)) for t in range(n)])
+        assert out is not None  # without on_error, run_graph raises instead
         return out["score"][0], out["class_probs"][0]
 

@@ -11,19 +11,22 @@
     stp-edge train / eval / demo                                    stp_edge.model.train / eval / demo
 
 Exit codes: 0 done; 1 the job ran but did not succeed (verify failed, a video failed, a live source was lost
-for good); 2 a library error (bad bundle, unreadable video, missing dependency, bad option: one line, no
-traceback); 130 / 143 stopped by SIGINT / SIGTERM after flushing every output. Anything else is a bug and keeps
-its traceback.
+for good, a graph call failed with its retry or broke its output contract: `InferenceError`); 2 a library error
+(bad bundle, unreadable video, missing dependency, bad option: one line, no traceback); 130 / 143 stopped by
+SIGINT / SIGTERM after flushing every output. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -37,18 +40,43 @@ BACKENDS_HELP = ("auto (TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU), trt, o
                  "or triton://HOST:PORT (a server started by `stp-edge serve`)")
 
 
+_API_WITH_OPTION = re.compile(r"\S+=\S* \(CLI: ([^)]+)\)")  # "overwrite=True (CLI: --force)" -> "--force"
+
+
 def _one_line(exc: BaseException) -> str | None:
-    """The one-line message of an error the user can act on; None for a bug (keep its traceback)."""
+    """The one-line message of an error the user can act on; None for a bug (keep its traceback).
+
+    Library messages name a Python argument with its option beside it, `overwrite=True (CLI: --force)`
+    (`stp_edge.errors`); on the command line only the option is shown ("pass --force").
+    """
     from stp_edge._deps import explain
 
     if isinstance(exc, StpEdgeError):
-        return str(exc)
+        return _API_WITH_OPTION.sub(r"\1", str(exc))
     if isinstance(exc, ModuleNotFoundError):
         line = explain(exc)
         return line if line != str(exc) else None  # a module an extra provides, else a packaging bug
     if isinstance(exc, OSError) and exc.errno is not None:  # the OS refused: a path, a full disk, permissions
-        return str(exc)
+        from stp_edge.outputs import describe_os_error
+
+        return describe_os_error(exc)  # "out/x: File exists (EEXIST)", never a bare "[Errno 17]"
     return None
+
+
+def _check_paths(outputs: dict[str, Any], inputs: Sequence[Any] = (), *, bundle: Path | None = None,
+                 directories: Sequence[str] = ()) -> None:
+    """The one output check (`stp_edge.outputs.check_outputs`) for a command's output options, before any work.
+
+    Never an input, never inside the bundle the command reads, never a device, FIFO or standard stream where
+    a file or directory is written; one line naming the option and the path.
+    """
+    from stp_edge.outputs import check_outputs
+
+    protected = None
+    if bundle is not None:
+        bundle = Path(bundle)
+        protected = {"the bundle": bundle.parent if bundle.name == "manifest.json" else bundle}
+    check_outputs(outputs, [p for p in inputs if p is not None], protected=protected, directories=directories)
 
 
 # --- export / verify / engines / info -----------------------------------------------------------------------
@@ -58,11 +86,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     With --precision int8 the encoder is quantized (Q/DQ, calibrated on frames of the videos in --calib);
     with --triton REPO a Triton model repository of the new bundle is written as well.
     """
-    from stp_edge.export.bundle_export import export_bundle
+    from stp_edge.export.quantize import check_int8_request, model_snippet_len
 
     if args.out.suffix.lower() in (".onnx", ".plan", ".engine", ".trt"):
         raise UsageError(f"-o {args.out}: a bundle is a directory of graphs and a manifest, not one "
                          f"{args.out.suffix} file; name it e.g. {args.out.with_suffix('.stp')}")
+    _check_paths({"-o": args.out, "--triton": args.triton}, [args.checkpoint, args.clip_weights, args.calib],
+                 directories=("-o", "--triton"))
+    # The INT8 inputs are checked before torch is imported (seconds) and the graphs exported (minutes).
+    check_int8_request(args.precision, args.calib, args.calib_frames, model_snippet_len(
+        checkpoint=args.checkpoint, demo=args.demo, random_config=args.config if args.random else None))
+    from stp_edge.export.bundle_export import export_bundle
+
     out = export_bundle(args.out, checkpoint=args.checkpoint, clip_weights=args.clip_weights, demo=args.demo,
                         random_config=args.config if args.random else None, seed=args.seed,
                         precision=args.precision, opset=args.opset, simplify=not args.no_simplify,
@@ -120,8 +155,10 @@ class _Score(NamedTuple):
     score: float
 
 
-def _event_line(r: Any) -> str:
-    line = (f"stream {r.stream} snippet {r.snippet:5d} frames [{r.frame_start}, {r.frame_end}) "
+def _event_line(r: Any, fps: float | None = None) -> str:
+    """One result as a line: stream, snippet, frames (and seconds where the stream's rate is known), score, box."""
+    seconds = f" {r.frame_start / fps:.2f}s-{r.frame_end / fps:.2f}s" if fps else ""
+    line = (f"stream {r.stream} snippet {r.snippet:5d} frames [{r.frame_start}, {r.frame_end}){seconds} "
             f"score {r.score:.3f} {r.class_name}")
     if r.boxes:
         b = r.boxes[0]
@@ -129,19 +166,39 @@ def _event_line(r: Any) -> str:
     return line + ("" if r.final else " (provisional)")
 
 
-def _check_run_options(args: argparse.Namespace, sources: list[Any]) -> None:
-    """Everything that can be checked before any output is opened: options, optional dependencies, codecs."""
+def _check_run_options(args: argparse.Namespace, sources: list[Any], bundle_dir: Path) -> None:
+    """Everything that can be checked before any output is opened: options, output paths, dependencies, codecs.
+
+    Outputs (`stp_edge.outputs.check_outputs`): never an input, never inside the bundle, --jsonl a regular
+    file, FIFO, /dev/stdout or -, the others regular files; an existing one is refused unless --force (or
+    --append for --jsonl), and so is the `NAME.partial.EXT` a killed run left for --overlay.
+    """
     from stp_edge._deps import require
+    from stp_edge.errors import OutputExistsError
     from stp_edge.outputs import check_outputs
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.max_frames is not None and args.max_frames < 1:
         raise UsageError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.append and not args.jsonl:
+        raise UsageError("--append adds this run's lines to the --jsonl file; give --jsonl FILE")
     if (args.overlay or args.plot) and len(sources) != 1:
         raise UsageError(f"--overlay and --plot draw one source; {len(sources)} sources were given")
     files = [s.target for s in sources if s.kind == "file"]
-    check_outputs({"--jsonl": args.jsonl, "--overlay": args.overlay, "--plot": args.plot}, files)
+    hint = "pass --force to replace it"
+    refuse = {} if args.force else {"--overlay": hint, "--plot": hint}
+    if not (args.force or args.append):
+        refuse["--jsonl"] = "pass --append to add this run's lines to it, or --force to replace it"
+    check_outputs({"--jsonl": args.jsonl, "--overlay": args.overlay, "--plot": args.plot}, files,
+                  protected={"the bundle": bundle_dir}, streams=("--jsonl",), refuse_existing=refuse)
+    if args.overlay and not args.force:
+        from stp_edge.run import describe_overlay_leftover
+
+        leftover = describe_overlay_leftover(args.overlay)
+        if leftover:
+            raise OutputExistsError(f"--overlay {args.overlay}: {leftover}; rename it to keep it, or pass --force "
+                                    "to replace it")
     if args.plot:
         require("matplotlib", "--plot")
     if args.overlay:
@@ -151,10 +208,13 @@ def _check_run_options(args: argparse.Namespace, sources: list[Any]) -> None:
 
 
 class _StopOnSignal:
-    """SIGINT/SIGTERM handling of a run: the first sets `event` and records `signum`, a second interrupts at once.
+    """SIGINT/SIGTERM/SIGHUP handling of a run: the first sets `event`, a second interrupts at once.
 
-    With `event` set the run finishes the frames it read and flushes every output. Handlers are installed (from
-    the main thread only) while the context is entered, and the previous ones restored on exit.
+    With `event` set the run finishes the frames it read and flushes every output. A second signal raises
+    KeyboardInterrupt: the results not yet final are dropped, and the outputs are still closed whole (an
+    overlay frame or file is never cut by it: `stp_edge.outputs.signals_deferred`). `signum` is the last signal.
+    Handlers are installed (from the main thread only) while the context is entered, and the previous ones
+    restored on exit; SIGHUP only where it would have ended the process (not under nohup).
     """
 
     def __init__(self) -> None:
@@ -163,14 +223,18 @@ class _StopOnSignal:
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
+        again = self.event.is_set()
         self.signum = signum
         self.event.set()
+        if again:
+            raise KeyboardInterrupt
 
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+            sigs = [signal.SIGINT, signal.SIGTERM]
+            if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+                sigs.append(signal.SIGHUP)
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in sigs}
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -182,41 +246,69 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run a bundle over videos, URLs or cameras; print anomalies, events and latency; write JSON lines/overlay.
 
     SOURCE may be a file, an rtsp:// or http:// URL, a camera index, a directory, a glob or a .txt list of
-    those; several sources run together, one stream each. Outputs are written under a temporary name and
-    renamed at the end (also after Ctrl-C / SIGTERM, which end the run cleanly: exit 130 / 143).
+    those; several sources run together, one stream each. --jsonl is written line by line under its name (a
+    FIFO, /dev/stdout or - streams; with - this text goes to stderr); --overlay as NAME.partial.EXT, renamed
+    at the end; an existing output is refused unless --force (or --append). Ctrl-C / SIGTERM / SIGHUP end the
+    run cleanly (exit 130 / 143 / 129); a second one stops at once, outputs still closed whole.
     """
     from stp_edge.api import Detector
+    from stp_edge.backends import CallLimits
+    from stp_edge.outputs import output_kind
     from stp_edge.run import open_sources
     from stp_edge.video import Backoff
 
     out = out or sys.stdout
+    if args.jsonl is not None and output_kind(args.jsonl) == "stdout" and out is sys.stdout:
+        out = sys.stderr  # standard output carries the JSON lines alone
     bundle, specs = args.bundle, list(args.source)
     if not specs:
         raise UsageError("no SOURCE given: stp-edge run BUNDLE SOURCE...")
     reconnect = None if args.reconnect_s == 0 else Backoff(max_total_s=args.reconnect_s)
     # Validate everything (bundle, sources, options, output paths, codecs) before any output is opened.
+    limits = CallLimits(call_timeout_s=args.call_timeout, memory_limit_gib=args.memory_limit,
+                        connect_timeout_s=args.connect_timeout)
     with Detector.load(bundle, backend=args.backend, preprocess=args.preprocess, device=args.device,
                        spatial_on=args.spatial, lookahead=args.lookahead,
-                       allow_host_code=args.allow_host_code) as det:
+                       allow_host_code=args.allow_host_code, limits=limits, on_invalid=args.on_invalid) as det:
         if args.threshold is not None:
             det.score_threshold = float(args.threshold)
         sources = open_sources([int(s) if str(s).isdigit() else s for s in specs],
                                reconnect=reconnect, timeout_ms=args.timeout_ms)
         try:
-            _check_run_options(args, sources)
+            _check_run_options(args, sources, det.bundle.path)
         except BaseException:
             for src in sources:
                 src.close()
             raise
+        _remove_strays(args, out)
         if not args.quiet:
             print(f"bundle {bundle}: backend {det.backend}, preprocessing {det.preprocess_name}, device "
                   f"{args.device}, threshold {det.score_threshold:.2f}, {len(sources)} source(s)", file=out, flush=True)
+        for i, src in enumerate(sources):  # which stream is which (URL credentials masked); a down one said always
+            down = f": DOWN at start ({src.down_at_start}); retrying in the background" if src.down_at_start else ""
+            if down or not args.quiet:
+                print(f"stream {i}: {src.name}{down}", file=out, flush=True)
         return _run_sources(det, sources, args, out)
+
+
+def _remove_strays(args: argparse.Namespace, out: TextIO) -> None:
+    """Remove the hidden temporaries of this run's outputs that a killed run left, and say so."""
+    from stp_edge.outputs import output_kind, remove_stray_temporaries
+
+    removed = [p for o in (args.jsonl, args.overlay, args.plot) if o and output_kind(o) == "file"
+               for p in remove_stray_temporaries(o)]
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) an interrupted run left: "
+              + ", ".join(str(p) for p in removed), file=out, flush=True)
+    if args.jsonl and output_kind(args.jsonl) == "fifo" and not args.quiet:
+        print(f"--jsonl {args.jsonl} is a FIFO: the run starts when a reader opens it", file=out, flush=True)
 
 
 def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: TextIO) -> int:
     from tqdm.auto import tqdm
 
+    from stp_edge.backends.errors import CallInterruptedError
+    from stp_edge.outputs import output_kind
     from stp_edge.run import run_video
 
     totals = [s.frame_count for s in sources]
@@ -226,33 +318,73 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
                 desc="run") if known else None)
     scores: list[_Score] = []  # --plot: three numbers per snippet, not whole results (maps, probabilities)
     stopper = _StopOnSignal()
-    write = bar.write if bar is not None else (lambda line: print(line, file=out, flush=True))
+    write = ((lambda line: bar.write(line, file=out)) if bar is not None  # above the bar, on `out`
+             else (lambda line: print(line, file=out, flush=True)))
 
     def on_result(r: Any) -> None:
         if args.plot and r.final:
             scores.append(_Score(r.frame_start, r.frame_end, r.score))
-        if (r.is_anomaly and not args.quiet) or args.verbose:
-            write(("ANOMALY " if r.is_anomaly else "        ") + _event_line(r))
+        if not r.valid:  # what failed, always: a graph call, or an output its contract forbids
+            write(f"INVALID stream {r.stream} snippet {r.snippet} frames [{r.frame_start}, {r.frame_end}): "
+                  f"{r.invalid_reason}")
+        elif (r.is_anomaly and not args.quiet) or args.verbose:  # stream i is sources[i]: its times in seconds
+            write(("ANOMALY " if r.is_anomaly else "        ") + _event_line(r, sources[r.stream].fps))
 
     def on_gap(stream: int, gap: Any) -> None:
+        if gap.frame == 0:  # a source down at start came up
+            write(f"UP      stream {stream}: connected {gap.lost_s:.1f}s after the start, after "
+                  f"{gap.attempts} attempt(s)")
+            return
         write(f"GAP     stream {stream}: {gap.lost_s:.1f}s lost before frame {gap.frame}, reconnected after "
               f"{gap.attempts} attempt(s); temporal window reset")
 
+    def on_end(run: Any) -> None:  # with several sources, each says when it is done: its lines are written
+        if len(sources) < 2:
+            return
+        if run.stats.lost:
+            write(f"LOST    stream {run.stream}: {run.stats.lost_reason}; its results are written")
+        elif run.error is not None:
+            write(f"FAILED  stream {run.stream}: {_one_line(run.error) or type(run.error).__name__}; its results "
+                  "are written")
+        else:
+            write(f"ENDED   stream {run.stream}: {run.stats.read} frames read; its results are written")
+
+    mode = "a" if args.append else "w" if args.force else "x"
     try:
         with stopper:  # the JSONL file keeps what was analysed, even when the run fails part-way
-            results = run_video(sources, detector=det, on_result=on_result, on_gap=on_gap,
+            results = run_video(sources, detector=det, on_result=on_result, on_gap=on_gap, on_end=on_end,
                                 on_frame=(lambda s, n: bar.update(1)) if bar is not None else None,
                                 max_frames=limit, keep=False, overlay=args.overlay, jsonl=args.jsonl,
-                                stop=stopper.event)
+                                jsonl_mode=mode, stop=stopper.event)
+    except KeyboardInterrupt:  # a second signal: stopped at once, every output closed whole by run_video
+        if stopper.signum is None:
+            raise
+        if bar is not None:
+            bar.close()  # the message on a line of its own, not after the bar
+        print(f"stopped at once by a second {signal.Signals(stopper.signum).name}: results not yet final were "
+              "dropped; outputs closed", file=sys.stderr)
+        return 128 + stopper.signum
+    except CallInterruptedError:  # the stop ended a graph call in flight: a stop, not a failure
+        if stopper.signum is None:
+            raise
+        if bar is not None:
+            bar.close()
+        print(f"stopped by {signal.Signals(stopper.signum).name} during a graph call; outputs flushed",
+              file=sys.stderr)
+        return 128 + stopper.signum
     finally:
         if bar is not None:
             bar.close()
-    written = [p for p in (args.jsonl, args.overlay) if p]
+    written = [str(p) for p in (args.jsonl,) if p and output_kind(p) == "file"]  # not a FIFO or stdout
+    if args.overlay:
+        from stp_edge.video import describe_codec
+
+        written.append(f"{args.overlay} ({describe_codec(args.overlay)})")
     if args.plot:
         from stp_edge.visualize import plot_scores
 
-        written.append(plot_scores(scores, args.plot, fps=results.fps, threshold=results.threshold))
-    _print_summary(results, out, quiet=args.quiet)
+        written.append(str(plot_scores(scores, args.plot, fps=results.fps, threshold=results.threshold)))
+    _print_summary(results, out, quiet=args.quiet, fps={i: s.fps for i, s in enumerate(sources)})
     for path in written:
         print(f"wrote {path}", file=out)
     if stopper.signum is not None:
@@ -261,29 +393,30 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
     return EXIT_FAILED if results.lost else 0
 
 
-def _print_summary(results: Any, out: TextIO, *, quiet: bool) -> None:
-    from stp_edge.report import format_latency
+def _print_summary(results: Any, out: TextIO, *, quiet: bool, fps: dict[int, float | None] | None = None) -> None:
+    from stp_edge.report import format_latency, plural
+    from stp_edge.video import display_source
 
     rate = results.frames_read / results.wall_s if results.wall_s else 0.0
     dropped = sum(s.stats.dropped for s in results.sources)
-    print(f"{results.snippets} snippets, {results.anomalous} anomalous; {results.frames_read} frames read, "
-          f"{dropped} dropped; {rate:.1f} frames/s", file=out)
+    print(f"{plural(results.snippets, 'snippet')}, {results.anomalous} anomalous; "
+          f"{plural(results.frames_read, 'frame')} read, {dropped} dropped; {rate:.1f} frames/s", file=out)
     for s in results.sources:
-        st = s.stats
-        if st.missing:
-            print(f"TRUNCATED {s.source}: the container promised {st.expected} frames, {st.read} were read "
+        st, name = s.stats, display_source(s.source)
+        if st.missing:  # only a file that ended on its own: a frame limit or a stop is not a short file
+            print(f"TRUNCATED {name}: the container promised {plural(st.expected, 'frame')}, {st.read} were read "
                   f"({st.dropped} dropped)", file=out)
         if s.rejected:
-            print(f"REJECTED {s.source}: {s.rejected} frame(s) refused by the detector (skipped)", file=out)
+            print(f"REJECTED {name}: {s.rejected} frame(s) refused by the detector (skipped)", file=out)
         if st.gaps:
-            print(f"GAPS    {s.source}: {len(st.gaps)} outage(s), {st.gap_s:.1f}s lost", file=out)
+            print(f"GAPS    {name}: {plural(len(st.gaps), 'outage')}, {st.gap_s:.1f}s lost", file=out)
         if st.lost:
             print(f"LOST    {st.lost_reason}", file=out)
     if quiet:
         return
     events = results.events.finish()
     print(f"events: {results.events.count}" + ("" if events else " (none above the threshold)"), file=out)
-    fps = results.fps if len(results.sources) == 1 else None
+    fps = fps or {s.stream: s.fps for s in results.sources}  # seconds for every stream whose rate is known
     for ev in events:
         print("  " + ev.describe(fps), file=out)
     table = results.latency.table()
@@ -297,10 +430,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train the STPrompt heads on extracted snippet features with video-level labels (top-k MIL)."""
     from stp_edge.model.train import train_from_features
 
+    _check_paths({"-o": args.out}, [args.features, args.init, args.clip_weights], directories=("-o",))
     classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
     report = train_from_features(args.features, args.out, init=args.init, config=args.config, classes=classes,
                                  clip_weights=args.clip_weights, epochs=args.epochs, lr=args.lr,
-                                 batch_size=args.batch_size, seed=args.seed)
+                                 batch_size=args.batch_size, seed=args.seed, overwrite=args.force)
     print(f"trained on {report.videos} videos: loss {report.losses[0]:.4f} -> {report.losses[-1]:.4f}; "
           f"wrote {report.checkpoint}")
     return 0
@@ -308,8 +442,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a labelled benchmark: frame AUC, localisation (ground truth checked per video)."""
+    from stp_edge.eval.metrics import require_eval_dependencies
     from stp_edge.eval.run import evaluate_bundle
 
+    _check_paths({"--out": args.out}, [args.data, args.annotations], bundle=args.bundle, directories=("--out",))
+    require_eval_dependencies(plots=args.out is not None)  # before a benchmark is generated or a video scored
     data = args.data
     if data is None:  # no data set given: evaluate on a synthetic split generated here
         from stp_edge.synthetic import write_benchmark
@@ -326,6 +463,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Export the embedded demo model and run the runtime on a generated clip."""
     from stp_edge.demo import run_demo
 
+    _check_paths({"--out": args.out}, directories=("--out",))
     run_demo(args.out, anomaly=args.anomaly, seed=args.seed, seconds=args.seconds)
     return 0
 
@@ -334,6 +472,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     """Snippet features (frame_emb, region_emb, label) of videos, with the encoder a bundle deploys; resumable."""
     from stp_edge.scale.extract import extract_features
 
+    _check_paths({"-o": args.out}, [args.labels, args.annotations], bundle=args.bundle, directories=("-o",))
     report = extract_features(args.videos, args.out, bundle=args.bundle, clip_weights=args.clip_weights,
                               labels=args.labels, fmt=args.format, annotations=args.annotations,
                               backend=args.backend, batch=args.batch, resume=not args.no_resume, ray=args.ray,
@@ -347,6 +486,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     """Score videos with a bundle: one JSON-lines file of results per video; resumable, optionally on Ray."""
     from stp_edge.scale.score import score_videos
 
+    _check_paths({"-o": args.out}, bundle=args.bundle, directories=("-o",))
     report = score_videos(args.videos, args.bundle, args.out, backend=args.backend, resume=not args.no_resume,
                           ray=args.ray, workers=args.workers, ray_address=args.ray_address)
     print(report.summary())
@@ -365,12 +505,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure a bundle on this machine: per-stage latency, frames/s, cameras at 25 fps, RSS, floors, torch."""
     from stp_edge.bench import run_bench
 
-    out = args.json or Path("benchmarks/results") / f"bench_{Path(args.bundle).name}_{args.backend}.json"
+    # Nothing is written unless asked: the table goes to stdout, files only where --json/-o says.
+    _check_paths({"-o/--json": args.json}, [args.source], bundle=args.bundle)
     report = run_bench(args.bundle, backend=args.backend, precision=args.precision, batch=args.batch,
-                       streams=args.streams, source=args.source, frames=args.frames, json_out=out,
+                       streams=args.streams, source=args.source, frames=args.frames, json_out=args.json,
                        torch_baseline=not args.no_torch, lookahead=args.lookahead, progress=True)
     print(report.markdown())
-    print(f"saved {out} (+ .md, .png)")
+    if args.json is not None:
+        print(f"saved {', '.join(str(p) for p in report.saved)}")
     return 0
 
 
@@ -440,15 +582,31 @@ def _add_run(sub: Any) -> None:
                    help="same as --spatial all")
     r.add_argument("--lookahead", type=int, help="also emit provisional results N snippets after their snippet "
                    "(0 <= N <= context; lower = earlier alarms)")
-    r.add_argument("--jsonl", type=Path, help="write one JSON line per result (and per reconnect gap)")
-    r.add_argument("--overlay", type=Path, help="write the video with scores, maps and boxes (.mp4 or .avi)")
+    r.add_argument("--on-invalid", choices=("error", "mark"), default="error",
+                   help="a graph call that fails twice, or a graph output its contract forbids (NaN, out of range): "
+                   "end the run with exit 1 (error, the default) or print and record the snippet as invalid and "
+                   "go on (mark; the JSONL line says \"invalid\")")
+    r.add_argument("--jsonl", type=Path, help="write one JSON line per result (and per reconnect gap) as the run "
+                   "goes: a file (fsynced within 1 s), a FIFO, /dev/stdout or - (then the rest goes to stderr)")
+    r.add_argument("--overlay", type=Path, help="write the video with scores, maps and boxes (.mp4 or .avi); "
+                   "written as NAME.partial.EXT until the run ends")
     r.add_argument("--plot", type=Path, help="write a plot of the scores (.png; needs matplotlib)")
+    r.add_argument("--force", action="store_true", help="replace existing outputs (and an overlay's "
+                   "NAME.partial.EXT a killed run left); without it they are refused")
+    r.add_argument("--append", action="store_true", help="add this run's lines to an existing --jsonl file (a "
+                   "last line cut short by a kill is dropped first)")
     r.add_argument("--max-frames", type=int, help="stop each source after this many frames")
     r.add_argument("--reconnect-s", type=float, default=300.0,
                    help="seconds a dropped live source keeps reconnecting (exponential backoff); 0: never")
     r.add_argument("--timeout-ms", type=int, default=10_000, help="open/read timeout of URL sources")
     r.add_argument("--allow-host-code", action="store_true",
                    help="let TensorRT run the host code of version-compatible plans (only for bundles you trust)")
+    r.add_argument("--call-timeout", type=float, metavar="S", help="deadline of one graph call, seconds (default: 60, "
+                   "20 with triton://); a call past it is ended and the run fails with one line")
+    r.add_argument("--memory-limit", type=float, metavar="GIB", help="cap on the memory onnxruntime gives the graphs' "
+                   "tensors, GiB (default: half of this machine's memory); a graph asking for more fails")
+    r.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+                   help="how long triton:// tries to reach its server and models, seconds")
     verbosity = r.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every snippet, not only anomalies")
     verbosity.add_argument("-q", "--quiet", action="store_true",
@@ -498,6 +656,7 @@ def _add_model_commands(sub: Any) -> None:
     t.add_argument("--batch-size", type=int, default=8, help="videos per batch")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("-o", "--out", type=Path, required=True, help="output checkpoint directory")
+    t.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
     ev = _sub(sub, "eval", cmd_eval, "evaluate a bundle on a labelled benchmark")
     _bundle_arg(ev)
@@ -571,8 +730,9 @@ def _add_scale_commands(sub: Any) -> None:
     b.add_argument("--frames", type=int, help="frames to run (default: the benchmark's)")
     b.add_argument("--lookahead", type=int, help="low-latency mode lookahead (alert delay reported for it)")
     b.add_argument("--no-torch", action="store_true", help="skip the plain PyTorch baseline (runtime-only RSS)")
-    b.add_argument("--json", type=Path, help="output JSON (default: benchmarks/results/bench_<bundle>_<backend>.json;"
-                   " .md and .png beside it)")
+    b.add_argument("-o", "--json", type=Path, metavar="FILE.json",
+                   help="save the report as JSON, with .md and (with matplotlib) .png beside it; default: print "
+                   "the table only, write nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -589,9 +749,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _plain_warnings(command: str) -> Iterator[None]:
+    """Warnings a user must see (`RandomWeightsWarning`) printed as one plain line each, once per command.
+
+    Python's own format names a source file and line; a bundle loaded twice in one command (score loads it in
+    its driver and its detector) would say it twice.
+    """
+    from stp_edge.errors import RandomWeightsWarning
+
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RandomWeightsWarning)
+        default = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+            if not issubclass(category, RandomWeightsWarning):
+                default(message, category, filename, lineno, file, line)
+            elif str(message) not in seen:
+                seen.add(str(message))
+                print(f"stp-edge {command}: warning: {message}", file=sys.stderr, flush=True)
+
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def _plain_log(command: str) -> Iterator[None]:
+    """The library's logged warnings (a graph call retried, a TensorRT plan refused) as plain lines on stderr.
+
+    Without a handler Python would print them only through its last-resort handler, and not at all once a
+    caller configures logging for the root logger only.
+    """
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(f"stp-edge {command}: warning: %(message)s"))
+    log = logging.getLogger("stp_edge")
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `stp-edge`; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    with _plain_warnings(args.command), _plain_log(args.command):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -602,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if line is None:
             raise
         print(f"stp-edge {args.command}: error: {line}", file=sys.stderr)
-        return EXIT_USAGE
+        return int(getattr(exc, "exit_code", EXIT_USAGE))  # 1 where a run could not go on (InferenceError)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -182,8 +182,8 @@ def read_temporal_annotation(path: str | Path, *, class_names: Sequence[str] | N
         One `VideoGroundTruth` per line.
 
     Raises:
-        AnnotationError: the file is unreadable or not UTF-8, or a line has the wrong number of fields,
-            non-integer frames, an invalid range, or a class that contradicts its ranges.
+        AnnotationError: the file is unreadable or not UTF-8, holds no entry, or a line has the wrong number of
+            fields, non-integer frames, an invalid range, or a class that contradicts its ranges.
     """
     path = Path(path)
     out, seen = [], set()
@@ -208,6 +208,9 @@ def read_temporal_annotation(path: str | Path, *, class_names: Sequence[str] | N
                                   "expected at least one 'start end' pair, or the class Normal")
         n = (num_frames or {}).get(name)
         out.append(VideoGroundTruth(name, label, ranges, n))
+    if not out:
+        raise AnnotationError(f"annotation file {path} holds no entries (blank or comment lines only); expected one "
+                              "'name class s1 e1 s2 e2' line per video")
     return out
 
 
@@ -332,6 +335,8 @@ def read_ubnormal(root: str | Path, video_names: Sequence[str] | None = None) ->
     root = Path(root)
     videos = {p.stem: p for p in sorted(root.glob("Scene*/*.mp4"))}
     names = list(video_names) if video_names is not None else sorted(videos)
+    if not names:
+        raise AnnotationError(f"{root}: no UBnormal video (expected Scene<k>/<video>.mp4)")
     out = []
     for name in names:
         if name not in videos:

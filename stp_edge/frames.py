@@ -14,11 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from stp_edge.errors import StpEdgeError
+from stp_edge.errors import FrameError
 
-
-class FrameError(StpEdgeError, ValueError):
-    """A frame is not an image the runtime can use; the message names the frame index."""
+__all__ = ["EncodedFrame", "FrameError", "validate_frame"]  # FrameError is defined on the ground floor (errors)
 
 
 def validate_frame(frame: Any, index: int, *, stream: int | None = None) -> np.ndarray:

@@ -1,7 +1,8 @@
 """CLIP preprocessing on the CPU: the NumPy/OpenCV twin of the fused CUDA kernel (kernels/preprocess.cu).
 
 The golden function is CLIP's own: PIL bicubic resize of the short side to S (antialiased, PIL's separable
-convolution), centre crop SxS, RGB, /255, mean/std normalisation, CHW. This module reproduces PIL's resize
+convolution), centre crop SxS, RGB, /255, mean/std normalisation, CHW. S, mean and std come from the bundle's
+`PreprocessSpec` (stp_edge.bundle.preprocessing; CLIP's numbers by default). This module reproduces PIL's resize
 closely enough to be bit-exact on almost every pixel:
 
 * the filter taps are PIL's (`filter_weights`), quantised to PIL's 22-bit fixed point (`fixed_point`);
@@ -22,17 +23,22 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
+from stp_edge.bundle.preprocessing import (  # noqa: F401  the spec a bundle declares, re-exported where it runs
+    CLIP_MEAN,
+    CLIP_STD,
+    IMPLEMENTED,
+    PreprocessSpec,
+    normalisation,
+    preprocess_spec,
+)
 from stp_edge.errors import UsageError
 from stp_edge.frames import validate_frame
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # PIL's bicubic support and Keys parameter (libImaging/Resample.c).
 BICUBIC_SUPPORT = 2.0
@@ -52,34 +58,6 @@ def _block_size(scale: float) -> int:
     measured fastest at 720p-4K on one x86 core; when upscaling, windows overlap and larger blocks win.
     """
     return 4 if scale >= 2.0 else 8
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """What the encoder expects; written into a bundle manifest under `preprocess`."""
-
-    size: int = 224
-    interpolation: str = "bicubic-antialias-pil"
-    crop: str = "center"
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
-    input: str = "bgr8"
-    layout: str = "NCHW"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-
-def normalisation(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (scale, bias), float32 [3] RGB, with x_norm = x_uint8 * scale + bias = (x/255 - mean) / std.
-
-    The CPU twin and the CUDA kernel both take these, in this operation order, so they agree to the last bit.
-    """
-    std = np.asarray(spec.std, np.float32)
-    return np.float32(1.0) / (np.float32(255.0) * std), -np.asarray(spec.mean, np.float32) / std
 
 
 def bicubic_filter(x: np.ndarray) -> np.ndarray:
@@ -397,13 +375,15 @@ class CpuPreprocessor:
     returned array is freshly allocated (callers may keep it).
     """
 
-    def __init__(self, image_size: int = 224, dtype: Any = np.float32, *, max_plans: int = 16):
+    def __init__(self, image_size: int = 224, dtype: Any = np.float32, *, max_plans: int = 16,
+                 spec: PreprocessSpec | None = None):
         """Create a preprocessor.
 
         Args:
             image_size: side S of the square crop (224 for ViT-B/16; smaller for tiny test models).
             dtype: np.float32 or np.float16 output.
             max_plans: input sizes whose plans are kept (least recently used dropped first).
+            spec: the bundle's preprocessing (`Bundle.preprocess_spec`: its mean and std); None: CLIP's.
         """
         if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
             raise UsageError(f"image_size must be a positive int, got {image_size!r}")
@@ -411,7 +391,7 @@ class CpuPreprocessor:
         if self.dtype not in (np.float32, np.float16):
             raise UsageError(f"dtype must be float32 or float16, got {self.dtype}")
         self.image_size = int(image_size)
-        self.spec = PreprocessSpec(size=self.image_size)
+        self.spec = preprocess_spec(self.image_size, spec)
         self.max_plans = int(max_plans)
         self._plans = SizeCache(max_plans)
         scale, bias = normalisation(self.spec)

@@ -9,7 +9,7 @@ are the same over a finished list of results.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +17,18 @@ import numpy as np
 from stp_edge.results import SnippetResult
 
 STAGES = ("decode", "preprocess", "encoder", "temporal", "spatial", "post")
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`n` and the noun in the number it takes: "1 snippet", "2 snippets", "0 snippets" (`nouns` if irregular)."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def span(frame_start: int, frame_end: int, fps: float | None) -> str:
+    """A frame range in seconds when the frame rate is known, else in frames: "  1.92s -    2.56s"."""
+    if fps:
+        return f"{frame_start / fps:7.2f}s - {frame_end / fps:7.2f}s"
+    return f"frames {frame_start}-{frame_end}"
 
 
 @dataclass(frozen=True)
@@ -30,12 +42,16 @@ class Event:
     peak_score: float
     box: tuple[float, float, float, float] | None
 
-    def describe(self, fps: float | None) -> str:
-        """One line: time range (frames when fps is unknown), class, peak score, box."""
+    def describe(self, fps: float | Mapping[int, float | None] | None) -> str:
+        """One line: time range, class, peak score, box.
+
+        `fps` is the frame rate of this event's stream, or of every stream (stream -> fps, for a run of several
+        sources); the range is in seconds where the rate is known, in frames where it is not.
+        """
+        rate = fps.get(self.stream) if isinstance(fps, Mapping) else fps
         box = "no box" if self.box is None else "box ({:.0f},{:.0f})-({:.0f},{:.0f})".format(*self.box)
-        span = (f"{self.frame_start / fps:7.2f}s - {self.frame_end / fps:7.2f}s" if fps
-                else f"frames {self.frame_start}-{self.frame_end}")
-        return f"stream {self.stream}  {span}  {self.class_name:<17} peak score {self.peak_score:.2f}  {box}"
+        return (f"stream {self.stream}  {span(self.frame_start, self.frame_end, rate)}  {self.class_name:<17} "
+                f"peak score {self.peak_score:.2f}  {box}")
 
 
 @dataclass

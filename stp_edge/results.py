@@ -42,18 +42,22 @@ class SnippetResult:
         snippet: Snippet index within the stream, from 0.
         frame_start: First frame index of the snippet.
         frame_end: One past the last frame index (the range is [frame_start, frame_end)).
-        score: Anomaly score p_t in [0, 1] (temporal C-branch).
-        class_probs: [K] class probabilities (A-branch); index 0 is the normal class.
-        class_id: argmax of `class_probs`.
-        class_name: Name of `class_id`.
-        is_anomaly: `score >= threshold` of the detector.
-        region_scores: [R2] spatial region scores, or None when the spatial stream did not run.
+        score: Anomaly score p_t in [0, 1] (temporal C-branch); NaN when the temporal stream gave none (`invalid`).
+        class_probs: [K] class probabilities (A-branch); index 0 is the normal class; NaN when `score` is.
+        class_id: argmax of `class_probs`; -1 when `score` is NaN.
+        class_name: Name of `class_id`; "" when `score` is NaN.
+        is_anomaly: `score >= threshold` of the detector; None (neither normal nor anomalous) when `score` is NaN.
+        region_scores: [R2] spatial region scores, or None when the spatial stream did not run (or failed).
         anomaly_map: [R, R] region scores as a grid, or None.
         boxes: Boxes from the anomaly map, in original frame pixels.
         timings: Stage name -> milliseconds spent for this snippet (shared batched work is attributed
             to every snippet of the batch).
         final: False for a provisional result of the low-latency mode (`Detector(lookahead=N)`), computed
             before all of the snippet's temporal context was encoded; its final result follows.
+        invalid_reason: Why part or all of this result is missing, or None (`valid`): a graph call that failed
+            (and its retry), or a graph output its contract forbids (NaN, inf, out of range, wrong shape); it
+            names graph, output and snippet. The temporal stream missing: `score` is NaN and `is_anomaly` None;
+            the spatial stream missing: the score stands, `region_scores`, `anomaly_map` and boxes are empty.
     """
 
     stream: int
@@ -64,34 +68,59 @@ class SnippetResult:
     class_probs: np.ndarray
     class_id: int
     class_name: str
-    is_anomaly: bool
+    is_anomaly: bool | None
     region_scores: np.ndarray | None = None
     anomaly_map: np.ndarray | None = None
     boxes: tuple[Box, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     final: bool = True
+    invalid_reason: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        """True when every field was computed from graph outputs that kept their contract."""
+        return self.invalid_reason is None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict (arrays become nested lists), one JSON line per snippet."""
-        def arr(a: np.ndarray | None) -> list | None:
-            return None if a is None else np.asarray(a, dtype=np.float64).round(6).tolist()
+        """Plain JSON-serialisable dict (arrays become nested lists), one JSON line per snippet.
 
-        return {
+        Strict JSON: a number that is not finite is written as null (never NaN), an array holding one as null,
+        and an invalid result carries `"invalid": "<reason>"` (the key is absent on valid results).
+        """
+        def arr(a: np.ndarray | None) -> list | None:
+            if a is None:
+                return None
+            a = np.asarray(a, dtype=np.float64)
+            return a.round(6).tolist() if a.size and np.isfinite(a).all() else None
+
+        score = _finite(self.score)
+        record = {
             "stream": int(self.stream),
             "snippet": int(self.snippet),
             "frame_start": int(self.frame_start),
             "frame_end": int(self.frame_end),
-            "score": float(self.score),
-            "is_anomaly": bool(self.is_anomaly),
-            "class_id": int(self.class_id),
-            "class_name": self.class_name,
+            "score": score,
+            "is_anomaly": None if score is None or self.is_anomaly is None else bool(self.is_anomaly),
+            "class_id": None if score is None else int(self.class_id),
+            "class_name": None if score is None else self.class_name,
             "class_probs": arr(self.class_probs),
             "region_scores": arr(self.region_scores),
             "anomaly_map": arr(self.anomaly_map),
             "boxes": [b.to_dict() for b in self.boxes],
-            "timings": {k: round(float(v), 4) for k, v in self.timings.items()},
+            "timings": {k: None if _finite(v) is None else round(float(v), 4) for k, v in self.timings.items()},
             "final": bool(self.final),
         }
+        if self.invalid_reason is not None:
+            record["invalid"] = str(self.invalid_reason)
+        return record
+
+
+def _finite(value: float | None) -> float | None:
+    """`value` as a float, or None when it is None, NaN or infinite (strict JSON has no NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def expand_snippets(values: np.ndarray, num_frames: int, snippet_len: int = 16,

@@ -16,10 +16,15 @@ glob or a list file names several; see `stp_edge.sources`). The data flow:
 5. `stop` (a `threading.Event`, set by a signal handler for example) ends the run at the next frame: every
    result of the frames already read is still flushed and delivered.
 
-Two sinks: `JsonlSink` streams one JSON line per result and per gap (readable while the run goes on; kept on
-every end), and `OverlaySink` draws the overlay in the same pass: the frames of a snippet wait (JPEG-compressed, so
-a window of c + 1 snippets of 1080p frames stays in tens of MB) until the snippet's final result, then they are
-annotated and written. Both files are written under a temporary name and renamed when the run ends.
+A source that ends, or is lost for good, is flushed at once (`Detector.flush(stream)`): its last results reach
+the sinks and `on_end` while the other sources go on.
+
+Two sinks: `JsonlSink` streams one JSON line per result and per gap under the file's final name (readable while
+the run goes on; every line written survives a kill, a power loss loses at most the last second), and
+`OverlaySink` draws the overlay in the same pass: the frames of a snippet wait (JPEG-compressed, so a window of
+c + 1 snippets of 1080p frames stays in tens of MB) until the snippet's final result, then they are annotated
+and written to `NAME.partial.EXT`, renamed to `NAME.EXT` when the run ends. Outputs are checked first
+(`stp_edge.outputs.check_outputs`): never an input, never inside the bundle.
 """
 
 from __future__ import annotations
@@ -38,12 +43,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from stp_edge.backends import stop_calls_on
 from stp_edge.errors import UsageError
 from stp_edge.frames import FrameError
-from stp_edge.outputs import AtomicTextFile
+from stp_edge.outputs import LineWriter, check_outputs, partial_path, signals_deferred
 from stp_edge.report import EventTracker, LatencyStats
 from stp_edge.results import SnippetResult
-from stp_edge.video import Gap, VideoError, VideoSource, VideoStats, open_source
+from stp_edge.video import Gap, VideoSource, VideoStats, open_source
 
 if TYPE_CHECKING:  # pragma: no cover - api imports this module
     from stp_edge.api import Detector
@@ -117,6 +123,7 @@ class VideoResults(list):
 
 
 _END = object()
+READER_JOIN_S = 1.0  # what a run waits at its end for readers still inside an OpenCV open or read
 
 
 class _Reader(threading.Thread):
@@ -161,32 +168,46 @@ class JsonlSink:
     """One JSON line per result (`SnippetResult.to_dict()`) and per reconnect gap; a context manager.
 
     The one place the line shapes are written (`stp-edge run --jsonl`, `stp-edge score`, the demo). A path is
-    written under a temporary name and renamed by `close()` on every end, so a run that failed part-way keeps
-    the results it delivered; a text stream is written to and left open. Each result is flushed as it is
-    written, so the file can be read while the run goes on.
+    written under its final name as the run goes (`stp_edge.outputs.LineWriter`): each line is one write(2),
+    so a killed run keeps every line it wrote and the file can be followed (`tail -f`) while the run goes on;
+    it is fsynced at most 1 s after a write, so a power loss loses at most the last second. `mode` "w"
+    replaces an existing file, "x" refuses a non-empty one (`OutputExistsError`), "a" appends to it. A FIFO,
+    `/dev/stdout` or `-` is streamed to. A text stream is written to, flushed per line, and left open.
+    `fields` are added to every result line (`{"random_weights": true}` for a bundle of random weights).
     """
 
-    def __init__(self, target: str | os.PathLike | TextIO) -> None:
-        self._atomic: AtomicTextFile | None = None
-        self._out: AtomicTextFile | TextIO
+    def __init__(self, target: str | os.PathLike | TextIO, *, mode: str = "w",
+                 fields: dict[str, Any] | None = None) -> None:
+        self._lines: LineWriter | None = None
+        self._stream: TextIO | None = None
+        self.fields = dict(fields or {})
         if isinstance(target, (str, os.PathLike)):
-            self._atomic = self._out = AtomicTextFile(target)
+            self._lines = LineWriter(target, mode=mode)
         else:
-            self._out = target
+            self._stream = target
+
+    def _write(self, line: str) -> None:
+        if self._lines is not None:
+            self._lines.write_line(line)
+        else:
+            self._stream.write(line)
+            self._stream.flush()
 
     def on_result(self, r: SnippetResult) -> None:
-        """Write one result's line and flush it."""
-        self._out.write(json.dumps(r.to_dict()) + "\n")
-        self._out.flush()
+        """Write one result's line."""
+        self._write(json.dumps({**r.to_dict(), **self.fields}) + "\n")
 
     def on_gap(self, stream: int, gap: Gap) -> None:
         """Write the line of an outage of `stream` (where it happened, seconds lost, reconnect attempts)."""
         record = {"stream": stream, "frame": gap.frame, "lost_s": round(gap.lost_s, 3), "attempts": gap.attempts}
-        self._out.write(json.dumps({"gap": record}) + "\n")
+        self._write(json.dumps({"gap": record}) + "\n")
 
     def close(self) -> Path | None:
-        """Rename a file written under its temporary name into place (safe to call twice); returns its path."""
-        return self._atomic.commit() if self._atomic is not None else None
+        """Fsync and close a file (safe to call twice); returns its path, or None for a stream."""
+        if self._lines is None:
+            return None
+        self._lines.close()
+        return self._lines.path if self._lines.kind == "file" else None
 
     def __enter__(self) -> JsonlSink:
         return self
@@ -200,11 +221,15 @@ class OverlaySink:
 
     Frames wait as JPEG bytes (quality 90) between being read and their snippet's final result, so memory is
     bounded by the detector's lookahead, not the video's length. The writer (`stp_edge.visualize.OverlayWriter`)
-    is opened on the first frame and checked on every write.
+    is opened on the first frame and checked on every write. The video is written as `NAME.partial.EXT` beside
+    `NAME.EXT` (`stp_edge.outputs.partial_path`) and renamed when the run ends: a killed run leaves that visible
+    file (an AVI, or an H.264 MP4 written in 1 s fragments, plays up to where the run stopped), which the next
+    `stp-edge run` with the same overlay names. A symlink's target is written; the link stays.
     """
 
     def __init__(self, path: str | Path, *, fps: float | None, threshold: float) -> None:
-        self.path = Path(path)
+        self.path = _through_symlink(path)
+        self.partial = partial_path(self.path)
         # A header's absurd rate (0, 1e-9, 2**31) would fail the writer; the overlay plays at 25 fps then.
         self.fps = fps if fps is not None and 1.0 <= fps <= 240.0 else 25.0
         self.threshold = threshold
@@ -221,7 +246,7 @@ class OverlaySink:
 
             h, w = frame.shape[:2]
             self.writer = OverlayWriter(self.path, self.fps, (w, h), threshold=self.threshold,
-                                        map_roi=crop_square_pixels((h, w)))
+                                        map_roi=crop_square_pixels((h, w)), partial=self.partial)
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise FrameError(f"overlay: frame {index} could not be JPEG-encoded for the pending buffer")
@@ -231,53 +256,61 @@ class OverlaySink:
         """Write the frames of a final result's snippet, annotated (and any earlier frame, without a result)."""
         if not r.final:
             return
-        while self._frames and self._frames[0][0] < r.frame_end:
-            index, data = self._frames.popleft()
-            frame = _decode_jpeg(data)
-            if index < r.frame_start:
-                self.writer.write(frame, None)
-            else:
-                self.writer.write(frame, r.score, r.class_name, r.anomaly_map,
-                                  [(b.x1, b.y1, b.x2, b.y2) for b in r.boxes])
+        with signals_deferred():  # a frame is written and counted, or neither (see `signals_deferred`)
+            while self._frames and self._frames[0][0] < r.frame_end:
+                index, data = self._frames.popleft()
+                frame = _decode_jpeg(data)
+                if index < r.frame_start:
+                    self.writer.write(frame, None)
+                else:  # an invalid result without a score (NaN) is drawn as a frame without a result
+                    self.writer.write(frame, r.score if np.isfinite(r.score) else None, r.class_name,
+                                      r.anomaly_map, [(b.x1, b.y1, b.x2, b.y2) for b in r.boxes])
 
     def close(self) -> Path | None:
-        """Write frames still waiting (no result reached them) and close the file."""
+        """Write frames still waiting (no result reached them), finish the file and rename it into place."""
         if self.writer is None:
             return None
-        try:
-            while self._frames:
-                self.writer.write(_decode_jpeg(self._frames.popleft()[1]), None)
-        finally:
-            self.writer.close()
+        with signals_deferred():  # an interrupt never lands inside finishing (or deleting) the file
+            try:
+                while self._frames:
+                    self.writer.write(_decode_jpeg(self._frames.popleft()[1]), None)
+            finally:
+                self.writer.close()
         return self.path
 
 
-def check_overlay_codec(path: str | Path) -> None:
-    """Write and delete a tiny overlay beside `path` before a run starts.
+def check_overlay_codec(path: str | Path) -> str:
+    """Write, read back and delete a tiny video as the overlay at `path` would be written, before a run starts.
 
-    A codec or directory that cannot take the overlay fails now (VideoError or OSError naming the path), not
-    after hours of analysis.
+    A codec or directory that cannot take the overlay fails now (a `VideoError` naming `path`, never a
+    temporary file), not after hours of analysis. Returns the codec's name.
     """
-    import os
-    import tempfile
+    from stp_edge.video import check_video_output
 
-    from stp_edge.visualize import OverlayWriter
+    return check_video_output(path)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=f".{path.stem}.probe-", suffix=path.suffix, dir=path.parent)
 
-    os.close(fd)
+def describe_overlay_leftover(path: str | Path) -> str | None:
+    """What a killed run left as the overlay `path` (its `NAME.partial.EXT`), or None when nothing is there."""
+    import cv2
+
+    partial = partial_path(_through_symlink(path))
+    if not partial.is_file():
+        return None
+    cap = cv2.VideoCapture(str(partial))
     try:
-        frame = np.full((64, 64, 3), 127, np.uint8)
-        frame[16:48, 16:48] = (0, 128, 255)
-        with OverlayWriter(probe, 25.0, (64, 64)) as writer:
-            writer.write(frame, 0.5)
-            writer.write(frame, 0.5)
-        if Path(probe).stat().st_size == 0:
-            raise VideoError(f"--overlay {path}: OpenCV wrote an empty test file with this container/codec")
+        plays = cap.isOpened() and cap.read()[0]
     finally:
-        Path(probe).unlink(missing_ok=True)
+        cap.release()
+    what = ("it plays up to where that run stopped" if plays else
+            "it does not play: the run was killed before its first fragment or index was written")
+    return f"{partial} ({partial.stat().st_size} bytes) is the overlay of a run that was killed; {what}"
+
+
+def _through_symlink(path: str | Path) -> Path:
+    """The file a whole-file output replaces: a symlink's target (the link stays a link), else `path` itself."""
+    p = Path(path)
+    return Path(os.path.realpath(p)) if p.is_symlink() else p
 
 
 def _decode_jpeg(data: bytes) -> np.ndarray:
@@ -289,7 +322,10 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
 def open_sources(source: Any, **source_kwargs: Any) -> list[VideoSource]:
     """Open every source `source` names, all before any is read: one missing or undecodable source fails the call.
 
-    `source` is a path, URL, camera index, directory, glob, list file, a list of those, or `VideoSource`s.
+    `source` is a path, URL, camera index, directory, glob, list file, a list of those, or `VideoSource`s. With
+    several sources, a live one that is down at start does not stop the others: it is reconnected in the
+    background like a source that drops later (`VideoSource.down_at_start` says why; `retry_at_start=False`
+    in `source_kwargs` fails instead).
     """
     from stp_edge.sources import expand_sources
 
@@ -300,6 +336,7 @@ def open_sources(source: Any, **source_kwargs: Any) -> list[VideoSource]:
             specs.append(item)
         else:
             specs.extend(expand_sources(item))
+    source_kwargs = {"retry_at_start": len(specs) > 1, **source_kwargs}
     opened: list[VideoSource] = []
     try:
         for spec in specs:
@@ -317,6 +354,7 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
               max_frames: int | None = None, stream: int = 0, keep: bool = True,
               overlay: str | Path | None = None, jsonl: str | Path | TextIO | None = None,
               stop: threading.Event | None = None, source_kwargs: dict[str, Any] | None = None,
+              jsonl_mode: str = "w", on_end: Callable[[SourceRun], None] | None = None,
               **load_kwargs: Any) -> VideoResults:
     """Run a detector over one or several video sources (see the module docstring); returns the results.
 
@@ -332,35 +370,55 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
         stream: Stream id of the first source; source i gets `stream + i`.
         keep: Keep every result in the returned list; False for endless sources (counts and summaries only).
         overlay: Write the (single) source with scores, maps and boxes drawn to this video file.
-        jsonl: Write one JSON line per result and per gap to this file (`JsonlSink`: under a temporary name,
-            renamed at the end, also when the run fails part-way) or text stream.
+        jsonl: Write one JSON line per result and per gap to this file, FIFO, `/dev/stdout` or `-` (`JsonlSink`:
+            under its final name, line by line, fsynced within 1 s) or text stream.
         stop: When set, the run ends at the next frame (the frames read so far are still finished).
         source_kwargs: Passed to `stp_edge.video.open_source` (reconnect, timeout_ms, ...).
+        jsonl_mode: "w" replaces an existing `jsonl` file, "x" refuses a non-empty one, "a" appends to it.
+        on_end: Called with a source's `SourceRun` as soon as it ends (its last results already delivered and
+            written), or is lost for good; not for sources a `stop` ended.
         **load_kwargs: Passed to `Detector.load` with `bundle` (backend, preprocess, spatial_on, device, ...).
 
     Raises:
         VideoError: A source cannot be opened (before any frame is read) or its reader failed mid-run (after
             the other sources finished and every output was closed).
+        UsageError: An output is an input, lies inside the bundle, or is a node it cannot be (see
+            `stp_edge.outputs.check_outputs`); checked before anything is written.
+        OutputError: An output could not be written (a full disk, a FIFO whose reader left).
     """
     from stp_edge.api import Detector
 
     if detector is None and bundle is None:
         raise UsageError("run_video needs a bundle or a detector")
     sources = open_sources(source, **(source_kwargs or {}))
+    det = detector
     try:
         if overlay is not None and len(sources) != 1:
             raise UsageError(f"an overlay is drawn for one source; {len(sources)} sources were given")
-        det = detector if detector is not None else Detector.load(bundle, **load_kwargs)
+        if det is None:
+            det = Detector.load(bundle, **load_kwargs)
+        _check_run_outputs(det, sources, overlay=overlay, jsonl=jsonl)
+        run = _Run(det, sources, stream, keep=keep, on_result=on_result, on_gap=on_gap, on_frame=on_frame,
+                   on_end=on_end, overlay=overlay, jsonl=jsonl, jsonl_mode=jsonl_mode, stop=stop)  # opens outputs
     except BaseException:
         for src in sources:  # once the run starts, each source's reader closes it
             src.close()
+        if detector is None and det is not None:
+            det.close()
         raise
     try:
-        return _Run(det, sources, stream, keep=keep, on_result=on_result, on_gap=on_gap, on_frame=on_frame,
-                    overlay=overlay, jsonl=jsonl, stop=stop).run(max_frames)
+        with stop_calls_on(det.runners.values(), stop):  # a stop also ends a graph call in flight (1 s grace)
+            return run.run(max_frames)
     finally:
         if detector is None:
             det.close()
+
+
+def _check_run_outputs(det: Detector, sources: list[VideoSource], *, overlay: Any, jsonl: Any) -> None:
+    """The output check of `stp_edge.outputs` for a run: never an input, never inside the bundle it runs."""
+    paths = {"jsonl": jsonl if isinstance(jsonl, (str, os.PathLike)) else None, "overlay": overlay}
+    check_outputs(paths, [src.target for src in sources if src.kind == "file"],
+                  protected={"the bundle": det.bundle.path}, streams=("jsonl",))
 
 
 @dataclass
@@ -377,9 +435,12 @@ class _Run:
 
     def __init__(self, det: Detector, sources: list[VideoSource], first_stream: int, *, keep: bool,
                  on_result: Callable | None, on_gap: Callable | None, on_frame: Callable | None,
-                 overlay: str | Path | None, jsonl: str | Path | TextIO | None, stop: threading.Event | None) -> None:
+                 on_end: Callable | None, overlay: str | Path | None, jsonl: str | Path | TextIO | None,
+                 jsonl_mode: str, stop: threading.Event | None) -> None:
         self.det = det
         self.keep, self.on_result, self.on_gap, self.on_frame = keep, on_result, on_gap, on_frame
+        self.on_end = on_end
+        self.ended: set[int] = set()  # streams whose source ended and whose results were all delivered
         self.stop = stop or threading.Event()
         self.results = VideoResults(threshold=det.score_threshold, class_names=det.config.class_names)
         self.runs = {first_stream + i: SourceRun(src.source, first_stream + i, src.stats, src.fps)
@@ -390,7 +451,10 @@ class _Run:
         self.overlay = (OverlaySink(overlay, fps=sources[0].fps, threshold=det.score_threshold)
                         if overlay is not None else None)
         self.snippet_len = det.config.snippet_len
-        self.jsonl = JsonlSink(jsonl) if jsonl is not None else None  # last: it opens its file
+        # A random-weights bundle says so in every line: a reader of any line knows its scores mean nothing.
+        fields = {"random_weights": True} if det.bundle.random_weights is not None else None
+        self.jsonl = (JsonlSink(jsonl, mode=jsonl_mode, fields=fields)  # last: it opens its file
+                      if jsonl is not None else None)
 
     def run(self, max_frames: int | None) -> VideoResults:
         halt = threading.Event()
@@ -404,14 +468,22 @@ class _Run:
                 r.start()
             self._consume(q, len(readers))
             for s in self.runs:
-                self._flush(s)
+                if s not in self.ended:
+                    self._flush(s)
         finally:
-            halt.set()
-            for r in readers:
-                r.join(timeout=30)
-            self._close_sinks()
-            self.results.wall_s = time.perf_counter() - start
-            self.results.events.finish()
+            # Bounded cleanup: a second signal waits for it (then interrupts), so the outputs are always closed.
+            with signals_deferred():
+                try:
+                    halt.set()
+                    for src in self.sources:  # wakes a reader waiting to reconnect: a stop takes effect at once
+                        src.interrupt()
+                    deadline = time.monotonic() + READER_JOIN_S
+                    for r in readers:  # one stuck in an open or read (bounded by its timeout) is left to end
+                        r.join(timeout=max(0.0, deadline - time.monotonic()))
+                finally:
+                    self._close_sinks()
+                    self.results.wall_s = time.perf_counter() - start
+                    self.results.events.finish()
         errors = [run.error for run in self.runs.values() if run.error is not None]
         if errors:
             raise errors[0]
@@ -419,12 +491,13 @@ class _Run:
 
     def _close_sinks(self) -> None:
         """Finish the overlay, then the JSONL file (kept even when the overlay cannot be finished)."""
-        try:
-            if self.overlay is not None:
-                self.overlay.close()
-        finally:
-            if self.jsonl is not None:
-                self.jsonl.close()
+        with signals_deferred():
+            try:
+                if self.overlay is not None:
+                    self.overlay.close()
+            finally:
+                if self.jsonl is not None:
+                    self.jsonl.close()
 
     def _consume(self, q: queue.Queue, n_readers: int) -> None:
         """Push frames as they come; frames of different streams that are ready together share a push_many."""
@@ -443,6 +516,7 @@ class _Run:
             if frame is _END:
                 self._push(batch)
                 self.runs[stream].error = extra
+                self._end(stream)
                 active -= 1
                 continue
             if stream in batch or extra is not None:  # one frame per stream per call; a gap flushes first
@@ -470,6 +544,9 @@ class _Run:
                     accepted.append(stream)
                 except FrameError:
                     self.runs[stream].rejected += 1
+        except BaseException as exc:  # e.g. GraphOutputError: the call's results (`exc.results`) go out, then it ends
+            self._deliver(getattr(exc, "results", []))
+            raise
         for stream in accepted:
             st = self.state[stream]
             if self.overlay is not None:  # before the results: a snippet this frame completes draws it
@@ -479,6 +556,13 @@ class _Run:
                 self.on_frame(stream, self.runs[stream].stats.read)
         batch.clear()
         self._deliver(out)
+
+    def _end(self, stream: int) -> None:
+        """A source ended (or was lost for good): deliver its last results now, not when every source ends."""
+        self._flush(stream)
+        self.ended.add(stream)
+        if self.on_end is not None:
+            self.on_end(self.runs[stream])
 
     def _gap(self, stream: int, gap: Gap) -> None:
         """An outage of a live source: finish the frames before it, then start a new temporal window."""
@@ -493,7 +577,12 @@ class _Run:
             self.on_gap(stream, gap)
 
     def _flush(self, stream: int) -> None:
-        self._deliver(self.det.flush(stream))
+        try:
+            out = self.det.flush(stream)
+        except BaseException as exc:  # as in _push: deliver what the call produced, then end the run
+            self._deliver(getattr(exc, "results", []))
+            raise
+        self._deliver(out)
         self.runs[stream].rejected += self.det.dropped_tail_frames.pop(stream, 0)
         self.state[stream].decode_ms.clear()
 

@@ -1,7 +1,11 @@
 """Video sources through OpenCV: files, RTSP/HTTP URLs and camera indices.
 
 `open_source()` opens a source and reads its first frame, so a missing file, an undecodable file, an
-unreachable stream or a camera that does not exist fails at once with a clear `VideoError` (no retry at open).
+unreachable stream or a camera that does not exist fails at once with a clear `VideoError` (no retry at open),
+unless `retry_at_start=True`: then a live source that is down at start is reconnected in the background as one
+that drops later (`down_at_start` says why it is down; its first frames arrive after a `Gap` at frame 0).
+Sources are named to people by `display_source` (credentials in URLs masked); OpenCV's and FFmpeg's own log
+lines about a source that cannot be opened are silenced (the `VideoError` says it once, plainly).
 Iterating yields (H, W, 3) uint8 BGR frames, checked here by `stp_edge.frames.validate_frame` (a source is
 their door into the runtime: `run_video` does not check them again); a frame that fails to decode mid-stream is
 counted in `stats.dropped` and skipped, not raised.
@@ -15,14 +19,19 @@ ends with `stats.lost = True` and `stats.lost_reason`, so that a caller can exit
 URL sources are bounded by `timeout_ms` (FFmpeg backend), so a stalled stream becomes a gap, never a hang.
 
 For files, `stats.expected` is the frame count the container promises (None when it does not say) and
-`stats.missing` the frames it promised but never delivered (a truncated file).
+`stats.missing` the frames it promised but never delivered (a truncated file): counted only when the file
+ended on its own (`stats.ended`), never when the reader stopped early (`--max-frames`, Ctrl-C, `close()`).
 
 Writing: `VideoWriter` writes frames of one size with a codec of `CODECS`, under a temporary name that
-`close()` renames into place; its failures are `VideoError`s too.
+`close()` renames into place; its failures are `VideoError`s too, naming the destination path, never the
+temporary file. `.mp4` files are H.264 (browsers and players play it) where PyAV with libx264 is installed
+(`pip install 'stp-edge[h264]'`), else MPEG-4 Part 2 through OpenCV; `check_video_output` tries a path's codec
+before a long run, and `VideoWriter.codec_name` says which was chosen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import os
@@ -32,15 +41,22 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stp_edge.errors import StpEdgeError, UsageError
-from stp_edge.frames import EncodedFrame, FrameError, validate_frame
+from stp_edge.errors import FrameError, StpEdgeError, UsageError
+from stp_edge.frames import EncodedFrame, validate_frame
 
 URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# FFmpeg inside OpenCV reads its log level once, when OpenCV first uses it: quiet, unless the user set one. Its
+# lines ("[tcp @ 0x...] Connection refused", "[h264 @ 0x...] error while decoding") would precede the one-line
+# error or the dropped-frame count that already say what happened.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+# Query parameters whose values are secrets, masked by `display_source` (case-insensitive substrings).
+_SECRET_PARAMS = ("pass", "pwd", "token", "secret", "key", "auth", "sig", "credential")
 # Codecs whose every packet is a whole JPEG image (decodable alone): `frames_with_gaps(lazy=True)` skips decoding.
 INTRA_ONLY_FOURCC = frozenset({"MJPG", "mjpg", "MJPA", "AVDJ", "jpeg", "JPEG", "dmb1"})
 
@@ -116,6 +132,9 @@ class VideoStats:
         gaps: Outages of a live source that ended in a reconnect, in order.
         lost: True when a live source dropped and could not be reconnected (the source ended because of it).
         lost_reason: Why, when `lost`; else None.
+        ended: True when the source ended on its own (end of file, a file that stops decoding, a lost or
+            finished stream); False while it is read and when the reader stopped first (a frame limit, a stop
+            signal, `close()`).
     """
 
     read: int = 0
@@ -124,15 +143,18 @@ class VideoStats:
     gaps: list[Gap] = field(default_factory=list)
     lost: bool = False
     lost_reason: str | None = None
+    ended: bool = False
 
     @property
     def missing(self) -> int:
         """Frames the container promised but never delivered (the file is truncated); 0 when unknown.
 
-        Containers estimate some counts (from duration x fps), so a difference of a frame or two may be a
-        rounding of the container rather than lost data.
+        Only a file that ended on its own (`ended`) can be short: one whose reader stopped early (a frame
+        limit, Ctrl-C) was not read to its end, so nothing is known to be missing. Containers estimate some
+        counts (from duration x fps), so a difference of a frame or two may be a rounding of the container
+        rather than lost data.
         """
-        if self.expected is None:
+        if self.expected is None or not self.ended:
             return 0
         return max(self.expected - self.read - self.dropped, 0)
 
@@ -162,6 +184,69 @@ def parse_source(source: str | int | Path) -> tuple[str, str | int]:
     return "file", s
 
 
+def display_source(source: str | int | Path) -> str:
+    """A source as people may see it: a URL's password and secret query values masked, anything else as is.
+
+    `rtsp://admin:hunter2@10.0.0.5/stream?token=abc` -> `rtsp://admin:***@10.0.0.5/stream?token=***`. Every
+    message and summary line that names a source uses this, so logs never carry a camera's credentials.
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if isinstance(source, bool) or not isinstance(source, (str, int, Path)):
+        return repr(source)
+    kind, target = parse_source(source)
+    if kind == "camera":
+        return f"camera {target}"
+    if kind == "file":
+        return str(target)
+    try:
+        parts = urlsplit(str(target))
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, _, host = netloc.rpartition("@")
+            name, colon, _password = user.partition(":")
+            netloc = f"{name}{':***' if colon else ''}@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, "***" if any(w in k.lower() for w in _SECRET_PARAMS) else v) for k, v in pairs],
+                              safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not parseable as a URL: show its scheme only, never what might be a secret
+        return f"{str(target).split('://', 1)[0]}://(unparseable URL)"
+
+
+_QUIET_LOCK = threading.Lock()
+_quiet = {"depth": 0, "level": None}  # opens under way in any thread, and the level to restore after the last
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log (`[ WARN:0@0.02] ... can't be used to capture by name`) silenced while opening.
+
+    The level is global to the process: readers of several sources open at once, so the level of the first
+    open is restored when the last one ends.
+    """
+    import cv2
+
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:  # an OpenCV build without the logging module
+        yield
+        return
+    with _QUIET_LOCK:
+        if _quiet["depth"] == 0:
+            _quiet["level"] = logging.getLogLevel()
+            logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+        _quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                logging.setLogLevel(_quiet["level"])
+
+
 class VideoSource:
     """An opened OpenCV capture that yields valid BGR frames, counts dropped ones and reconnects live sources.
 
@@ -172,25 +257,37 @@ class VideoSource:
         timeout_ms: Open/read timeout for URL sources (FFmpeg backend; best effort for cameras). A live source
             that delivers no good frame for this long is also considered dropped.
         reconnect: Reconnect policy of live sources; None never reconnects. Ignored for files.
+        retry_at_start: A live source that cannot be opened is not an error: it is reconnected in the
+            background under `reconnect`, as a source that drops later (`down_at_start` holds the reason).
+            Files and, without this, live sources fail at once.
+
+    Attributes:
+        name: The source as people may see it (`display_source`: credentials masked).
+        down_at_start: Why a live source opened with `retry_at_start` was down at start, else None.
     """
 
     def __init__(self, source: str | int | Path, *, max_consecutive_failures: int = 25,
-                 timeout_ms: int = 10_000, reconnect: Backoff | None = DEFAULT_BACKOFF) -> None:
+                 timeout_ms: int = 10_000, reconnect: Backoff | None = DEFAULT_BACKOFF,
+                 retry_at_start: bool = False) -> None:
         self.kind, self.target = parse_source(source)
         self.source = source
+        self.name = display_source(source)
+        self.down_at_start: str | None = None
         self.max_consecutive_failures = max_consecutive_failures
         self.timeout_ms = timeout_ms
         self.reconnect = reconnect if reconnect is not None else Backoff.never()
         self.stats = VideoStats()
         self.lazy = False  # delivering `EncodedFrame`s (see frames_with_gaps)
+        self._fps: float | None = None
         self._closed = threading.Event()
         self._ended = False  # reached the end the container announces: a normal end, even for a URL
         self._last_good = time.monotonic(), time.time()
         if self.kind == "file" and not Path(self.target).is_file():
             raise VideoError(f"video file not found: {self.target}")
         reason = self._connect()
-        if reason is not None:
+        if reason is not None and not (retry_at_start and self.live):
             raise VideoError(reason)
+        self.down_at_start = reason
         self.stats.expected = self.frame_count
 
     @property
@@ -200,11 +297,12 @@ class VideoSource:
 
     @property
     def fps(self) -> float | None:
-        """Frames per second reported by the container/device, or None when unknown."""
-        import cv2
+        """Frames per second reported by the container/device at the last connect, or None when unknown.
 
-        fps = float(self._cap.get(cv2.CAP_PROP_FPS))
-        return fps if np.isfinite(fps) and fps > 0 else None
+        Kept from the connect, so it can be read from any thread, after `close()`, and for a source that was
+        down at start once it came up.
+        """
+        return self._fps
 
     @property
     def frame_count(self) -> int | None:
@@ -217,33 +315,39 @@ class VideoSource:
         return n if n > 0 else None
 
     def _open_capture(self) -> Any:
-        """A new `cv2.VideoCapture` of the source (not checked)."""
+        """A new `cv2.VideoCapture` of the source (not checked; OpenCV's log lines about it silenced)."""
         import cv2
 
         if self.kind == "url":
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms,
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
-            return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
-        cap = cv2.VideoCapture(self.target)
+            with _quiet_opencv():
+                return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
+        with _quiet_opencv():
+            cap = cv2.VideoCapture(self.target)
         if self.kind == "camera" and cap.isOpened():
             cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms)  # honoured by some backends only
         return cap
 
     def _connect(self) -> str | None:
         """Open the capture and read its first valid frame into `_first`; the reason on failure, else None."""
+        import cv2
+
         self._cap = self._open_capture()
         self._first = None
         if not self._cap.isOpened():
             self._cap.release()
             what = {"camera": f"camera index {self.target} (no such device, or it is busy)",
-                    "url": f"stream {self.target} (unreachable, or no FFmpeg support)",
+                    "url": f"stream {self.name} (unreachable, or no FFmpeg support)",
                     "file": f"video file {self.target} (not a video, or a codec OpenCV cannot decode)"}[self.kind]
             return f"cannot open {what}"
         self._last_good = time.monotonic(), time.time()
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS))
+        self._fps = fps if np.isfinite(fps) and fps > 0 else None
         self._first = self._read_valid()
         if self._first is None:
             self._cap.release()
-            return f"cannot decode any frame from {self.kind} {self.target}"
+            return f"cannot decode any frame from {self.name if self.kind == 'camera' else f'{self.kind} {self.name}'}"
         return None
 
     def _read_valid(self) -> np.ndarray | EncodedFrame | None:
@@ -341,9 +445,11 @@ class VideoSource:
                 return gap
             reason = failed
         self.stats.lost = True
-        self.stats.lost_reason = (f"{self.kind} {self.target} lost after frame {self.stats.read}: "
-                                  f"{attempt} reconnect attempt(s) in {time.monotonic() - start:.1f} s failed "
-                                  f"(last: {reason})")
+        what = ("was down at start and never came up" if self.down_at_start is not None and not self.stats.read
+                else f"lost after frame {self.stats.read}")
+        label = self.name if self.kind == "camera" else f"{self.kind} {self.name}"  # "camera 5", "url rtsp://..."
+        self.stats.lost_reason = (f"{label} {what}: {attempt} reconnect attempt(s) in "
+                                  f"{time.monotonic() - start:.1f} s failed (last: {reason})")
         return None
 
     def frames_with_gaps(self, *, lazy: bool = False) -> Iterator[tuple[np.ndarray | EncodedFrame, Gap | None]]:
@@ -360,13 +466,15 @@ class VideoSource:
         gap = None
         while not self._closed.is_set():
             frame, self._first = self._first, None
-            if frame is None:
+            if frame is None and (self.stats.read or self.down_at_start is None):
                 frame = self._read_valid()
             if frame is None:
                 if self._ended or not self.live:
+                    self.stats.ended = True
                     return
-                gap = self._reconnect()
+                gap = self._reconnect()  # a drop, or a source down at start: the same bounded backoff
                 if gap is None:
+                    self.stats.ended = not self._closed.is_set()
                     return
                 continue
             self.stats.read += 1
@@ -377,8 +485,10 @@ class VideoSource:
         """Switch the capture to compressed packets when this is an MJPEG file whose packets libjpeg decodes."""
         import cv2
 
+        if self.kind != "file" or self._first is None:
+            return
         fourcc = int(self._cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("latin-1")
-        if self.kind != "file" or fourcc not in INTRA_ONLY_FOURCC or self._first is None:
+        if fourcc not in INTRA_ONLY_FOURCC:
             return
         probe = cv2.VideoCapture(self.target)
         try:
@@ -397,9 +507,18 @@ class VideoSource:
         for frame, _gap in self.frames_with_gaps():
             yield frame
 
-    def close(self) -> None:
-        """Release the capture; a source waiting to reconnect stops at its next wait or attempt."""
+    def interrupt(self) -> None:
+        """Make the reading thread stop at once: a reconnect wait wakes and iteration ends (any thread).
+
+        The capture itself is released by `close()` in the thread that reads (OpenCV's captures are not safe
+        to release under a read in another thread); a read or open attempt under way finishes first, bounded
+        by `timeout_ms`.
+        """
         self._closed.set()
+
+    def close(self) -> None:
+        """Release the capture; a source waiting to reconnect stops at once (see `interrupt`)."""
+        self.interrupt()
         self._cap.release()
 
     def __enter__(self) -> VideoSource:
@@ -409,7 +528,7 @@ class VideoSource:
         self.close()
 
     def __repr__(self) -> str:
-        return f"VideoSource({self.kind}={self.target!r}, fps={self.fps}, frames={self.frame_count})"
+        return f"VideoSource({self.kind}={self.name!r}, fps={self.fps}, frames={self.frame_count})"
 
 
 def open_source(source: str | int | Path, **kwargs: Any) -> VideoSource:
@@ -418,12 +537,110 @@ def open_source(source: str | int | Path, **kwargs: Any) -> VideoSource:
 
 
 # --- writing --------------------------------------------------------------------------------------------------
-CODECS: dict[str, str] = {"mp4v": ".mp4", "MJPG": ".avi"}
-"""The codecs stp-edge writes (fourcc -> file extension); both give back every frame when read with OpenCV."""
+CODECS: dict[str, str] = {"avc1": ".mp4", "mp4v": ".mp4", "MJPG": ".avi"}
+"""The codecs stp-edge writes (fourcc -> file extension); each gives back every frame when read with OpenCV.
+
+"avc1" is H.264, written through PyAV's FFmpeg (libx264; `pip install 'stp-edge[h264]'`): what browsers and
+players play. "mp4v" (MPEG-4 Part 2) and "MJPG" are written by OpenCV, whose wheels carry no H.264 encoder.
+"""
+
+CODEC_NAMES: dict[str, str] = {"avc1": "H.264", "mp4v": "MPEG-4 Part 2", "MJPG": "Motion JPEG"}
+"""What each codec of `CODECS` is called in messages and summaries."""
 
 # OpenCV 5.0's own MJPEG encoder (the .avi writer) corrupts its heap on frames narrower than 8 pixels (seen at
 # 4x4, 5x5, 2x8, 7x9; every width >= 8 is clean).
 _MIN_WIDTH = {"MJPG": 8}
+
+
+def h264_available() -> bool:
+    """True when PyAV is installed and its FFmpeg has the libx264 encoder (then `.mp4` files are H.264)."""
+    global _H264
+    if _H264 is None:
+        try:
+            import av
+
+            av.codec.Codec("libx264", "w")
+            _H264 = True
+        except Exception:  # not installed, or an FFmpeg build without libx264 (an LGPL-only build)
+            _H264 = False
+    return _H264
+
+
+_H264: bool | None = None
+
+
+def default_codec(path: str | Path) -> str:
+    """The codec `VideoWriter` picks for `path`'s extension: H.264 for .mp4 where it can, else mp4v; MJPG for .avi.
+
+    Raises:
+        VideoError: An extension stp-edge does not write, naming `path`.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".mp4":
+        return "avc1" if h264_available() else "mp4v"
+    if suffix == ".avi":
+        return "MJPG"
+    raise VideoError(f"{path}: unsupported extension {suffix or '(none)'!r}; expected one of ['.avi', '.mp4']")
+
+
+def describe_codec(path: str | Path) -> str:
+    """The codec `path` is written with, in words, with how to get H.264 where an .mp4 cannot have it."""
+    codec = default_codec(path)
+    if codec == "mp4v":
+        return f"{CODEC_NAMES[codec]}; pip install 'stp-edge[h264]' for H.264, which browsers play"
+    return CODEC_NAMES[codec]
+
+
+class _CvEncoder:
+    """OpenCV's writer (mp4v, MJPG)."""
+
+    def __init__(self, tmp: Path, codec: str, fps: float, size: tuple[int, int]) -> None:
+        import cv2
+
+        self._writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, size)
+        if not self._writer.isOpened():
+            self._writer.release()
+            raise OSError(f"OpenCV could not open a {codec} writer at {size[0]}x{size[1]}")
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._writer.write(frame) is False:  # OpenCV >= 5 says False for a frame it skipped
+            raise OSError("OpenCV's writer did not take it")
+
+    def release(self) -> None:
+        self._writer.release()
+
+
+class _AvEncoder:
+    """H.264 (libx264, yuv420p, +faststart so a browser starts playing before the whole file is loaded) via PyAV."""
+
+    def __init__(self, tmp: Path, fps: float, size: tuple[int, int], *, fragmented: bool = False) -> None:
+        import av
+
+        self._av = av
+        # Fragmented (1 s fragments, each flushed) when the partial file must play after a kill: a +faststart
+        # file has its index written at the end, so a killed one holds nothing playable.
+        options = ({"movflags": "+frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000",
+                    "flush_packets": "1"} if fragmented else {"movflags": "+faststart"})
+        self._out = av.open(str(tmp), mode="w", format="mp4", options=options)
+        try:
+            self._stream = self._out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            self._stream.width, self._stream.height = size
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": "20", "preset": "veryfast"}
+        except BaseException:
+            self._out.close()
+            raise
+
+    def write(self, frame: np.ndarray) -> None:
+        for packet in self._stream.encode(self._av.VideoFrame.from_ndarray(frame, format="bgr24")):
+            self._out.mux(packet)
+
+    def release(self) -> None:
+        try:
+            for packet in self._stream.encode(None):  # flush the frames the encoder holds (lookahead, B-frames)
+                self._out.mux(packet)
+        finally:
+            self._out.close()
 
 
 class VideoWriter:
@@ -432,22 +649,29 @@ class VideoWriter:
     The frames go to `.NAME.partial-XXXX.EXT` in the destination directory; `close()` finishes that file, reads
     it back (frame count and last frame) and renames it to `path`, so an interrupted or failed run never leaves
     a half-written file under the final name. `abort()` removes the temporary file. As a context manager it
-    closes on a normal exit and aborts on an exception. Every failure is a `VideoError` naming the file.
+    closes on a normal exit and aborts on an exception. Every failure is a `VideoError` naming `path` (never the
+    temporary file).
 
     Limits: OpenCV buffers the encoded stream and reports no I/O error per frame (`cv2.VideoWriter.write`
     returns None before OpenCV 5, and True for a frame it could not flush), so a full disk or a refused write
     is detected at `close()`, by reading the finished file back, not at the frame that hit it.
 
     Args:
-        path: Output file; its extension picks the codec (.mp4 -> mp4v, .avi -> MJPG, see `CODECS`). Missing
-            directories are created.
+        path: Output file; its extension picks the codec (`default_codec`: .mp4 -> H.264 where PyAV with
+            libx264 is installed, else mp4v; .avi -> MJPG). Missing directories are created.
         fps: Frame rate, finite and > 0.
-        size: (width, height); both even and >= 2 (OpenCV reads odd sizes back cropped to even), MJPG at
-            least 8 wide.
+        size: (width, height); both even and >= 2 (OpenCV reads odd sizes back cropped to even; H.264's 4:2:0
+            needs even sizes), MJPG at least 8 wide.
         codec: A key of `CODECS`; default the one of the extension. It must match the extension.
+        partial: The temporary name (beside `path`, same extension) instead of a hidden random one; H.264 is
+            then written in 1 s fragments, so the partial file of a killed process plays up to its last second.
+
+    Attributes:
+        codec: The codec in use (a key of `CODECS`); `codec_name` says it in words ("H.264").
     """
 
-    def __init__(self, path: str | Path, fps: float, size: tuple[int, int], codec: str | None = None) -> None:
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int], codec: str | None = None, *,
+                 partial: str | Path | None = None) -> None:
         self.path = Path(path)
         self.codec = self._codec(codec)
         self.fps = self._fps(fps)
@@ -456,33 +680,44 @@ class VideoWriter:
         self._state = "open"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.partial-", suffix=self.path.suffix,
-                                       dir=self.path.parent)
-            os.close(fd)
+            if partial is None:
+                fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.partial-", suffix=self.path.suffix,
+                                           dir=self.path.parent)
+                os.close(fd)
+            else:  # a visible name the caller chose (stp_edge.outputs.partial_path): found again after a kill
+                tmp = str(partial)
         except OSError as exc:
             raise VideoError(f"{self.path}: cannot create the video file ({exc.strerror or exc})") from exc
         self._tmp = Path(tmp)
-        import cv2
-
-        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
-        if not self._writer.isOpened():
-            self._writer.release()
+        try:
+            self._encoder = (_AvEncoder(self._tmp, self.fps, self.size, fragmented=partial is not None)
+                             if self.codec == "avc1"
+                             else _CvEncoder(self._tmp, self.codec, self.fps, self.size))
+        except Exception as exc:  # OSError, PyAV's FFmpegError (not always an OSError), ImportError
             self._tmp.unlink(missing_ok=True)
-            raise VideoError(f"{self.path}: OpenCV could not open a {self.codec} writer at "
-                             f"{self.size[0]}x{self.size[1]}")
+            raise VideoError(f"{self.path}: cannot write {self.codec_name} at {self.size[0]}x{self.size[1]} "
+                             f"({self._reason(exc)})") from exc
+
+    def _reason(self, exc: BaseException) -> str:
+        """An encoder's error in words, the temporary file's name replaced by the destination's."""
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return text.replace(str(self._tmp), str(self.path))
+
+    @property
+    def codec_name(self) -> str:
+        """The codec in words, for messages and summaries ("H.264", "MPEG-4 Part 2", "Motion JPEG")."""
+        return CODEC_NAMES[self.codec]
 
     def _codec(self, codec: str | None) -> str:
-        by_ext = {ext: c for c, ext in CODECS.items()}
-        suffix = self.path.suffix.lower()
         if codec is None:
-            if suffix not in by_ext:
-                raise VideoError(f"{self.path}: unsupported extension {suffix!r}; expected one of "
-                                 f"{sorted(by_ext)}")
-            return by_ext[suffix]
+            return default_codec(self.path)
+        suffix = self.path.suffix.lower()
         if codec not in CODECS:
             raise VideoError(f"{self.path}: codec {codec!r} is not supported; expected one of {sorted(CODECS)}")
         if CODECS[codec] != suffix:
             raise VideoError(f"{self.path}: codec {codec!r} writes {CODECS[codec]} files, not {suffix or 'none'}")
+        if codec == "avc1" and not h264_available():
+            raise VideoError(f"{self.path}: H.264 needs PyAV with libx264 (pip install 'stp-edge[h264]')")
         return codec
 
     def _fps(self, fps: float) -> float:
@@ -516,9 +751,11 @@ class VideoWriter:
         if dtype != np.uint8 or shape != expected:
             raise VideoError(f"{self.path}: frame {self.frames_written}: expected uint8 {expected}, "
                              f"got {dtype} {shape}")
-        if self._writer.write(frame) is False:  # OpenCV >= 5 says False for a frame it skipped
-            raise VideoError(f"{self.path}: frame {self.frames_written}: OpenCV's {self.codec} writer did not "
-                             "take it")
+        try:
+            self._encoder.write(frame)
+        except Exception as exc:  # OSError (a full disk), PyAV's FFmpegError
+            raise VideoError(f"{self.path}: frame {self.frames_written}: the {self.codec_name} writer did not "
+                             f"take it ({self._reason(exc)})") from exc
         self.frames_written += 1
 
     def close(self) -> None:
@@ -530,15 +767,8 @@ class VideoWriter:
         """
         if self._state != "open":
             return
-        self._writer.release()
-        self._state = "closed"
         try:
-            if self.frames_written == 0:
-                raise VideoError(f"{self.path}: no frame was written; a video needs at least one")
-            problem = self._read_back()
-            if problem:
-                raise VideoError(f"{self.path}: {self.frames_written} frames written but the finished file "
-                                 f"{problem} (a full disk, or a write the file system refused)")
+            self._finish()
             os.chmod(self._tmp, 0o644)
             os.replace(self._tmp, self.path)
         except OSError as exc:
@@ -548,11 +778,28 @@ class VideoWriter:
             self._tmp.unlink(missing_ok=True)
             raise
 
+    def _finish(self) -> None:
+        """Close the encoder and check the temporary file holds every frame (VideoError naming `path`)."""
+        self._state = "closed"
+        try:
+            self._encoder.release()
+        except Exception as exc:  # PyAV flushes on release: a full disk shows here
+            raise VideoError(f"{self.path}: {self.frames_written} frames written but the {self.codec_name} writer "
+                             f"could not finish the file ({self._reason(exc)}: a full disk, or a write the file "
+                             "system refused)") from exc
+        if self.frames_written == 0:
+            raise VideoError(f"{self.path}: no frame was written; a video needs at least one")
+        problem = self._read_back()
+        if problem:
+            raise VideoError(f"{self.path}: {self.frames_written} frames written but the finished file "
+                             f"{problem} (a full disk, or a write the file system refused)")
+
     def _read_back(self) -> str | None:
         """What is wrong with the finished temporary file, or None when it holds every frame."""
         import cv2
 
-        cap = cv2.VideoCapture(str(self._tmp))
+        with _quiet_opencv():
+            cap = cv2.VideoCapture(str(self._tmp))
         try:
             if not cap.isOpened():
                 return "cannot be opened"
@@ -570,9 +817,10 @@ class VideoWriter:
     def abort(self) -> None:
         """Stop and remove the temporary file; `path` is left as it was (a no-op once closed or aborted)."""
         if self._state == "open":
-            self._writer.release()
-            self._tmp.unlink(missing_ok=True)
             self._state = "aborted"
+            with contextlib.suppress(Exception):  # the file is being dropped: how the encoder ends is moot
+                self._encoder.release()
+        self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -582,3 +830,22 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def check_video_output(path: str | Path, codec: str | None = None) -> str:
+    """Write two frames as `path` would be written, read them back and remove the file; returns the codec's name.
+
+    Run before a long job, so that an extension, codec or directory that cannot take the video fails now (a
+    `VideoError` naming `path`, never the temporary test file), not after hours of analysis; nothing is left
+    behind and `path` itself is not touched.
+    """
+    writer = VideoWriter(path, 25.0, (64, 64), codec)
+    try:
+        frame = np.full((64, 64, 3), 127, np.uint8)
+        frame[16:48, 16:48] = (0, 128, 255)
+        writer.write(frame)
+        writer.write(frame)
+        writer._finish()
+        return writer.codec_name
+    finally:
+        writer._tmp.unlink(missing_ok=True)

@@ -99,22 +99,24 @@ class OverlayWriter:
     """
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int], *, threshold: float = 0.5,
-                 map_roi: tuple[int, int, int, int] | None = None) -> None:
+                 map_roi: tuple[int, int, int, int] | None = None, partial: str | Path | None = None) -> None:
         """Open the writer.
 
         Args:
-            path: output file; the extension picks the codec (`stp_edge.video.CODECS`: .mp4 -> mp4v,
-                .avi -> MJPG). Written under a temporary name until `close()`.
+            path: output file; the extension picks the codec (`stp_edge.video.default_codec`: .mp4 -> H.264
+                where PyAV with libx264 is installed, else mp4v; .avi -> MJPG). Written under a temporary name
+                until `close()`.
             fps: frame rate.
             size: (width, height) of the written video (even, see `VideoWriter`); frames of another size are
                 resized (boxes and the map roi, given in input-frame pixels, are scaled with them).
             threshold: score threshold drawn on the score bar; scores at or above it are drawn red.
             map_roi: input-frame region (x1, y1, x2, y2) the anomaly map covers; default the whole frame.
+            partial: the temporary name (see `VideoWriter`); default a hidden random one.
 
         Raises:
             VideoError: the file cannot be written with these settings.
         """
-        self._video = VideoWriter(path, fps, size)
+        self._video = VideoWriter(path, fps, size, partial=partial)
         self.path, self.size = self._video.path, self._video.size
         self.threshold, self.map_roi = threshold, map_roi
 
@@ -122,6 +124,11 @@ class OverlayWriter:
     def frames_written(self) -> int:
         """Frames appended so far."""
         return self._video.frames_written
+
+    @property
+    def codec_name(self) -> str:
+        """The codec the file is written with, in words ("H.264")."""
+        return self._video.codec_name
 
     def write(self, frame_bgr: np.ndarray, score: float | None, class_name: str | None = None,
               anomaly_map: np.ndarray | None = None,

@@ -115,6 +115,40 @@ def test_select_backend_is_a_pure_priority():
         select_backend("auto", Availability())
 
 
+def test_a_backend_that_cannot_run_names_only_what_it_lacks():
+    """`--backend ort-cuda` without CUDAExecutionProvider names that provider and onnxruntime-gpu, not the TensorRT
+    or pycuda that only `trt` needs (and `trt` names those, not onnxruntime)."""
+    lacking = Availability(onnxruntime=True, ort_providers=("AzureExecutionProvider", "CPUExecutionProvider"),
+                           reasons=("TensorRT: No module named 'tensorrt'", "pycuda/GPU: No module named 'pycuda'"))
+    for backend, provider in (("ort-cuda", "CUDAExecutionProvider"), ("ort-trt", "TensorrtExecutionProvider")):
+        with pytest.raises(ValueError, match="cannot run here") as err:
+            select_backend(backend, lacking)
+        text = str(err.value)
+        assert f"backend {backend!r} cannot run here: this onnxruntime has no {provider}" in text
+        assert "onnxruntime-gpu" in text and "stp-edge[ort-gpu]" in text
+        assert "TensorRT:" not in text and "pycuda" not in text
+    with pytest.raises(ValueError, match="cannot run here") as err:
+        select_backend("ort-cuda", Availability(reasons=(*lacking.reasons, "onnxruntime: No module named x")))
+    assert "onnxruntime is not installed: pip install 'stp-edge[ort-gpu]'" in str(err.value)
+    assert "pycuda" not in str(err.value)
+    with pytest.raises(ValueError, match="cannot run here") as err:
+        select_backend("trt", lacking)
+    assert "tensorrt" in str(err.value) and "pycuda" in str(err.value) and "onnxruntime" not in str(err.value)
+
+
+def test_ort_cuda_on_this_machine_names_the_missing_provider():
+    """The real probe: where onnxruntime has no CUDA provider, the message names it alone."""
+    from stp_edge.backends import probe_availability, resolve_backend
+
+    available = probe_availability()
+    if not available.onnxruntime or "CUDAExecutionProvider" in available.ort_providers:
+        pytest.skip("this machine has no onnxruntime, or one with CUDA")
+    with pytest.raises(ValueError, match="cannot run here") as err:
+        resolve_backend("ort-cuda")
+    assert "no CUDAExecutionProvider" in str(err.value) and "onnxruntime-gpu" in str(err.value)
+    assert "TensorRT" not in str(err.value) and "pycuda" not in str(err.value)
+
+
 def test_trt_dtype_mapping():
     assert trt_dtype_to_numpy("FLOAT") == np.float32
     assert trt_dtype_to_numpy("DataType.HALF") == np.float16
@@ -219,9 +253,10 @@ def test_cuda_preprocessor_output_is_a_device_feed():
 class PlanOnOrt(OrtRunner):
     """A TrtRunner stand-in: takes TrtRunner's arguments, keeps `plan_path` and `engine_info`, runs the ONNX twin."""
 
-    def __init__(self, plan_path, *, device=0, name=None, allow_host_code=False, profiles=None, engine_info=None):
+    def __init__(self, plan_path, *, device=0, name=None, allow_host_code=False, profiles=None, engine_info=None,
+                 limits=None):
         plan_path = Path(plan_path)  # BUNDLE/engines/SET/GRAPH.plan -> BUNDLE/GRAPH.onnx
-        super().__init__(plan_path.parents[2] / f"{plan_path.stem}.onnx", name=name)
+        super().__init__(plan_path.parents[2] / f"{plan_path.stem}.onnx", name=name, limits=limits)
         self.plan_path, self.engine_info = plan_path, engine_info
 
 

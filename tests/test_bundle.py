@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
+import numpy as np
 import pytest
 
 from stp_edge.bundle import (
@@ -72,8 +74,11 @@ def test_missing_manifest_and_not_a_directory(bundle_copy, tmp_path):
     (bundle_copy / "manifest.json").unlink()
     with pytest.raises(ManifestError, match="has no manifest.json"):
         Bundle.load(bundle_copy)
-    with pytest.raises(ManifestError, match="is not a directory"):
+    with pytest.raises(ManifestError, match=r"bundle \S+nothing\.stp not found \(a bundle is a directory"):
         Bundle.load(tmp_path / "nothing.stp")
+    (tmp_path / "file.stp").write_text("not a bundle")
+    with pytest.raises(ManifestError, match="is not a directory"):
+        Bundle.load(tmp_path / "file.stp")
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -296,3 +301,52 @@ def test_host_region_layout_is_deprecated_with_its_end_release(handmade_bundle, 
     with pytest.warns(FutureWarning, match="re-export the model"):
         write_manifest(copy, config=old.config, files=list(m["files"]), precision=m["precision"], opset=m["opset"],
                        graphs=m["graphs"], preprocess=m["preprocess"], regions=None)
+
+
+# --- the manifest's preprocess spec: honoured (mean, std) or refused (the rest) --------------------------------
+OTHER_MEAN, OTHER_STD = [0.5, 0.25, 0.75], [0.125, 0.5, 0.3]
+
+
+def test_declared_normalisation_is_the_one_the_detector_runs(handmade_bundle, bundle_copy, frames_factory):
+    from stp_edge.api import Detector
+    from stp_edge.preprocess import CpuPreprocessor, PreprocessSpec
+
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["preprocess"].update(mean=OTHER_MEAN, std=OTHER_STD)
+    rewrite_manifest(bundle_copy, m)
+    spec = Bundle.load(bundle_copy).preprocess_spec
+    assert spec == PreprocessSpec(size=32, mean=tuple(OTHER_MEAN), std=tuple(OTHER_STD))
+    frames = frames_factory(12, height=40, width=56, seed=2)
+    results = {}
+    for name, path in (("clip", handmade_bundle), ("other", bundle_copy)):
+        with Detector.load(path, backend="ort-cpu", preprocess="cpu", spatial_on="all") as det:
+            assert det._preprocess.spec == Bundle.load(path).preprocess_spec
+            results[name] = [r.score for f in frames for r in det.push(f)] + [r.score for r in det.flush()]
+    with Detector.load(bundle_copy, backend="ort-cpu", preprocess="cpu") as det:
+        np.testing.assert_array_equal(det._preprocess(frames[:2]), CpuPreprocessor(32, spec=spec)(frames[:2]))
+    assert len(results["clip"]) == len(results["other"]) == 3 and results["clip"] != results["other"]
+    with pytest.raises(ValueError, match="the preprocessor given runs .* the bundle expects"):
+        Detector.load(bundle_copy, backend="ort-cpu", preprocess=CpuPreprocessor(32))  # CLIP's numbers
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("interpolation", "bilinear", "preprocess.interpolation 'bilinear' is not implemented (this runtime "
+                                  "implements 'bicubic-antialias-pil')"),
+    ("crop", "none", "preprocess.crop 'none' is not implemented (this runtime implements 'center')"),
+    ("size", 64, "preprocess.size 64 differs from config.vision.image_size 32"),
+])
+def test_preprocessing_the_runtime_does_not_run_is_refused_at_load(bundle_copy, field, value, message):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["preprocess"][field] = value
+    rewrite_manifest(bundle_copy, m)
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        Bundle.load(bundle_copy)
+    with pytest.raises(ManifestError, match=re.escape(message)):  # and export cannot write one
+        write_manifest(bundle_copy, config=_config(m), files=list(m["files"]),
+                       precision="fp32", opset=17, graphs=m["graphs"], preprocess=m["preprocess"])
+
+
+def _config(manifest):
+    from stp_edge.config import STPromptConfig
+
+    return STPromptConfig.from_dict(manifest["config"])

@@ -44,7 +44,7 @@ def test_info_prints_manifest(handmade_bundle, capsys):
 def test_library_errors_are_one_line_exit_2(tmp_path, handmade_bundle, capsys):
     assert main(["info", str(tmp_path / "absent.stp")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is not a directory" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "absent.stp not found" in err and "Traceback" not in err
     assert main(["run", str(handmade_bundle), str(tmp_path / "absent.mp4"),
                  "--backend", "ort-cpu"]) == 2
     assert "video source not found" in capsys.readouterr().err

@@ -180,15 +180,17 @@ def test_overlay_is_drawn_in_the_same_pass_on_the_right_frames(handmade_bundle, 
     assert max(abs(a - b) for a, b in zip(levels, want, strict=True)) <= 4
 
 
-def test_overlay_written_under_a_temporary_name_until_the_end(handmade_bundle, tmp_path):
+def test_overlay_written_under_a_visible_partial_name_until_the_end(handmade_bundle, tmp_path):
+    """The overlay is `o.partial.avi` while the run goes (found again after a kill), `o.avi` once finished."""
     from stp_edge.run import run_video
 
     video = write_avi(tmp_path / "clip.avi", moving_frames(30))
     overlay = tmp_path / "o.avi"
     seen = []
     run_video(video, bundle=handmade_bundle, backend="ort-cpu", overlay=overlay,
-              on_result=lambda r: seen.append(overlay.exists()))
-    assert seen and not any(seen) and overlay.is_file()
+              on_result=lambda r: seen.append((overlay.exists(), (tmp_path / "o.partial.avi").exists())))
+    assert seen and all(s == (False, True) for s in seen) and overlay.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "o.avi"]
 
 
 # --- streaming with bounded memory, gaps ----------------------------------------------------------------------
@@ -323,7 +325,7 @@ def test_jsonl_keeps_what_was_delivered_when_the_run_fails(handmade_bundle, tmp_
 
 
 # --- signals (a real child process) ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_signal_flushes_outputs_and_exits_128_plus_signum(handmade_bundle, tmp_path, sig, code):
     video = write_avi(tmp_path / "long.avi", moving_frames(3000, seed=3))
     jsonl, overlay = tmp_path / "out.jsonl", tmp_path / "overlay.avi"
@@ -332,8 +334,7 @@ def test_signal_flushes_outputs_and_exits_128_plus_signum(handmade_bundle, tmp_p
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        partial = [p for p in tmp_path.glob(".out.jsonl.partial-*") if p.stat().st_size > 0]
-        if partial:
+        if jsonl.exists() and jsonl.stat().st_size > 0:  # streamed under its own name
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
@@ -348,7 +349,7 @@ def test_signal_flushes_outputs_and_exits_128_plus_signum(handmade_bundle, tmp_p
     ok, _ = cap.read()
     cap.release()
     assert ok and n == lines[-1]["frame_end"]
-    assert "snippets" in out and not list(tmp_path.glob(".*partial*"))
+    assert "snippets" in out and not list(tmp_path.glob("*partial*"))
     assert os.path.getsize(video) > 0
 
 

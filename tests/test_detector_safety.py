@@ -77,3 +77,47 @@ def test_one_detector_shared_by_threads_equals_sequential(handmade_bundle, frame
         for t in threads:
             t.join()
     assert got == alone
+
+
+class _FailingPreprocess:
+    """The CPU preprocessing, raising `error` on chosen calls (numbered from 0): a stage that raises."""
+
+    def __init__(self, size: int, fail: set[int], error: type[BaseException]) -> None:
+        from stp_edge.preprocess import CpuPreprocessor
+
+        self.inner, self.fail, self.error, self.calls = CpuPreprocessor(size), fail, error, 0
+
+    def __call__(self, frames):
+        n, self.calls = self.calls, self.calls + 1
+        if n in self.fail:
+            raise self.error(f"preprocessing failed on call {n}")
+        return self.inner(frames)
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+def test_a_stage_that_raises_leaves_every_stream_consistent(handmade_bundle, frames_factory, error):
+    """Whatever a stage raises (here the preprocessing, for the snippet 5 of two streams sharing one call), the push
+    raises it once, the snippets concerned become invalid results, and both streams go on: no later push fails
+    with "snippet 6 appended, expected snippet 5", and every other result is a clean run's (streams cut at 5)."""
+    a, b = frames_factory(60, seed=1), frames_factory(60, seed=2)
+    with Detector.load(handmade_bundle, backend="ort-cpu", preprocess="cpu") as det:
+        clean = []
+        for fa, fb in zip(a, b, strict=True):
+            clean += det.push_many({0: fa, 1: fb})
+        clean += det.flush()
+    with Detector.load(handmade_bundle, backend="ort-cpu", preprocess=_FailingPreprocess(32, {5}, error)) as det:
+        got, raised = [], []
+        for fa, fb in zip(a, b, strict=True):
+            try:
+                got += det.push_many({0: fa, 1: fb})
+            except error as exc:
+                raised.append(exc)
+                got += exc.results
+        got += det.flush()
+    assert len(raised) == 1 and "preprocessing failed on call 5" in str(raised[0])
+    for k in (0, 1):
+        mine = [r for r in got if r.stream == k]
+        ref = [r for r in clean if r.stream == k]
+        assert [r.snippet for r in mine] == list(range(15))
+        assert mine[5].invalid_reason == f"error: {error.__name__}: preprocessing failed on call 5"
+        assert _summary(mine[:2]) == _summary(ref[:2]) and _summary(mine[9:]) == _summary(ref[9:])

@@ -18,6 +18,7 @@ from stp_edge.config import DEMO_CLASSES
 from stp_edge.scale.extract import ENCODER_BUNDLE, extract_features
 from stp_edge.scale.features import PARTIAL, feature_fingerprint
 from stp_edge.scale.inputs import UNLABELLED, VideoLabel, resolve_labels
+from stp_edge.scale.records import OUTPUT_DAMAGED, record_path
 from stp_edge.synthetic import write_benchmark
 
 torch = pytest.importorskip("torch", reason="the end-to-end path trains and exports with torch ([export] extra)")
@@ -69,8 +70,8 @@ class RecordingEncoder:
     def __init__(self, encoder) -> None:
         self.encoder, self.frame_emb, self.region_emb, self.ranges = encoder, [], [], []
 
-    def __call__(self, snippets):
-        out = self.encoder(snippets)
+    def __call__(self, snippets, **kwargs):
+        out = self.encoder(snippets, **kwargs)
         self.frame_emb += list(out.frame_emb)
         self.region_emb += list(out.region_emb)
         self.ranges += [(s.frame_start, s.frame_end) for s in snippets]
@@ -124,8 +125,9 @@ def test_resume_after_a_killed_run(extracted, videos, tmp_path):
     out = tmp_path / "feats"
     out.mkdir()
     done, stale_fp, corrupt, missing = sorted(first.written)
-    for f in (done, stale_fp, corrupt):
+    for f in (done, stale_fp, corrupt):  # each output with its record
         (out / f.name).write_bytes(f.read_bytes())
+        record_path(out / f.name).write_bytes(record_path(f).read_bytes())
     # another encoder's file, a truncated file (not what write_atomic leaves, but a copy gone wrong), a temp file
     with np.load(out / stale_fp.name) as z:
         arrays = {k: z[k] for k in z.files}
@@ -138,6 +140,7 @@ def test_resume_after_a_killed_run(extracted, videos, tmp_path):
     assert report.partials_removed == 1 and not list(out.glob(f".*{PARTIAL}*"))
     assert [p.name for p in report.skipped] == [done.name]
     assert sorted(p.name for p in report.written) == sorted(p.name for p in (stale_fp, corrupt, missing))
+    assert report.redone == {out / stale_fp.name: OUTPUT_DAMAGED, out / corrupt.name: OUTPUT_DAMAGED}
     assert (out / done.name).stat().st_mtime == 1_000_000_000  # not rewritten
     for f in first.written:
         with np.load(f) as a, np.load(out / f.name) as b:

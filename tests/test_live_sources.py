@@ -243,12 +243,11 @@ def _start_run(handmade_bundle, url: str, tmp_path: Path, *extra: str) -> tuple[
 
 
 def _partial_lines(tmp_path: Path) -> list[dict]:
+    """The complete lines of live.jsonl so far (it is written under its own name as the run goes)."""
     import json
 
-    lines = []
-    for p in tmp_path.glob(".live.jsonl.partial-*"):
-        lines += [json.loads(x) for x in p.read_text().splitlines() if x.endswith("}")]
-    return lines
+    p = tmp_path / "live.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines() if x.endswith("}")] if p.exists() else []
 
 
 def _wait_for(cond, proc: subprocess.Popen, what: str) -> None:
@@ -287,3 +286,45 @@ def test_cli_reports_a_gap_and_keeps_running_across_a_restart(server, handmade_b
     # numbering goes on across the gap; the window restarts (the first snippet after it starts a new stream)
     assert after[0]["snippet"] == before[-1]["snippet"] + 1
     assert after[0]["frame_start"] == lines[gap_at]["gap"]["frame"] == before[-1]["frame_end"]
+
+
+class _Lines(threading.Thread):
+    """Collects a process' stdout lines as they come (the run prints each snippet with -v, flushed)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.lines = proc, []
+        self.start()
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+
+def test_sigterm_during_a_reconnect_backoff_exits_within_two_seconds(server, handmade_bundle, tmp_path):
+    """Issue 26 item 12: the backoff after a drop waits 0.5, 1, 2, 4 s ...; a SIGTERM inside a wait ends the run
+    at once (Docker's grace is 10 s, then SIGKILL), with its outputs flushed."""
+    import sys
+
+    jsonl = tmp_path / "run.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "stp_edge.cli", "run", str(handmade_bundle), server.url,
+                             "--backend", "ort-cpu", "--jsonl", str(jsonl), "--timeout-ms", "2000", "-v"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = _Lines(proc)
+    _wait_for(lambda: sum("stream 0 snippet" in x for x in lines.lines) >= 2, proc, "two results")
+    server.kill()
+    time.sleep(5.0)  # the drop, then attempts at about 0.5, 1.5, 3.5 s: the run now waits until about 7.5 s
+    assert proc.poll() is None, "the run should still be reconnecting"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=DEADLINE_S)
+    finally:
+        took = time.monotonic() - start
+        proc.kill()
+    lines.join(timeout=5)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 143, (lines.lines, err)
+    assert took < 2.0, f"SIGTERM during the backoff took {took:.1f} s to exit"
+    assert len(jsonl.read_text().splitlines()) >= 2  # what was analysed before the drop is kept

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 
@@ -19,6 +21,7 @@ from stp_edge.preprocess import (
     center_offset,
     filter_weights,
     fixed_point,
+    normalisation,
     nv12_to_rgb,
     resized_size,
     yuv_coefficients,
@@ -189,6 +192,67 @@ def test_preprocess_spec_for_manifest() -> None:
     assert d["size"] == 112 and d["interpolation"] == "bicubic-antialias-pil" and d["crop"] == "center"
     assert d["mean"] == list(CLIP_MEAN) and d["std"] == list(CLIP_STD) and d["input"] == "bgr8"
     assert PreprocessSpec().size == 224
+
+
+# A normalisation other than CLIP's (a bundle may declare one): both preprocessors must run it, not CLIP's.
+OTHER_MEAN, OTHER_STD = (0.5, 0.25, 0.75), (0.125, 0.5, 0.3)
+
+
+def test_cpu_twin_runs_the_spec_mean_and_std() -> None:
+    frames = [smooth_noise(120, 160, seed=s)[..., ::-1].copy() for s in range(2)]
+    spec = PreprocessSpec(size=112, mean=OTHER_MEAN, std=OTHER_STD)
+    pre = CpuPreprocessor(112, spec=spec)
+    assert pre.spec == spec
+    got, clip = pre(frames), CpuPreprocessor(112)(frames)
+    # The same resized pixels, normalised with the spec's numbers in the runtime's float32 operation order.
+    scale, bias = normalisation(spec)
+    clip_scale, clip_bias = normalisation(PreprocessSpec(size=112))
+    pixels = np.rint((clip - clip_bias[:, None, None]) / clip_scale[:, None, None]).astype(np.float32)
+    assert pixels.min() >= 0 and pixels.max() <= 255 and pixels.std() > 20
+    np.testing.assert_array_equal(got, pixels * scale[:, None, None] + bias[:, None, None])
+    assert (np.abs(got - clip) > 1e-3).mean() > 0.95  # CLIP's numbers are not used
+    for b, f in enumerate(frames):
+        ref = pil_clip_preprocess(np.ascontiguousarray(f[..., ::-1]), 112, mean=OTHER_MEAN, std=OTHER_STD)
+        err = np.abs(got[b] - ref)
+        assert err.max() <= 1.0 / 255 / min(OTHER_STD) + 1e-5 and err.mean() <= MEAN_ERR * 2
+
+
+@pytest.mark.gpu
+def test_cuda_kernel_runs_the_spec_mean_and_std() -> None:
+    """The kernel takes the spec's mean/std as its per-channel scale and bias: equal to PIL with them, bit for bit."""
+    from cuda_driver import cuda_driver_or_skip
+
+    cuda_driver_or_skip()
+    from stp_edge.cuda import CudaPreprocessor
+
+    frames = [np.ascontiguousarray(smooth_noise(360, 480, seed=s)[..., ::-1]) for s in range(2)]
+    spec = PreprocessSpec(size=224, mean=OTHER_MEAN, std=OTHER_STD)
+    with CudaPreprocessor(224, max_batch=2, spec=spec) as pre:
+        got = pre.to_host(pre(frames))
+    assert np.isfinite(got).all()
+    for b, f in enumerate(frames):
+        ref = pil_clip_preprocess(np.ascontiguousarray(f[..., ::-1]), 224, mean=OTHER_MEAN, std=OTHER_STD)
+        np.testing.assert_array_equal(got[b], ref)
+    # the CPU twin runs the same spec: equal up to one grey level on rounding-boundary pixels (module docstring)
+    assert np.abs(got - CpuPreprocessor(224, spec=spec)(frames)).max() <= 1.0 / 255 / min(OTHER_STD) + 1e-5
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"interpolation": "bilinear"}, "preprocess.interpolation 'bilinear' is not implemented (this runtime "
+                                    "implements 'bicubic-antialias-pil')"),
+    ({"crop": "none"}, "preprocess.crop 'none' is not implemented (this runtime implements 'center')"),
+    ({"input": "rgb8"}, "preprocess.input 'rgb8' is not implemented (this runtime implements 'bgr8')"),
+    ({"layout": "NHWC"}, "preprocess.layout 'NHWC' is not implemented (this runtime implements 'NCHW')"),
+    ({"std": (1e-45, 1.0, 1.0)}, "overflows float32"),
+])
+def test_spec_the_preprocessors_do_not_implement_is_refused(change: dict, field: str) -> None:
+    spec = dataclasses.replace(PreprocessSpec(size=32), **change)
+    assert any(field in line for line in spec.unsupported())
+    with pytest.raises(ValueError, match=re.escape(field)):
+        CpuPreprocessor(32, spec=spec)
+    with pytest.raises(ValueError, match="preprocess spec size 32 differs from image_size 64"):
+        CpuPreprocessor(64, spec=PreprocessSpec(size=32))
+    assert PreprocessSpec(size=32, mean=OTHER_MEAN, std=OTHER_STD).unsupported() == []
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +27,12 @@ from conftest import handmade_config, moving_frames, write_handmade_bundle
 
 from stp_edge import Detector
 from stp_edge.backends import create_runners, resolve_backend
-from stp_edge.bundle import Bundle, EngineInfo
+from stp_edge.bundle import Bundle, EngineInfo, rewrite_manifest
 from stp_edge.scale import triton_repo
 from stp_edge.scale.triton_repo import contract_shapes, parse_config, triton_models, write_triton_repository
 
 PARITY = 1e-5
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _sha(path: Path) -> str:
@@ -39,6 +43,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _avi(path: Path, n: int) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 48))
+    for f in moving_frames(n, seed=2):
+        writer.write(f)
+    writer.release()
+    return path
 
 
 # --- the repository (no server) -------------------------------------------------------------------------------
@@ -91,9 +105,12 @@ def _with_engines(bundle_dir: Path, tmp_path: Path) -> Bundle:
                         build_flags={"profiles": {"encoder": {"images": [[1, 3, 32, 32], [1, 3, 32, 32],
                                                                          [4, 3, 32, 32]]}}})
     (copy / engine.dir).mkdir(parents=True)
+    manifest = dict(bundle.manifest, engines=[engine.to_dict()], files=dict(bundle.manifest["files"]))
     for g in ("encoder", "temporal", "spatial"):
         (copy / engine.dir / f"{g}.plan").write_bytes(f"plan of {g}".encode())
-    return dataclasses.replace(bundle, engines=[engine])
+        manifest["files"][f"{engine.dir}/{g}.plan"] = _sha(copy / engine.dir / f"{g}.plan")
+    rewrite_manifest(copy, manifest)  # listed and hashed, as build-engines records them
+    return Bundle.load(copy)
 
 
 def test_repository_adds_tensorrt_models_per_engine_set(handmade_bundle, tmp_path):
@@ -174,15 +191,40 @@ def test_missing_tritonclient_names_the_extra(monkeypatch):
         TritonRunner("127.0.0.1:1", "encoder").activate()
 
 
-def test_unreachable_server_is_a_clear_error():
+def test_a_missing_server_is_reported_within_the_connect_timeout():
     pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install 'stp-edge[scale]')")
     from stp_edge.backends.base import RunnerError
+    from stp_edge.backends.calls import CallLimits
     from stp_edge.backends.triton import TritonRunner
 
-    runner = TritonRunner(f"127.0.0.1:{_free_port()}", "encoder", timeout_s=1.0)
-    with pytest.raises(RunnerError, match="not ready"):
+    port = _free_port()
+    runner = TritonRunner(f"127.0.0.1:{port}", "encoder", limits=CallLimits(connect_timeout_s=1.0))
+    start = time.monotonic()
+    with pytest.raises(RunnerError) as err:
         runner.activate()
-    assert not runner.is_active
+    took = time.monotonic() - start
+    assert str(err.value).startswith(f"encoder (triton://127.0.0.1:{port}): no Triton server answers at "
+                                     f"127.0.0.1:{port} after 1 s (ConnectionRefusedError")
+    assert "--connect-timeout" in str(err.value) and "\n" not in str(err.value)
+    assert 0.8 <= took < 2.0 and not runner.is_active
+
+
+def test_stp_edge_run_reports_a_missing_server_in_one_line_within_seconds(handmade_bundle, tmp_path):
+    """The default connect timeout (5 s): one line naming the address and the option, exit 2, no traceback."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install 'stp-edge[scale]')")
+    video = _avi(tmp_path / "v.avi", 8)
+    port = _free_port()
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "stp_edge.cli", "run", str(handmade_bundle), str(video),
+                          "--backend", f"triton://127.0.0.1:{port}", "-q"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    took = time.monotonic() - start
+    print(f"missing server reported after {took:.1f} s (process start included)")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no Triton server answers at 127.0.0.1:{port} after 5 s" in lines[0], run.stderr
+    assert "--connect-timeout" in lines[0]
+    assert took < 15
 
 
 # --- a real Triton server -------------------------------------------------------------------------------------
@@ -326,3 +368,88 @@ def test_served_model_metadata_matches_the_repository(served, tmp_path):
                        [(t["name"], t["data_type"], t["dims"]) for t in ours[key]]
     finally:
         client.close()
+
+
+# --- a real server that dies or freezes mid-run ---------------------------------------------------------------
+
+@pytest.fixture
+def private_server(tmp_path):
+    """A Triton server of its own for one test (which kills or freezes it): yields (bundle, url, process group)."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install 'stp-edge[scale]')")
+    _triton_python()
+    from stp_edge.scale.serve import server_command, server_ready
+
+    bundle = write_handmade_bundle(tmp_path / "b.stp", handmade_config(), seed=6)
+    port = _free_port()
+    log = open(tmp_path / "server.log", "wb")  # closed below, after the server
+    proc = subprocess.Popen(server_command(bundle, port=port, max_batch=4), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own process group: the server and tritonserver
+    url = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while not server_ready(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"the Triton server cannot start here: "
+                            f"{(tmp_path / 'server.log').read_text(errors='replace')[-2000:]}")
+            time.sleep(0.25)
+        yield bundle, url, proc.pid
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _run_until_results(bundle: Path, url: str, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """`stp-edge run` on a long video against the server, once its first results are written."""
+    video = _avi(tmp_path / "long.avi", 6000)
+    jsonl = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "stp_edge.cli", "run", str(bundle), str(video), "--backend",
+                             f"triton://{url}", "--jsonl", str(jsonl), "-q", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not (jsonl.exists() and jsonl.stat().st_size > 0):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc, jsonl
+
+
+def _ends_in_one_line(proc: subprocess.Popen, since: float, limit_s: float, what: str) -> str:
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    took = time.monotonic() - since
+    print(f"{what}: `stp-edge run` exited {proc.returncode} after {took:.2f} s: {err.strip()}")
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    # one error line; before it only the pipeline's one-line notices that a failed call is tried once more
+    assert "error:" in lines[-1] and all("retrying once" in x for x in lines[:-1]), err
+    assert took < limit_s, f"{what}: {took:.2f} s"
+    return lines[-1]
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_ends_the_run_in_one_line(private_server, tmp_path):
+    bundle, url, group = private_server
+    proc, jsonl = _run_until_results(bundle, url, tmp_path)
+    killed = time.monotonic()
+    os.killpg(group, signal.SIGKILL)
+    line = _ends_in_one_line(proc, killed, 5.0, "server killed")
+    assert f"triton://{url}" in line and "still running?" in line  # "lost the connection ... is the server ..."
+    assert jsonl.stat().st_size > 0  # what was analysed before is kept
+
+
+@pytest.mark.slow
+def test_a_server_frozen_mid_run_ends_the_run_at_the_call_deadline(private_server, tmp_path):
+    bundle, url, group = private_server
+    proc, _ = _run_until_results(bundle, url, tmp_path, "--call-timeout", "2")
+    frozen = time.monotonic()
+    os.killpg(group, signal.SIGSTOP)
+    line = _ends_in_one_line(proc, frozen, 2 + 3.0, "server frozen")  # the deadline, then at most 1 s to end it
+    assert "did not answer within 2 s" in line or "ran past its 2 s deadline" in line, line
+    assert "--call-timeout" in line

@@ -399,12 +399,12 @@ def test_video_writer_smallest_sizes_round_trip(tmp_path):
 def test_video_writer_codec_and_extension(tmp_path):
     from stp_edge.video import CODECS, VideoWriter
 
-    assert CODECS == {"mp4v": ".mp4", "MJPG": ".avi"}
+    assert CODECS == {"avc1": ".mp4", "mp4v": ".mp4", "MJPG": ".avi"}
     with pytest.raises(VideoError, match=r"x\.gif: .*'\.avi', '\.mp4'"):
         VideoWriter(tmp_path / "x.gif", 10.0, (64, 48))
     with pytest.raises(VideoError, match=r"x\.avi: codec 'mp4v' writes \.mp4 files"):
         VideoWriter(tmp_path / "x.avi", 10.0, (64, 48), codec="mp4v")
-    with pytest.raises(VideoError, match=r"codec 'H264' .*'MJPG', 'mp4v'"):
+    with pytest.raises(VideoError, match=r"codec 'H264' .*'MJPG', 'avc1', 'mp4v'"):
         VideoWriter(tmp_path / "x.mp4", 10.0, (64, 48), codec="H264")
     assert list(tmp_path.iterdir()) == []
 
@@ -481,6 +481,7 @@ def test_video_writer_detects_a_write_the_file_system_refused(tmp_path, name):
                           timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
     assert f"VideoError: {path}: 40 frames written" in proc.stdout, proc.stdout
+    assert ".partial-" not in proc.stdout  # the message names the user's path, never the temporary file
     assert not path.exists() and _partials(tmp_path) == []
 
 
@@ -508,3 +509,192 @@ def test_only_stp_edge_video_opens_a_cv2_video_writer_or_maps_codecs():
                 if words & codec_words:
                     offenders.append(f"{p.relative_to(repo)}:{node.lineno} codec map")
     assert len(files) > 50 and not offenders
+
+
+# --- issue 29: sources named without secrets, quiet opens, down at start, stops that do not wait -------------
+@pytest.mark.parametrize(("source", "shown"), [
+    ("rtsp://admin:hunter2@10.0.0.5:554/stream1", "rtsp://admin:***@10.0.0.5:554/stream1"),
+    ("rtsp://admin:p@ss@cam/live", "rtsp://admin:***@cam/live"),  # an unescaped @ in the password
+    ("http://cam/live.ts?channel=2&token=abc123&Password=x", "http://cam/live.ts?channel=2&token=***&Password=***"),
+    ("rtsp://viewer@cam/live", "rtsp://viewer@cam/live"),  # a user name alone is no secret
+    ("clips/a b.mp4", "clips/a b.mp4"),
+    (3, "camera 3"),
+])
+def test_display_source_masks_credentials(source, shown):
+    from stp_edge.video import display_source
+
+    assert display_source(source) == shown
+
+
+def test_an_unreachable_url_is_named_without_its_password():
+    with pytest.raises(VideoError) as info:
+        open_source("http://user:hunter2@127.0.0.1:9/x.ts", timeout_ms=1000)
+    assert "user:***@127.0.0.1" in str(info.value) and "hunter2" not in str(info.value)
+
+
+def _fake_cameras_only(monkeypatch, *caps):
+    """Like `_fake_cameras`, for cameras only: files open as usual (a run of a file and a camera)."""
+    queue, real = list(caps), VideoSource._open_capture
+    monkeypatch.setattr(VideoSource, "_open_capture", lambda self: (queue.pop(0) if queue else _FakeCamera(
+        opened=False)) if self.kind == "camera" else real(self))
+
+
+def test_a_live_source_down_at_start_is_retried_only_when_asked(monkeypatch):
+    _fake_cameras(monkeypatch)
+    with pytest.raises(VideoError, match="cannot open camera index 5"):
+        open_source(5)  # alone, a source that cannot be opened fails at once, as before
+    _fake_cameras(monkeypatch, _FakeCamera(opened=False), _FakeCamera(opened=False), _FakeCamera(4))
+    policy = Backoff(initial_s=0.01, factor=2.0, max_delay_s=0.02, max_attempts=5)
+    with open_source(5, reconnect=policy, retry_at_start=True) as src:
+        assert "cannot open camera index 5" in src.down_at_start
+        pairs = list(src.frames_with_gaps())
+    assert len(pairs) == 4 and pairs[0][1] is not None and all(g is None for _f, g in pairs[1:])
+    gap = pairs[0][1]
+    assert (gap.frame, gap.attempts) == (0, 2) and src.stats.gaps == [gap]
+    assert src.stats.lost_reason.startswith("camera 5 lost after frame 4")  # the fake camera's later drop
+
+
+def test_a_live_source_that_never_comes_up_is_lost_with_its_reason(monkeypatch):
+    _fake_cameras(monkeypatch)
+    policy = Backoff(initial_s=0.01, factor=2.0, max_delay_s=0.02, max_attempts=3)
+    with open_source(5, reconnect=policy, retry_at_start=True) as src:
+        assert list(src) == []
+    assert src.stats.lost and src.stats.ended
+    assert src.stats.lost_reason.startswith("camera 5 was down at start and never came up: 3 reconnect attempt(s)")
+    with pytest.raises(VideoError, match="video file not found"):  # a file is never waited for
+        open_source("/nonexistent/clip.mp4", retry_at_start=True)
+
+
+def test_run_video_goes_on_when_a_camera_is_down_at_start(monkeypatch, handmade_bundle, tmp_path):
+    """Issue 29: one source down at start does not stop the others; it is retried like a drop, and reported."""
+    from stp_edge.run import run_video
+
+    path = tmp_path / "clip.avi"
+    _write_video(path, _smooth_frames(16))
+    _fake_cameras_only(monkeypatch, _FakeCamera(opened=False), _FakeCamera(12))
+    gaps = []
+    res = run_video([str(path), 5], bundle=handmade_bundle, backend="ort-cpu", preprocess="cpu",
+                    on_gap=lambda s, g: gaps.append((s, g.frame)),
+                    source_kwargs={"reconnect": Backoff(initial_s=0.01, max_delay_s=0.02, max_attempts=3)})
+    by_stream = {s: sorted(r.snippet for r in res if r.stream == s and r.final) for s in (0, 1)}
+    assert by_stream == {0: [0, 1, 2, 3], 1: [0, 1, 2]}  # both streams ran: 16 and 12 frames of 4-frame snippets
+    assert gaps == [(1, 0)] and res.sources[1].stats.gaps[0].frame == 0
+    assert "lost after frame 12" in res.sources[1].stats.lost_reason  # the fake camera's later drop
+
+    _fake_cameras_only(monkeypatch)  # never comes up: lost, and the file is still analysed whole
+    res = run_video([str(path), 5], bundle=handmade_bundle, backend="ort-cpu", preprocess="cpu",
+                    source_kwargs={"reconnect": Backoff(initial_s=0.01, max_delay_s=0.02, max_attempts=2)})
+    assert [r.snippet for r in res if r.stream == 0 and r.final] == [0, 1, 2, 3]
+    assert [s.stream for s in res.lost] == [1] and "was down at start" in res.sources[1].stats.lost_reason
+
+
+def test_a_stop_during_a_reconnect_backoff_ends_the_run_at_once(monkeypatch, handmade_bundle):
+    """Issue 26 item 12: every wait wakes on the stop; the run does not sit out a 30 s backoff (or join)."""
+    from stp_edge.run import run_video
+
+    _fake_cameras(monkeypatch, _FakeCamera(8))
+    stop, seen = threading.Event(), []
+    backoff = Backoff(initial_s=20.0, max_delay_s=30.0, max_total_s=None)  # the drop waits 20 s, then 30 s ...
+    timer = threading.Timer(0.8, stop.set)  # long after the 8 frames: the reader is inside its 20 s wait
+    timer.start()
+    start = time.monotonic()
+    res = run_video(5, bundle=handmade_bundle, backend="ort-cpu", preprocess="cpu", stop=stop,
+                    on_frame=lambda s, n: seen.append(n), source_kwargs={"reconnect": backoff})
+    took = time.monotonic() - start
+    timer.cancel()
+    assert len(seen) == 8 and res.stopped and not res.lost
+    assert took < 0.8 + 2.0, f"the run took {took:.1f} s to end after its stop"
+    assert [r.snippet for r in res if r.final] == [0, 1]  # what was read before the drop is finished and delivered
+
+
+def test_interrupt_wakes_a_reconnect_wait_from_another_thread(monkeypatch):
+    _fake_cameras(monkeypatch, _FakeCamera(3))
+    src = open_source(0, reconnect=Backoff(initial_s=30, max_total_s=None))
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(src), daemon=True)
+    reader.start()
+    time.sleep(0.3)
+    start = time.perf_counter()
+    src.interrupt()  # the owning thread releases the capture; this one only wakes it
+    reader.join(timeout=5)
+    assert not reader.is_alive() and time.perf_counter() - start < 1
+    assert len(got) == 3 and not src.stats.lost and not src.stats.ended
+    src.close()
+
+
+# --- issue 29: "TRUNCATED" only for a file that ended early on its own --------------------------------------
+def test_a_file_read_in_part_is_not_truncated(tmp_path):
+    path = tmp_path / "clip.avi"
+    _write_video(path, _smooth_frames(12) * 3)
+    with open_source(path) as src:
+        for n, _frame in enumerate(src, 1):
+            if n == 10:
+                break  # a frame limit, Ctrl-C: the reader stops, the file did not end
+    assert (src.stats.expected, src.stats.read, src.stats.ended, src.stats.missing) == (36, 10, False, 0)
+    with open_source(path) as src:
+        assert len(list(src)) == 36
+    assert src.stats.ended and src.stats.missing == 0
+
+
+def test_run_video_with_a_frame_limit_or_a_stop_reports_nothing_missing(handmade_bundle, tmp_path):
+    from stp_edge.run import run_video
+
+    path = tmp_path / "clip.avi"
+    _write_video(path, _smooth_frames(12) * 4)
+    res = run_video(path, bundle=handmade_bundle, backend="ort-cpu", preprocess="cpu", max_frames=16)
+    assert res.stats.read == 16 and res.stats.expected == 48 and res.stats.missing == 0
+    stop, pushed = threading.Event(), []
+
+    def on_frame(stream, read):  # Ctrl-C after 8 frames
+        pushed.append(read)
+        if len(pushed) == 8:
+            stop.set()
+
+    res = run_video(path, bundle=handmade_bundle, backend="ort-cpu", preprocess="cpu", stop=stop, on_frame=on_frame)
+    assert res.stopped and len(pushed) < 48 and res.stats.expected == 48 and res.stats.missing == 0
+
+
+# --- issue 29: H.264 where PyAV allows it, and the codec said ------------------------------------------------
+def test_mp4_is_h264_where_pyav_has_libx264(tmp_path):
+    from stp_edge.video import VideoWriter, h264_available
+
+    if not h264_available():
+        pytest.skip("PyAV with libx264 is not installed (pip install 'stp-edge[h264]'): .mp4 is MPEG-4 Part 2")
+    path = tmp_path / "clip.mp4"
+    frames = _smooth_frames(8)
+    with VideoWriter(path, 29.97, (64, 48)) as w:
+        for f in frames:
+            w.write(f)
+    assert (w.codec, w.codec_name) == ("avc1", "H.264")
+    cap = cv2.VideoCapture(str(path))
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode()
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    assert fourcc.lower() in ("avc1", "h264") and abs(fps - 29.97) < 0.01
+    with open_source(path) as src:
+        got = list(src)
+    assert len(got) == 8 and np.abs(got[5].astype(int) - frames[5]).mean() < 8
+
+
+def test_without_pyav_mp4_falls_back_to_mpeg4_and_says_how_to_get_h264(tmp_path, monkeypatch):
+    import stp_edge.video as video
+
+    monkeypatch.setattr(video, "_H264", False)
+    assert video.default_codec("x.mp4") == "mp4v" and video.default_codec("x.AVI") == "MJPG"
+    assert "stp-edge[h264]" in video.describe_codec("x.mp4") and video.describe_codec("x.avi") == "Motion JPEG"
+    with video.VideoWriter(tmp_path / "clip.mp4", 10.0, (64, 48)) as w:
+        w.write(_smooth_frames(1)[0])
+    assert w.codec_name == "MPEG-4 Part 2"
+    with pytest.raises(VideoError, match=r"clip2\.mp4: H\.264 needs PyAV with libx264"):
+        video.VideoWriter(tmp_path / "clip2.mp4", 10.0, (64, 48), codec="avc1")
+
+
+def test_check_video_output_names_the_path_and_leaves_nothing(tmp_path):
+    from stp_edge.video import CODEC_NAMES, check_video_output
+
+    assert check_video_output(tmp_path / "out" / "a.avi") == "Motion JPEG"
+    assert check_video_output(tmp_path / "out" / "a.mp4") in CODEC_NAMES.values()
+    with pytest.raises(VideoError) as info:
+        check_video_output(tmp_path / "out" / "overlay.mkv")
+    assert str(info.value).startswith(f"{tmp_path / 'out' / 'overlay.mkv'}: unsupported extension '.mkv'")
+    assert list((tmp_path / "out").iterdir()) == []  # no probe, no partial, no a.avi

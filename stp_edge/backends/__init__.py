@@ -6,7 +6,8 @@ benchmarks alike:
 - `probe_availability()` finds that out on this machine, importing TensorRT, pycuda and onnxruntime only when
   called; with a bundle it also makes the engine choice (`select_trt_engine`), once;
 - `choose_backend()` = probe + select, keeping that engine; `resolve_backend()` is its name alone;
-- `create_runners()` builds one (inactive) runner per graph, TensorRT ones on the chosen engine set.
+- `create_runners()` builds one (inactive) runner per graph, TensorRT ones on the chosen engine set, each bounded
+  by `CallLimits` (a deadline per call, a memory cap, an end on a stop request: calls.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from stp_edge.backends.calls import CallLimits, stop_calls_on
 from stp_edge.errors import UsageError
 
 BACKENDS = ("trt", "ort-cuda", "ort-trt", "ort-cpu")
@@ -75,9 +77,22 @@ def select_backend(requested: str, available: Availability) -> str:
     if requested not in can:
         raise UsageError(f"unknown backend {requested!r}; expected 'auto', 'ort' or one of {BACKENDS}")
     if not can[requested]:
-        why = "; ".join(available.reasons) or "its dependencies are missing"
-        raise UsageError(f"backend {requested!r} cannot run here: {why}")
+        raise UsageError(f"backend {requested!r} cannot run here: {why_not(requested, available)}")
     return requested
+
+
+def why_not(backend: str, available: Availability) -> str:
+    """Why `backend` cannot run here, naming only what that backend needs (not the other backends' gaps)."""
+    if backend == "trt":
+        reasons = [r for r in available.reasons if r.startswith(("TensorRT", "pycuda"))]
+        return "; ".join(reasons) or "TensorRT, pycuda or a matching engine set is missing"
+    if not available.onnxruntime:
+        extra = "ort" if backend == "ort-cpu" else "ort-gpu"
+        return f"onnxruntime is not installed: pip install 'stp-edge[{extra}]'"
+    provider = {"ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}.get(backend)
+    return (f"this onnxruntime has no {provider} (its providers: {', '.join(available.ort_providers) or 'none'}); "
+            f"install onnxruntime-gpu in place of onnxruntime: pip uninstall onnxruntime && "
+            f"pip install 'stp-edge[ort-gpu]'")
 
 
 def probe_availability(bundle: Any = None, device: int = 0, *, allow_host_code: bool = False) -> Availability:
@@ -163,7 +178,7 @@ def resolve_backend(requested: str, bundle: Any = None, device: int = 0) -> str:
 
 def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_code: bool = False,
                    graphs: tuple[str, ...] | None = None, ort_trt_fp16: bool = False,
-                   engine: Any = None) -> dict[str, Any]:
+                   engine: Any = None, limits: CallLimits | None = None) -> dict[str, Any]:
     """One (inactive) runner per graph of `bundle` ("encoder", "temporal", "spatial") for a resolved backend.
 
     Args:
@@ -176,6 +191,8 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
         graphs: The graphs to make runners for (default: all three).
         ort_trt_fp16: "ort-trt" only: let ONNX Runtime's TensorRT provider use fp16 kernels.
         engine: "trt" only: the engine set to load (`choose_backend`'s `engine`); None chooses it here.
+        limits: `stp_edge.backends.calls.CallLimits` of every runner (call deadline, memory cap, connect
+            timeout); None: the defaults.
     """
     from stp_edge.bundle import GRAPH_NAMES
 
@@ -187,7 +204,7 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
         from stp_edge.backends.triton import TritonRunner, parse_triton_url
 
         url = parse_triton_url(backend)
-        return {g: TritonRunner(url, g) for g in names}
+        return {g: TritonRunner(url, g, limits=limits) for g in names}
 
     if backend == "trt":
         from stp_edge.backends.trt import TrtRunner
@@ -196,7 +213,8 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
             engine = select_trt_engine(bundle, device, allow_host_code=allow_host_code)
         profiles = engine.build_flags.get("profiles") or {}
         return {g: TrtRunner(bundle.plan_path(engine, g), device=device, name=f"{g}.plan",
-                             allow_host_code=allow_host_code, profiles=profiles.get(g), engine_info=engine)
+                             allow_host_code=allow_host_code, profiles=profiles.get(g), engine_info=engine,
+                             limits=limits)
                 for g in names}
     if backend not in ORT_PROVIDERS:
         raise UsageError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
@@ -208,7 +226,8 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
 
         profiles = default_profiles(bundle.config, regions=bundle.region_features)
     return {g: OrtRunner(bundle.graph_path(g), ORT_PROVIDERS[backend], device_id=device, name=f"{g}.onnx ({backend})",
-                         trt_fp16=ort_trt_fp16, trt_profiles=profiles[g] if profiles else None) for g in names}
+                         trt_fp16=ort_trt_fp16, trt_profiles=profiles[g] if profiles else None, limits=limits)
+            for g in names}
 
 
 def select_trt_engine(bundle: Any, device: int = 0, *, allow_host_code: bool = False) -> Any:
@@ -246,7 +265,8 @@ def ort_fallback_backend() -> str:
 
 def activate_runners(bundle: Any, backend: str, device: int = 0, *, requested: str | None = None,
                      allow_host_code: bool = False, engine: Any = None, warn: Callable[[str], None] | None = None,
-                     make_runners: Callable[..., dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+                     make_runners: Callable[..., dict[str, Any]] | None = None,
+                     limits: CallLimits | None = None) -> tuple[str, dict[str, Any]]:
     """Create and activate the runners of a resolved `backend`; returns (backend that runs, runners).
 
     A TensorRT plan that TensorRT refuses to deserialise (`PlanLoadError`: the manifest's engine entry looked
@@ -263,11 +283,12 @@ def activate_runners(bundle: Any, backend: str, device: int = 0, *, requested: s
         engine: "trt" only: the engine set to load (`choose_backend`'s `engine`); None chooses it.
         warn: Receives the one-line fallback warning (default: the "stp_edge" logger's warning).
         make_runners: `create_runners` (replaceable for tests).
+        limits: `CallLimits` of every runner (see `create_runners`).
     """
     from stp_edge.backends.base import PlanLoadError, RunnerError
 
     make = make_runners or create_runners
-    runners = make(bundle, backend, device, allow_host_code=allow_host_code, engine=engine)
+    runners = make(bundle, backend, device, allow_host_code=allow_host_code, engine=engine, limits=limits)
     try:
         return backend, activate_all(runners)
     except PlanLoadError as exc:
@@ -278,7 +299,7 @@ def activate_runners(bundle: Any, backend: str, device: int = 0, *, requested: s
             raise RunnerError(message) from exc
     fallback = ort_fallback_backend()
     (warn or logging.getLogger("stp_edge").warning)(f"{message}; falling back to onnxruntime ({fallback})")
-    return fallback, activate_all(make(bundle, fallback, device, allow_host_code=allow_host_code))
+    return fallback, activate_all(make(bundle, fallback, device, allow_host_code=allow_host_code, limits=limits))
 
 
 def _plan_failure(bundle: Any, device: int, runners: dict[str, Any], exc: Exception) -> str:
@@ -297,5 +318,5 @@ def _plan_failure(bundle: Any, device: int, runners: dict[str, Any], exc: Except
 
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "TRITON_SCHEME", "Availability", "BackendChoice",
-           "activate_all", "activate_runners", "choose_backend", "create_runners", "ort_fallback_backend",
-           "probe_availability", "resolve_backend", "select_backend", "select_trt_engine"]
+           "CallLimits", "activate_all", "activate_runners", "choose_backend", "create_runners", "ort_fallback_backend",
+           "probe_availability", "resolve_backend", "select_backend", "select_trt_engine", "stop_calls_on", "why_not"]

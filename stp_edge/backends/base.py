@@ -2,6 +2,8 @@
 
 `infer()` checks the runner's state and the feeds against `input_specs()` (name, dtype, rank, static dims),
 then calls the backend's `infer_impl()`. Runners are context managers: `with OrtRunner(p) as r: r.infer(...)`.
+Every backend call (activate, infer, deactivate) runs on the runner's own worker thread, bounded by its
+`CallLimits` (a deadline per call, an end on a stop request; see `stp_edge.backends.calls`).
 Feeds are NumPy arrays, or device buffers (an object with `__cuda_array_interface__`, or a `DeviceArray`) for
 backends that accept them (`accepts_device_feeds`).
 """
@@ -9,34 +11,18 @@ backends that accept them (`accepts_device_feeds`).
 from __future__ import annotations
 
 import abc
+import threading
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from stp_edge.errors import StpEdgeError
-
-
-class RunnerError(StpEdgeError, RuntimeError):
-    """A runner was used in the wrong state or failed to load/run its graph."""
-
-
-class PlanLoadError(RunnerError):
-    """TensorRT refused to deserialise a plan (another TensorRT version, GPU or platform, or a corrupt file).
-
-    Attributes:
-        plan: The plan file (or runner name) that was refused.
-    """
-
-    def __init__(self, message: str, plan: Any = None) -> None:
-        super().__init__(message)
-        self.plan = plan
-
-
-class InputError(RunnerError, ValueError):
-    """Feeds do not match the graph's inputs; the message names the input and expected versus got."""
+from stp_edge.backends.calls import DEFAULT_CALL_TIMEOUT_S, CallLimits, CallWorker
+from stp_edge.backends.errors import CallInterruptedError, InputError, RunnerError
+from stp_edge.backends.errors import PlanLoadError as PlanLoadError  # re-exported: its home before errors.py
 
 
 @dataclass(frozen=True)
@@ -129,37 +115,76 @@ class Runner(abc.ABC):
     """Base class of all backends: state checks, input checks and timing around `infer_impl()`.
 
     Subclasses implement `activate_impl`, `deactivate_impl`, `input_specs_impl`, `output_names_impl` and
-    `infer_impl`; `infer_impl` receives checked feeds and returns host NumPy outputs by name.
+    `infer_impl`; `infer_impl` receives checked feeds and returns host NumPy outputs by name. The three that
+    touch the backend (activate, deactivate, infer) run on the runner's worker thread, so a backend whose
+    objects belong to one thread (tritonclient's gevent client) always sees the same one; `cancel_impl` may
+    end a running `infer_impl` from another thread.
+
+    Args:
+        name: Runner name used in messages.
+        limits: Deadline per call, memory cap, connect timeout, stop grace (default `CallLimits()`).
+
+    Attributes:
+        stop_event: Set by `stp_edge.backends.calls.stop_calls_on`: once it is set, calls get
+            `limits.stop_grace_s` more to finish.
+        call_cancelled: Set while the current call is being cancelled (fresh for every call); `infer_impl`
+            may look at it.
     """
 
     accepts_device_feeds = False
     # True where infer() makes its own CUDA stream wait on the `stream` of a device feed's
     # __cuda_array_interface__ (an event, no host sync), so a producer may hand over unsynchronised work.
     waits_on_feed_streams = False
+    default_call_timeout_s = DEFAULT_CALL_TIMEOUT_S
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, limits: CallLimits | None = None) -> None:
         self.name = name
+        self.limits = limits or CallLimits()
         self.is_active = False
         self.last_inference_ms: float | None = None
+        self.stop_event: threading.Event | None = None
+        self.call_cancelled = threading.Event()
         self._specs: dict[str, TensorSpec] | None = None
+        self._worker: CallWorker | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._call_lock = threading.Lock()  # one call at a time: its deadline, cancel flag and worker are its own
+        self._interrupted_by: threading.Event | None = None  # the stop event that ended a call of this runner
 
     # --- state -------------------------------------------------------------------------------------------
     def activate(self) -> Runner:
         """Load the graph and allocate what running it needs. Errors if already active."""
         if self.is_active:
             raise RunnerError(f"{self.name}: activate() called on a runner that is already active")
-        self.activate_impl()
+        worker = CallWorker(self.name)
+        try:
+            worker.call(self.activate_impl)  # no deadline (a TensorRT provider builds engines for minutes)
+        except BaseException:
+            worker.close()
+            raise
+        self._worker = worker
+        self._finalizer = weakref.finalize(self, worker.close)  # a runner dropped while active leaves no thread
+        self._interrupted_by = None
         self.is_active = True
         self._specs = None
         return self
 
     def deactivate(self) -> None:
-        """Release everything `activate()` acquired. Errors if not active."""
+        """Release everything `activate()` acquired. Errors if not active.
+
+        A runner whose worker is stranded in a call that never returned is only marked inactive: its backend
+        objects stay with that thread until the call returns or the process ends.
+        """
         if not self.is_active:
             raise RunnerError(f"{self.name}: deactivate() called on a runner that is not active")
+        worker, self._worker = self._worker, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
         try:
-            self.deactivate_impl()
+            if worker is not None and not worker.stuck:
+                worker.call(self.deactivate_impl)
         finally:
+            if worker is not None:
+                worker.close()
             self.is_active = False
             self._specs = None
 
@@ -198,9 +223,44 @@ class Runner(abc.ABC):
         if check_inputs:
             check_feeds(feeds, self.input_specs(), where=self.name, allow_device=self.accepts_device_feeds)
         start = time.perf_counter()
-        out = self.infer_impl(feeds)
+        out = self._call(self.infer_impl, feeds)
         self.last_inference_ms = (time.perf_counter() - start) * 1e3
         return out
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on the worker thread, within the call deadline and the stop grace; callers take turns.
+
+        Raises:
+            CallTimeoutError: The call ran past `limits.call_timeout_s`.
+            CallInterruptedError: The stop event was set and the call ran `limits.stop_grace_s` longer, or an
+                earlier call was ended by this same stop event.
+        """
+        stop = self.stop_event
+        if stop is not None and stop.is_set() and self._interrupted_by is stop:
+            raise CallInterruptedError(f"{self.name}: not run: a stop was requested and an earlier call of this "
+                                       f"graph had to be ended")
+        with self._call_lock:
+            worker = self._worker
+            if worker is None:  # deactivated by another thread meanwhile
+                raise RunnerError(f"{self.name}: the runner was deactivated while this call waited for its turn")
+            self.call_cancelled = threading.Event()
+            try:
+                return worker.call(fn, *args, timeout_s=self.limits.timeout_for(self.default_call_timeout_s),
+                                   stop=stop, grace_s=self.limits.stop_grace_s, cancel=self._cancel)
+            except CallInterruptedError:
+                self._interrupted_by = stop
+                raise
+
+    def _cancel(self) -> None:
+        self.call_cancelled.set()
+        self.cancel_impl()
+
+    def cancel_impl(self) -> None:
+        """End the running `infer_impl` early where the backend can (called from another thread).
+
+        The default does nothing: the call is left to finish, or abandoned on its thread.
+        """
+        return None
 
     def max_batch(self) -> int | None:
         """Largest batch (dim 0 of every input) one `infer()` call accepts; None when unlimited.

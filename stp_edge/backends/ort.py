@@ -3,11 +3,19 @@
 On a GPU provider the runner uses IO binding: host inputs are bound as CPU buffers (ORT copies them once),
 device inputs (`__cuda_array_interface__`) are bound in place, outputs are bound to the device and copied back
 to the host once per call.
+
+Run-time bounds (`stp_edge.backends.calls`): each call gets its own `RunOptions`, whose `terminate` flag ends it
+at its deadline or on a stop request (onnxruntime checks the flag before every node, Loop iterations included);
+the CPU memory arena is capped, and an allocation past the cap, or one the system refuses, becomes a
+`MemoryLimitError` naming the graph, the request and the limit; any other onnxruntime failure of a call is a
+one-line `CallError`.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +24,8 @@ import numpy as np
 
 from stp_edge._deps import require
 from stp_edge.backends.base import InputError, Runner, RunnerError, TensorSpec, feed_layout
+from stp_edge.backends.calls import GIB, CallLimits
+from stp_edge.backends.errors import CallError, MemoryLimitError
 from stp_edge.errors import UsageError
 
 ORT_DTYPES = {
@@ -31,6 +41,52 @@ ORT_DTYPES = {
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+ORT_ERRORS_MODULE = "onnxruntime.capi.onnxruntime_pybind11_state"  # Fail, InvalidArgument, RuntimeException, ...
+_ARENA_REFUSED = re.compile(r"Available memory of (\d+) is smaller than requested bytes of (\d+)")
+_ALLOC_FAILED = re.compile(r"Failed to allocate memory for requested buffer of size (\d+)")
+_ARENA_LOCK = threading.Lock()
+_arena_bytes: int | None = None  # the cap of the CPU arena registered with onnxruntime's environment
+
+
+def cap_cpu_arena(ort: Any, limit_bytes: int) -> None:
+    """Register onnxruntime's shared CPU arena capped at `limit_bytes` (again only when the cap changes).
+
+    Sessions created with `session.use_env_allocators=1` take the arena registered at their creation; tensors
+    they compute (not their initializers) are allocated from it, so a request past the cap fails at once.
+    """
+    global _arena_bytes
+    with _ARENA_LOCK:
+        if _arena_bytes == limit_bytes:
+            return
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg({"max_mem": int(limit_bytes)}))
+        _arena_bytes = limit_bytes
+
+
+def gib(n: float) -> str:
+    """Bytes as GiB for messages: 274877906944 -> "256 GiB", 1610612736 -> "1.5 GiB"."""
+    return f"{n / GIB:.3g} GiB"
+
+
+def call_failure(name: str, exc: BaseException, limit_bytes: int | None) -> CallError:
+    """One-line error for an onnxruntime failure of a call: the memory cases named, anything else quoted."""
+    text = " ".join(str(exc).split())
+    refused = _ARENA_REFUSED.search(text)
+    if refused and limit_bytes:
+        return MemoryLimitError(f"{name} asked for {gib(int(refused.group(2)))} of memory, more than the "
+                                f"{gib(limit_bytes)} memory limit allows ({gib(int(refused.group(1)))} left); if the "
+                                f"graph is right, raise it: --memory-limit GIB (Python: CallLimits(memory_limit_gib=))")
+    failed = _ALLOC_FAILED.search(text)
+    if failed or isinstance(exc, MemoryError):
+        size = f" {gib(int(failed.group(1)))}" if failed else ""
+        return MemoryLimitError(f"{name} asked for{size} memory that this machine could not allocate; lower the "
+                                f"batch or the number of streams, or run on a machine with more memory")
+    return CallError(f"{name}: onnxruntime failed the call ({type(exc).__name__}): {text}")
+
+
+def is_ort_error(exc: BaseException) -> bool:
+    """True for the exceptions onnxruntime raises for a failed run (not for a bug in the caller)."""
+    return type(exc).__module__ == ORT_ERRORS_MODULE or isinstance(exc, MemoryError)
 
 
 def ort_dtype(type_str: str) -> np.dtype:
@@ -112,6 +168,8 @@ class OrtRunner(Runner):
         trt_profiles: The TensorRT provider's optimisation profile, {input: (min, opt, max)} (see
             `trt_provider_options`); None: the provider builds for each new shape.
         name: Runner name used in messages (default: the file name).
+        limits: Call deadline and memory cap (`CallLimits`; the CPU arena is capped at half this machine's
+            memory unless `memory_limit_gib` says otherwise).
     """
 
     accepts_device_feeds = True  # only honoured on a GPU provider, checked in infer_impl
@@ -120,9 +178,9 @@ class OrtRunner(Runner):
                  device_id: int = 0, graph_optimization_level: str = "all", intra_op_num_threads: int | None = None,
                  trt_fp16: bool = False, trt_cache_dir: str | os.PathLike | None = None,
                  trt_profiles: Mapping[str, Sequence[Sequence[int]]] | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, limits: CallLimits | None = None) -> None:
         self.path = Path(path)
-        super().__init__(name or self.path.name)
+        super().__init__(name or self.path.name, limits=limits)
         if graph_optimization_level not in OPT_LEVELS:
             raise UsageError(f"graph_optimization_level must be one of {OPT_LEVELS}, got "
                              f"{graph_optimization_level!r}")
@@ -135,6 +193,9 @@ class OrtRunner(Runner):
         self.trt_profiles = dict(trt_profiles) if trt_profiles else None
         self.session: Any = None
         self.providers: list[str] = []
+        self.memory_limit_bytes: int | None = None
+        self._ort: Any = None
+        self._run_options: Any = None  # the running call's RunOptions, for cancel_impl
 
     @property
     def on_gpu(self) -> bool:
@@ -143,7 +204,11 @@ class OrtRunner(Runner):
 
     def _provider_options(self, provider: str) -> dict[str, Any]:
         if provider == "CUDAExecutionProvider":
-            return {"device_id": self.device_id}
+            options: dict[str, Any] = {"device_id": self.device_id}
+            if self.limits.memory_limit_gib is not None:  # the GPU arena is capped only when asked
+                options.update(gpu_mem_limit=int(self.limits.memory_limit_gib * GIB),
+                               arena_extend_strategy="kSameAsRequested")
+            return options
         if provider == "TensorrtExecutionProvider":
             return trt_provider_options(self.device_id, fp16=self.trt_fp16, cache_dir=self.trt_cache_dir,
                                         profiles=self.trt_profiles)
@@ -163,16 +228,23 @@ class OrtRunner(Runner):
         if self.intra_op_num_threads is not None:
             opts.intra_op_num_threads = self.intra_op_num_threads
         opts.log_severity_level = 3  # errors only; ORT warns about every unused initializer otherwise
+        self.memory_limit_bytes = self.limits.memory_limit_bytes()
+        if self.memory_limit_bytes:
+            cap_cpu_arena(ort, self.memory_limit_bytes)
+            opts.add_session_config_entry("session.use_env_allocators", "1")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers,
                                                 provider_options=[self._provider_options(p) for p in providers])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-            raise RunnerError(f"{self.name}: onnxruntime cannot load {self.path}: {exc}") from exc
+            why = " ".join(str(exc).split())  # one line
+            raise RunnerError(f"{self.name}: onnxruntime cannot load {self.path}: {why}") from exc
         self.providers = list(self.session.get_providers())
+        self._ort = ort
 
     def deactivate_impl(self) -> None:
         self.session = None
         self.providers = []
+        self._run_options = None
 
     def input_specs_impl(self) -> dict[str, TensorSpec]:
         return {i.name: TensorSpec(i.name, ort_dtype(i.type),
@@ -182,14 +254,35 @@ class OrtRunner(Runner):
     def output_names_impl(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
 
+    def cancel_impl(self) -> None:
+        """Set the running call's `RunOptions.terminate`: onnxruntime ends the run before its next node."""
+        options = self._run_options
+        if options is not None:
+            options.terminate = True
+
     def infer_impl(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        options = self._ort.RunOptions()
+        options.log_severity_level = 4  # the failure is raised as one line below, not logged as well
+        self._run_options = options
+        if self.call_cancelled.is_set():  # cancelled before this call began (see Runner.call_cancelled)
+            options.terminate = True
+        try:
+            return self._run(feeds, options)
+        except Exception as exc:
+            if not is_ort_error(exc):
+                raise
+            raise call_failure(self.name, exc, self.memory_limit_bytes) from exc
+        finally:
+            self._run_options = None
+
+    def _run(self, feeds: Mapping[str, Any], options: Any) -> dict[str, np.ndarray]:
         names = self.output_names_impl()
         if not self.on_gpu:
             for name, value in feeds.items():
                 if feed_layout(value)[2] is not None:
                     raise InputError(f"{self.name}: input {name!r} is a device buffer but the session runs on "
                                      f"{self.providers}; pass a host numpy array")
-            return dict(zip(names, self.session.run(names, dict(feeds)), strict=False))
+            return dict(zip(names, self.session.run(names, dict(feeds), options), strict=False))
         io = self.session.io_binding()
         for name, value in feeds.items():
             shape, dtype, ptr = feed_layout(value)
@@ -199,5 +292,5 @@ class OrtRunner(Runner):
                 io.bind_input(name, "cuda", self.device_id, dtype, list(shape), ptr)
         for name in names:
             io.bind_output(name, "cuda", self.device_id)
-        self.session.run_with_iobinding(io)
+        self.session.run_with_iobinding(io, options)
         return dict(zip(names, io.copy_outputs_to_cpu(), strict=False))

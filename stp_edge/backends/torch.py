@@ -9,6 +9,7 @@ import numpy as np
 
 from stp_edge._deps import require
 from stp_edge.backends.base import Runner, TensorSpec
+from stp_edge.backends.calls import CallLimits
 from stp_edge.errors import UsageError
 
 
@@ -19,10 +20,13 @@ class TorchRunner(Runner):
         module: An EncoderGraph / TemporalGraph / SpatialGraph (float32 boundary).
         graph: Its name ("encoder", "temporal" or "spatial"), which fixes the input/output names.
         device: torch device string.
+        name: Runner name used in messages.
+        limits: Call deadline (`CallLimits`).
     """
 
-    def __init__(self, module: Any, graph: str, *, device: str = "cpu", name: str | None = None) -> None:
-        super().__init__(name or f"torch:{graph}")
+    def __init__(self, module: Any, graph: str, *, device: str = "cpu", name: str | None = None,
+                 limits: CallLimits | None = None) -> None:
+        super().__init__(name or f"torch:{graph}", limits=limits)
         from stp_edge.model.graphs import GRAPH_SPECS
 
         self.module = module

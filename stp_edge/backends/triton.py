@@ -6,13 +6,19 @@ bit for bit; `max_batch()` is the model's `max_batch_size`, so `infer_batched` s
 streaming is unchanged: it only swaps its runners, and `push_many` still sends the snippets of many cameras as
 one batch (the server's dynamic batcher also merges requests of several Detectors).
 
-tritonclient's HTTP client runs on gevent; use one runner (one Detector) per thread.
+tritonclient's HTTP client runs on gevent, whose objects belong to the thread that made them: the client is made,
+used and closed on the runner's worker thread (`stp_edge.backends.calls`), whichever thread calls the runner.
+
+Faults are one-line errors within stated times: a server that does not answer is reported after
+`CallLimits.connect_timeout_s` (5 s; `--connect-timeout`), a call that gets no answer (a frozen server) after the
+call deadline (20 s; `--call-timeout`), a lost connection (a killed server) at once.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from http.client import HTTPException
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +26,8 @@ import numpy as np
 
 from stp_edge._deps import MissingDependencyError
 from stp_edge.backends.base import Runner, RunnerError, TensorSpec
+from stp_edge.backends.calls import CallLimits, format_seconds
+from stp_edge.backends.errors import CallError, CallTimeoutError
 from stp_edge.errors import UsageError
 
 SCHEME = "triton://"
@@ -61,15 +69,17 @@ class TritonRunner(Runner):
     Args:
         url: "HOST:PORT" of the server's HTTP endpoint.
         model: The Triton model name.
-        timeout_s: How long `activate()` waits for the model to be ready; also the network timeout of a call.
         name: Runner name used in messages.
+        limits: `connect_timeout_s`: how long `activate()` tries to reach the server and its model;
+            `call_timeout_s`: the deadline of a call, also the client's network timeout (default 20 s).
     """
 
-    def __init__(self, url: str, model: str, *, timeout_s: float = 60.0, name: str | None = None) -> None:
-        super().__init__(name or f"{model} (triton://{url})")
+    default_call_timeout_s = 20.0  # a server answers a batch in well under a second; silence means it froze
+
+    def __init__(self, url: str, model: str, *, name: str | None = None, limits: CallLimits | None = None) -> None:
+        super().__init__(name or f"{model} (triton://{url})", limits=limits)
         self.url = url
         self.model = model
-        self.timeout_s = timeout_s
         self.client: Any = None
         self.max_batch_size = 0
         self._http: Any = None
@@ -78,26 +88,51 @@ class TritonRunner(Runner):
 
     def activate_impl(self) -> None:
         http = load_tritonclient()
-        from tritonclient.utils import InferenceServerException
 
         self._http = http
-        self.client = http.InferenceServerClient(self.url, connection_timeout=self.timeout_s,
-                                                 network_timeout=self.timeout_s)
-        deadline = time.monotonic() + self.timeout_s
+        connect_s = self.limits.connect_timeout_s
+        call_s = self.limits.timeout_for(self.default_call_timeout_s)
+        # Reaching the server and reading the model are bounded by the connect timeout, calls by their deadline.
+        self.client = http.InferenceServerClient(self.url, connection_timeout=connect_s, network_timeout=connect_s)
+        try:
+            self._wait_ready(connect_s)
+            meta = self.client.get_model_metadata(self.model)
+            self.max_batch_size = int(self.client.get_model_config(self.model).get("max_batch_size", 0))
+            self._read_metadata(meta)
+        except Exception as exc:
+            if isinstance(exc, RunnerError):
+                raise
+            raise self._failure(exc, "reading the model's metadata", connect_s) from exc
+        finally:
+            self._close()
+        self.client = http.InferenceServerClient(self.url, connection_timeout=connect_s,
+                                                 network_timeout=call_s if call_s is not None else 1e9)
+
+    def _wait_ready(self, connect_s: float) -> None:
+        """Poll until the model is ready, for `connect_s` seconds; a server that never answers is a RunnerError."""
+        from tritonclient.utils import InferenceServerException
+
+        deadline = time.monotonic() + connect_s
         error: Exception | None = None
-        while time.monotonic() < deadline:
+        while True:
             try:
                 if self.client.is_model_ready(self.model):
-                    break
-            except (InferenceServerException, OSError) as exc:  # not up yet, or refused
+                    return
+                error = None  # the server answers; the model is still loading
+            except (InferenceServerException, OSError, HTTPException) as exc:  # not up, refused, or no answer
                 error = exc
+            if time.monotonic() + 0.2 >= deadline:
+                break
             time.sleep(0.2)
-        else:
-            self._close()
-            raise RunnerError(f"{self.name}: model {self.model!r} is not ready on {self.url} after "
-                              f"{self.timeout_s}s" + (f": {error}" if error else ""))
-        meta = self.client.get_model_metadata(self.model)
-        self.max_batch_size = int(self.client.get_model_config(self.model).get("max_batch_size", 0))
+        hint = "raise the wait with --connect-timeout SECONDS (Python: CallLimits(connect_timeout_s=...))"
+        if error is None:
+            raise RunnerError(f"{self.name}: the server at {self.url} answers but model {self.model!r} is not "
+                              f"ready after {format_seconds(connect_s)}; {hint}")
+        raise RunnerError(f"{self.name}: no Triton server answers at {self.url} after {format_seconds(connect_s)} "
+                          f"({type(error).__name__}: {' '.join(str(error).split())}): start one "
+                          f"(stp-edge serve BUNDLE --port PORT) or check the address, or {hint}")
+
+    def _read_metadata(self, meta: Mapping[str, Any]) -> None:
         self._inputs = {}
         for t in meta["inputs"]:
             if t["datatype"] not in TRITON_DTYPES:
@@ -125,6 +160,25 @@ class TritonRunner(Runner):
         self._require_active("max_batch")
         return self.max_batch_size or None
 
+    def _failure(self, exc: Exception, doing: str, waited_s: float | None) -> CallError:
+        """One line for a failed request: no answer in time, the connection lost, or the server's refusal."""
+        from tritonclient.utils import InferenceServerException
+
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            return CallTimeoutError(f"{self.name}: the server at {self.url} did not answer within "
+                                    f"{format_seconds(waited_s or 0)} while {doing} (frozen or overloaded?); "
+                                    f"if it is only slow, raise the deadline: --call-timeout SECONDS "
+                                    f"(--connect-timeout while connecting)")
+        if isinstance(exc, (OSError, HTTPException)):  # refused, reset, closed mid-answer (geventhttpclient)
+            return CallError(f"{self.name}: lost the connection to the Triton server at {self.url} while {doing} "
+                             f"({type(exc).__name__}: {text}); is the server still running?")
+        if isinstance(exc, InferenceServerException):
+            return CallError(f"{self.name}: the server at {self.url} refused or failed the request while "
+                             f"{doing}: {text}")
+        return CallError(f"{self.name}: the request to {self.url} failed while {doing} "
+                         f"({type(exc).__name__}: {text})")
+
     def infer_impl(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -138,6 +192,6 @@ class TritonRunner(Runner):
         outputs = [http.InferRequestedOutput(name, binary_data=True) for name in self._outputs]
         try:
             result = self.client.infer(self.model, inputs, outputs=outputs)
-        except InferenceServerException as exc:
-            raise RunnerError(f"{self.name}: the server refused or failed the request: {exc}") from exc
+        except (InferenceServerException, OSError, HTTPException) as exc:
+            raise self._failure(exc, "running a batch", self.limits.timeout_for(self.default_call_timeout_s)) from exc
         return {name: result.as_numpy(name) for name in self._outputs}

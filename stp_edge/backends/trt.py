@@ -42,6 +42,7 @@ from stp_edge.backends.base import (
     feed_layout,
     profile_max_batch,
 )
+from stp_edge.backends.calls import CallLimits
 from stp_edge.bundle.engines import EngineInfo, TrtEnvironment, describe_platform, host_platform
 
 TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")  # full runtime first, then the lean ones
@@ -212,6 +213,8 @@ class TrtRunner(Runner):
             `max_batch()` is known before the plan is loaded; None: read from the plan once active.
         engine_info: The bundle's engine set the plan belongs to (`Bundle.select_engine`'s choice), kept as
             `engine_info` so callers can report what ran; None for a plan file outside a bundle.
+        limits: Call deadline (`CallLimits`); a TensorRT call cannot be cancelled, so one past its deadline is
+            abandoned and the runner cannot run again.
     """
 
     accepts_device_feeds = True
@@ -219,9 +222,9 @@ class TrtRunner(Runner):
 
     def __init__(self, plan_path: str | os.PathLike, *, device: int = 0, name: str | None = None,
                  allow_host_code: bool = False, profiles: Mapping[str, Any] | None = None,
-                 engine_info: EngineInfo | None = None) -> None:
+                 engine_info: EngineInfo | None = None, limits: CallLimits | None = None) -> None:
         self.plan_path = Path(plan_path)
-        super().__init__(name or self.plan_path.name)
+        super().__init__(name or self.plan_path.name, limits=limits)
         self.device = device
         self.allow_host_code = allow_host_code
         self.profiles = dict(profiles) if profiles else None

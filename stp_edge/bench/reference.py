@@ -17,10 +17,12 @@ import numpy as np
 from stp_edge.preprocess import CLIP_MEAN, CLIP_STD
 
 
-def pil_reference(rgb: np.ndarray, size: int, dtype: type = np.float32) -> np.ndarray:
+def pil_reference(rgb: np.ndarray, size: int, dtype: type = np.float32, *,
+                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> np.ndarray:
     """One uint8 RGB frame [H,W,3] -> normalised CHW [3,size,size] through PIL's resize and crop.
 
     The kernel reproduces PIL's integer resize and rounds each float op like NumPy, so the match is exact.
+    `mean` and `std` (per RGB channel, of x/255) default to CLIP's; a bundle's manifest may declare others.
     """
     from PIL import Image
 
@@ -31,9 +33,9 @@ def pil_reference(rgb: np.ndarray, size: int, dtype: type = np.float32) -> np.nd
     # torchvision CenterCrop: offset round((n - size) / 2), Python's round half to even.
     top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
     v = a[top : top + size, left : left + size].transpose(2, 0, 1).astype(np.float32)
-    std = np.asarray(CLIP_STD, np.float32)[:, None, None]
-    scale = np.float32(1.0) / (np.float32(255.0) * std)
-    bias = -np.asarray(CLIP_MEAN, np.float32)[:, None, None] / std
+    std_ = np.asarray(std, np.float32)[:, None, None]
+    scale = np.float32(1.0) / (np.float32(255.0) * std_)
+    bias = -np.asarray(mean, np.float32)[:, None, None] / std_
     return (v * scale + bias).astype(dtype)
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.report import plural
+
 
 @dataclass(frozen=True)
 class StageStats:
@@ -52,9 +54,12 @@ class BenchReport:
     torch_baseline: dict[str, Any] | None
     machine: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    saved: list[Path] = field(default_factory=list, compare=False)  # files `save` wrote (none unless asked)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("saved")
+        return out
 
     def markdown(self) -> str:
         """The report as markdown tables."""
@@ -79,8 +84,9 @@ class BenchReport:
                   f"| cameras at 25 fps, one process | {self.cameras_at_25fps:.2f} |",
                   f"| peak RSS | {self.peak_rss_mb:.0f} MB |", f"| load (bundle + runners) | {self.load_s:.2f} s |"]
         for name, d in self.alert_delay.items():
-            lines.append(f"| alert delay, {name} | {d['snippets']:.0f} snippets = {d['frames']:.0f} frames = "
-                         f"{d['seconds']:.2f} s at 25 fps |")
+            snippets = plural(round(d["snippets"]), "snippet")
+            lines.append(f"| alert delay, {name} | {snippets} = {d['frames']:.0f} frames = {d['seconds']:.2f} s at "
+                         "25 fps |")
         if self.stream_cost:
             sc = self.stream_cost
             parts = ", ".join(f"{n}: {v:.3f} ms" for n, v in sc["median_ms"].items())
@@ -104,6 +110,7 @@ class BenchReport:
         paths = [out, md]
         if plot:
             paths.append(_plot(self, out.with_suffix(".png")))
+        self.saved = paths
         return paths
 
 

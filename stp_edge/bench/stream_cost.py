@@ -15,7 +15,8 @@ class _RandomFeatures:
     def __init__(self, config, seed: int = 0) -> None:
         self.config, self.rng = config, np.random.default_rng(seed)
 
-    def __call__(self, snippets):
+    def __call__(self, snippets, *, on_error=None):
+        """Features of `snippets` (the `Encoder` call's signature; random features never fail: `on_error` unused)."""
         from stp_edge.pipeline.encode import EncodedBatch
 
         c, n = self.config, len(snippets)

@@ -1,18 +1,26 @@
 """The exported model bundle: a directory with `manifest.json`, three ONNX graphs and optional TensorRT plans.
 
-Layout and manifest keys follow docs/bundle-format.md. Loading checks the manifest (schema, digest, consistency),
-that every listed file stays inside the bundle and has its sha256, and that each ONNX graph declares the inputs
-and outputs the config implies; it says exactly what does not match.
+Layout and manifest keys follow docs/bundle-format.md. Loading checks the manifest (schema, digest, consistency,
+a preprocessing the runtime implements), that every listed file stays inside the bundle and has its sha256, that
+each ONNX graph declares the inputs and outputs the config implies, and what each graph holds (no data outside it,
+only the operators export writes, constants and shapes within the config's bounds); it says exactly what does not
+match. `Bundle.load` is the one loader: every entry point (run, info, verify, score, extract, serve, the Triton
+repository writer, `Detector.load`) reads a bundle through it.
 
-    errors.py    BundleError and its kinds
-    schema.py    the published JSON Schema of manifest.json and its validator
-    manifest.py  write_manifest / read_manifest / verify_checksums, the manifest digest
-    contract.py  the graphs' I/O implied by a config; a protobuf-free reader of an ONNX file's I/O
-    engines.py   EngineInfo, TrtEnvironment, engine_mismatches, select_engine (pure functions of the machine)
+    errors.py         BundleError and its kinds
+    schema.py         the published JSON Schema of manifest.json and its validator
+    manifest.py       write_manifest / read_manifest / verify_checksums, the manifest digest
+    preprocessing.py  PreprocessSpec: the manifest's `preprocess`, and what of it the runtime implements
+    contract.py       the graphs' I/O implied by a config; a protobuf-free reader of an ONNX file's I/O
+    wire.py           the protobuf wire format, read without onnx
+    graph_walk.py     every node and tensor of an ONNX file, subgraphs and functions included
+    graph_rules.py    what a bundle graph may contain (check_graph_content)
+    engines.py        EngineInfo, TrtEnvironment, engine_mismatches, select_engine (pure functions of the machine)
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +50,10 @@ from stp_edge.bundle.errors import (
     GraphMismatchError,
     ManifestError,
     MissingFileError,
+    UnsafeGraphError,
     UnsafePathError,
 )
+from stp_edge.bundle.graph_rules import ALLOWED_OPERATORS, check_graph_content
 from stp_edge.bundle.manifest import (
     GRAPH_NAMES,
     MANIFEST,
@@ -58,15 +68,17 @@ from stp_edge.bundle.manifest import (
     verify_checksums,
     write_manifest,
 )
+from stp_edge.bundle.preprocessing import PreprocessSpec
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import RandomWeightsWarning
 
 __all__ = [
-    "GRAPH_NAMES", "MANIFEST", "REGION_FEATURES", "REQUIRED_KEYS", "SCHEMA_VERSION", "Bundle", "BundleError",
-    "ChecksumError", "EngineCompatibilityError", "EngineInfo", "GraphMismatchError", "ManifestError",
-    "MissingFileError", "TrtEnvironment", "UnsafePathError", "check_files", "check_onnx_file", "engine_dir_name",
-    "engine_mismatches", "expected_io", "gpu_slug", "manifest_digest", "manifest_text", "read_manifest",
-    "read_onnx_io", "region_features", "rewrite_manifest", "select_engine", "sha256_file", "verify_checksums",
-    "write_manifest",
+    "ALLOWED_OPERATORS", "GRAPH_NAMES", "MANIFEST", "REGION_FEATURES", "REQUIRED_KEYS", "SCHEMA_VERSION", "Bundle",
+    "BundleError", "ChecksumError", "EngineCompatibilityError", "EngineInfo", "GraphMismatchError", "ManifestError",
+    "MissingFileError", "TrtEnvironment", "UnsafeGraphError", "UnsafePathError", "check_files",
+    "check_graph_content", "check_onnx_file", "engine_dir_name", "engine_mismatches", "expected_io", "gpu_slug",
+    "manifest_digest", "manifest_text", "read_manifest", "read_onnx_io", "region_features", "rewrite_manifest",
+    "select_engine", "sha256_file", "verify_checksums", "write_manifest",
 ]
 
 
@@ -84,13 +96,14 @@ class Bundle:
         """Read and check the bundle at `path` (the bundle dir or its manifest.json).
 
         Checks, stopping at the first problem: the manifest (see `read_manifest`), that every listed file is a
-        regular file inside the bundle, its sha256 (skipped with `verify=False`), and that each ONNX graph
-        declares the inputs and outputs the config implies (names, float32, shapes). A bundle in the deprecated
-        "host" region layout loads with a FutureWarning naming the release that stops reading it.
+        regular file inside the bundle, its sha256 (skipped with `verify=False`), that each ONNX graph declares
+        the inputs and outputs the config implies (names, float32, shapes), and what each graph holds
+        (`stp_edge.bundle.graph_rules`; run with `verify=False` too). A bundle in the deprecated "host" region
+        layout loads with a FutureWarning naming the release that stops reading it.
 
         Raises:
-            BundleError: ManifestError, MissingFileError, UnsafePathError, ChecksumError or GraphMismatchError,
-                one line naming the file and the difference.
+            BundleError: ManifestError, MissingFileError, UnsafePathError, ChecksumError, GraphMismatchError or
+                UnsafeGraphError, one line naming the file and the difference.
         """
         path = Path(path)
         if path.name == MANIFEST and path.is_file():
@@ -103,9 +116,24 @@ class Bundle:
         expected = expected_io(config, bundle.region_features)
         for g in GRAPH_NAMES:
             check_onnx_file(g, bundle.graph_path(g), expected[g])
+            check_graph_content(g, bundle.graph_path(g), config)
         if bundle.region_features == "host":
             warn_host_regions(path)
+        if bundle.random_weights is not None:  # every entry point loads here: each one says it
+            warnings.warn(bundle.random_weights, RandomWeightsWarning, stacklevel=2)
         return bundle
+
+    @property
+    def random_weights(self) -> str | None:
+        """What a user must know when the manifest says the weights are random (`source.kind`); else None."""
+        source = self.manifest.get("source")
+        if not isinstance(source, dict) or source.get("kind") != "random":
+            return None
+        if source.get("clip_weights"):
+            return (f"bundle {self.path}: CLIP weights with random STPrompt heads (exported with --random "
+                    "--clip-weights): its encoder features are real, its scores, classes and boxes mean nothing")
+        return (f"bundle {self.path} has random weights (exported with --random): its scores, classes and boxes "
+                "mean nothing; export a trained model (--checkpoint DIR, or --demo) to detect anomalies")
 
     def graph_path(self, name: str) -> Path:
         """Path of the ONNX graph `name` ('encoder', 'temporal' or 'spatial')."""
@@ -131,6 +159,14 @@ class Bundle:
     def host_crops(self) -> bool:
         """True when the runtime cuts the crops itself: crops mode, regions computed on the host."""
         return self.config.region_mode == "crops" and self.region_features == "host"
+
+    @property
+    def preprocess_spec(self) -> PreprocessSpec:
+        """The preprocessing the encoder expects (manifest `preprocess`; checked at load to be one the runtime runs).
+
+        Both preprocessors honour its size, mean and std (`stp_edge.pipeline.encode.make_preprocess`).
+        """
+        return PreprocessSpec.from_dict(self.manifest["preprocess"])
 
     @property
     def precision(self) -> str:
@@ -187,6 +223,8 @@ class Bundle:
             f"classes       {', '.join(c.class_names)}",
             f"thresholds    score {c.score_threshold}  box {c.box_threshold}",
         ]
+        if self.random_weights is not None:
+            lines.insert(1, "weights       RANDOM (exported with --random): scores, classes and boxes mean nothing")
         for name, g in m["graphs"].items():
             lines.append(f"graph         {name}: {g.get('file')}  in {g.get('inputs')}  out {g.get('outputs')}")
         for e in self.engines:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stp_edge.bundle.errors import GraphMismatchError
+from stp_edge.bundle.wire import Malformed, fields, string
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import UsageError
 
@@ -67,6 +68,36 @@ def expected_io(cfg: STPromptConfig, regions: str = "encoder") -> dict[str, dict
     }
 
 
+@dataclass(frozen=True)
+class OutputRange:
+    """What the values of one graph output may be, beyond its shape: always finite, and optionally bounded.
+
+    Attributes:
+        low: Smallest value allowed (None: unbounded).
+        high: Largest value allowed (None: unbounded).
+        sums_to_one: Each vector along the last axis sums to 1 (a probability distribution).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    sums_to_one: bool = False
+
+
+# One fp16 ulp at 1.0 is 2**-10 (9.8e-4): a sigmoid or softmax computed in fp16 may round up to it, so bounds are
+# held with this slack; a broken graph (NaN, logits instead of probabilities, 4.85) is far outside it.
+RANGE_TOLERANCE = 1e-3
+# How far a probability vector's sum may be from 1: the fp16 parity tolerance of `stp-edge verify`
+# (export/verify.py TOLERANCES["fp16"]); fp16 rounding of K probabilities stays well inside it.
+PROB_SUM_TOLERANCE = 1e-2
+# graph -> output -> the values it may hold (shapes: `expected_io`). Every runner output is checked against this
+# table by `stp_edge.pipeline.calls.check_outputs` before any stage uses it.
+OUTPUT_RANGES: dict[str, dict[str, OutputRange]] = {
+    "encoder": {"frame_emb": OutputRange(), "region_emb": OutputRange(), "patch_emb": OutputRange()},
+    "temporal": {"score": OutputRange(0.0, 1.0), "class_probs": OutputRange(0.0, 1.0, sums_to_one=True)},
+    "spatial": {"region_scores": OutputRange(0.0, 1.0)},
+}
+
+
 def _fmt(shape: Shape) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
@@ -99,120 +130,62 @@ def io_mismatches(graph: str, expected: dict[str, dict[str, Shape]], got: dict[s
     return out
 
 
-# --- protobuf wire format -------------------------------------------------------------------------------------
-class _Malformed(ValueError):
-    pass
-
-
+# --- an ONNX file's I/O, from the protobuf wire format (stp_edge.bundle.wire) -----------------------------------
 @dataclass
 class _Onnx:
     inputs: dict[str, tuple[int, Shape]]
     outputs: dict[str, tuple[int, Shape]]
     initializers: set[str]
-    external: list[str]
-
-
-def _varint(buf, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _Malformed("truncated or overlong varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf, pos: int, end: int):
-    """Yield (field number, wire type, value) of one message; value is an int, or (start, end) for bytes."""
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos, end)
-        elif wire == 2:
-            n, pos = _varint(buf, pos, end)
-            if pos + n > end:
-                raise _Malformed(f"field {field} runs past its message ({n} bytes at offset {pos})")
-            value, pos = (pos, pos + n), pos + n
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            if pos + size > end:
-                raise _Malformed("truncated fixed-size field")
-            value, pos = 0, pos + size
-        else:
-            raise _Malformed(f"unsupported wire type {wire} (field {field})")
-        if field == 0:
-            raise _Malformed("field number 0")
-        yield field, wire, value
-
-
-def _string(buf, span) -> str:
-    try:
-        return bytes(buf[span[0]:span[1]]).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _Malformed("a name is not UTF-8") from exc
 
 
 def _value_info(buf, span) -> tuple[str, int, Shape]:
     """ValueInfoProto -> (name, elem_type, shape); elem_type 0 when not a tensor."""
     name, elem, shape = "", 0, []
-    for f, w, v in _fields(buf, *span):
+    for f, w, v in fields(buf, *span):
         if f == 1 and w == 2:
-            name = _string(buf, v)
+            name = string(buf, v)
         elif f == 2 and w == 2:  # TypeProto
-            for tf, tw, tv in _fields(buf, *v):
+            for tf, tw, tv in fields(buf, *v):
                 if tf == 1 and tw == 2:  # TypeProto.Tensor
-                    for ef, ew, ev in _fields(buf, *tv):
+                    for ef, ew, ev in fields(buf, *tv):
                         if ef == 1 and ew == 0:
                             elem = ev
                         elif ef == 2 and ew == 2:  # TensorShapeProto
-                            shape = [_dim(buf, dv) for df, dw, dv in _fields(buf, *ev) if df == 1 and dw == 2]
+                            shape = [_dim(buf, dv) for df, dw, dv in fields(buf, *ev) if df == 1 and dw == 2]
     return name, elem, shape
 
 
 def _dim(buf, span) -> int | str:
     value: int | str = "?"  # neither a size nor a name: an unknown (dynamic) axis
-    for f, w, v in _fields(buf, *span):
+    for f, w, v in fields(buf, *span):
         if f == 1 and w == 0:
             value = v
         elif f == 2 and w == 2:
-            value = _string(buf, v) or "?"
+            value = string(buf, v) or "?"
     return value
 
 
-def _tensor_header(buf, span) -> tuple[str, bool]:
-    """TensorProto -> (name, stored externally); raw data is skipped by its length."""
-    name, external = "", False
-    for f, w, v in _fields(buf, *span):
-        if f == 8 and w == 2:
-            name = _string(buf, v)
-        elif f == 14 and w == 0:
-            external = v == 1
-    return name, external
+def _tensor_name(buf, span) -> str:
+    """A TensorProto's name; its data is skipped by its length."""
+    return next((string(buf, v) for f, w, v in fields(buf, *span) if f == 8 and w == 2), "")
 
 
 def _parse(buf) -> _Onnx:
     graph = None
-    for f, w, v in _fields(buf, 0, len(buf)):
+    for f, w, v in fields(buf, 0, len(buf)):
         if f == 7 and w == 2:
             graph = v
     if graph is None:
-        raise _Malformed("no graph")
-    model = _Onnx({}, {}, set(), [])
-    for f, w, v in _fields(buf, *graph):
+        raise Malformed("no graph")
+    model = _Onnx({}, {}, set())
+    for f, w, v in fields(buf, *graph):
         if w != 2:
             continue
         if f in (11, 12):
             name, elem, shape = _value_info(buf, v)
             (model.inputs if f == 11 else model.outputs)[name] = (elem, shape)
         elif f == 5:
-            name, external = _tensor_header(buf, v)
-            model.initializers.add(name)
-            if external:
-                model.external.append(name)
+            model.initializers.add(_tensor_name(buf, v))
     return model
 
 
@@ -222,8 +195,8 @@ def read_onnx_io(path: str | Path) -> dict[str, dict[str, tuple[int, Shape]]]:
     Inputs that are initializers (old exporters list weights as inputs) are left out.
 
     Raises:
-        GraphMismatchError: The file is empty, truncated, not ONNX, or keeps weights in external files (a bundle's
-            graphs are self-contained: an external data path would name a file the manifest does not hash).
+        GraphMismatchError: The file is empty, truncated or not ONNX. (What the graph holds, external data
+            included, is checked by `stp_edge.bundle.graph_rules.check_graph_content`.)
     """
     path = Path(path)
     try:
@@ -232,13 +205,10 @@ def read_onnx_io(path: str | Path) -> dict[str, dict[str, tuple[int, Shape]]]:
                 raise GraphMismatchError(f"{path.name} is empty, not an ONNX model")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 model = _parse(buf)
-    except _Malformed as exc:
+    except Malformed as exc:
         raise GraphMismatchError(f"{path.name} is not a valid ONNX model (truncated or corrupted): {exc}") from None
     except OSError as exc:
         raise GraphMismatchError(f"{path.name} cannot be read: {exc.strerror or exc}") from None
-    if model.external:
-        raise GraphMismatchError(f"{path.name} keeps weights {model.external[:3]} in external data files; bundle "
-                                 f"graphs must be self-contained")
     if not model.outputs:
         raise GraphMismatchError(f"{path.name} is not a valid ONNX model: its graph has no outputs")
     inputs = {k: v for k, v in model.inputs.items() if k not in model.initializers}

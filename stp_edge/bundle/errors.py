@@ -38,3 +38,11 @@ class UnsafePathError(BundleError):
 
 class GraphMismatchError(BundleError):
     """An ONNX graph does not declare the inputs/outputs the config implies (swapped, edited, truncated, empty)."""
+
+
+class UnsafeGraphError(BundleError):
+    """A graph holds what a bundle graph may not (the rules: stp_edge.bundle.graph_rules).
+
+    Data outside the file, an operator export does not write (control flow, a custom domain), or constants and
+    shapes beyond the config's bounds.
+    """

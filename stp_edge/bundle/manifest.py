@@ -23,6 +23,7 @@ from typing import Any
 from stp_edge.bundle.contract import REGION_FEATURES, expected_io, io_mismatches, region_features, warn_host_regions
 from stp_edge.bundle.engines import EngineInfo
 from stp_edge.bundle.errors import ChecksumError, ManifestError, MissingFileError, UnsafePathError
+from stp_edge.bundle.preprocessing import PreprocessSpec
 from stp_edge.bundle.schema import SchemaViolation, validate
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import UsageError
@@ -237,6 +238,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     """
     directory = Path(directory)
     path = directory / MANIFEST
+    if not directory.exists():
+        raise ManifestError(f"bundle {directory} not found (a bundle is a directory NAME.stp/ with {MANIFEST}, "
+                            "written by `stp-edge export`)")
     if not directory.is_dir():
         raise ManifestError(f"bundle {directory} is not a directory (expected NAME.stp/ with {MANIFEST})")
     if not path.exists():
@@ -315,6 +319,8 @@ def consistency_problems(manifest: Mapping[str, Any], config: STPromptConfig) ->
     if manifest["preprocess"]["size"] != config.vision.image_size:
         out.append(f"preprocess.size {manifest['preprocess']['size']} differs from config.vision.image_size "
                    f"{config.vision.image_size}")
+    out += [f"{p}; re-export the model for this runtime's preprocessing"
+            for p in PreprocessSpec.from_dict(manifest["preprocess"]).unsupported()]
     graph_precision = manifest.get("graph_precision", {})
     if graph_precision.get("encoder", manifest["precision"]) != manifest["precision"]:
         out.append(f"graph_precision.encoder {graph_precision['encoder']!r} differs from precision "

@@ -29,6 +29,7 @@ from stp_edge.preprocess import (
     PreprocessSpec,
     SizeCache,
     normalisation,
+    preprocess_spec,
     split_nv12,
     yuv_coefficients,
 )
@@ -92,6 +93,8 @@ class CudaPreprocessor:
         stream: Any = None,
         fatbin: str | None = None,
         device: int = 0,
+        *,
+        spec: PreprocessSpec | None = None,
     ):
         """Retain the device's primary context, load the kernels and create the stream.
 
@@ -102,6 +105,8 @@ class CudaPreprocessor:
             stream: a pycuda Stream to work on, created in `device`'s primary context (default: a new one).
             fatbin: prebuilt kernels (see stp_edge.cuda.kernels.load_kernels).
             device: CUDA device ordinal.
+            spec: the bundle's preprocessing (`Bundle.preprocess_spec`: its mean and std, which the kernel takes
+                as per-channel scale and bias); None: CLIP's.
         """
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float16):
@@ -110,7 +115,7 @@ class CudaPreprocessor:
             raise UsageError(f"image_size and max_batch must be positive, got {image_size}, {max_batch}")
         self.image_size = int(image_size)
         self.max_batch = int(max_batch)
-        self.spec = PreprocessSpec(size=self.image_size)
+        self.spec = preprocess_spec(self.image_size, spec)
         self._context = PrimaryContext(device)
         self.device = self._context.device
         self._cuda = cuda = self._context.driver

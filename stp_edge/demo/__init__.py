@@ -25,7 +25,7 @@ import numpy as np
 
 from stp_edge.errors import MissingInputError, StpEdgeError
 from stp_edge.model.sources import demo_checkpoint_dir
-from stp_edge.report import Event, format_latency, latency_table, merge_events
+from stp_edge.report import Event, format_latency, latency_table, merge_events, plural
 
 
 @dataclass
@@ -83,6 +83,7 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
     from stp_edge.metrics import rank_auc
     from stp_edge.results import frame_scores
     from stp_edge.run import run_video
+    from stp_edge.video import describe_codec
     from stp_edge.visualize import plot_timeline
 
     out = Path(out_dir)
@@ -114,14 +115,15 @@ def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 2026, anomaly: str
     plot_timeline(outputs["plot"], scores, gt["fps"], gt_ranges=[gt["event"]], threshold=threshold,
                   title=f"stp-edge demo: {gt['class_name']} (frame AUC {summary.frame_auc:.3f})")
     summary.outputs = outputs
+    codec = describe_codec(outputs["overlay"])
     for name, path in outputs.items():
-        report(f"wrote    {name:<8} {path}")
+        report(f"wrote    {name:<8} {path}" + (f" ({codec})" if name == "overlay" else ""))
     return summary
 
 
 def _print_summary(summary: DemoSummary, results, gt, wall: float, report: Callable[[str], None]) -> None:
     fps = gt["fps"]
-    report(f"runtime  ONNX Runtime (CPU), {len(results)} snippets of 16 frames in {wall:.1f}s "
+    report(f"runtime  ONNX Runtime (CPU), {plural(len(results), 'snippet')} of 16 frames in {wall:.1f}s "
            f"({len(gt['labels']) / wall:.0f} frames/s); torch imported by the runtime: "
            f"{'yes' if summary.torch_imported else 'no'}")
     report("events:" if summary.events else "events:  none above the threshold")

@@ -77,6 +77,16 @@ def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def require_eval_dependencies(plots: bool = False) -> None:
+    """Fail now, naming the `eval` extra, when what the metrics (scikit-learn) or plots (matplotlib) need is missing.
+
+    Called before any video is scored: finding out after hours of scoring would waste them.
+    """
+    require("sklearn.metrics", "evaluation (frame AUC/AP)")
+    if plots:
+        require("matplotlib", "evaluation plots (--out)")
+
+
 def frame_auc_ap(scores: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
     """ROC AUC and average precision of scores against 0/1 labels; (None, None) if only one class present."""
     metrics = require("sklearn.metrics", "evaluation")

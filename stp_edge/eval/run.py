@@ -18,8 +18,9 @@ from stp_edge.datasets import (
     load_ground_truth,
 )
 from stp_edge.errors import UsageError
-from stp_edge.eval.metrics import EvalResult, VideoPrediction, evaluate_videos
+from stp_edge.eval.metrics import EvalResult, VideoPrediction, evaluate_videos, require_eval_dependencies
 from stp_edge.media_files import IMAGE_EXTENSIONS
+from stp_edge.report import plural
 from stp_edge.results import expand_snippets, frame_scores
 from stp_edge.video import VideoError
 
@@ -109,17 +110,22 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
 
     Raises:
         GroundTruthMismatch: a video does not fit its ground truth (under "error"), or none does (under "skip").
+        MissingDependencyError: scikit-learn (or, with `out_dir`, matplotlib) is missing; raised before any
+            video is scored.
     """
     from stp_edge.api import Detector
 
     if on_mismatch not in ON_MISMATCH:
         raise UsageError(f"on_mismatch must be one of {ON_MISMATCH}, got {on_mismatch!r}")
+    require_eval_dependencies(plots=out_dir is not None)
     data = Path(data)
     preds: dict[str, VideoPrediction] = {}
     kept: list[VideoGroundTruth] = []
     excluded: dict[str, str] = {}
     with Detector.load(bundle, backend=backend) as det:
         gts = load_ground_truth(data, fmt, annotations, det.config.class_names)
+        if not gts:
+            raise GroundTruthMismatch(f"the {fmt} ground truth of {annotations or data} lists no video")
         thr = float(det.score_threshold if threshold is None else threshold)
         for g in gts:
             det.reset()
@@ -139,7 +145,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
             preds[g.name] = prediction_from_results(decoded.results, decoded.frames)
             if report is not None:
                 top = max(r.score for r in decoded.results)
-                report(f"{g.name}: {len(decoded.results)} snippets, max score {top:.3f}")
+                report(f"{g.name}: {plural(len(decoded.results), 'snippet')}, max score {top:.3f}")
     if not kept:
         raise GroundTruthMismatch(f"no video of {len(gts)} matches its ground truth: "
                                   + "; ".join(f"{k}: {v}" for k, v in excluded.items()))

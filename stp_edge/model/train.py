@@ -5,10 +5,21 @@ label (top-k MIL), plus cross-entropy on the per-class top-k mean of the A-branc
 Features per video: `frame_emb` [T,E] and `region_emb` [T,R2,E] from the frozen encoder, one row per snippet.
 A feature directory holds one `.npz` per video with keys `frame_emb`, `region_emb`, `label` (class index,
 0 = normal).
+
+`train_from_features` checks everything it can before the first epoch: the options, the output path, and every
+feature file (a readable archive, the arrays, their shapes against the first file's and the model's, finite
+values, an integer label in the model's classes); each problem is one line naming the file or option. The
+checkpoint is written into a temporary directory beside `out` and renamed into place, so a full disk leaves no
+half-written checkpoint.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stp_edge.errors import MissingInputError, UsageError
+from stp_edge.errors import MissingInputError, OutputExistsError, StpEdgeError, UsageError
+
+
+class CheckpointWriteError(StpEdgeError, OSError):
+    """The trained checkpoint could not be written (a full disk, no permission); nothing half-written is left."""
 
 
 @dataclass
@@ -73,6 +88,7 @@ def train_on_features(
     """Train the heads with top-k MIL on video-level labels; returns the mean loss of each epoch."""
     from tqdm.auto import tqdm
 
+    check_train_options(epochs=epochs, lr=lr, batch_size=batch_size)
     if not videos:
         raise UsageError("no training videos")
     torch.manual_seed(seed)
@@ -93,6 +109,9 @@ def train_on_features(
         for start in range(0, len(order), batch_size):
             opt.zero_grad()
             loss = _batch_loss(model, [videos[i] for i in order[start : start + batch_size]], ce_weight)
+            if loss is None or not torch.isfinite(loss):
+                raise UsageError(f"training diverged in epoch {len(history) + 1}: the model's outputs or loss "
+                                 f"became NaN/inf; lower the learning rate (lr={lr}, CLI: --lr)")
             loss.backward()
             opt.step()
             total += loss.item() * min(batch_size, len(order) - start)
@@ -103,11 +122,14 @@ def train_on_features(
     return history
 
 
-def _batch_loss(model, batch: Iterable[FeatureVideo], ce_weight: float) -> torch.Tensor:
+def _batch_loss(model, batch: Iterable[FeatureVideo], ce_weight: float) -> torch.Tensor | None:
+    """Mean loss over a batch; None when the model's outputs are no longer finite (training diverged)."""
     batch = list(batch)
     losses = []
     for v in batch:
         score_logit, class_logit = model.temporal_logits(v.frame_emb[None], v.region_emb[None])
+        if not (torch.isfinite(score_logit).all() and torch.isfinite(class_logit).all()):
+            return None
         bce, ce = mil_losses(score_logit[0], class_logit[0], v.label)
         losses.append(bce + ce_weight * ce)
     return torch.stack(losses).mean()
@@ -120,23 +142,145 @@ def snippet_scores(model, videos: Sequence[FeatureVideo]) -> list[np.ndarray]:
     return [model.temporal(v.frame_emb[None], v.region_emb[None])[0][0].numpy() for v in videos]
 
 
+FEATURE_ARRAYS = ("frame_emb", "region_emb", "label")
+
+
+def _read_npz(f: Path) -> dict[str, np.ndarray]:
+    """The training arrays of one feature file, read whole (so a damaged archive fails its CRC here)."""
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise UsageError(f"{f}: a single NumPy array, not an .npz archive of {list(FEATURE_ARRAYS)}")
+            missing = set(FEATURE_ARRAYS) - set(z.files)
+            if missing:
+                raise UsageError(f"{f}: missing arrays {sorted(missing)}")
+            return {k: z[k] for k in FEATURE_ARRAYS}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, StpEdgeError):
+            raise
+        raise UsageError(f"{f}: not a readable .npz feature file ({type(exc).__name__}: {exc}); extract it again "
+                         "(stp-edge extract)") from None
+
+
+def _label(f: Path, value: np.ndarray) -> int:
+    """A file's video label: one integer (an integral float such as 1.0 is that integer; 0.7 is refused)."""
+    if value.shape != () or value.dtype.kind not in "iuf" or not np.isfinite(value) or value != np.round(value):
+        raise UsageError(f"{f}: label is {value.tolist()!r} ({value.dtype}); expected one integer class index "
+                         "(0 = normal)")
+    return int(value)
+
+
+def _feature_video(f: Path, first: tuple[Path, int, int] | None) -> FeatureVideo:
+    """One checked feature file: shapes [T,E] / [T,R2,E] with T >= 1, E and R2 as the first file's, finite."""
+    z = _read_npz(f)
+    fe, re_ = z["frame_emb"], z["region_emb"]
+    if fe.ndim != 2 or re_.ndim != 3 or re_.shape[0] != fe.shape[0] or re_.shape[2] != fe.shape[1]:
+        raise UsageError(f"{f}: frame_emb {fe.shape} and region_emb {re_.shape} are not [T,E] and [T,R2,E]")
+    if fe.shape[0] == 0:
+        raise UsageError(f"{f}: no snippet (T=0); a video must have at least one snippet of features")
+    if fe.dtype.kind != "f" or re_.dtype.kind != "f":
+        raise UsageError(f"{f}: features are {fe.dtype}/{re_.dtype}; expected floating point")
+    if first is not None and (fe.shape[1], re_.shape[1]) != first[1:]:
+        raise UsageError(f"{f}: features are E={fe.shape[1]}, R2={re_.shape[1]} but {first[0].name} has "
+                         f"E={first[1]}, R2={first[2]}; every file must come from the same encoder and regions")
+    for name, arr in (("frame_emb", fe), ("region_emb", re_)):
+        bad = int(arr.size - np.isfinite(arr).sum())
+        if bad:
+            raise UsageError(f"{f}: {name} holds {bad} non-finite value(s) (NaN/inf); extract this video again")
+    label = _label(f, z["label"])
+    return FeatureVideo(torch.from_numpy(np.ascontiguousarray(fe)).float(),
+                        torch.from_numpy(np.ascontiguousarray(re_)).float(), label, f.stem)
+
+
 def load_feature_dir(path: str | Path) -> list[FeatureVideo]:
-    """Read every `*.npz` (frame_emb [T,E], region_emb [T,R2,E], label) under `path`."""
+    """Read and check every `*.npz` (frame_emb [T,E], region_emb [T,R2,E], label) under `path`.
+
+    Raises:
+        MissingInputError: `path` holds no `.npz` file.
+        UsageError: a file is not a readable archive, lacks an array, has shapes other than the first file's,
+            non-finite features or a label that is not one integer (naming the file).
+    """
     files = sorted(Path(path).glob("*.npz"))
     if not files:
         raise MissingInputError(f"no .npz feature files in {path}")
-    videos = []
+    videos: list[FeatureVideo] = []
+    first: tuple[Path, int, int] | None = None
     for f in files:
-        with np.load(f) as z:
-            missing = {"frame_emb", "region_emb", "label"} - set(z.files)
-            if missing:
-                raise UsageError(f"{f}: missing arrays {sorted(missing)}")
-            fe, re_ = z["frame_emb"], z["region_emb"]
-            if fe.ndim != 2 or re_.ndim != 3 or re_.shape[0] != fe.shape[0] or re_.shape[2] != fe.shape[1]:
-                raise UsageError(f"{f}: frame_emb {fe.shape} and region_emb {re_.shape} are not [T,E] and [T,R2,E]")
-            videos.append(FeatureVideo(torch.from_numpy(fe).float(), torch.from_numpy(re_).float(),
-                                       int(z["label"]), f.stem))
+        v = _feature_video(f, first)
+        first = first or (f, v.frame_emb.shape[1], v.region_emb.shape[1])
+        videos.append(v)
     return videos
+
+
+def check_train_options(*, epochs: int, lr: float, batch_size: int) -> None:
+    """Refuse option values training cannot use (before any file is read), naming the CLI option."""
+    for name, flag, value in (("epochs", "--epochs", epochs), ("batch_size", "--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise UsageError(f"{name} must be an integer >= 1 (CLI: {flag}), got {value!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise UsageError(f"lr must be a finite number > 0 (CLI: --lr), got {lr!r}")
+
+
+def check_checkpoint_out(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse, before training, a checkpoint directory that cannot be written or would replace something.
+
+    Raises:
+        OutputExistsError: `out` exists and `overwrite` is False.
+        UsageError: `out` is a file, or its nearest existing parent is not a writable directory.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out} is a file; a checkpoint is a directory (model.safetensors + config.json), "
+                         "name a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"-o {out} already exists; pass overwrite=True (CLI: --force) to replace it")
+    parent = out.absolute().parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"-o {out}: cannot create it in {existing} (not a writable directory)")
+    return out
+
+
+def save_checkpoint(model, out: str | Path) -> Path:
+    """`save_stprompt` into a temporary directory beside `out`, renamed into place (an old `out` is replaced).
+
+    Raises:
+        CheckpointWriteError: the disk is full or refuses the write; the temporary directory is removed.
+    """
+    from stp_edge.model.weights import save_stprompt
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise CheckpointWriteError(f"-o {out}: cannot create the checkpoint directory: {exc.strerror or exc}") from exc
+    try:
+        tmp.chmod(0o755)  # mkdtemp creates 0700; a checkpoint should be readable like any directory
+        save_stprompt(model, tmp)
+        _replace_dir(tmp, out)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, OSError) and type(exc).__name__ != "SafetensorError":
+            raise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CheckpointWriteError(f"-o {out}: cannot write the checkpoint ({reason}); free disk space or "
+                                   "choose another directory") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished directory into place; an existing one is swapped out, then deleted."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
 
 
 @dataclass(frozen=True)
@@ -161,6 +305,7 @@ def train_from_features(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainReport:
     """Train an STPrompt's heads on a feature directory (`load_feature_dir`) and save the checkpoint (`stp-edge train`).
 
@@ -177,18 +322,25 @@ def train_from_features(
         batch_size: videos per batch.
         seed: seed of the batch order and of torch during training.
         progress: show a progress bar.
+        overwrite: replace an existing, non-empty `out` (CLI: --force).
 
     Returns:
         A `TrainReport`.
 
     Raises:
         MissingInputError: `features` holds no `.npz` file.
-        UsageError: the features do not fit the model (embedding width, regions) or a label is outside its classes.
+        OutputExistsError: `out` exists and `overwrite` is False (checked before training).
+        UsageError: an option is out of range, `out` cannot be written, a feature file is malformed, the
+            features do not fit the model (embedding width, regions) or a label is outside its classes; all
+            checked before the first epoch. Also when the loss becomes non-finite (lower `lr`).
+        CheckpointWriteError: the checkpoint could not be written (full disk); nothing half-written is left.
     """
     from stp_edge.config import STPromptConfig
     from stp_edge.model.stprompt import STPrompt
-    from stp_edge.model.weights import load_clip_into, load_stprompt, save_stprompt
+    from stp_edge.model.weights import load_clip_into, load_stprompt
 
+    check_train_options(epochs=epochs, lr=lr, batch_size=batch_size)
+    check_checkpoint_out(out, overwrite=overwrite)
     videos = load_feature_dir(features)
     if init:
         model = load_stprompt(init)
@@ -202,9 +354,18 @@ def train_from_features(
     if v.frame_emb.shape[1] != e or v.region_emb.shape[1] != r2:
         raise UsageError(f"{features}: features are E={v.frame_emb.shape[1]}, R2={v.region_emb.shape[1]}; "
                          f"the model expects E={e}, R2={r2}")
-    bad = sorted({x.label for x in videos if not 0 <= x.label < model.cfg.num_classes})
-    if bad:
-        raise UsageError(f"labels {bad} are outside the model's {model.cfg.num_classes} classes")
+    _check_labels(videos, model.cfg.class_names)
     history = train_on_features(model, videos, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                                 progress=progress)
-    return TrainReport(save_stprompt(model, out), len(videos), history)
+    return TrainReport(save_checkpoint(model, out), len(videos), history)
+
+
+def _check_labels(videos: Sequence[FeatureVideo], class_names: Sequence[str]) -> None:
+    """Every label is one of the model's classes; unlabelled features (-1) say how to label them."""
+    bad = [v for v in videos if not 0 <= v.label < len(class_names)]
+    if not bad:
+        return
+    shown = ", ".join(f"{v.name}: {v.label}" for v in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    hint = (" (-1 = extracted without labels: rerun `stp-edge extract` with --labels or --format)"
+            if any(v.label == -1 for v in bad) else "")
+    raise UsageError(f"labels outside the model's {len(class_names)} classes {list(class_names)}: {shown}{hint}")

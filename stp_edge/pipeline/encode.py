@@ -24,9 +24,12 @@ from typing import Any
 import numpy as np
 
 from stp_edge.backends.base import Runner, is_device_array
+from stp_edge.bundle.contract import expected_io
+from stp_edge.bundle.preprocessing import PreprocessSpec
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import UsageError
 from stp_edge.geometry import bilinear_matrix, crop_windows
+from stp_edge.pipeline.calls import Item, OnError, run_graph
 from stp_edge.pipeline.snippets import Snippet
 
 Preprocess = Callable[[Sequence[np.ndarray]], Any]
@@ -71,7 +74,7 @@ def make_crops(images: np.ndarray, R: int) -> np.ndarray:
 
 
 def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, host_crops: bool = False,
-                    device: int = 0, max_batch: int = 16) -> Preprocess:
+                    device: int = 0, max_batch: int = 16, spec: PreprocessSpec | None = None) -> Preprocess:
     """The preprocessing callable: "cpu", "cuda", "auto" (CUDA with TensorRT unless crops are cut on the host).
 
     `host_crops`: the bundle is in crops mode and its encoder graph does not cut the crops itself (the deprecated
@@ -81,8 +84,14 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, ho
     buffers for `max_batch` frames (the encoder's largest batch: `Runner.max_batch()`, 16 when unlimited).
 
     A callable is returned as is (frames -> [B, 3, S, S], NumPy or a device array the encoder runner accepts).
+    `spec`: the bundle's preprocessing (`Bundle.preprocess_spec`, its mean and std; None: CLIP's); a preprocessor
+    passed in that declares another `spec` is refused.
     """
     if callable(kind):
+        declared = getattr(kind, "spec", None)
+        if spec is not None and isinstance(declared, PreprocessSpec) and declared != spec:
+            raise UsageError(f"the preprocessor given runs {declared}, the bundle expects {spec}; make it with "
+                             f"spec=bundle.preprocess_spec")
         return kind
     if kind == "auto":
         kind = "cpu"
@@ -92,13 +101,13 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, ho
     if kind == "cpu":
         from stp_edge.preprocess import CpuPreprocessor
 
-        return CpuPreprocessor(image_size)
+        return CpuPreprocessor(image_size, spec=spec)
     if kind == "cuda":
         from stp_edge.cuda import CudaPreprocessor
 
         # Its output buffer is overwritten by its next call, so `Encoder` runs the encoder on each chunk of at
         # most `max_batch` frames before preprocessing the next.
-        return CudaPreprocessor(image_size, max_batch=max_batch, device=device)
+        return CudaPreprocessor(image_size, max_batch=max_batch, device=device, spec=spec)
     raise UsageError(f"preprocess must be 'auto', 'cpu', 'cuda' or a callable, got {kind!r}")
 
 
@@ -106,6 +115,11 @@ def preprocess_name(preprocess: Preprocess) -> str:
     """A short name of the preprocessing in use, for reports ("cpu", "cuda" or the callable's type)."""
     kind = type(preprocess).__name__
     return {"CpuPreprocessor": "cpu", "CudaPreprocessor": "cuda"}.get(kind, kind)
+
+
+def snippet_label(snippet: Snippet) -> str:
+    """How messages name a snippet: "stream 0 snippet 12"."""
+    return f"stream {snippet.stream} snippet {snippet.index}"
 
 
 @dataclass(frozen=True)
@@ -117,12 +131,22 @@ class EncodedBatch:
         frame_emb: [B, E] frame embeddings (mean over each snippet's sampled frames).
         region_emb: [B, R2, E] region features (mean over the sampled frames).
         timings: "preprocess" and "encoder" milliseconds of the whole batch.
+        invalid: Per snippet, why its features cannot be used (the encoder call failed, or returned values its
+            contract forbids), or None; their rows hold no meaningful numbers. Empty: every snippet is fine.
     """
 
     snippets: tuple[Snippet, ...]
     frame_emb: np.ndarray
     region_emb: np.ndarray
     timings: Mapping[str, float]
+    invalid: tuple[str | None, ...] = ()
+
+    def problem(self, i: int) -> str | None:
+        """Why snippet i's features cannot be used, or None."""
+        return self.invalid[i] if self.invalid else None
+
+
+Features = tuple[np.ndarray, np.ndarray, list[str | None]]  # frame_emb [n,E], region_emb [n,R2,E], problem per row
 
 
 class Encoder:
@@ -134,35 +158,45 @@ class Encoder:
     All sampled frames of a batch go through the encoder in one call, or in chunks of the smaller of the
     preprocessor's `max_batch` (the CUDA preprocessor overwrites its output buffer on every call) and the
     runner's `max_batch()` (a TensorRT plan's profile); crops mode chunks its R2 crops per image the same way.
+    Every call goes through `stp_edge.pipeline.calls.run_graph`: retried once, outputs checked against the
+    contract. Without `on_error` a failure raises; with it, the snippets concerned come back marked `invalid`.
     """
 
     def __init__(self, runner: Runner, preprocess: Preprocess, config: STPromptConfig) -> None:
         self.runner = runner
         self.preprocess = preprocess
         self.config = config
+        self._layout: str | None = None  # "encoder" (region_emb out) or "host" (patch_emb out), read once
 
-    def __call__(self, snippets: Sequence[Snippet]) -> EncodedBatch:
-        """Encode `snippets` (at least one)."""
+    def __call__(self, snippets: Sequence[Snippet], *, on_error: OnError | None = None) -> EncodedBatch:
+        """Encode `snippets` (at least one).
+
+        Raises:
+            BackendCallError, GraphOutputError: Without `on_error`, when the encoder fails or breaks its contract.
+        """
         cfg = self.config
         k = cfg.frames_per_snippet
         frames = [f for s in snippets for f in s.frames]
+        labels = [snippet_label(s) for s in snippets for _ in s.frames]
         limits = [getattr(self.preprocess, "max_batch", None), self.runner.max_batch()]
         chunk = min([int(n) for n in limits if n] or [len(frames)])
-        frame_parts, region_parts = [], []
+        frame_parts, region_parts, problems = [], [], []
         timings = {"preprocess": 0.0, "encoder": 0.0}
         for i in range(0, len(frames), chunk):
             t0 = time.perf_counter()
             images = self._preprocess(frames[i:i + chunk])
             t1 = time.perf_counter()
-            fe, re = self.encode_images(images)
+            fe, re, bad = self._features(images, labels[i:i + chunk], on_error)
             timings["preprocess"] += (t1 - t0) * 1e3
             timings["encoder"] += (time.perf_counter() - t1) * 1e3
             frame_parts.append(fe)
             region_parts.append(re)
+            problems += bad
         b = len(snippets)
         frame_emb = np.concatenate(frame_parts).reshape(b, k, -1).mean(axis=1, dtype=np.float32)
         region_emb = np.concatenate(region_parts).reshape(b, k, cfg.num_regions, -1).mean(axis=1, dtype=np.float32)
-        return EncodedBatch(tuple(snippets), frame_emb, region_emb, timings)
+        invalid = tuple(next((p for p in problems[j * k:(j + 1) * k] if p), None) for j in range(b))
+        return EncodedBatch(tuple(snippets), frame_emb, region_emb, timings, invalid if any(invalid) else ())
 
     def _preprocess(self, frames: Sequence[np.ndarray]) -> Any:
         """Preprocess one chunk; a CUDA preprocessor hands over by stream when the runner waits on streams.
@@ -181,22 +215,69 @@ class Encoder:
         return run(frames)
 
     def encode_images(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Encoder and region features of preprocessed images: frame_emb [n, E], region_emb [n, R2, E]."""
-        enc = self.runner.infer_batched({"images": images})
-        if "region_emb" in enc:
-            return enc["frame_emb"], enc["region_emb"]
-        return enc["frame_emb"], self.host_regions(images, enc)
+        """Encoder and region features of preprocessed images: frame_emb [n, E], region_emb [n, R2, E].
 
-    def host_regions(self, images: Any, enc: Mapping[str, np.ndarray]) -> np.ndarray:
-        """region_emb [n, R2, E] of an encoder that returns patch_emb: pooled tokens, or crops run through it."""
+        Raises:
+            BackendCallError, GraphOutputError: The encoder failed or broke its contract.
+        """
+        fe, re, _ = self._features(images, [f"image {j}" for j in range(len(images))], None)
+        return fe, re
+
+    def layout(self) -> str:
+        """"encoder" when the graph returns region_emb, "host" (deprecated) when it returns patch_emb."""
+        if self._layout is None:
+            self._layout = "host" if "patch_emb" in self.runner.output_names() else "encoder"
+        return self._layout
+
+    def _call(self, images: Any, labels: Sequence[str], on_error: OnError | None
+              ) -> tuple[dict[str, np.ndarray] | None, list[str | None]]:
+        """One checked encoder call; one problem per image (None: fine)."""
+        expected = expected_io(self.config, self.layout())["encoder"]["outputs"]
+        items = [Item(label, (j,)) for j, label in enumerate(labels)]
+        return run_graph(self.runner, "encoder", {"images": images}, expected=expected,
+                         dims={"B": len(labels)}, items=items, on_error=on_error)
+
+    def _features(self, images: Any, labels: Sequence[str], on_error: OnError | None) -> Features:
+        """frame_emb, region_emb and a problem per image; rows of problem images are NaN or meaningless."""
+        enc, problems = self._call(images, labels, on_error)
+        if enc is not None and self.layout() == "host" and not any(problems):
+            region_emb, problems = self.host_regions(images, enc, labels, on_error)
+            enc = {"frame_emb": enc["frame_emb"], "region_emb": region_emb}
+        if enc is None or any(problems):
+            return (*self._usable(enc, len(labels)), problems)
+        return enc["frame_emb"], enc["region_emb"], problems
+
+    def _usable(self, enc: Mapping[str, np.ndarray] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The features of a call with problems, as arrays of the contract's shape (NaN where they do not fit)."""
+        v = self.config.vision
+        frame = np.full((n, v.embed_dim), np.nan, np.float32)
+        region = np.full((n, self.config.num_regions, v.embed_dim), np.nan, np.float32)
+        if enc is not None and np.shape(enc.get("frame_emb")) == frame.shape:
+            frame = np.asarray(enc["frame_emb"], np.float32)
+        if enc is not None and np.shape(enc.get("region_emb")) == region.shape:
+            region = np.asarray(enc["region_emb"], np.float32)
+        return frame, region
+
+    def host_regions(self, images: Any, enc: Mapping[str, np.ndarray], labels: Sequence[str] | None = None,
+                     on_error: OnError | None = None) -> tuple[np.ndarray, list[str | None]]:
+        """region_emb [n, R2, E] of an encoder that returns patch_emb (pooled tokens, or crops run through it).
+
+        Returns the regions and a problem per image (the crops' encoder call can fail or break the contract).
+        """
         cfg = self.config
+        labels = list(labels) if labels is not None else [f"image {j}" for j in range(len(images))]
         if "patch_emb" not in enc:
             raise UsageError(f"the encoder returned {sorted(enc)}: neither region_emb nor patch_emb")
         if cfg.region_mode == "tokens":
-            return pool_regions(enc["patch_emb"], cfg.vision.grid, cfg.region_grid)
+            return pool_regions(enc["patch_emb"], cfg.vision.grid, cfg.region_grid), [None] * len(labels)
         if is_device_array(images):
             raise UsageError("this bundle cuts crops on the host (exported before crops moved into the encoder "
                              "graph); use preprocess='cpu', or re-export it with `stp-edge export`")
         crops = make_crops(np.asarray(images), cfg.region_grid)
-        region_emb = self.runner.infer_batched({"images": crops})["frame_emb"]
-        return region_emb.reshape(len(images), cfg.num_regions, -1)
+        r2 = cfg.num_regions
+        out, crop_problems = self._call(crops, [f"{label} crop {r}" for label in labels for r in range(r2)],
+                                        on_error)
+        problems = [next((p for p in crop_problems[j * r2:(j + 1) * r2] if p), None) for j in range(len(labels))]
+        if out is None or any(problems):
+            return self._usable(None, len(labels))[1], problems
+        return out["frame_emb"].reshape(len(images), r2, -1), problems

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from stp_edge.backends.base import Runner
+from stp_edge.bundle.contract import Shape
 from stp_edge.errors import UsageError
+from stp_edge.pipeline.calls import Item, OnError, run_graph
 
 SPATIAL_MODES = ("flagged", "all", "off")
 
@@ -37,27 +39,44 @@ def anomaly_map(region_scores: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SpatialOutput:
-    """The spatial stream's result for one snippet: [R2] region scores, the [R, R] map, call time (ms)."""
+    """The spatial stream's result for one snippet: [R2] region scores, the [R, R] map, call time (ms).
 
-    region_scores: np.ndarray
-    anomaly_map: np.ndarray
+    `invalid`: why the graph gave no usable output for this snippet (then the scores and map are None), or None.
+    """
+
+    region_scores: np.ndarray | None
+    anomaly_map: np.ndarray | None
     ms: float
+    invalid: str | None = None
 
 
 class SpatialHead:
     """Runs the spatial graph on the region features of the gated snippets, in one call.
 
-    Or in chunks of the runner's `max_batch()`: a flush emits up to c+1 snippets per stream at once.
+    Or in chunks of the runner's `max_batch()`: a flush emits up to c+1 snippets per stream at once. The outputs
+    are checked against `outputs` (`expected_io(config)["spatial"]["outputs"]`) and their ranges.
     """
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, outputs: dict[str, Shape]) -> None:
         self.runner = runner
+        self.outputs = outputs
 
-    def __call__(self, region_emb: Sequence[np.ndarray]) -> list[SpatialOutput]:
-        """One output per [R2, E] region feature array, in order (none for an empty sequence)."""
+    def __call__(self, region_emb: Sequence[np.ndarray], labels: Sequence[str] | None = None, *,
+                 on_error: OnError | None = None) -> list[SpatialOutput]:
+        """One output per [R2, E] region feature array, in order (none for an empty sequence).
+
+        `labels` name the snippets in messages; without `on_error` a failed or invalid call raises.
+        """
         if not region_emb:
             return []
+        labels = list(labels) if labels is not None else [f"snippet {i}" for i in range(len(region_emb))]
         t0 = time.perf_counter()
-        scores = self.runner.infer_batched({"region_emb": np.stack(region_emb)})["region_scores"]
+        res, problems = run_graph(self.runner, "spatial", {"region_emb": np.stack(region_emb)},
+                                  expected=self.outputs, dims={"B": len(region_emb)},
+                                  items=[Item(label, (i,)) for i, label in enumerate(labels)], on_error=on_error)
         ms = (time.perf_counter() - t0) * 1e3
-        return [SpatialOutput(np.asarray(s, dtype=np.float32), anomaly_map(s), ms) for s in scores]
+        if res is None or all(p is not None for p in problems):  # failed, or unusable as a whole (shape)
+            return [SpatialOutput(None, None, ms, p) for p in problems]
+        return [SpatialOutput(None, None, ms, p) if p is not None
+                else SpatialOutput(np.asarray(s, dtype=np.float32), anomaly_map(s), ms)
+                for s, p in zip(res["region_scores"], problems, strict=True)]

@@ -6,6 +6,7 @@ Archives (one process, or a Ray Data pipeline with `ray=True`):
     jobs.py         the driver both share: per-video jobs in this process or on a Ray cluster (ray is imported
                     only there), progress, and one ArchiveReport
     features.py     the encode job of one video, its .npz file, the feature fingerprint, atomic writes
+    records.py      the record beside each output (producer, video identity, sha256): what a rerun may keep
     inputs.py       videos of a folder/glob/list, output names, labels (CSV or data set annotations)
 Many cameras: triton_repo.py (model repository from a bundle) and the served Detector (see their docstrings).
 

@@ -5,12 +5,15 @@
                      annotations="Temporal_Anomaly_Annotation_for_Testing_Videos.txt", ray=True)
 
 One `<video stem>.npz` per video (keys: `stp_edge.scale.features`), written under a temporary name and
-renamed. Resumable: a rerun skips every video whose file records the same feature fingerprint (and relabels,
-without re-encoding, one whose label changed), deletes the temporary files a killed run left, and encodes the
-rest. With `clip_weights` instead of a bundle, a bundle is first exported from those weights into
-`<out_dir>/encoder.stp` (random heads: extraction runs only the encoder; needs `pip install stp-edge[export]`);
-train with the same weights (`stp-edge train FEATS --clip-weights ...`) and the trained model's encoder is the
-one the features came from.
+renamed, with its record beside it (`.<video stem>.npz.record.json`, `stp_edge.scale.records`). Resumable: a
+rerun keeps every file whose record names the same feature fingerprint and the video as it is now and whose
+bytes are intact (and relabels, without re-encoding, one whose label changed), deletes the temporary files a
+killed run left, and encodes the rest (missing, damaged, made by another encoder, or of a replaced video).
+
+With `clip_weights` instead of a bundle, a bundle is first exported from those weights into `<out_dir>/encoder.stp`
+(random heads: extraction runs only the encoder; needs `pip install stp-edge[export]`); train with the same
+weights (`stp-edge train FEATS --clip-weights ...`) and the trained model's encoder is the one the features came
+from. The labels are read and checked before that export.
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from stp_edge.errors import UsageError
-from stp_edge.scale.features import (
-    encode_video,
-    existing_state,
-    feature_fingerprint,
-    features_npz,
-    relabel,
-)
+from stp_edge.scale.features import encode_video, feature_fingerprint, features_npz, relabelled_npz
 from stp_edge.scale.inputs import VideoLabel, resolve_labels
-from stp_edge.scale.jobs import ArchiveReport, JobOutput, prepare_outputs, run_archive
+from stp_edge.scale.jobs import (
+    ArchiveReport,
+    JobOutput,
+    existing_output,
+    prepare_outputs,
+    run_archive,
+    video_row,
+    write_output,
+)
+from stp_edge.scale.records import Verdict, updated_record
 
 ENCODER_BUNDLE = "encoder.stp"  # where --clip-weights puts the bundle it exports, inside the output folder
 
@@ -69,7 +75,21 @@ def _extract_job(detector: Any, row: dict[str, Any]) -> JobOutput:
     """Per-video job (`stp_edge.scale.jobs`): the video's `.npz` bytes and its snippet count."""
     feats = encode_video(detector.encoder, detector.config, row["video"], batch=int(row["batch"]))
     label = VideoLabel(int(row["label"]), str(row["class_name"]))
-    return JobOutput(features_npz(feats, label, str(row["fingerprint"]), detector.backend), len(feats.frame_ranges))
+    return JobOutput(features_npz(feats, label, str(row["producer"]), detector.backend), len(feats.frame_ranges),
+                     read=feats.num_frames, dropped=feats.dropped_frames, expected=feats.expected_frames,
+                     extra={"label": label.index, "class_name": label.name})
+
+
+def _keep_or_relabel(report: ArchiveReport, video: Path, target: Path, verdict: Verdict, label: VideoLabel) -> None:
+    """A verified feature file: kept as it is, or rewritten with its new label (features not recomputed)."""
+    if (verdict.record.get("label"), verdict.record.get("class_name")) == (label.index, label.name):
+        report.keep(target, video, verdict)
+        return
+    data = relabelled_npz(target, label)
+    write_output(target, data, updated_record(verdict.record, data, label=label.index, class_name=label.name))
+    report.relabelled.append(target)
+    if verdict.truncated:
+        report.truncated[str(video)] = verdict.truncated
 
 
 def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | Path, *,
@@ -93,7 +113,8 @@ def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | P
         backend: "auto" (trt > ort-cuda > ort-cpu) or a backend name, as `Detector.load`.
         batch: Snippets per encoder call.
         progress: Show a progress bar over videos.
-        resume: Keep finished files with the same fingerprint; False: encode every video again.
+        resume: Keep finished files of the same fingerprint and unchanged videos (each verified against its
+            record); False: encode every video again.
         ray: Run as a Ray Data pipeline (`stp_edge.scale.jobs.run_ray`); the results are the same files.
         workers: Ray actors (default: one per CPU of the cluster).
         ray_address: Ray cluster to join (default: the connected one, `RAY_ADDRESS`, or a new local one).
@@ -110,28 +131,37 @@ def extract_features(videos: str | Path | Sequence[str | Path], out_dir: str | P
     started = time.perf_counter()
     if (bundle is None) == (clip_weights is None):
         raise UsageError("give exactly one of bundle or clip_weights")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UsageError(f"batch must be an integer >= 1 (CLI: --batch), got {batch!r}")
     out = Path(out_dir)
     targets, partials = prepare_outputs(videos, out, ".npz")
+    data_root = videos if isinstance(videos, (str, Path)) and Path(videos).is_dir() else None
+
+    def labels_for(class_names: Sequence[str]) -> dict[Path, VideoLabel]:
+        return resolve_labels(list(targets), tuple(classes) if classes else class_names, labels=labels, fmt=fmt,
+                              annotations=annotations, data=data_root)
+
     if clip_weights is not None:
+        from stp_edge.config import STPromptConfig
+
+        # Checked before the export: the bundle gets the preset's classes (only the towers follow the weights).
+        assumed = STPromptConfig.named("tiny" if config == "tiny" else "vit-b-16").class_names
+        video_labels = labels_for(assumed)
         bundle = clip_weights_bundle(clip_weights, out / ENCODER_BUNDLE, config=config, progress=progress)
     loaded = Bundle.load(bundle)  # type: ignore[arg-type]
-    data_root = videos if isinstance(videos, (str, Path)) and Path(videos).is_dir() else None
-    class_names = tuple(classes) if classes else loaded.config.class_names
-    video_labels = resolve_labels(list(targets), class_names, labels=labels, fmt=fmt,
-                                  annotations=annotations, data=data_root)
+    if clip_weights is None or loaded.config.class_names != assumed:
+        video_labels = labels_for(loaded.config.class_names)
     fingerprint = feature_fingerprint(loaded)
     report = ArchiveReport("extract", out, loaded.path, fingerprint, partials_removed=partials)
     rows = []
     for video, target in targets.items():
         label = video_labels[video]
-        state = existing_state(target, fingerprint, label) if resume else "redo"
-        if state == "done":
-            report.skipped.append(target)
-        elif state == "relabel":
-            relabel(target, label)
-            report.relabelled.append(target)
+        row = video_row(video, target, fingerprint, label=label.index, class_name=label.name, batch=batch)
+        verdict = existing_output(row, resume=resume, what="encoder")
+        if verdict.state == "done":
+            _keep_or_relabel(report, video, target, verdict, label)
         else:
-            rows.append({"video": str(video), "out": str(target), "label": label.index,
-                         "class_name": label.name, "fingerprint": fingerprint, "batch": batch})
+            report.redo(target, verdict)
+            rows.append(row)
     return run_archive(report, rows, _extract_job, started=started, backend=backend, progress=progress, ray=ray,
                        workers=workers, ray_address=ray_address)

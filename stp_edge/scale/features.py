@@ -3,11 +3,13 @@
 The features are computed by `stp_edge.pipeline.encode.Encoder` (the Detector's encode stage) on the snippets of
 `stp_edge.pipeline.snippets.SnippetAssembler`, so training reads the numbers deployment computes. A file is
 written under a temporary name and renamed, so a killed run leaves whole files or none; each file records the
-fingerprint of what decided its features, so a later run knows whether it can keep it.
+fingerprint of what decided its features, and its record beside it (`stp_edge.scale.records`) the fingerprint,
+the video's identity and the file's sha256, so a later run knows whether it can keep it.
 
 `.npz` keys: frame_emb [T,E] float32, region_emb [T,R2,E] float32, label (class index, 0 = normal, -1 =
 unlabelled), class_name, frame_ranges [T,2] int64 ([start, end) of each snippet), fingerprint, video, backend,
-num_frames, dropped_frames, fps (NaN when unknown).
+num_frames, dropped_frames, expected_frames (what the container promised; -1 when it does not say), fps (NaN when
+unknown).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import io
 import json
 import os
 import uuid
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ class VideoFeatures:
     num_frames: int
     dropped_frames: int
     fps: float | None
+    expected_frames: int | None = None  # what the container promised (more than read + dropped: truncated)
 
 
 def encode_video(encode: Callable[[Sequence[Snippet]], EncodedBatch], config: STPromptConfig, path: str | Path, *,
@@ -98,7 +100,7 @@ def encode_video(encode: Callable[[Sequence[Snippet]], EncodedBatch], config: ST
     ranges = [(s.frame_start, s.frame_end) for p in parts for s in p.snippets]
     return VideoFeatures(str(path), np.concatenate([p.frame_emb for p in parts]),
                          np.concatenate([p.region_emb for p in parts]), np.asarray(ranges, dtype=np.int64),
-                         stats.read, stats.dropped, fps)
+                         stats.read, stats.dropped, fps, stats.expected)
 
 
 def features_npz(feats: VideoFeatures, label: VideoLabel, fingerprint: str, backend: str) -> bytes:
@@ -109,6 +111,7 @@ def features_npz(feats: VideoFeatures, label: VideoLabel, fingerprint: str, back
              class_name=np.str_(label.name), frame_ranges=feats.frame_ranges, fingerprint=np.str_(fingerprint),
              video=np.str_(feats.video), backend=np.str_(backend), num_frames=np.int64(feats.num_frames),
              dropped_frames=np.int64(feats.dropped_frames),
+             expected_frames=np.int64(-1 if feats.expected_frames is None else feats.expected_frames),
              fps=np.float64(feats.fps if feats.fps is not None else np.nan))
     return buf.getvalue()
 
@@ -137,28 +140,11 @@ def remove_partials(out_dir: str | Path) -> int:
     return len(stale)
 
 
-def existing_state(path: Path, fingerprint: str, label: VideoLabel) -> str:
-    """What to do with an existing output: "missing", "done", "relabel" (same features, new label) or "redo".
-
-    A file that cannot be read, lacks a key or was made with another fingerprint is redone.
-    """
-    if not path.is_file():
-        return "missing"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["fingerprint"]) != fingerprint or "frame_emb" not in z.files or "region_emb" not in z.files:
-                return "redo"
-            same = int(z["label"]) == label.index and str(z["class_name"]) == label.name
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return "redo"
-    return "done" if same else "relabel"
-
-
-def relabel(path: Path, label: VideoLabel) -> None:
-    """Rewrite an existing feature file with a new label (the features are kept, not recomputed)."""
+def relabelled_npz(path: Path, label: VideoLabel) -> bytes:
+    """An existing feature file with a new label, as bytes (the features are kept, not recomputed)."""
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     arrays.update(label=np.int64(label.index), class_name=np.str_(label.name))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    write_atomic(path, buf.getvalue())
+    return buf.getvalue()

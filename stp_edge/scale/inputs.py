@@ -77,19 +77,33 @@ def _class_index(value: str, class_names: Sequence[str], where: str) -> VideoLab
 def read_label_csv(path: str | Path, class_names: Sequence[str]) -> dict[str, VideoLabel]:
     """`video,label` rows (a header row `video,label` is optional) -> {video: label}.
 
-    `video` is a file name, stem or path; `label` an integer class index or a class name of the bundle.
+    `video` is a file name, stem or path; `label` an integer class index or a class name of the bundle. The file
+    is UTF-8, with or without a byte-order mark (as spreadsheets save it). A video listed twice with different
+    labels is an error naming both lines; the same label twice is accepted.
     """
     path = Path(path)
     table: dict[str, VideoLabel] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.reader(fh), 1):
-            if not row or row[0].strip().startswith("#"):
-                continue
-            if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["video", "label"]:
-                continue
-            if len(row) < 2:
-                raise UsageError(f"{path}:{lineno}: expected 'video,label', got {row}")
-            table[row[0].strip()] = _class_index(row[1], class_names, f"{path}:{lineno}")
+    lines: dict[str, int] = {}
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        try:
+            rows = list(csv.reader(fh))
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV "
+                             "(video,label)") from None
+    for lineno, row in enumerate(rows, 1):
+        if not row or row[0].strip().startswith("#"):
+            continue
+        if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["video", "label"]:
+            continue
+        if len(row) < 2:
+            raise UsageError(f"{path}:{lineno}: expected 'video,label', got {row}")
+        video, label = row[0].strip(), _class_index(row[1], class_names, f"{path}:{lineno}")
+        if video in table and table[video] != label:
+            raise UsageError(f"{path}:{lineno}: video {video!r} is labelled {label.index} ({label.name}) here but "
+                             f"{table[video].index} ({table[video].name}) on line {lines[video]}; give each video "
+                             "one label")
+        table.setdefault(video, label)
+        lines.setdefault(video, lineno)
     if not table:
         raise UsageError(f"{path}: no `video,label` rows")
     return table
@@ -119,18 +133,24 @@ def read_annotation_labels(fmt: str, annotations: str | Path | None, data: str |
 
 
 def match_labels(videos: Sequence[Path], table: Mapping[str, VideoLabel], source: str) -> dict[Path, VideoLabel]:
-    """Each video's label, looked up by the table's path, file name or stem; every video must have one."""
-    by_key: dict[str, VideoLabel] = {}
+    """Each video's label, looked up by the table's path, file name or stem; every video must have one.
+
+    Entries that name the same video in different ways ("a.mp4", "a", "dir/a.mp4") must agree on its label.
+    """
+    by_key: dict[str, dict[str, VideoLabel]] = {}
     for key, label in table.items():
         for k in (key, Path(key).name, Path(key).stem):
-            by_key.setdefault(k, label)
+            by_key.setdefault(k, {})[key] = label
     out, missing = {}, []
     for v in videos:
-        label = next((by_key[k] for k in (str(v), v.name, v.stem) if k in by_key), None)
-        if label is None:
+        entries = {key: label for k in (str(v), v.name, v.stem) for key, label in by_key.get(k, {}).items()}
+        if len(set(entries.values())) > 1:
+            shown = "; ".join(f"{key!r} -> {label.index} ({label.name})" for key, label in entries.items())
+            raise UsageError(f"{source} labels video {v} differently: {shown}; give each video one label")
+        if not entries:
             missing.append(v.name)
         else:
-            out[v] = label
+            out[v] = next(iter(entries.values()))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise UsageError(f"{len(missing)} video(s) have no label in {source}: {shown}")

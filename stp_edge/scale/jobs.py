@@ -1,12 +1,15 @@
 """The archive job driver of `extract` and `score`: one output file per video, in this process or on Ray.
 
 A job is a module-level function `job(detector, row) -> JobOutput`: it runs one video through the detector and
-returns the bytes of its output file with its counts. `run_archive` runs the jobs of the videos still to do
-(the commands decide which are already done), shows one progress bar over videos and records every outcome in
-one `ArchiveReport`. Both runners write each output with `write_atomic` and yield one small status dict per
-video (`STATUS_KEYS`): `video`, `out`, `snippets`, `anomalous`, `backend`, `pid` (the process that ran it),
-`error` ("" when it succeeded). A video that cannot be decoded is reported, not raised, so one bad file does not
-stop an archive.
+returns the bytes of its output file with its counts. `video_row` and `existing_output` decide, per video,
+whether its existing output can be kept (`stp_edge.scale.records.check_output`: its record names this producer and
+the video as it is now, and its bytes are intact) or must be made; `run_archive` runs the jobs of the videos
+still to do, shows one progress bar over videos and records every outcome in one `ArchiveReport`. Both runners
+write each output and then its record (`write_output`) and yield one small status dict per video
+(`STATUS_KEYS`): `video`, `out`, `snippets`, `anomalous`, `backend`, `pid` (the process that ran it),
+`truncated` (`run`'s note for a video whose container promised more frames than were read, else ""), `error`
+("" when it succeeded). A video that cannot be decoded is reported, not raised, so one bad file does not stop
+an archive.
 
 The Ray pipeline: read rows (one per video, one block each) -> `map_batches` on an actor pool, each actor
 holding one Detector for all its videos (decode + preprocess + encode) -> `map_batches` tasks that write.
@@ -23,18 +26,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from stp_edge.report import plural
 from stp_edge.scale.features import remove_partials, write_atomic
 from stp_edge.scale.inputs import expand_videos, output_names
+from stp_edge.scale.records import Verdict, check_output, make_record, record_path, truncation_note, video_identity
 
-STATUS_KEYS = ("video", "out", "snippets", "anomalous", "backend", "pid", "error")
+STATUS_KEYS = ("video", "out", "snippets", "anomalous", "backend", "pid", "truncated", "error")
 
 
 class JobOutput(NamedTuple):
-    """What a job made of one video: its output file's bytes, snippets run, and anomalous ones (score only)."""
+    """What a job made of one video.
+
+    Attributes:
+        data: The output file's bytes.
+        snippets: Snippets run.
+        anomalous: Final results at or above the threshold (score only).
+        read / dropped / expected: The decoder's frame counts (`stp_edge.video.VideoStats`); `expected` is what
+            the container promised (None when it does not say).
+        extra: Fields the job adds to the output's record (extract: the label).
+    """
 
     data: bytes
     snippets: int
     anomalous: int = 0
+    read: int = 0
+    dropped: int = 0
+    expected: int | None = None
+    extra: dict[str, Any] | None = None
 
 
 Job = Callable[[Any, dict[str, Any]], JobOutput]
@@ -54,9 +72,12 @@ class ArchiveReport:
         workers: Ray actors asked for (1 without Ray).
         processes: Distinct processes that ran videos in this run.
         written: Files made and written by this run.
-        skipped: Files already done (kept as they are).
+        skipped: Files already done (kept as they are: record, producer, video and bytes verified).
         relabelled: Feature files kept but given a new label (extract only).
+        redone: Existing files that could not be kept -> why (`stp_edge.scale.records`); they are made again.
         failed: video -> why it could not be read.
+        truncated: video -> `run`'s note for a video whose container promised more frames than were read (its
+            output holds what was read; the run still succeeds, as `stp-edge run` does).
         partials_removed: Temporary files of a killed run that were deleted.
         snippets: Snippets run by this run.
         anomalous: Final results at or above the threshold (score); None where nothing is scored (extract).
@@ -73,7 +94,9 @@ class ArchiveReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     relabelled: list[Path] = field(default_factory=list)
+    redone: dict[Path, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    truncated: dict[str, str] = field(default_factory=dict)
     partials_removed: int = 0
     snippets: int = 0
     anomalous: int | None = None
@@ -84,18 +107,35 @@ class ArchiveReport:
         """Every video has its output file."""
         return not self.failed
 
+    def keep(self, out: Path, video: Path, verdict: Verdict) -> None:
+        """Record an output kept as it is (and its video's truncation, read when it was made)."""
+        self.skipped.append(out)
+        if verdict.truncated:
+            self.truncated[str(video)] = verdict.truncated
+
+    def redo(self, out: Path, verdict: Verdict) -> None:
+        """Record why an existing output is made again (nothing for one that does not exist)."""
+        if verdict.state == "redo":
+            self.redone[out] = verdict.why
+
     def summary(self) -> str:
         """One paragraph for the CLI."""
         rate = self.snippets / self.wall_s if self.wall_s else 0.0
         extract = self.job == "extract"
         counts = [f"{len(self.written)} written", f"{len(self.skipped)} already done",
                   *([f"{len(self.relabelled)} relabelled"] if extract else []), f"{len(self.failed)} failed"]
-        snippets = f"{self.snippets} snippets" + ("" if self.anomalous is None else f" ({self.anomalous} anomalous)")
+        snippets = plural(self.snippets, "snippet")
+        snippets += "" if self.anomalous is None else f" ({self.anomalous} anomalous)"
         ran = ", ".join(self.backends) or ("no encoder run" if extract else "no model run")
         lines = [f"{self.job}: {', '.join(counts)}; {snippets} in {self.wall_s:.1f} s ({rate:.1f} snippets/s, "
                  f"{self.workers} worker(s), {ran}) -> {self.out_dir}"]
         if self.partials_removed:
             lines.append(f"removed {self.partials_removed} temporary file(s) of an interrupted run")
+        if self.redone:
+            whys = [self.redone[p] for p in sorted(self.redone)]
+            counts = ", ".join(f"{whys.count(why)} {why}" for why in dict.fromkeys(whys))
+            lines.append(f"redid {len(self.redone)} existing file(s) that could not be kept: {counts}")
+        lines += [f"TRUNCATED {video}: {note}" for video, note in sorted(self.truncated.items())]
         lines += [f"FAILED {video}: {why}" for video, why in sorted(self.failed.items())]
         return "\n".join(lines)
 
@@ -112,6 +152,30 @@ def prepare_outputs(videos: str | Path | Sequence[str | Path], out_dir: Path,
     files = expand_videos(videos)
     names = output_names(files, suffix)
     return {video: out_dir / names[video] for video in files}, remove_partials(out_dir)
+
+
+def video_row(video: Path, out: Path, producer: str, **job_keys: Any) -> dict[str, Any]:
+    """The row of one video: `video`, `out`, `producer` (what must have made its output) and `video_id`.
+
+    `video_id` is the video's `video_identity` now, taken before it is read (JSON null when it cannot be read:
+    the job then reports why).
+    """
+    try:
+        vid = video_identity(video)
+    except OSError:
+        vid = "null"
+    return {"video": str(video), "out": str(out), "producer": producer, "video_id": vid, **job_keys}
+
+
+def existing_output(row: dict[str, Any], *, resume: bool, what: str) -> Verdict:
+    """Whether the row's existing output can be kept (`check_output`).
+
+    With `resume=False`, or a video that cannot be read now (its job reports why), the output is made again
+    without a verdict on the old one ("missing").
+    """
+    if not resume or row["video_id"] == "null":
+        return Verdict("missing")
+    return check_output(row["out"], row["producer"], row["video_id"], what)
 
 
 def run_archive(report: ArchiveReport, rows: Sequence[dict[str, Any]], job: Job, *, started: float,
@@ -145,6 +209,8 @@ def run_archive(report: ArchiveReport, rows: Sequence[dict[str, Any]], job: Job,
         if status["error"]:
             report.failed[str(status["video"])] = str(status["error"])
         else:
+            if status["truncated"]:
+                report.truncated[str(status["video"])] = str(status["truncated"])
             report.written.append(Path(str(status["out"])))
             report.snippets += int(status["snippets"])
             if report.anomalous is not None:
@@ -173,10 +239,11 @@ def run_archive(report: ArchiveReport, rows: Sequence[dict[str, Any]], job: Job,
 
 
 def _per_video_errors() -> tuple[type[BaseException], ...]:
-    from stp_edge.frames import FrameError
+    """What fails one video and not the archive: its file, a frame, or a graph output or call on its frames."""
+    from stp_edge.errors import FrameError, InferenceError
     from stp_edge.video import VideoError
 
-    return VideoError, FrameError, OSError
+    return VideoError, FrameError, InferenceError, OSError
 
 
 def load_detector(bundle: str | Path, backend: str = "auto", threads: int | None = None) -> Any:
@@ -198,29 +265,47 @@ def load_detector(bundle: str | Path, backend: str = "auto", threads: int | None
     for runner in runners.values():
         if hasattr(runner, "intra_op_num_threads"):  # OrtRunner, read when it activates
             runner.intra_op_num_threads = threads
-    pre = make_preprocess("auto", b.config.vision.image_size, backend=name, host_crops=b.host_crops)
+    pre = make_preprocess("auto", b.config.vision.image_size, backend=name, host_crops=b.host_crops,
+                          spec=b.preprocess_spec)
     return Detector(b, runners, pre, spatial_on=b.config.spatial_on, backend=name)
 
 
-def run_one(job: Job, detector: Any, row: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """Run `job` on one row: (output bytes, status); a video that cannot be read gives b"" and its error."""
+def run_one(job: Job, detector: Any, row: dict[str, Any]) -> tuple[bytes, bytes, dict[str, Any]]:
+    """Run `job` on one row: (output bytes, its record, status).
+
+    A video that cannot be read gives b"", b"" and its error in the status.
+    """
     status = {"video": row["video"], "out": row["out"], "snippets": 0, "anomalous": 0, "backend": detector.backend,
-              "pid": os.getpid(), "error": ""}
+              "pid": os.getpid(), "truncated": "", "error": ""}
     try:
         out = job(detector, row)
     except _per_video_errors() as exc:
         status["error"] = f"{type(exc).__name__}: {exc}"
-        return b"", status
+        return b"", b"", status
     status["snippets"], status["anomalous"] = out.snippets, out.anomalous
-    return out.data, status
+    status["truncated"] = truncation_note(out.read, out.dropped, out.expected)
+    record = make_record(out.data, row, read=out.read, dropped=out.dropped, expected=out.expected,
+                         backend=detector.backend, extra=out.extra)
+    return out.data, record, status
+
+
+def write_output(out: str | Path, data: bytes, record: bytes) -> None:
+    """Write an output, then its record (`stp_edge.scale.records`), each atomically.
+
+    The old record goes first, so no moment has a record vouching for bytes it did not describe; a run killed
+    between the writes leaves an output without a record, which the next run makes again.
+    """
+    record_path(out).unlink(missing_ok=True)
+    write_atomic(out, data)
+    write_atomic(record_path(out), record)
 
 
 def run_local(rows: Sequence[dict[str, Any]], job: Job, detector: Any) -> Iterator[dict[str, Any]]:
-    """Run `job` over `rows` one video after the other in this process, writing each output."""
+    """Run `job` over `rows` one video after the other in this process, writing each output and its record."""
     for row in rows:
-        data, status = run_one(job, detector, row)
+        data, record, status = run_one(job, detector, row)
         if not status["error"]:
-            write_atomic(row["out"], data)
+            write_output(row["out"], data, record)
         yield status
 
 
@@ -264,12 +349,13 @@ class VideoActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        out: dict[str, list[Any]] = {k: [] for k in (*STATUS_KEYS, "data")}
+        out: dict[str, list[Any]] = {k: [] for k in (*STATUS_KEYS, "data", "record")}
         for row in rows:
-            data, status = run_one(self.job, self.detector, {k: _plain(v) for k, v in row.items()})
+            data, record, status = run_one(self.job, self.detector, {k: _plain(v) for k, v in row.items()})
             for k in STATUS_KEYS:
                 out[k].append(status[k])
             out["data"].append(data)
+            out["record"].append(record)
         return out
 
 
@@ -279,11 +365,11 @@ def _plain(value: Any) -> Any:
 
 
 def write_outputs(batch: dict[str, Any]) -> dict[str, list[Any]]:
-    """Ray Data write stage: write each successful row's bytes atomically; pass the status on."""
+    """Ray Data write stage: write each successful row's output and record (`write_output`); pass the status on."""
     n = len(batch["video"])
     for i in range(n):
         if not batch["error"][i]:
-            write_atomic(str(batch["out"][i]), bytes(batch["data"][i]))
+            write_output(str(batch["out"][i]), bytes(batch["data"][i]), bytes(batch["record"][i]))
     return {k: [_plain(v) for v in batch[k]] for k in STATUS_KEYS}
 
 

@@ -11,6 +11,11 @@ PyTriton's Python-backend stub links the system's libpython, so the server must 
 system interpreter (`make .venv-triton/.installed`). This file therefore runs as a script there, importing only
 the standard library, numpy, onnxruntime and pytriton: `serve()` and `start_server()` launch it under that
 interpreter from any other one.
+
+The bundle is checked on the launching side, by `Bundle.load` as every other entry point does (manifest, paths,
+checksums, graph contract and content), before any server starts: a bundle `run` refuses, `serve` refuses with the
+same error. The server is handed each checked graph's path and sha256, reads the bytes once, checks their sha256
+again and builds its sessions from those bytes, so what it serves is exactly what was checked.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 GRAPHS = ("encoder", "temporal", "spatial")
 PYTHON_ENV = "STP_EDGE_TRITON_PYTHON"  # the interpreter with pytriton (default: .venv-triton of a checkout)
@@ -60,13 +66,33 @@ def triton_python() -> str:
         "or `make .venv-triton/.installed` in a checkout)")
 
 
-def server_command(bundle: str | os.PathLike, *, port: int, host: str = "127.0.0.1", max_batch: int = 16,
+def checked_graphs(bundle: str | os.PathLike | Any) -> dict[str, dict[str, str]]:
+    """graph -> {"file": absolute path, "sha256": hash} of `bundle`, after every check `Bundle.load` runs.
+
+    Raises:
+        BundleError: The bundle is refused, with the error `stp-edge run` and `info` give.
+    """
+    from stp_edge.bundle import GRAPH_NAMES, Bundle  # the launching side only: the server side imports no stp_edge
+
+    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    files = b.manifest["files"]
+    return {g: {"file": str(b.graph_path(g).resolve()), "sha256": files[b.manifest["graphs"][g]["file"]]}
+            for g in GRAPH_NAMES}
+
+
+def server_command(bundle: str | os.PathLike | Any, *, port: int, host: str = "127.0.0.1", max_batch: int = 16,
                    instances: int = 1, threads: int = 0, queue_delay_us: int = 500,
                    python: str | None = None) -> list[str]:
-    """The command line that serves `bundle` (this file as a script under `python`)."""
-    return [python or triton_python(), str(Path(__file__).resolve()), str(bundle), "--port", str(port),
-            "--host", host, "--max-batch", str(max_batch), "--instances", str(instances), "--threads",
-            str(threads), "--queue-delay-us", str(queue_delay_us)]
+    """The command line that serves `bundle` (this file as a script under `python`), once the bundle is checked.
+
+    Raises:
+        BundleError: `Bundle.load` refuses the bundle (nothing is started).
+    """
+    graphs = checked_graphs(bundle)
+    where = getattr(bundle, "path", bundle)
+    return [python or triton_python(), str(Path(__file__).resolve()), str(where), "--graphs", json.dumps(graphs),
+            "--port", str(port), "--host", host, "--max-batch", str(max_batch), "--instances", str(instances),
+            "--threads", str(threads), "--queue-delay-us", str(queue_delay_us)]
 
 
 def server_ready(url: str, models: Sequence[str] = GRAPHS, timeout_s: float = 1.0) -> bool:
@@ -93,7 +119,8 @@ def start_server(bundle: str | os.PathLike, *, port: int, host: str = "127.0.0.1
     when the block ends.
 
     Raises:
-        RuntimeError: The server exited or was not ready within `timeout_s`; the message ends with its log.
+        BundleError: `Bundle.load` refuses the bundle (before any server starts).
+        RunnerError: The server exited or was not ready within `timeout_s`; the message ends with its log.
     """
     cmd = server_command(bundle, port=port, host=host, **kwargs)
     log_path = Path(log) if log else Path(os.devnull)
@@ -129,6 +156,9 @@ def serve(bundle: str | os.PathLike, *, port: int = 8000, python: str | None = N
     """Serve `bundle` on `port` until interrupted (`stp-edge serve`); returns the server's exit status.
 
     Keyword arguments are those of `server_command` (host, max_batch, instances, threads, queue_delay_us).
+
+    Raises:
+        BundleError: `Bundle.load` refuses the bundle (before any server starts).
     """
     proc = subprocess.Popen(server_command(bundle, port=port, python=python, **kwargs))
     try:
@@ -140,20 +170,17 @@ def serve(bundle: str | os.PathLike, *, port: int = 8000, python: str | None = N
 
 # --- the server (the interpreter with pytriton) ----------------------------------------------------------------
 
-def _check_bundle(path: Path) -> dict:
-    """The manifest of `path`, after checking the sha256 of every file it lists (as `Bundle.load` does)."""
-    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    for rel, expected in manifest["files"].items():
-        h = hashlib.sha256()
-        with open(path / rel, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != expected:
-            raise SystemExit(f"bundle {path}: {rel} differs from its manifest (expected sha256 {expected})")
-    return manifest
+def _checked_bytes(bundle: Path, graph: str, entry: dict) -> bytes:
+    """The bytes of a graph the launching side checked, read once; SystemExit if they changed since."""
+    data = Path(entry["file"]).read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    if got != entry["sha256"]:
+        raise SystemExit(f"bundle {bundle}: graph {graph!r} ({entry['file']}) changed after it was checked "
+                         f"(expected sha256 {entry['sha256']}, got {got}); serve the bundle again")
+    return data
 
 
-def _bind_graph(triton, name: str, onnx_path: Path, *, max_batch: int, instances: int, threads: int,
+def _bind_graph(triton, name: str, model: bytes, *, max_batch: int, instances: int, threads: int,
                 queue_delay_us: int) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -165,7 +192,7 @@ def _bind_graph(triton, name: str, onnx_path: Path, *, max_batch: int, instances
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
     def infer_fn(sess):
         out_names = [o.name for o in sess.get_outputs()]
@@ -200,21 +227,27 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server in this interpreter (needs pytriton, onnxruntime, numpy); blocks until SIGINT/SIGTERM."""
+    """Run the server in this interpreter (needs pytriton, onnxruntime, numpy); blocks until SIGINT/SIGTERM.
+
+    Serves only graphs checked by the launching side (`--graphs`, written by `server_command`): run it through
+    `stp-edge serve`, `serve()` or `start_server()`.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle", type=Path)
+    p.add_argument("--graphs", type=json.loads, required=True,
+                   help="graph -> {file, sha256} as checked by Bundle.load (`server_command` writes it)")
     add_server_arguments(p)
     args = p.parse_args(argv)
     from pytriton.triton import Triton, TritonConfig
 
-    manifest = _check_bundle(args.bundle)
+    models = {g: _checked_bytes(args.bundle, g, args.graphs[g]) for g in GRAPHS}
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the server as SIGINT does
     config = TritonConfig(http_address=args.host, http_port=args.port, allow_grpc=False, allow_metrics=False,
                           exit_on_error=True, log_verbose=0)
     with Triton(config=config) as triton:
         for g in GRAPHS:
-            _bind_graph(triton, g, args.bundle / manifest["graphs"][g]["file"], max_batch=args.max_batch,
-                        instances=args.instances, threads=args.threads, queue_delay_us=args.queue_delay_us)
+            _bind_graph(triton, g, models.pop(g), max_batch=args.max_batch, instances=args.instances,
+                        threads=args.threads, queue_delay_us=args.queue_delay_us)
         try:
             triton.serve()
         except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stp_edge.bundle import GRAPH_NAMES, Bundle, EngineInfo
+from stp_edge.bundle import GRAPH_NAMES, Bundle, ChecksumError, EngineInfo, sha256_file
 from stp_edge.bundle.contract import expected_io
 from stp_edge.errors import UsageError
 
@@ -179,15 +179,34 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _place_checked(bundle: Bundle, src: Path, dst: Path) -> None:
+    """`_place` a graph or plan, then check the placed file has the sha256 `Bundle.load` checked.
+
+    Raises:
+        ChecksumError: The bundle's file changed after the bundle was loaded (the repository is not written).
+    """
+    _place(src, dst)
+    rel = src.relative_to(bundle.path).as_posix()
+    expected, got = bundle.manifest["files"][rel], sha256_file(dst)
+    if got != expected:
+        raise ChecksumError(f"bundle {bundle.path}: {rel} changed after the bundle was loaded (expected sha256 "
+                            f"{expected}, got {got}); write the repository again")
+
+
 def write_triton_repository(bundle: str | os.PathLike | Bundle, repo_dir: str | os.PathLike, *,
                             backends: Sequence[str] = ("onnxruntime",), max_batch: int = 16, instances: int = 1,
                             onnx_device: str = "cpu", queue_delay_us: int = 500) -> Path:
     """Write a Triton model repository for `bundle` into `repo_dir`, atomically (temp dir + rename).
 
     An existing `repo_dir` is replaced as a whole. Arguments after `repo_dir` are those of `triton_models`.
+    A path is loaded with `Bundle.load` (every check `stp-edge run` makes, so a bundle `run` refuses is refused
+    here with the same error, before anything is written); each placed file is checked against its sha256.
 
     Returns:
         The repository path.
+
+    Raises:
+        BundleError: The bundle is refused, or a file changed after it was loaded.
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
@@ -200,7 +219,7 @@ def write_triton_repository(bundle: str | os.PathLike | Bundle, repo_dir: str | 
         for m in models:
             version = tmp / m.name / "1"
             version.mkdir(parents=True)
-            _place(m.source, version / m.filename)
+            _place_checked(bundle, m.source, version / m.filename)
             (tmp / m.name / "config.pbtxt").write_text(render_config(m), encoding="utf-8")
         _swap_in(tmp, repo)
     except BaseException:
