@@ -35,11 +35,11 @@ from stp_edge.backends import CallLimits, activate_runners, choose_backend
 from stp_edge.backends.base import Runner
 from stp_edge.bundle import GRAPH_NAMES, Bundle, expected_io
 from stp_edge.errors import BackendCallError, InferenceError, UsageError
-from stp_edge.frames import EncodedFrame, validate_frame
+from stp_edge.frames import EncodedFrame, LazyFrame, validate_frame
 from stp_edge.pipeline.boxes import box_class, boxes_from_map
 from stp_edge.pipeline.calls import Item, run_graph
 from stp_edge.pipeline.encode import EncodedBatch, Encoder, Preprocess, make_preprocess, preprocess_name
-from stp_edge.pipeline.snippets import Snippet, SnippetAssembler
+from stp_edge.pipeline.snippets import Snippet, SnippetAssembler, check_sampling, choose_sampling
 from stp_edge.pipeline.spatial import SPATIAL_MODES, SpatialHead, SpatialOutput, spatial_gate
 from stp_edge.pipeline.temporal import (
     FeatureRing,
@@ -68,6 +68,8 @@ class SnippetInfo:
     frame_shape: tuple[int, int]
     timings: dict[str, float]
     failed: str | None = None
+    sampled: tuple[int, ...] = ()  # frame indices the snippet sampled, and how (`Snippet.sampling`)
+    sampling: str = "center"
 
 
 @dataclass
@@ -79,6 +81,17 @@ class StreamState:
     emitted: int = 0  # final results emitted: snippets [0, emitted)
     provisional: int = 0  # provisional results emitted: snippets [0, provisional) (low-latency mode)
     pending: dict[int, SnippetInfo] = field(default_factory=dict)
+
+
+def _threaded_runners(threads: int) -> Callable[..., dict[str, Runner]]:
+    """`create_runners` whose ONNX Runtime runners use `threads` threads per operator."""
+    from stp_edge.backends import create_runners
+    from stp_edge.backends.ort import set_intra_op_threads
+
+    def make(*args: Any, **kwargs: Any) -> dict[str, Runner]:
+        return set_intra_op_threads(create_runners(*args, **kwargs), threads)
+
+    return make
 
 
 def _deactivate(runners: Mapping[str, Runner]) -> None:
@@ -107,6 +120,11 @@ class Detector:
         on_invalid: What a graph call that fails twice, or returns values its contract forbids, does to the call
             that made it: "error" raises (`BackendCallError`, `GraphOutputError`; the streams stay consistent
             and the call's results ride on the error), "mark" returns those snippets as invalid results.
+        sampling: Which frame each snippet samples (`stp_edge.pipeline.snippets.SAMPLINGS`): "center" (the
+            evenly spaced offsets the model was trained on), "keyframe" (the snippet's first keyframe, from a
+            source that flags them: `DecodedFrame.key`; a snippet without one samples its center, counted in
+            `sampling_fallbacks`) or "auto" (keyframe where `use_source` says the source's keyframes are aligned
+            with the snippets, else center). Each result records its sampled frame (`SnippetResult.sampled`).
 
     Attributes:
         max_outage_s: Under "mark", how long graph calls may fail without a success in between before the
@@ -115,7 +133,7 @@ class Detector:
 
     def __init__(self, bundle: Bundle, runners: Mapping[str, Runner], preprocess: Preprocess, *,
                  spatial_on: str = "flagged", backend: str = "custom", lookahead: int | None = None,
-                 on_invalid: str = "error") -> None:
+                 on_invalid: str = "error", sampling: str = "center") -> None:
         if spatial_on not in SPATIAL_MODES:
             raise UsageError(f"spatial_on must be one of {SPATIAL_MODES}, got {spatial_on!r}")
         if on_invalid not in ON_INVALID:
@@ -135,6 +153,11 @@ class Detector:
         if not 0 <= self.lookahead <= self.context:
             raise UsageError(f"lookahead must be in [0, context={self.context}], got {lookahead!r}")
         self.on_invalid = on_invalid
+        self.sampling = check_sampling(sampling)
+        self.sampling_for(None)  # a model reading several frames per snippet refuses keyframe sampling
+        self._sampling: dict[int, str] = {}  # stream -> "center" | "keyframe", fixed for its source (`use_source`)
+        # Snippets sampled at their center under keyframe sampling because they hold no keyframe, by stream.
+        self.sampling_fallbacks: dict[int, int] = {}
         self.max_outage_s = MAX_OUTAGE_S
         self._preprocess = preprocess  # released by close() (a CUDA preprocessor holds device buffers)
         io = expected_io(self.config, bundle.region_features)
@@ -159,7 +182,8 @@ class Detector:
     @classmethod
     def load(cls, bundle: str | Path | Bundle, backend: str = "auto", preprocess: str | Preprocess = "auto",
              spatial_on: str | bool | None = None, device: int = 0, *, lookahead: int | None = None,
-             allow_host_code: bool = False, on_invalid: str = "error", limits: CallLimits | None = None) -> Detector:
+             allow_host_code: bool = False, on_invalid: str = "error", limits: CallLimits | None = None,
+             threads: int | None = None, sampling: str = "center") -> Detector:
         """Load a bundle and pick its runners.
 
         Args:
@@ -177,9 +201,13 @@ class Detector:
                 the class).
             limits: Per-call deadline, onnxruntime memory cap, Triton connect timeout, stop grace
                 (`stp_edge.backends.CallLimits`); None: the defaults.
+            threads: ONNX Runtime threads per operator (`intra_op_num_threads`); None: ONNX Runtime's default.
+                `run_video` sizes it with `stp_edge.run.plan_threads` beside its decode threads.
+            sampling: "center", "keyframe" or "auto": which frame each snippet samples (see the class).
         """
         if on_invalid not in ON_INVALID:
             raise UsageError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
+        check_sampling(sampling)
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
         requested = backend
@@ -191,7 +219,8 @@ class Detector:
         # Runners first: a TensorRT plan refused under "auto" falls back to ONNX Runtime, and the preprocessing
         # choice follows the backend that actually runs, on the runners' device.
         backend, runners = activate_runners(bundle, choice.name, device, requested=requested,
-                                            allow_host_code=allow_host_code, engine=choice.engine, limits=limits)
+                                            allow_host_code=allow_host_code, engine=choice.engine, limits=limits,
+                                            make_runners=None if threads is None else _threaded_runners(threads))
         try:
             pre = make_preprocess(preprocess, bundle.config.vision.image_size, backend=backend,
                                   host_crops=bundle.host_crops, device=device,
@@ -199,8 +228,12 @@ class Detector:
         except BaseException:
             _deactivate(runners)
             raise
-        return cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend, lookahead=lookahead,
-                   on_invalid=on_invalid)
+        try:
+            return cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend, lookahead=lookahead,
+                       on_invalid=on_invalid, sampling=sampling)
+        except BaseException:
+            _deactivate(runners)
+            raise
 
     @property
     def preprocess(self) -> Preprocess:
@@ -233,13 +266,39 @@ class Detector:
         with self._lock:
             if stream is None:
                 self._streams.clear()
+                self._sampling.clear()
             else:
                 self._streams.pop(stream, None)
+                self._sampling.pop(stream, None)
+
+    def sampling_for(self, source: Any) -> tuple[str, str]:
+        """The sampling ("center" or "keyframe") this detector's `sampling` gives a video source, and why.
+
+        `source` is a `stp_edge.video.VideoSource` (read: `keyframe_interval`, `decode_mode`), or None (unknown).
+        Raises UsageError where the option cannot run on the source (center sampling of keyframes only).
+        """
+        c = self.config
+        return choose_sampling(self.sampling, snippet_len=c.snippet_len, frames_per_snippet=c.frames_per_snippet,
+                               keyframe_interval=getattr(source, "keyframe_interval", None),
+                               keyframes_only=getattr(source, "decode_mode", "full") == "keyframes")
+
+    def use_source(self, stream: int, source: Any) -> tuple[str, str]:
+        """Fix the sampling of `stream` for the source it reads (`sampling_for`); returns (sampling, why).
+
+        `run_video` calls it for each of its sources; a stream no source was given for samples under
+        `sampling_for(None)` (under "auto": center).
+        """
+        with self._lock:
+            chosen = self.sampling_for(source)
+            self._sampling[stream] = chosen[0]
+            return chosen
 
     def _state(self, stream: int) -> StreamState:
         if stream not in self._streams:
             c = self.config
-            self._streams[stream] = StreamState(SnippetAssembler(c.snippet_len, c.frames_per_snippet, stream),
+            sampling = self._sampling.get(stream) or self.sampling_for(None)[0]
+            self._streams[stream] = StreamState(SnippetAssembler(c.snippet_len, c.frames_per_snippet, stream,
+                                                                 sampling=sampling),
                                                 FeatureRing(2 * self.context + 1))
         return self._streams[stream]
 
@@ -289,6 +348,9 @@ class Detector:
                 results = self._emit_ready(streams, final=True)
             finally:
                 for k in streams:
+                    asm = self._streams[k].assembler
+                    if asm.fallbacks:
+                        self.sampling_fallbacks[k] = self.sampling_fallbacks.get(k, 0) + asm.fallbacks
                     lost = self._streams.pop(k).assembler.undecodable_frames
                     if lost:
                         self.dropped_tail_frames[k] = self.dropped_tail_frames.get(k, 0) + lost
@@ -298,13 +360,15 @@ class Detector:
         if self._closed:
             raise UsageError("this Detector is closed (its runners are released); load a new one")
 
-    def _admit(self, stream: int, frame: Any, *, checked: bool) -> np.ndarray | EncodedFrame:
-        """The frame as the stream keeps it: validated (as given if `checked`), compressed ones decoded if sampled."""
-        if isinstance(frame, EncodedFrame):
+    def _admit(self, stream: int, frame: Any, *, checked: bool) -> np.ndarray | LazyFrame:
+        """The frame as the stream keeps it: validated (as given if `checked`), lazy ones decoded if sampled."""
+        if isinstance(frame, LazyFrame):  # EncodedFrame, DecodedFrame (PyAV), SkippedFrame
             state = self._streams.get(stream)
-            if state is None or state.assembler.samples():
+            if state is None and self._sampling.get(stream, self.sampling_for(None)[0]) == "keyframe":
+                state = self._state(stream)  # a keyframe stream decodes its keyframes only, its first frame too
+            if state is None:
                 return frame.decode(stream=stream)
-            return frame
+            return state.assembler.prepare(frame)
         return frame if checked else validate_frame(frame, self._frames_seen(stream), stream=stream)
 
     def _frames_seen(self, stream: int) -> int:
@@ -326,7 +390,8 @@ class Detector:
         for i, s in enumerate(snippets):
             state = self._streams[s.stream]
             timings = dict(batch.timings) if batch is not None else {}
-            state.pending[s.index] = SnippetInfo(s.frame_start, s.frame_end, s.frame_shape, timings, invalid[i])
+            state.pending[s.index] = SnippetInfo(s.frame_start, s.frame_end, s.frame_shape, timings, invalid[i],
+                                                 s.sampled, s.sampling)
             if invalid[i] is None and batch is not None:
                 state.ring.append(s.index, batch.frame_emb[i], batch.region_emb[i])
             else:
@@ -449,7 +514,8 @@ class Detector:
                              class_name=cfg.class_names[class_id], is_anomaly=temporal.score >= self.score_threshold,
                              region_scores=None if spatial is None else spatial.region_scores,
                              anomaly_map=amap, boxes=tuple(boxes), timings=timings, final=final,
-                             invalid_reason=None if spatial is None else spatial.invalid)
+                             invalid_reason=None if spatial is None else spatial.invalid, sampled=info.sampled,
+                             sampling=info.sampling)
 
     def _invalid(self, stream: int, t: int, info: SnippetInfo, reason: str, *, final: bool,
                  temporal_ms: float = 0.0) -> SnippetResult:
@@ -458,7 +524,7 @@ class Detector:
                              score=float("nan"), class_probs=np.full(self.config.num_classes, np.nan, np.float32),
                              class_id=-1, class_name="", is_anomaly=None,
                              timings={**info.timings, "temporal": temporal_ms, "spatial": 0.0, "post": 0.0},
-                             final=final, invalid_reason=reason)
+                             final=final, invalid_reason=reason, sampled=info.sampled, sampling=info.sampling)
 
     # --- offline reference -------------------------------------------------------------------------------
     def offline_scores(self, frames: Iterable[np.ndarray], *, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:

@@ -254,7 +254,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from stp_edge.api import Detector
     from stp_edge.backends import CallLimits
     from stp_edge.outputs import output_kind
-    from stp_edge.run import open_sources
+    from stp_edge.run import available_cores, open_sources, plan_threads
     from stp_edge.video import Backoff
 
     out = out or sys.stdout
@@ -267,28 +267,54 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     # Validate everything (bundle, sources, options, output paths, codecs) before any output is opened.
     limits = CallLimits(call_timeout_s=args.call_timeout, memory_limit_gib=args.memory_limit,
                         connect_timeout_s=args.connect_timeout)
+    plan = None if args.threads is not None else plan_threads(available_cores(), _count_sources(specs))
     with Detector.load(bundle, backend=args.backend, preprocess=args.preprocess, device=args.device,
                        spatial_on=args.spatial, lookahead=args.lookahead,
-                       allow_host_code=args.allow_host_code, limits=limits, on_invalid=args.on_invalid) as det:
+                       allow_host_code=args.allow_host_code, limits=limits, on_invalid=args.on_invalid,
+                       threads=args.threads if plan is None else plan.intra_op,
+                       sampling=getattr(args, "sampling", "center")) as det:
         if args.threshold is not None:
             det.score_threshold = float(args.threshold)
         sources = open_sources([int(s) if str(s).isdigit() else s for s in specs],
                                reconnect=reconnect, timeout_ms=args.timeout_ms)
         try:
             _check_run_options(args, sources, det.bundle.path)
+            sampling = [det.sampling_for(src) for src in sources]  # refused here, before any output is opened
         except BaseException:
             for src in sources:
                 src.close()
             raise
         _remove_strays(args, out)
         if not args.quiet:
+            threads = ("" if not det.backend.startswith("ort") else f", threads {args.threads} onnxruntime (--threads)"
+                       if plan is None else f", threads {plan.describe()}")
             print(f"bundle {bundle}: backend {det.backend}, preprocessing {det.preprocess_name}, device "
-                  f"{args.device}, threshold {det.score_threshold:.2f}, {len(sources)} source(s)", file=out, flush=True)
+                  f"{args.device}, threshold {det.score_threshold:.2f}, {len(sources)} source(s){threads}",
+                  file=out, flush=True)
         for i, src in enumerate(sources):  # which stream is which (URL credentials masked); a down one said always
             down = f": DOWN at start ({src.down_at_start}); retrying in the background" if src.down_at_start else ""
             if down or not args.quiet:
-                print(f"stream {i}: {src.name}{down}", file=out, flush=True)
+                how = f", sampling {sampling[i][0]} ({sampling[i][1]})" if det.sampling != "center" else ""
+                print(f"stream {i}: {src.name}{how}{down}", file=out, flush=True)
+            if not args.quiet:  # which decoder and mode read it, and why
+                print(f"stream {i}: {src.describe_decoder()}", file=out, flush=True)
         return _run_sources(det, sources, args, out)
+
+
+def _count_sources(specs: list[Any]) -> int:
+    """How many sources `specs` name, for sizing threads.
+
+    A spec that does not expand counts as one: opening the sources says what is wrong with it.
+    """
+    from stp_edge.sources import expand_sources
+
+    n = 0
+    for spec in specs:
+        try:
+            n += 1 if str(spec).isdigit() else len(expand_sources(spec))
+        except Exception:
+            n += 1
+    return n
 
 
 def _remove_strays(args: argparse.Namespace, out: TextIO) -> None:
@@ -355,7 +381,7 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
             results = run_video(sources, detector=det, on_result=on_result, on_gap=on_gap, on_end=on_end,
                                 on_frame=(lambda s, n: bar.update(1)) if bar is not None else None,
                                 max_frames=limit, keep=False, overlay=args.overlay, jsonl=args.jsonl,
-                                jsonl_mode=mode, stop=stopper.event)
+                                jsonl_mode=mode, stop=stopper.event, drop_late=not args.no_drop)
     except KeyboardInterrupt:  # a second signal: stopped at once, every output closed whole by run_video
         if stopper.signum is None:
             raise
@@ -385,6 +411,8 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
 
         written.append(str(plot_scores(scores, args.plot, fps=results.fps, threshold=results.threshold)))
     _print_summary(results, out, quiet=args.quiet, fps={i: s.fps for i, s in enumerate(sources)})
+    for stream, n in sorted(det.sampling_fallbacks.items()):  # keyframe sampling: snippets without a keyframe
+        print(f"SAMPLING stream {stream}: {n} snippet(s) held no keyframe and were sampled at the center", file=out)
     for path in written:
         print(f"wrote {path}", file=out)
     if stopper.signum is not None:
@@ -410,6 +438,9 @@ def _print_summary(results: Any, out: TextIO, *, quiet: bool, fps: dict[int, flo
             print(f"REJECTED {name}: {s.rejected} frame(s) refused by the detector (skipped)", file=out)
         if st.gaps:
             print(f"GAPS    {name}: {plural(len(st.gaps), 'outage')}, {st.gap_s:.1f}s lost", file=out)
+        if getattr(s, "dropped_snippets", 0):
+            print(f"BEHIND  {name}: {plural(s.dropped_snippets, 'snippet')} ({s.dropped_frames} frames) dropped whole "
+                  "to keep real time (the model is slower than this camera; see the JSONL's dropped lines)", file=out)
         if st.lost:
             print(f"LOST    {st.lost_reason}", file=out)
     if quiet:
@@ -419,6 +450,11 @@ def _print_summary(results: Any, out: TextIO, *, quiet: bool, fps: dict[int, flo
     fps = fps or {s.stream: s.fps for s in results.sources}  # seconds for every stream whose rate is known
     for ev in events:
         print("  " + ev.describe(fps), file=out)
+    batches = getattr(results, "encoder_batches", None)
+    if batches and len(results.sources) > 1:
+        calls = sum(batches.values())
+        print(f"encoder calls: {calls}, snippets per call: {sum(k * v for k, v in batches.items()) / calls:.2f} "
+              f"mean, {max(batches)} max", file=out)
     table = results.latency.table()
     if table:
         for line in format_latency(table):
@@ -507,12 +543,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     # Nothing is written unless asked: the table goes to stdout, files only where --json/-o says.
     _check_paths({"-o/--json": args.json}, [args.source], bundle=args.bundle)
+    if args.cameras is not None:
+        return _bench_cameras(args)
     report = run_bench(args.bundle, backend=args.backend, precision=args.precision, batch=args.batch,
                        streams=args.streams, source=args.source, frames=args.frames, json_out=args.json,
                        torch_baseline=not args.no_torch, lookahead=args.lookahead, progress=True)
     print(report.markdown())
     if args.json is not None:
         print(f"saved {', '.join(str(p) for p in report.saved)}")
+    return 0
+
+
+def _bench_cameras(args: argparse.Namespace) -> int:
+    """`stp-edge bench --cameras N`: the largest number of live cameras (<= N) served in real time."""
+    import json
+
+    from stp_edge.bench.capacity import bundle_capacity, capacity_summary
+
+    out = bundle_capacity(args.bundle, args.cameras, source=args.source, read=args.read,
+                          backend="ort-cpu" if args.backend == "auto" else args.backend, progress=print)
+    print(capacity_summary(out))
+    if args.json is not None:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+        print(f"saved {args.json}")
     return 0
 
 
@@ -582,6 +636,11 @@ def _add_run(sub: Any) -> None:
                    help="same as --spatial all")
     r.add_argument("--lookahead", type=int, help="also emit provisional results N snippets after their snippet "
                    "(0 <= N <= context; lower = earlier alarms)")
+    r.add_argument("--sampling", choices=("center", "keyframe", "auto"), default="center",
+                   help="the frame each snippet's encoder reads: center (the middle frame, what the model was trained "
+                   "on), keyframe (the snippet's first keyframe: decoding keyframes only then suffices; a snippet "
+                   "without one reads its center) or auto (keyframe where the source's keyframe interval divides "
+                   "the snippet length); each JSON line records the frame sampled")
     r.add_argument("--on-invalid", choices=("error", "mark"), default="error",
                    help="a graph call that fails twice, or a graph output its contract forbids (NaN, out of range): "
                    "end the run with exit 1 (error, the default) or print and record the snippet as invalid and "
@@ -607,6 +666,10 @@ def _add_run(sub: Any) -> None:
                    "tensors, GiB (default: half of this machine's memory); a graph asking for more fails")
     r.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
                    help="how long triton:// tries to reach its server and models, seconds")
+    r.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads per operator (default: the cores "
+                   "left after one decode thread per source, at least 1)")
+    r.add_argument("--no-drop", action="store_true", help="a live source that falls behind the model waits instead "
+                   "of dropping whole snippets (default: drop, counted per camera and written to --jsonl)")
     verbosity = r.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every snippet, not only anomalies")
     verbosity.add_argument("-q", "--quiet", action="store_true",
@@ -730,6 +793,11 @@ def _add_scale_commands(sub: Any) -> None:
     b.add_argument("--frames", type=int, help="frames to run (default: the benchmark's)")
     b.add_argument("--lookahead", type=int, help="low-latency mode lookahead (alert delay reported for it)")
     b.add_argument("--no-torch", action="store_true", help="skip the plain PyTorch baseline (runtime-only RSS)")
+    b.add_argument("--cameras", type=int, metavar="N", help="instead: serve up to N live cameras (the --source "
+                   "file, or a generated 640x360 H.264 clip, replayed at 25 fps over HTTP by ffmpeg) and report the "
+                   "largest number held in real time, utilisation and the binding resource (docs/capacity.md)")
+    b.add_argument("--read", default="opencv-full", choices=("opencv-full", "pyav-full", "pyav-keyframes"),
+                   help="with --cameras: how each camera's stream is read")
     b.add_argument("-o", "--json", type=Path, metavar="FILE.json",
                    help="save the report as JSON, with .md and (with matplotlib) .png beside it; default: print "
                    "the table only, write nothing")

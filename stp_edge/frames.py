@@ -6,6 +6,9 @@ or a CPU/CUDA preprocessor called directly; what lies behind those doors (the pi
 feeding a source's frames to its detector) takes the checked frame as it is. An `EncodedFrame` (one compressed
 image of an intra-only video, from `VideoSource.frames_with_gaps(lazy=True)`) is checked when it is decoded,
 which the detector does only when the snippet samples it, so 15 of 16 frames of an MJPEG video are never decoded.
+A `DecodedFrame` (a frame FFmpeg decoded, from a PyAV source) is converted to BGR the same way, only when
+sampled; a `SkippedFrame` holds the place of a frame FFmpeg was told not to decode (keyframes-only decoding) and
+has no pixels. All three are `LazyFrame`s: what the detector and the snippet assembler check for.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import numpy as np
 
 from stp_edge.errors import FrameError
 
-__all__ = ["EncodedFrame", "FrameError", "validate_frame"]  # FrameError is defined on the ground floor (errors)
+# FrameError is defined on the ground floor (errors)
+__all__ = ["DecodedFrame", "EncodedFrame", "FrameError", "LazyFrame", "SkippedFrame", "validate_frame"]
 
 
 def validate_frame(frame: Any, index: int, *, stream: int | None = None) -> np.ndarray:
@@ -57,7 +61,24 @@ def validate_frame(frame: Any, index: int, *, stream: int | None = None) -> np.n
     return np.ascontiguousarray(frame)
 
 
-class EncodedFrame:
+class LazyFrame:
+    """A frame whose BGR pixels are made only if they are used: `decode(stream=)` gives them or raises FrameError.
+
+    Attributes:
+        index: Frame index in its source (frames delivered before it), for error messages.
+    """
+
+    __slots__ = ("index",)
+
+    def decode(self, *, stream: int | None = None) -> np.ndarray:
+        """The (H, W, 3) uint8 BGR image; FrameError when there is none."""
+        raise NotImplementedError
+
+    def _where(self, stream: int | None) -> str:
+        return f"frame {self.index}" if stream is None else f"stream {stream} frame {self.index}"
+
+
+class EncodedFrame(LazyFrame):
     """One compressed image (a JPEG) of an intra-only video: its pixels are decoded only if they are used.
 
     Attributes:
@@ -65,7 +86,7 @@ class EncodedFrame:
         index: Frame index in its source, for error messages.
     """
 
-    __slots__ = ("data", "index")
+    __slots__ = ("data",)
 
     def __init__(self, data: bytes, index: int) -> None:
         self.data = data
@@ -75,7 +96,7 @@ class EncodedFrame:
         """The (H, W, 3) uint8 BGR image; FrameError when the bytes do not decode."""
         import cv2
 
-        where = f"frame {self.index}" if stream is None else f"stream {stream} frame {self.index}"
+        where = self._where(stream)
         try:
             image = cv2.imdecode(np.frombuffer(self.data, np.uint8), cv2.IMREAD_COLOR) if self.data else None
         except cv2.error as exc:  # e.g. a header claiming more pixels than CV_IO_MAX_IMAGE_PIXELS
@@ -88,3 +109,55 @@ class EncodedFrame:
 
     def __repr__(self) -> str:
         return f"EncodedFrame(index={self.index}, {len(self.data)} bytes)"
+
+
+class DecodedFrame(LazyFrame):
+    """A frame FFmpeg decoded (a PyAV `VideoFrame`, still in the codec's pixel format): converted to BGR only if used.
+
+    Attributes:
+        frame: The `av.VideoFrame`.
+        index: Frame index in its source (frames delivered before it).
+        key: True when the frame is a keyframe (FFmpeg's `key_frame` flag).
+    """
+
+    __slots__ = ("frame", "key")
+
+    def __init__(self, frame: Any, index: int, key: bool) -> None:
+        self.frame = frame
+        self.index = index
+        self.key = key
+
+    def decode(self, *, stream: int | None = None) -> np.ndarray:
+        """The (H, W, 3) uint8 BGR image (FFmpeg's swscale conversion, `to_ndarray(format="bgr24")`)."""
+        try:
+            image = self.frame.to_ndarray(format="bgr24")
+        except Exception as exc:  # PyAV's FFmpegError, ValueError for a pixel format it cannot convert
+            raise FrameError(f"{self._where(stream)}: the decoded frame ({self.frame.format.name}) does not "
+                             f"convert to BGR: {exc}") from None
+        return validate_frame(image, self.index, stream=stream)
+
+    def __repr__(self) -> str:
+        return f"DecodedFrame(index={self.index}, key={self.key}, {self.frame.width}x{self.frame.height})"
+
+
+class SkippedFrame(LazyFrame):
+    """The place of a frame FFmpeg did not decode (keyframes-only decoding): it has no pixels.
+
+    Usable only where nothing samples it: a source decodes keyframes only when the sampled frame of every snippet
+    is a keyframe.
+    """
+
+    __slots__ = ("reason",)
+    key = False
+
+    def __init__(self, index: int, reason: str = "only keyframes are decoded") -> None:
+        self.index = index
+        self.reason = reason
+
+    def decode(self, *, stream: int | None = None) -> np.ndarray:
+        """Always raises FrameError: the frame was not decoded, and says why."""
+        raise FrameError(f"{self._where(stream)}: not decoded ({self.reason}); a frame that is sampled must be "
+                         "decoded: use decode='full', or keyframe-aligned sampling")
+
+    def __repr__(self) -> str:
+        return f"SkippedFrame(index={self.index})"

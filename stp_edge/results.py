@@ -58,6 +58,10 @@ class SnippetResult:
             (and its retry), or a graph output its contract forbids (NaN, inf, out of range, wrong shape); it
             names graph, output and snippet. The temporal stream missing: `score` is NaN and `is_anomaly` None;
             the spatial stream missing: the score stands, `region_scores`, `anomaly_map` and boxes are empty.
+        sampled: Stream frame index of each frame the encoder read for this snippet (one by default).
+        sampling: How they were chosen: "center" (the evenly spaced offsets, the middle frame by default) or
+            "keyframe" (the snippet's first keyframe; a snippet without one under keyframe sampling says
+            "center"). See `stp_edge.pipeline.snippets`.
     """
 
     stream: int
@@ -75,6 +79,8 @@ class SnippetResult:
     timings: dict[str, float] = field(default_factory=dict)
     final: bool = True
     invalid_reason: str | None = None
+    sampled: tuple[int, ...] = ()
+    sampling: str = "center"
 
     @property
     def valid(self) -> bool:
@@ -109,6 +115,8 @@ class SnippetResult:
             "boxes": [b.to_dict() for b in self.boxes],
             "timings": {k: None if _finite(v) is None else round(float(v), 4) for k, v in self.timings.items()},
             "final": bool(self.final),
+            "sampled": [int(i) for i in self.sampled],
+            "sampling": str(self.sampling),
         }
         if self.invalid_reason is not None:
             record["invalid"] = str(self.invalid_reason)

@@ -16,6 +16,20 @@ glob or a list file names several; see `stp_edge.sources`). The data flow:
 5. `stop` (a `threading.Event`, set by a signal handler for example) ends the run at the next frame: every
    result of the frames already read is still flushed and delivered.
 
+Many cameras in one process: the decode threads and ONNX Runtime's pool are sized together
+(`plan_threads`: one core per decode thread, the cores left to ONNX Runtime's intra-op pool, at least one)
+when `run_video` loads the detector and the caller did not say `threads`. With several sources, a frame that
+completes a snippet waits (at most half a snippet of the fastest source) for the other streams' snippets to
+complete too, so the snippets of N cameras share one encoder call (`VideoResults.encoder_batches` counts the
+snippets per call). A LIVE source (URL, camera) that falls behind real time drops whole snippets instead of
+growing queues: at each snippet boundary, when its oldest frame still waiting for the detector has waited a
+snippet's duration, its reader reads the next `snippet_len` frames and discards them (never part of a
+snippet, so snippet boundaries stay aligned). The detector sees the dropped frames like a gap (the stream's
+window is flushed and restarted; frame and snippet numbers go on counting over them);
+`SourceRun.dropped_snippets` counts them and the JSONL gets a `{"dropped": ...}` line naming the frames not
+analysed. Files never drop: they are read as fast as the model goes. At most `2 * snippet_len` frames of a
+source wait (`SourceRun.queue_peak`), so memory stays flat when the model is slower than the cameras.
+
 A source that ends, or is lost for good, is flushed at once (`Detector.flush(stream)`): its last results reach
 the sinks and `on_end` while the other sources go on.
 
@@ -35,7 +49,7 @@ import os
 import queue
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +82,9 @@ class SourceRun:
         rejected: Frames the detector refused (`FrameError`: skipped and counted, the stream goes on), and
             frames of a last partial snippet none of whose frames decodes.
         error: A fatal error of this source's reader (re-raised by `run_video` after the others finished).
+        dropped_snippets: Whole snippets of a live source dropped because it fell behind real time.
+        dropped_frames: Their frames (read from the source, never analysed).
+        queue_peak: Most frames of this source that waited for the detector at once.
     """
 
     source: Any
@@ -76,6 +93,9 @@ class SourceRun:
     fps: float | None
     rejected: int = 0
     error: BaseException | None = None
+    dropped_snippets: int = 0
+    dropped_frames: int = 0
+    queue_peak: int = 0
 
 
 class VideoResults(list):
@@ -91,6 +111,9 @@ class VideoResults(list):
         events: `EventTracker` of the run (anomalous runs merged per stream).
         latency: `LatencyStats` of the run (per-stage ms per snippet).
         stopped: True when `stop` ended the run before the sources did.
+        threads: The `ThreadPlan` the run loaded its detector with, or None (a detector given, or `threads` set).
+        encoder_batches: {snippets in one encoder call: calls} over the frame pushes of the run (a source's
+            flush at its end or at a gap or drop is not counted).
     """
 
     def __init__(self, *, threshold: float = 0.5, class_names: Sequence[str] = ()) -> None:
@@ -103,6 +126,8 @@ class VideoResults(list):
         self.events = EventTracker(class_names)
         self.latency = LatencyStats()
         self.stopped = False
+        self.threads: ThreadPlan | None = None
+        self.encoder_batches: Counter[int] = Counter()
 
     @property
     def stats(self) -> VideoStats:
@@ -121,38 +146,140 @@ class VideoResults(list):
     def frames_read(self) -> int:
         return sum(s.stats.read for s in self.sources)
 
+    @property
+    def dropped_snippets(self) -> int:
+        """Whole snippets live sources dropped because they fell behind real time."""
+        return sum(s.dropped_snippets for s in self.sources)
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How a run shares the cores: one decode thread per source, ONNX Runtime's intra-op pool on the rest."""
+
+    cores: int
+    decode: int
+    intra_op: int
+
+    def describe(self) -> str:
+        return f"{self.intra_op} onnxruntime + {self.decode} decode thread(s) on {self.cores} core(s)"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS says, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def plan_threads(cores: int, sources: int) -> ThreadPlan:
+    """ONNX Runtime's intra-op thread count for `sources` decode threads on `cores` cores (no oversubscription).
+
+    With several sources, each source's decode thread gets a core while at least one is left; ONNX Runtime's pool
+    gets the others (at least one thread). More sources than cores share the cores with a one-thread pool: ORT's
+    spinning threads would otherwise compete with every decoder. One source keeps every core for the model: its
+    decoder reads ahead while the encoder runs, and halving the pool would double a single camera's latency.
+    """
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise UsageError(f"cores must be a whole number >= 1, got {cores!r}")
+    if isinstance(sources, bool) or not isinstance(sources, int) or sources < 0:
+        raise UsageError(f"sources must be a whole number >= 0, got {sources!r}")
+    if sources <= 1:
+        return ThreadPlan(cores=cores, decode=sources, intra_op=cores)
+    return ThreadPlan(cores=cores, decode=sources, intra_op=max(1, cores - min(sources, cores - 1)))
+
 
 _END = object()
+_DROP = object()  # (stream, _DROP, frames dropped, 0.0): a live source's reader dropped whole snippets
+SHARE_HOLD = 0.5  # of a snippet's duration: how long a completed snippet waits for other streams' (0: never)
 READER_JOIN_S = 1.0  # what a run waits at its end for readers still inside an OpenCV open or read
 
 
 class _Reader(threading.Thread):
-    """Decodes one source ahead of the detector into the shared queue; closes the source when done."""
+    """Decodes one source ahead of the detector into the shared queue; closes the source when done.
+
+    With `drop_len` (a live source), the reader keeps real time: at each snippet boundary, when its oldest
+    frame still waiting for the detector was read `late_s` ago or more (a snippet's duration: the model is a
+    whole snippet behind the camera), it reads the next `drop_len` frames and discards them, and tells the
+    consumer how many it dropped before its next frame (`_DROP`). `put` and `taken` count the frames put and
+    the frames the consumer took (each written by one thread only), so their difference is what waits, and
+    `times` holds when each waiting frame was put. At most `cap` frames of one source wait (`slots`: a reader
+    waits for a free one), so a fast file never fills the queue that live sources share with it.
+    """
 
     def __init__(self, src: VideoSource, stream: int, out: queue.Queue, halt: threading.Event,
-                 max_frames: int | None, lazy: bool) -> None:
+                 max_frames: int | None, lazy: bool, drop_len: int | None = None, cap: int = 32,
+                 late_s: float = 0.64) -> None:
         super().__init__(name=f"stp-edge-decode-{stream}", daemon=True)
         self.src, self.stream, self.out, self.halt, self.max_frames = src, stream, out, halt, max_frames
-        self.lazy = lazy
+        self.lazy, self.drop_len, self.late_s = lazy, drop_len, late_s
+        self.times: deque[float] = deque()  # when each frame still waiting was put (append here, pop there)
+        self.slots = threading.Semaphore(cap)  # released by the consumer for each frame it takes
+        self.put = 0  # frames put (this thread writes it)
+        self.taken = 0  # frames the consumer took (the consumer writes it)
+        self.peak = 0
+
+    def took(self) -> None:
+        """The consumer took one of this reader's frames."""
+        self.taken += 1
+        self.times.popleft()
+        self.slots.release()
 
     def run(self) -> None:
         try:
             frames = self.src.frames_with_gaps(lazy=self.lazy)
             n = 0
+            pos = 0  # frames delivered since the last gap or drop: a snippet boundary when pos % drop_len == 0
+            dropping = 0  # frames still to drop of the snippet being dropped
+            dropped = 0  # frames dropped and not yet reported
             while not self.halt.is_set() and (self.max_frames is None or n < self.max_frames):
                 t0 = time.perf_counter()
                 item = next(frames, None)
                 if item is None:
                     break
+                n += 1
+                if item[1] is not None:  # a gap: a new window starts at this frame, which is always delivered
+                    if dropped and not self._put((self.stream, _DROP, dropped, 0.0)):
+                        break
+                    pos = dropping = dropped = 0
+                elif self.drop_len and not dropping and pos % self.drop_len == 0 and self._late():
+                    dropping = self.drop_len  # a snippet behind real time: drop the next one whole
+                if dropping:
+                    dropping -= 1
+                    dropped += 1
+                    continue
+                if dropped:
+                    if not self._put((self.stream, _DROP, dropped, 0.0)):
+                        break
+                    pos = dropped = 0
+                if not self._slot():
+                    break
+                self.times.append(time.monotonic())
                 if not self._put((self.stream, item[0], item[1], (time.perf_counter() - t0) * 1e3)):
                     break
-                n += 1
+                self.put += 1
+                self.peak = max(self.peak, self.put - self.taken)
+                pos += 1
+            if dropped:
+                self._put((self.stream, _DROP, dropped, 0.0))
         except BaseException as exc:  # handed to the consuming thread, which re-raises it
             self._put((self.stream, _END, exc, 0.0))
             return
         finally:
             self.src.close()
         self._put((self.stream, _END, None, 0.0))
+
+    def _late(self) -> bool:
+        try:
+            return time.monotonic() - self.times[0] >= self.late_s
+        except IndexError:  # nothing waits
+            return False
+
+    def _slot(self) -> bool:
+        while not self.slots.acquire(timeout=0.1):
+            if self.halt.is_set():
+                return False
+        return True
 
     def _put(self, item: tuple) -> bool:
         while True:
@@ -201,6 +328,11 @@ class JsonlSink:
         """Write the line of an outage of `stream` (where it happened, seconds lost, reconnect attempts)."""
         record = {"stream": stream, "frame": gap.frame, "lost_s": round(gap.lost_s, 3), "attempts": gap.attempts}
         self._write(json.dumps({"gap": record}) + "\n")
+
+    def on_drop(self, stream: int, frame: int, frames: int, snippets: int) -> None:
+        """Write the line of whole snippets a live source dropped: frames [frame, frame + frames) not analysed."""
+        record = {"stream": stream, "frame": frame, "frames": frames, "snippets": snippets}
+        self._write(json.dumps({"dropped": record}) + "\n")
 
     def close(self) -> Path | None:
         """Fsync and close a file (safe to call twice); returns its path, or None for a stream."""
@@ -355,7 +487,7 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
               overlay: str | Path | None = None, jsonl: str | Path | TextIO | None = None,
               stop: threading.Event | None = None, source_kwargs: dict[str, Any] | None = None,
               jsonl_mode: str = "w", on_end: Callable[[SourceRun], None] | None = None,
-              **load_kwargs: Any) -> VideoResults:
+              drop_late: bool = True, **load_kwargs: Any) -> VideoResults:
     """Run a detector over one or several video sources (see the module docstring); returns the results.
 
     Args:
@@ -377,7 +509,10 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
         jsonl_mode: "w" replaces an existing `jsonl` file, "x" refuses a non-empty one, "a" appends to it.
         on_end: Called with a source's `SourceRun` as soon as it ends (its last results already delivered and
             written), or is lost for good; not for sources a `stop` ended.
-        **load_kwargs: Passed to `Detector.load` with `bundle` (backend, preprocess, spatial_on, device, ...).
+        drop_late: A live source that falls behind real time drops whole snippets (see the module docstring);
+            False: its reader waits for the detector instead (the queue stays bounded; the source lags).
+        **load_kwargs: Passed to `Detector.load` with `bundle` (backend, preprocess, spatial_on, device,
+            threads, ...). Without `threads`, ONNX Runtime's pool is sized by `plan_threads` for the sources.
 
     Raises:
         VideoError: A source cannot be opened (before any frame is read) or its reader failed mid-run (after
@@ -395,11 +530,17 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
     try:
         if overlay is not None and len(sources) != 1:
             raise UsageError(f"an overlay is drawn for one source; {len(sources)} sources were given")
+        plan = None
         if det is None:
+            if load_kwargs.get("threads") is None:
+                plan = plan_threads(available_cores(), len(sources))
+                load_kwargs["threads"] = plan.intra_op
             det = Detector.load(bundle, **load_kwargs)
         _check_run_outputs(det, sources, overlay=overlay, jsonl=jsonl)
         run = _Run(det, sources, stream, keep=keep, on_result=on_result, on_gap=on_gap, on_frame=on_frame,
-                   on_end=on_end, overlay=overlay, jsonl=jsonl, jsonl_mode=jsonl_mode, stop=stop)  # opens outputs
+                   on_end=on_end, overlay=overlay, jsonl=jsonl, jsonl_mode=jsonl_mode, stop=stop,
+                   drop_late=drop_late)  # opens outputs
+        run.results.threads = plan
     except BaseException:
         for src in sources:  # once the run starts, each source's reader closes it
             src.close()
@@ -425,7 +566,7 @@ def _check_run_outputs(det: Detector, sources: list[VideoSource], *, overlay: An
 class _StreamState:
     frame_base: int = 0  # running frame number of the detector's frame 0 (frames before earlier gaps)
     snippet_base: int = 0
-    emitted: int = 0  # final results delivered so far (the next epoch's snippet_base)
+    emitted: int = 0  # snippet numbers used so far: final results delivered and snippets dropped
     frames: int = 0  # frames pushed since the last gap
     decode_ms: dict[int, float] = field(default_factory=lambda: defaultdict(float))
 
@@ -436,8 +577,9 @@ class _Run:
     def __init__(self, det: Detector, sources: list[VideoSource], first_stream: int, *, keep: bool,
                  on_result: Callable | None, on_gap: Callable | None, on_frame: Callable | None,
                  on_end: Callable | None, overlay: str | Path | None, jsonl: str | Path | TextIO | None,
-                 jsonl_mode: str, stop: threading.Event | None) -> None:
+                 jsonl_mode: str, stop: threading.Event | None, drop_late: bool = True) -> None:
         self.det = det
+        self.drop_late = drop_late
         self.keep, self.on_result, self.on_gap, self.on_frame = keep, on_result, on_gap, on_frame
         self.on_end = on_end
         self.ended: set[int] = set()  # streams whose source ended and whose results were all delivered
@@ -447,6 +589,8 @@ class _Run:
                      for i, src in enumerate(sources)}
         self.results.sources = list(self.runs.values())
         self.sources = sources
+        for s, src in zip(self.runs, sources, strict=True):  # each stream samples as its source allows
+            det.use_source(s, src)
         self.state = {s: _StreamState() for s in self.runs}
         self.overlay = (OverlaySink(overlay, fps=sources[0].fps, threshold=det.score_threshold)
                         if overlay is not None else None)
@@ -458,10 +602,17 @@ class _Run:
 
     def run(self, max_frames: int | None) -> VideoResults:
         halt = threading.Event()
-        q: queue.Queue = queue.Queue(maxsize=2 * self.snippet_len * len(self.sources))
+        # Each reader holds at most 2 snippets of frames in it (its `slots`), each preceded by at most one drop
+        # marker, and one end marker: a put never waits for another source's frames.
+        cap = 2 * self.snippet_len
+        q: queue.Queue = queue.Queue(maxsize=(2 * cap + 1) * len(self.sources))
         # Compressed frames (MJPEG files) go to the detector undecoded unless the overlay needs every frame.
         lazy = self.overlay is None
-        readers = [_Reader(src, s, q, halt, max_frames, lazy) for s, src in zip(self.runs, self.sources, strict=True)]
+        readers = [_Reader(src, s, q, halt, max_frames, lazy,
+                           drop_len=self.snippet_len if self.drop_late and src.live else None, cap=cap,
+                           late_s=self.snippet_len / (src.fps if src.fps and 1.0 <= src.fps <= 240.0 else 25.0))
+                   for s, src in zip(self.runs, self.sources, strict=True)]
+        self.readers = {r.stream: r for r in readers}
         start = time.perf_counter()
         try:
             for r in readers:
@@ -480,6 +631,7 @@ class _Run:
                     deadline = time.monotonic() + READER_JOIN_S
                     for r in readers:  # one stuck in an open or read (bounded by its timeout) is left to end
                         r.join(timeout=max(0.0, deadline - time.monotonic()))
+                        self.runs[r.stream].queue_peak = r.peak
                 finally:
                     self._close_sinks()
                     self.results.wall_s = time.perf_counter() - start
@@ -500,33 +652,82 @@ class _Run:
                     self.jsonl.close()
 
     def _consume(self, q: queue.Queue, n_readers: int) -> None:
-        """Push frames as they come; frames of different streams that are ready together share a push_many."""
-        active = n_readers
+        """Push frames as they come; frames of different streams that are ready together share a push_many.
+
+        With several sources, a frame that completes a snippet is held (`pending`; that stream's later items
+        wait behind it in `backlog`) until every other running stream holds one too, or `hold_s` passed: the
+        held frames then go in one push_many, so the snippets of N cameras share one encoder call even when
+        their snippet boundaries fall at different times. A stream's own frames keep their order.
+        """
+        self._active = n_readers
+        self._align = len(self.sources) > 1
+        fps = [src.fps for src in self.sources if src.fps and 1.0 <= src.fps <= 240.0]
+        self._hold_s = SHARE_HOLD * self.snippet_len / max(fps, default=25.0)  # of the fastest source
+        self._since = 0.0
         batch: dict[int, np.ndarray] = {}
-        while active:
+        pending: dict[int, np.ndarray] = {}
+        backlog: dict[int, deque] = defaultdict(deque)
+        while self._active:
             if self.stop.is_set():
                 self.results.stopped = True
                 break
             try:
-                item = q.get(timeout=0.05) if not batch else q.get_nowait()
+                if batch:
+                    item = q.get_nowait()
+                elif pending:
+                    item = q.get(timeout=min(0.05, max(0.0, self._since + self._hold_s - time.monotonic())))
+                else:
+                    item = q.get(timeout=0.05)
             except queue.Empty:
                 self._push(batch)
-                continue
-            stream, frame, extra, decode_ms = item
-            if frame is _END:
-                self._push(batch)
-                self.runs[stream].error = extra
-                self._end(stream)
-                active -= 1
-                continue
-            if stream in batch or extra is not None:  # one frame per stream per call; a gap flushes first
-                self._push(batch)
-            if extra is not None:
-                self._gap(stream, extra)
-            st = self.state[stream]
-            st.decode_ms[st.frames // self.snippet_len] += decode_ms
+            else:
+                self._take(item, batch, pending, backlog)
+            if pending and (len(pending) >= len(self.runs) - len(self.ended)
+                            or time.monotonic() - self._since >= self._hold_s):
+                self._release(batch, pending, backlog)
+        self._align = False  # what was taken is finished, in order
+        self._release(batch, pending, backlog)
+
+    def _take(self, item: tuple, batch: dict, pending: dict, backlog: dict) -> None:
+        stream, frame, extra, decode_ms = item
+        if stream in pending:
+            backlog[stream].append(item)
+            return
+        if frame is _DROP:
+            self._push(batch)
+            self._drop(stream, extra)
+            return
+        if frame is _END:
+            self._push(batch)
+            self.runs[stream].error = extra
+            self._end(stream)
+            self._active -= 1
+            return
+        self.readers[stream].took()
+        if stream in batch or extra is not None:  # one frame per stream per call; a gap flushes first
+            self._push(batch)
+        if extra is not None:
+            self._gap(stream, extra)
+        st = self.state[stream]
+        st.decode_ms[st.frames // self.snippet_len] += decode_ms
+        if self._align and (st.frames + 1) % self.snippet_len == 0:  # completes a snippet: held
+            if not pending:
+                self._since = time.monotonic()
+            pending[stream] = frame
+        else:
             batch[stream] = frame
+
+    def _release(self, batch: dict, pending: dict, backlog: dict) -> None:
+        """Push the held frames together, then take the items that waited behind them (round robin)."""
         self._push(batch)
+        self._push(pending)  # clears it
+        waiting = [backlog.pop(s) for s in list(backlog)]
+        while any(waiting):
+            for items in waiting:
+                if items:
+                    self._take(items.popleft(), batch, pending, backlog)
+        if not self._align:
+            self._push(batch)
 
     def _push(self, batch: dict[int, np.ndarray]) -> None:
         if not batch:
@@ -547,6 +748,9 @@ class _Run:
         except BaseException as exc:  # e.g. GraphOutputError: the call's results (`exc.results`) go out, then it ends
             self._deliver(getattr(exc, "results", []))
             raise
+        completed = sum((self.state[s].frames + 1) % self.snippet_len == 0 for s in accepted)
+        if completed:
+            self.results.encoder_batches[completed] += 1
         for stream in accepted:
             st = self.state[stream]
             if self.overlay is not None:  # before the results: a snippet this frame completes draws it
@@ -575,6 +779,22 @@ class _Run:
             self.jsonl.on_gap(stream, gap)
         if self.on_gap is not None:
             self.on_gap(stream, gap)
+
+    def _drop(self, stream: int, frames: int) -> None:
+        """A live source dropped `frames` (whole snippets): finish the frames before them, restart the window."""
+        self._flush(stream)
+        st = self.state[stream]
+        first = st.frame_base + st.frames
+        snippets = -(-frames // self.snippet_len)
+        st.frame_base = first + frames
+        st.snippet_base = st.emitted + snippets
+        st.emitted = st.snippet_base  # the dropped snippets' numbers are used up
+        st.frames = 0
+        run = self.runs[stream]
+        run.dropped_snippets += snippets
+        run.dropped_frames += frames
+        if self.jsonl is not None:
+            self.jsonl.on_drop(stream, first, frames, snippets)
 
     def _flush(self, stream: int) -> None:
         try:

@@ -1,4 +1,9 @@
-"""Video sources through OpenCV: files, RTSP/HTTP URLs and camera indices.
+"""Video sources through OpenCV or PyAV (FFmpeg): files, RTSP/HTTP URLs and camera indices.
+
+Two decoders read sources (`decoder=`): OpenCV, and PyAV packet by packet (`stp_edge.av_source`), whose frames
+are `LazyFrame`s converted to BGR only where a consumer uses them (the detector: the frames its snippets sample),
+and which can decode keyframes only (`decode="keyframes"`). `decoder="auto"` picks PyAV for H.264/H.265/VP8/VP9/
+AV1 files where it is installed, OpenCV for everything else; `VideoSource.describe_decoder()` says which and why.
 
 `open_source()` opens a source and reads its first frame, so a missing file, an undecodable file, an
 unreachable stream or a camera that does not exist fails at once with a clear `VideoError` (no retry at open),
@@ -47,8 +52,9 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.av_source import AUTO_CODECS, DECODE_MODES, AvCapture, av_available, keyframe_interval, probe_codec
 from stp_edge.errors import FrameError, StpEdgeError, UsageError
-from stp_edge.frames import EncodedFrame, validate_frame
+from stp_edge.frames import EncodedFrame, LazyFrame, validate_frame
 
 URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # FFmpeg inside OpenCV reads its log level once, when OpenCV first uses it: quiet, unless the user set one. Its
@@ -260,24 +266,33 @@ class VideoSource:
         retry_at_start: A live source that cannot be opened is not an error: it is reconnected in the
             background under `reconnect`, as a source that drops later (`down_at_start` holds the reason).
             Files and, without this, live sources fail at once.
+        decoder: "opencv", "pyav" (FFmpeg packet by packet, `stp_edge.av_source`: frames are converted to BGR
+            only where used) or "auto": PyAV for H.264, H.265, VP8/9 and AV1 files where it is installed;
+            OpenCV for cameras, URLs, other codecs (MPEG-4 Part 2; MJPEG, already decoded lazily by libjpeg) and
+            where PyAV is absent.
+        decode: "full" (every frame decoded) or "keyframes" (PyAV only: keyframes decoded, the other frames
+            yielded as `SkippedFrame`s; for keyframe-aligned sampling, through `frames_with_gaps(lazy=True)`).
 
     Attributes:
         name: The source as people may see it (`display_source`: credentials masked).
         down_at_start: Why a live source opened with `retry_at_start` was down at start, else None.
+        decoder: "opencv" or "pyav", the one reading; `decode_mode` the mode, `decoder_reason` why (`describe_decoder`).
     """
 
     def __init__(self, source: str | int | Path, *, max_consecutive_failures: int = 25,
                  timeout_ms: int = 10_000, reconnect: Backoff | None = DEFAULT_BACKOFF,
-                 retry_at_start: bool = False) -> None:
+                 retry_at_start: bool = False, decoder: str = "auto", decode: str = "full") -> None:
         self.kind, self.target = parse_source(source)
         self.source = source
         self.name = display_source(source)
+        self.decoder, self.decode_mode, self.decoder_reason = _choose_decoder(self.kind, self.target, decoder, decode)
         self.down_at_start: str | None = None
         self.max_consecutive_failures = max_consecutive_failures
         self.timeout_ms = timeout_ms
         self.reconnect = reconnect if reconnect is not None else Backoff.never()
         self.stats = VideoStats()
         self.lazy = False  # delivering `EncodedFrame`s (see frames_with_gaps)
+        self._keyframe_interval: int | None = -1  # not read yet (see `keyframe_interval`)
         self._fps: float | None = None
         self._closed = threading.Event()
         self._ended = False  # reached the end the container announces: a normal end, even for a URL
@@ -311,8 +326,28 @@ class VideoSource:
 
         if self.kind != "file":
             return None
+        if self.decoder == "pyav":
+            return self._cap.frame_count if self._cap.opened else None
         n = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
         return n if n > 0 else None
+
+    @property
+    def keyframe_interval(self) -> int | None:
+        """A file's keyframe interval where it is regular (PyAV, from its first packets), else None (unknown).
+
+        Read once, from the packets alone (nothing decoded); None for live sources and for the OpenCV decoder.
+        `Detector(sampling="auto")` samples keyframes when it divides the snippet length
+        (`stp_edge.pipeline.snippets.choose_sampling`). A caller that knows better (a camera's configured GOP)
+        may set it.
+        """
+        if self._keyframe_interval == -1:
+            self._keyframe_interval = (keyframe_interval(str(self.target))
+                                       if self.kind == "file" and self.decoder == "pyav" else None)
+        return self._keyframe_interval
+
+    @keyframe_interval.setter
+    def keyframe_interval(self, value: int | None) -> None:
+        self._keyframe_interval = value
 
     def _open_capture(self) -> Any:
         """A new `cv2.VideoCapture` of the source (not checked; OpenCV's log lines about it silenced)."""
@@ -333,6 +368,8 @@ class VideoSource:
         """Open the capture and read its first valid frame into `_first`; the reason on failure, else None."""
         import cv2
 
+        if self.decoder == "pyav":
+            return self._connect_av()
         self._cap = self._open_capture()
         self._first = None
         if not self._cap.isOpened():
@@ -350,7 +387,33 @@ class VideoSource:
             return f"cannot decode any frame from {self.name if self.kind == 'camera' else f'{self.kind} {self.name}'}"
         return None
 
-    def _read_valid(self) -> np.ndarray | EncodedFrame | None:
+    def _connect_av(self) -> str | None:
+        """`_connect` through PyAV: open the container and read its first frame into `_first`."""
+        self._first = None
+        self._cap = AvCapture(self.target, self.decode_mode, timeout_ms=self.timeout_ms)
+        if not self._cap.opened:
+            what = f"stream {self.name}" if self.kind == "url" else f"video file {self.target}"
+            return f"cannot open {what} with PyAV ({self._cap.error})"
+        self._last_good = time.monotonic(), time.time()
+        self._fps = self._cap.fps
+        self._first = self._read_valid()
+        if self._first is None:
+            self._cap.release()
+            return f"cannot decode any frame from {self.kind} {self.name}"
+        return None
+
+    def _read_av(self) -> LazyFrame | None:
+        """Next frame of the PyAV reader (a `DecodedFrame` or `SkippedFrame`), its frames not output counted."""
+        frame = self._cap.read()
+        self.stats.dropped += self._cap.take_dropped()
+        if frame is None:
+            self._ended = self._cap.ended
+            return None
+        frame.index = self.stats.read
+        self._last_good = time.monotonic(), time.time()
+        return frame
+
+    def _read_valid(self) -> np.ndarray | LazyFrame | None:
         """Next valid frame, or None when the source ends (a file) or drops (a live source).
 
         Failed grabs and invalid images before a good frame count as dropped. A run of failures that ends the
@@ -360,6 +423,8 @@ class VideoSource:
         reading stops advancing for `max_consecutive_failures` attempts: a long corrupt run inside a file is
         skipped (and counted) up to the good frames after it.
         """
+        if self.decoder == "pyav":
+            return self._read_av()
         failures = stalled = 0
         position = self._position()
         while stalled < self.max_consecutive_failures:
@@ -452,7 +517,7 @@ class VideoSource:
                                   f"{time.monotonic() - start:.1f} s failed (last: {reason})")
         return None
 
-    def frames_with_gaps(self, *, lazy: bool = False) -> Iterator[tuple[np.ndarray | EncodedFrame, Gap | None]]:
+    def frames_with_gaps(self, *, lazy: bool = False) -> Iterator[tuple[np.ndarray | LazyFrame, Gap | None]]:
         """Yield `(frame, gap)` until the source ends; `gap` is the outage just before this frame, else None.
 
         With `lazy=True`, a file of an intra-only codec (MJPEG) yields `EncodedFrame`s after its first frame:
@@ -460,8 +525,16 @@ class VideoSource:
         of 16 a snippet samples (`Detector.push` accepts them). Other sources yield arrays as usual; `self.lazy`
         says which. libjpeg and FFmpeg decode the same JPEG to slightly different pixels (chroma upsampling),
         so every path of the runtime that reads files (run, extract, score, eval, bench) reads them lazily.
+
+        A source read by PyAV yields, with `lazy=True`, `DecodedFrame`s (decoded by FFmpeg, converted to BGR only
+        where used) and, decoding keyframes only, `SkippedFrame`s; without it, BGR arrays (each frame converted).
         """
-        if lazy and not self.lazy:
+        if self.decoder == "pyav":
+            if not lazy and self.decode_mode == "keyframes":
+                raise UsageError(f"{self.name}: decode='keyframes' yields frames without pixels in between; read "
+                                 "it with frames_with_gaps(lazy=True) (the detector decodes what it samples)")
+            self.lazy = lazy
+        elif lazy and not self.lazy:
             self._enable_lazy()
         gap = None
         while not self._closed.is_set():
@@ -477,6 +550,12 @@ class VideoSource:
                     self.stats.ended = not self._closed.is_set()
                     return
                 continue
+            if isinstance(frame, LazyFrame) and not lazy:
+                try:
+                    frame = frame.decode()
+                except FrameError:  # a frame FFmpeg decoded that does not convert: dropped, as OpenCV's
+                    self.stats.dropped += 1
+                    continue
             self.stats.read += 1
             yield frame, gap
             gap = None
@@ -527,12 +606,54 @@ class VideoSource:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def describe_decoder(self) -> str:
+        """Which decoder and mode read this source, and why, in words (`stp-edge run` prints it)."""
+        mode = "" if self.decoder == "opencv" else f", decode {self.decode_mode}"
+        return f"decoder {self.decoder}{mode} ({self.decoder_reason})"
+
     def __repr__(self) -> str:
         return f"VideoSource({self.kind}={self.name!r}, fps={self.fps}, frames={self.frame_count})"
 
 
+DECODERS = ("auto", "opencv", "pyav")
+
+
+def _choose_decoder(kind: str, target: str | int, decoder: str, decode: str) -> tuple[str, str, str]:
+    """(decoder, decode mode, why) for a source; UsageError/VideoError for a choice that cannot be honoured."""
+    if decoder not in DECODERS:
+        raise UsageError(f"decoder must be one of {list(DECODERS)}, got {decoder!r}")
+    if decode not in DECODE_MODES:
+        raise UsageError(f"decode must be one of {list(DECODE_MODES)}, got {decode!r}")
+    if decoder == "pyav":
+        if kind == "camera":
+            raise VideoError(f"camera {target}: camera indices are read through OpenCV; decoder='pyav' reads "
+                             "files and URLs")
+        from stp_edge._deps import require
+
+        require("av", "decoder='pyav'")
+        return "pyav", decode, "asked for"
+    if decoder == "auto":
+        if kind == "camera":
+            why = "camera indices are read through OpenCV"
+        elif kind == "url":
+            why = "URLs are read through OpenCV under decoder='auto'; decoder='pyav' reads them packet by packet"
+        elif not av_available():
+            why = "PyAV is not installed: pip install 'stp-edge[h264]'"
+        else:
+            codec = probe_codec(str(target)) if Path(str(target)).is_file() else None
+            if codec in AUTO_CODECS:
+                return "pyav", decode, f"{codec} file: FFmpeg decodes, only the frames used are converted to BGR"
+            why = (f"{codec} file: decoder='auto' reads {', '.join(sorted(AUTO_CODECS))} through PyAV" if codec
+                   else "PyAV cannot read it")
+    else:
+        why = "asked for"
+    if decode != "full":
+        raise UsageError(f"decode={decode!r} needs the PyAV decoder, but OpenCV reads this source ({why})")
+    return "opencv", "full", why
+
+
 def open_source(source: str | int | Path, **kwargs: Any) -> VideoSource:
-    """Open a file, URL or camera index; see `VideoSource`. Raises VideoError with the reason."""
+    """Open a file, URL or camera index; see `VideoSource` (`decoder=`, `decode=`); VideoError with the reason."""
     return VideoSource(source, **kwargs)
 
 

@@ -63,6 +63,22 @@ def cap_cpu_arena(ort: Any, limit_bytes: int) -> None:
         _arena_bytes = limit_bytes
 
 
+def set_intra_op_threads(runners: Mapping[str, Any], threads: int | None) -> Mapping[str, Any]:
+    """Give the ONNX Runtime runners among `runners` `threads` threads per operator; returns `runners`.
+
+    Read when a runner activates (its session is made then): call it before `activate`. Other runners are left
+    as they are. None leaves ONNX Runtime's default (one thread per core of the machine).
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"threads must be a whole number >= 1, got {threads!r}")
+    if threads is None:
+        return runners
+    for runner in runners.values():
+        if isinstance(runner, OrtRunner):
+            runner.intra_op_num_threads = threads
+    return runners
+
+
 def gib(n: float) -> str:
     """Bytes as GiB for messages: 274877906944 -> "256 GiB", 1610612736 -> "1.5 GiB"."""
     return f"{n / GIB:.3g} GiB"

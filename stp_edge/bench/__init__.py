@@ -2,7 +2,9 @@
 
 `run`: the driver; `streams`: the runtime run; `stream_cost`: cost per snippet as a stream grows; `floor`: the
 encoder's physical floor; `baseline`: the plain PyTorch pipeline; `reference`: CLIP preprocessing with PIL;
-`source`: the generated camera clip; `report`: the saved JSON, markdown and plot.
+`source`: the generated camera clip; `report`: the saved JSON, markdown and plot; `capacity`: how many live
+cameras one process serves in real time (`stp-edge bench --cameras N`, benchmarks/bench_capacity.py);
+`camera_clip`: the H.264/H.265 clips those cameras replay.
 """
 
 from stp_edge.bench.baseline import TorchPipeline, load_torch_pipeline

@@ -1,0 +1,291 @@
+"""The PyAV source: packet-level decoding, frames converted to BGR only where used, keyframes-only decoding.
+
+Every file here is written by PyAV in the test (libx264 / libx265 with B-frames and a fixed keyframe interval).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from conftest import moving_frames
+
+av = pytest.importorskip("av")
+
+from stp_edge.errors import UsageError  # noqa: E402
+from stp_edge.frames import DecodedFrame, FrameError, SkippedFrame  # noqa: E402
+from stp_edge.video import VideoError, open_source  # noqa: E402
+
+
+def write(path, n=70, codec="libx264", keyint=16, bframes=2, size=(96, 64), fmt=None, keys_at=(), seed=0):
+    """A video of `n` moving frames; `keys_at` forces keyframes there (besides every `keyint` frames)."""
+    frames = moving_frames(n, height=size[1], width=size[0], seed=seed)
+    params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes={bframes}"
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = ({"x264-params": params} if codec == "libx264"
+                          else {"x265-params": params + ":log-level=error"})
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            if i in keys_at:
+                frame.pict_type = av.video.frame.PictureType.I
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def read(path, decode="full", **kwargs):
+    with open_source(path, decode=decode, **kwargs) as src:
+        frames = [f for f, _gap in src.frames_with_gaps(lazy=True)]
+    return src, frames
+
+
+def opencv_frames(path):
+    with open_source(path, decoder="opencv") as src:
+        return list(src), src
+
+
+def pattern(frames):
+    return "".join("s" if isinstance(f, SkippedFrame) else "K" if f.key else "." for f in frames)
+
+
+@pytest.mark.parametrize(("codec", "keyint"), [("libx264", 16), ("libx264", 10), ("libx265", 16), ("libx265", 10)])
+def test_full_and_keyframes_decoding_place_every_frame_as_opencv_does(tmp_path, codec, keyint):
+    path = write(tmp_path / "a.mp4", codec=codec, keyint=keyint)
+    full_src, full = read(path)
+    key_src, keys = read(path, "keyframes")
+    cv_frames, cv_src = opencv_frames(path)
+    assert full_src.decoder == key_src.decoder == "pyav" and cv_src.decoder == "opencv"
+    assert full_src.keyframe_interval == keyint and cv_src.keyframe_interval is None
+    assert len(full) == len(keys) == len(cv_frames) == 70 and full_src.stats.read == key_src.stats.read == 70
+    assert [f.index for f in full] == [f.index for f in keys] == list(range(70))
+    assert all(isinstance(f, DecodedFrame) for f in full)
+    assert pattern(full).replace(".", "s") == pattern(keys)  # keyframes decoded at the same places, others skipped
+    assert pattern(full).count("K") == len(range(0, 70, keyint))  # open GOPs (x265) included
+    assert full_src.stats.dropped == key_src.stats.dropped == 0 and full_src.stats.missing == 0
+    assert key_src._cap.skipped == 70 - pattern(full).count("K") and key_src._cap.decoded == pattern(full).count("K")
+    for f, k in zip(full, keys, strict=True):
+        if k.key:
+            np.testing.assert_array_equal(k.decode(), f.decode())  # bit-identical to full decoding
+    with pytest.raises(FrameError, match="frame 1: not decoded"):
+        keys[1].decode()
+
+
+def test_pyav_bgr_is_opencv_bgr_up_to_colour_conversion_rounding(tmp_path):
+    path = write(tmp_path / "a.mp4", n=20)
+    _src, full = read(path)
+    cv_frames, _ = opencv_frames(path)
+    diffs = [np.abs(f.decode().astype(int) - c.astype(int)) for f, c in zip(full, cv_frames, strict=True)]
+    # the same FFmpeg decode; only the YUV -> BGR conversion differs (swscale flags): a level or two
+    assert max(d.max() for d in diffs) <= 4 and np.mean([d.mean() for d in diffs]) < 1.0
+
+
+def _cut(src_path, dst_path, first_packet, fmt="matroska", last_packet=None):
+    """Remux the packets [first_packet, last_packet) of a file (decode order): a stream that starts mid-GOP."""
+    with av.open(str(src_path)) as inp, av.open(str(dst_path), "w", format=fmt) as out:
+        ins = inp.streams.video[0]
+        outs = out.add_stream_from_template(ins)
+        packets = [p for p in inp.demux(ins) if p.size]
+        for p in packets[first_packet:last_packet]:
+            p.stream = outs
+            out.mux(p)
+    return dst_path
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_a_stream_starting_mid_gop_starts_at_its_first_keyframe_in_every_mode(tmp_path, codec):
+    whole = write(tmp_path / "whole.mkv", codec=codec, n=64, fmt="matroska")
+    _src, reference = read(whole)
+    cut = _cut(whole, tmp_path / "cut.mkv", 5)  # packets 5.. of the first GOP reference frame 0: undecodable
+    full_src, full = read(cut)
+    key_src, keys = read(cut, "keyframes")
+    cv_frames, _ = opencv_frames(cut)
+    assert full[0].key and len(full) == len(keys) == len(cv_frames) == 48  # frames 16.. of the whole file
+    assert full_src.keyframe_interval == 16
+    assert pattern(full).replace(".", "s") == pattern(keys)
+    assert full_src.stats.dropped == key_src.stats.dropped == 11  # the 11 frames of the first GOP still there
+    for f, r in zip(full, reference[16:], strict=True):
+        np.testing.assert_array_equal(f.decode(), r.decode())
+    for k, r in zip(keys, reference[16:], strict=True):
+        if k.key:
+            np.testing.assert_array_equal(k.decode(), r.decode())
+
+
+def test_a_truncated_file_ends_and_counts_what_is_missing(tmp_path):
+    path = write(tmp_path / "a.mkv", n=64, fmt="matroska")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    full_src, full = read(cut)
+    key_src, keys = read(cut, "keyframes")
+    assert 0 < len(full) < 64 and full_src.stats.ended and full_src.stats.expected == 64
+    assert full_src.stats.missing == key_src.stats.missing == 64 - len(full)  # as OpenCV counts them
+    assert len(keys) == len(full) == len(opencv_frames(cut)[0]) and pattern(full).replace(".", "s") == pattern(keys)
+    _whole_src, whole = read(path)
+    for f, w in zip(full, whole[:len(full)], strict=True):
+        np.testing.assert_array_equal(f.decode(), w.decode())
+
+
+def test_a_broken_stream_does_not_hang_and_counts_dropped_frames(tmp_path):
+    path = write(tmp_path / "a.ts", n=64, fmt="mpegts")
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(1)
+    start = len(data) // 3
+    data[start:start + 3000] = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()  # garbage mid-stream
+    bad = tmp_path / "bad.ts"
+    bad.write_bytes(bytes(data))
+    result = {}
+
+    def go():
+        result["full"] = read(bad)
+        result["keys"] = read(bad, "keyframes")
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "reading a broken stream hung"
+    (full_src, full), (key_src, keys) = result["full"], result["keys"]
+    assert 0 < len(full) < 64 and full_src.stats.ended and len(full) == len(opencv_frames(bad)[0])
+    assert full_src.stats.read + full_src.stats.dropped <= 64 and len(keys) == len(full)
+    assert pattern(full).replace(".", "s") == pattern(keys)
+    assert key_src.stats.read + key_src.stats.dropped <= 64 and len(keys) > 0
+
+
+def test_detector_results_equal_pushing_fully_decoded_frames(handmade_bundle, tmp_path, monkeypatch):
+    """Snippets of 4 frames sample offset 2; keyframes forced there, so keyframes-only decoding is exact too."""
+    from stp_edge.api import Detector
+
+    path = write(tmp_path / "a.mp4", n=40, keyint=4, keys_at=range(2, 40, 4))
+    with Detector.load(handmade_bundle, backend="ort-cpu", spatial_on="all") as det:
+        assert det.config.snippet_len == 4 and det.config.frames_per_snippet == 1
+        _src, full = read(path)
+        reference = [r for f in full for r in det.push(f.decode())] + det.flush()
+        converted = []
+        real = DecodedFrame.decode
+
+        def counting(self, **kw):
+            converted.append(self.index)
+            return real(self, **kw)
+
+        monkeypatch.setattr(DecodedFrame, "decode", counting)
+        for mode in ("full", "keyframes"):
+            converted.clear()
+            _src, frames = read(path, mode)
+            got = [r for f in frames for r in det.push(f)] + det.flush()
+            # only the sampled frames became BGR (and a stream's first frame: the detector converts it before the
+            # stream exists)
+            assert converted == [0, *range(2, 40, 4)], mode
+            assert [(r.frame_start, r.frame_end) for r in got] == [(r.frame_start, r.frame_end) for r in reference]
+            assert [r.score for r in got] == [r.score for r in reference]
+            np.testing.assert_array_equal(np.stack([r.region_scores for r in got]),
+                                          np.stack([r.region_scores for r in reference]))
+
+
+def test_decoder_choice_and_its_reason(tmp_path):
+    h264 = write(tmp_path / "a.mp4", n=8)
+    mp4v = tmp_path / "b.mp4"
+    writer = cv2.VideoWriter(str(mp4v), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for f in moving_frames(8):
+        writer.write(f)
+    writer.release()
+    with open_source(h264) as src:
+        assert src.describe_decoder() == ("decoder pyav, decode full (h264 file: FFmpeg decodes, only the frames "
+                                          "used are converted to BGR)")
+        assert all(isinstance(f, np.ndarray) for f in src)  # plain iteration converts every frame
+    with open_source(mp4v) as src:
+        assert src.decoder == "opencv" and "mpeg4 file" in src.describe_decoder()
+    irregular = write(tmp_path / "c.mp4", n=40, keyint=16, keys_at=(5,))  # keyframes at 0, 5, 21, 37
+    with open_source(irregular) as src:
+        assert src.keyframe_interval is None
+    with open_source(h264, decoder="opencv") as src:
+        assert src.describe_decoder() == "decoder opencv (asked for)"
+    with pytest.raises(UsageError, match="needs the PyAV decoder"):
+        open_source(mp4v, decode="keyframes")
+    with pytest.raises(UsageError, match="decoder must be one of"):
+        open_source(h264, decoder="gstreamer")
+    with pytest.raises(VideoError, match="camera indices are read through OpenCV"):
+        open_source(0, decoder="pyav")
+    with open_source(h264, decode="keyframes") as src, pytest.raises(UsageError, match="lazy=True"):
+        list(src)
+    not_video = tmp_path / "x.mp4"
+    not_video.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(VideoError, match="with PyAV"):
+        open_source(not_video, decoder="pyav")
+
+
+# --- a live stream read through PyAV: the same reconnects and gaps as OpenCV's --------------------------------
+@pytest.fixture
+def live_server(tmp_path):
+    live = pytest.importorskip("test_live_sources")
+    if live.FFMPEG is None:
+        pytest.skip("ffmpeg is not installed: no server for live streams")
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), live.FPS, (64, 48))
+    for f in moving_frames(2 * live.FPS):
+        writer.write(f)
+    writer.release()
+    srv = live.StreamServer(path, live._free_port(), tmp_path / "ffmpeg.log")
+    srv.start()
+    yield srv, live
+    srv.kill()
+
+
+def test_a_live_stream_read_by_pyav_reconnects_after_a_kill_and_a_stall(live_server):
+    from stp_edge.video import Backoff
+
+    srv, live = live_server
+    policy = Backoff(initial_s=0.1, factor=2.0, max_delay_s=0.4, max_total_s=15)
+    with open_source(srv.url, decoder="pyav", reconnect=policy, timeout_ms=1000) as src:
+        assert src.describe_decoder() == "decoder pyav, decode full (asked for)"
+        restart: list = []
+
+        def stall():
+            srv.freeze()  # no data, the connection open: PyAV's read timeout must end the read
+            restart.append(live._Restart(srv, 2.0))
+
+        frames, gaps, elapsed = live._read_through_outage(src, stall)
+    restart[0].check()
+    assert len(gaps) == 1 and src.stats.gaps == [gaps[0][1]] and not src.stats.lost
+    assert gaps[0][1].lost_s > 1.0 and elapsed < 15
+    assert all(isinstance(f, np.ndarray) and f.shape == (48, 64, 3) for f in frames)
+
+
+def test_without_pyav_auto_reads_through_opencv_and_pyav_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from stp_edge._deps import MissingDependencyError
+
+    path = write(tmp_path / "a.mp4", n=8)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    with open_source(path) as src:
+        assert src.decoder == "opencv" and "pip install 'stp-edge[h264]'" in src.describe_decoder()
+        assert len(list(src)) == 8
+    with pytest.raises(MissingDependencyError, match=r"stp-edge\[h264\]"):
+        open_source(path, decoder="pyav")
+
+
+@pytest.mark.parametrize("n", [40, 42])  # whole snippets, and a partial one at the end
+def test_keyframe_sampling_gives_the_same_results_decoding_keyframes_only(handmade_bundle, tmp_path, n):
+    """With keyframe-aligned sampling (the Detector's), decoding keyframes only changes no result."""
+    import inspect
+
+    from stp_edge.api import Detector
+
+    if "sampling" not in inspect.signature(Detector.load).parameters:
+        pytest.skip("this Detector has no keyframe-aligned sampling")
+    path = write(tmp_path / "a.mp4", n=n, keyint=4)
+    results = {}
+    for mode in ("full", "keyframes"):
+        with Detector.load(handmade_bundle, backend="ort-cpu", sampling="auto") as det, \
+                open_source(path, decode=mode) as src:
+            assert det.use_source(0, src)[0] == "keyframe" and src.keyframe_interval == 4
+            out = [r for f, _gap in src.frames_with_gaps(lazy=True) for r in det.push(f)] + det.flush()
+            results[mode] = [(r.frame_start, r.frame_end, r.score, r.snippet) for r in out]
+        assert src.stats.read == n and src.stats.dropped == 0
+    assert len(results["full"]) == -(-n // 4) and results["keyframes"] == results["full"]
