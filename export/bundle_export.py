@@ -18,6 +18,7 @@ from stp_edge.errors import OutputExistsError, UsageError
 from stp_edge.export.onnx_export import DEFAULT_OPSET, export_onnx
 from stp_edge.model.graphs import build_graphs, graph_specs, random_inputs, to_precision
 from stp_edge.model.sources import ModelSource, build_model, demo_checkpoint_dir, weights_fingerprint
+from stp_edge.outputs import replace_dir
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}  # int8: Q/DQ from fp32
 
@@ -67,7 +68,7 @@ def export_bundle(
     tmp.chmod(0o755)  # mkdtemp creates 0700; the finished bundle should be readable like any directory
     try:
         _write_bundle(tmp, source, precision, opset, simplify, progress, calib, calib_frames, region_features)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -186,12 +187,3 @@ def _graph_shapes(cfg, spec, regions: str = "encoder") -> dict[str, dict[str, li
     return io
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished bundle into place; an existing bundle is swapped out, then deleted."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import os
+import shutil
 import signal
 import stat
 import tempfile
@@ -450,3 +451,17 @@ class AtomicTextFile:
             self.commit()
         else:
             self.abort()
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished directory (a bundle, a checkpoint) into place; an existing one is swapped out, then deleted.
+
+    `tmp` must be on the same filesystem as `out` (a sibling), so each step is one atomic rename.
+    """
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

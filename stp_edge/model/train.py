@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from stp_edge.errors import MissingInputError, OutputExistsError, StpEdgeError, UsageError
+from stp_edge.outputs import replace_dir
 
 
 class CheckpointWriteError(StpEdgeError, OSError):
@@ -258,7 +259,7 @@ def save_checkpoint(model, out: str | Path) -> Path:
     try:
         tmp.chmod(0o755)  # mkdtemp creates 0700; a checkpoint should be readable like any directory
         save_stprompt(model, tmp)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(exc, OSError) and type(exc).__name__ != "SafetensorError":
@@ -270,17 +271,6 @@ def save_checkpoint(model, out: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished directory into place; an existing one is swapped out, then deleted."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 @dataclass(frozen=True)
