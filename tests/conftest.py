@@ -251,6 +251,18 @@ def handmade_legacy_crops_bundle(tmp_path_factory) -> Path:
 # --- synthetic frames -------------------------------------------------------------------------------------
 
 
+def write_avi(path: Path, frames: list[np.ndarray], fps: float = 15.0) -> Path:
+    """Write `frames` (BGR, one size) as an MJPEG AVI: a real video file the runtime reads like a camera's."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path
+
+
 def moving_frames(n: int, *, height: int = 48, width: int = 64, seed: int = 0) -> list[np.ndarray]:
     """n BGR frames: a textured background with a bright square moving across it (never constant)."""
     rng = np.random.default_rng(seed)

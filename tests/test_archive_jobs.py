@@ -11,9 +11,8 @@ import json
 import re
 from pathlib import Path
 
-import cv2
 import pytest
-from conftest import moving_frames
+from conftest import moving_frames, write_avi
 
 import stp_edge.scale.jobs as jobs
 from stp_edge.cli import cmd_score
@@ -22,21 +21,12 @@ from stp_edge.scale.jobs import ArchiveReport
 from stp_edge.scale.score import score_videos
 
 
-def _write_avi(path: Path, n: int, seed: int) -> Path:
-    frames = moving_frames(n, height=48, width=64, seed=seed)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 48))
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    return path
-
-
 @pytest.fixture
 def videos(tmp_path) -> Path:
     root = tmp_path / "videos"
     root.mkdir()
-    _write_avi(root / "a.avi", 18, seed=1)  # 4 full snippets of 4 frames + a partial one
-    _write_avi(root / "b.avi", 12, seed=2)
+    write_avi(root / "a.avi", moving_frames(18, seed=1))  # 4 full snippets of 4 frames + a partial one
+    write_avi(root / "b.avi", moving_frames(12, seed=2))
     return root
 
 

@@ -13,10 +13,9 @@ import json
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import handmade_config, moving_frames, write_handmade_bundle
+from conftest import handmade_config, moving_frames, write_avi, write_handmade_bundle
 
 import stp_edge.scale.score as score_mod
 from stp_edge.cli import main
@@ -31,20 +30,12 @@ from stp_edge.scale.records import (
 from stp_edge.scale.score import LEGACY_MARKER, score_videos
 
 
-def _write_avi(path: Path, n: int, seed: int) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 48))
-    for f in moving_frames(n, height=48, width=64, seed=seed):
-        writer.write(f)
-    writer.release()
-    return path
-
-
 @pytest.fixture
 def videos(tmp_path) -> Path:
     root = tmp_path / "videos"
     root.mkdir()
-    _write_avi(root / "a.avi", 18, seed=1)
-    _write_avi(root / "b.avi", 12, seed=2)
+    write_avi(root / "a.avi", moving_frames(18, seed=1))
+    write_avi(root / "b.avi", moving_frames(12, seed=2))
     return root
 
 
@@ -119,7 +110,7 @@ def test_a_video_replaced_under_the_same_name_is_scored_and_extracted_again(hand
     with np.load(feats / "b.npz") as z:
         old_emb = z["frame_emb"].copy()
     st = (videos / "b.avi").stat()
-    _write_avi(videos / "b.avi", 12, seed=9)  # new content, same name
+    write_avi(videos / "b.avi", moving_frames(12, seed=9))  # new content, same name
     os.utime(videos / "b.avi", ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old modification time
 
     s2, e2 = _score(videos, handmade_bundle, scores), _extract(videos, handmade_bundle, feats)
@@ -205,10 +196,10 @@ def test_corrupt_state_files_are_one_verdict_never_a_traceback(handmade_bundle, 
 def test_truncated_videos_are_reported_as_run_reports_them(handmade_bundle, tmp_path, capsys):
     root = tmp_path / "videos"
     root.mkdir()
-    whole = _write_avi(tmp_path / "whole.avi", 36, seed=3)
+    whole = write_avi(tmp_path / "whole.avi", moving_frames(36, seed=3))
     cut = root / "cut.avi"
     cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.5)])
-    _write_avi(root / "fine.avi", 12, seed=4)
+    write_avi(root / "fine.avi", moving_frames(12, seed=4))
 
     assert main(["run", str(handmade_bundle), str(cut), "--backend", "ort-cpu", "-q"]) == 0
     run_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("TRUNCATED"))

@@ -15,18 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import moving_frames
+from conftest import moving_frames, write_avi
 
 from stp_edge.cli import build_parser, main
-
-
-def write_avi(path: Path, frames: list[np.ndarray], fps: float = 15.0) -> Path:
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    return path
 
 
 def numbered_frames(n: int, height: int = 48, width: int = 64) -> list[np.ndarray]:

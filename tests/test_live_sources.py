@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from stp_edge.bench.capacity import free_port, listening
 from stp_edge.video import Backoff, Gap, open_source
 
 FFMPEG = shutil.which("ffmpeg")
@@ -41,23 +41,6 @@ def clip(tmp_path_factory):
         writer.write(f)
     writer.release()
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serving(port: int) -> bool:
-    """Whether a socket on 127.0.0.1:port listens or serves a client, read from /proc (a probing connection
-    would take ffmpeg's one client)."""
-    needle = f"0100007F:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == needle and fields[3] in ("0A", "01"):  # TCP_LISTEN, TCP_ESTABLISHED
-            return True
-    return False
 
 
 class StreamServer:
@@ -97,7 +80,7 @@ class StreamServer:
             self._running = True
             self._spawn()
         deadline = time.monotonic() + 10
-        while not _serving(self.port):
+        while not listening(self.port):
             assert time.monotonic() < deadline, f"ffmpeg did not listen within 10 s: {self.log.read_text()[-2000:]}"
             time.sleep(0.02)
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
@@ -123,7 +106,7 @@ class StreamServer:
 
 @pytest.fixture
 def server(clip, tmp_path):
-    srv = StreamServer(clip, _free_port(), tmp_path / "ffmpeg.log")
+    srv = StreamServer(clip, free_port(), tmp_path / "ffmpeg.log")
     srv.start()
     yield srv
     srv.kill()

@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
+from conftest import write_avi
 
 from stp_edge.cli import main
 from stp_edge.errors import RandomWeightsWarning
@@ -32,15 +32,6 @@ def random_bundle(handmade_bundle, tmp_path_factory) -> Path:
     manifest["source"] = {"kind": "random", "config": "tiny", "seed": 0}
     rewrite_manifest(out, manifest)
     return out
-
-
-def _video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    return path
 
 
 # --- 1. random weights say so -------------------------------------------------------------------------------
@@ -63,7 +54,7 @@ def test_every_command_that_loads_a_random_bundle_says_so_once(command, random_b
     real_bench = stp_edge.bench.run_bench  # the stream-length part at its test size (seconds, not minutes)
     monkeypatch.setattr(stp_edge.bench, "run_bench", lambda *a, **k: real_bench(*a, **k, stream_lengths=(8, 24)))
     monkeypatch.chdir(tmp_path)
-    video = _video(tmp_path / "clip.avi", frames_factory(12))
+    video = write_avi(tmp_path / "clip.avi", frames_factory(12), fps=10.0)
     args = {"info": ["info", "{b}"], "run": ["run", "{b}", str(video), "--backend", "ort-cpu", "-q"],
             "bench": ["bench", "{b}", "--backend", "ort-cpu", "--frames", "16", "--no-torch"],
             "score": ["score", str(video), "--bundle", "{b}", "-o", "scores-{n}", "--backend", "ort-cpu"]}[command]
@@ -85,7 +76,7 @@ def test_serve_says_it_before_a_server_starts(random_bundle):
 
 
 def test_jsonl_lines_of_a_random_bundle_say_so(random_bundle, handmade_bundle, tmp_path, frames_factory):
-    video = _video(tmp_path / "clip.avi", frames_factory(12))
+    video = write_avi(tmp_path / "clip.avi", frames_factory(12), fps=10.0)
     for bundle, flag in ((random_bundle, True), (handmade_bundle, None)):
         jsonl = tmp_path / f"{bundle.stem}.jsonl"
         assert main(["run", str(bundle), str(video), "--backend", "ort-cpu", "-q", "--jsonl", str(jsonl)]) == 0
@@ -101,8 +92,8 @@ def test_info_says_random_weights_in_its_summary(random_bundle, capsys):
 # --- 3. several sources: named, in seconds --------------------------------------------------------------------
 def test_run_names_each_stream_and_keeps_seconds_with_several_sources(handmade_bundle, tmp_path, frames_factory,
                                                                       capsys):
-    a = _video(tmp_path / "a.avi", frames_factory(16, seed=1), fps=10.0)
-    b = _video(tmp_path / "b.avi", frames_factory(16, seed=2), fps=20.0)
+    a = write_avi(tmp_path / "a.avi", frames_factory(16, seed=1), fps=10.0)
+    b = write_avi(tmp_path / "b.avi", frames_factory(16, seed=2), fps=20.0)
     assert main(["run", str(handmade_bundle), str(a), str(b), "--backend", "ort-cpu", "--threshold", "0"]) == 0
     out = capsys.readouterr().out
     assert f"stream 0: {a}\n" in out and f"stream 1: {b}\n" in out
@@ -120,7 +111,7 @@ def _free_port() -> int:
 
 
 def test_a_url_down_at_start_does_not_stop_the_other_sources(handmade_bundle, tmp_path, frames_factory, capsys):
-    video = _video(tmp_path / "a.avi", frames_factory(16))
+    video = write_avi(tmp_path / "a.avi", frames_factory(16), fps=10.0)
     url = f"http://viewer:hunter2@127.0.0.1:{_free_port()}/live.ts"  # nothing listens there
     jsonl = tmp_path / "out.jsonl"
     code = main(["run", str(handmade_bundle), str(video), url, "--backend", "ort-cpu", "--reconnect-s", "1",
@@ -136,7 +127,7 @@ def test_a_url_down_at_start_does_not_stop_the_other_sources(handmade_bundle, tm
 
 # --- 4. no false alarm about the input --------------------------------------------------------------------------
 def test_truncated_is_said_only_of_a_file_that_ended_early(handmade_bundle, tmp_path, frames_factory, capsys):
-    video = _video(tmp_path / "clip.avi", frames_factory(12) * 4)
+    video = write_avi(tmp_path / "clip.avi", frames_factory(12) * 4, fps=10.0)
     assert main(["run", str(handmade_bundle), str(video), "--backend", "ort-cpu", "--max-frames", "8"]) == 0
     out = capsys.readouterr().out
     assert "TRUNCATED" not in out and "8 frames read" in out
@@ -163,7 +154,7 @@ def test_bench_writes_nothing_unless_asked(handmade_bundle, tmp_path, monkeypatc
 
 # --- 7. words a user should see ---------------------------------------------------------------------------------
 def test_an_unsupported_overlay_names_the_users_file(handmade_bundle, tmp_path, frames_factory, capsys):
-    video = _video(tmp_path / "clip.avi", frames_factory(8))
+    video = write_avi(tmp_path / "clip.avi", frames_factory(8), fps=10.0)
     out_dir = tmp_path / "out"
     assert main(["run", str(handmade_bundle), str(video), "--backend", "ort-cpu",
                  "--overlay", str(out_dir / "out.mkv")]) == 2
@@ -193,7 +184,7 @@ def test_library_messages_keep_the_python_argument():
 
 
 def test_one_snippet_is_one_snippet(handmade_bundle, tmp_path, frames_factory, capsys):
-    video = _video(tmp_path / "clip.avi", frames_factory(4))  # the hand-made config's snippets are 4 frames
+    video = write_avi(tmp_path / "clip.avi", frames_factory(4), fps=10.0)  # the hand-made config: 4-frame snippets
     assert main(["run", str(handmade_bundle), str(video), "--backend", "ort-cpu"]) == 0
     out = capsys.readouterr().out
     assert "1 snippet, " in out and "1 snippets" not in out and "4 frames read" in out
@@ -233,7 +224,7 @@ def test_the_package_lists_and_exports_its_public_names():
 def test_run_says_the_overlay_codec(handmade_bundle, tmp_path, frames_factory, capsys):
     from stp_edge.video import h264_available
 
-    video = _video(tmp_path / "clip.avi", frames_factory(8))
+    video = write_avi(tmp_path / "clip.avi", frames_factory(8), fps=10.0)
     overlay = tmp_path / "overlay.mp4"
     assert main(["run", str(handmade_bundle), str(video), "--backend", "ort-cpu", "--overlay", str(overlay)]) == 0
     out = capsys.readouterr().out

@@ -27,6 +27,7 @@ from typing import Any
 from stp_edge.bundle import GRAPH_NAMES, Bundle, ChecksumError, EngineInfo, sha256_file
 from stp_edge.bundle.contract import expected_io
 from stp_edge.errors import UsageError
+from stp_edge.outputs import replace_dir
 
 BACKEND_NAMES = ("onnxruntime", "tensorrt")
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -221,22 +222,11 @@ def write_triton_repository(bundle: str | os.PathLike | Bundle, repo_dir: str | 
             version.mkdir(parents=True)
             _place_checked(bundle, m.source, version / m.filename)
             (tmp / m.name / "config.pbtxt").write_text(render_config(m), encoding="utf-8")
-        _swap_in(tmp, repo)
+        replace_dir(tmp, repo)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return repo
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the finished repository into place; an existing one is moved aside first, then deleted."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def parse_config(text: str) -> dict[str, Any]:
