@@ -14,6 +14,7 @@ from conftest import moving_frames
 
 av = pytest.importorskip("av")
 
+from stp_edge.bench.capacity import free_port  # noqa: E402
 from stp_edge.errors import UsageError  # noqa: E402
 from stp_edge.frames import DecodedFrame, FrameError, SkippedFrame  # noqa: E402
 from stp_edge.video import VideoError, open_source  # noqa: E402
@@ -230,7 +231,7 @@ def live_server(tmp_path):
     for f in moving_frames(2 * live.FPS):
         writer.write(f)
     writer.release()
-    srv = live.StreamServer(path, live._free_port(), tmp_path / "ffmpeg.log")
+    srv = live.StreamServer(path, free_port(), tmp_path / "ffmpeg.log")
     srv.start()
     yield srv, live
     srv.kill()

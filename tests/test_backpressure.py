@@ -267,9 +267,10 @@ def test_run_header_names_the_thread_plan_and_threads_overrides_it(handmade_bund
 def test_run_on_a_live_stream_behind_a_slow_model_reports_dropped_snippets(handmade_bundle, tmp_path, capsys):
     """A real camera stand-in (ffmpeg serving MPEG-TS at 25 fps on 127.0.0.1) and a model 0.3 s per call."""
     from test_cli_run import write_avi
-    from test_live_sources import StreamServer, _free_port
+    from test_live_sources import StreamServer
 
     from stp_edge.backends.ort import OrtRunner
+    from stp_edge.bench.capacity import free_port
     from stp_edge.cli import main
 
     real = OrtRunner.infer_impl
@@ -281,7 +282,7 @@ def test_run_on_a_live_stream_behind_a_slow_model_reports_dropped_snippets(handm
         return out
 
     clip = write_avi(tmp_path / "clip.avi", moving_frames(50, seed=7), fps=25.0)
-    srv = StreamServer(clip, _free_port(), tmp_path / "ffmpeg.log")
+    srv = StreamServer(clip, free_port(), tmp_path / "ffmpeg.log")
     srv.start()
     mp = pytest.MonkeyPatch()
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import warnings
@@ -15,6 +14,7 @@ import cv2
 import pytest
 from conftest import write_avi
 
+from stp_edge.bench.capacity import free_port
 from stp_edge.cli import main
 from stp_edge.errors import RandomWeightsWarning
 
@@ -104,15 +104,9 @@ def test_run_names_each_stream_and_keeps_seconds_with_several_sources(handmade_b
     assert anomaly_lines and all(" frames [" in x and "s-" in x for x in anomaly_lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_url_down_at_start_does_not_stop_the_other_sources(handmade_bundle, tmp_path, frames_factory, capsys):
     video = write_avi(tmp_path / "a.avi", frames_factory(16), fps=10.0)
-    url = f"http://viewer:hunter2@127.0.0.1:{_free_port()}/live.ts"  # nothing listens there
+    url = f"http://viewer:hunter2@127.0.0.1:{free_port()}/live.ts"  # nothing listens there
     jsonl = tmp_path / "out.jsonl"
     code = main(["run", str(handmade_bundle), str(video), url, "--backend", "ort-cpu", "--reconnect-s", "1",
                  "--timeout-ms", "1000", "--jsonl", str(jsonl)])
@@ -199,7 +193,7 @@ def test_plural_follows_the_count():
 
 def test_a_bad_url_is_one_clean_line_without_opencv_or_ffmpeg_logs(handmade_bundle):
     """OpenCV and its FFmpeg write to the process' stderr directly: only a subprocess sees what a user sees."""
-    url = f"http://user:hunter2@127.0.0.1:{_free_port()}/x.ts"
+    url = f"http://user:hunter2@127.0.0.1:{free_port()}/x.ts"
     proc = subprocess.run([sys.executable, "-m", "stp_edge.cli", "run", str(handmade_bundle), url, "--backend",
                            "ort-cpu", "--timeout-ms", "1000"], capture_output=True, text=True, timeout=120,
                           cwd=REPO)

@@ -14,7 +14,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from conftest import handmade_config, moving_frames, write_handmade_bundle
 
 from stp_edge import Detector
 from stp_edge.backends import create_runners, resolve_backend
+from stp_edge.bench.capacity import free_port
 from stp_edge.bundle import Bundle, EngineInfo, rewrite_manifest
 from stp_edge.scale import triton_repo
 from stp_edge.scale.triton_repo import contract_shapes, parse_config, triton_models, write_triton_repository
@@ -37,12 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _avi(path: Path, n: int) -> Path:
@@ -197,7 +191,7 @@ def test_a_missing_server_is_reported_within_the_connect_timeout():
     from stp_edge.backends.calls import CallLimits
     from stp_edge.backends.triton import TritonRunner
 
-    port = _free_port()
+    port = free_port()
     runner = TritonRunner(f"127.0.0.1:{port}", "encoder", limits=CallLimits(connect_timeout_s=1.0))
     start = time.monotonic()
     with pytest.raises(RunnerError) as err:
@@ -213,7 +207,7 @@ def test_stp_edge_run_reports_a_missing_server_in_one_line_within_seconds(handma
     """The default connect timeout (5 s): one line naming the address and the option, exit 2, no traceback."""
     pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install 'stp-edge[scale]')")
     video = _avi(tmp_path / "v.avi", 8)
-    port = _free_port()
+    port = free_port()
     start = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "stp_edge.cli", "run", str(handmade_bundle), str(video),
                           "--backend", f"triton://127.0.0.1:{port}", "-q"], capture_output=True, text=True,
@@ -260,7 +254,7 @@ def test_tritonserver_reads_the_repository(handmade_bundle, tmp_path):
                           capture_output=True, text=True, timeout=120).stdout.strip()
     server = Path(root) / "tritonserver"
     run = subprocess.run([str(server / "bin" / "tritonserver"), f"--model-repository={repo}",
-                          f"--backend-directory={server / 'backends'}", f"--http-port={_free_port()}",
+                          f"--backend-directory={server / 'backends'}", f"--http-port={free_port()}",
                           "--http-address=127.0.0.1", "--allow-grpc=false", "--allow-metrics=false",
                           "--exit-on-error=true"], capture_output=True, text=True, timeout=120)
     log = run.stdout + run.stderr
@@ -281,7 +275,7 @@ def served(tmp_path_factory):
     bundle = write_handmade_bundle(tmp / "b.stp", handmade_config(), seed=5)
     log = tmp / "server.log"
     try:
-        with start_server(bundle, port=_free_port(), max_batch=4, log=log, timeout_s=180) as url:
+        with start_server(bundle, port=free_port(), max_batch=4, log=log, timeout_s=180) as url:
             yield bundle, url
     except RuntimeError as exc:
         if "not ready" in str(exc) or "exited" in str(exc):
@@ -380,7 +374,7 @@ def private_server(tmp_path):
     from stp_edge.scale.serve import server_command, server_ready
 
     bundle = write_handmade_bundle(tmp_path / "b.stp", handmade_config(), seed=6)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "wb")  # closed below, after the server
     proc = subprocess.Popen(server_command(bundle, port=port, max_batch=4), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # its own process group: the server and tritonserver
