@@ -250,7 +250,7 @@ def test_live_cameras_out_of_phase_share_encoder_calls(handmade_bundle):
 
 # --- the command line -------------------------------------------------------------------------------------
 def test_run_header_names_the_thread_plan_and_threads_overrides_it(handmade_bundle, tmp_path, capsys):
-    from test_cli_run import write_avi
+    from conftest import write_avi
 
     from stp_edge.cli import main
 
@@ -266,7 +266,7 @@ def test_run_header_names_the_thread_plan_and_threads_overrides_it(handmade_bund
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed: no server for live streams")
 def test_run_on_a_live_stream_behind_a_slow_model_reports_dropped_snippets(handmade_bundle, tmp_path, capsys):
     """A real camera stand-in (ffmpeg serving MPEG-TS at 25 fps on 127.0.0.1) and a model 0.3 s per call."""
-    from test_cli_run import write_avi
+    from conftest import write_avi
     from test_live_sources import StreamServer
 
     from stp_edge.backends.ort import OrtRunner
