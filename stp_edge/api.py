@@ -515,7 +515,7 @@ class Detector:
                              region_scores=None if spatial is None else spatial.region_scores,
                              anomaly_map=amap, boxes=tuple(boxes), timings=timings, final=final,
                              invalid_reason=None if spatial is None else spatial.invalid, sampled=info.sampled,
-                             sampling=info.sampling)
+                             sampling=info.sampling, frame_shape=tuple(info.frame_shape[:2]))
 
     def _invalid(self, stream: int, t: int, info: SnippetInfo, reason: str, *, final: bool,
                  temporal_ms: float = 0.0) -> SnippetResult:
@@ -524,7 +524,8 @@ class Detector:
                              score=float("nan"), class_probs=np.full(self.config.num_classes, np.nan, np.float32),
                              class_id=-1, class_name="", is_anomaly=None,
                              timings={**info.timings, "temporal": temporal_ms, "spatial": 0.0, "post": 0.0},
-                             final=final, invalid_reason=reason, sampled=info.sampled, sampling=info.sampling)
+                             final=final, invalid_reason=reason, sampled=info.sampled, sampling=info.sampling,
+                             frame_shape=tuple(info.frame_shape[:2]))
 
     # --- offline reference -------------------------------------------------------------------------------
     def offline_scores(self, frames: Iterable[np.ndarray], *, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,7 @@ class SnippetResult:
         sampling: How they were chosen: "center" (the evenly spaced offsets, the middle frame by default) or
             "keyframe" (the snippet's first keyframe; a snippet without one under keyframe sampling says
             "center"). See `stp_edge.pipeline.snippets`.
+        frame_shape: (height, width) of the stream's frames, which `boxes` are in pixels of; (0, 0) unknown.
     """
 
     stream: int
@@ -81,6 +82,7 @@ class SnippetResult:
     invalid_reason: str | None = None
     sampled: tuple[int, ...] = ()
     sampling: str = "center"
+    frame_shape: tuple[int, int] = (0, 0)
 
     @property
     def valid(self) -> bool:

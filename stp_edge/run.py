@@ -61,9 +61,10 @@ from stp_edge.backends import stop_calls_on
 from stp_edge.errors import UsageError
 from stp_edge.frames import FrameError
 from stp_edge.outputs import LineWriter, check_outputs, partial_path, signals_deferred
+from stp_edge.records import drop_record, gap_record, snippet_record
 from stp_edge.report import EventTracker, LatencyStats
 from stp_edge.results import SnippetResult
-from stp_edge.video import Gap, VideoSource, VideoStats, open_source
+from stp_edge.video import Gap, VideoSource, VideoStats, display_source, open_source
 
 if TYPE_CHECKING:  # pragma: no cover - api imports this module
     from stp_edge.api import Detector
@@ -190,7 +191,7 @@ def plan_threads(cores: int, sources: int) -> ThreadPlan:
 
 
 _END = object()
-_DROP = object()  # (stream, _DROP, frames dropped, 0.0): a live source's reader dropped whole snippets
+_DROP = object()  # (stream, _DROP, frames dropped, 0.0, wall time): a live source's reader dropped whole snippets
 SHARE_HOLD = 0.5  # of a snippet's duration: how long a completed snippet waits for other streams' (0: never)
 READER_JOIN_S = 1.0  # what a run waits at its end for readers still inside an OpenCV open or read
 
@@ -239,7 +240,7 @@ class _Reader(threading.Thread):
                     break
                 n += 1
                 if item[1] is not None:  # a gap: a new window starts at this frame, which is always delivered
-                    if dropped and not self._put((self.stream, _DROP, dropped, 0.0)):
+                    if dropped and not self._put((self.stream, _DROP, dropped, 0.0, time.time())):
                         break
                     pos = dropping = dropped = 0
                 elif self.drop_len and not dropping and pos % self.drop_len == 0 and self._late():
@@ -249,25 +250,25 @@ class _Reader(threading.Thread):
                     dropped += 1
                     continue
                 if dropped:
-                    if not self._put((self.stream, _DROP, dropped, 0.0)):
+                    if not self._put((self.stream, _DROP, dropped, 0.0, time.time())):
                         break
                     pos = dropped = 0
                 if not self._slot():
                     break
                 self.times.append(time.monotonic())
-                if not self._put((self.stream, item[0], item[1], (time.perf_counter() - t0) * 1e3)):
+                if not self._put((self.stream, item[0], item[1], (time.perf_counter() - t0) * 1e3, time.time())):
                     break
                 self.put += 1
                 self.peak = max(self.peak, self.put - self.taken)
                 pos += 1
             if dropped:
-                self._put((self.stream, _DROP, dropped, 0.0))
+                self._put((self.stream, _DROP, dropped, 0.0, time.time()))
         except BaseException as exc:  # handed to the consuming thread, which re-raises it
-            self._put((self.stream, _END, exc, 0.0))
+            self._put((self.stream, _END, exc, 0.0, time.time()))
             return
         finally:
             self.src.close()
-        self._put((self.stream, _END, None, 0.0))
+        self._put((self.stream, _END, None, 0.0, time.time()))
 
     def _late(self) -> bool:
         try:
@@ -292,47 +293,35 @@ class _Reader(threading.Thread):
 
 
 class JsonlSink:
-    """One JSON line per result (`SnippetResult.to_dict()`) and per reconnect gap; a context manager.
+    """One JSON line per record (`stp_edge.records`: snippets, gaps, drops; events too); a context manager.
 
-    The one place the line shapes are written (`stp-edge run --jsonl`, `stp-edge score`, the demo). A path is
-    written under its final name as the run goes (`stp_edge.outputs.LineWriter`): each line is one write(2),
-    so a killed run keeps every line it wrote and the file can be followed (`tail -f`) while the run goes on;
-    it is fsynced at most 1 s after a write, so a power loss loses at most the last second. `mode` "w"
-    replaces an existing file, "x" refuses a non-empty one (`OutputExistsError`), "a" appends to it. A FIFO,
-    `/dev/stdout` or `-` is streamed to. A text stream is written to, flushed per line, and left open.
-    `fields` are added to every result line (`{"random_weights": true}` for a bundle of random weights).
+    The one place the JSONL files of stp-edge are written (`stp-edge run --jsonl`, `stp-edge score`, the demo,
+    a deployment's record file). A path is written under its final name as the run goes
+    (`stp_edge.outputs.LineWriter`): each line is one write(2), so a killed run keeps every line it wrote and the
+    file can be followed (`tail -f`) while the run goes on; it is fsynced at most 1 s after a write, so a power
+    loss loses at most the last second. `mode` "w" replaces an existing file, "x" refuses a non-empty one
+    (`OutputExistsError`), "a" appends to it. A FIFO, `/dev/stdout` or `-` is streamed to. A text stream is
+    written to, flushed per line, and left open. Lines are strict JSON (no NaN).
     """
 
-    def __init__(self, target: str | os.PathLike | TextIO, *, mode: str = "w",
-                 fields: dict[str, Any] | None = None) -> None:
+    def __init__(self, target: str | os.PathLike | TextIO, *, mode: str = "w") -> None:
         self._lines: LineWriter | None = None
         self._stream: TextIO | None = None
-        self.fields = dict(fields or {})
+        self.written = 0
         if isinstance(target, (str, os.PathLike)):
             self._lines = LineWriter(target, mode=mode)
         else:
             self._stream = target
 
-    def _write(self, line: str) -> None:
+    def write(self, record: dict[str, Any]) -> None:
+        """Write one record as one line."""
+        line = json.dumps(record, allow_nan=False) + "\n"
         if self._lines is not None:
             self._lines.write_line(line)
         else:
             self._stream.write(line)
             self._stream.flush()
-
-    def on_result(self, r: SnippetResult) -> None:
-        """Write one result's line."""
-        self._write(json.dumps({**r.to_dict(), **self.fields}) + "\n")
-
-    def on_gap(self, stream: int, gap: Gap) -> None:
-        """Write the line of an outage of `stream` (where it happened, seconds lost, reconnect attempts)."""
-        record = {"stream": stream, "frame": gap.frame, "lost_s": round(gap.lost_s, 3), "attempts": gap.attempts}
-        self._write(json.dumps({"gap": record}) + "\n")
-
-    def on_drop(self, stream: int, frame: int, frames: int, snippets: int) -> None:
-        """Write the line of whole snippets a live source dropped: frames [frame, frame + frames) not analysed."""
-        record = {"stream": stream, "frame": frame, "frames": frames, "snippets": snippets}
-        self._write(json.dumps({"dropped": record}) + "\n")
+        self.written += 1
 
     def close(self) -> Path | None:
         """Fsync and close a file (safe to call twice); returns its path, or None for a stream."""
@@ -487,7 +476,10 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
               overlay: str | Path | None = None, jsonl: str | Path | TextIO | None = None,
               stop: threading.Event | None = None, source_kwargs: dict[str, Any] | None = None,
               jsonl_mode: str = "w", on_end: Callable[[SourceRun], None] | None = None,
-              drop_late: bool = True, **load_kwargs: Any) -> VideoResults:
+              drop_late: bool = True, cameras: Sequence[str] | None = None,
+              thresholds: Sequence[float | None] | None = None,
+              on_record: Callable[[dict[str, Any]], None] | None = None,
+              on_image: Callable[[int, int, Any], None] | None = None, **load_kwargs: Any) -> VideoResults:
     """Run a detector over one or several video sources (see the module docstring); returns the results.
 
     Args:
@@ -502,8 +494,9 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
         stream: Stream id of the first source; source i gets `stream + i`.
         keep: Keep every result in the returned list; False for endless sources (counts and summaries only).
         overlay: Write the (single) source with scores, maps and boxes drawn to this video file.
-        jsonl: Write one JSON line per result and per gap to this file, FIFO, `/dev/stdout` or `-` (`JsonlSink`:
-            under its final name, line by line, fsynced within 1 s) or text stream.
+        jsonl: Write one record per result, gap and drop (`stp_edge.records`: camera, masked source, times) to this
+            file, FIFO, `/dev/stdout` or `-` (`JsonlSink`: under its final name, line by line, fsynced within
+            1 s) or text stream.
         stop: When set, the run ends at the next frame (the frames read so far are still finished).
         source_kwargs: Passed to `stp_edge.video.open_source` (reconnect, timeout_ms, ...).
         jsonl_mode: "w" replaces an existing `jsonl` file, "x" refuses a non-empty one, "a" appends to it.
@@ -511,6 +504,11 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
             written), or is lost for good; not for sources a `stop` ended.
         drop_late: A live source that falls behind real time drops whole snippets (see the module docstring);
             False: its reader waits for the detector instead (the queue stays bounded; the source lags).
+        cameras: A name per source for its records (default `camera_names`: file stem, URL host, camera<N>).
+        thresholds: A score threshold per source for its records' `is_anomaly` (None: the detector's).
+        on_record: Called with each result's record (`stp_edge.records.snippet_record`), gap and drop records.
+        on_image: Called with (stream, snippet number, frame) for the middle frame of each snippet, as read: a
+            BGR array or a `stp_edge.frames.LazyFrame` (`.decode()`); for event snapshots. Do not modify it.
         **load_kwargs: Passed to `Detector.load` with `bundle` (backend, preprocess, spatial_on, device,
             threads, ...). Without `threads`, ONNX Runtime's pool is sized by `plan_threads` for the sources.
 
@@ -537,9 +535,10 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
                 load_kwargs["threads"] = plan.intra_op
             det = Detector.load(bundle, **load_kwargs)
         _check_run_outputs(det, sources, overlay=overlay, jsonl=jsonl)
+        labels = _labels(sources, cameras, thresholds)
         run = _Run(det, sources, stream, keep=keep, on_result=on_result, on_gap=on_gap, on_frame=on_frame,
                    on_end=on_end, overlay=overlay, jsonl=jsonl, jsonl_mode=jsonl_mode, stop=stop,
-                   drop_late=drop_late)  # opens outputs
+                   drop_late=drop_late, labels=labels, on_record=on_record, on_image=on_image)  # opens outputs
         run.results.threads = plan
     except BaseException:
         for src in sources:  # once the run starts, each source's reader closes it
@@ -553,6 +552,21 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
     finally:
         if detector is None:
             det.close()
+
+
+def _labels(sources: list[VideoSource], cameras: Sequence[str] | None,
+            thresholds: Sequence[float | None] | None) -> list[StreamLabel]:
+    """Each source's `StreamLabel`: its camera name, masked source, clock and threshold."""
+    names = list(cameras) if cameras is not None else camera_names(sources)
+    limits = list(thresholds) if thresholds is not None else [None] * len(sources)
+    if len(names) != len(sources) or len(limits) != len(sources):
+        raise UsageError(f"{len(sources)} sources but {len(names)} camera names and {len(limits)} thresholds")
+    out = []
+    for src, name, limit in zip(sources, names, limits, strict=True):
+        fps = src.fps if src.fps and 1.0 <= src.fps <= 240.0 else None
+        clock = "media" if src.kind == "file" and fps else "wall"
+        out.append(StreamLabel(name, display_source(src.source), clock, fps if clock == "media" else src.fps, limit))
+    return out
 
 
 def _check_run_outputs(det: Detector, sources: list[VideoSource], *, overlay: Any, jsonl: Any) -> None:
@@ -569,6 +583,50 @@ class _StreamState:
     emitted: int = 0  # snippet numbers used so far: final results delivered and snippets dropped
     frames: int = 0  # frames pushed since the last gap
     decode_ms: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    wall: deque = field(default_factory=deque)  # when each frame taken and not yet pushed was read
+    stamps: deque = field(default_factory=deque)  # (frame number, wall time read) of the frames still needed
+
+
+@dataclass(frozen=True)
+class StreamLabel:
+    """How one stream is named and timed in its records (`stp_edge.records`).
+
+    Attributes:
+        camera: The camera's name (`camera_names` by default).
+        source: Its source with credentials masked.
+        clock: "wall" for a live source (frames stamped when read), "media" for a file with a frame rate.
+        fps: The frame rate media times are counted in (files), or None.
+        threshold: The score threshold its records' `is_anomaly` uses, or None (the detector's).
+    """
+
+    camera: str
+    source: str
+    clock: str
+    fps: float | None
+    threshold: float | None = None
+
+
+def camera_names(sources: Sequence[Any]) -> list[str]:
+    """A default camera name per source, unique in the run: a file's stem, a URL's host, "camera<N>" for index N."""
+    from urllib.parse import urlsplit
+
+    names = []
+    for src in sources:
+        target = getattr(src, "source", src)
+        if isinstance(target, int) or str(target).isdigit():
+            name = f"camera{int(target)}"
+        elif "://" in str(target):
+            name = (urlsplit(str(target)).hostname or "camera").replace(".", "_")
+        else:
+            name = Path(str(target)).stem or "camera"
+        name = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+        names.append(name)
+    seen: Counter = Counter()
+    out = []
+    for name in names:
+        seen[name] += 1
+        out.append(name if names.count(name) == 1 else f"{name}-{seen[name]}")
+    return out
 
 
 class _Run:
@@ -577,8 +635,11 @@ class _Run:
     def __init__(self, det: Detector, sources: list[VideoSource], first_stream: int, *, keep: bool,
                  on_result: Callable | None, on_gap: Callable | None, on_frame: Callable | None,
                  on_end: Callable | None, overlay: str | Path | None, jsonl: str | Path | TextIO | None,
-                 jsonl_mode: str, stop: threading.Event | None, drop_late: bool = True) -> None:
+                 jsonl_mode: str, stop: threading.Event | None, drop_late: bool = True,
+                 labels: list[StreamLabel] | None = None, on_record: Callable | None = None,
+                 on_image: Callable | None = None) -> None:
         self.det = det
+        self.on_record, self.on_image = on_record, on_image
         self.drop_late = drop_late
         self.keep, self.on_result, self.on_gap, self.on_frame = keep, on_result, on_gap, on_frame
         self.on_end = on_end
@@ -592,13 +653,14 @@ class _Run:
         for s, src in zip(self.runs, sources, strict=True):  # each stream samples as its source allows
             det.use_source(s, src)
         self.state = {s: _StreamState() for s in self.runs}
+        self.labels = dict(zip(self.runs, labels or _labels(sources, None, None), strict=True))
+        self.anchor: dict[int, float] = {}  # files: the wall time media time 0 stands for (the first frame read)
         self.overlay = (OverlaySink(overlay, fps=sources[0].fps, threshold=det.score_threshold)
                         if overlay is not None else None)
         self.snippet_len = det.config.snippet_len
         # A random-weights bundle says so in every line: a reader of any line knows its scores mean nothing.
-        fields = {"random_weights": True} if det.bundle.random_weights is not None else None
-        self.jsonl = (JsonlSink(jsonl, mode=jsonl_mode, fields=fields)  # last: it opens its file
-                      if jsonl is not None else None)
+        self.fields = {"random_weights": True} if det.bundle.random_weights is not None else None
+        self.jsonl = JsonlSink(jsonl, mode=jsonl_mode) if jsonl is not None else None  # last: it opens its file
 
     def run(self, max_frames: int | None) -> VideoResults:
         halt = threading.Event()
@@ -689,7 +751,7 @@ class _Run:
         self._release(batch, pending, backlog)
 
     def _take(self, item: tuple, batch: dict, pending: dict, backlog: dict) -> None:
-        stream, frame, extra, decode_ms = item
+        stream, frame, extra, decode_ms, wall = item
         if stream in pending:
             backlog[stream].append(item)
             return
@@ -710,6 +772,7 @@ class _Run:
             self._gap(stream, extra)
         st = self.state[stream]
         st.decode_ms[st.frames // self.snippet_len] += decode_ms
+        st.wall.append(wall)  # frame st.frame_base + st.frames + len(batched) is stamped when it was read
         if self._align and (st.frames + 1) % self.snippet_len == 0:  # completes a snippet: held
             if not pending:
                 self._since = time.monotonic()
@@ -751,10 +814,18 @@ class _Run:
         completed = sum((self.state[s].frames + 1) % self.snippet_len == 0 for s in accepted)
         if completed:
             self.results.encoder_batches[completed] += 1
+        for stream in batch:
+            st = self.state[stream]
+            wall = st.wall.popleft()
+            if stream in accepted:
+                st.stamps.append((st.frame_base + st.frames, wall))
+                self.anchor.setdefault(stream, wall)
         for stream in accepted:
             st = self.state[stream]
             if self.overlay is not None:  # before the results: a snippet this frame completes draws it
                 self.overlay.add_frame(st.frame_base + st.frames, batch[stream])
+            if self.on_image is not None and st.frames % self.snippet_len == self.snippet_len // 2:
+                self.on_image(stream, st.snippet_base + st.frames // self.snippet_len, batch[stream])
             st.frames += 1
             if self.on_frame is not None:
                 self.on_frame(stream, self.runs[stream].stats.read)
@@ -775,8 +846,9 @@ class _Run:
         st.frame_base += st.frames
         st.snippet_base = st.emitted
         st.frames = 0
-        if self.jsonl is not None:
-            self.jsonl.on_gap(stream, gap)
+        label = self.labels[stream]
+        self._record(gap_record(camera=label.camera, stream=stream, source=label.source, frame=gap.frame,
+                                lost_s=gap.lost_s, attempts=gap.attempts, time_s=time.time()))
         if self.on_gap is not None:
             self.on_gap(stream, gap)
 
@@ -793,8 +865,9 @@ class _Run:
         run = self.runs[stream]
         run.dropped_snippets += snippets
         run.dropped_frames += frames
-        if self.jsonl is not None:
-            self.jsonl.on_drop(stream, first, frames, snippets)
+        label = self.labels[stream]
+        self._record(drop_record(camera=label.camera, stream=stream, source=label.source, frame=first,
+                                 frames=frames, snippets=snippets, time_s=time.time()))
 
     def _flush(self, stream: int) -> None:
         try:
@@ -825,7 +898,33 @@ class _Run:
                     self.overlay.on_result(r)
             if self.keep:
                 self.results.append(r)
-            if self.jsonl is not None:
-                self.jsonl.on_result(r)
+            if self.jsonl is not None or self.on_record is not None:
+                self._record(self._snippet_record(r))
+            if r.final:
+                while st.stamps and st.stamps[0][0] < r.frame_end:  # later results start after this one ends
+                    st.stamps.popleft()
             if self.on_result is not None:
                 self.on_result(r)
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def _snippet_record(self, r: SnippetResult) -> dict[str, Any]:
+        """The result's record: camera, masked source, and times by the stream's clock."""
+        label, st = self.labels[r.stream], self.state[r.stream]
+        media = None
+        if label.clock == "media":
+            media = r.frame_start / label.fps
+            start = self.anchor.get(r.stream, time.time()) + media
+            end = start + (r.frame_end - r.frame_start) / label.fps
+        else:
+            stamps = dict(st.stamps)  # a few snippets of frames
+            start = stamps.get(r.frame_start, time.time())
+            last = stamps.get(r.frame_end - 1, start)
+            end = last + (1.0 / label.fps if label.fps else 0.0)
+        return snippet_record(r, camera=label.camera, source=label.source, start_time=start, end_time=end,
+                              clock=label.clock, media_time=media, threshold=label.threshold,
+                              class_names=self.det.config.class_names, fields=self.fields)

@@ -251,6 +251,14 @@ def handmade_legacy_crops_bundle(tmp_path_factory) -> Path:
 # --- synthetic frames -------------------------------------------------------------------------------------
 
 
+WALL_CLOCK_FIELDS = ("timings", "start_time", "end_time", "timestamp")
+
+
+def comparable(record: dict) -> dict:
+    """A JSONL record as it compares across runs: its wall-clock fields (timings, times) set to None."""
+    return {**record, **dict.fromkeys(k for k in WALL_CLOCK_FIELDS if k in record)}
+
+
 def write_avi(path: Path, frames: list[np.ndarray], fps: float = 15.0) -> Path:
     """Write `frames` (BGR, one size) as an MJPEG AVI: a real video file the runtime reads like a camera's."""
     import cv2

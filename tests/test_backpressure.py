@@ -19,6 +19,7 @@ from conftest import moving_frames
 
 from stp_edge.api import Detector
 from stp_edge.errors import UsageError
+from stp_edge.results import SnippetResult
 from stp_edge.run import available_cores, plan_threads, run_video
 from stp_edge.video import VideoSource, VideoStats
 
@@ -132,8 +133,13 @@ def _slow(det: Detector, seconds: float) -> list[int]:
 
 
 def _content(line: dict) -> dict:
-    """A result line without where it sits in its stream (numbers, frames) and without timings."""
-    return {k: v for k, v in line.items() if k not in ("stream", "snippet", "frame_start", "frame_end", "timings")}
+    """What a result line says of its snippet, as `SnippetResult.to_dict()` says it: without where it sits in its
+    stream (numbers, frames), its timings, or what its record adds (camera, times, box names)."""
+    keys = set(SnippetResult.__dataclass_fields__) | {"invalid"}
+    out = {k: v for k, v in line.items() if k in keys and k not in ("stream", "snippet", "frame_start", "frame_end",
+                                                                        "timings", "frame_shape")}
+    out["boxes"] = [{k: v for k, v in b.items() if k not in ("class_name", "norm")} for b in out.get("boxes", [])]
+    return out
 
 
 def _clean(bundle: Path, frames: list[np.ndarray]) -> list:

@@ -254,11 +254,15 @@ def test_a_gap_flushes_resets_the_window_and_numbers_go_on(handmade_bundle, tmp_
 
 # --- one JSONL writer ----------------------------------------------------------------------------------------
 def _same_line_but_timings(a: str, b: str) -> None:
-    """Two JSON lines written the same way: same keys in the same order, same values; timings are wall clock."""
+    """Two JSON lines written the same way: same keys in the same order, same values; timings and times are
+    wall clock (a file's media times are the same, anchored at the moment each run started reading it)."""
     ra, rb = json.loads(a), json.loads(b)
     assert json.dumps(ra) == a and json.dumps(rb) == b  # each line is exactly `json.dumps` of its record
     assert list(ra) == list(rb) and list(ra["timings"]) == list(rb["timings"])
-    assert {**ra, "timings": None} == {**rb, "timings": None}
+    wall = dict.fromkeys(("timings", "start_time", "end_time", "timestamp"))
+    assert {**ra, **wall} == {**rb, **wall}
+    assert ra["clock"] == "media" and ra["media_time"] == rb["media_time"]
+    assert abs((ra["end_time"] - ra["start_time"]) - (rb["end_time"] - rb["start_time"])) < 0.002
 
 
 def test_run_video_jsonl_is_what_run_jsonl_writes(handmade_bundle, tmp_path):
@@ -286,7 +290,9 @@ def test_jsonl_gap_line_and_its_place(handmade_bundle, tmp_path):
     res = run_video(GapSource(whole, 20).wrap(), bundle=handmade_bundle, backend="ort-cpu", jsonl=path)
     lines = path.read_text().splitlines()
     before = sum(r.frame_start < 20 for r in res)
-    assert lines[before] == '{"gap": {"stream": 0, "frame": 20, "lost_s": 3.0, "attempts": 2}}'
+    gap = json.loads(lines[before])
+    assert gap["schema"] == "stp-edge.gap" and gap["camera"] == "whole"
+    assert gap["gap"] == {"stream": 0, "frame": 20, "lost_s": 3.0, "attempts": 2}
     del lines[before]
     assert [json.loads(x)["snippet"] for x in lines] == [r.snippet for r in res]
 
@@ -310,8 +316,9 @@ def test_jsonl_keeps_what_was_delivered_when_the_run_fails(handmade_bundle, tmp_
     assert [json.loads(x)["snippet"] for x in path.read_text().splitlines()] == [0, 1, 2]
     assert not list(tmp_path.glob(".*partial*"))
     stream = io.StringIO()
+    first = json.loads(path.read_text().splitlines()[0])
     with JsonlSink(stream) as sink:  # a text stream is written to and left open
-        sink.on_result(seen[0])
+        sink.write(first)
     assert not stream.closed and stream.getvalue() == path.read_text().splitlines(keepends=True)[0]
 
 

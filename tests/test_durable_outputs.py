@@ -22,16 +22,14 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import moving_frames, write_avi
+from conftest import comparable, moving_frames, write_avi
 
 from stp_edge.cli import main
 
 
 def without_timings(line: str) -> dict:
-    """A JSON line as a record to compare across runs (timings are wall clock)."""
-    record = json.loads(line)
-    record.pop("timings", None)
-    return record
+    """A JSON line as a record to compare across runs (timings and times are wall clock)."""
+    return comparable(json.loads(line))
 
 
 def reference_lines(bundle: Path, video: Path, tmp_path: Path, **kw) -> list[str]:

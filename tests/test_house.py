@@ -19,7 +19,7 @@ FLOORS: dict[str, int] = {
     "stp_edge._version": 0, "stp_edge.errors": 0, "stp_edge._deps": 0,
     "stp_edge.frames": 1, "stp_edge.config": 1, "stp_edge.geometry": 1, "stp_edge.results": 1,
     "stp_edge.outputs": 1, "stp_edge.media_files": 1, "stp_edge.machine": 1, "stp_edge.metrics": 1,
-    "stp_edge.datasets": 1,
+    "stp_edge.datasets": 1, "stp_edge.records": 1,
     # the parts a stage is built from
     "stp_edge.preprocess": 2, "stp_edge.cuda": 2, "stp_edge.bundle": 2, "stp_edge.report": 2, "stp_edge.model": 2,
     "stp_edge.backends": 3,
@@ -28,8 +28,8 @@ FLOORS: dict[str, int] = {
     "stp_edge.av_source": 5, "stp_edge.video": 5, "stp_edge.sources": 5, "stp_edge.visualize": 5,
     "stp_edge.api": 6,
     "stp_edge.run": 7,
-    # below every wing that uses them
-    "stp_edge.synthetic": 8,
+    # below every wing that uses them; camera apps (events, sinks, clips, the service, the GStreamer element)
+    "stp_edge.synthetic": 8, "stp_edge.apps": 8,
     "stp_edge.export": 9,
     # wings: none imports another
     "stp_edge.eval": 10, "stp_edge.demo": 10, "stp_edge.bench": 10, "stp_edge.scale": 10,

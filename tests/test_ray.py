@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import comparable
 
 from stp_edge.scale.extract import extract_features
 from stp_edge.scale.score import score_videos
@@ -65,10 +66,7 @@ def test_extract_on_ray_equals_single_process(cluster, videos, exported_tiny_bun
 
 
 def _without_timings(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for r in rows:
-        r.pop("timings")
-    return rows
+    return [comparable(json.loads(line)) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.slow
