@@ -64,15 +64,28 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/stp-edge demo --out $(OUT)
 	@echo "stp-edge is in $(VENV)/bin: run $(VENV)/bin/stp-edge, or 'source $(VENV)/bin/activate' first (README, Quick start)"
 
-# ffmpeg (Debian's package) serves the live streams that tests/test_live_sources.py kills and restarts on
-# loopback. Best effort: as root it is installed with apt-get; otherwise, or when that fails, the build goes on
-# and those tests skip with their reason.
+# Debian packages some tests run against, each best effort: as root it is installed with apt-get; otherwise, or
+# when that fails, the build goes on and those tests skip with their reason.
+#   ffmpeg: serves the live streams that tests/test_live_sources.py kills and restarts on loopback;
+#   mosquitto: the MQTT broker tests/test_apps_mqtt.py kills and restarts;
+#   GStreamer 1.22 with python3-gst-1.0 and the Python plugin loader: the `stpedge` element (tests/test_apps_gst.py).
+GST_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-libav \
+	python3-gst-1.0 gstreamer1.0-python3-plugin-loader
 .PHONY: system-deps
 system-deps:
 	@command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
 		&& apt-get install -y -qq --no-install-recommends ffmpeg; } \
 		|| echo "make: ffmpeg is not installed and could not be (not root, or apt-get failed): the live-source" \
 			"tests will skip (install it with: sudo apt-get install ffmpeg)"
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq && apt-get install -y -qq --no-install-recommends mosquitto; } \
+		|| echo "make: mosquitto is not installed and could not be: the MQTT tests will skip" \
+			"(install it with: sudo apt-get install mosquitto)"
+	@{ command -v gst-inspect-1.0 >/dev/null && [ -d /usr/lib/python3/dist-packages/gi/overrides ] \
+		&& ls /usr/lib/*/gstreamer-1.0/libgstpython.so >/dev/null 2>&1; } || { [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq && apt-get install -y -qq --no-install-recommends $(GST_PACKAGES); } \
+		|| echo "make: GStreamer with its Python plugin loader is not installed and could not be: the" \
+			"GStreamer element tests will skip (install it with: sudo apt-get install $(GST_PACKAGES))"
 
 ## make test: lint, then the whole CPU test suite (GPU tests skip themselves without CUDA).
 test: system-deps $(STAMP) $(TRT_VENV)/.installed $(TRITON_VENV)/.installed

@@ -35,6 +35,9 @@ EXTRAS = {
     "dev": ["pytest>=8.0,<10", "ruff>=0.5,<1", "polygraphy>=0.49,<1", "pillow>=10.0,<14", "vermin>=1.6,<2"],
     # H.264 overlays: PyAV's wheels carry an FFmpeg with libx264 (OpenCV's have no H.264 encoder).
     "h264": ["av>=13,<20"],
+    # Camera apps: the MQTT sink and the deployment config file (`stp-edge run --config cameras.yaml`); event clips
+    # use PyAV (the h264 extra).
+    "apps": ["paho-mqtt>=2.0,<3", "pyyaml>=6.0,<7", "av>=13,<20"],
 }
 
 setup(
@@ -46,6 +49,8 @@ setup(
     python_requires=">=3.10",
     packages=[
         "stp_edge",
+        "stp_edge.apps",
+        "stp_edge.apps.gst",
         "stp_edge.backends",
         "stp_edge.bench",
         "stp_edge.bundle",
@@ -62,7 +67,8 @@ setup(
     # The repository keeps export scripts and CUDA sources at the top level; installed, they
     # become subpackages so `pip install stp-edge[export]` gives a working `stp-edge export`.
     package_dir={"stp_edge.export": "export", "stp_edge.kernels": "kernels"},
-    package_data={"stp_edge.kernels": ["*.cu", "*.cuh"], "stp_edge.model": ["assets/*"]},
+    package_data={"stp_edge.kernels": ["*.cu", "*.cuh"], "stp_edge.model": ["assets/*"],
+                  "stp_edge.apps.gst": ["python/*.py"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["stp-edge=stp_edge.cli:main"]},

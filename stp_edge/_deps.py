@@ -24,6 +24,8 @@ EXTRA_FOR = {
     "ray": "scale",
     "tritonclient": "scale",
     "av": "h264",
+    "yaml": "apps",
+    "paho": "apps",
 }
 
 

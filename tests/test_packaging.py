@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 UPPER = {"<", "<=", "==", "===", "~="}
 # import name -> distribution, where they differ; None: a distribution outside the extras (TensorRT's lean
 # runtime comes with JetPack or its own wheels)
-DISTRIBUTION = {"sklearn": "scikit-learn", "tensorrt_lean": None}
+DISTRIBUTION = {"sklearn": "scikit-learn", "tensorrt_lean": None, "yaml": "pyyaml", "paho": "paho-mqtt"}
 
 
 def _setup_constants() -> dict:
