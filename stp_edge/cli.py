@@ -207,6 +207,42 @@ def _check_run_options(args: argparse.Namespace, sources: list[Any], bundle_dir:
         check_overlay_codec(args.overlay)
 
 
+def _run_config(args: argparse.Namespace, out: TextIO) -> int:
+    """`stp-edge run --config FILE`: the deployment of a config file (`stp_edge.apps.service`), until a signal."""
+    from stp_edge.apps.deploy import load_config
+    from stp_edge.apps.service import run_deployment
+    from stp_edge.backends import CallLimits
+
+    given = [f for f, v in (("BUNDLE", args.bundle), ("SOURCE", args.source), ("--jsonl", args.jsonl),
+                            ("--overlay", args.overlay), ("--plot", args.plot), ("--camera", args.camera),
+                            ("--threshold", args.threshold), ("--spatial", args.spatial),
+                            ("--lookahead", args.lookahead)) if v]
+    if given:
+        raise UsageError(f"--config {args.config} names the bundle, the cameras and their outputs; "
+                         f"{', '.join(given)} cannot be given with it (set them in the file: docs/config.md)")
+    config = load_config(args.config)
+    if args.backend != "auto":
+        import dataclasses
+
+        config = dataclasses.replace(config, backend=args.backend)
+    if not args.quiet:
+        print(config.describe(), file=out, flush=True)
+    limits = CallLimits(call_timeout_s=args.call_timeout, memory_limit_gib=args.memory_limit,
+                        connect_timeout_s=args.connect_timeout)
+    stopper = _StopOnSignal()
+    with stopper:
+        report = run_deployment(config, stop=stopper.event, max_frames=args.max_frames, out=out,
+                                threads=args.threads, limits=limits, on_invalid=args.on_invalid)
+    if not args.quiet:
+        print(report.describe(), file=out, flush=True)
+    if stopper.signum is not None:
+        print(f"stopped by {signal.Signals(stopper.signum).name}; events ended, clips and sinks closed",
+              file=sys.stderr)
+        return 128 + stopper.signum
+    lost = [c for c in report.cameras.values() if c.ended and c.ended.startswith("lost")]
+    return 1 if lost else 0
+
+
 class _StopOnSignal:
     """SIGINT/SIGTERM/SIGHUP handling of a run: the first sets `event`, a second interrupts at once.
 
@@ -258,6 +294,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from stp_edge.video import Backoff
 
     out = out or sys.stdout
+    if args.config is not None:
+        return _run_config(args, out)
+    if args.bundle is None:
+        raise UsageError("no BUNDLE given: stp-edge run BUNDLE SOURCE... (or stp-edge run --config cameras.yaml)")
     if args.jsonl is not None and output_kind(args.jsonl) == "stdout" and out is sys.stdout:
         out = sys.stderr  # standard output carries the JSON lines alone
     bundle, specs = args.bundle, list(args.source)
@@ -381,7 +421,8 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
             results = run_video(sources, detector=det, on_result=on_result, on_gap=on_gap, on_end=on_end,
                                 on_frame=(lambda s, n: bar.update(1)) if bar is not None else None,
                                 max_frames=limit, keep=False, overlay=args.overlay, jsonl=args.jsonl,
-                                jsonl_mode=mode, stop=stopper.event, drop_late=not args.no_drop)
+                                jsonl_mode=mode, stop=stopper.event, drop_late=not args.no_drop,
+                                cameras=args.camera)
     except KeyboardInterrupt:  # a second signal: stopped at once, every output closed whole by run_video
         if stopper.signum is None:
             raise
@@ -621,10 +662,16 @@ def _add_export(sub: Any) -> None:
 
 def _add_run(sub: Any) -> None:
     r = _sub(sub, "run", cmd_run, "run a bundle on video files, URLs or cameras")
-    r.add_argument("bundle", type=Path, help="bundle directory (NAME.stp)")
+    r.add_argument("bundle", type=Path, nargs="?", help="bundle directory (NAME.stp); not with --config")
     r.add_argument("source", nargs="*", help="video file, rtsp:// or http:// URL, camera index, directory (the "
                    "video files directly in it; subfolders are not searched), glob ('DIR/**/*.mp4' recurses) "
                    "or .txt list file (several: one stream each)")
+    r.add_argument("--config", type=Path, metavar="YAML", help="run the cameras of a deployment config file "
+                   "(docs/config.md: cameras with inputs and roles, thresholds, zones, sinks: JSONL, MQTT, webhooks; "
+                   "snapshots, clips, a health file); the file replaces BUNDLE and SOURCE; --backend, --threads, "
+                   "--max-frames, --call-timeout, --memory-limit and --on-invalid still apply")
+    r.add_argument("--camera", action="append", metavar="NAME", help="the camera name each SOURCE's records "
+                   "carry, once per source in order (default: the file's stem, the URL's host, camera<N>)")
     r.add_argument("--backend", default="auto", metavar="NAME", help=BACKENDS_HELP)
     r.add_argument("--preprocess", default="auto", choices=("auto", "cpu", "cuda"),
                    help="preprocessing (auto: the CUDA kernel with TensorRT in tokens mode, else CPU)")
