@@ -121,6 +121,16 @@ cd "$WORK/run"  # outside the checkout: nothing can be imported from the source 
 step "[ort] import stp_edge and every runtime module from site-packages; torch is not installed"
 "$ORT/python" -c "import importlib.util; assert importlib.util.find_spec('torch') is None"
 import_runtime "$ORT/python"
+step "[ort] the GStreamer element ships inside the package (GST_PLUGIN_PATH=\$(python -m stp_edge.apps.gst))"
+"$ORT/python" -c "import sys; from stp_edge.apps.gst import plugin_path
+p = plugin_path() / 'python' / 'stpedge.py'
+assert p.is_file() and str(p).startswith(sys.prefix), p"
+step "[ort] a deployment config without PyYAML: one line naming [apps]"
+printf 'bundle: x.stp\ncameras: {}\n' >"$WORK/run/cameras.yaml"
+rc=0
+"$ORT/stp-edge" run --config "$WORK/run/cameras.yaml" >"$WORK/out.txt" 2>&1 || rc=$?
+grep -q "stp-edge\[apps\]" "$WORK/out.txt" || fail "run --config without pyyaml: $(cat "$WORK/out.txt")"
+[[ $rc == 2 ]] || fail "run --config without pyyaml exited $rc, not 2"
 step "[export,ort] import stp_edge does not import torch though it is installed"
 "$EXP/python" -c "import sys, stp_edge; assert 'torch' not in sys.modules and stp_edge.__file__.startswith(sys.prefix)"
 

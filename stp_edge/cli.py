@@ -628,6 +628,32 @@ def _sub(sub: Any, name: str, func: Any, help: str) -> argparse.ArgumentParser:
     return p
 
 
+def cmd_health(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Check a running deployment's health file (`health_file` in its config); exit 0 when healthy.
+
+    Healthy: the file was written within --max-age seconds and every camera delivered a frame within that time
+    and is online; else each problem is printed and the exit status is 1. For watchdogs: Docker's HEALTHCHECK,
+    a systemd timer, a monitoring agent.
+    """
+    from stp_edge.apps.service import check_health
+
+    out = out or sys.stdout
+    problems = check_health(args.file, args.max_age)
+    for line in problems:
+        print(line, file=out)
+    if not problems and not args.quiet:
+        print(f"{args.file}: healthy", file=out)
+    return 1 if problems else 0
+
+
+def _add_health(sub: Any) -> None:
+    h = _sub(sub, "health", cmd_health, "check a deployment's health file (for watchdogs)")
+    h.add_argument("file", type=Path, help="the health file a `stp-edge run --config` writes (health_file)")
+    h.add_argument("--max-age", type=float, default=30.0, metavar="S",
+                   help="unhealthy when the file, or a camera's last frame, is older than this (seconds)")
+    h.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+
+
 def _bundle_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory (NAME.stp, from `stp-edge export`)")
 
@@ -859,6 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_export(sub)
     _add_run(sub)
+    _add_health(sub)
     _add_model_commands(sub)
     _add_scale_commands(sub)
     return p

@@ -402,6 +402,9 @@ class Deployment:
         doc = {"schema": "stp-edge.health", "schema_version": SCHEMA_VERSION, "time": round(now, 3),
                "timestamp": rfc3339(now), "pid": os.getpid(), "running": not self._halt.is_set(),
                "cameras": {name: cam.status(now) for name, cam in self.cameras.items()}}
+        if self._halt.is_set():  # stopped: no camera is watched any more
+            for status in doc["cameras"].values():
+                status["online"] = False
         if sinks is not None:
             doc["sinks"] = [vars(s) for s in sinks]
         try:
@@ -410,6 +413,35 @@ class Deployment:
                 f.write(json.dumps(doc, indent=1) + "\n")
         except OSError as exc:
             log.warning("health file %s not written: %s", path, exc)
+
+
+def check_health(path: str | os.PathLike, max_age_s: float = 30.0, *, now: float | None = None) -> list[str]:
+    """What a watchdog should act on in a health file: [] when healthy, else one line per problem.
+
+    Problems: the file is missing or unreadable, the service stopped, the file was last written more than
+    `max_age_s` ago (the service hangs or is gone), or a camera has been offline or without a frame for more than
+    `max_age_s`.
+    """
+    now = time.time() if now is None else now
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        written, cameras = float(doc["time"]), doc["cameras"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"{path}: not a readable health file ({exc})"]
+    problems = []
+    if doc.get("running") is False:
+        problems.append(f"{path}: the service stopped at {doc.get('timestamp', written)}")
+    if now - written > max_age_s:
+        problems.append(f"{path}: last written {now - written:.0f} s ago (more than {max_age_s:g} s): the service "
+                        "is stuck or stopped")
+    for name, cam in cameras.items():
+        last = cam.get("last_frame_time")
+        if last is None or now - float(last) > max_age_s:
+            ago = "no frame yet" if last is None else f"last frame {now - float(last):.0f} s ago"
+            problems.append(f"camera {name}: {ago}")
+        elif not cam.get("online", False):
+            problems.append(f"camera {name}: offline")
+    return problems
 
 
 def run_deployment(config: DeploymentConfig | str | os.PathLike, *, stop: threading.Event | None = None,
