@@ -28,9 +28,10 @@ CLOCKS = ("wall", "media")
 
 
 def rfc3339(epoch_s: float) -> str:
-    """Epoch seconds as RFC 3339 UTC with milliseconds: "2026-12-07T20:40:00.120Z"."""
-    t = _dt.datetime.fromtimestamp(float(epoch_s), tz=_dt.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    """Epoch seconds as RFC 3339 UTC with milliseconds (rounded): "2026-12-07T20:40:00.120Z"."""
+    ms = round(float(epoch_s) * 1000)
+    t = _dt.datetime.fromtimestamp(ms // 1000, tz=_dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def _finite(value: float | None, digits: int = 6) -> float | None:
@@ -75,8 +76,9 @@ def snippet_record(r: SnippetResult, *, camera: str, source: str, start_time: fl
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
     record = _head(SNIPPET, camera=camera, stream=r.stream, source=source)
-    record.update(start_time=round(float(start_time), 3), end_time=round(float(end_time), 3),
-                  timestamp=rfc3339(start_time), clock=clock, media_time=_finite(media_time, 3))
+    start = round(float(start_time), 3)
+    record.update(start_time=start, end_time=round(float(end_time), 3), timestamp=rfc3339(start), clock=clock,
+                  media_time=_finite(media_time, 3))
     body = r.to_dict()
     if threshold is not None and body["score"] is not None:
         body["is_anomaly"] = bool(body["score"] >= threshold)

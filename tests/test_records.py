@@ -39,7 +39,8 @@ def test_schemas_are_valid_json_schemas():
 
 def test_rfc3339_is_utc_with_milliseconds():
     assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
-    assert rfc3339(1765140000.1209) == "2025-12-07T20:40:00.120Z"
+    assert rfc3339(1765140000.1209) == "2025-12-07T20:40:00.121Z"  # rounded, as the records' epoch seconds are
+    assert rfc3339(1765140000.624) == "2025-12-07T20:40:00.624Z"  # not 00.623 (float 0.62399...)
 
 
 def test_file_records_follow_media_time_and_validate(handmade_bundle, tmp_path):
