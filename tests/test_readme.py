@@ -97,3 +97,52 @@ def test_the_quick_start_runs_as_written_in_a_fresh_clone(tmp_path):
     # the random bundle says so once, where it is run; the demo model's runs say nothing of the kind
     assert proc.stderr.count("has random weights") == 1, log
     assert _files(clone) == before, "a Quick start command wrote outside out/ (bench writes nothing unasked)"
+
+
+# --- the camera apps section: each example is what the code takes or gives ---------------------------------------
+def _camera_apps() -> str:
+    return (REPO / "README.md").read_text().split("\n## Camera apps\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _fenced(section: str, lang: str) -> list[str]:
+    return [block.split("\n```", 1)[0] for block in section.split(f"```{lang}\n")[1:]]
+
+
+def test_camera_apps_config_loads(tmp_path, monkeypatch):
+    from stp_edge.apps.deploy import load_config
+
+    for name in ("MQTT_PASSWORD", "WEBHOOK_SECRET", "CAM_PASS"):
+        monkeypatch.setenv(name, "whsec_c3RwLWVkZ2UgdGVzdCBrZXk6IDMyIGJ5dGVzIGxvbmc=" if "WEBHOOK" in name else "pw")
+    (config,) = _fenced(_camera_apps(), "yaml")
+    (tmp_path / "cameras.yaml").write_text(config)
+    cfg = load_config(tmp_path / "cameras.yaml")
+    assert list(cfg.cameras) == ["front_door", "dock"]
+    door = cfg.cameras["front_door"]
+    assert door.detect.path.endswith("/sub") and door.clips.path.endswith("/main") and door.clips_enabled
+    assert [z.name for z in door.zones] == ["driveway"] and cfg.mqtt.port == 1883 and len(cfg.webhooks) == 1
+
+
+def test_camera_apps_event_example_is_a_valid_message():
+    import json
+
+    import jsonschema
+
+    (example,) = _fenced(_camera_apps(), "json")
+    schema = json.loads((REPO / "docs" / "schemas" / "event.schema.json").read_text())
+    jsonschema.validate(json.loads(example), schema)
+
+
+def test_camera_apps_names_what_the_code_uses():
+    section = _camera_apps()
+    mqtt = (REPO / "stp_edge" / "apps" / "mqtt.py").read_text()
+    for topic in ("available", "events", "state", "score", "snippets"):
+        assert f"`<prefix>/{topic}`" in section or f"`<prefix>/<camera>/{topic}`" in section
+        assert f'"{topic}"' in mqtt or f"/{topic}" in mqtt
+    webhook = (REPO / "stp_edge" / "apps" / "webhook.py").read_text()
+    for header in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        assert header in section and f'"{header}"' in webhook
+    line = next(x.strip() for x in section.splitlines() if x.strip().startswith("gst-launch-1.0"))
+    gst = (REPO / "tests" / "test_apps_gst.py").read_text()
+    assert line.split() == ["gst-launch-1.0", "-m", "filesrc", "location=V.avi", "!", "decodebin", "!",
+                            "videoconvert", "!", "stpedge", "bundle=B.stp", "!", "fakesink"]
+    assert '"filesrc", f"location={video}", "!", "decodebin", "!", "videoconvert", "!",' in gst
