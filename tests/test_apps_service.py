@@ -290,3 +290,43 @@ def test_events_reach_mqtt_and_a_webhook_through_the_config(site, tmp_path, monk
     assert [h["type"] for h in hooks] == [f"event.{m['type']}" for m in mqtt_events]
     for headers, body in receiver.requests:
         assert verify_signature(os.environ["HOOK_SECRET"], {k.lower(): v for k, v in headers.items()}, body)
+
+
+def test_a_live_camera_gets_wall_clock_records_and_its_clip_from_the_stream(tmp_path, handmade_bundle):
+    """A live camera (ffmpeg serving MPEG-TS on loopback; its sub-stream detects, its main stream gives the clips):
+    wall-clock records, an event, and its clip remuxed from the main stream by the clip recorder; a stop ends the
+    event and the clip is still written, whole, and announced. (ffmpeg's listen mode serves one client per
+    process: each stream is its own server, as a camera's two streams are two URLs.)"""
+    from test_live_sources import FFMPEG, StreamServer
+
+    if FFMPEG is None:
+        pytest.skip("ffmpeg is not installed (make system-deps): no live stream")
+    clip = write_avi(tmp_path / "loop.avi", moving_frames(100, seed=5), fps=25.0)
+    sub, main = (StreamServer(clip, free_port(), tmp_path / f"{n}.log") for n in ("sub", "main"))
+    sub.start()
+    main.start()
+    data = {"bundle": str(handmade_bundle), "backend": "ort-cpu", "output_dir": str(tmp_path / "o"),
+            "defaults": {"threshold": 0.0, "off_threshold": 0.0, "clips": {"enabled": True, "pre_s": 1, "post_s": 1}},
+            "cameras": {"street": {"inputs": [{"path": sub.url, "roles": ["detect"]},
+                                              {"path": main.url, "roles": ["clips"]}]}}}
+    rec, stop = Recorder(), threading.Event()
+    dep = Deployment(config_from_dict(data), sinks=[rec], out=io.StringIO())
+    timer = threading.Timer(6.0, stop.set)
+    timer.start()
+    try:
+        report = dep.run(stop)
+    finally:
+        timer.cancel()
+        sub.kill()
+        main.kill()
+    assert report.stopped and report.cameras["street"].events == 1
+    finals = [r for r in rec.snippets if r["final"]]
+    assert finals and all(r["clock"] == "wall" for r in finals)
+    kinds = [m["type"] for m in rec.events]
+    assert kinds[0] == "new" and kinds.count("end") == 1 and rec.events[-1]["after"]["clip_ready"]
+    end = next(m for m in rec.events if m["type"] == "end")["after"]
+    assert end["end_reason"] == "stream_end"
+    ready = rec.events[-1]["after"]
+    assert rec.clip_frames_at_ready[ready["id"]] >= 25  # at least a second of the stream, decodable when announced
+    with av.open(ready["clip"]) as c:
+        assert c.streams.video[0].codec_context.name == "mpeg4"  # remuxed as the camera sent it, not re-encoded
