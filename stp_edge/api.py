@@ -39,7 +39,7 @@ from stp_edge.frames import EncodedFrame, LazyFrame, validate_frame
 from stp_edge.pipeline.boxes import box_class, boxes_from_map
 from stp_edge.pipeline.calls import Item, run_graph
 from stp_edge.pipeline.encode import EncodedBatch, Encoder, Preprocess, make_preprocess, preprocess_name
-from stp_edge.pipeline.snippets import Snippet, SnippetAssembler, check_sampling, choose_sampling
+from stp_edge.pipeline.snippets import Snippet, SnippetAssembler, check_sampling, choose_sampling, sample_offsets
 from stp_edge.pipeline.spatial import SPATIAL_MODES, SpatialHead, SpatialOutput, spatial_gate
 from stp_edge.pipeline.temporal import (
     FeatureRing,
@@ -291,6 +291,9 @@ class Detector:
         with self._lock:
             chosen = self.sampling_for(source)
             self._sampling[stream] = chosen[0]
+            if hasattr(source, "sample_only"):  # decode="nonref" skips the non-reference frames not sampled here
+                c = self.config  # (keyframe sampling: keyframes are never skipped, nor its fallback, the center)
+                source.sample_only(c.snippet_len, sample_offsets(c.snippet_len, c.frames_per_snippet))
             return chosen
 
     def _state(self, stream: int) -> StreamState:

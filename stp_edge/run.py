@@ -59,7 +59,7 @@ import numpy as np
 
 from stp_edge.backends import stop_calls_on
 from stp_edge.errors import UsageError
-from stp_edge.frames import FrameError
+from stp_edge.frames import FrameError, SkippedFrame
 from stp_edge.outputs import LineWriter, check_outputs, partial_path, signals_deferred
 from stp_edge.records import drop_record, gap_record, snippet_record
 from stp_edge.report import EventTracker, LatencyStats
@@ -507,8 +507,9 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
         cameras: A name per source for its records (default `camera_names`: file stem, URL host, camera<N>).
         thresholds: A score threshold per source for its records' `is_anomaly` (None: the detector's).
         on_record: Called with each result's record (`stp_edge.records.snippet_record`), gap and drop records.
-        on_image: Called with (stream, snippet number, frame) for the middle frame of each snippet, as read: a
-            BGR array or a `stp_edge.frames.LazyFrame` (`.decode()`); for event snapshots. Do not modify it.
+        on_image: Called with (stream, snippet number, frame) once per snippet, at its last frame: the frame
+            nearest its middle that has pixels, as read (a BGR array or a `stp_edge.frames.LazyFrame`: `.decode()`);
+            for event snapshots. Do not modify it.
         **load_kwargs: Passed to `Detector.load` with `bundle` (backend, preprocess, spatial_on, device,
             threads, ...). Without `threads`, ONNX Runtime's pool is sized by `plan_threads` for the sources.
 
@@ -585,6 +586,7 @@ class _StreamState:
     decode_ms: dict[int, float] = field(default_factory=lambda: defaultdict(float))
     wall: deque = field(default_factory=deque)  # when each frame taken and not yet pushed was read
     stamps: deque = field(default_factory=deque)  # (frame number, wall time read) of the frames still needed
+    image: tuple[int, Any] | None = None  # on_image: the snippet's frame nearest its middle so far (position, frame)
 
 
 @dataclass(frozen=True)
@@ -824,13 +826,26 @@ class _Run:
             st = self.state[stream]
             if self.overlay is not None:  # before the results: a snippet this frame completes draws it
                 self.overlay.add_frame(st.frame_base + st.frames, batch[stream])
-            if self.on_image is not None and st.frames % self.snippet_len == self.snippet_len // 2:
-                self.on_image(stream, st.snippet_base + st.frames // self.snippet_len, batch[stream])
+            if self.on_image is not None:
+                self._image(stream, st, batch[stream])
             st.frames += 1
             if self.on_frame is not None:
                 self.on_frame(stream, self.runs[stream].stats.read)
         batch.clear()
         self._deliver(out)
+
+    def _image(self, stream: int, st: _StreamState, frame: Any) -> None:
+        """`on_image` once per snippet, at its last frame: the frame with pixels nearest its middle.
+
+        A keyframes-only or non-reference-skipping reader yields frames without pixels (`SkippedFrame`); the one
+        offered is then the nearest that has them (the snippet's keyframe). Holds one frame per stream.
+        """
+        pos, mid = st.frames % self.snippet_len, self.snippet_len // 2
+        if not isinstance(frame, SkippedFrame) and (st.image is None or abs(pos - mid) < abs(st.image[0] - mid)):
+            st.image = (pos, frame)
+        if pos == self.snippet_len - 1 and st.image is not None:
+            self.on_image(stream, st.snippet_base + st.frames // self.snippet_len, st.image[1])
+            st.image = None
 
     def _end(self, stream: int) -> None:
         """A source ended (or was lost for good): deliver its last results now, not when every source ends."""
@@ -846,6 +861,7 @@ class _Run:
         st.frame_base += st.frames
         st.snippet_base = st.emitted
         st.frames = 0
+        st.image = None
         label = self.labels[stream]
         self._record(gap_record(camera=label.camera, stream=stream, source=label.source, frame=gap.frame,
                                 lost_s=gap.lost_s, attempts=gap.attempts, time_s=time.time()))
@@ -862,6 +878,7 @@ class _Run:
         st.snippet_base = st.emitted + snippets
         st.emitted = st.snippet_base  # the dropped snippets' numbers are used up
         st.frames = 0
+        st.image = None
         run = self.runs[stream]
         run.dropped_snippets += snippets
         run.dropped_frames += frames

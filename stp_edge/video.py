@@ -44,7 +44,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -270,8 +270,11 @@ class VideoSource:
             only where used) or "auto": PyAV for H.264, H.265, VP8/9 and AV1 files where it is installed;
             OpenCV for cameras, URLs, other codecs (MPEG-4 Part 2; MJPEG, already decoded lazily by libjpeg) and
             where PyAV is absent.
-        decode: "full" (every frame decoded) or "keyframes" (PyAV only: keyframes decoded, the other frames
-            yielded as `SkippedFrame`s; for keyframe-aligned sampling, through `frames_with_gaps(lazy=True)`).
+        decode: "full" (every frame decoded), "keyframes" (PyAV only: keyframes decoded, the other frames
+            yielded as `SkippedFrame`s; for keyframe-aligned sampling, through `frames_with_gaps(lazy=True)`) or
+            "nonref" (PyAV only: as "full", but the non-reference frames the consumer does not sample are not
+            decoded, yielded as `SkippedFrame`s; exact; the consumer says what it samples with `sample_only`,
+            which `Detector.use_source` does; see `stp_edge.av_source`).
 
     Attributes:
         name: The source as people may see it (`display_source`: credentials masked).
@@ -293,6 +296,7 @@ class VideoSource:
         self.stats = VideoStats()
         self.lazy = False  # delivering `EncodedFrame`s (see frames_with_gaps)
         self._keyframe_interval: int | None = -1  # not read yet (see `keyframe_interval`)
+        self._sampled: tuple[int, tuple[int, ...]] | None = None  # decode="nonref": what the consumer samples
         self._fps: float | None = None
         self._closed = threading.Event()
         self._ended = False  # reached the end the container announces: a normal end, even for a URL
@@ -349,6 +353,17 @@ class VideoSource:
     def keyframe_interval(self, value: int | None) -> None:
         self._keyframe_interval = value
 
+    def sample_only(self, snippet_len: int | None, offsets: Sequence[int] = ()) -> None:
+        """decode="nonref": the consumer samples the frames whose index % `snippet_len` is in `offsets`.
+
+        Indices count from the first frame after a connect (the detector's count of the stream, which restarts
+        at a gap); None: every frame is used (nothing skipped). `Detector.use_source` calls it; other decode
+        modes ignore it.
+        """
+        self._sampled = None if snippet_len is None else (int(snippet_len), tuple(int(o) for o in offsets))
+        if self.decoder == "pyav":
+            self._cap.set_sampling(*(self._sampled or (None,)))
+
     def _open_capture(self) -> Any:
         """A new `cv2.VideoCapture` of the source (not checked; OpenCV's log lines about it silenced)."""
         import cv2
@@ -390,7 +405,7 @@ class VideoSource:
     def _connect_av(self) -> str | None:
         """`_connect` through PyAV: open the container and read its first frame into `_first`."""
         self._first = None
-        self._cap = AvCapture(self.target, self.decode_mode, timeout_ms=self.timeout_ms)
+        self._cap = AvCapture(self.target, self.decode_mode, timeout_ms=self.timeout_ms, sampling=self._sampled)
         if not self._cap.opened:
             what = f"stream {self.name}" if self.kind == "url" else f"video file {self.target}"
             return f"cannot open {what} with PyAV ({self._cap.error})"
@@ -533,6 +548,8 @@ class VideoSource:
             if not lazy and self.decode_mode == "keyframes":
                 raise UsageError(f"{self.name}: decode='keyframes' yields frames without pixels in between; read "
                                  "it with frames_with_gaps(lazy=True) (the detector decodes what it samples)")
+            if not lazy and self.decode_mode == "nonref":
+                self.sample_only(None)  # every frame is converted: every frame is decoded
             self.lazy = lazy
         elif lazy and not self.lazy:
             self._enable_lazy()

@@ -14,16 +14,18 @@ from conftest import moving_frames
 
 av = pytest.importorskip("av")
 
+from stp_edge.av_source import NONREF_REASON, packet_is_nonref  # noqa: E402
 from stp_edge.bench.capacity import free_port  # noqa: E402
 from stp_edge.errors import UsageError  # noqa: E402
 from stp_edge.frames import DecodedFrame, FrameError, SkippedFrame  # noqa: E402
 from stp_edge.video import VideoError, open_source  # noqa: E402
 
 
-def write(path, n=70, codec="libx264", keyint=16, bframes=2, size=(96, 64), fmt=None, keys_at=(), seed=0):
+def write(path, n=70, codec="libx264", keyint=16, bframes=2, size=(96, 64), fmt=None, keys_at=(), seed=0,
+          params=""):
     """A video of `n` moving frames; `keys_at` forces keyframes there (besides every `keyint` frames)."""
     frames = moving_frames(n, height=size[1], width=size[0], seed=seed)
-    params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes={bframes}"
+    params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes={bframes}" + (f":{params}" if params else "")
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=25)
         stream.width, stream.height = size
@@ -290,3 +292,271 @@ def test_keyframe_sampling_gives_the_same_results_decoding_keyframes_only(handma
             results[mode] = [(r.frame_start, r.frame_end, r.score, r.snippet) for r in out]
         assert src.stats.read == n and src.stats.dropped == 0
     assert len(results["full"]) == -(-n // 4) and results["keyframes"] == results["full"]
+
+
+# --- nonref: non-reference frames that are not sampled are never decoded ------------------------------------------
+def read_nonref(path, snippet_len=16, offsets=(8,)):
+    """Frames of decode="nonref", told the sampling (as a detector tells its source) once the source is open."""
+    with open_source(path, decode="nonref") as src:
+        src._cap.set_sampling(snippet_len, offsets)
+        frames = [f for f, _gap in src.frames_with_gaps(lazy=True)]
+    return src, frames
+
+
+def nonref_positions(path):
+    """Display positions of the non-reference frames, from the NAL headers of each packet (an independent parse)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        codec, extradata = stream.codec_context.name, stream.codec_context.extradata
+        packets = [(p.pts, bytes(p)) for p in container.demux(stream) if p.size]
+    avcc = extradata is not None and extradata[0] == 1
+    size = ((extradata[4] & 3) + 1 if codec == "h264" else (extradata[21] & 3) + 1) if avcc else None
+    nonref = set()
+    for rank, (_pts, data) in enumerate(sorted(packets, key=lambda p: p[0])):
+        units, i = [], 0
+        if size:
+            while i < len(data):
+                n = int.from_bytes(data[i:i + size], "big")
+                units.append(data[i + size:i + size + n])
+                i += size + n
+        else:
+            units = [u for u in data.split(b"\x00\x00\x01")[1:] if u]
+        if codec == "h264":
+            slices = [u[0] for u in units if u[0] & 0x1F in (1, 5)]
+            ref = any(h >> 5 & 3 for h in slices)
+        else:
+            slices = [u[0] >> 1 & 0x3F for u in units if u[0] >> 1 & 0x3F < 32]
+            ref = any(t not in (0, 2, 4, 6, 8) for t in slices)
+        if slices and not ref:
+            nonref.add(rank)
+    return nonref
+
+
+def skipped_at(frames):
+    return {f.index for f in frames if isinstance(f, SkippedFrame)}
+
+
+@pytest.mark.parametrize(("codec", "params", "fmt"), [
+    ("libx264", "b-pyramid=none", None),  # every B-frame is a non-reference frame
+    ("libx264", "b-pyramid=normal", "mpegts"),  # some B-frames are references; Annex B start codes
+    ("libx264", "b-pyramid=none", "matroska"),
+    ("libx265", "b-pyramid=0", None),
+    ("libx265", "", "mpegts"),
+])
+def test_nonref_decoding_skips_only_unsampled_non_reference_frames_and_changes_nothing(tmp_path, codec, params,
+                                                                                     fmt):
+    path = write(tmp_path / "a.video", n=70, codec=codec, params=params, fmt=fmt or "mp4")
+    full_src, full = read(path)
+    src, frames = read_nonref(path)
+    cap = src._cap
+    assert src.describe_decoder().startswith("decoder pyav, decode nonref (")
+    assert [f.index for f in frames] == [f.index for f in full] == list(range(70))
+    assert src.stats.read == full_src.stats.read == 70 and src.stats.dropped == full_src.stats.dropped == 0
+    skipped = skipped_at(frames)
+    candidates = {i for i in nonref_positions(path) if i % 16 != 8}  # non-reference, not sampled
+    assert skipped and skipped <= candidates and len(skipped) >= len(candidates) // 2
+    assert cap.skipped_nonref == cap.skipped == len(skipped) and cap.decoded == 70 - len(skipped)
+    assert cap.nonref_stopped is None and cap.nonref_misses == 0
+    assert all(f.reason == NONREF_REASON for f in frames if isinstance(f, SkippedFrame))
+    for f, r in zip(frames, full, strict=True):
+        if not isinstance(f, SkippedFrame):
+            assert f.key == r.key
+            np.testing.assert_array_equal(f.decode(), r.decode())  # every sampled frame among them
+    with pytest.raises(FrameError, match="non-reference frame, not sampled"):
+        frames[min(skipped)].decode()
+
+
+def test_b_pyramid_references_are_decoded(tmp_path):
+    """With b-pyramid, the middle B-frame of each run is a reference: fewer frames can be skipped."""
+    flat = write(tmp_path / "flat.mp4", params="b-pyramid=none", bframes=3)
+    pyramid = write(tmp_path / "pyramid.mp4", params="b-pyramid=normal", bframes=3)
+    assert nonref_positions(pyramid) < set(range(70)) and len(nonref_positions(pyramid)) < len(nonref_positions(flat))
+    for path in (flat, pyramid):
+        _src, frames = read_nonref(path)
+        assert skipped_at(frames) <= nonref_positions(path)
+    assert 0 < len(skipped_at(read_nonref(pyramid)[1])) < len(skipped_at(read_nonref(flat)[1]))
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_nonref_decoding_of_a_stream_without_b_frames_skips_nothing(tmp_path, codec):
+    path = write(tmp_path / "a.mp4", codec=codec, bframes=0)
+    src, frames = read_nonref(path)
+    assert len(frames) == 70 and not skipped_at(frames) and src._cap.skipped_nonref == 0
+
+
+def test_nonref_decoding_untold_which_frames_are_sampled_decodes_everything(tmp_path):
+    path = write(tmp_path / "a.mp4", params="b-pyramid=none")
+    with open_source(path, decode="nonref") as src:
+        frames = list(src)  # every frame converted to BGR: nothing may be skipped
+    _src, full = read(path)
+    assert len(frames) == 70 and src._cap.skipped_nonref == 0
+    np.testing.assert_array_equal(frames[5], full[5].decode())
+
+
+@pytest.mark.parametrize(("snippet_len", "offsets"), [(16, (8,)), (16, (2, 6, 10, 14)), (4, (2,))])
+def test_nonref_decoding_never_skips_a_sampled_position(tmp_path, snippet_len, offsets):
+    path = write(tmp_path / "a.ts", params="b-pyramid=none", fmt="mpegts")
+    _src, frames = read_nonref(path, snippet_len, offsets)
+    skipped = skipped_at(frames)
+    assert skipped and all(i % snippet_len not in offsets for i in skipped)
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_nonref_decoding_of_a_stream_starting_mid_gop(tmp_path, codec):
+    whole = write(tmp_path / "whole.mkv", codec=codec, n=64, fmt="matroska", params="b-pyramid=none")
+    cut = _cut(whole, tmp_path / "cut.mkv", 5)
+    full_src, full = read(cut)
+    src, frames = read_nonref(cut)
+    assert len(frames) == len(full) == 48 and [f.index for f in frames] == [f.index for f in full]
+    assert src.stats.dropped == full_src.stats.dropped == 11 and skipped_at(frames)
+    assert all(i % 16 != 8 for i in skipped_at(frames)) and src._cap.nonref_misses == 0
+    for f, r in zip(frames, full, strict=True):
+        if not isinstance(f, SkippedFrame):
+            np.testing.assert_array_equal(f.decode(), r.decode())
+
+
+@pytest.mark.parametrize(("codec", "fmt"), [("libx264", "matroska"), ("libx265", "mpegts")])
+def test_nonref_decoding_of_a_truncated_file_gives_the_frames_of_full_decoding(tmp_path, codec, fmt):
+    path = write(tmp_path / "a.video", n=64, codec=codec, fmt=fmt, params="b-pyramid=none")
+    data = path.read_bytes()
+    for share in (0.45, 0.6, 0.8):
+        cut = tmp_path / f"cut{share}.video"
+        cut.write_bytes(data[: int(len(data) * share)])
+        result: dict = {}
+        worker = threading.Thread(target=lambda c=cut, out=result: out.update(full=read(c), nonref=read_nonref(c)),
+                                  daemon=True)
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), "reading a truncated file hung"
+        (full_src, full), (src, frames) = result["full"], result["nonref"]
+        assert 0 < len(frames) == len(full) < 64 and src.stats.ended
+        assert [f.index for f in frames] == [f.index for f in full] and src.stats.dropped == full_src.stats.dropped
+        assert skipped_at(frames) and all(i % 16 != 8 for i in skipped_at(frames))
+        for f, r in zip(frames, full, strict=True):
+            if not isinstance(f, SkippedFrame):
+                np.testing.assert_array_equal(f.decode(), r.decode())
+
+
+def _avcc(*units):
+    return b"".join(len(u).to_bytes(4, "big") + u for u in units)
+
+
+def test_packet_is_nonref_reads_the_nal_headers():
+    b_slice, p_slice = b"\x01\x9e\x41\x79", b"\x41\x9a\x22\x6c"  # nal_ref_idc 0 / 2, type 1
+    sei = b"\x06\x05\x02\xaa\xbb\x80"  # user data unregistered (5), 2 bytes
+    recovery = b"\x06\x06\x01\x84\x80"  # recovery point (6)
+    sps = b"\x67\x64\x00\x0a"
+    assert packet_is_nonref("h264", _avcc(b_slice), 4)
+    assert packet_is_nonref("h264", _avcc(b"\x09\xf0", sei, b_slice, b_slice), 4)  # AUD, SEI, two slices
+    assert packet_is_nonref("h264", b"\x00\x00\x00\x01\x09\xf0\x00\x00\x01" + b_slice, None)  # Annex B
+    assert not packet_is_nonref("h264", _avcc(b_slice, p_slice), 4)  # one reference slice: a reference
+    assert not packet_is_nonref("h264", _avcc(recovery, b_slice), 4)
+    assert not packet_is_nonref("h264", _avcc(sps, b_slice), 4)  # parameter sets must reach the decoder
+    assert not packet_is_nonref("h264", _avcc(sei), 4)  # no slice
+    assert not packet_is_nonref("h264", _avcc(b_slice)[:-1], 4)  # malformed
+    assert not packet_is_nonref("h264", _avcc(b_slice), None)  # no start code
+    assert not packet_is_nonref("mpeg4", b"\x00\x00\x01\xb6", None)  # other codecs: always decoded
+    trail_n, trail_r, rasl_n = b"\x00\x01\xd0", b"\x02\x01\xd0", b"\x10\x01\xd0"
+    assert packet_is_nonref("hevc", _avcc(trail_n), 4, hevc_top_tid=0)
+    assert not packet_is_nonref("hevc", _avcc(trail_n), 4, hevc_top_tid=1)  # a higher sub-layer may reference it
+    assert not packet_is_nonref("hevc", _avcc(trail_n), 4)  # temporal layers unknown
+    assert not packet_is_nonref("hevc", _avcc(trail_r), 4, hevc_top_tid=0)
+    assert not packet_is_nonref("hevc", _avcc(rasl_n), 4, hevc_top_tid=0)  # the first CRA's: FFmpeg drops them
+    assert packet_is_nonref("hevc", _avcc(rasl_n), 4, hevc_top_tid=0, rasl_decodable=True)
+    assert not packet_is_nonref("hevc", _avcc(b"\x14\x01\xd0"), 4, hevc_top_tid=0)  # RSV_VCL_N10: FFmpeg ignores it
+
+
+@pytest.mark.parametrize("n", [40, 42])  # whole snippets, and a partial one at the end (its last frame sampled)
+def test_detector_results_are_identical_decoding_non_reference_frames_only_where_sampled(handmade_bundle,
+                                                                                        tmp_path, monkeypatch, n):
+    """Snippets of 4 frames sample offset 2; a B-frame clip (no b-pyramid): results as with full decoding."""
+    from stp_edge.api import Detector
+    from stp_edge.pipeline.snippets import sample_offsets
+
+    path = write(tmp_path / "a.mp4", n=n, keyint=16, bframes=3, params="b-pyramid=none")
+    converted = []
+    real = DecodedFrame.decode
+
+    def counting(self, **kw):
+        converted.append(self.index)
+        return real(self, **kw)
+
+    monkeypatch.setattr(DecodedFrame, "decode", counting)
+    results = {}
+    for mode in ("full", "nonref"):
+        converted.clear()
+        with Detector.load(handmade_bundle, backend="ort-cpu", spatial_on="all") as det, \
+                open_source(path, decode=mode) as src:
+            c = det.config
+            assert c.snippet_len == 4 and det.use_source(0, src)[0] == "center"
+            if mode == "nonref":
+                src._cap.set_sampling(c.snippet_len, sample_offsets(c.snippet_len, c.frames_per_snippet))
+            frames = [f for f, _gap in src.frames_with_gaps(lazy=True)]
+            out = [r for f in frames for r in det.push(f)] + det.flush()
+        results[mode] = [(r.frame_start, r.frame_end, r.sampled, r.score, r.region_scores.tobytes()) for r in out]
+        # only the sampled frames became BGR (the first frame too: the detector converts it before the stream
+        # exists), the last frame of a partial snippet that ends before its offset 2 included
+        assert converted == [0, *range(2, n, 4)] + ([n - 1] if n % 4 and n % 4 <= 2 else []), mode
+        if mode == "nonref":
+            skipped = skipped_at(frames)
+            assert src._cap.skipped_nonref == len(skipped) > n // 4 and all(i % 4 != 2 for i in skipped)
+    assert len(results["full"]) == -(-n // 4) and results["nonref"] == results["full"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("stp_edge.video").video.VideoSource, "sample_only"),
+                    reason="VideoSource.sample_only (the detector telling a source what it samples) is not wired")
+def test_run_video_tells_a_nonref_source_what_it_samples(handmade_bundle, tmp_path):
+    """`Detector.use_source` gives the source its sampling: results as with full decoding, frames skipped."""
+    from stp_edge.run import run_video
+
+    path = write(tmp_path / "a.mp4", n=42, keyint=16, bframes=3, params="b-pyramid=none")
+    results, sources = {}, {}
+    for mode in ("full", "nonref"):
+        sources[mode] = open_source(path, decode=mode)
+        out = run_video([sources[mode]], bundle=handmade_bundle, backend="ort-cpu", spatial_on="all")
+        results[mode] = [(r.frame_start, r.frame_end, r.sampled, r.score) for r in out]
+    assert sources["nonref"]._cap.skipped_nonref > 10 and sources["full"]._cap.skipped == 0
+    assert len(results["full"]) == 11 and results["nonref"] == results["full"]
+    with open_source(path, decode="nonref") as src:
+        src.sample_only(4, (2,))
+        assert len(list(src)) == 42 and src._cap.skipped_nonref == 0  # every frame converted: nothing skipped
+
+
+def test_keyframe_sampling_and_its_center_fallback_are_exact_decoding_non_reference_frames_only(handmade_bundle,
+                                                                                                tmp_path):
+    """Keyframes are never skipped, nor the center frames a snippet without a keyframe falls back to."""
+    from stp_edge.api import Detector
+
+    path = write(tmp_path / "a.mp4", n=42, keyint=6, bframes=3, params="b-pyramid=none")  # not every snippet
+    results = {}
+    for mode in ("full", "nonref"):
+        with Detector.load(handmade_bundle, backend="ort-cpu", sampling="keyframe") as det, \
+                open_source(path, decode=mode) as src:
+            det.use_source(0, src)
+            src._cap.set_sampling(4, (2,))
+            out = [r for f, _gap in src.frames_with_gaps(lazy=True) for r in det.push(f)] + det.flush()
+            results[mode] = [(r.frame_start, r.sampled, r.score) for r in out]
+            fallbacks = det.sampling_fallbacks.get(0, 0)
+        assert fallbacks > 0 and len(out) == 11
+    assert src._cap.skipped_nonref > 0 and results["nonref"] == results["full"]
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_nonref_decoding_of_a_broken_stream_does_not_hang_and_stops_skipping(tmp_path, codec):
+    """Garbage mid-stream: the demuxer flags the packet corrupt (or a frame goes missing): skipping stops there."""
+    path = write(tmp_path / "a.ts", n=64, codec=codec, fmt="mpegts", params="b-pyramid=none")
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(1)
+    start = len(data) // 3
+    data[start:start + 3000] = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.ts"
+    bad.write_bytes(bytes(data))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(full=read(bad), nonref=read_nonref(bad)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "reading a broken stream hung"
+    (_full_src, full), (src, frames) = result["full"], result["nonref"]
+    assert src.stats.ended and 0 < len(full) <= len(frames) < 64 and src._cap.nonref_stopped is not None
+    last = max(skipped_at(frames))
+    assert all(i % 16 != 8 for i in skipped_at(frames)) and last < len(frames) // 2 + 16  # none after the damage

@@ -128,3 +128,30 @@ def test_live_records_follow_the_wall_clock_and_mask_credentials(handmade_bundle
         assert before <= r["start_time"] <= r["end_time"] <= after + 0.1
     starts = [r["start_time"] for r in snippets]
     assert starts == sorted(starts) and starts[-1] - starts[0] >= 0.3  # 25 fps in real time: 16 frames = 0.64 s
+
+
+def test_on_image_offers_each_snippet_a_frame_with_pixels_even_when_only_keyframes_decode(handmade_bundle, tmp_path):
+    """Snapshots need pixels: with keyframes-only decoding the frame offered is the snippet's keyframe."""
+    av = pytest.importorskip("av", reason="PyAV is not installed: pip install 'stp-edge[h264]'")
+    import numpy as np
+
+    path = tmp_path / "gop4.mp4"
+    frames = moving_frames(40, seed=8)
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+        st.options = {"g": "4", "keyint_min": "4", "sc_threshold": "0", "bf": "0"}
+        for f in frames:
+            for p in st.encode(av.VideoFrame.from_ndarray(f, format="bgr24")):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+    offered = []
+    run_video(path, bundle=handmade_bundle, backend="ort-cpu", sampling="keyframe", keep=False,
+              source_kwargs={"decoder": "pyav", "decode": "keyframes"},
+              on_image=lambda s, i, f: offered.append((i, f.index, f.decode())))
+    assert [i for i, _, _ in offered] == list(range(10))  # snippet_len 4: one per snippet, in order
+    for i, index, image in offered:
+        assert index == 4 * i  # the keyframe: the only frame of the snippet with pixels
+        errors = [np.abs(image.astype(int) - f).mean() for f in frames]
+        assert image.shape == (48, 64, 3) and int(np.argmin(errors)) == index  # its own frame, decoded (lossy)

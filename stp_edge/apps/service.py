@@ -41,6 +41,7 @@ from stp_edge.apps.deploy import CameraConfig, DeploymentConfig
 from stp_edge.apps.events import EventEngine, EventPolicy
 from stp_edge.apps.sinks import JsonlRecordSink, Sink, SinkReport
 from stp_edge.apps.snapshots import SnapshotKeeper, write_snapshot
+from stp_edge.frames import FrameError
 from stp_edge.outputs import AtomicTextFile
 from stp_edge.records import SCHEMA_VERSION, rfc3339
 from stp_edge.run import SourceRun, available_cores, plan_threads, run_video
@@ -125,8 +126,12 @@ class _Camera:
 
     # --- the detector's thread ---------------------------------------------------------------------------------
     def on_image(self, snippet: int, frame: Any) -> None:
-        if self.keeper is not None:
+        if self.keeper is None:
+            return
+        try:
             self.keeper.add(snippet, frame.decode() if hasattr(frame, "decode") else frame)
+        except FrameError:  # a frame that does not decode: this snippet has no snapshot frame
+            pass
 
     def on_record(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         """A final snippet record: its event messages, snapshots and clip requests done, ready to publish."""
