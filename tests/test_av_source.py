@@ -49,6 +49,19 @@ def read(path, decode="full", **kwargs):
     return src, frames
 
 
+def conversions(monkeypatch) -> list[int]:
+    """The indices of the frames converted to BGR from now on (`DecodedFrame.decode` calls), in order."""
+    converted: list[int] = []
+    real = DecodedFrame.decode
+
+    def counting(self, **kw):
+        converted.append(self.index)
+        return real(self, **kw)
+
+    monkeypatch.setattr(DecodedFrame, "decode", counting)
+    return converted
+
+
 def opencv_frames(path):
     with open_source(path, decoder="opencv") as src:
         return list(src), src
@@ -169,14 +182,7 @@ def test_detector_results_equal_pushing_fully_decoded_frames(handmade_bundle, tm
         assert det.config.snippet_len == 4 and det.config.frames_per_snippet == 1
         _src, full = read(path)
         reference = [r for f in full for r in det.push(f.decode())] + det.flush()
-        converted = []
-        real = DecodedFrame.decode
-
-        def counting(self, **kw):
-            converted.append(self.index)
-            return real(self, **kw)
-
-        monkeypatch.setattr(DecodedFrame, "decode", counting)
+        converted = conversions(monkeypatch)
         for mode in ("full", "keyframes"):
             converted.clear()
             _src, frames = read(path, mode)
@@ -474,14 +480,7 @@ def test_detector_results_are_identical_decoding_non_reference_frames_only_where
     from stp_edge.pipeline.snippets import sample_offsets
 
     path = write(tmp_path / "a.mp4", n=n, keyint=16, bframes=3, params="b-pyramid=none")
-    converted = []
-    real = DecodedFrame.decode
-
-    def counting(self, **kw):
-        converted.append(self.index)
-        return real(self, **kw)
-
-    monkeypatch.setattr(DecodedFrame, "decode", counting)
+    converted = conversions(monkeypatch)
     results = {}
     for mode in ("full", "nonref"):
         converted.clear()
