@@ -282,6 +282,12 @@ class VideoSource:
         decoder: "opencv" or "pyav", the one reading; `decode_mode` the mode, `decoder_reason` why (`describe_decoder`).
     """
 
+    # Defaults for what `__init__` sets: a subclass that reads frames its own way (a test's paced list of frames, a
+    # benchmark's camera) without calling it is an OpenCV-read source that samples every frame.
+    decoder = "opencv"
+    decode_mode = "full"
+    _sampled: tuple[int, tuple[int, ...]] | None = None
+
     def __init__(self, source: str | int | Path, *, max_consecutive_failures: int = 25,
                  timeout_ms: int = 10_000, reconnect: Backoff | None = DEFAULT_BACKOFF,
                  retry_at_start: bool = False, decoder: str = "auto", decode: str = "full") -> None:
