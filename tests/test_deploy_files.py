@@ -78,12 +78,21 @@ def test_dockerfile_entrypoint_healthcheck_and_stop_signal_work(tmp_path, handma
     assert entry[:3] == ["stp-edge", "run", "--config"] and cmd == ["/config/cameras.yaml"]
     health_file = Path(health[health.index("health") + 1])
     assert health_file == Path("/run/stp-edge/health.json")
-    # The same commands with the image's paths moved into tmp_path, run by this venv's stp-edge.
-    video = write_avi(tmp_path / "cam.avi", moving_frames(8000, seed=2), fps=25.0)
+    # The same commands with the image's paths moved into tmp_path, run by this venv's stp-edge, on a live camera
+    # (ffmpeg serving a clip in a loop on loopback): it never ends, as a service's cameras do not.
+    from test_live_sources import FFMPEG, StreamServer
+
+    from stp_edge.bench.capacity import free_port
+
+    if FFMPEG is None:
+        pytest.skip("ffmpeg is not installed (make system-deps): no live camera to serve")
+    camera = StreamServer(write_avi(tmp_path / "cam.avi", moving_frames(100, seed=2), fps=25.0), free_port(),
+                          tmp_path / "ffmpeg.log")
+    camera.start()
     mine = tmp_path / "run" / "health.json"
     config = tmp_path / "cameras.yaml"
     config.write_text(f"bundle: {handmade_bundle}\nbackend: ort-cpu\noutput_dir: {tmp_path / 'data'}\n"
-                      f"health_file: {mine}\ncameras:\n  door: {{inputs: [{video}]}}\n")
+                      f"health_file: {mine}\ncameras:\n  door: {{inputs: ['{camera.url}']}}\n")
     proc = subprocess.Popen([str(STP_EDGE), *entry[1:], str(config)], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -104,6 +113,7 @@ def test_dockerfile_entrypoint_healthcheck_and_stop_signal_work(tmp_path, handma
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        camera.kill()
     after = subprocess.run(check, capture_output=True, text=True, timeout=60)
     assert after.returncode == 1 and "the service stopped" in after.stdout and "camera door: offline" in after.stdout
 
