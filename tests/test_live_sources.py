@@ -113,17 +113,19 @@ def server(clip, tmp_path):
 
 
 class _Restart(threading.Thread):
-    """Kill `srv` and start it again after `delay_s`, off the reading thread; `check()` re-raises its failure."""
+    """After `delay_s`, kill `srv` and start it again `down_s` later, off the reading thread; `check()` re-raises
+    its failure."""
 
-    def __init__(self, srv: StreamServer, delay_s: float) -> None:
+    def __init__(self, srv: StreamServer, delay_s: float, down_s: float = 0.0) -> None:
         super().__init__(daemon=True)
-        self.srv, self.delay_s, self.error = srv, delay_s, None
+        self.srv, self.delay_s, self.down_s, self.error = srv, delay_s, down_s, None
         self.start()
 
     def run(self) -> None:
         try:
             time.sleep(self.delay_s)
             self.srv.kill()
+            time.sleep(self.down_s)
             self.srv.start()
         except BaseException as e:  # reported by check() in the test's thread
             self.error = e
@@ -163,13 +165,15 @@ def test_killed_and_restarted_stream_reconnects_with_one_gap(server):
     policy = Backoff(initial_s=0.1, factor=2.0, max_delay_s=0.4, max_total_s=15)
     with open_source(server.url, reconnect=policy, timeout_ms=2000) as src:
         restart: list[_Restart] = []
-        frames, gaps, _ = _read_through_outage(src, lambda: restart.append(_Restart(server, 0.6)))
+        # Down for 1.5 s: longer than the frames buffered before the kill take to drain on a loaded machine, so
+        # the first attempt (0.1 s after the drop is seen) finds no server whatever the load.
+        frames, gaps, _ = _read_through_outage(src, lambda: restart.append(_Restart(server, 0.6, down_s=1.5)))
     restart[0].check()
     assert len(gaps) == 1, src.stats
     index, gap = gaps[0]
     assert isinstance(gap, Gap) and src.stats.gaps == [gap] and not src.stats.lost
     assert gap.frame == index >= 10  # frames buffered before the kill still arrive, then the gap
-    assert gap.attempts >= 2  # the first attempt, 0.1 s after the drop, finds no server (restart at 0.6 s)
+    assert gap.attempts >= 2  # the first attempt, 0.1 s after the drop, finds no server (down for 1.5 s)
     # from the last buffered frame before the gap (the kill was earlier) to the first frame after it
     assert policy.initial_s < gap.lost_s < 10 and abs(gap.start_time - time.time()) < 60
     assert len(frames) == index + 15 == src.stats.read
