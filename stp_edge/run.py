@@ -165,6 +165,14 @@ class ThreadPlan:
         return f"{self.intra_op} onnxruntime + {self.decode} decode thread(s) on {self.cores} core(s)"
 
 
+def plausible_fps(fps: float | None) -> float | None:
+    """A source's frame rate where it is believable (1-240 fps), else None.
+
+    Containers and cameras report 0, 1000 or garbage; a rate that paces, times or holds frames must not be one.
+    """
+    return fps if fps is not None and 1.0 <= fps <= 240.0 else None
+
+
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS says, else the machine's count)."""
     try:
@@ -352,7 +360,7 @@ class OverlaySink:
         self.path = _through_symlink(path)
         self.partial = partial_path(self.path)
         # A header's absurd rate (0, 1e-9, 2**31) would fail the writer; the overlay plays at 25 fps then.
-        self.fps = fps if fps is not None and 1.0 <= fps <= 240.0 else 25.0
+        self.fps = plausible_fps(fps) or 25.0
         self.threshold = threshold
         self.writer: Any = None
         self._frames: deque[tuple[int, bytes]] = deque()
@@ -564,7 +572,7 @@ def _labels(sources: list[VideoSource], cameras: Sequence[str] | None,
         raise UsageError(f"{len(sources)} sources but {len(names)} camera names and {len(limits)} thresholds")
     out = []
     for src, name, limit in zip(sources, names, limits, strict=True):
-        fps = src.fps if src.fps and 1.0 <= src.fps <= 240.0 else None
+        fps = plausible_fps(src.fps)
         clock = "media" if src.kind == "file" and fps else "wall"
         out.append(StreamLabel(name, display_source(src.source), clock, fps if clock == "media" else src.fps, limit))
     return out
@@ -674,7 +682,7 @@ class _Run:
         lazy = self.overlay is None
         readers = [_Reader(src, s, q, halt, max_frames, lazy,
                            drop_len=self.snippet_len if self.drop_late and src.live else None, cap=cap,
-                           late_s=self.snippet_len / (src.fps if src.fps and 1.0 <= src.fps <= 240.0 else 25.0))
+                           late_s=self.snippet_len / (plausible_fps(src.fps) or 25.0))
                    for s, src in zip(self.runs, self.sources, strict=True)]
         self.readers = {r.stream: r for r in readers}
         start = time.perf_counter()
@@ -725,7 +733,7 @@ class _Run:
         """
         self._active = n_readers
         self._align = len(self.sources) > 1
-        fps = [src.fps for src in self.sources if src.fps and 1.0 <= src.fps <= 240.0]
+        fps = [f for f in (plausible_fps(src.fps) for src in self.sources) if f]
         self._hold_s = SHARE_HOLD * self.snippet_len / max(fps, default=25.0)  # of the fastest source
         self._since = 0.0
         batch: dict[int, np.ndarray] = {}
