@@ -272,7 +272,7 @@ class LineWriter:
                                         "with an old file: replace it or append to it explicitly")
             if mode == "a" and size > 0:
                 self._os(_cut_partial_last_line, fd, size)
-            self._os(_fsync_dir, self.path.parent)  # the new name itself survives a power loss
+            self._os(fsync_dir, self.path.parent)  # the new name itself survives a power loss
         except BaseException:
             os.close(fd)
             raise
@@ -356,7 +356,8 @@ def _cut_partial_last_line(fd: int, size: int) -> None:
     os.ftruncate(fd, 0)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Fsync a directory, so that a rename or a new name in it survives a power loss (where the file system can)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -400,6 +401,39 @@ def signals_deferred() -> Iterator[None]:
 
 
 # --- whole text files ----------------------------------------------------------------------------------------
+def write_atomic(path: str | os.PathLike, data: bytes, *, what: str = "file") -> Path:
+    """Write `data` as the whole of `path`: a hidden temporary sibling, fsynced, renamed over it.
+
+    A reader (or a user following a link to it) sees the old file or the new one, never part of one; a failure
+    removes the temporary file. Missing directories are created. For whole binary outputs (a snapshot);
+    `AtomicTextFile` writes text as it goes.
+
+    Raises:
+        OutputError: naming `what` and the path, and why (a full disk, no permission).
+    """
+    dest = Path(path)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.partial-", suffix=dest.suffix, dir=dest.parent)
+    except OSError as exc:
+        raise OutputError(f"{what} {dest}: cannot create the file ({describe_os_error(exc)})") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        with signals_deferred():
+            os.replace(tmp, dest)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{what} {dest}: cannot write the file ({describe_os_error(exc)})") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
 class AtomicTextFile:
     """A text file written under a temporary name in its directory and renamed into place by `commit()`.
 

@@ -8,7 +8,6 @@ stream, the sampled frame of each of the last few snippets, already downscaled, 
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,7 +18,7 @@ import cv2
 import numpy as np
 
 from stp_edge.errors import UsageError
-from stp_edge.outputs import OutputError, describe_os_error, signals_deferred
+from stp_edge.outputs import OutputError, write_atomic
 
 BOX_COLOUR = (0, 0, 255)  # BGR red, as stp_edge.visualize draws boxes
 
@@ -122,31 +121,7 @@ def write_snapshot(frame_bgr: np.ndarray, path: str | os.PathLike, *,
     dest = Path(path)
     if not ok:
         raise OutputError(f"snapshot {dest}: OpenCV could not encode a {small.shape[1]}x{small.shape[0]} JPEG")
-    return _write_atomic(dest, data.tobytes())
-
-
-def _write_atomic(dest: Path, data: bytes) -> Path:
-    """`data` to `dest` via a temporary sibling, fsync and rename."""
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.partial-", suffix=dest.suffix, dir=dest.parent)
-    except OSError as exc:
-        raise OutputError(f"snapshot {dest}: cannot create the file ({describe_os_error(exc)})") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        with signals_deferred():
-            os.replace(tmp, dest)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"snapshot {dest}: cannot write the file ({describe_os_error(exc)})") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return write_atomic(dest, data.tobytes(), what="snapshot")
 
 
 class SnapshotKeeper:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stp_edge.errors import UsageError
+from stp_edge.outputs import fsync_dir
 
 _MAGIC = b"stp-edge.spool 1\n"
 _SUFFIX = ".item"
@@ -68,14 +69,6 @@ def _decode(item_id: str, data: bytes) -> SpoolItem:
     if zlib.crc32(payload) != crc:
         raise CorruptItemError("the payload does not match its checksum")
     return SpoolItem(item_id, key, payload, attempts, created)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -131,7 +124,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path(item_id))
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def put(self, payload: bytes, *, key: str | None = None) -> str:
         """Store `payload` durably and return its id; when full, the oldest items are dropped (counted)."""
