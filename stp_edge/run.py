@@ -64,7 +64,7 @@ from stp_edge.outputs import LineWriter, check_outputs, partial_path, signals_de
 from stp_edge.records import drop_record, gap_record, snippet_record
 from stp_edge.report import EventTracker, LatencyStats
 from stp_edge.results import SnippetResult
-from stp_edge.video import Gap, VideoSource, VideoStats, display_source, open_source
+from stp_edge.video import Gap, VideoSource, VideoStats, display_source, open_source, parse_source
 
 if TYPE_CHECKING:  # pragma: no cover - api imports this module
     from stp_edge.api import Detector
@@ -622,10 +622,10 @@ def camera_names(sources: Sequence[Any]) -> list[str]:
 
     names = []
     for src in sources:
-        target = getattr(src, "source", src)
-        if isinstance(target, int) or str(target).isdigit():
+        kind, target = (src.kind, src.target) if isinstance(src, VideoSource) else parse_source(src)
+        if kind == "camera":
             name = f"camera{int(target)}"
-        elif "://" in str(target):
+        elif kind == "url":
             name = (urlsplit(str(target)).hostname or "camera").replace(".", "_")
         else:
             name = Path(str(target)).stem or "camera"

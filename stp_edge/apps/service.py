@@ -45,6 +45,7 @@ from stp_edge.frames import FrameError
 from stp_edge.outputs import AtomicTextFile
 from stp_edge.records import SCHEMA_VERSION, rfc3339
 from stp_edge.run import SourceRun, available_cores, plan_threads, run_video
+from stp_edge.video import parse_source
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +111,16 @@ class _Camera:
         self.clip_dir = out_dir / "clips" / cfg.name
         self.anchor: float | None = None  # files: epoch seconds of media time 0 (record start - media time)
         self.score: float | None = None
-        self.live = "://" in str(cfg.detect.path) or isinstance(cfg.detect.path, int)
+        self.live = parse_source(cfg.detect.path)[0] != "file"
         self.recorder: ClipRecorder | None = None
         self.file_clips: ThreadPoolExecutor | None = None
         if cfg.clips_enabled:
-            clip_src = cfg.clip_input.path
-            if "://" in str(clip_src):
-                self.recorder = ClipRecorder(str(clip_src), pre_s=cfg.pre_s, post_s=cfg.post_s,
+            clip_kind, clip_src = parse_source(cfg.clip_input.path)
+            if clip_kind == "url":
+                self.recorder = ClipRecorder(clip_src, pre_s=cfg.pre_s, post_s=cfg.post_s,
                                              on_ready=self._clip_ready, on_failed=self._clip_failed,
                                              max_event_s=cfg.events.max_duration_s).start()
-            elif isinstance(clip_src, int):
+            elif clip_kind == "camera":
                 log.warning("camera %s: clips from a local camera device are not supported; no clips", cfg.name)
             else:
                 self.file_clips = ThreadPoolExecutor(1, thread_name_prefix=f"stp-edge-clips-{cfg.name}")
