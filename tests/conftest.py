@@ -9,6 +9,8 @@ time), so streaming equals offline exactly when, and only when, the runtime's wi
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -249,6 +251,23 @@ def handmade_legacy_crops_bundle(tmp_path_factory) -> Path:
 
 
 # --- synthetic frames -------------------------------------------------------------------------------------
+
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+
+
+@functools.cache
+def record_schema(name: str) -> dict:
+    """docs/schemas/NAME.schema.json ("snippet", "gap", "dropped", "event"), parsed."""
+    return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
+
+
+def validate_record(obj: dict) -> None:
+    """Check a record or event message against the JSON Schema in docs/schemas/ that its `schema` field names."""
+    import jsonschema
+
+    jsonschema.validate(obj, record_schema(obj["schema"].removeprefix("stp-edge.")),
+                        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
 
 WALL_CLOCK_FIELDS = ("timings", "start_time", "end_time", "timestamp")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import validate_record
 
 from stp_edge.apps.gst import plugin_env, plugin_path
 
@@ -300,7 +301,6 @@ def test_events_and_drawing(gst_env, video, bundle16, tmp_path):
 
 
 def _validate(docs: list[dict], kind: str) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((REPO / "docs" / "schemas" / f"{kind}.schema.json").read_text())
     for doc in docs:
-        jsonschema.validate(doc, schema)
+        assert doc["schema"] == f"stp-edge.{kind}"
+        validate_record(doc)

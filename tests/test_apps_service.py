@@ -22,10 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
-import jsonschema
 import numpy as np
 import pytest
-from conftest import moving_frames, write_avi
+from conftest import moving_frames, validate_record, write_avi
 from mqtt_broker import MOSQUITTO, Broker, Subscriber
 
 from stp_edge.apps.deploy import config_from_dict, load_config
@@ -34,7 +33,6 @@ from stp_edge.apps.sinks import Sink
 from stp_edge.bench.capacity import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMAS = {p.name.split(".")[0]: json.loads(p.read_text()) for p in (REPO / "docs" / "schemas").glob("*.json")}
 av = pytest.importorskip("av", reason="PyAV is not installed: pip install 'stp-edge[apps]'")
 
 # The handmade bundle scores this clip high in its first three snippets (0.51, 0.25, 0.30), then below 0.08 to
@@ -65,10 +63,6 @@ cameras:
     zones:
       quay: {{points: [[0, 0], [1, 0], [1, 1], [0, 1]], mode: ignore}}
 """
-
-
-def validate(obj: dict) -> None:
-    jsonschema.validate(obj, SCHEMAS[obj["schema"].removeprefix("stp-edge.")])
 
 
 def write_h264(path: Path, frames: list[np.ndarray], size: tuple[int, int], fps: int = 25) -> Path:
@@ -126,9 +120,9 @@ def test_three_cameras_records_events_snapshots_clips_and_health(site, capsys):
     assert {c.name: c.events for c in report.cameras.values()} == {"gate": 1, "yard": 1, "dock": 0}
     assert all(c.frames == 400 and c.snippets == 100 and c.ended == "ended" for c in report.cameras.values())
     for m in rec.events:
-        validate(m)
+        validate_record(m)
     for r in rec.snippets:
-        validate(r)
+        validate_record(r)
     assert {r["camera"] for r in rec.snippets} == {"gate", "yard", "dock"}
     # The dock's only zone ignores the whole frame: its scores are as high as the others', yet no event.
     assert max(r["score"] for r in rec.snippets if r["camera"] == "dock") > 0.2
@@ -181,7 +175,7 @@ def test_records_file_holds_every_snippet_and_event_valid(site, tmp_path):
     report = run_deployment(cfg, out=io.StringIO())
     lines = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     for line in lines:
-        validate(line)
+        validate_record(line)
     snippets = [x for x in lines if x["schema"] == "stp-edge.snippet"]
     events = [x for x in lines if x["schema"] == "stp-edge.event"]
     assert len(snippets) == 300 and len(events) == report.sinks[0].delivered - 300 > 0
@@ -301,7 +295,7 @@ def test_events_reach_mqtt_and_a_webhook_through_the_config(site, tmp_path, monk
     assert sinks["mqtt"].delivered == sinks["webhook"].delivered == len(mqtt_events) == 8
     assert sinks["mqtt"].lost == sinks["webhook"].lost == 0
     for m in mqtt_events:
-        validate(m)
+        validate_record(m)
     hooks = [json.loads(body) for _, body in receiver.requests]
     assert [h["data"] for h in hooks] == mqtt_events  # the same messages, in the same order
     assert [h["type"] for h in hooks] == [f"event.{m['type']}" for m in mqtt_events]

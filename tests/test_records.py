@@ -9,32 +9,23 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import moving_frames, write_avi
+from conftest import SCHEMA_DIR, moving_frames, validate_record, write_avi
 
 from stp_edge.records import rfc3339
 from stp_edge.run import camera_names, run_video
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMAS = {name: json.loads((REPO / "docs" / "schemas" / f"{name}.schema.json").read_text())
-           for name in ("snippet", "gap", "dropped")}
-
-
 CLASSES = ("normal", "fighting", "fire")  # the handmade bundle's (tests/conftest.py)
-
-
-def validate(record: dict) -> None:
-    """Check one record against the schema its `schema` field names."""
-    kind = record["schema"].removeprefix("stp-edge.")
-    jsonschema.validate(record, SCHEMAS[kind], format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+validate = validate_record
 
 
 def test_schemas_are_valid_json_schemas():
-    for schema in SCHEMAS.values():
-        jsonschema.Draft202012Validator.check_schema(schema)
+    paths = sorted(SCHEMA_DIR.glob("*.schema.json"))
+    assert {p.name.split(".")[0] for p in paths} >= {"snippet", "gap", "dropped", "event"}
+    for path in paths:
+        jsonschema.Draft202012Validator.check_schema(json.loads(path.read_text()))
 
 
 def test_rfc3339_is_utc_with_milliseconds():
