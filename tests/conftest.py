@@ -253,7 +253,24 @@ def handmade_legacy_crops_bundle(tmp_path_factory) -> Path:
 # --- synthetic frames -------------------------------------------------------------------------------------
 
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_DIR = REPO_ROOT / "docs" / "schemas"
+
+
+def requirement_pins(name: str) -> dict[str, str]:
+    """requirements/NAME as {canonical distribution name: pinned version}; every line must be an exact pin."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO_ROOT / "requirements" / name).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"requirements/{name} holds exact pins only: {line}"
+            pins[canonicalize_name(req.name)] = spec.version
+    return pins
 
 
 @functools.cache

@@ -12,28 +12,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from conftest import requirement_pins
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE = shutil.which("make")
 needs_make = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 
 
-def _pins(name: str) -> dict[str, str]:
-    pins = {}
-    for line in (REPO / "requirements" / name).read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            req = Requirement(line)
-            (spec,) = req.specifier
-            assert spec.operator == "==", f"requirements/{name} holds exact pins only: {line}"
-            pins[canonicalize_name(req.name)] = spec.version
-    return pins
-
-
 def test_the_demo_set_is_a_smaller_part_of_the_ci_set():
-    demo, ci = _pins("demo.txt"), _pins("ci.txt")
+    demo, ci = requirement_pins("demo.txt"), requirement_pins("ci.txt")
     assert {k: ci.get(k) for k in demo} == demo  # the same versions the tests run
     ci_only = {"pytest", "ruff", "ray", "tritonclient", "polygraphy", "hypothesis", "jsonschema", "scikit-learn",
                "vermin"}

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import requirement_pins
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -43,18 +44,6 @@ def _setup_requirements() -> list[tuple[str, Requirement]]:
     return reqs + [(f"[{extra}]", Requirement(r)) for extra, rs in SETUP["EXTRAS"].items() for r in rs]
 
 
-def _ci_pins() -> dict[str, str]:
-    pins = {}
-    for line in (ROOT / "requirements" / "ci.txt").read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            req = Requirement(line)
-            (spec,) = req.specifier
-            assert spec.operator == "==", f"requirements/ci.txt holds exact pins only: {line}"
-            pins[canonicalize_name(req.name)] = spec.version
-    return pins
-
-
 def test_setup_declares_what_this_test_reads():
     assert SETUP["RUNTIME"] and {"ort", "trt", "cuda", "export", "eval", "dev"} <= set(SETUP["EXTRAS"])
 
@@ -65,7 +54,7 @@ def test_every_requirement_has_an_upper_bound(where, req):
 
 
 def test_ci_pins_lie_inside_setup_ranges():
-    pins = _ci_pins()
+    pins = requirement_pins("ci.txt")
     checked = 0
     for where, req in _setup_requirements():
         pinned = pins.get(canonicalize_name(req.name))
