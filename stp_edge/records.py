@@ -14,11 +14,10 @@ it (`clock: "media"`; `media_time` is the position in the file, in seconds).
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from collections.abc import Sequence
 from typing import Any
 
-from stp_edge.results import Box, SnippetResult
+from stp_edge.results import Box, SnippetResult, finite_or_none
 
 SCHEMA_VERSION = 1
 SNIPPET = "stp-edge.snippet"
@@ -32,13 +31,6 @@ def rfc3339(epoch_s: float) -> str:
     ms = round(float(epoch_s) * 1000)
     t = _dt.datetime.fromtimestamp(ms // 1000, tz=_dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def _finite(value: float | None, digits: int = 6) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return round(value, digits) if math.isfinite(value) else None
 
 
 def box_record(box: Box, frame_shape: tuple[int, int], class_names: Sequence[str]) -> dict[str, Any]:
@@ -77,8 +69,9 @@ def snippet_record(r: SnippetResult, *, camera: str, source: str, start_time: fl
         raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
     record = _head(SNIPPET, camera=camera, stream=r.stream, source=source)
     start = round(float(start_time), 3)
+    media = finite_or_none(media_time)
     record.update(start_time=start, end_time=round(float(end_time), 3), timestamp=rfc3339(start), clock=clock,
-                  media_time=_finite(media_time, 3))
+                  media_time=None if media is None else round(media, 3))
     body = r.to_dict()
     if threshold is not None and body["score"] is not None:
         body["is_anomaly"] = bool(body["score"] >= threshold)

@@ -101,7 +101,7 @@ class SnippetResult:
             a = np.asarray(a, dtype=np.float64)
             return a.round(6).tolist() if a.size and np.isfinite(a).all() else None
 
-        score = _finite(self.score)
+        score = finite_or_none(self.score)
         record = {
             "stream": int(self.stream),
             "snippet": int(self.snippet),
@@ -115,7 +115,7 @@ class SnippetResult:
             "region_scores": arr(self.region_scores),
             "anomaly_map": arr(self.anomaly_map),
             "boxes": [b.to_dict() for b in self.boxes],
-            "timings": {k: None if _finite(v) is None else round(float(v), 4) for k, v in self.timings.items()},
+            "timings": {k: None if finite_or_none(v) is None else round(float(v), 4) for k, v in self.timings.items()},
             "final": bool(self.final),
             "sampled": [int(i) for i in self.sampled],
             "sampling": str(self.sampling),
@@ -125,7 +125,7 @@ class SnippetResult:
         return record
 
 
-def _finite(value: float | None) -> float | None:
+def finite_or_none(value: float | None) -> float | None:
     """`value` as a float, or None when it is None, NaN or infinite (strict JSON has no NaN)."""
     if value is None:
         return None

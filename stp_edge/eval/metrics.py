@@ -20,7 +20,6 @@ Frame ranges everywhere are 0-based and half-open, [start, end).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from stp_edge._deps import require
 from stp_edge.datasets import GroundTruthMismatch, VideoGroundTruth, check_ground_truth
 from stp_edge.errors import UsageError
 from stp_edge.metrics import box_iou
+from stp_edge.results import finite_or_none
 
 
 @dataclass
@@ -71,10 +71,6 @@ class EvalResult:
         """JSON text of `to_dict()`."""
         return json.dumps(self.to_dict(), indent=indent)
 
-
-
-def _finite(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def require_eval_dependencies(plots: bool = False) -> None:
@@ -170,7 +166,7 @@ def evaluate_videos(gts: Sequence[VideoGroundTruth], preds: Mapping[str, VideoPr
         auc, ap = frame_auc_ap(s, y)
         ti, n_box = tiou(s, np.concatenate([it[3] for it in items]), np.concatenate([it[4] for it in items]),
                          y, threshold)
-        return {"auc": _finite(auc), "ap": _finite(ap), "tiou": _finite(ti) if ti is not None else None,
+        return {"auc": finite_or_none(auc), "ap": finite_or_none(ap), "tiou": finite_or_none(ti),
                 "videos": len(items), "frames": int(y.size), "anomalous_frames": int(y.sum()),
                 "box_frames": n_box}
 
