@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=12.0, help="measured seconds per N")
     p.add_argument("--start", type=int, default=2, help="first N tried")
     p.add_argument("--limit", type=int, default=16, help="largest N tried")
+    p.add_argument("--bframes", type=int, default=0, help="B-frames between reference frames in the generated "
+                   "clips (a camera that sends them: pyav-nonref skips those no snippet samples)")
     p.add_argument("--settings", action="store_true", help="instead: decode CPU per frame for camera settings "
                    "(keyframe interval, B-frames, resolution) by read mode, saved to capacity_settings.{md,json}")
     p.add_argument("--table-from", type=Path, metavar="JSON", help="instead: rewrite a saved result's .md (the "
@@ -51,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.table_from is not None:
         return remake(args.table_from)
 
-    from stp_edge.api import Detector
     from stp_edge.bench.camera_clip import write_camera_clip
     from stp_edge.bench.capacity import capacity
     from stp_edge.bundle import Bundle
@@ -63,17 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     machine, load_before = machine_info(), os.getloadavg()
     rows = []
     t_start = time.time()
-    with tempfile.TemporaryDirectory(prefix="stp-capacity-") as tmp, Detector.load(bundle, backend="ort-cpu",
-                                                                                    sampling="auto") as det:
+    with tempfile.TemporaryDirectory(prefix="stp-capacity-") as tmp:
         for codec in args.codecs.split(","):
             for size_name in args.sizes.split(","):
-                clip = write_camera_clip(Path(tmp) / f"{codec}_{size_name}.mp4", SIZES[size_name], codec=codec)
+                clip = write_camera_clip(Path(tmp) / f"{codec}_{size_name}.mp4", SIZES[size_name], codec=codec,
+                                         bframes=args.bframes)
                 for mode in args.modes.split(","):
                     print(f"{codec} {size_name} {mode}:", flush=True)
                     row = {"codec": codec, "size": size_name, "mode": mode, "load_avg_1m_start": os.getloadavg()[0]}
                     try:
-                        row.update(capacity(det, clip, FPS, start=args.start, limit=args.limit,
-                                            warmup_s=args.warmup, window_s=args.window, source_options=MODES[mode],
+                        row.update(capacity(bundle, clip, FPS, read=mode, backend="ort-cpu", start=args.start,
+                                            limit=args.limit, warmup_s=args.warmup, window_s=args.window,
                                             log_dir=tmp, progress=print))
                     except Exception as e:  # a mode this build cannot run is reported, not fatal
                         row["error"] = f"{type(e).__name__}: {e}"
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["load_avg_1m_end"] = os.getloadavg()[0]
                     rows.append(row)
     out = {"bundle": str(args.bundle), "precision": bundle.precision, "backend": "ort-cpu", "fps": FPS,
-           "gop": 16, "bframes": 0, "criterion": "a camera falls behind when frames processed < 0.97 x 25 fps over "
+           "gop": 16, "bframes": args.bframes, "criterion": "a camera falls behind when frames processed < 0.97 x 25 fps over "
            f"the {args.window:.0f} s window after {args.warmup:.0f} s warm-up",
            "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "minutes": (time.time() - t_start) / 60,
            "machine": machine, "rows": rows}
@@ -166,21 +167,23 @@ def markdown(out: dict) -> str:
              f"keyframe every {out['gop']} frames, {out['bframes']} B-frames. {out['criterion']}.",
              "",
              "| stream | decoder | decode CPU ms/frame | cameras held | sampling | slowest camera fps at N | "
-             "utilisation at N (cores) | binding (at N+1) | N tried |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "utilisation at N (cores) | snippets per encoder call at N | threads at N | binding (at N+1) | N tried |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
         head = f"| {r['codec']} {r['size']} | {r['mode']} |"
         if "error" in r:
-            lines.append(f"{head} - | not measured | - | - | - | {r['error'][:120]} | - |")
+            lines.append(f"{head} - | not measured | - | - | - | - | - | {r['error'][:120]} | - |")
             continue
         at = r["at_capacity"] or {}
         util = ", ".join(f"{k} {v:.2f}" for k, v in at.get("utilisation", {}).items()) or "-"
         tried = " ".join(f"{n}{'+' if h else '-'}" for n, h in r["tried"])
         lines.append(f"{head} {r['decode_ms_per_frame']:.2f} | **{r['largest_held']}** | "
                      f"{', '.join(at.get('sampling', [])) or '-'} | {at.get('min_fps', 0):.1f} | {util} | "
-                     f"{r['binding']} | {tried} |")
+                     f"{at.get('encoder_batch', float('nan')):.2f} | {at.get('threads', '-')} | {r['binding']} | "
+                     f"{tried} |")
     lines += ["", "N tried: `+` held, `-` fell behind. Utilisation: decode = decode CPU per frame (measured alone) x "
-              "frames read per second; preprocess/encoder/rest = share of the serving thread's wall time; process = "
+              "frames read per second; preprocess/encoder = the encoder calls' wall time per second; rest = the serving "
+              "thread's other CPU time (temporal, spatial, scheduling, records: `stp_edge.run.run_video`); process = "
               "CPU cores the whole process used. The ffmpeg servers (packet copy) run in their own processes."]
     return "\n".join(lines) + "\n"
 

@@ -307,7 +307,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     # Validate everything (bundle, sources, options, output paths, codecs) before any output is opened.
     limits = CallLimits(call_timeout_s=args.call_timeout, memory_limit_gib=args.memory_limit,
                         connect_timeout_s=args.connect_timeout)
-    plan = None if args.threads is not None else plan_threads(available_cores(), _count_sources(specs))
+    count = _count_sources(specs)
+    plan = None if args.threads is not None else plan_threads(available_cores(), count,
+                                                               light=count if args.decode == "keyframes" else 0)
     with Detector.load(bundle, backend=args.backend, preprocess=args.preprocess, device=args.device,
                        spatial_on=args.spatial, lookahead=args.lookahead,
                        allow_host_code=args.allow_host_code, limits=limits, on_invalid=args.on_invalid,
@@ -316,7 +318,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.threshold is not None:
             det.score_threshold = float(args.threshold)
         sources = open_sources([int(s) if str(s).isdigit() else s for s in specs],
-                               reconnect=reconnect, timeout_ms=args.timeout_ms)
+                               reconnect=reconnect, timeout_ms=args.timeout_ms, decoder=args.decoder,
+                               decode=args.decode)
         try:
             _check_run_options(args, sources, det.bundle.path)
             sampling = [det.sampling_for(src) for src in sources]  # refused here, before any output is opened
@@ -714,6 +717,14 @@ def _add_run(sub: Any) -> None:
                    "on), keyframe (the snippet's first keyframe: decoding keyframes only then suffices; a snippet "
                    "without one reads its center) or auto (keyframe where the source's keyframe interval divides "
                    "the snippet length); each JSON line records the frame sampled")
+    r.add_argument("--decoder", choices=("auto", "opencv", "pyav"), default="auto",
+                   help="who decodes: opencv, pyav (FFmpeg packet by packet: only the frames the model samples are "
+                   "converted to BGR), or auto (PyAV for H.264/H.265/VP8/VP9/AV1 files where installed, else OpenCV); "
+                   "each stream's line says which ran and why")
+    r.add_argument("--decode", choices=("full", "nonref", "keyframes"), default="full",
+                   help="with PyAV: full (every frame decoded), nonref (non-reference frames the model does not "
+                   "sample are not decoded; results identical to full), keyframes (keyframes only: needs "
+                   "--sampling keyframe or auto on streams whose keyframe interval divides the snippet length)")
     r.add_argument("--on-invalid", choices=("error", "mark"), default="error",
                    help="a graph call that fails twice, or a graph output its contract forbids (NaN, out of range): "
                    "end the run with exit 1 (error, the default) or print and record the snippet as invalid and "
@@ -869,8 +880,9 @@ def _add_scale_commands(sub: Any) -> None:
     b.add_argument("--cameras", type=int, metavar="N", help="instead: serve up to N live cameras (the --source "
                    "file, or a generated 640x360 H.264 clip, replayed at 25 fps over HTTP by ffmpeg) and report the "
                    "largest number held in real time, utilisation and the binding resource (docs/capacity.md)")
-    b.add_argument("--read", default="opencv-full", choices=("opencv-full", "pyav-full", "pyav-keyframes"),
-                   help="with --cameras: how each camera's stream is read")
+    b.add_argument("--read", default="opencv-full",
+                   choices=("opencv-full", "pyav-full", "pyav-nonref", "pyav-keyframes"),
+                   help="with --cameras: how each camera's stream is read (decoder and --decode mode of run)")
     b.add_argument("-o", "--json", type=Path, metavar="FILE.json",
                    help="save the report as JSON, with .md and (with matplotlib) .png beside it; default: print "
                    "the table only, write nothing")

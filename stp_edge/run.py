@@ -181,21 +181,30 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def plan_threads(cores: int, sources: int) -> ThreadPlan:
+def light_sources(sources: Sequence[Any]) -> int:
+    """How many of `sources` decode keyframes only (`plan_threads`' light sources)."""
+    return sum(getattr(src, "decode_mode", "full") == "keyframes" for src in sources)
+
+
+def plan_threads(cores: int, sources: int, light: int = 0) -> ThreadPlan:
     """ONNX Runtime's intra-op thread count for `sources` decode threads on `cores` cores (no oversubscription).
 
     With several sources, each source's decode thread gets a core while at least one is left; ONNX Runtime's pool
     gets the others (at least one thread). More sources than cores share the cores with a one-thread pool: ORT's
     spinning threads would otherwise compete with every decoder. One source keeps every core for the model: its
     decoder reads ahead while the encoder runs, and halving the pool would double a single camera's latency.
+    `light`: how many of the sources decode keyframes only (one frame in a keyframe interval, a few percent of a
+    core): they reserve no core, so cameras read that way leave the model every core but those of the others.
     """
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-        raise UsageError(f"cores must be a whole number >= 1, got {cores!r}")
-    if isinstance(sources, bool) or not isinstance(sources, int) or sources < 0:
-        raise UsageError(f"sources must be a whole number >= 0, got {sources!r}")
-    if sources <= 1:
+    for name, v in (("cores", cores), ("sources", sources), ("light", light)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "cores" else 0):
+            raise UsageError(f"{name} must be a whole number >= {1 if name == 'cores' else 0}, got {v!r}")
+    if light > sources:
+        raise UsageError(f"light sources ({light}) cannot outnumber the sources ({sources})")
+    heavy = sources - light
+    if heavy <= 1:
         return ThreadPlan(cores=cores, decode=sources, intra_op=cores)
-    return ThreadPlan(cores=cores, decode=sources, intra_op=max(1, cores - min(sources, cores - 1)))
+    return ThreadPlan(cores=cores, decode=sources, intra_op=max(1, cores - min(heavy, cores - 1)))
 
 
 _END = object()
@@ -540,7 +549,7 @@ def run_video(source: Any, *, bundle: str | Path | Bundle | None = None, detecto
         plan = None
         if det is None:
             if load_kwargs.get("threads") is None:
-                plan = plan_threads(available_cores(), len(sources))
+                plan = plan_threads(available_cores(), len(sources), light=light_sources(sources))
                 load_kwargs["threads"] = plan.intra_op
             det = Detector.load(bundle, **load_kwargs)
         _check_run_outputs(det, sources, overlay=overlay, jsonl=jsonl)

@@ -559,3 +559,59 @@ def test_nonref_decoding_of_a_broken_stream_does_not_hang_and_stops_skipping(tmp
     assert src.stats.ended and 0 < len(full) <= len(frames) < 64 and src._cap.nonref_stopped is not None
     last = max(skipped_at(frames))
     assert all(i % 16 != 8 for i in skipped_at(frames)) and last < len(frames) // 2 + 16  # none after the damage
+
+
+def test_run_cli_takes_the_decoder_and_decode_mode_and_nonref_changes_no_result(tmp_path, handmade_bundle, capsys):
+    import json
+
+    from stp_edge import cli
+
+    clip = write(tmp_path / "b.mp4", n=80, bframes=3)
+    lines = {}
+    for mode in ("full", "nonref"):
+        out = tmp_path / f"{mode}.jsonl"
+        assert cli.main(["run", str(handmade_bundle), str(clip), "--decoder", "pyav", "--decode", mode,
+                         "--backend", "ort-cpu", "--jsonl", str(out)]) == 0
+        said = capsys.readouterr().out
+        assert f"stream 0: decoder pyav, decode {mode} (asked for)" in said
+        lines[mode] = [json.loads(x) for x in out.read_text().splitlines()]
+    scores = {m: [(r["frame_start"], r["score"], r["class_probs"]) for r in v if r["schema"] == "stp-edge.snippet"]
+              for m, v in lines.items()}
+    assert len(scores["full"]) == 80 // 4 and scores["nonref"] == scores["full"]  # snippets of 4 frames
+
+
+def test_run_cli_refuses_a_decode_mode_opencv_cannot_give(tmp_path, handmade_bundle, capsys):
+    from stp_edge import cli
+
+    clip = write(tmp_path / "b.mp4", n=20)
+    assert cli.main(["run", str(handmade_bundle), str(clip), "--decoder", "opencv", "--decode", "keyframes"]) == 2
+    assert "decode='keyframes' needs the PyAV decoder, but OpenCV reads this source (asked for)" in \
+        capsys.readouterr().err
+
+
+def test_cli_decoder_choices_are_the_librarys():
+    from stp_edge import cli
+    from stp_edge.av_source import DECODE_MODES
+    from stp_edge.bench.capacity import READ_MODES
+    from stp_edge.video import DECODERS
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    opts = {a.dest: a for a in sub["run"]._actions}
+    assert set(opts["decoder"].choices) == set(DECODERS) and set(opts["decode"].choices) == set(DECODE_MODES)
+    assert set(next(a for a in sub["bench"]._actions if a.dest == "read").choices) == set(READ_MODES)
+
+
+def test_run_video_leaves_the_model_every_core_when_its_cameras_decode_keyframes_only(tmp_path, handmade_bundle):
+    from stp_edge.run import available_cores, plan_threads, run_video
+
+    clips = [str(write(tmp_path / f"k{i}.mp4", n=32, keyint=4, bframes=0, seed=i)) for i in range(3)]
+    plans = {}
+    for mode in ("keyframes", "full"):
+        res = run_video(clips, bundle=handmade_bundle, backend="ort-cpu", sampling="auto", keep=False,
+                        source_kwargs={"decoder": "pyav", "decode": mode})
+        assert res.snippets == 3 * 32 // 4
+        plans[mode] = res.threads
+    cores = available_cores()
+    assert plans["keyframes"] == plan_threads(cores, 3, light=3) and plans["keyframes"].intra_op == cores
+    assert plans["full"] == plan_threads(cores, 3)

@@ -45,10 +45,24 @@ def test_plan_threads_leaves_a_core_per_decoder_and_at_least_one_to_the_model(co
     assert str(intra_op) in plan.describe() and f"{cores} core" in plan.describe()
 
 
-@pytest.mark.parametrize(("cores", "sources"), [(0, 1), (-1, 1), (2, -1), (2.5, 1), (True, 1), (2, None)])
-def test_plan_threads_refuses_nonsense(cores, sources):
+@pytest.mark.parametrize(("cores", "sources", "light", "intra_op"), [
+    (2, 8, 8, 2),    # eight keyframes-only cameras decode 1 frame in 16: the model keeps both cores
+    (2, 8, 7, 2),    # one full decoder among them reads ahead as a single camera's would
+    (2, 8, 6, 1),    # two full decoders: one core for them, one for the model
+    (16, 10, 4, 10),  # six full decoders get a core each
+    (4, 3, 0, 1),    # light=0 is the plan without light sources
+])
+def test_plan_threads_reserves_no_core_for_keyframes_only_decoders(cores, sources, light, intra_op):
+    plan = plan_threads(cores, sources, light=light)
+    assert (plan.decode, plan.intra_op) == (sources, intra_op)
+    assert plan_threads(cores, sources, light=0).intra_op <= intra_op
+
+
+@pytest.mark.parametrize(("cores", "sources", "light"), [(0, 1, 0), (-1, 1, 0), (2, -1, 0), (2.5, 1, 0),
+                                                         (True, 1, 0), (2, None, 0), (2, 2, 3), (2, 2, -1)])
+def test_plan_threads_refuses_nonsense(cores, sources, light):
     with pytest.raises(UsageError):
-        plan_threads(cores, sources)
+        plan_threads(cores, sources, light=light)
 
 
 def test_run_video_sizes_the_ort_pool_for_its_sources(handmade_bundle, tmp_path):

@@ -1,5 +1,5 @@
 """The capacity benchmark's parts (stp_edge.bench.capacity): the falls-behind rule, the N search, the binding
-resource, and live cameras served by ffmpeg on 127.0.0.1 to a stand-in detector that keeps up or does not."""
+resource, and live cameras served by ffmpeg on 127.0.0.1 through run_video to a detector that keeps up or does not."""
 
 from __future__ import annotations
 
@@ -113,25 +113,19 @@ def clip(tmp_path_factory):
     return write_camera_clip(tmp_path_factory.mktemp("cams") / "cam.mp4", (48, 64), seconds=2, fps=25)
 
 
-class _StandIn:
-    """A detector stand-in: `push_many` takes `delay_s` per call; records frames per stream."""
+class _SlowEncoder:
+    """The detector's own encoder, made to take `delay_s` longer per call (a model too slow for the cameras)."""
 
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s, self.frames, self.encoder = delay_s, {}, object()
+    def __init__(self, real, delay_s: float) -> None:
+        self.real, self.delay_s, self.calls = real, delay_s, 0
 
-    def use_source(self, stream, source):
-        return "center", "stand-in"
-
-    def push_many(self, frames):
-        for k, f in frames.items():
-            img = f.decode() if hasattr(f, "decode") else f
-            assert np.asarray(img).std() > 0  # real pictures, never zeros
-            self.frames[k] = self.frames.get(k, 0) + 1
+    def __call__(self, snippets, *, on_error=None):
+        self.calls += 1
         time.sleep(self.delay_s)
-        return []
+        return self.real(snippets, on_error=on_error)
 
-    def reset(self, stream=None):
-        pass
+    def __getattr__(self, name):
+        return getattr(self.real, name)
 
 
 @needs_ffmpeg
@@ -151,16 +145,21 @@ def test_camera_server_starts_serves_and_stops(clip, tmp_path):
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize(("delay_s", "held"), [(0.0, True), (0.08, False)])
-def test_serve_cameras_holds_a_fast_detector_and_sees_a_slow_one_fall_behind(clip, delay_s, held):
-    det = _StandIn(delay_s)
-    with CameraServer(clip) as a, CameraServer(clip) as b:
-        r = serve_cameras(det, [a.url, b.url], 25, warmup_s=1.0, window_s=2.5, decode_s_per_frame=0.001)
+@pytest.mark.parametrize(("delay_s", "held"), [(0.0, True), (1.0, False)])
+def test_serve_cameras_serves_through_run_video_and_sees_a_slow_model_fall_behind(clip, handmade_bundle, delay_s,
+                                                                                   held):
+    from stp_edge.api import Detector
+
+    with Detector.load(handmade_bundle, backend="ort-cpu") as det, CameraServer(clip) as a, CameraServer(clip) as b:
+        slow = det.encoder = _SlowEncoder(det.encoder, delay_s)
+        r = serve_cameras(det, [a.url, b.url], 25, warmup_s=1.5, window_s=4.0, decode_s_per_frame=0.001)
+        assert det.encoder is slow  # given back as it was
     assert r["held"] is held and r["cameras"] == 2 and len(r["fps"]) == 2
+    assert slow.calls > 0 and r["encoder_batch"] >= 1.0
     if held:
-        assert all(f > 0.97 * 25 for f in r["fps"])
-    else:
-        assert r["min_fps"] < 0.97 * 25 and r["min_fps"] < 1 / 0.08 + 1  # one push per 80 ms at most
+        assert all(f > 0.97 * 25 for f in r["fps"]) and r["dropped_snippets"] == 0
+    else:  # 1 s per encoder call serves < 1 snippet of 16 frames per second: run_video drops whole snippets
+        assert r["min_fps"] < 0.97 * 25 and r["dropped_snippets"] > 0
     assert set(r["utilisation"]) >= {"decode", "preprocess", "encoder", "rest", "process"}
     assert r["utilisation"]["decode"] > 0 and r["sampling"] == ["center"]
 

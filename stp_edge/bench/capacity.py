@@ -2,10 +2,11 @@
 
 A camera is a clip replayed at its own frame rate (`ffmpeg -re -stream_loop -1 ... -c copy`) as MPEG-TS over
 HTTP on 127.0.0.1 by `CameraServer`, one ffmpeg per camera (its HTTP listen mode serves one client). `serve_cameras`
-reads N of them through `stp_edge.video.open_source`, one reader thread per camera (decode), and pushes one frame
-per camera per round through `Detector.push_many`, so an encoder call serves every camera whose sampled frame
-arrived in that round. A reader whose queue is full waits, so a process that cannot keep up reads late and the
-server, whose socket fills, sends late: the camera's frame rate drops, which is what `falls_behind` looks for.
+serves N of them exactly as `stp-edge run` would: through `stp_edge.run.run_video` (one reader thread per camera,
+snippets of several cameras sharing an encoder call, whole snippets of a camera that falls behind dropped), with
+a detector loaded for N cameras (ONNX Runtime's pool sized by `plan_threads`). A process that cannot keep up
+drops snippets, or reads late (the server, whose socket fills, then sends late): either way the camera's frames
+processed per second drop, which is what `falls_behind` looks for.
 
 A camera falls behind when, over the measured window (after a warm-up), the frames processed per second fall
 below `RATIO` (0.97) of the source's rate; `find_capacity` raises N (doubling, then bisecting between the last N
@@ -17,12 +18,12 @@ encoder calls' own timings, once per call), rest (the remainder of `push_many`: 
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,13 @@ from typing import Any
 from stp_edge.errors import UsageError
 
 RATIO = 0.97  # a camera holds when it is served at >= 97% of its frame rate over the window
-# How a camera's stream is read: name -> `open_source` options. "pyav-keyframes" decodes keyframes only (the
-# detector then samples each snippet's keyframe: `Detector(sampling="auto")`).
+# How a camera's stream is read: name -> `open_source` options. "pyav-nonref" skips the non-reference frames no
+# snippet samples (B-frames of a camera that sends them); "pyav-keyframes" decodes keyframes only (the detector then
+# samples each snippet's keyframe: `Detector(sampling="auto")`).
 READ_MODES: dict[str, dict[str, str]] = {
     "opencv-full": {"decoder": "opencv"},
     "pyav-full": {"decoder": "pyav", "decode": "full"},
+    "pyav-nonref": {"decoder": "pyav", "decode": "nonref"},
     "pyav-keyframes": {"decoder": "pyav", "decode": "keyframes"},
 }
 
@@ -195,15 +198,16 @@ def machine_busy_s() -> float | None:
 
 @dataclass
 class _Counters:
-    """Busy seconds of the serving thread and frames processed per camera, read at the window's start and end."""
+    """Encoder-call seconds and frames read and processed per camera, read at the window's start and end."""
 
     preprocess_s: float = 0.0
     encoder_s: float = 0.0
-    push_s: float = 0.0
     frames: list[int] = field(default_factory=list)
+    read: list[int] = field(default_factory=list)
+    batches: Counter = field(default_factory=Counter)
 
     def snapshot(self) -> _Counters:
-        return _Counters(self.preprocess_s, self.encoder_s, self.push_s, list(self.frames))
+        return _Counters(self.preprocess_s, self.encoder_s, list(self.frames), list(self.read), Counter(self.batches))
 
 
 class _TimedEncoder:
@@ -216,116 +220,108 @@ class _TimedEncoder:
         batch = self._real(snippets, on_error=on_error)
         self._counters.preprocess_s += batch.timings.get("preprocess", 0.0) / 1e3
         self._counters.encoder_s += batch.timings.get("encoder", 0.0) / 1e3
+        self._counters.batches[len(snippets)] += 1
         return batch
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
 
+def _thread_cpu_s(ident: int) -> float | None:
+    """CPU seconds the thread `ident` (a `threading.get_ident()`) has used, None where the OS cannot say."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (AttributeError, OSError):
+        return None
+
+
 def serve_cameras(det, urls: list[str], fps: float, *, warmup_s: float = 5.0, window_s: float = 15.0,
                   source_options: Mapping[str, Any] | None = None, decode_s_per_frame: float | None = None,
-                  keyframe_interval: int | None = None, queue_frames: int = 25) -> dict[str, Any]:
-    """Serve the live cameras at `urls` with `det` for warmup + window seconds; per-camera fps and utilisation.
+                  keyframe_interval: int | None = None) -> dict[str, Any]:
+    """Serve the live cameras at `urls` with `det` as `stp-edge run` does, for warmup + window seconds.
 
-    Returns {"cameras", "held", "fps" (per camera, over the window), "min_fps", "utilisation", "window_s",
-    "sampling" (the samplings the cameras ran: `Detector.use_source`)}.
+    The cameras go through `stp_edge.run.run_video` (its reader threads and bounded queue, the scheduler that
+    lets snippets of several cameras share an encoder call, the backpressure that drops whole snippets of a camera
+    that falls behind), so what is measured is the product's serving path, not a loop of the benchmark's own.
+    Frames processed are those the detector took (`on_frame`): a dropped snippet's frames are read, not processed.
+
+    Returns {"cameras", "held", "fps" (frames processed per second per camera, over the window), "min_fps",
+    "utilisation", "window_s", "sampling" (`Detector.use_source` per camera), "encoder_batch" (mean snippets per
+    encoder call), "dropped_snippets"}.
     Utilisation, per second of the window: "decode" cores (`decode_s_per_frame` x frames read; omitted when
-    None), "preprocess", "encoder" and "rest" (the serving thread's share of wall time in each: at most 1 together),
-    "process" (CPU cores the whole process used: decoders, ONNX Runtime's pool, the serving thread), "machine"
-    (CPU cores busy on the whole machine, other processes and the ffmpeg servers included; Linux only).
+    None), "preprocess" and "encoder" (the encoder calls' own timings), "rest" (the serving thread's other CPU
+    time: temporal, spatial, scheduling, records), "process" (CPU cores the whole process used: decoders, ONNX
+    Runtime's pool, the serving thread), "machine" (CPU cores busy on the whole machine, other processes and the
+    ffmpeg servers included; Linux only).
     `source_options` go to `open_source` (e.g. a decoder choice). `keyframe_interval`: the cameras' GOP where
     known (a live source cannot tell it), given to PyAV sources as a camera's configured GOP would be.
     """
+    from stp_edge.run import run_video
     from stp_edge.video import open_source
 
     n = len(urls)
-    counters = _Counters(frames=[0] * n)
-    read = [0] * n
-    stop = threading.Event()
-    queues: list[queue.Queue] = [queue.Queue(maxsize=queue_frames) for _ in urls]
+    counters = _Counters(frames=[0] * n, read=[0] * n)
     sources = [open_source(u, **dict(source_options or {})) for u in urls]
-    errors: list[BaseException] = []
-
-    def reader(k: int) -> None:
-        try:
-            for frame, _gap in sources[k].frames_with_gaps(lazy=True):
-                read[k] += 1
-                while not stop.is_set():
-                    try:
-                        queues[k].put(frame, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as e:  # surfaced by the serving loop
-            errors.append(e)
-        finally:
-            sources[k].close()  # in the reading thread: OpenCV's captures are not safe to release from another
-
-    # Each camera's sampling ("center" or "keyframe") is fixed for its source, as `run_video` does.
     for src in sources:
         if keyframe_interval is not None and getattr(src, "decoder", "opencv") == "pyav":
             src.keyframe_interval = keyframe_interval
-    sampling = [det.use_source(k, src)[0] for k, src in enumerate(sources)]
+    sampling = sorted({det.sampling_for(src)[0] for src in sources})  # what run_video's `use_source` fixes
+    stop = threading.Event()
+    serving = threading.get_ident()  # run_video's consumer runs in this thread
+    marks: list[tuple] = []
+
+    def on_frame(stream: int, read: int) -> None:
+        counters.frames[stream] += 1
+        counters.read[stream] = read
+
+    def mark() -> tuple:
+        return (time.perf_counter(), counters.snapshot(), time.process_time(), machine_busy_s(),
+                _thread_cpu_s(serving))
+
+    def watch() -> None:  # the window's two marks, then the end of the run
+        for wait in (warmup_s, window_s):
+            if stop.wait(wait):
+                return
+            marks.append(mark())
+        stop.set()
+
     real_encoder = det.encoder
     det.encoder = _TimedEncoder(real_encoder, counters)
-    readers = [threading.Thread(target=reader, args=(k,), daemon=True) for k in range(n)]
-    for t in readers:
-        t.start()
-    start = time.perf_counter()
-    begin = end = None
+    watcher = threading.Thread(target=watch, name="stp-capacity-window", daemon=True)
+    watcher.start()
     try:
-        while True:
-            now = time.perf_counter()
-            if begin is None and now - start >= warmup_s:
-                begin = (now, counters.snapshot(), time.process_time(), list(read), machine_busy_s())
-            if now - start >= warmup_s + window_s:
-                end = (now, counters.snapshot(), time.process_time(), list(read), machine_busy_s())
-                # A keyframes-only reader delivers a keyframe interval at a time (`falls_behind`'s burst).
-                bursts = [(src.keyframe_interval or 1) if getattr(src, "decode_mode", "full") == "keyframes" else 1
-                          for src in sources]
-                break
-            if errors:
-                raise errors[0]
-            frames = {}
-            for k, q in enumerate(queues):
-                try:
-                    frames[k] = q.get_nowait()
-                except queue.Empty:
-                    pass
-            if not frames:
-                time.sleep(0.002)
-                continue
-            t0 = time.perf_counter()
-            det.push_many(frames)
-            counters.push_s += time.perf_counter() - t0
-            for k in frames:
-                counters.frames[k] += 1
+        run = run_video(sources, detector=det, keep=False, on_frame=on_frame, stop=stop)
     finally:
         stop.set()
-        for s in sources:
-            s.interrupt()  # a reader waiting to reconnect stops at once; a read under way ends within timeout_ms
-        for t in readers:
-            t.join(timeout=30)
+        watcher.join()
         det.encoder = real_encoder
         det.reset()
-    assert begin is not None and end is not None
-    span = end[0] - begin[0]
-    a, b = begin[1], end[1]
+    if len(marks) < 2:
+        raise RuntimeError(f"the cameras ended before the {warmup_s + window_s:.0f} s run was over "
+                           f"(a camera server stopped?): {run.sources}")
+    (t0, a, cpu0, busy0, th0), (t1, b, cpu1, busy1, th1) = marks
+    span = t1 - t0
     counts = [b.frames[k] - a.frames[k] for k in range(n)]
     pre, enc = (b.preprocess_s - a.preprocess_s) / span, (b.encoder_s - a.encoder_s) / span
     util = {}
     if decode_s_per_frame is not None:
-        util["decode"] = decode_s_per_frame * (sum(end[3]) - sum(begin[3])) / span
-    util.update({"preprocess": pre, "encoder": enc, "rest": max(0.0, (b.push_s - a.push_s) / span - pre - enc),
-                 "process": (end[2] - begin[2]) / span})
-    if begin[4] is not None and end[4] is not None:
-        util["machine"] = (end[4] - begin[4]) / span
+        util["decode"] = decode_s_per_frame * (sum(b.read) - sum(a.read)) / span
+    util.update({"preprocess": pre, "encoder": enc})
+    if th0 is not None and th1 is not None:
+        util["rest"] = max(0.0, (th1 - th0) / span - pre - enc)
+    util["process"] = (cpu1 - cpu0) / span
+    if busy0 is not None and busy1 is not None:
+        util["machine"] = (busy1 - busy0) / span
+    # A keyframes-only reader delivers a keyframe interval at a time (`falls_behind`'s burst).
+    bursts = [(src.keyframe_interval or 1) if getattr(src, "decode_mode", "full") == "keyframes" else 1
+              for src in sources]
+    calls = b.batches - a.batches
     per_cam = [c / span for c in counts]
-    held = not any(falls_behind(c, span, fps, burst=b) for c, b in zip(counts, bursts, strict=True))
-    return {"cameras": n, "held": held, "fps": per_cam,
-            "min_fps": min(per_cam), "utilisation": util, "window_s": span, "sampling": sorted(set(sampling))}
+    held = not any(falls_behind(c, span, fps, burst=k) for c, k in zip(counts, bursts, strict=True))
+    return {"cameras": n, "held": held, "fps": per_cam, "min_fps": min(per_cam), "utilisation": util,
+            "window_s": span, "sampling": sampling,
+            "encoder_batch": sum(k * v for k, v in calls.items()) / max(1, sum(calls.values())),
+            "dropped_snippets": run.dropped_snippets}
 
 
 def binding_resource(utilisation: Mapping[str, float], cores: int) -> str:
@@ -349,18 +345,26 @@ def binding_resource(utilisation: Mapping[str, float], cores: int) -> str:
     return f"none saturated (serving thread {thread:.0%}, CPU {cpu:.2f}/{cores} cores)"
 
 
-def capacity(det, clip: str | os.PathLike, fps: float, *, start: int = 1, limit: int = 32, warmup_s: float = 5.0,
-             window_s: float = 15.0, source_options: Mapping[str, Any] | None = None,
+def capacity(bundle, clip: str | os.PathLike, fps: float, *, read: str = "opencv-full", backend: str = "ort-cpu",
+             start: int = 1, limit: int = 32, warmup_s: float = 5.0, window_s: float = 15.0,
              log_dir: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None
              ) -> dict[str, Any]:
-    """The largest number of live cameras replaying `clip` that `det` serves in real time (see the module doc).
+    """The largest number of live cameras replaying `clip` that `bundle` serves in real time (see the module doc).
 
+    Each N tried loads the detector as `stp-edge run` would for N cameras read as `read` (a name of `READ_MODES`):
+    sampling "auto", ONNX Runtime's pool sized by `stp_edge.run.plan_threads` beside the N decode threads.
     Returns {"largest_held", "tried", "decode_ms_per_frame" (`decode_cost`), "probes" (`serve_cameras` per N
-    tried), "at_capacity" (the probe at the largest N held, or None), "binding" (`binding_resource` at
-    "binding_at": the first N that fell behind, else the largest N tried)}.
+    tried, with the "threads" plan), "at_capacity" (the probe at the largest N held, or None), "binding"
+    (`binding_resource` at "binding_at": the first N that fell behind, else the largest N tried)}.
     """
+    from stp_edge.api import Detector
+    from stp_edge.run import available_cores, plan_threads
+
+    if read not in READ_MODES:
+        raise UsageError(f"read must be one of {list(READ_MODES)}, got {read!r}")
+    options = READ_MODES[read]
     probes: dict[int, dict[str, Any]] = {}
-    decode_s = decode_cost(clip, source_options)
+    decode_s = decode_cost(clip, options)
     gop = _keyframe_interval(clip)
 
     def holds(n: int) -> bool:
@@ -369,19 +373,23 @@ def capacity(det, clip: str | os.PathLike, fps: float, *, start: int = 1, limit:
         while len(ports) < n:  # distinct: a port handed out twice would be "listening" for the wrong ffmpeg
             ports.add(free_port())
         servers = [CameraServer(clip, port=p, log=log) for p in sorted(ports)]
+        plan = plan_threads(available_cores(), n, light=n if options.get("decode") == "keyframes" else 0)
         try:
             for s in servers:
                 s.start()
-            probes[n] = serve_cameras(det, [s.url for s in servers], fps, warmup_s=warmup_s, window_s=window_s,
-                                      source_options=source_options, decode_s_per_frame=decode_s,
-                                      keyframe_interval=gop)
+            with Detector.load(bundle, backend=backend, sampling="auto", threads=plan.intra_op) as det:
+                probes[n] = serve_cameras(det, [s.url for s in servers], fps, warmup_s=warmup_s, window_s=window_s,
+                                          source_options=options, decode_s_per_frame=decode_s,
+                                          keyframe_interval=gop)
         finally:
             for s in servers:
                 s.stop()
+        probes[n]["threads"] = plan.describe()
         if progress is not None:
             p = probes[n]
             progress(f"  N={n}: {'held' if p['held'] else 'fell behind'} (slowest camera {p['min_fps']:.2f} fps; "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in p["utilisation"].items()) + " cores)")
+                     + ", ".join(f"{k} {v:.2f}" for k, v in p["utilisation"].items())
+                     + f" cores; {p['encoder_batch']:.2f} snippets per encoder call; {plan.describe()})")
         return probes[n]["held"]
 
     largest, tried = find_capacity(holds, start=start, limit=limit)
@@ -415,8 +423,8 @@ def bundle_capacity(bundle: str | os.PathLike, cameras: int, *, source: str | os
     """
     import tempfile
 
-    from stp_edge.api import Detector
     from stp_edge.bench.camera_clip import write_camera_clip
+    from stp_edge.bundle import Bundle
     from stp_edge.machine import machine_info
 
     if read not in READ_MODES:
@@ -424,11 +432,11 @@ def bundle_capacity(bundle: str | os.PathLike, cameras: int, *, source: str | os
     if cameras < 1:
         raise UsageError(f"need cameras >= 1, got {cameras}")
     load_before = os.getloadavg()
+    loaded = Bundle.load(bundle)
     with tempfile.TemporaryDirectory(prefix="stp-capacity-") as tmp:
         clip = Path(source) if source is not None else write_camera_clip(Path(tmp) / "cam.mp4", size, fps=int(fps))
-        with Detector.load(bundle, backend=backend, sampling="auto") as det:
-            out = capacity(det, clip, fps, start=min(2, cameras), limit=cameras, warmup_s=warmup_s,
-                           window_s=window_s, source_options=READ_MODES[read], log_dir=tmp, progress=progress)
+        out = capacity(loaded, clip, fps, read=read, backend=backend, start=min(2, cameras), limit=cameras,
+                       warmup_s=warmup_s, window_s=window_s, log_dir=tmp, progress=progress)
     return {**out, "read": read, "source": str(source) if source is not None else f"generated {size[1]}x{size[0]} "
             "H.264, keyframe every 16 frames, no B-frames", "machine": machine_info(),
             "load_avg_before": load_before, "load_avg_after": os.getloadavg()}
