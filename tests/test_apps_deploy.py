@@ -250,6 +250,14 @@ ERRORS = [
      "several inputs, got none"),
     ("bad role", HEAD + "    inputs:\n      - {path: a.mp4, roles: [detect, record]}\n",
      "5: cameras.front_door.inputs[0].roles[1]: expected one of detect, clips, got 'record'"),
+    ("bad decoder", HEAD + "    inputs:\n      - {path: a.mp4, decoder: ffmpeg}\n",
+     "5: cameras.front_door.inputs[0].decoder: expected one of auto, opencv, pyav, got 'ffmpeg'"),
+    ("decode without pyav", HEAD + "    inputs:\n      - {path: a.mp4, decoder: opencv, decode: keyframes}\n",
+     "5: cameras.front_door.inputs[0].decode: expected full: decode keyframes needs the PyAV decoder, and decoder "
+     "is opencv"),
+    ("decode of a camera index", HEAD + "    inputs:\n      - {path: 0, decode: nonref}\n",
+     "5: cameras.front_door.inputs[0].decode: expected full: decode nonref needs the PyAV decoder, and camera "
+     "indices are read through OpenCV"),
     ("no inputs", HEAD + "    threshold: 0.5\n",
      "3: cameras.front_door: expected a value for 'inputs', got none"),
     ("unset env var", HEAD + "    inputs:\n      - path: 'rtsp://u:{env:STP_TEST_UNSET_PW}@10.0.0.5/sub'\n",

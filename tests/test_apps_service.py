@@ -190,6 +190,34 @@ def test_python_api_takes_the_same_structure(site, handmade_bundle, tmp_path):
     assert report.cameras["gate"].events == 1 and [m["type"] for m in rec.events][:1] == ["new"]
 
 
+def test_inputs_are_read_with_their_decoder_and_decode_mode(tmp_path, handmade_bundle):
+    frames = moving_frames(48, seed=9)
+    plain = write_h264(tmp_path / "g25.mp4", frames, (128, 96))
+    aligned = tmp_path / "g4.mp4"  # a keyframe every 4 frames: the handmade bundle's snippet length
+    with av.open(str(aligned), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt, st.options = 128, 96, "yuv420p", {"g": "4", "keyint_min": "4", "bf": "2"}
+        for f in frames:
+            for p in st.encode(av.VideoFrame.from_ndarray(cv2.resize(f, (128, 96)), format="bgr24")):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+    scores = {}
+    for name, inp in {"full": {"path": str(plain)}, "nonref": {"path": str(plain), "decoder": "pyav",
+                                                                "decode": "nonref"},
+                      "keyframes": {"path": str(aligned), "decoder": "pyav", "decode": "keyframes"}}.items():
+        data = {"bundle": str(handmade_bundle), "backend": "ort-cpu", "output_dir": str(tmp_path / name),
+                "cameras": {"gate": {"inputs": [inp]}}}
+        rec = Recorder()
+        Deployment(config_from_dict(data), sinks=[rec], out=io.StringIO()).run()
+        final = [r for r in rec.snippets if r["final"]]
+        assert len(final) == 48 // 4
+        scores[name] = [(r["frame_start"], r["score"]) for r in final]
+        if name == "keyframes":  # each snippet read its keyframe, the only frame decoded
+            assert {r["sampling"] for r in final} == {"keyframe"}
+    assert scores["nonref"] == scores["full"]
+
+
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]

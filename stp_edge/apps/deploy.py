@@ -24,7 +24,8 @@ from stp_edge.apps.events import EventPolicy
 from stp_edge.apps.webhook import secret_key
 from stp_edge.apps.zones import Zone, Zones
 from stp_edge.errors import MissingInputError, UsageError
-from stp_edge.video import display_source, parse_source
+from stp_edge.av_source import DECODE_MODES
+from stp_edge.video import DECODERS, display_source, parse_source
 
 ENV_RE = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 """A secret from the environment: `{env:NAME}` anywhere in a string value (Frigate-like, explicit about its origin)."""
@@ -45,7 +46,7 @@ _EVENT_KEYS = ("min_snippets", "update_interval_s", "cutoff_s", "max_duration_s"
 _CLIP_KEYS = ("enabled", "pre_s", "post_s")
 _MQTT_KEYS = ("host", "port", "prefix", "username", "password", "client_id", "tls", "snippets", "spool_dir")
 _WEBHOOK_KEYS = ("url", "secret", "snippets", "timeout_s", "max_attempts", "spool_dir")
-_INPUT_KEYS = ("path", "roles")
+_INPUT_KEYS = ("path", "roles", "decoder", "decode")
 _ZONE_KEYS = ("points", "mode")
 
 
@@ -64,13 +65,17 @@ class ConfigError(UsageError):
 
 @dataclass(frozen=True, repr=False)
 class InputConfig:
-    """One input of a camera: a file, URL or camera index, and what it is used for (`detect`, `clips`)."""
+    """One input of a camera: a file, URL or camera index, what it is used for (`detect`, `clips`), and how the
+    detect input is read (`stp_edge.video.open_source`'s `decoder` and `decode`: e.g. PyAV keyframes only)."""
 
     path: str | int
     roles: tuple[str, ...]
+    decoder: str = "auto"
+    decode: str = "full"
 
     def __repr__(self) -> str:
-        return f"InputConfig(path={display_source(self.path)!r}, roles={self.roles!r})"
+        return (f"InputConfig(path={display_source(self.path)!r}, roles={self.roles!r}, decoder={self.decoder!r}, "
+                f"decode={self.decode!r})")
 
 
 @dataclass(frozen=True, repr=False)
@@ -637,12 +642,17 @@ def _input(ctx: _Ctx, p: tuple, value: Any, base: Path, *, single: bool) -> Inpu
         raise ctx.error((*p, "path"), f"expected a file, URL or camera index, got {_show(raw)}")
     kind, target = parse_source(raw)
     path: str | int = target if kind == "camera" else str(_path(base, raw)) if kind == "file" else str(raw)
+    decoder = "auto" if m.get("decoder") is None else _choice(ctx, (*p, "decoder"), m["decoder"], DECODERS)
+    decode = "full" if m.get("decode") is None else _choice(ctx, (*p, "decode"), m["decode"], DECODE_MODES)
+    if decode != "full" and (decoder == "opencv" or kind == "camera"):
+        raise ctx.error((*p, "decode"), f"expected full: decode {decode} needs the PyAV decoder, and "
+                        + ("camera indices are read through OpenCV" if kind == "camera" else "decoder is opencv"))
     roles = m.get("roles")
     if roles is None:
         if not single:
             raise ctx.error(p, "expected roles (detect and/or clips) on each input of a camera with several inputs, "
                                "got none")
-        return InputConfig(path, ROLES)
+        return InputConfig(path, ROLES, decoder, decode)
     if isinstance(roles, str):
         roles = [roles]
     if not isinstance(roles, list) or not roles:
@@ -651,7 +661,7 @@ def _input(ctx: _Ctx, p: tuple, value: Any, base: Path, *, single: bool) -> Inpu
         _choice(ctx, (*p, "roles", j), r, ROLES)
     if len(set(roles)) != len(roles):
         raise ctx.error((*p, "roles"), f"expected each role once, got {roles!r}")
-    return InputConfig(path, tuple(roles))
+    return InputConfig(path, tuple(roles), decoder, decode)
 
 
 def _zones(ctx: _Ctx, p: tuple, value: Any) -> Zones:

@@ -45,7 +45,7 @@ from stp_edge.frames import FrameError
 from stp_edge.outputs import AtomicTextFile
 from stp_edge.records import SCHEMA_VERSION, rfc3339
 from stp_edge.run import SourceRun, available_cores, plan_threads, run_video
-from stp_edge.video import parse_source
+from stp_edge.video import VideoSource, open_source, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +344,11 @@ class Deployment:
         first = cams[0].cfg
         by_stream = {c.stream: c for c in cams}
         kwargs = {"backend": self.config.backend, **self.load_kwargs}
+        keyframes = sum(c.cfg.detect.decode == "keyframes" for c in cams)
         if kwargs.get("threads") is None:
-            kwargs["threads"] = plan_threads(available_cores(), len(cams)).intra_op
+            kwargs["threads"] = plan_threads(available_cores(), len(cams), light=keyframes).intra_op
+        if keyframes:  # keyframes-only inputs sample each snippet's keyframe where their stream allows it
+            kwargs.setdefault("sampling", "auto")
         try:
             with Detector.load(self.bundle, spatial_on=first.spatial, lookahead=first.lookahead, **kwargs) as det:
                 if first.threshold is not None:
@@ -372,7 +375,7 @@ class Deployment:
                         self.publish(message)
                     self._status(cam)
 
-                run_video([c.cfg.detect.path for c in cams], detector=det, stream=cams[0].stream, keep=False,
+                run_video(_open_inputs(cams), detector=det, stream=cams[0].stream, keep=False,
                           cameras=names, thresholds=[det.score_threshold] * len(cams), on_record=on_record,
                           on_image=lambda s, i, f: by_stream[s].on_image(i, f), on_frame=on_frame, on_end=on_end,
                           stop=stop, max_frames=max_frames)
@@ -466,3 +469,17 @@ def run_deployment(config: DeploymentConfig | str | os.PathLike, *, stop: thread
 
         config = load_config(config)
     return Deployment(config, out=out, **load_kwargs).run(stop, max_frames=max_frames)
+
+
+def _open_inputs(cams: Sequence[_Camera]) -> list[VideoSource]:
+    """The cameras' detect inputs, opened with their decoder and decode mode (all closed if one cannot be)."""
+    opened: list[VideoSource] = []
+    try:
+        for cam in cams:
+            inp = cam.cfg.detect
+            opened.append(open_source(inp.path, decoder=inp.decoder, decode=inp.decode))
+    except BaseException:
+        for src in opened:
+            src.close()
+        raise
+    return opened
