@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                     row["load_avg_1m_end"] = os.getloadavg()[0]
                     rows.append(row)
     out = {"bundle": str(args.bundle), "precision": bundle.precision, "backend": "ort-cpu", "fps": FPS,
-           "gop": 16, "bframes": args.bframes, "criterion": "a camera falls behind when frames processed < 0.97 x 25 fps over "
+           "gop": 16, "bframes": args.bframes,
+           "criterion": "a camera falls behind when frames processed < 0.97 x 25 fps over "
            f"the {args.window:.0f} s window after {args.warmup:.0f} s warm-up",
            "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "minutes": (time.time() - t_start) / 60,
            "machine": machine, "rows": rows}
@@ -182,9 +183,10 @@ def markdown(out: dict) -> str:
                      f"{at.get('encoder_batch', float('nan')):.2f} | {at.get('threads', '-')} | {r['binding']} | "
                      f"{tried} |")
     lines += ["", "N tried: `+` held, `-` fell behind. Utilisation: decode = decode CPU per frame (measured alone) x "
-              "frames read per second; preprocess/encoder = the encoder calls' wall time per second; rest = the serving "
-              "thread's other CPU time (temporal, spatial, scheduling, records: `stp_edge.run.run_video`); process = "
-              "CPU cores the whole process used. The ffmpeg servers (packet copy) run in their own processes."]
+              "frames read per second; preprocess/encoder = the encoder calls' wall time per second; rest = the "
+              "serving thread's other CPU time (temporal, spatial, scheduling, records: `stp_edge.run.run_video`); "
+              "process = CPU cores the whole process used. The ffmpeg servers (packet copy) run in their own "
+              "processes."]
     return "\n".join(lines) + "\n"
 
 

@@ -23,8 +23,8 @@ from typing import Any
 from stp_edge.apps.events import EventPolicy
 from stp_edge.apps.webhook import secret_key
 from stp_edge.apps.zones import Zone, Zones
-from stp_edge.errors import MissingInputError, UsageError
 from stp_edge.av_source import DECODE_MODES
+from stp_edge.errors import MissingInputError, UsageError
 from stp_edge.video import DECODERS, display_source, parse_source
 
 ENV_RE = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -65,8 +65,10 @@ class ConfigError(UsageError):
 
 @dataclass(frozen=True, repr=False)
 class InputConfig:
-    """One input of a camera: a file, URL or camera index, what it is used for (`detect`, `clips`), and how the
-    detect input is read (`stp_edge.video.open_source`'s `decoder` and `decode`: e.g. PyAV keyframes only)."""
+    """One input of a camera: a file, URL or camera index, its roles (`detect`, `clips`), and how it is read.
+
+    `decoder` and `decode` go to `stp_edge.video.open_source` for the detect input (e.g. PyAV, keyframes only).
+    """
 
     path: str | int
     roles: tuple[str, ...]
