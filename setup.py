@@ -14,6 +14,8 @@ RUNTIME = ["numpy>=1.24,<3", "opencv-python-headless>=4.8,<6", "tqdm>=4.60,<5"]
 EXTRAS = {
     "ort": ["onnxruntime>=1.17,<2"],
     "ort-gpu": ["onnxruntime-gpu>=1.17,<2"],
+    # OpenVINO runs the same ONNX graphs on Intel/AMD CPUs (bf16 on AVX512_BF16/AMX) and Intel GPUs.
+    "openvino": ["openvino>=2024.0,<2027"],
     # TensorRT's Python wheels; on Jetson (JetPack 6) use the system python3-libnvinfer instead.
     "trt": ["tensorrt>=10.0,<12"],
     "cuda": ["pycuda>=2024.1,<2027"],

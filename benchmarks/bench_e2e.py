@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-frames", type=int, default=64, help="INT8 calibration frames")
     p.add_argument("--work", type=Path, default=Path("/tmp/stp-e2e"), help="cache of bundles and the video")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
+    p.add_argument("--backend", default="ort-cpu", help="backend of the runtime runs: ort-cpu, openvino, or auto "
+                   "(the backend and form `--precision auto` picks for this CPU); results get a suffix unless ort-cpu")
+    p.add_argument("--threads", type=int, help="threads per operator of the runtime (default: the backend's)")
     args = p.parse_args(argv)
 
     from stp_edge.api import Detector
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                     writer.write(f)
     walls: dict[str, list[float]] = {"fp32": [], "int8": [], "torch": []}
     snippets = {}
-    dets = {k: Detector.load(v, backend="ort-cpu") for k, v in bundles.items()}
+    dets = {k: Detector.load(v, backend=args.backend, threads=args.threads) for k, v in bundles.items()}
+    ran = {k: f"{d.backend} {d.form.form if d.form else ''}".strip() for k, d in dets.items()}
     fp32_bundle = Bundle.load(bundles["fp32"])
     try:
         for det in dets.values():  # warm-up: sessions, allocators, page cache
@@ -126,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": args.config, "video": {"frames": args.frames, "size": "768x576", "codec": args.codec},
               "snippets": snippets, "rounds": args.rounds, "wall_s": walls, "median_s": med,
               "ratio_vs_torch": ratios, "targets": TARGETS,
-              "met": {k: ratios[k] <= TARGETS[k] for k in ratios}, "machine": machine}
+              "met": {k: ratios[k] <= TARGETS[k] for k in ratios}, "machine": machine, "ran": ran,
+              "threads": args.threads}
     lines = [f"# End to end on a 768x576 {args.codec} file, {args.config} random weights",
-             "", f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores. {args.frames} frames "
+             "", f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores ({machine.get('isa', '?')}), "
+             f"load {machine.get('load_avg_1m', '?')} at the end (a shared machine: other jobs ran beside this one). "
+             f"{args.frames} frames "
              f"({snippets.get('fp32')} snippets); {args.rounds} alternated rounds, medians.", "",
              "| pipeline | wall s (median) | ms per snippet | vs plain PyTorch | target | met |",
              "|---|---|---|---|---|---|"]
@@ -136,14 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         ratio = "1.00" if k == "torch" else f"{ratios[k]:.2f}x"
         target = "" if k == "torch" else f"<= {TARGETS[k]}x"
         met = "" if k == "torch" else ("yes" if result["met"][k] else "no")
-        name = {"torch": "plain PyTorch (fp32, eager)", "fp32": "stp-edge run, fp32 ORT CPU",
-                "int8": "stp-edge run, INT8 ORT CPU"}[k]
+        name = {"torch": "plain PyTorch (fp32, eager)", "fp32": f"stp-edge run, fp32 bundle on {ran['fp32']}",
+                "int8": f"stp-edge run, INT8 bundle on {ran['int8']}"}[k]
         lines.append(f"| {name} | {med[k]:.2f} | {med[k] * 1e3 / max(1, snippets[k]):.0f} | {ratio} | {target} | "
                      f"{met} |")
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"e2e_{args.config}_{args.codec.lower()}"
+    suffix = "" if args.backend == "ort-cpu" else f"_{args.backend}"
+    stem = args.out / f"e2e_{args.config}_{args.codec.lower()}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(text)
     print(f"saved {stem}.json/.md")

@@ -20,8 +20,9 @@ with `create_network(0)` (TensorRT 8.x needed `1 << EXPLICIT_BATCH`; that path i
   (export the bundle with `--precision fp16`) rather than silently producing an fp32 engine labelled fp16.
 * int8: explicit quantization only. The encoder must have been exported with `--precision int8` (Q/DQ nodes
   from `stp_edge.export.quantize`, calibrated on the user's frames; the heads stay fp32): no calibration cache,
-  no implicit quantization. TensorRT 10.x builds it with `BuilderFlag.INT8` (weak typing: the Q/DQ scales
-  decide which layers run in INT8; everything else stays fp32, never fp16); TensorRT 11, which has no INT8
+  no implicit quantization. TensorRT 10.x builds it with `BuilderFlag.INT8` and `BuilderFlag.FP16` (weak
+  typing: the Q/DQ scales decide which layers run in INT8; the unquantised rest may run in fp16, as an fp16
+  engine's would, instead of strict fp32); TensorRT 11, which has no INT8
   flag, builds it strongly typed (the graph's Q/DQ types are the precision). An int8 engine from an fp32 or
   fp16 graph is refused with the fix (re-export with --precision int8 --calib DIR).
 
@@ -54,7 +55,7 @@ from stp_edge.bundle import (
     read_manifest,
     sha256_file,
 )
-from stp_edge.bundle.engines import default_profiles
+from stp_edge.bundle.engines import default_profiles, gpu_slug
 from stp_edge.bundle.manifest import manifest_text
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import UsageError
@@ -114,6 +115,31 @@ def profile_shapes(config: STPromptConfig, *, max_batch: int = 16, opt_batch: in
     """
     return default_profiles(config, max_batch=max_batch, opt_batch=opt_batch, max_snippets=max_snippets,
                             regions=regions)
+
+
+def optimization_profiles(shapes: Mapping[str, Profile]) -> list[dict[str, Profile]]:
+    """The profiles one plan is built with: TensorRT tunes kernels for each profile's opt shape.
+
+    The first keeps `shapes` (opt: one stream's shape, 1 snippet, the 2c+1 window); a second with opt = max
+    tunes the full batch of many streams. Same min and max in both, so either accepts every shape; one
+    profile when opt already equals max. The runner picks the profile whose opt is nearest (`pick_profile`).
+    """
+    first = {n: tuple(tuple(int(d) for d in p) for p in prof) for n, prof in shapes.items()}
+    second = {n: (lo, hi, hi) for n, (lo, _, hi) in first.items()}
+    return [first] if second == first else [first, second]
+
+
+def timing_cache_file(location: str | os.PathLike, gpu_name: str, tensorrt_version: str) -> Path:
+    """Where the timing cache lives: `location` itself if it is a file name, else one file per GPU model.
+
+    A cache holds tactic timings of one GPU model and TensorRT version (TensorRT ignores a foreign one), so a
+    folder keeps `<gpu-slug>-trt<major.minor>.cache` per machine kind instead of one file they overwrite.
+    """
+    loc = Path(location)
+    if loc.suffix and not loc.is_dir():
+        return loc
+    version = ".".join(str(tensorrt_version).split(".")[:2])
+    return loc / f"{gpu_slug(gpu_name)}-trt{version}.cache"
 
 
 def check_profile(name: str, input_shape: Collection[int], profile: Profile) -> None:
@@ -198,11 +224,11 @@ def precision_mode(wanted: str, onnx_precision: str, builder_flags: Collection[s
                              "--calib DIR (calibration frames from your videos)")
         raise UsageError(f"the graph was exported in int8 (Q/DQ); build it with --precision int8, not {wanted}")
     if wanted == "int8":
-        # TensorRT 10.x: weak typing with INT8 on (no FP16: LayerNorm/Softmax/GELU stay fp32 as quantized).
-        # TensorRT 11 has no INT8 flag: strongly typed, the Q/DQ nodes carry the precision.
+        # TensorRT 10.x: weak typing with INT8 and FP16 on: INT8 alone would run every unquantised layer in
+        # strict fp32. TensorRT 11 has no INT8 flag: strongly typed, the Q/DQ nodes carry the precision.
         if "INT8" in builder_flags:
-            return {"precision": wanted, "builder_flags": ["INT8"], "cleared_flags": ["TF32"],
-                    "strongly_typed": False}
+            flags = ["INT8", "FP16"] if "FP16" in builder_flags else ["INT8"]
+            return {"precision": wanted, "builder_flags": flags, "cleared_flags": [], "strongly_typed": False}
         return {"precision": wanted, "builder_flags": [], "cleared_flags": [], "strongly_typed": True}
     if onnx_precision == "fp16":
         if wanted == "fp32":
@@ -343,7 +369,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, sha
     Args:
         onnx_path: The ONNX graph.
         plan_path: Where to write the plan (its bytes exactly as TensorRT serialised them).
-        shapes: Input name -> (min, opt, max) of the single optimisation profile; every input is listed.
+        shapes: Input name -> (min, opt, max); every input is listed (built as `optimization_profiles(shapes)`).
         flags: `build_flags(...)` merged with this graph's `precision_mode(...)`.
         trt: The tensorrt module (default: `load_builder()`).
         log_level: TensorRT log severity: verbose, info, warning, error or internal_error.
@@ -380,19 +406,20 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, sha
             log.warning("timing cache %s does not match this GPU/TensorRT; starting an empty one", timing_cache.path)
             builder_config.set_timing_cache(builder_config.create_timing_cache(b""), False)
 
-    profile = builder.create_optimization_profile()
-    inputs = []
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        inputs.append(tensor.name)
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    names = [tensor.name for tensor in inputs]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise EngineBuildError(f"{onnx_path}: profiles for {unknown}, which are not inputs (inputs: {names})")
+    for tensor in inputs:
         if tensor.name not in shapes:
             raise EngineBuildError(f"{onnx_path}: no profile for input {tensor.name!r} (profiles: {sorted(shapes)})")
         check_profile(tensor.name, tuple(tensor.shape), shapes[tensor.name])
-        profile.set_shape(tensor.name, *shapes[tensor.name])
-    unknown = sorted(set(shapes) - set(inputs))
-    if unknown:
-        raise EngineBuildError(f"{onnx_path}: profiles for {unknown}, which are not inputs (inputs: {inputs})")
-    builder_config.add_optimization_profile(profile)
+    for one in optimization_profiles(shapes):
+        profile = builder.create_optimization_profile()
+        for name, p in one.items():
+            profile.set_shape(name, *p)
+        builder_config.add_optimization_profile(profile)
 
     plan = builder.build_serialized_network(network, builder_config)
     if plan is None:
@@ -443,8 +470,9 @@ def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp
         progress: Show a progress bar.
         opt_batch: Batch TensorRT tunes for (see `profile_shapes`): the number of streams sharing the engine.
         workspace_mb: Upper bound of the builder's scratch memory, MiB (edge devices want less than the default).
-        timing_cache: A timing cache file, read if it exists and written back after the build (one per GPU
-            model and TensorRT version); None: the three graphs still share one cache in memory.
+        timing_cache: A timing cache file, or a folder that keeps one file per GPU model and TensorRT version
+            (`timing_cache_file`), read if it exists and written back after the build; None: the three graphs
+            still share one cache in memory.
 
     Raises:
         ValueError: A refused option (int8 from a graph without Q/DQ nodes, an unknown compatibility level, bad
@@ -477,7 +505,8 @@ def build_bundle_engines(bundle_path: str | os.PathLike, *, precision: str = "fp
                         build_flags={**common, "graphs": modes,
                                      "profiles": {g: {n: [list(d) for d in p] for n, p in s.items()}
                                                   for g, s in shapes.items()}})
-    cache = TimingCache(timing_cache)
+    cache_file = None if timing_cache is None else timing_cache_file(timing_cache, gpu_name, str(trt.__version__))
+    cache = TimingCache(cache_file)
 
     steps = tqdm(GRAPH_NAMES, desc=f"build {precision} engines", unit="graph", disable=not progress)
     staging = Path(tempfile.mkdtemp(prefix=".engines-partial-", dir=bundle.path))

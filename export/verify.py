@@ -100,8 +100,8 @@ def verify_bundle(
     seed = secrets.randbelow(2**31) if seed is None else seed
     rep = VerifyReport(str(b.path), seed)
     source_d = dict(b.manifest.get("source") or {})
-    if checkpoint:
-        source_d = {"kind": "checkpoint", "checkpoint": str(checkpoint)}
+    if checkpoint:  # the manifest's overrides (spatial queries chosen at export) still apply to it
+        source_d = {"kind": "checkpoint", "checkpoint": str(checkpoint), "overrides": source_d.get("overrides", {})}
     elif source_d.get("kind") == "checkpoint" or source_d.get("clip_weights"):
         named = source_d.get("checkpoint") or source_d.get("clip_weights")
         raise UsageError(f"bundle {b.path} was exported from files ({named}); verify does not open paths named "
@@ -137,6 +137,7 @@ def verify_bundle(
     if int8:
         for backend in backends:
             rep.rows += _pipeline_rows(b, reference, feeds["encoder"]["images"], backend, choices[backend])
+        rep.notes += int8_drift_notes(rep.rows, b.manifest)
     if report:
         report(f"verify {b.path} (precision {b.precision}, seed {seed}, batch {batch})")
         for graph, plan in rep.trt_plans.items():
@@ -146,6 +147,17 @@ def verify_bundle(
             report(f"note: {n}")
         report("PASS" if rep.ok else "FAIL")
     return rep
+
+
+def int8_drift_notes(rows: Sequence[VerifyRow], manifest: dict) -> list[str]:
+    """One plain line per INT8 output below the cosine tolerance: what drifted, by how much, what to do."""
+    q = (manifest.get("exporter") or {}).get("quantization") or {}
+    recipe = (f"calibration {q.get('calibration_method', '?')}, smoothing {q.get('smoothing') or 'off'}, "
+              f"MLP-out matmuls {q.get('mlp_out_matmuls', 'int8')}")
+    return [f"{r.graph} {r.output} on {r.backend}: INT8 cosine to fp32 {r.cosine:.4f} < {TOLERANCES['int8']}: "
+            f"this INT8 graph ({recipe}) drifts from the model; re-export with --precision fp16/fp32, or "
+            f"calibrate on videos like the deployment's" for r in rows
+            if r.tolerance == "int8" and r.cosine is not None and not r.ok]
 
 
 def tolerance_name(precision: str) -> str:

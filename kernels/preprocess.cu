@@ -34,11 +34,11 @@ __global__ void stp_resize_h_bgr8(const unsigned char* __restrict__ src, long lo
 
 // Same for NV12 frames (UV plane at + uv_offset from each frame's start, same pitch as Y).
 __global__ void stp_resize_h_nv12(const unsigned char* __restrict__ src, long long frame_stride, long long pitch,
-                                  long long uv_offset, float y_off, float y_scale, float c_scale, float rv,
-                                  float gu, float gv, float bu, const int* __restrict__ col_start,
+                                  long long uv_offset, int height, float y_off, float y_scale, float c_scale,
+                                  float rv, float gu, float gv, float bu, const int* __restrict__ col_start,
                                   const int* __restrict__ col_coef, int ksize, int row0, int mid_rows, int size,
                                   unsigned char* __restrict__ mid) {
-    stp::resize_h_nv12(thread_idx(), src, frame_stride, pitch, uv_offset,
+    stp::resize_h_nv12(thread_idx(), src, frame_stride, pitch, uv_offset, height,
                        stp::Yuv{y_off, y_scale, c_scale, rv, gu, gv, bu}, col_start, col_coef, ksize, row0,
                        mid_rows, size, mid);
 }

@@ -65,12 +65,25 @@ STP_HD Rgb load_bgr8(const unsigned char* frame, long long pitch, int y, int x) 
     return Rgb{STP_LDG(p + 2), STP_LDG(p + 1), STP_LDG(p)};
 }
 
-STP_HD Rgb load_nv12(const unsigned char* frame, long long pitch, long long uv_offset, const Yuv& c, int y,
-                     int x) {
-    const unsigned char* uv = frame + uv_offset + (y >> 1) * pitch + 2LL * (x >> 1);
+// FFmpeg's NV12 chroma (swscale's default, the CPU decode path's conversion; stp_edge.preprocess.nv12_chroma_rows):
+// replicated horizontally, interpolated vertically: luma row 2k+1 takes chroma row k, row 2k the mean of rows
+// k-1 and k, row 0 row 0, row height-2 1/4 of row k-1 and 3/4 of row k. Blended value = a + w * (b - a), exact.
+STP_HD float nv12_chroma(const unsigned char* upper, const unsigned char* lower, float w) {
+    float a = static_cast<float>(STP_LDG(upper));
+    return STP_ADD(a, STP_MUL(w, STP_SUB(static_cast<float>(STP_LDG(lower)), a)));
+}
+
+STP_HD Rgb load_nv12(const unsigned char* frame, long long pitch, long long uv_offset, int height, const Yuv& c,
+                     int y, int x) {
+    int lower = y >> 1;
+    bool exact = (y & 1) || y == 0;
+    int upper = exact ? lower : lower - 1;
+    float w = exact ? 1.f : (y == height - 2 ? 0.75f : 0.5f);
+    const unsigned char* uv0 = frame + uv_offset + upper * pitch + 2LL * (x >> 1);
+    const unsigned char* uv1 = frame + uv_offset + lower * pitch + 2LL * (x >> 1);
     float yy = STP_MUL(STP_SUB(static_cast<float>(STP_LDG(frame + y * pitch + x)), c.y_off), c.y_scale);
-    float u = STP_MUL(STP_SUB(static_cast<float>(STP_LDG(uv)), 128.f), c.c_scale);
-    float v = STP_MUL(STP_SUB(static_cast<float>(STP_LDG(uv + 1)), 128.f), c.c_scale);
+    float u = STP_MUL(STP_SUB(nv12_chroma(uv0, uv1, w), 128.f), c.c_scale);
+    float v = STP_MUL(STP_SUB(nv12_chroma(uv0 + 1, uv1 + 1, w), 128.f), c.c_scale);
     float r = STP_ADD(yy, STP_MUL(c.rv, v));
     float g = STP_SUB(STP_SUB(yy, STP_MUL(c.gu, u)), STP_MUL(c.gv, v));
     float b = STP_ADD(yy, STP_MUL(c.bu, u));
@@ -140,8 +153,9 @@ struct Nv12Loader {
     const unsigned char* frame;
     long long pitch;
     long long uv_offset;
+    int height;
     Yuv coef;
-    STP_HD Rgb operator()(int y, int x) const { return load_nv12(frame, pitch, uv_offset, coef, y, x); }
+    STP_HD Rgb operator()(int y, int x) const { return load_nv12(frame, pitch, uv_offset, height, coef, y, x); }
 };
 
 // Kernel bodies. Grids: horizontal (ceil(size/bdx), ceil(mid_rows/bdy), batch),
@@ -159,13 +173,13 @@ STP_HD void resize_h_bgr8(const Idx& t, const unsigned char* src, long long fram
 }
 
 STP_HD void resize_h_nv12(const Idx& t, const unsigned char* src, long long frame_stride, long long pitch,
-                          long long uv_offset, const Yuv& coef, const int* col_start, const int* col_coef,
-                          int ksize, int row0, int mid_rows, int size, unsigned char* mid) {
+                          long long uv_offset, int height, const Yuv& coef, const int* col_start,
+                          const int* col_coef, int ksize, int row0, int mid_rows, int size, unsigned char* mid) {
     int j = t.bx * t.bdx + t.tx;
     int m = t.by * t.bdy + t.ty;
     if (m >= mid_rows || j >= size) return;
     long long b = t.bz;
-    Nv12Loader load{src + b * frame_stride, pitch, uv_offset, coef};
+    Nv12Loader load{src + b * frame_stride, pitch, uv_offset, height, coef};
     resize_h_pixel(load, col_start, col_coef, ksize, row0, mid_rows, size,
                    mid + b * 3 * mid_rows * static_cast<long long>(size), m, j);
 }

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# One prepared GPU check of the CUDA path, sized for a short GPU loan (the run phases take <= 5 minutes in all).
+# One prepared GPU check of the CUDA path, sized for a short GPU loan: one full run takes at most 6 minutes
+# (DEADLINE=330 s for all run phases, each under its own limit), so a rerun fits a 15-minute budget.
 #
 #   scripts/gpu_check.sh prepare      on the development machine (registry access, nvcc): fetch pycuda's source
 #                                     and its pure-Python dependencies into third_party/pycuda, prebuild the
-#                                     kernel fatbin into build/kernels; then carry third_party/ and build/kernels
-#   scripts/gpu_check.sh run          on the GPU machine (no internet): the phases below, each under its own
-#                                     timeout, each writing JSON into $RESULTS
-#   scripts/gpu_check.sh --dry-run [prepare|run|all]   print every phase and its exact command, run nothing
+#                                     kernel fatbin into build/kernels; then carry third_party and build/kernels
+#   scripts/gpu_check.sh run          on the GPU machine (no network): the phases below
+#   scripts/gpu_check.sh --dry-run [prepare|run|all]   print each phase, its limit, its command and the
+#                                     output files; run nothing, write nothing
 #
-# Run phases: install (pycuda built in place with parallel jobs + `pip install --target`: the machine's python3
-# may itself be a virtual environment, and a venv made from it would not see its torch/cupy), env, kernels (the
-# `gpu`-marked tests; a skip counts as a failure), sanitizer (compute-sanitizer memcheck on two kernel cases),
-# thread (the preprocessor called from a second thread), encoder (CUDA-preprocessed images fed zero-copy to the
-# torch reference ViT-B/16 vs the CPU path), timings (preprocess 1080p->224 batch 1/16; torch fp16 ViT-B/16
-# batch 1/16 eager and with CUDA graphs: the bar TensorRT must beat), summary.
-# Environment: PYTHON (python3), RESULTS ($OUT or build/gpu-check), DEPS (where pycuda & co. go),
-# DEADLINE (seconds for all run phases, 290), CUDA_ROOT (found from nvcc).
+# Output: exactly two files in $RESULTS: gpu-check.json (every phase's rc, seconds, limit and result, rewritten
+# after each phase so a cut-off run keeps what it measured) and gpu-check.log (everything printed). Scratch
+# (per-phase JSON, JUnit XML, pycuda's build) goes to $WORK, never to $RESULTS.
+# Run phases, most valuable numbers first: env (GPU, driver, libcuda, versions: needs no pycuda), install (pycuda
+# built against the driver found by stp_edge.cuda.driver, `pip install --target`: the machine's python3 is a
+# venv), kernels (the `gpu`-marked tests; a skip counts as a failure), timings (preprocess 1080p batch 1/16, torch
+# fp16 ViT-B/16 eager and CUDA graphs), encoder (CUDA-preprocessed images into the torch ViT vs the CPU path),
+# thread (the preprocessor called from a second thread), sanitizer (compute-sanitizer memcheck on two kernel cases).
+# Environment: PYTHON (python3), RESULTS ($OUT or build/gpu-check), WORK (scratch), DEADLINE (330), CUDA_ROOT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,23 +27,25 @@ for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
         prepare|run|all) MODE=$arg ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "usage: $0 [--dry-run] [prepare|run|all]" >&2; exit 2 ;;
     esac
 done
 
 PY="${PYTHON:-python3}"
 RESULTS="${RESULTS:-${OUT:-build/gpu-check}}"
-DEPS="${DEPS:-${TMPDIR:-/tmp}/stp-edge-gpu-deps}"
+WORK="${WORK:-${TMPDIR:-/tmp}/stp-edge-gpu-check}"
+DEPS="${DEPS:-$WORK/deps}"
+REPORT="$RESULTS/gpu-check.json"
+LOG="$RESULTS/gpu-check.log"
 WHEELS=third_party/pycuda
 FATBIN=build/kernels/preprocess.fatbin
-DEADLINE="${DEADLINE:-290}"
-JOBS="$(nproc 2>/dev/null || echo 4)"
+DEADLINE="${DEADLINE:-330}"
 T0=$(date +%s)
 FAILED=()
 
-# phase NAME TIMEOUT COMMAND...: print it; unless --dry-run, run it under min(TIMEOUT, time left) and record
-# {phase, command, rc, seconds, timeout_s} in $RESULTS/NAME.run.json.
+# phase NAME LIMIT COMMAND...: print it; unless --dry-run, run it under min(LIMIT, time left), record
+# {phase, command, rc, seconds, timeout_s} in $WORK/NAME.run.json and fold everything into $REPORT.
 phase() {
     local name=$1 limit=$2
     shift 2
@@ -52,52 +56,61 @@ phase() {
     [ "$left" -lt "$limit" ] && limit=$left
     local start rc=0
     start=$(date +%s)
-    if [ "$limit" -le 0 ]; then rc=124; else timeout --kill-after=10 "$limit" "$@" || rc=$?; fi
-    mkdir -p "$RESULTS"
+    if [ "$limit" -le 0 ]; then rc=124; else timeout --kill-after=5 "$limit" "$@" || rc=$?; fi
     printf '{"phase": "%s", "command": "%s", "rc": %d, "seconds": %d, "timeout_s": %d}\n' "$name" \
         "$(printf '%s ' "$@" | sed 's/\\/\\\\/g; s/"/\\"/g')" "$rc" "$(( $(date +%s) - start ))" "$limit" \
-        > "$RESULTS/$name.run.json"
+        > "$WORK/$name.run.json"
     if [ "$rc" != 0 ]; then FAILED+=("$name(rc=$rc)"); echo "-- phase $name FAILED (rc=$rc)"; fi
+    [ "$MODE" = prepare ] || "$PY" scripts/gpu_phases.py merge "$WORK" --out "$REPORT" >/dev/null || true
     return 0
 }
 
 prepare() {
-    # WITH_TEST_DEPS=1 adds pillow, opencv-python-headless and pytest (~60 MB per Python version: set
-    # PY_VERSIONS to the GPU machine's Python only, the carry limit is 64 MiB).
-    phase fetch-pycuda 600 env PY_VERSIONS="${PY_VERSIONS:-3.10 3.11 3.12 3.13}" WITH_TEST_DEPS="${WITH_TEST_DEPS:-0}" \
+    # PY_VERSIONS: the GPU machine's Python (3.12 on this workplace's image); the carry limit is 64 MiB.
+    phase fetch-pycuda 600 env PY_VERSIONS="${PY_VERSIONS:-3.12}" WITH_TEST_DEPS="${WITH_TEST_DEPS:-0}" \
         scripts/fetch_pycuda.sh
-    # pytest and its pure-Python dependencies (< 1 MB; python 3.10 resolves tomli and exceptiongroup as well).
-    phase fetch-pytest 300 "${VENV_PY:-.venv/bin/python}" -m pip download --quiet --only-binary=:all: \
-        --python-version 3.10 -d "$WHEELS" pytest
     phase fatbin 600 "${VENV_PY:-.venv/bin/python}" -m stp_edge.cuda.build --out build/kernels
     echo "carry: third_party build/kernels"
 }
 
 run_checks() {
     export PYTHONPATH="$PWD:$DEPS${PYTHONPATH:+:$PYTHONPATH}" STP_EDGE_FATBIN="$PWD/$FATBIN"
-    [ "$DRY" = 1 ] || mkdir -p "$RESULTS"
-    [ "$DRY" = 1 ] || [ -f "$FATBIN" ] || { echo "no $FATBIN: run '$0 prepare' and carry build/kernels"; exit 2; }
-    phase install 150 env PYTHON="$PY" DEPS="$DEPS" WHEELS="$WHEELS" scripts/gpu_install.sh
-    phase env 30 "$PY" scripts/gpu_phases.py env --out "$RESULTS/env.json"
-    phase kernels 90 "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_cuda_gpu.py tests/test_gpu_path.py \
-        --junitxml "$RESULTS/kernels.xml"
-    phase kernels-summary 20 "$PY" scripts/gpu_phases.py junit "$RESULTS/kernels.xml" --out "$RESULTS/kernels.json"
-    phase sanitizer 60 compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
-        "$PY" scripts/gpu_phases.py sanitize --out "$RESULTS/sanitizer.json"
-    phase thread 30 "$PY" scripts/gpu_phases.py thread --out "$RESULTS/thread.json"
-    phase encoder 60 "$PY" scripts/gpu_phases.py encoder --out "$RESULTS/encoder.json"
-    phase timings 60 "$PY" scripts/gpu_phases.py timings --repeats 20 --out "$RESULTS/timings.json"
+    echo "== output: $REPORT"
+    echo "== output: $LOG"
+    if [ "$DRY" = 0 ]; then
+        rm -f "$WORK"/*.run.json "$WORK"/*.json "$WORK"/*.xml 2>/dev/null || true
+        [ -f "$FATBIN" ] || echo "warning: no $FATBIN (run '$0 prepare' and carry build/kernels): kernels compile at run time"
+        # The driver may sit on a mount the loader does not search: pycuda's extension needs libcuda.so.1.
+        drvdir=$("$PY" -m stp_edge.cuda.driver --dir 2>/dev/null || true)
+        [ -z "$drvdir" ] || export LD_LIBRARY_PATH="$drvdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
+    phase env 20 "$PY" scripts/gpu_phases.py env --out "$WORK/env.json"
+    phase install 120 env PYTHON="$PY" DEPS="$DEPS" WHEELS="$WHEELS" scripts/gpu_install.sh
+    phase kernels 75 "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_cuda_gpu.py tests/test_gpu_path.py \
+        --junitxml "$WORK/kernels.xml"
+    phase timings 45 "$PY" scripts/gpu_phases.py timings --repeats 20 --out "$WORK/timings.json"
+    phase encoder 40 "$PY" scripts/gpu_phases.py encoder --out "$WORK/encoder.json"
+    phase thread 20 "$PY" scripts/gpu_phases.py thread --out "$WORK/thread.json"
+    phase sanitizer 40 compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
+        "$PY" scripts/gpu_phases.py sanitize --out "$WORK/sanitizer.json"
 }
 
+if [ "$DRY" = 0 ]; then
+    mkdir -p "$WORK"
+    if [ "$MODE" != prepare ]; then mkdir -p "$RESULTS"; exec > >(tee -a "$LOG") 2>&1; TEE_PID=$!; fi
+fi
 case "$MODE" in
     prepare) prepare ;;
     run) run_checks ;;
     all) prepare; run_checks ;;
 esac
-echo "== phase summary: ${#FAILED[@]} failed${FAILED:+: ${FAILED[*]}} (results in $RESULTS)"
-if [ "$DRY" = 0 ]; then
-    list=""
-    for f in "${FAILED[@]}"; do list="$list${list:+, }\"$f\""; done
-    printf '{"failed": [%s], "seconds": %d}\n' "$list" "$(( $(date +%s) - T0 ))" > "$RESULTS/summary.json"
+if [ "$DRY" = 0 ] && [ "$MODE" != prepare ]; then
+    # The report decides: a phase also fails when its result does (e.g. a skipped GPU test).
+    mapfile -t FAILED < <("$PY" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["failed"]))' \
+        "$REPORT" 2>/dev/null | sed '/^$/d' || true)
 fi
-[ "${#FAILED[@]}" = 0 ]
+echo "== summary: ${#FAILED[@]} failed${FAILED:+: ${FAILED[*]}} in $(( $(date +%s) - T0 )) s (results: $REPORT)"
+status=0
+[ "${#FAILED[@]}" = 0 ] || status=1
+if [ -n "${TEE_PID:-}" ]; then exec 1>&- 2>&-; wait "$TEE_PID" 2>/dev/null || true; fi  # the log is complete
+exit "$status"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what scripts/gpu_check.sh needs on a GPU machine without internet, without a venv: the pure-Python
+# Install what scripts/gpu_check.sh needs on a GPU machine without network, without a new venv: the pure-Python
 # dependencies from third_party/pycuda with `pip install --target $DEPS`, and pycuda compiled in place with
 # parallel jobs (setuptools builds ~40 C++ files serially through pip: minutes) and linked into $DEPS.
 # The caller puts $DEPS on PYTHONPATH. Environment: PYTHON, DEPS, WHEELS, CUDA_ROOT (default: from nvcc).
@@ -28,11 +28,12 @@ if ! "$PY" -c "import pycuda.driver" 2>/dev/null; then
     rm -rf "$src" && mkdir -p "$src"
     tar xzf "$(ls "$WHEELS"/pycuda-*.tar.gz | tail -1)" -C "$src"
     dir=$(ls -d "$src"/pycuda-* | tail -1)
-    # pycuda links -lcuda: the toolkit's stub, or the driver's libcuda.so.1 through an unversioned link
-    # (containers often mount only libcuda.so.1). cuRAND is not used by stp-edge and left out.
-    libdirs="$CUDA_ROOT/lib64/stubs,$CUDA_ROOT/targets/$(uname -m)-linux/lib/stubs,$CUDA_ROOT/lib64,$CUDA_ROOT/lib"
-    drv=$(ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
-    if [ -n "$drv" ]; then mkdir -p "$src/libcuda" && ln -sf "$drv" "$src/libcuda/libcuda.so"; libdirs="$libdirs,$src/libcuda"; fi
+    # pycuda links -lcuda. The driver's libcuda.so.1 may sit on a read-only mount that the ldconfig cache does
+    # not list, with no unversioned libcuda.so beside it, and a toolkit may ship no stubs: stp_edge.cuda.driver
+    # searches everywhere (stubs last) and makes $src/libcuda/libcuda.so point at what it found.
+    # cuRAND is not used by stp-edge and left out.
+    drvdir=$(PYTHONPATH="$PWD:$PYTHONPATH" "$PY" -m stp_edge.cuda.driver --allow-stub --link-dir "$src/libcuda")
+    libdirs="$drvdir,$CUDA_ROOT/lib64,$CUDA_ROOT/lib"
     (cd "$dir" && "$PY" configure.py --cuda-root="$CUDA_ROOT" --no-cuda-enable-curand --cudadrv-lib-dir="$libdirs" \
         >/dev/null && "$PY" setup.py -q build_ext --inplace -j "$(nproc)")
     ln -sfn "$dir/pycuda" "$DEPS/pycuda"

@@ -1,12 +1,13 @@
 """The Python phases of scripts/gpu_check.sh; each writes one JSON object (to --out and stdout).
 
-    env       GPU, driver, toolkit, Python and library versions
+    env       GPU, driver, libcuda (where and how found), Python and library versions; needs no pycuda
     sanitize  two kernel cases (BGR 1080p batch 2, NV12 480p batch 1) for compute-sanitizer to watch
     thread    the CUDA preprocessor built on the main thread, called from a second one, vs the main thread
     encoder   CUDA-preprocessed images fed zero-copy to the torch reference ViT-B/16 on the GPU vs the CPU path
     timings   preprocess 1080p->224 (batch 1, 16); torch fp16 ViT-B/16 (batch 1, 16), eager and CUDA graphs
     junit     summarise a pytest JUnit XML file; a skipped test counts as a failure (a GPU check that skips
               checked nothing)
+    merge     fold the phases' records and results in a scratch folder into the one results file
 
 Run from the repository root with PYTHONPATH set by gpu_check.sh (pycuda from third_party/, stp_edge from the tree).
 """
@@ -35,20 +36,27 @@ def frames(n: int, h: int = 1080, w: int = 1920, seed: int = 0) -> list[np.ndarr
 
 
 def phase_env() -> dict[str, Any]:
-    import pycuda
-    import pycuda.driver as cuda
+    import ctypes
 
-    cuda.init()
+    from stp_edge.cuda.driver import find_libcuda, load_libcuda
+
+    found = find_libcuda()
+    version = ctypes.c_int()
+    load_libcuda().cuDriverGetVersion(ctypes.byref(version))
     out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
-                           "pycuda": pycuda.VERSION_TEXT, "driver": cuda.get_driver_version(),
-                           "devices": [{"name": cuda.Device(i).name(),
-                                        "cc": "{}.{}".format(*cuda.Device(i).compute_capability()),
-                                        "integrated": bool(cuda.Device(i).get_attribute(
-                                            cuda.device_attribute.INTEGRATED))}
-                                       for i in range(cuda.Device.count())]}
-    for mod in ("torch", "cupy", "onnxruntime", "cv2", "PIL"):
+                           "libcuda": {"path": found.path, "how": found.how},
+                           "driver_api": f"{version.value // 1000}.{version.value % 1000 // 10}"}
+    try:
+        import torch
+
+        out["devices"] = [{"name": torch.cuda.get_device_name(i),
+                           "cc": "{}.{}".format(*torch.cuda.get_device_capability(i))}
+                          for i in range(torch.cuda.device_count())]
+    except Exception as exc:  # recorded, not fatal: the driver facts above stand alone
+        out["devices"] = f"unavailable: {exc}"
+    for mod in ("torch", "cupy", "cuda.bindings", "pycuda", "onnxruntime", "cv2", "PIL", "numpy"):
         try:
-            out[mod] = __import__(mod).__version__
+            out[mod] = getattr(__import__(mod, fromlist=["_"]), "__version__", "present")
         except Exception as exc:  # absent or broken: recorded, not fatal
             out[mod] = f"unavailable: {exc}"
     return out
@@ -77,9 +85,9 @@ def phase_thread() -> dict[str, Any]:
         def worker() -> None:
             try:
                 got["out"] = pre.to_host(pre(batch))
-                import pycuda.driver as cuda
+                from stp_edge.cuda.driver import current_context
 
-                got["context_left_current"] = cuda.Context.get_current() is not None
+                got["context_left_current"] = current_context() != 0  # driver level, not pycuda's books
             except Exception as exc:
                 got["error"] = repr(exc)
 
@@ -187,13 +195,42 @@ def phase_junit(path: Path) -> dict[str, Any]:
             "ok": bool(cases) and not (failed or errors or skipped)}
 
 
+# The run phases in the order gpu_check.sh runs them (most valuable numbers first).
+RUN_ORDER = ("env", "install", "kernels", "timings", "encoder", "thread", "sanitizer")
+
+
+def phase_merge(work: Path) -> dict[str, Any]:
+    """One results object from the scratch folder: per phase its record (rc, seconds, limit) and result.
+
+    A phase fails when its command failed or its result says `ok: false`; kernels' result is the JUnit summary.
+    """
+    phases: dict[str, Any] = {}
+    for name in RUN_ORDER:
+        run = work / f"{name}.run.json"
+        if not run.is_file():
+            continue
+        record = json.loads(run.read_text(encoding="utf-8"))
+        result_file = work / f"{name}.json"
+        if name == "kernels" and (work / "kernels.xml").is_file():
+            record["result"] = phase_junit(work / "kernels.xml")
+        elif result_file.is_file():
+            record["result"] = json.loads(result_file.read_text(encoding="utf-8"))
+        result = record.get("result") or {}
+        record["ok"] = record["rc"] == 0 and result.get("ok", True) is not False
+        phases[name] = record
+    env = (phases.get("env") or {}).get("result") or {}
+    return {"schema": "stp-edge-gpu-check/1", "devices": env.get("devices"), "phases": phases,
+            "failed": [n for n, r in phases.items() if not r["ok"]],
+            "ok": bool(phases) and all(r["ok"] for r in phases.values())}
+
+
 PHASES = {"env": phase_env, "sanitize": phase_sanitize, "thread": phase_thread, "encoder": phase_encoder}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=[*PHASES, "timings", "junit"])
-    ap.add_argument("junit_xml", nargs="?", type=Path, help="junit: the pytest --junitxml file")
+    ap.add_argument("phase", choices=[*PHASES, "timings", "junit", "merge"])
+    ap.add_argument("path", nargs="?", type=Path, help="junit: the pytest --junitxml file; merge: the scratch folder")
     ap.add_argument("--out", type=Path, help="write the JSON here as well")
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args(argv)
@@ -201,14 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "timings":
         result = phase_timings(args.repeats)
     elif args.phase == "junit":
-        result = phase_junit(args.junit_xml)
+        result = phase_junit(args.path)
+    elif args.phase == "merge":
+        result = phase_merge(args.path)
     else:
         result = PHASES[args.phase]()
     result = {"phase": args.phase, "seconds": round(time.perf_counter() - t0, 2), **result}
     text = json.dumps(result, indent=2, default=str)
     print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    if args.out is not None:  # whole or not at all: a run cut off mid-write keeps the previous version
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(args.out)
     return 0 if result.get("ok", result.get("finite", True)) else 1
 
 

@@ -16,6 +16,7 @@ EXTRA_FOR = {
     "safetensors": "export",
     "regex": "export",
     "onnxruntime": "ort",
+    "openvino": "openvino",
     "tensorrt": "trt",
     "tensorrt_lean": "trt",
     "pycuda": "cuda",

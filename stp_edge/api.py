@@ -47,6 +47,7 @@ from stp_edge.pipeline.temporal import (
     TemporalOutput,
     Window,
     ready_snippets,
+    temporal_chunks,
     temporal_window,
 )
 from stp_edge.results import SnippetResult
@@ -146,6 +147,7 @@ class Detector:
         self.runners = dict(runners)
         self.spatial_on = spatial_on
         self.backend = backend
+        self.form: Any = None  # on a CPU backend: the `stp_edge.machine.FormChoice` that runs (set by load)
         self.score_threshold = float(self.config.score_threshold)
         self.box_threshold = float(self.config.box_threshold)
         self.context = self.config.context
@@ -161,6 +163,7 @@ class Detector:
         self.max_outage_s = MAX_OUTAGE_S
         self._preprocess = preprocess  # released by close() (a CUDA preprocessor holds device buffers)
         io = expected_io(self.config, bundle.region_features)
+        self._spec = bundle.preprocess_spec  # where the regions lie in the frame (the boxes stage)
         self.encoder = Encoder(self.runners["encoder"], preprocess, self.config)
         self.temporal = TemporalHead(self.runners["temporal"], io["temporal"]["outputs"])
         self.spatial = SpatialHead(self.runners["spatial"], io["spatial"]["outputs"])
@@ -183,12 +186,14 @@ class Detector:
     def load(cls, bundle: str | Path | Bundle, backend: str = "auto", preprocess: str | Preprocess = "auto",
              spatial_on: str | bool | None = None, device: int = 0, *, lookahead: int | None = None,
              allow_host_code: bool = False, on_invalid: str = "error", limits: CallLimits | None = None,
-             threads: int | None = None, sampling: str = "center") -> Detector:
+             threads: int | None = None, sampling: str = "center", precision: str = "exported",
+             ort_trt_fp16: bool = False) -> Detector:
         """Load a bundle and pick its runners.
 
         Args:
             bundle: Bundle directory (checked by sha256) or a loaded `Bundle`.
-            backend: "auto" (trt > ort-cuda > ort-cpu), "trt", "ort", "ort-cuda", "ort-trt", "ort-cpu", or
+            backend: "auto" (trt > ort-cuda > on a CPU, ort-cpu or openvino as `precision` picks), "trt", "ort",
+                "ort-cuda", "ort-trt", "ort-cpu", "openvino", "openvino-gpu" (an Intel GPU), or
                 "triton://HOST:PORT" (the bundle's graphs served by a Triton server; see `stp_edge.scale.serve`).
                 Under "auto" a TensorRT plan this machine refuses falls back to ONNX Runtime with a warning.
             preprocess: "auto", "cpu", "cuda", or a callable frames -> [B, 3, S, S].
@@ -204,6 +209,11 @@ class Detector:
             threads: ONNX Runtime threads per operator (`intra_op_num_threads`); None: ONNX Runtime's default.
                 `run_video` sizes it with `stp_edge.run.plan_threads` beside its decode threads.
             sampling: "center", "keyframe" or "auto": which frame each snippet samples (see the class).
+            precision: On a CPU: "exported" (the default: the bundle's own precision; an fp32 bundle's numbers stay
+                fp32), "auto" (the form fastest on this CPU, bf16 on OpenVINO included:
+                `stp_edge.machine.choose_cpu_form`), "fp32", "bf16" (OpenVINO) or "int8" (an int8 bundle); the choice
+                is `Detector.form`.
+            ort_trt_fp16: backend "ort-trt" only: let ONNX Runtime's TensorRT provider use fp16 kernels.
         """
         if on_invalid not in ON_INVALID:
             raise UsageError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
@@ -211,26 +221,44 @@ class Detector:
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
         requested = backend
-        choice = choose_backend(backend, bundle, device, allow_host_code=allow_host_code)  # the engine, once
+        choice = choose_backend(backend, bundle, device, allow_host_code=allow_host_code,
+                                precision=precision)  # the engine (or the CPU form), once
         if spatial_on is None:
             spatial_on = bundle.config.spatial_on
         elif isinstance(spatial_on, bool):
             spatial_on = "all" if spatial_on else "off"
         # Runners first: a TensorRT plan refused under "auto" falls back to ONNX Runtime, and the preprocessing
-        # choice follows the backend that actually runs, on the runners' device.
-        backend, runners = activate_runners(bundle, choice.name, device, requested=requested,
-                                            allow_host_code=allow_host_code, engine=choice.engine, limits=limits,
-                                            make_runners=None if threads is None else _threaded_runners(threads))
+        # choice follows the backend that actually runs, on the runners' device. Except ONNX Runtime on the GPU
+        # fed by the CUDA preprocessor (no fallback there, no batch limit): the preprocessor comes first, so the
+        # encoder session computes on its stream and takes its output without a host sync.
+        early = None
+        if choice.name in ("ort-cuda", "ort-trt") and (preprocess == "cuda" or hasattr(preprocess, "stream_handle")):
+            early = make_preprocess(preprocess, bundle.config.vision.image_size, backend=choice.name,
+                                    host_crops=bundle.host_crops, device=device, spec=bundle.preprocess_spec)
         try:
-            pre = make_preprocess(preprocess, bundle.config.vision.image_size, backend=backend,
-                                  host_crops=bundle.host_crops, device=device,
-                                  max_batch=runners["encoder"].max_batch() or 16, spec=bundle.preprocess_spec)
+            backend, runners = activate_runners(bundle, choice.name, device, requested=requested,
+                                                allow_host_code=allow_host_code, engine=choice.engine, limits=limits,
+                                                make_runners=None if threads is None else _threaded_runners(threads),
+                                                encoder_precision=choice.form.hint if choice.form else None,
+                                                ort_trt_fp16=ort_trt_fp16,
+                                                ort_compute_stream=getattr(early, "stream_handle", None))
+        except BaseException:
+            if early is not None and early is not preprocess:
+                early.close()
+            raise
+        try:
+            pre = early or make_preprocess(preprocess, bundle.config.vision.image_size, backend=backend,
+                                           host_crops=bundle.host_crops, device=device,
+                                           max_batch=runners["encoder"].max_batch() or 16,
+                                           spec=bundle.preprocess_spec)
         except BaseException:
             _deactivate(runners)
             raise
         try:
-            return cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend, lookahead=lookahead,
-                       on_invalid=on_invalid, sampling=sampling)
+            det = cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend, lookahead=lookahead,
+                      on_invalid=on_invalid, sampling=sampling)
+            det.form = choice.form if backend == choice.name else None
+            return det
         except BaseException:
             _deactivate(runners)
             raise
@@ -509,7 +537,8 @@ class Detector:
         amap = spatial.anomaly_map if spatial is not None else None
         if amap is not None:
             boxes = boxes_from_map(amap, info.frame_shape, cfg.vision.image_size,
-                                   threshold=self.box_threshold, class_id=box_class(probs), mode=cfg.region_mode)
+                                   threshold=self.box_threshold, class_id=box_class(probs), mode=cfg.region_mode,
+                                   rule=cfg.box_rule, spec=self._spec)
         timings = {**info.timings, "temporal": temporal.ms, "spatial": spatial.ms if spatial is not None else 0.0,
                    "post": (time.perf_counter() - t0) * 1e3}
         return SnippetResult(stream=stream, snippet=t, frame_start=info.frame_start, frame_end=info.frame_end,
@@ -552,9 +581,16 @@ class Detector:
         frame_emb = np.concatenate([f.frame_emb for f in feats])[None]
         region_emb = np.concatenate([f.region_emb for f in feats])[None]
         n = frame_emb.shape[1]
-        out, _ = run_graph(self.runners["temporal"], "temporal", {"frame_emb": frame_emb, "region_emb": region_emb},
-                           expected=self.temporal.outputs, dims={"B": 1, "T": n},
-                           items=[Item(f"snippet {t}", (0, t)) for t in range(n)])
-        assert out is not None  # without on_error, run_graph raises instead
-        return out["score"][0], out["class_probs"][0]
+        limit = (self.runners["temporal"].max_shapes() or {}).get("frame_emb")
+        max_len = n if limit is None else min(n, int(limit[1]))  # a TensorRT profile bounds T (2c+1 by default)
+        scores, probs = [], []
+        for lo, hi, keep_lo, keep_hi in temporal_chunks(n, max(max_len, 2 * c.context + 1), c.context):
+            out, _ = run_graph(self.runners["temporal"], "temporal",
+                               {"frame_emb": frame_emb[:, lo:hi], "region_emb": region_emb[:, lo:hi]},
+                               expected=self.temporal.outputs, dims={"B": 1, "T": hi - lo},
+                               items=[Item(f"snippet {t}", (0, t - lo)) for t in range(keep_lo, keep_hi)])
+            assert out is not None  # without on_error, run_graph raises instead
+            scores.append(out["score"][0, keep_lo - lo:keep_hi - lo])
+            probs.append(out["class_probs"][0, keep_lo - lo:keep_hi - lo])
+        return np.concatenate(scores), np.concatenate(probs)
 

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from stp_edge._version import __version__
-from stp_edge.config import DEMO_CLASSES
+from stp_edge.bundle.preprocessing import FRAME_POLICIES
+from stp_edge.config import BOX_RULES, DEMO_CLASSES, REGION_EXTENTS, load_queries
 from stp_edge.errors import StpEdgeError, UsageError
 
 EXIT_FAILED = 1
@@ -86,23 +87,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     With --precision int8 the encoder is quantized (Q/DQ, calibrated on frames of the videos in --calib);
     with --triton REPO a Triton model repository of the new bundle is written as well.
     """
-    from stp_edge.export.quantize import check_int8_request, model_snippet_len
+    from stp_edge.export.quantize import check_int8_form_request, model_snippet_len
 
     if args.out.suffix.lower() in (".onnx", ".plan", ".engine", ".trt"):
         raise UsageError(f"-o {args.out}: a bundle is a directory of graphs and a manifest, not one "
                          f"{args.out.suffix} file; name it e.g. {args.out.with_suffix('.stp')}")
-    _check_paths({"-o": args.out, "--triton": args.triton}, [args.checkpoint, args.clip_weights, args.calib],
-                 directories=("-o", "--triton"))
+    _check_paths({"-o": args.out, "--triton": args.triton},
+                 [args.checkpoint, args.clip_weights, args.calib, args.queries], directories=("-o", "--triton"))
     # The INT8 inputs are checked before torch is imported (seconds) and the graphs exported (minutes).
-    check_int8_request(args.precision, args.calib, args.calib_frames, model_snippet_len(
-        checkpoint=args.checkpoint, demo=args.demo, random_config=args.config if args.random else None))
+    int8_form = check_int8_form_request(args.precision, args.int8_form, args.calib, args.calib_frames,
+                                        model_snippet_len(checkpoint=args.checkpoint, demo=args.demo,
+                                                          random_config=args.config if args.random else None))
     from stp_edge.export.bundle_export import export_bundle
 
     out = export_bundle(args.out, checkpoint=args.checkpoint, clip_weights=args.clip_weights, demo=args.demo,
                         random_config=args.config if args.random else None, seed=args.seed,
                         precision=args.precision, opset=args.opset, simplify=not args.no_simplify,
                         overwrite=args.force, progress=not args.quiet, calib=args.calib,
-                        calib_frames=args.calib_frames)
+                        calib_frames=args.calib_frames, int8_form=int8_form, box_rule=args.box_rule,
+                        config_overrides=load_queries(args.queries) if args.queries is not None else None,
+                        frame_policy=args.frame_policy, region_extent=args.region_extent)
     print(f"wrote {out}")
     if args.triton is not None:
         from stp_edge.scale.triton_repo import write_triton_repository
@@ -289,6 +293,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """
     from stp_edge.api import Detector
     from stp_edge.backends import CallLimits
+    from stp_edge.bundle.preprocessing import describe_coverage
+    from stp_edge.machine import describe_form
     from stp_edge.outputs import output_kind
     from stp_edge.run import available_cores, open_sources, plan_threads
     from stp_edge.video import Backoff
@@ -314,7 +320,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                        spatial_on=args.spatial, lookahead=args.lookahead,
                        allow_host_code=args.allow_host_code, limits=limits, on_invalid=args.on_invalid,
                        threads=args.threads if plan is None else plan.intra_op,
-                       sampling=getattr(args, "sampling", "center")) as det:
+                       sampling=getattr(args, "sampling", "center"),
+                       precision=getattr(args, "precision", "exported"),
+                       ort_trt_fp16=getattr(args, "ort_trt_fp16", False)) as det:
         if args.threshold is not None:
             det.score_threshold = float(args.threshold)
         sources = open_sources([int(s) if str(s).isdigit() else s for s in specs],
@@ -329,11 +337,15 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             raise
         _remove_strays(args, out)
         if not args.quiet:
-            threads = ("" if not det.backend.startswith("ort") else f", threads {args.threads} onnxruntime (--threads)"
-                       if plan is None else f", threads {plan.describe()}")
+            engine = "onnxruntime" if det.backend.startswith("ort") else "openvino"
+            threads = ("" if not det.backend.startswith(("ort", "openvino")) else f", threads {args.threads} "
+                       f"{engine} (--threads)" if plan is None else f", threads {plan.describe(engine)}")
             print(f"bundle {bundle}: backend {det.backend}, preprocessing {det.preprocess_name}, device "
                   f"{args.device}, threshold {det.score_threshold:.2f}, {len(sources)} source(s){threads}",
                   file=out, flush=True)
+            print(describe_coverage(det.bundle.preprocess_spec), file=out, flush=True)
+            if det.form is not None:  # which CPU backend and encoder form ran, and what it buys on this CPU
+                print(describe_form(det.form), file=out, flush=True)
         for i, src in enumerate(sources):  # which stream is which (URL credentials masked); a down one said always
             down = f": DOWN at start ({src.down_at_start}); retrying in the background" if src.down_at_start else ""
             if down or not args.quiet:
@@ -377,6 +389,7 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
     from tqdm.auto import tqdm
 
     from stp_edge.backends.errors import CallInterruptedError
+    from stp_edge.bundle.preprocessing import describe_coverage
     from stp_edge.outputs import output_kind
     from stp_edge.run import run_video
 
@@ -390,7 +403,12 @@ def _run_sources(det: Any, sources: list[Any], args: argparse.Namespace, out: Te
     write = ((lambda line: bar.write(line, file=out)) if bar is not None  # above the bar, on `out`
              else (lambda line: print(line, file=out, flush=True)))
 
+    covered: set[int] = set()  # streams whose analysed part was said, at their first result (its frame size)
+
     def on_result(r: Any) -> None:
+        if r.stream not in covered and tuple(r.frame_shape) != (0, 0) and not args.quiet:
+            covered.add(r.stream)
+            write(f"stream {r.stream}: {describe_coverage(det.bundle.preprocess_spec, tuple(r.frame_shape))}")
         if args.plot and r.final:
             scores.append(_Score(r.frame_start, r.frame_end, r.score))
         if not r.valid:  # what failed, always: a graph call, or an output its contract forbids
@@ -510,13 +528,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train the STPrompt heads on extracted snippet features with video-level labels (top-k MIL)."""
     from stp_edge.model.train import train_from_features
 
-    _check_paths({"-o": args.out}, [args.features, args.init, args.clip_weights], directories=("-o",))
+    _check_paths({"-o": args.out}, [args.features, args.init, args.clip_weights, args.list, args.queries],
+                 directories=("-o",))
     classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
     report = train_from_features(args.features, args.out, init=args.init, config=args.config, classes=classes,
                                  clip_weights=args.clip_weights, epochs=args.epochs, lr=args.lr,
-                                 batch_size=args.batch_size, seed=args.seed, overwrite=args.force)
-    print(f"trained on {report.videos} videos: loss {report.losses[0]:.4f} -> {report.losses[-1]:.4f}; "
-          f"wrote {report.checkpoint}")
+                                 batch_size=args.batch_size, seed=args.seed, overwrite=args.force,
+                                 format=args.format, recipe=args.recipe, list_file=args.list,
+                                 queries=load_queries(args.queries) if args.queries is not None else None)
+    frame_only = "" if report.training.get("region_term", True) else " (frame-only model: region term off)"
+    print(f"trained on {report.videos} videos ({args.format} format, {args.recipe} recipe){frame_only}: "
+          f"loss {report.losses[0]:.4f} -> {report.losses[-1]:.4f}; wrote {report.checkpoint}")
     return 0
 
 
@@ -525,7 +547,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from stp_edge.eval.metrics import require_eval_dependencies
     from stp_edge.eval.run import evaluate_bundle
 
-    _check_paths({"--out": args.out}, [args.data, args.annotations], bundle=args.bundle, directories=("--out",))
+    _check_paths({"--out": args.out}, [args.data, args.annotations, args.boxes], bundle=args.bundle,
+                 directories=("--out",))
     require_eval_dependencies(plots=args.out is not None)  # before a benchmark is generated or a video scored
     data = args.data
     if data is None:  # no data set given: evaluate on a synthetic split generated here
@@ -534,7 +557,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data = (args.out if args.out is not None else Path("out/eval")) / f"synthetic_{args.split}"
         write_benchmark(data, split=args.split, num_videos=args.num_videos, seed=args.seed)
     result = evaluate_bundle(args.bundle, data, backend=args.backend, out_dir=args.out, fmt=args.format,
-                             annotations=args.annotations, on_mismatch=args.on_mismatch)
+                             annotations=args.annotations, on_mismatch=args.on_mismatch, boxes=args.boxes)
     print(result.to_json())
     return 0
 
@@ -591,7 +614,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_cameras(args)
     report = run_bench(args.bundle, backend=args.backend, precision=args.precision, batch=args.batch,
                        streams=args.streams, source=args.source, frames=args.frames, json_out=args.json,
-                       torch_baseline=not args.no_torch, lookahead=args.lookahead, progress=True)
+                       torch_baseline=not args.no_torch, lookahead=args.lookahead, progress=True,
+                       compare_backends=not args.no_compare)
     print(report.markdown())
     if args.json is not None:
         print(f"saved {', '.join(str(p) for p in report.saved)}")
@@ -675,8 +699,22 @@ def _add_export(sub: Any) -> None:
     e.add_argument("--calib", type=Path, help="directory of videos whose frames calibrate --precision int8 (the "
                    "video files directly in it, as 'run DIR' picks them; subfolders are not searched)")
     e.add_argument("--calib-frames", type=int, help="most calibration frames (default: the quantizer's)")
+    e.add_argument("--int8-form", choices=("static", "dynamic", "auto"), help="with --precision int8: static (Q/DQ, "
+                   "calibrated on --calib; fast with VNNI/AMX, TensorRT-compatible; the default), dynamic "
+                   "(MatMulInteger, no --calib; the fast form on AVX2-only CPUs, ONNX Runtime only) or auto (the "
+                   "one fast on this CPU)")
     e.add_argument("--clip-weights", type=Path, help="OpenAI CLIP weights (.pt archive or state_dict) to load")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    e.add_argument("--queries", type=Path, metavar="JSON", help="spatial text queries, any model with text "
+                   "queries: {\"normal\": [...], \"abnormal\": {\"class\": [descriptions]}} (docs/model.md)")
+    e.add_argument("--box-rule", choices=BOX_RULES, help="how boxes come from anomaly maps: connected regions "
+                   "above half-maximum, or the retrieved best window (default: the model config's, 'components')")
+    e.add_argument("--frame-policy", choices=FRAME_POLICIES, default="center", help="what the frame embedding "
+                   "sees: CLIP's centre crop, the whole frame letterboxed (pad), or centre and side tiles averaged "
+                   "(README, 'What the model sees')")
+    e.add_argument("--region-extent", choices=REGION_EXTENTS, help="crops mode: region crops tiling the whole "
+                   "frame, or CLIP's centre square (default: the model config's; 'frame' for vit-b-16 with "
+                   "--clip-weights)")
     e.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     e.add_argument("--force", action="store_true", help="replace OUT if it exists")
     e.add_argument("--triton", type=Path, metavar="REPO", help="also write a Triton model repository here")
@@ -744,13 +782,20 @@ def _add_run(sub: Any) -> None:
     r.add_argument("--timeout-ms", type=int, default=10_000, help="open/read timeout of URL sources")
     r.add_argument("--allow-host-code", action="store_true",
                    help="let TensorRT run the host code of version-compatible plans (only for bundles you trust)")
+    r.add_argument("--ort-trt-fp16", action="store_true",
+                   help="--backend ort-trt: let ONNX Runtime's TensorRT provider build fp16 kernels")
     r.add_argument("--call-timeout", type=float, metavar="S", help="deadline of one graph call, seconds (default: 60, "
                    "20 with triton://); a call past it is ended and the run fails with one line")
     r.add_argument("--memory-limit", type=float, metavar="GIB", help="cap on the memory onnxruntime gives the graphs' "
                    "tensors, GiB (default: half of this machine's memory); a graph asking for more fails")
     r.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
                    help="how long triton:// tries to reach its server and models, seconds")
-    r.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads per operator (default: the cores "
+    r.add_argument("--precision", default="exported", choices=("exported", "auto", "fp32", "bf16", "int8"),
+                   help="on a CPU: the encoder's form; exported (default) keeps the bundle's precision; auto picks "
+                   "the fastest for this CPU's int8/bf16 instructions and the installed backends (an fp32 bundle "
+                   "may then run in bf16 on OpenVINO); bf16: OpenVINO; int8: an int8 bundle")
+    r.add_argument("--threads", type=int, metavar="N", help="CPU threads per operator, ONNX Runtime or OpenVINO "
+                   "(default: the cores "
                    "left after one decode thread per source, at least 1)")
     r.add_argument("--no-drop", action="store_true", help="a live source that falls behind the model waits instead "
                    "of dropping whole snippets (default: drop, counted per camera and written to --jsonl)")
@@ -778,7 +823,8 @@ def _add_model_commands(sub: Any) -> None:
     b.add_argument("--opt-batch", type=int, default=1, help="batch TensorRT tunes for (streams sharing the engine)")
     b.add_argument("--max-snippets", type=int, help="largest temporal window T (default: the streaming window)")
     b.add_argument("--workspace-mb", type=int, default=4096, help="builder scratch memory limit, MiB")
-    b.add_argument("--timing-cache", type=Path, help="timing cache file, read if present and updated")
+    b.add_argument("--timing-cache", type=Path, help="timing cache file, or a folder keeping one per GPU model and "
+                   "TensorRT version; read if present and updated")
     b.add_argument("--version-compatible", action="store_true",
                    help="plans that later TensorRT versions of the same major can load")
     b.add_argument("--hardware-compatibility", choices=("ampere_plus", "same_compute_capability"),
@@ -792,15 +838,29 @@ def _add_model_commands(sub: Any) -> None:
     i.add_argument("--no-check", action="store_true", help="skip the sha256 checks")
 
     t = _sub(sub, "train", cmd_train, "train STPrompt heads on extracted features (video labels only)")
-    t.add_argument("features", type=Path, help="directory of .npz files from `stp-edge extract`")
+    t.add_argument("features", type=Path, help="directory of .npz files from `stp-edge extract`, or of VadCLIP's "
+                   "NAME__k.npy files (--format vadclip)")
+    t.add_argument("--format", choices=("features", "vadclip"), default="features",
+                   help="features: ours (.npz with frame and region features); vadclip: VadCLIP's released CLIP "
+                   "features (frame embeddings only: trains a frame-only model, region term off, VadCLIP's "
+                   "preprocessing)")
+    t.add_argument("--list", type=Path, help="--format vadclip: a VadCLIP list CSV (path,label; e.g. "
+                   "ucf_CLIP_rgb.csv, xd_CLIP_rgb.csv); default: every NAME__k.npy under FEATURES, labelled from "
+                   "the names")
+    t.add_argument("--recipe", choices=("stp-edge", "vadclip"), default="stp-edge",
+                   help="stp-edge: whole videos, lr 1e-3, 30 epochs, 8 videos per step; vadclip: sequences of at "
+                   "most 256 (longer averaged down), 64 normal + 64 anomalous videos per step, lr 2e-5, 10 epochs, "
+                   "text-separation loss")
     init = t.add_mutually_exclusive_group()
     init.add_argument("--init", type=Path, help="STPrompt checkpoint to start from (keeps its CLIP weights)")
     init.add_argument("--config", choices=("tiny", "vit-b-16"), default="vit-b-16", help="config of a new model")
     t.add_argument("--clip-weights", type=Path, help="OpenAI CLIP weights for a new model's frozen encoders")
     t.add_argument("--classes", help="comma-separated class names, normal first (default: the config's)")
-    t.add_argument("--epochs", type=int, default=30, help="training epochs")
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    t.add_argument("--batch-size", type=int, default=8, help="videos per batch")
+    t.add_argument("--queries", type=Path, metavar="JSON", help="a new model's spatial text queries: {\"normal\": "
+                   "[...], \"abnormal\": {\"class\": [descriptions]}} (docs/model.md; default: the config's)")
+    t.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    t.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
+    t.add_argument("--batch-size", type=int, help="videos per batch (default: the recipe's; vadclip: per half)")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("-o", "--out", type=Path, required=True, help="output checkpoint directory")
     t.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -813,6 +873,9 @@ def _add_model_commands(sub: Any) -> None:
                     help="annotation format of --data")
     ev.add_argument("--annotations", type=Path, help="UCF-Crime temporal annotation file, or ShanghaiTech's "
                     "test_frame_mask directory")
+    ev.add_argument("--boxes", type=Path, metavar="FILE", help="UCF-Crime ground-truth boxes for TIoU: Liu & Ma's "
+                    "Test_annotation.pkl (github.com/xuzero/UCFCrime_BoundingBox_Annotation) or a "
+                    "video,frame,x1,y1,x2,y2 CSV")
     ev.add_argument("--on-mismatch", choices=("error", "skip"), default="error",
                     help="a video whose ground truth does not fit it stops the run, or is reported and left out")
     ev.add_argument("--split", default="test", help="split of a synthetic benchmark")
@@ -870,7 +933,10 @@ def _add_scale_commands(sub: Any) -> None:
     b = _sub(sub, "bench", cmd_bench, "benchmark a bundle on this machine")
     _bundle_arg(b)
     b.add_argument("--backend", default="auto", metavar="NAME", help=BACKENDS_HELP)
-    b.add_argument("--precision", help="label of the run (default: the bundle's precision)")
+    b.add_argument("--precision", help="expected encoder precision (default: the bundle's, as run uses it); on a "
+                   "CPU, auto picks the form fastest on this CPU and bf16 runs OpenVINO's bf16")
+    b.add_argument("--no-compare", action="store_true", help="skip timing the encoder on every installed CPU "
+                   "backend and form side by side (ONNX Runtime, OpenVINO fp32/bf16/int8)")
     b.add_argument("--batch", type=int, default=1, help="encoder batch (snippets per call)")
     b.add_argument("--streams", type=int, default=1, help="camera streams pushed together")
     b.add_argument("--source", type=Path, help="video to decode (default: a generated 768x576 clip)")

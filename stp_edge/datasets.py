@@ -11,9 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,19 +78,21 @@ class VideoGroundTruth:
 
 
 def check_ground_truth(gt: VideoGroundTruth, num_frames: int, *, dropped: int = 0,
-                       expected: int | None = None) -> list[str]:
+                       expected: int | None = None, frame_hw: tuple[int, int] | None = None) -> list[str]:
     """What is wrong with `gt` as the ground truth of a video of `num_frames` decoded frames; [] when it fits.
 
     Checked: the annotation's own frame count (a mask's length) equals the video's; every range and box lies
     inside the video; no frame was lost mid-decode (`dropped`: later frame numbers would no longer be the
     annotation's); and the decoder read every frame the container promises (`expected`; pass it only when the
-    annotation has no frame count of its own, since it otherwise checks the same thing).
+    annotation has no frame count of its own, since it otherwise checks the same thing); with `frame_hw`, that every
+    box lies inside the frame (boxes drawn on another resolution of the video would score nonsense IoUs).
 
     Args:
         gt: the video's ground truth.
         num_frames: frames the video delivered (decoded frames, or images of a frame folder).
         dropped: frames that failed to decode between good ones.
         expected: frames the container promises, when known.
+        frame_hw: (height, width) of the decoded frames, when known.
 
     Returns:
         One line per problem, each saying what was expected and what was found.
@@ -104,6 +109,12 @@ def check_ground_truth(gt: VideoGroundTruth, num_frames: int, *, dropped: int = 
     if late:
         problems.append(f"{len(late)} ground-truth box(es) outside the video (first at frame {late[0]}): "
                         f"expected frames 0..{num_frames - 1}")
+    outside = [(f, b) for f, b in sorted(gt.boxes.items()) if frame_hw and (b[2] > frame_hw[1] or b[3] > frame_hw[0])]
+    if outside:
+        f, b = outside[0]
+        problems.append(f"{len(outside)} ground-truth box(es) reach past the {frame_hw[1]}x{frame_hw[0]} frame (first "
+                        f"at frame {f}: {b}): expected x2 <= {frame_hw[1]}, y2 <= {frame_hw[0]} (boxes drawn on "
+                        "another resolution of the video?)")
     if dropped:
         problems.append(f"{dropped} frame(s) failed to decode mid-video, so the frame numbers after the first "
                         "failure no longer match the annotation's")
@@ -385,6 +396,131 @@ def read_box_csv(path: str | Path) -> dict[str, dict[int, tuple[float, float, fl
                 raise AnnotationError(f"{path}:{lineno}: box {box} has x2 <= x1 or y2 <= y1")
             out.setdefault(row[0], {})[f] = box  # type: ignore[assignment]
     return out
+
+
+LIU_MA_FIRST_IMAGE = 1
+"""The number of a video's first frame image in Liu & Ma's box files (`image_0001.jpg`, ffmpeg's image2 default).
+
+The files name frames by image file, not by index; frame = image number - LIU_MA_FIRST_IMAGE. Their README does
+not say how the images were extracted; 1 is ffmpeg's default start number. Boxes are annotated every 16 frames, so
+a one-frame shift moves no box across a 16-frame snippet boundary more than once in 16."""
+
+_LIU_MA_FIELDS = ("image", "x1", "y1", "x2", "y2")
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Reads only plain containers, text and numbers: no class is ever looked up, so no code runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}; a box file holds only dicts, lists, "
+                                     "texts and numbers")
+
+
+def read_liu_ma_boxes(path: str | Path) -> dict[str, dict[int, tuple[float, float, float, float]]]:
+    """Read Liu & Ma's UCF-Crime boxes (`Test_annotation.pkl`, `Train_annotation.pkl`) as {video: {frame: box}}.
+
+    Format (github.com/xuzero/UCFCrime_BoundingBox_Annotation, for "Exploring Background-bias for Anomaly
+    Detection in Surveillance Videos", ACM MM 2019): a Python 2 pickle of a dict from video name
+    (`Arrest024_x264`) to a list of `[image_path, x1, y1, x2, y2]`, one per annotated frame, where image_path ends
+    in `image_NNNN.jpg` (frame NNNN - `LIU_MA_FIRST_IMAGE`) and the box is in pixels of the 320x240 video. Only
+    plain data is unpickled (a file that names any class is refused, so it cannot run code). A pickle has no
+    lines: errors name the file, the video, the entry's index and image, and the field.
+
+    Raises:
+        AnnotationError: unreadable or not such a pickle, or an entry with the wrong number of fields, an image
+            name without a frame number, a non-numeric, negative or non-finite coordinate, x2 <= x1 or y2 <= y1,
+            or a frame annotated twice.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = _PlainUnpickler(fh, encoding="latin1").load()
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read the box file: {exc.strerror or exc}") from None
+    except Exception as exc:  # any unpickling failure means "not this format"; named below
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+        raise AnnotationError(f"{path}: not a Liu & Ma box annotation pickle ({reason}); expected a dict "
+                              "{video: [[image_path, x1, y1, x2, y2], ...]}") from None
+    if not isinstance(data, dict) or not data:
+        raise AnnotationError(f"{path}: expected a non-empty dict {{video: [[image_path, x1, y1, x2, y2], ...]}}, "
+                              f"got {type(data).__name__}{' (empty)' if isinstance(data, dict) else ''}")
+    return {_video_key(path, video): _liu_ma_video(path, video, entries) for video, entries in data.items()}
+
+
+def _video_key(path: Path, video: Any) -> str:
+    if not isinstance(video, str) or not video.strip():
+        raise AnnotationError(f"{path}: video key {video!r} is not a video name (expected e.g. 'Arrest024_x264')")
+    return video
+
+
+def _liu_ma_video(path: Path, video: str, entries: Any) -> dict[int, tuple[float, float, float, float]]:
+    """One video's entries -> {frame: box}, each entry checked field by field."""
+    if not isinstance(entries, (list, tuple)):
+        raise AnnotationError(f"{path}: video {video!r}: expected a list of [image_path, x1, y1, x2, y2], "
+                              f"got {type(entries).__name__}")
+    out: dict[int, tuple[float, float, float, float]] = {}
+    for k, entry in enumerate(entries):
+        where = f"{path}: video {video!r} entry {k}"
+        if not isinstance(entry, (list, tuple)) or len(entry) != len(_LIU_MA_FIELDS):
+            raise AnnotationError(f"{where}: expected 5 fields {list(_LIU_MA_FIELDS)}, got {entry!r}")
+        frame = _liu_ma_frame(where, entry[0])
+        where += f" ({str(entry[0]).rsplit('/', 1)[-1]})"
+        box = tuple(_coordinate(where, name, v) for name, v in zip(_LIU_MA_FIELDS[1:], entry[1:], strict=True))
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise AnnotationError(f"{where}: field x2/y2: box {box} has x2 <= x1 or y2 <= y1")
+        if frame in out:
+            raise AnnotationError(f"{where}: frame {frame} is annotated twice")
+        out[frame] = box  # type: ignore[assignment]
+    return out
+
+
+def _liu_ma_frame(where: str, image: Any) -> int:
+    """The 0-based frame of an image path `.../image_NNNN.jpg`."""
+    name = image.rsplit("/", 1)[-1] if isinstance(image, str) else ""
+    match = re.fullmatch(r"image_(\d+)\.(jpe?g|png)", name)
+    if match is None:
+        raise AnnotationError(f"{where}: field image: expected a path ending in image_NNNN.jpg, got {image!r}")
+    frame = int(match.group(1)) - LIU_MA_FIRST_IMAGE
+    if frame < 0:
+        raise AnnotationError(f"{where}: field image: image number {match.group(1)} is below the first, "
+                              f"{LIU_MA_FIRST_IMAGE}")
+    return frame
+
+
+def _coordinate(where: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise AnnotationError(f"{where}: field {name}: expected a pixel coordinate >= 0, got {value!r}")
+    return float(value)
+
+
+def read_boxes(path: str | Path) -> dict[str, dict[int, tuple[float, float, float, float]]]:
+    """Ground-truth boxes by file type: Liu & Ma's UCF-Crime pickle (`.pkl`), or the CSV of `read_box_csv`."""
+    path = Path(path)
+    if path.suffix.lower() == ".pkl":
+        return read_liu_ma_boxes(path)
+    if path.suffix.lower() == ".csv":
+        return read_box_csv(path)
+    raise UsageError(f"{path}: unknown box file type {path.suffix!r}; expected Liu & Ma's .pkl (UCF-Crime) or a "
+                     ".csv with header video,frame,x1,y1,x2,y2")
+
+
+def attach_boxes(gts: Sequence[VideoGroundTruth], boxes: Mapping[str, Mapping[int, tuple[float, float, float, float]]],
+                 source: str | Path) -> list[str]:
+    """Give each video of `gts` its boxes (matched by name without extension); return the box videos not in `gts`.
+
+    Raises:
+        AnnotationError: no video of the box file is in `gts` (the names do not match at all).
+    """
+    by_stem = {Path(g.name).stem: g for g in gts}
+    unmatched = sorted(v for v in boxes if Path(v).stem not in by_stem)
+    if boxes and len(unmatched) == len(boxes):
+        raise AnnotationError(f"{source}: none of its {len(boxes)} videos ({', '.join(unmatched[:3])}, ...) is in the "
+                              f"annotations (e.g. {', '.join(list(by_stem)[:3])}); expected the same video names")
+    for video, frames in boxes.items():
+        g = by_stem.get(Path(video).stem)
+        if g is not None:
+            g.boxes = dict(frames)
+    return unmatched
 
 
 def read_synthetic(root: str | Path) -> list[VideoGroundTruth]:

@@ -7,8 +7,11 @@
 - `crop_windows`: R*R overlapping square windows ("crops" region mode), side round(2S/(R+1)), stride
   round(S/(R+1)), where round is half-up (floor(x + 0.5)), not Python's banker's rounding; the last window is
   clamped inside the image.
+- `frame_windows`: the R*R overlapping windows that tile the WHOLE frame (region extent "frame"): along each axis
+  of length L, side round(2L/(R+1)) and offsets spread evenly from 0 to L - side, so the first window starts at
+  the frame's edge and the last ends at the other edge; each is resized to SxS (non-square windows are squashed).
 - `region_boxes` / `to_frame_coords`: where each region lies in model-input pixels, and the map from there to
-  frame pixels.
+  frame pixels (onto the centre crop by default, or any analysed rectangle, mirrored or not).
 - `bilinear_matrix`: the [out, in] matrix of 1-D bilinear resampling with align_corners=False semantics
   (PyTorch `F.interpolate(..., mode="bilinear", align_corners=False, antialias=False)`), shared by the NumPy
   and torch crops so both give the same numbers.
@@ -54,6 +57,31 @@ def crop_windows(S: int, R: int) -> list[tuple[int, int, int]]:
     return [(y, x, side) for y in offs for x in offs]
 
 
+def window_offsets(length: int, R: int) -> tuple[int, list[int]]:
+    """(side, offsets) of R overlapping windows along an axis of `length` samples, covering it end to end.
+
+    side = round(2L/(R+1)) (at least 1), offsets round(i (L - side) / (R - 1)): 0 first, L - side last.
+    """
+    if R < 1 or length < 1:
+        raise UsageError(f"window_offsets: need R >= 1 and length >= 1, got length={length}, R={R}")
+    side = min(length, max(1, _round_half_up(2 * length / (R + 1))))
+    if R == 1:
+        return side, [0]
+    return side, [_round_half_up(i * (length - side) / (R - 1)) for i in range(R)]
+
+
+def frame_windows(frame_hw: tuple[int, int], R: int) -> np.ndarray:
+    """[R*R, 4] int64 windows (x0, y0, x1, y1) tiling the whole H x W frame, row-major (region extent "frame").
+
+    Each axis is cut by `window_offsets`, so windows overlap by about half and the outer ones touch the frame's
+    edges: a 1920x1080 frame with R=3 gives 960x540 windows at x 0, 480, 960 and y 0, 270, 540.
+    """
+    h, w = (int(v) for v in frame_hw)
+    sw, xs = window_offsets(w, R)
+    sh, ys = window_offsets(h, R)
+    return np.array([(x, y, x + sw, y + sh) for y in ys for x in xs], dtype=np.int64)
+
+
 def region_boxes(image_size: int, R: int, mode: str = "tokens") -> np.ndarray:
     """[R*R, 4] boxes (x1, y1, x2, y2) of each region in model-input pixels, row-major.
 
@@ -67,13 +95,25 @@ def region_boxes(image_size: int, R: int, mode: str = "tokens") -> np.ndarray:
     return np.array([(j * cell, i * cell, (j + 1) * cell, (i + 1) * cell) for i in range(R) for j in range(R)])
 
 
-def to_frame_coords(boxes: np.ndarray, image_size: int, frame_hw: tuple[int, int]) -> np.ndarray:
-    """Map [..., 4] boxes from model-input pixels (SxS crop) to original frame pixels."""
-    x0, y0, side = crop_square(frame_hw)
-    s = side / image_size
-    out = np.asarray(boxes, dtype=np.float64) * s
-    out[..., [0, 2]] += x0
-    out[..., [1, 3]] += y0
+def to_frame_coords(boxes: np.ndarray, image_size: int, frame_hw: tuple[int, int],
+                    area: tuple[float, float, float, float] | None = None, mirror: bool = False) -> np.ndarray:
+    """Map [..., 4] boxes from model-input pixels (the SxS view) to original frame pixels.
+
+    `area` (x0, y0, x1, y1): the part of the frame the view shows (default: CLIP's centre square, `crop_square`);
+    `mirror`: the view is mirrored left-right (x measured from the area's right edge).
+    """
+    if area is None:
+        x0, y0, side = crop_square(frame_hw)
+        area = (x0, y0, x0 + side, y0 + side)
+    ax0, ay0, ax1, ay1 = (float(v) for v in area)
+    b = np.asarray(boxes, dtype=np.float64)
+    out = np.empty_like(b)
+    sx, sy = (ax1 - ax0) / image_size, (ay1 - ay0) / image_size
+    if mirror:
+        out[..., 0], out[..., 2] = ax1 - b[..., 2] * sx, ax1 - b[..., 0] * sx
+    else:
+        out[..., 0], out[..., 2] = ax0 + b[..., 0] * sx, ax0 + b[..., 2] * sx
+    out[..., 1], out[..., 3] = ay0 + b[..., 1] * sy, ay0 + b[..., 3] * sy
     return out
 
 

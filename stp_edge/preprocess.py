@@ -20,6 +20,7 @@ No torch here: the runtime must stay torch-free.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -32,13 +33,16 @@ import numpy as np
 from stp_edge.bundle.preprocessing import (  # noqa: F401  the spec a bundle declares, re-exported where it runs
     CLIP_MEAN,
     CLIP_STD,
+    FRAME_POLICIES,
     IMPLEMENTED,
     PreprocessSpec,
     normalisation,
     preprocess_spec,
+    view_roles,
 )
 from stp_edge.errors import UsageError
 from stp_edge.frames import validate_frame
+from stp_edge.geometry import frame_windows
 
 # PIL's bicubic support and Keys parameter (libImaging/Resample.c).
 BICUBIC_SUPPORT = 2.0
@@ -69,7 +73,8 @@ def bicubic_filter(x: np.ndarray) -> np.ndarray:
     return np.where(x < 1.0, inner, np.where(x < 2.0, outer, 0.0))
 
 
-def filter_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+def filter_weights(in_size: int, out_size: int, box: tuple[int, int] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """PIL's antialiased bicubic taps for resizing one axis from `in_size` to `out_size` samples.
 
     Mirrors `precompute_coeffs` in Pillow's libImaging/Resample.c: the kernel is stretched by the
@@ -79,6 +84,8 @@ def filter_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]
     Args:
         in_size: input samples along the axis (> 0).
         out_size: output samples along the axis (> 0).
+        box: (in0, in1): resize only the span [in0, in1) to `out_size`, as PIL's `resize(..., box=...)`; its taps
+            may read past the span, up to the image's edges, as PIL's do. None: the whole axis.
 
     Returns:
         (start, coeffs): `start[i]` is the first input index of output i (int32, shape [out_size]);
@@ -87,11 +94,14 @@ def filter_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]
     """
     if in_size <= 0 or out_size <= 0:
         raise UsageError(f"filter_weights needs positive sizes, got in_size={in_size}, out_size={out_size}")
-    scale = float(in_size) / out_size
+    in0, in1 = (0, in_size) if box is None else (int(box[0]), int(box[1]))
+    if not 0 <= in0 < in1 <= in_size:
+        raise UsageError(f"filter_weights box {box} is not a non-empty span of [0, {in_size})")
+    scale = float(in1 - in0) / out_size
     filterscale = max(scale, 1.0)
     support = BICUBIC_SUPPORT * filterscale
     ksize = math.ceil(support) * 2 + 1
-    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    center = in0 + (np.arange(out_size, dtype=np.float64) + 0.5) * scale
     # PIL: xmin = (int)(center - support + 0.5), C truncation; the operands are positive past clipping.
     xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
     xmax = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - xmin
@@ -122,6 +132,15 @@ def center_offset(length: int, size: int) -> int:
     return round((length - size) / 2.0)
 
 
+def _crop_offset(length: int, size: int, place: str) -> int:
+    """Offset of a crop of `size` in `length` samples: centred (torchvision's), at the start or at the end."""
+    if place == "center":
+        return center_offset(length, size)
+    if place in ("start", "end"):
+        return 0 if place == "start" else length - size
+    raise UsageError(f"crop place must be 'center', 'start', 'end' or 'pad', got {place!r}")
+
+
 @dataclass(frozen=True)
 class AxisTaps:
     """Resize taps for the `size` outputs of one axis that fall inside the crop.
@@ -144,9 +163,26 @@ class AxisTaps:
         return int(self.coeffs.shape[1])
 
 
-def _axis_taps(in_size: int, resized: int, offset: int, size: int) -> AxisTaps:
-    start, w = filter_weights(in_size, resized)
+def _axis_taps(in_size: int, resized: int, offset: int, size: int, lead: int = 0, out: int | None = None,
+               mirror: bool = False, box: tuple[int, int] | None = None) -> AxisTaps:
+    """Taps of `size` resized samples from `offset` on, placed at outputs [lead, lead + size) of `out` outputs.
+
+    Outputs outside that span (a letterbox's bars) have all-zero taps: PIL's rounding of a zero sum is 0, so
+    both the twin and the kernel write black there without a special case. `mirror` reverses the outputs; `box`
+    resizes only that span of the input (`filter_weights`).
+    """
+    start, w = filter_weights(in_size, resized, box)
     start, w = start[offset : offset + size], w[offset : offset + size]
+    out = size if out is None else out
+    if lead or out != size:
+        full_w = np.zeros((out, w.shape[1]), w.dtype)
+        full_w[lead : lead + size] = w
+        full_s = np.empty(out, start.dtype)  # bars read nothing; their neighbour's start keeps the window small
+        full_s[:lead], full_s[lead + size :] = start[0], start[-1]
+        full_s[lead : lead + size] = start
+        start, w = full_s, full_w
+    if mirror:
+        start, w = start[::-1].copy(), w[::-1].copy()
     q = fixed_point(w)
     nz = q != 0
     # Trim trailing columns that are zero for every output (they only pad PIL's window).
@@ -164,6 +200,8 @@ class CropResizePlan:
 
     `rows.start` and `cols.start` are absolute input indices; the horizontal pass runs over input rows
     [rows.first, rows.last) only, so its intermediate has `rows.last - rows.first` rows and `size` columns.
+    One plan is one view (`views`): a crop of the resized image at (`crop_top`, `crop_left`), or a letterbox,
+    whose `resized` image sits at (-crop_top, -crop_left) of the SxS output between zero-tap (black) bars.
     """
 
     in_h: int
@@ -176,17 +214,78 @@ class CropResizePlan:
     cols: AxisTaps = field(repr=False)
 
     @classmethod
-    def build(cls, in_h: int, in_w: int, size: int) -> CropResizePlan:
-        """Plan the CLIP resize (short side -> size) and centre crop of an `in_h` x `in_w` image."""
+    def build(cls, in_h: int, in_w: int, size: int, *, resize: tuple[int, int] | None = None, place: str = "center",
+              mirror: bool = False) -> CropResizePlan:
+        """Plan one view of an `in_h` x `in_w` image: resize, then an SxS crop (or a letterbox).
+
+        Args:
+            in_h: image height.
+            in_w: image width.
+            size: output side S.
+            resize: (width, height) of a fixed resize; None: CLIP's (short side -> S).
+            place: where the SxS crop lies in the resized image: "center" (CLIP), "start" / "end" (the left and
+                right tiles of a wide image, the top and bottom of a tall one), or "pad": no crop, the whole image
+                resized to fit SxS (long side -> S) and centred on black bars.
+            mirror: mirror the result left-right.
+        """
         if in_h <= 0 or in_w <= 0:
             raise UsageError(f"image must be non-empty, got {in_h}x{in_w}")
         if size <= 0:
             raise UsageError(f"image_size must be positive, got {size}")
-        new_h, new_w = resized_size(in_h, in_w, size)
-        top, left = center_offset(new_h, size), center_offset(new_w, size)
+        if place == "pad":
+            return cls._letterbox(in_h, in_w, size, mirror)
+        new_h, new_w = resized_size(in_h, in_w, size) if resize is None else (int(resize[1]), int(resize[0]))
+        if min(new_h, new_w) < size:
+            raise UsageError(f"resize to {new_w}x{new_h} is smaller than the {size}x{size} crop")
+        top, left = _crop_offset(new_h, size, place), _crop_offset(new_w, size, place)
         rows = _axis_taps(in_h, new_h, top, size)
-        cols = _axis_taps(in_w, new_w, left, size)
+        cols = _axis_taps(in_w, new_w, left, size, mirror=mirror)
         return cls(in_h, in_w, size, (new_h, new_w), top, left, rows, cols)
+
+    @classmethod
+    def window(cls, in_h: int, in_w: int, size: int, box: tuple[int, int, int, int]) -> CropResizePlan:
+        """The window `box` (x0, y0, x1, y1) of the image resized to SxS, as PIL's `resize((S, S), box=box)`.
+
+        A region crop of the whole frame (`stp_edge.geometry.frame_windows`); `crop_top`/`crop_left` hold the
+        window's origin and `resized` its size (height, width) in frame pixels.
+        """
+        x0, y0, x1, y1 = (int(v) for v in box)
+        if not (0 <= x0 < x1 <= in_w and 0 <= y0 < y1 <= in_h):
+            raise UsageError(f"window {box} is not inside the {in_w}x{in_h} image")
+        rows = _axis_taps(in_h, size, 0, size, box=(y0, y1))
+        cols = _axis_taps(in_w, size, 0, size, box=(x0, x1))
+        return cls(in_h, in_w, size, (y1 - y0, x1 - x0), y0, x0, rows, cols)
+
+    @classmethod
+    def _letterbox(cls, in_h: int, in_w: int, size: int, mirror: bool) -> CropResizePlan:
+        """The whole image resized so its long side is S (short side int(S*short/long)), centred on black bars."""
+        long, short = max(in_h, in_w), min(in_h, in_w)
+        new_short = max(1, int(size * short / long))
+        new_h, new_w = (size, new_short) if in_h >= in_w else (new_short, size)
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        rows = _axis_taps(in_h, new_h, 0, new_h, lead=top, out=size)
+        cols = _axis_taps(in_w, new_w, 0, new_w, lead=left, out=size, mirror=mirror)
+        return cls(in_h, in_w, size, (new_h, new_w), -top, -left, rows, cols)
+
+    @classmethod
+    def views(cls, in_h: int, in_w: int, spec: PreprocessSpec) -> tuple[CropResizePlan, ...]:
+        """The views of `spec.frame_policy` in the order the encoder gets them (`view_roles`), then the windows.
+
+        When `spec.region_grid` is R > 0: the R*R region windows tiling the whole frame (row-major, never mirrored).
+        """
+        one = functools.partial(cls.build, in_h, in_w, spec.size, resize=spec.resize, mirror=spec.mirror)
+        if spec.frame_policy == "center":
+            frame: tuple[CropResizePlan, ...] = (one(),)
+        elif spec.frame_policy == "pad":
+            frame = (one(place="pad"), one())
+        elif spec.frame_policy == "tiles":
+            frame = (one(place="start"), one(), one(place="end"))
+        else:
+            raise UsageError(f"frame_policy must be one of {FRAME_POLICIES}, got {spec.frame_policy!r}")
+        if not spec.region_grid:
+            return frame
+        boxes = frame_windows((in_h, in_w), spec.region_grid)
+        return frame + tuple(cls.window(in_h, in_w, spec.size, tuple(b)) for b in boxes)
 
     @property
     def mid_rows(self) -> int:
@@ -223,18 +322,39 @@ def _round_u8(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def nv12_planes_to_rgb(y: np.ndarray, uv: np.ndarray, coef: dict[str, float]) -> np.ndarray:
-    """Convert NV12 planes (Y [h, w], interleaved UV [h/2, w/2, 2]) to planar RGB float32 [3, h, w].
+def nv12_chroma_rows(rows: np.ndarray, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The chroma rows FFmpeg blends for each luma row of an NV12 frame: (upper, lower, weight of the lower).
 
-    Chroma is upsampled by replication (each UV sample covers 2x2 pixels, like OpenCV and most decoders);
-    values are rounded half up and clipped to 0..255, i.e. the uint8 RGB a decoder would output. Float32
-    arithmetic in the same order as the kernel.
+    FFmpeg's conversion (swscale with its default flags, what PyAV's `to_ndarray(format="bgr24")` and so the
+    CPU decode path run) replicates chroma horizontally and interpolates it vertically: luma row 2k+1 takes
+    chroma row k, row 2k the mean of rows k-1 and k, row 0 chroma row 0, and row height-2 a quarter of row k-1
+    and three quarters of row k. Measured against PyAV 18.1's FFmpeg for heights >= 8 (tests/test_preprocess.py).
+    """
+    rows = np.asarray(rows)
+    lower = rows // 2
+    odd = rows % 2 == 1
+    upper = np.where(odd | (rows == 0), lower, lower - 1)
+    weight = np.where(odd | (rows == 0), 1.0, np.where(rows == height - 2, 0.75, 0.5)).astype(np.float32)
+    return upper, lower, weight
+
+
+def nv12_planes_to_rgb(y: np.ndarray, uv: np.ndarray, coef: dict[str, float], row0: int = 0, col0: int = 0,
+                       height: int | None = None) -> np.ndarray:
+    """Convert NV12 planes to planar RGB float32 [3, h, w]: `y` is a window of the Y plane, `uv` the whole plane.
+
+    `y` holds rows row0.. and columns col0.. of a frame of `height` rows (default: `y` is the whole Y plane);
+    `uv` is the frame's whole interleaved UV plane [height/2, w/2, 2]. Chroma is upsampled as FFmpeg does
+    (`nv12_chroma_rows`); values are rounded half up and clipped to 0..255, i.e. the uint8 RGB a decoder would
+    output. Float32 arithmetic in the same order as the kernel.
     """
     f32 = np.float32
+    upper, lower, weight = nv12_chroma_rows(np.arange(row0, row0 + y.shape[0]), height or y.shape[0])
+    cols = np.arange(col0, col0 + y.shape[1]) // 2
+    a, b = uv[upper][:, cols].astype(f32), uv[lower][:, cols].astype(f32)
+    chroma = a + weight[:, None, None] * (b - a)  # exact: weights are 1, 1/2, 3/4
     yy = (y.astype(f32) - f32(coef["y_off"])) * f32(coef["y_scale"])
-    uvf = (uv.astype(f32) - f32(128.0)) * f32(coef["c_scale"])
-    u = np.repeat(np.repeat(uvf[..., 0], 2, axis=0), 2, axis=1)[: y.shape[0], : y.shape[1]]
-    v = np.repeat(np.repeat(uvf[..., 1], 2, axis=0), 2, axis=1)[: y.shape[0], : y.shape[1]]
+    u = (chroma[..., 0] - f32(128.0)) * f32(coef["c_scale"])
+    v = (chroma[..., 1] - f32(128.0)) * f32(coef["c_scale"])
     out = np.empty((3, *y.shape), f32)
     out[0] = yy + f32(coef["rv"]) * v
     out[1] = yy - f32(coef["gu"]) * u - f32(coef["gv"]) * v
@@ -397,16 +517,25 @@ class CpuPreprocessor:
         scale, bias = normalisation(self.spec)
         self._scale, self._bias = scale.reshape(3, 1, 1), bias.reshape(3, 1, 1)
 
-    def plan(self, height: int, width: int) -> CropResizePlan:
-        """The (cached) resize/crop plan of an input size."""
-        return self._cpu_plan(height, width).plan
+    @property
+    def views(self) -> int:
+        """Images per frame (`PreprocessSpec.views`); the output holds them view-major: image v * B + b."""
+        return self.spec.views
 
-    def _cpu_plan(self, height: int, width: int) -> _CpuPlan:
+    def plan(self, height: int, width: int) -> CropResizePlan:
+        """The (cached) resize/crop plan of an input size (its first view)."""
+        return self._cpu_plans(height, width)[0].plan
+
+    def view_plans(self, height: int, width: int) -> tuple[CropResizePlan, ...]:
+        """The (cached) plans of every view of an input size (`CropResizePlan.views`)."""
+        return tuple(cp.plan for cp in self._cpu_plans(height, width))
+
+    def _cpu_plans(self, height: int, width: int) -> tuple[_CpuPlan, ...]:
         h, w = int(height), int(width)
-        return self._plans.get((h, w), lambda: _CpuPlan(CropResizePlan.build(h, w, self.image_size)))
+        return self._plans.get((h, w), lambda: tuple(_CpuPlan(p) for p in CropResizePlan.views(h, w, self.spec)))
 
     def __call__(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Preprocess HxWx3 uint8 BGR frames (any sizes) into [B, 3, S, S] normalised RGB.
+        """Preprocess HxWx3 uint8 BGR frames (any sizes) into [V*B, 3, S, S] normalised RGB (V = `views`).
 
         Each frame is checked first (`stp_edge.frames.validate_frame`: gray and BGRA are converted, anything else
         is a `FrameError`).
@@ -416,11 +545,12 @@ class CpuPreprocessor:
 
     def _from_valid(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """`__call__` of frames `validate_frame` returned, not checked again: the entry of the encode stage."""
-        out = np.empty((len(frames), 3, self.image_size, self.image_size), self.dtype)
+        n = len(frames)
+        out = np.empty((self.views * n, 3, self.image_size, self.image_size), self.dtype)
         for b, frame in enumerate(frames):
-            cp = self._cpu_plan(frame.shape[0], frame.shape[1])
-            p = cp.plan
-            self._finish(cp, frame[p.rows.first : p.rows.last, p.cols.first : p.cols.last], out[b])
+            for v, cp in enumerate(self._cpu_plans(frame.shape[0], frame.shape[1])):
+                p = cp.plan
+                self._finish(cp, frame[p.rows.first : p.rows.last, p.cols.first : p.cols.last], out[v * n + b])
         return out
 
     def from_nv12(
@@ -435,24 +565,26 @@ class CpuPreprocessor:
         """
         coef = yuv_coefficients(matrix, full_range)
         frames = self._as_list(frames, "NV12")
-        out = np.empty((len(frames), 3, self.image_size, self.image_size), self.dtype)
+        n = len(frames)
+        out = np.empty((self.views * n, 3, self.image_size, self.image_size), self.dtype)
         for b, nv12 in enumerate(frames):
             try:
                 y, uv = split_nv12(nv12)
             except ValueError as exc:
                 raise UsageError(f"frame {b}: {exc}") from None
-            cp = self._cpu_plan(y.shape[0], y.shape[1])
-            p = cp.plan
-            # Convert a window aligned to the chroma grid, then cut the exact window out of it.
-            r0, c0 = p.rows.first & ~1, p.cols.first & ~1
-            rgb = nv12_planes_to_rgb(
-                y[r0 : p.rows.last, c0 : p.cols.last],
-                uv[r0 // 2 : (p.rows.last + 1) // 2, c0 // 2 : (p.cols.last + 1) // 2],
-                coef,
-            )
-            bgr = rgb[::-1, p.rows.first - r0 :, p.cols.first - c0 :].transpose(1, 2, 0).astype(np.uint8)
-            self._finish(cp, bgr, out[b])
+            for v, cp in enumerate(self._cpu_plans(y.shape[0], y.shape[1])):
+                self._nv12_view(cp, y, uv, coef, out[v * n + b])
         return out
+
+    def _nv12_view(self, cp: _CpuPlan, y: np.ndarray, uv: np.ndarray, coef: dict[str, float], out: np.ndarray
+                   ) -> None:
+        """One view of one NV12 frame (planes `y`, `uv`) into `out` [3, S, S]."""
+        p = cp.plan
+        # Convert only the window the resize reads (chroma rows come from the whole plane).
+        rgb = nv12_planes_to_rgb(y[p.rows.first : p.rows.last, p.cols.first : p.cols.last], uv, coef,
+                                 row0=p.rows.first, col0=p.cols.first, height=y.shape[0])
+        bgr = rgb[::-1].transpose(1, 2, 0).astype(np.uint8)
+        self._finish(cp, bgr, out)
 
     def _finish(self, cp: _CpuPlan, window: np.ndarray, out: np.ndarray) -> None:
         bgr = cp.run(window)

@@ -161,8 +161,8 @@ class ThreadPlan:
     decode: int
     intra_op: int
 
-    def describe(self) -> str:
-        return f"{self.intra_op} onnxruntime + {self.decode} decode thread(s) on {self.cores} core(s)"
+    def describe(self, engine: str = "onnxruntime") -> str:
+        return f"{self.intra_op} {engine} + {self.decode} decode thread(s) on {self.cores} core(s)"
 
 
 def plausible_fps(fps: float | None) -> float | None:
@@ -365,9 +365,10 @@ class OverlaySink:
     `stp-edge run` with the same overlay names. A symlink's target is written; the link stays.
     """
 
-    def __init__(self, path: str | Path, *, fps: float | None, threshold: float) -> None:
+    def __init__(self, path: str | Path, *, fps: float | None, threshold: float, spec: Any = None) -> None:
         self.path = _through_symlink(path)
         self.partial = partial_path(self.path)
+        self.spec = spec  # the bundle's PreprocessSpec: which part of the frame the map covers (None: CLIP's)
         # A header's absurd rate (0, 1e-9, 2**31) would fail the writer; the overlay plays at 25 fps then.
         self.fps = plausible_fps(fps) or 25.0
         self.threshold = threshold
@@ -379,12 +380,13 @@ class OverlaySink:
         import cv2
 
         if self.writer is None:
-            from stp_edge.geometry import crop_square_pixels
+            from stp_edge.bundle.preprocessing import PreprocessSpec, region_roi
             from stp_edge.visualize import OverlayWriter
 
             h, w = frame.shape[:2]
+            roi = region_roi(self.spec or PreprocessSpec(), (h, w))  # the whole frame for crops of the whole frame
             self.writer = OverlayWriter(self.path, self.fps, (w, h), threshold=self.threshold,
-                                        map_roi=crop_square_pixels((h, w)), partial=self.partial)
+                                        map_roi=roi, partial=self.partial)
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise FrameError(f"overlay: frame {index} could not be JPEG-encoded for the pending buffer")
@@ -674,8 +676,8 @@ class _Run:
         self.state = {s: _StreamState() for s in self.runs}
         self.labels = dict(zip(self.runs, labels or _labels(sources, None, None), strict=True))
         self.anchor: dict[int, float] = {}  # files: the wall time media time 0 stands for (the first frame read)
-        self.overlay = (OverlaySink(overlay, fps=sources[0].fps, threshold=det.score_threshold)
-                        if overlay is not None else None)
+        self.overlay = (OverlaySink(overlay, fps=sources[0].fps, threshold=det.score_threshold,
+                                    spec=det.bundle.preprocess_spec) if overlay is not None else None)
         self.snippet_len = det.config.snippet_len
         # A random-weights bundle says so in every line: a reader of any line knows its scores mean nothing.
         self.fields = {"random_weights": True} if det.bundle.random_weights is not None else None

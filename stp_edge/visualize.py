@@ -1,9 +1,11 @@
 """Visual output: an overlay video (heatmap, boxes, score bar, label) and score-timeline plots.
 
-The anomaly map is the spatial stream's region grid (R x R scores in [0, 1]). It describes the image the model
-saw, which for CLIP preprocessing is the center square of the frame; pass
-`map_roi=stp_edge.geometry.crop_square_pixels((h, w))` to place it there, or leave the default to stretch it over
-the whole frame.
+The anomaly map is the spatial stream's region grid (R x R scores in [0, 1]). It describes the part of the frame
+the regions come from: the center square for CLIP preprocessing, the whole frame for region crops of the whole frame
+(region extent "frame"); pass `map_roi=stp_edge.bundle.preprocessing.region_roi(bundle.preprocess_spec, (h, w))` to
+place it there (`stp-edge run --overlay` does), or leave the default to stretch it over the whole frame. With a
+`map_roi` the overlay also marks its corners (`outline_roi`; `dim=True` also darkens the outside, `dim_outside`):
+no region score, map or box can come from outside it (README, "What the model sees").
 """
 
 from __future__ import annotations
@@ -48,6 +50,42 @@ def heatmap_overlay(frame_bgr: np.ndarray, anomaly_map: np.ndarray,
     out = frame_bgr.copy()
     region = out[y1:y2, x1:x2].astype(np.float32)
     out[y1:y2, x1:x2] = np.clip(region * (1 - alpha) + colour * alpha + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def dim_outside(frame_bgr: np.ndarray, roi: tuple[int, int, int, int], keep: float = 0.45) -> np.ndarray:
+    """A copy of `frame_bgr` darkened to `keep` of its brightness outside `roi` (x1, y1, x2, y2), the roi outlined.
+
+    Shows where no region score, map or box can come from: the sides of a wide frame that the centre crop drops
+    (the frame embedding sees them under the `pad` and `tiles` frame policies; the regions never do).
+    """
+    H, W = frame_bgr.shape[:2]
+    x1, y1, x2, y2 = (int(v) for v in roi)
+    out = frame_bgr.copy()
+    if (x1, y1, x2, y2) == (0, 0, W, H):
+        return out
+    mask = np.ones((H, W), bool)
+    mask[max(0, y1):max(0, y2), max(0, x1):max(0, x2)] = False
+    out[mask] = (out[mask].astype(np.float32) * keep + 0.5).astype(np.uint8)
+    return outline_roi(out, roi)
+
+
+def outline_roi(frame_bgr: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
+    """A copy of `frame_bgr` with the corners of the analysed part `roi` (x1, y1, x2, y2) marked (none: whole frame).
+
+    Amber corner brackets just inside the roi, an eighth of its short side long: they show the boundary and hide
+    little of the picture (the sides outside keep their pixels).
+    """
+    H, W = frame_bgr.shape[:2]
+    x1, y1, x2, y2 = (int(v) for v in roi)
+    out = frame_bgr.copy()
+    if (x1, y1, x2, y2) == (0, 0, W, H):
+        return out
+    arm, thick, amber = max(3, min(x2 - x1, y2 - y1) // 8), max(1, W // 320), (0, 215, 255)
+    for x, dx in ((x1, 1), (x2 - 1, -1)):
+        for y, dy in ((y1, 1), (y2 - 1, -1)):
+            cv2.line(out, (x, y), (x + dx * arm, y), amber, thick)
+            cv2.line(out, (x, y), (x, y + dy * arm), amber, thick)
     return out
 
 
@@ -99,7 +137,8 @@ class OverlayWriter:
     """
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int], *, threshold: float = 0.5,
-                 map_roi: tuple[int, int, int, int] | None = None, partial: str | Path | None = None) -> None:
+                 map_roi: tuple[int, int, int, int] | None = None, partial: str | Path | None = None,
+                 dim: bool = False) -> None:
         """Open the writer.
 
         Args:
@@ -110,15 +149,18 @@ class OverlayWriter:
             size: (width, height) of the written video (even, see `VideoWriter`); frames of another size are
                 resized (boxes and the map roi, given in input-frame pixels, are scaled with them).
             threshold: score threshold drawn on the score bar; scores at or above it are drawn red.
-            map_roi: input-frame region (x1, y1, x2, y2) the anomaly map covers; default the whole frame.
+            map_roi: input-frame region (x1, y1, x2, y2) the anomaly map covers; default the whole frame. The
+                roi's corners are marked (`outline_roi`).
             partial: the temporary name (see `VideoWriter`); default a hidden random one.
+            dim: also darken the frame outside `map_roi` (`dim_outside`), where no region score or box can come
+                from.
 
         Raises:
             VideoError: the file cannot be written with these settings.
         """
         self._video = VideoWriter(path, fps, size, partial=partial)
         self.path, self.size = self._video.path, self._video.size
-        self.threshold, self.map_roi = threshold, map_roi
+        self.threshold, self.map_roi, self.dim = threshold, map_roi, dim
 
     @property
     def frames_written(self) -> int:
@@ -154,11 +196,13 @@ class OverlayWriter:
         frame = frame_bgr if (W, H) == self.size else cv2.resize(frame_bgr, self.size,
                                                                  interpolation=cv2.INTER_AREA)
         scale = np.array([sx, sy, sx, sy])
+        roi = None
+        if self.map_roi is not None:
+            roi = tuple(int(v) for v in np.round(np.asarray(self.map_roi, float) * scale))
         if anomaly_map is not None:
-            roi = None
-            if self.map_roi is not None:
-                roi = tuple(int(v) for v in np.round(np.asarray(self.map_roi, float) * scale))
             frame = heatmap_overlay(frame, anomaly_map, roi)  # type: ignore[arg-type]
+        if roi is not None:
+            frame = (dim_outside if self.dim else outline_roi)(frame, roi)  # type: ignore[arg-type]
         scaled = [np.asarray(b, float) * scale for b in boxes] if boxes else None
         self._video.write(draw_hud(frame, None if score is None else float(score), class_name, self.threshold, scaled))
 

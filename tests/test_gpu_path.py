@@ -30,6 +30,9 @@ class ProfileRunner(Runner):
     def max_batch(self) -> int | None:
         return profile_max_batch(self.profiles)
 
+    def max_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        return {n: tuple(p[2]) for n, p in self.profiles.items()} or None
+
     def activate_impl(self) -> None:
         self.inner.activate()
 
@@ -91,6 +94,38 @@ def test_every_call_respects_the_engine_profile(fixture, request, frames_factory
         assert (a.stream, a.snippet) == (b.stream, b.snippet)
         np.testing.assert_allclose(a.score, b.score, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(a.region_scores, b.region_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_temporal_chunks_tile_the_video_and_hold_each_kept_snippets_window():
+    from stp_edge.pipeline.temporal import temporal_chunks, temporal_window
+
+    for n, max_len, c in [(1, 7, 3), (7, 7, 3), (8, 7, 3), (40, 7, 3), (40, 12, 3), (41, 64, 3), (30, 5, 2)]:
+        chunks = temporal_chunks(n, max_len, c)
+        kept = [t for _, _, a, b in chunks for t in range(a, b)]
+        assert kept == list(range(n)), (n, max_len, c)
+        for lo, hi, a, b in chunks:
+            assert 0 < hi - lo <= max_len
+            for t in range(a, b):
+                w = temporal_window(t, n, c)
+                assert lo <= w[0] and w[1] <= hi
+    assert len(temporal_chunks(40, 7, 3)) == 34 and len(temporal_chunks(40, 40, 3)) == 1  # ends keep 4 and 4
+    with pytest.raises(ValueError, match="2c[+]1=7"):
+        temporal_chunks(10, 6, 3)
+
+
+def test_offline_scores_on_an_engine_whose_profile_bounds_t(handmade_bundle, frames_factory):
+    """A plan's profile takes T <= 2c+1: a longer video is cut into windows; the scores equal the unbounded run."""
+    bundle = Bundle.load(handmade_bundle)
+    frames = frames_factory(11 * bundle.config.snippet_len, seed=5)
+    with _detector(bundle, None) as det:
+        want = det.offline_scores(frames)
+    with _detector(bundle, 2) as det:
+        t_max = det.runners["temporal"].max_shapes()["frame_emb"][1]
+        assert t_max == 2 * bundle.config.context + 1 < 11
+        got = det.offline_scores(frames)
+    assert got[0].shape == (11,) and np.ptp(got[0]) > 0
+    np.testing.assert_allclose(got[0], want[0], atol=2e-4)  # the banded adapter drops weights < 1e-4
+    np.testing.assert_allclose(got[1], want[1], atol=2e-4)
 
 
 def test_profile_max_batch_and_device_rows():
@@ -166,12 +201,15 @@ def test_the_lean_runtime_only_considers_version_compatible_plans():
     vc = _engine(dir="engines/vc", build_flags={"version_compatible": True})
     env = dict(tensorrt_version="11.4.0.106", compute_capability="8.0", gpu_name="NVIDIA A100", platform=X86_A100)
     assert select_engine([plain, vc], **env)[0] is plain
-    chosen, reasons = select_engine([plain, vc], **env, lean_runtime=True)
+    chosen, reasons = select_engine([plain, vc], **env, lean_runtime=True, allow_host_code=True)
     assert chosen is vc and "loads only version-compatible plans" in reasons[0]
+    chosen, reasons = select_engine([plain, vc], **env, lean_runtime=True)
+    assert chosen is None and "--allow-host-code" in reasons[1]
 
 
-def test_plans_that_need_host_code_come_last_unless_it_is_allowed():
-    from stp_edge.bundle.engines import TrtEnvironment, needs_host_code, select_engine
+def test_plans_that_need_host_code_are_refused_unless_it_is_allowed():
+    from stp_edge.bundle.engines import HOST_CODE_REFUSED, TrtEnvironment, needs_host_code, select_engine
+    from stp_edge.bundle.errors import EngineCompatibilityError
 
     vc = _engine(dir="engines/vc", build_flags={"version_compatible": True})
     plain = _engine(dir="engines/plain", tensorrt_version="10.13.0.35")
@@ -179,10 +217,15 @@ def test_plans_that_need_host_code_come_last_unless_it_is_allowed():
     assert needs_host_code(vc) and not needs_host_code(plain)
     assert select_engine([vc, plain], **env)[0] is plain
     assert select_engine([vc, plain], **env, allow_host_code=True)[0] is vc  # manifest order
-    assert select_engine([vc], **env)[0] is vc  # still chosen when nothing else fits: its load error says why
+    chosen, reasons = select_engine([vc], **env)  # never chosen without the permission, even if nothing else fits
+    assert chosen is None and reasons == [f"engines/vc: {HOST_CODE_REFUSED}"] and "--allow-host-code" in reasons[0]
+    assert select_engine([vc], **env, allow_host_code=True)[0] is vc
     b = Bundle(path=None, manifest={}, config=None, engines=[vc, plain])  # the choice needs only the engines
     machine = TrtEnvironment("tensorrt", "10.13.0.35", "NVIDIA A100", "8.0", X86_A100)
     assert b.select_engine(machine) is plain and b.select_engine(machine, allow_host_code=True) is vc
+    only_vc = Bundle(path="b.stp", manifest={}, config=None, engines=[vc])
+    with pytest.raises(EngineCompatibilityError, match="Allow the host code [(]--allow-host-code[)]"):
+        only_vc.select_engine(machine)
 
 
 def test_engine_entry_round_trips_its_platform():
@@ -390,7 +433,9 @@ def test_preprocessor_runs_from_another_thread_on_the_device_it_is_given():
     def worker() -> None:
         try:
             out["got"] = pre.to_host(pre(frames))
-            out["current"] = cuda.Context.get_current()
+            from stp_edge.cuda.driver import current_context
+
+            out["current"] = current_context()  # driver level: pycuda's bookkeeping misses stale entries
         except Exception as exc:  # reported in the main thread
             out["error"] = exc
 
@@ -398,7 +443,7 @@ def test_preprocessor_runs_from_another_thread_on_the_device_it_is_given():
     t.start()
     t.join()
     assert "error" not in out, out.get("error")
-    assert out["current"] is None  # the worker's context stack is left empty
+    assert out["current"] == 0  # the worker's context stack is left empty
     np.testing.assert_allclose(out["got"], want, atol=2e-2)
     with pre.current():
         assert cuda.Context.get_device().pci_bus_id() == cuda.Device(device).pci_bus_id()
@@ -410,20 +455,56 @@ def test_no_context_stack_leak_per_create_and_close():
     import threading
 
     from stp_edge.cuda import CudaPreprocessor
+    from stp_edge.cuda.context import PrimaryContext
+    from stp_edge.cuda.driver import current_context
 
-    cuda = _gpu()
+    _gpu()
     seen: list[Any] = []
 
     def cycles() -> None:
+        # Read at driver level (cuCtxGetCurrent): pycuda's own bookkeeping does not see a stale driver entry.
+        seen.append(current_context())
         for _ in range(8):
             with CudaPreprocessor(64, max_batch=1) as pre:
                 pre(_frames(1, 48, 64))
-            seen.append(cuda.Context.get_current())
+            seen.append(current_context())
+        ctx = PrimaryContext(0)
+        with ctx.current():
+            seen.append(current_context() != 0)
+        ctx.release()
+        seen.append(current_context())
 
     t = threading.Thread(target=cycles)
     t.start()
     t.join()
-    assert seen == [None] * 8
+    assert seen == [0] * 9 + [True, 0]
+
+
+@pytest.mark.gpu
+def test_a_context_released_from_another_thread_drops_its_retain():
+    """Released off its creating thread (where pycuda's detach does nothing), the retain is still dropped."""
+    import ctypes
+    import threading
+
+    from stp_edge.cuda.context import PrimaryContext
+    from stp_edge.cuda.driver import load_libcuda
+
+    _gpu()
+    lib = load_libcuda()
+
+    def active() -> int:
+        flags, state = ctypes.c_uint(), ctypes.c_int()
+        assert lib.cuDevicePrimaryCtxGetState(0, ctypes.byref(flags), ctypes.byref(state)) == 0
+        return state.value
+
+    if active():
+        pytest.skip("device 0's primary context is retained by someone else in this process")
+    ctx = PrimaryContext(0)
+    assert active() == 1
+    t = threading.Thread(target=ctx.release)
+    t.start()
+    t.join()
+    assert active() == 0
 
 
 @pytest.mark.gpu
@@ -451,46 +532,221 @@ def test_consumer_stream_waits_on_the_producer_event_without_host_sync():
     np.testing.assert_array_equal(got, want)
 
 
-# --- 7. the prepared GPU check ----------------------------------------------------------------------------
-def test_gpu_check_dry_run_prints_every_phase_and_its_command(tmp_path):
-    """`scripts/gpu_check.sh --dry-run all` runs nothing and lists each phase with its exact command."""
-    import os
+
+
+# --- libcuda discovery (real files in temporary folder layouts: a path search, not CUDA) ---------------------
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x7fELF")
+    return path
+
+
+def _no_lookup(_name):
+    return None
+
+
+def test_libcuda_on_a_driver_mount_outside_the_ldconfig_cache_is_found_before_the_stub(tmp_path):
+    from stp_edge.cuda.driver import find_libcuda
+
+    drv = _touch(tmp_path / "usr/local/nvidia/lib64/libcuda.so.1")
+    _touch(tmp_path / "cuda/lib64/stubs/libcuda.so")
+    found = find_libcuda({"CUDA_HOME": str(tmp_path / "cuda")}, "", _no_lookup, root=tmp_path)
+    assert (found.path, found.how, found.stub) == (str(drv), "driver folder", False)
+
+
+def test_libcuda_search_order_loader_then_ldconfig_then_ld_library_path_then_folders(tmp_path):
+    from stp_edge.cuda.driver import find_libcuda
+
+    _touch(tmp_path / "usr/lib/x86_64-linux-gnu/libcuda.so.1")
+    mine = _touch(tmp_path / "opt/driver/libcuda.so.1")
+    env = {"LD_LIBRARY_PATH": f"{tmp_path}/empty:{tmp_path}/opt/driver"}
+    assert find_libcuda(env, "", _no_lookup, root=tmp_path).path == str(mine)
+    cached = _touch(tmp_path / "cache/libcuda.so.1")
+    text = f"\tlibcudart.so.13 (libc6,x86-64) => /x/libcudart.so.13\n\tlibcuda.so.1 (libc6,x86-64) => {cached}\n"
+    assert find_libcuda(env, text, _no_lookup, root=tmp_path).how == "ldconfig -p"
+    named = find_libcuda(env, text, lambda name: f"lib{name}.so.1", root=tmp_path)
+    assert (named.path, named.how) == ("libcuda.so.1", "ctypes.util.find_library")
+    # a cache entry whose file is gone (a stale cache) is skipped
+    stale = "\tlibcuda.so.1 (libc6,x86-64) => /nonexistent/libcuda.so.1\n"
+    assert find_libcuda(env, stale, _no_lookup, root=tmp_path).path == str(mine)
+
+
+def test_a_toolkit_stub_is_not_a_driver(tmp_path):
+    import pytest
+
+    from stp_edge.cuda.driver import DriverNotFoundError, find_libcuda, link_dir
+
+    stub = _touch(tmp_path / "cuda/targets/x86_64-linux/lib/stubs/libcuda.so")
+    env = {"CUDA_PATH": str(tmp_path / "cuda")}
+    with pytest.raises(DriverNotFoundError, match="stub .* is not a driver"):
+        find_libcuda(env, "", _no_lookup, root=tmp_path)
+    found = find_libcuda(env, "", _no_lookup, root=tmp_path, allow_stub=True)
+    assert (found.path, found.stub) == (str(stub), True)
+    link = link_dir(tmp_path / "link", found) / "libcuda.so"
+    assert link.is_symlink() and link.resolve() == stub.resolve()
+    with pytest.raises(DriverNotFoundError, match="/usr/local/nvidia/lib64"):
+        find_libcuda({}, "", _no_lookup, root=tmp_path / "nothing")
+
+
+def test_the_runner_picks_the_profile_tuned_nearest_the_batch():
+    from stp_edge.backends.trt import pick_profile
+
+    assert [pick_profile(b, [1, 16]) for b in (1, 2, 8, 9, 16)] == [0, 0, 0, 1, 1]
+    assert pick_profile(5, []) == 0 and pick_profile(5, [4]) == 0
+    assert pick_profile(3, [1, 5]) == 0  # a tie goes to the smaller opt
+
+
+# --- 7. what is uploaded: the window the resize reads, staging sized to the batch used -------------------------
+@pytest.mark.parametrize(("h", "w", "size"), [(1080, 1920, 224), (720, 1280, 224), (480, 640, 112), (1920, 1080, 64)])
+def test_the_upload_window_is_all_the_preprocessing_reads(h, w, size):
+    """Pixels outside `upload_window` are never read: replacing them changes nothing in the CPU twin's output."""
+    from stp_edge.cuda.preprocess import upload_window
+    from stp_edge.preprocess import CpuPreprocessor
+
+    pre = CpuPreprocessor(size)
+    r0, r1, c0, c1 = upload_window(h, w, pre.spec)
+    rng = np.random.default_rng(h + w)
+    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    other = 255 - frame  # every pixel differs
+    other[r0:r1, c0:c1] = frame[r0:r1, c0:c1]
+    np.testing.assert_array_equal(pre(other), pre(frame))
+    assert (r1 - r0) * (c1 - c0) < h * w  # and it is a proper part of the frame
+    if (h, w) == (1080, 1920):
+        share = (r1 - r0) * (c1 - c0) / (h * w)
+        assert (r0, r1) == (0, 1080) and 0.56 < share < 0.58  # ~57% of a 16:9 frame
+
+
+def test_staging_is_sized_to_the_batch_used_not_the_max():
+    from stp_edge.cuda.preprocess import staging_frames, upload_window
+    from stp_edge.preprocess import PreprocessSpec
+
+    assert [staging_frames(b, 16) for b in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert staging_frames(11, 12) == 12
+    with pytest.raises(ValueError, match="1..max_batch=16"):
+        staging_frames(17, 16)
+    r0, r1, c0, c1 = upload_window(1080, 1920, PreprocessSpec())
+    one_camera = staging_frames(1, 16) * (r1 - r0) * (c1 - c0) * 3
+    before = 16 * 1080 * 1920 * 3  # the old allocation: max_batch whole frames, pinned + device each
+    assert before > 99e6 and one_camera < 3.6e6
+
+
+def test_ort_trt_fp16_is_reachable_from_the_cli_and_detector_load(handmade_bundle):
+    """`stp-edge run --ort-trt-fp16` -> Detector.load(ort_trt_fp16=True) -> the runners' TensorRT provider option."""
+    import inspect
+
+    from stp_edge.api import Detector
+    from stp_edge.backends import activate_runners, create_runners
+    from stp_edge.cli import build_parser
+
+    args = build_parser().parse_args(["run", "b.stp", "v.mp4", "--backend", "ort-trt", "--ort-trt-fp16"])
+    assert args.ort_trt_fp16 is True
+    assert "ort_trt_fp16" in inspect.signature(Detector.load).parameters
+    bundle = Bundle.load(handmade_bundle)
+    made: list[dict[str, Any]] = []
+
+    def make(b, backend, device, **kw):
+        runners = create_runners(b, backend, device, **kw)
+        made.append(runners)
+        raise RuntimeError("stop before activation (no TensorRT provider here)")
+
+    with pytest.raises(RuntimeError, match="stop before activation"):
+        activate_runners(bundle, "ort-trt", ort_trt_fp16=True, make_runners=make)
+    assert all(r.trt_fp16 for r in made[0].values())
+
+
+def test_onnx_runtime_gpu_providers_compute_on_the_producer_stream(handmade_bundle):
+    from stp_edge.backends import create_runners
+    from stp_edge.backends.ort import compute_stream_options
+
+    assert compute_stream_options(None) == {}
+    assert compute_stream_options(0x5555) == {"has_user_compute_stream": "1", "user_compute_stream": "21845"}
+    for default in (0, 1, 2):
+        with pytest.raises(ValueError, match="CUstream handle"):
+            compute_stream_options(default)
+    bundle = Bundle.load(handmade_bundle)
+    runners = create_runners(bundle, "ort-cuda", ort_compute_stream=0x5555)
+    enc = runners["encoder"]
+    assert enc.waits_on_feed_streams and not runners["temporal"].waits_on_feed_streams
+    assert enc._provider_options("CUDAExecutionProvider")["user_compute_stream"] == "21845"
+    trt = create_runners(bundle, "ort-trt", ort_compute_stream=0x5555)["encoder"]
+    assert trt._provider_options("TensorrtExecutionProvider")["has_user_compute_stream"] == "1"
+    assert not create_runners(bundle, "ort-cuda")["encoder"].waits_on_feed_streams
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="nvcc not on PATH (CUDA toolkit absent)")
+def test_kernel_bodies_given_the_window_origin_read_only_the_uploaded_window(tmp_path):
+    """The CUDA upload's address trick, on the kernel bodies compiled for the host: a buffer holding only
+    `upload_window`, addressed through origin = window - r0 * pitch - c0 * 3, gives the whole-frame result."""
+    import ctypes
+
+    from test_kernels_nvcc import HARNESS, _ptr, _run_host, _smooth_noise
+
+    from stp_edge.cuda import build
+    from stp_edge.cuda.kernels import BLOCK, grid_h, grid_v
+    from stp_edge.cuda.preprocess import upload_window
+    from stp_edge.preprocess import CLIP_MEAN, CLIP_STD, CropResizePlan, PreprocessSpec
+
+    (tmp_path / "harness.cu").write_text(HARNESS)
+    so = tmp_path / "libstp_host.so"
     import subprocess
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "RESULTS": str(tmp_path / "results"), "PYTHON": "python3"}
-    res = subprocess.run(["bash", str(repo / "scripts/gpu_check.sh"), "--dry-run", "all"], capture_output=True,
-                         text=True, env=env, timeout=60, check=True)
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("== phase ")]
-    phases = [ln.split()[2] for ln in lines if ln.split()[2] != "summary:"]
-    assert phases == ["fetch-pycuda", "fetch-pytest", "fatbin", "install", "env", "kernels", "kernels-summary",
-                      "sanitizer", "thread", "encoder", "timings"]
-    text = res.stdout
-    assert "-m stp_edge.cuda.build --out build/kernels" in text  # the fatbin is prebuilt here, then carried
-    assert "scripts/gpu_install.sh" in text and "venv" not in text.replace(".venv/bin/python", "")
-    assert "-m gpu tests/test_cuda_gpu.py tests/test_gpu_path.py" in text
-    assert "compute-sanitizer --tool memcheck" in text and "gpu_phases.py sanitize" in text
-    for name in ("thread", "encoder", "timings"):
-        assert f"gpu_phases.py {name}" in text and f"{tmp_path}/results/{name}.json" in text
-    limits = [int(ln.split("(timeout ")[1].split("s)")[0]) for ln in lines if "(timeout " in ln]
-    assert sum(limits[3:]) <= 600 and all(limits)  # run phases are bounded; the script's deadline is 290 s
-    assert not (tmp_path / "results").exists()
+    cmd = [build.find_nvcc(), "-shared", "-std=c++17", "-O2", "-arch=sm_80", "-Xcompiler", "-fPIC,-ffp-contract=off",
+           f"-I{build.kernels_dir()}", str(tmp_path / "harness.cu"), "-o", str(so)]
+    subprocess.run(cmd, capture_output=True, text=True, check=True)
+    lib = ctypes.CDLL(str(so))
+    h, w, size = 270, 480, 64
+    frames = np.stack([_smooth_noise(h, w, 3, seed) for seed in (1, 2)])
+    want = _run_host(lib, frames, size, "bgr8")
+    r0, r1, c0, c1 = upload_window(h, w, PreprocessSpec(size=size))
+    window = np.ascontiguousarray(frames[:, r0:r1, c0:c1])  # exactly what the CUDA path uploads
+    pitch = (c1 - c0) * 3
+    origin = ctypes.c_void_p(window.ctypes.data - r0 * pitch - c0 * 3)
+    p = CropResizePlan.build(h, w, size)
+    i32, i64 = ctypes.c_int, ctypes.c_longlong
+    mid = np.full((2, 3, p.mid_rows, size), 77, np.uint8)
+    blk = np.asarray(BLOCK[:2], np.int32)
+    taps = [np.ascontiguousarray(a, np.int32) for a in (p.cols.start, p.cols.coeffs.T, p.rows.start - p.rows.first,
+                                                        p.rows.coeffs)]
+    lib.host_resize_h_bgr8(_ptr(np.asarray(grid_h(size, p.mid_rows, 2), np.int32)), _ptr(blk), origin,
+                           i64((r1 - r0) * pitch), i64(pitch), _ptr(taps[0]), _ptr(taps[1]), i32(p.cols.ksize),
+                           i32(p.rows.first), i32(p.mid_rows), i32(size), _ptr(mid))
+    std = np.asarray(CLIP_STD, np.float32)
+    scale, bias = np.float32(1.0) / (np.float32(255.0) * std), -np.asarray(CLIP_MEAN, np.float32) / std
+    got = np.full((2, 3, size, size), np.nan, np.float32)
+    lib.host_resize_v(_ptr(np.asarray(grid_v(size, 2), np.int32)), _ptr(blk), i32(0), _ptr(mid), i32(p.mid_rows),
+                      i32(size), _ptr(taps[2]), _ptr(taps[3]), i32(p.rows.ksize), _ptr(scale), _ptr(bias), _ptr(got))
+    assert (c1 - c0) < w and np.isfinite(got).all()
+    np.testing.assert_array_equal(got, want)
 
 
-def test_junit_summary_counts_a_skip_as_a_failure(tmp_path):
-    import importlib.util
-    from pathlib import Path
+def test_detector_load_hands_the_cuda_preprocessor_stream_to_onnx_runtime(handmade_bundle):
+    """activate_runners carries the stream to the encoder session (checked here); Detector.load's use is GPU-only."""
+    from stp_edge.backends import activate_runners, create_runners
 
-    spec = importlib.util.spec_from_file_location("gpu_phases", Path(__file__).resolve().parents[1]
-                                                  / "scripts/gpu_phases.py")
-    gpu_phases = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_phases)
-    xml = tmp_path / "k.xml"
-    xml.write_text('<testsuites><testsuite><testcase classname="t" name="a"/>'
-                   '<testcase classname="t" name="b"><skipped message="no CUDA"/></testcase>'
-                   '</testsuite></testsuites>')
-    result = gpu_phases.phase_junit(xml)
-    assert result["ok"] is False and result["skipped"] == ["t::b"] and result["tests"] == 2
-    xml.write_text('<testsuites><testsuite><testcase classname="t" name="a"/></testsuite></testsuites>')
-    assert gpu_phases.phase_junit(xml)["ok"] is True
+    bundle = Bundle.load(handmade_bundle)
+    made: list[dict[str, Any]] = []
+
+    def make(b, backend, device, **kw):
+        made.append(create_runners(b, backend, device, **kw))
+        raise RuntimeError("stop before activation (no CUDA provider here)")
+
+    with pytest.raises(RuntimeError, match="stop before activation"):
+        activate_runners(bundle, "ort-cuda", ort_compute_stream=0x5555, make_runners=make)
+    assert made[0]["encoder"].compute_stream == 0x5555 and made[0]["temporal"].compute_stream is None
+
+
+@pytest.mark.gpu
+def test_ort_cuda_encoder_computes_on_the_cuda_preprocessor_stream(handmade_bundle, frames_factory):
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider here (onnxruntime-gpu not installed)")
+    _gpu()
+    from stp_edge.api import Detector
+
+    frames = frames_factory(6 * 16, seed=2)
+    with Detector.load(handmade_bundle, backend="ort-cpu") as det:
+        want = det.offline_scores(frames)
+    with Detector.load(handmade_bundle, backend="ort-cuda", preprocess="cuda") as det:
+        assert det.runners["encoder"].compute_stream == det.preprocess.stream_handle
+        got = det.offline_scores(frames)
+    np.testing.assert_allclose(got[0], want[0], atol=2e-2)

@@ -1,4 +1,4 @@
-"""`import stp_edge` and every runtime module work with torch, TensorRT, pycuda and onnxruntime unimportable."""
+"""`import stp_edge` and every runtime module work with torch, TensorRT, pycuda, onnxruntime, openvino unimportable."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKED = ("torch", "tensorrt", "tensorrt_lean", "tensorrt_lean_bindings", "pycuda", "onnxruntime")
+BLOCKED = ("torch", "tensorrt", "tensorrt_lean", "tensorrt_lean_bindings", "pycuda", "onnxruntime", "openvino")
 
 
 def test_runtime_imports_without_heavy_dependencies():
@@ -40,5 +40,6 @@ def test_runtime_imports_without_heavy_dependencies():
     _count, names = proc.stdout.split(" ", 1)
     stages = [f"stp_edge.pipeline.{s}" for s in ("snippets", "encode", "temporal", "spatial", "boxes")]
     for required in ("stp_edge.api", "stp_edge.bundle", "stp_edge.cli", "stp_edge.backends.ort",
-                     "stp_edge.backends.trt", "stp_edge.video", "stp_edge.frames", *stages):
+                     "stp_edge.backends.openvino", "stp_edge.backends.trt", "stp_edge.video", "stp_edge.frames",
+                     *stages):
         assert required in names.split()

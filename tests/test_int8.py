@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stp_edge.errors import UsageError
+
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.quantization")
 
@@ -82,6 +84,16 @@ def test_int8_manifest_records_precision_and_calibration(int8_bundle, calib_dir)
     assert b.manifest["graph_precision"] == {"encoder": "int8", "temporal": "fp32", "spatial": "fp32"}
     q = b.manifest["exporter"]["quantization"]
     assert q["format"] == "QDQ" and q["tensorrt_compatible"] is True
+    # the recipe "auto" chose (fast where it holds the tolerance on held-out calibration frames) and its check
+    assert q["calibration_method"] == "minmax" and q["weights"] == "int8 symmetric per-channel"
+    assert q["recipe"] in ("fast", "faithful") and q["recipe_choice"].startswith("auto: ")
+    fast = q["recipe"] == "fast"
+    assert (q["smoothing"] is None) == fast and (q["smoothed_matmuls"] > 0) == (not fast)
+    assert q["mlp_out_matmuls"] == ("int8" if fast else "float")
+    assert set(q["fidelity"]["min_cosine"]) == {"frame_emb", "region_emb"} and q["fidelity"]["threshold"] == 0.99
+    assert q["fidelity"]["ok"] == all(c >= 0.99 for c in q["fidelity"]["min_cosine"].values())
+    assert q["fidelity"]["on"] == ("held-out calibration frames" if q["calibration"]["num_frames"] >= 8
+                                   else "calibration frames")  # a few frames: checked on those it calibrated on
     assert q["calibration"] == calibration_set(calib_dir, STPromptConfig.named("tiny")).fingerprint
     assert not list(int8_bundle.glob("*.fp32.onnx"))  # the intermediate fp32 encoder is not shipped
     assert set(json.loads((int8_bundle / "manifest.json").read_text())["files"]) == {
@@ -97,6 +109,11 @@ def test_qdq_graph_is_symmetric_int8_and_keeps_norms_softmax_gelu_residuals_floa
     producers = {o: n for n in g.node for o in n.output}
     qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq, "no Q/DQ nodes: the encoder was not quantized"
+    from stp_edge.export.quantize import mlp_out_matmuls
+
+    # the faithful recipe keeps the MLP's second linear (fed by QuickGELU) float: no Q/DQ in front of it
+    recipe = json.loads((int8_bundle / "manifest.json").read_text())["exporter"]["quantization"]["recipe"]
+    assert (len(mlp_out_matmuls(onnx.load(str(int8_bundle / "encoder.onnx")))) >= 1) == (recipe == "faithful")
     for n in qdq:  # TensorRT explicit quantization: signed int8, zero point 0
         zp = inits.get(n.input[2]) if len(n.input) > 2 else None
         assert zp is not None and zp.dtype == np.int8 and not zp.any(), n.name
@@ -147,3 +164,55 @@ def test_verify_reports_int8_cosine_and_score_deltas(int8_bundle):
     pipe = {r.output: r for r in rep.rows if r.graph == "pipeline"}
     assert set(pipe) == {"score", "class_probs"} and all(np.isfinite(r.max_abs) for r in pipe.values())
     assert "cos>=0.99" in rep.table()
+    low = [r for r in enc if not r.ok]
+    assert len([n for n in rep.notes if "INT8 cosine to fp32" in n]) == len(low)
+
+
+def test_drift_notes_name_the_output_the_cosine_and_the_recipe():
+    from stp_edge.export.verify import VerifyRow, int8_drift_notes
+
+    rows = [VerifyRow("encoder", "frame_emb", "ort", "int8", 0.5, 0.1, False, 0.93),
+            VerifyRow("encoder", "region_emb", "ort", "int8", 0.1, 0.01, True, 0.995)]
+    manifest = {"exporter": {"quantization": {"calibration_method": "minmax", "mlp_out_matmuls": "float"}}}
+    (note,) = int8_drift_notes(rows, manifest)
+    assert note.startswith("encoder frame_emb on ort: INT8 cosine to fp32 0.9300 < 0.99")
+    assert "calibration minmax" in note and "--precision fp16/fp32" in note
+
+
+@pytest.fixture(scope="module")
+def fp32_encoder(tmp_path_factory):
+    """The tiny model's fp32 encoder graph and runtime-sampled calibration images of it (12: 3 held out)."""
+    from stp_edge.config import STPromptConfig
+    from stp_edge.export.bundle_export import export_bundle
+    from stp_edge.export.quantize import calibration_set
+
+    b = export_bundle(tmp_path_factory.mktemp("fp32") / "tiny.stp", random_config="tiny", seed=3, progress=False)
+    calib = _write_clips(tmp_path_factory.mktemp("calib12"), seeds=(21, 22, 23), num_frames=64)
+    return b / "encoder.onnx", calibration_set(calib, STPromptConfig.named("tiny")).images
+
+
+@pytest.mark.parametrize(("tolerance", "kept"), [(0.5, "fast"), (1.0 + 1e-9, "faithful")])
+def test_auto_recipe_keeps_the_fast_one_only_where_it_holds_the_tolerance(fp32_encoder, tmp_path, tolerance,
+                                                                          kept):
+    import warnings
+
+    from stp_edge.export.quantize import Int8FidelityWarning, quantize_encoder
+
+    fp32, images = fp32_encoder
+    assert len(images) >= 8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = quantize_encoder(fp32, tmp_path / "enc.onnx", images, tolerance=tolerance)
+    said = "auto: fast kept" if kept == "fast" else "auto: fast fell"
+    assert q["recipe"] == kept and q["recipe_choice"].startswith(said)
+    assert q["fidelity"]["frames"] == int((np.arange(len(images)) % 4 == 3).sum())  # held out, not calibrated on
+    drift = [w for w in caught if issubclass(w.category, Int8FidelityWarning)]
+    assert bool(drift) == (kept == "faithful")  # only the graph that is kept is warned about (none can pass 1.0+)
+    assert (q["mlp_out_matmuls"], q["smoothing"] is None) == (("int8", True) if kept == "fast" else ("float", False))
+
+
+def test_unknown_recipe_is_refused(fp32_encoder, tmp_path):
+    from stp_edge.export.quantize import quantize_encoder
+
+    with pytest.raises(UsageError, match="int8 recipe must be one of"):
+        quantize_encoder(fp32_encoder[0], tmp_path / "x.onnx", fp32_encoder[1], recipe="smallest")

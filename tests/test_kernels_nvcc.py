@@ -56,11 +56,11 @@ void host_resize_h_bgr8(const int* g, const int* b, const unsigned char* src, lo
 }
 
 void host_resize_h_nv12(const int* g, const int* b, const unsigned char* src, long long frame_stride,
-                        long long pitch, long long uv_offset, const float* yuv, const int* col_start,
+                        long long pitch, long long uv_offset, int height, const float* yuv, const int* col_start,
                         const int* col_coef, int ksize, int row0, int mid_rows, int size, unsigned char* mid) {
     stp::Yuv c{yuv[0], yuv[1], yuv[2], yuv[3], yuv[4], yuv[5], yuv[6]};
-    STP_GRID_LOOP(stp::resize_h_nv12(t, src, frame_stride, pitch, uv_offset, c, col_start, col_coef, ksize,
-                                     row0, mid_rows, size, mid))
+    STP_GRID_LOOP(stp::resize_h_nv12(t, src, frame_stride, pitch, uv_offset, height, c, col_start, col_coef,
+                                     ksize, row0, mid_rows, size, mid))
 }
 
 void host_resize_v(const int* g, const int* b, int half, const unsigned char* mid, int mid_rows, int size,
@@ -184,7 +184,7 @@ def _run_host(lib: ctypes.CDLL, frames: np.ndarray, size: int, fmt: str, half: b
     else:
         yuv = np.asarray([coef[k] for k in ("y_off", "y_scale", "c_scale", "rv", "gu", "gv", "bu")], np.float32)
         lib.host_resize_h_nv12(_ptr(gh), _ptr(blk), _ptr(src), i64(rows * pitch), i64(pitch), i64(h * pitch),
-                               _ptr(yuv), _ptr(col_start), _ptr(col_coef), i32(p.cols.ksize),
+                               i32(h), _ptr(yuv), _ptr(col_start), _ptr(col_coef), i32(p.cols.ksize),
                                i32(p.rows.first), i32(p.mid_rows), i32(size), _ptr(mid))  # fmt: skip
     std = np.asarray(CLIP_STD, np.float32)
     scale = np.float32(1.0) / (np.float32(255.0) * std)

@@ -212,3 +212,30 @@ def test_config_validation_names_the_field():
     assert STPromptConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown STPromptConfig fields"):
         STPromptConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_exp_adapter_matrix_is_near_uniform_on_its_window():
+    """softmax(exp(-|i-j|/sigma)): rows sum to 1, zero beyond the window, weights in [1, e] before normalising."""
+    a = banded_adapter_matrix(30, sigma=1.0, radius=8, form="exp")
+    torch.testing.assert_close(a.sum(dim=1), torch.ones(30))
+    assert a[15, 15 + 9] == 0 and a[15, 15 + 8] > 0
+    assert a[15, 15] / a[15, 15 + 8] == pytest.approx(math.exp(1 - math.exp(-8.0)), rel=1e-5)
+    assert a[15, 16] / a[15, 15] == pytest.approx(math.exp(math.exp(-1.0) - 1), rel=1e-5)
+    cfg = STPromptConfig(adapter_form="exp", adapter_window=8)
+    assert cfg.adapter_radius == 8 and cfg.context == 1 + 2 * 8
+    with pytest.raises(ValueError, match="adapter_form must be one of"):
+        STPromptConfig(adapter_form="gauss")
+
+
+@pytest.mark.parametrize(("form", "banded"), [("distance", True), ("exp", False)])
+def test_only_the_distance_form_is_banded(form, banded):
+    """Dropping weights beyond the radius changes the distance form's output by < tol-scale, the exp form's not."""
+    from stp_edge.model.stprompt import adapter_matrix
+
+    cfg = STPromptConfig.named("tiny", adapter_form=form, adapter_window=4)
+    t = 40
+    windowed = adapter_matrix(t, cfg)
+    whole = banded_adapter_matrix(t, cfg.adapter_sigma, t, form=form)  # radius t: nothing dropped
+    x = torch.randn(t, 8, generator=torch.Generator().manual_seed(0))
+    err = float((windowed @ x - whole @ x).abs().max())
+    assert (err < 1e-3) == banded, err

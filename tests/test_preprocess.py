@@ -130,7 +130,9 @@ def test_nv12_matches_opencv_bt601_limited() -> None:
     rng = np.random.default_rng(7)
     h, w = 120, 176
     y = rng.integers(16, 236, (h, w), dtype=np.uint8)  # in-range video levels (OpenCV clamps Y<16)
-    uv = rng.integers(16, 241, (h // 2, w), dtype=np.uint8)
+    # Chroma constant down each column: OpenCV replicates chroma rows, FFmpeg (ours) interpolates them, and the
+    # two agree exactly where neighbouring rows are equal; this checks the colour matrix.
+    uv = np.repeat(rng.integers(16, 241, (1, w), dtype=np.uint8), h // 2, axis=0)
     nv12 = np.concatenate([y, uv])
     ours = nv12_to_rgb(nv12, "bt601", full_range=False).astype(np.int16)
     ocv = cv2.cvtColor(nv12, cv2.COLOR_YUV2RGB_NV12).astype(np.int16)
@@ -143,8 +145,8 @@ def test_nv12_round_trips_the_standard_forward_transform(matrix: str, full_range
     """Encode RGB with the standard's forward equations (Kr, Kb), decode with ours: within quantisation."""
     kr, kb = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}[matrix]
     rng = np.random.default_rng(11)
-    rgb = rng.integers(0, 256, (32, 48, 3)).astype(np.float64)
-    rgb = rgb.repeat(2, axis=0).repeat(2, axis=1)  # 2x2 blocks: 4:2:0 subsampling loses nothing
+    rgb = rng.integers(0, 256, (1, 48, 3)).astype(np.float64)
+    rgb = rgb.repeat(64, axis=0).repeat(2, axis=1)  # 2-wide columns: 4:2:0 subsampling loses nothing
     r, g, b = (rgb[..., i] / 255.0 for i in range(3))
     yl = kr * r + (1 - kr - kb) * g + kb * b
     cb, cr = (b - yl) / (2 * (1 - kb)), (r - yl) / (2 * (1 - kr))
@@ -158,6 +160,33 @@ def test_nv12_round_trips_the_standard_forward_transform(matrix: str, full_range
     inside = (rgb > 3) & (rgb < 252)  # away from clipping
     assert np.abs(dec - rgb)[inside].max() <= 2.5  # 8-bit YUV quantisation (limited range: 255/219 steps)
     assert np.abs(dec - rgb).mean() <= 0.8
+
+
+@pytest.mark.parametrize(("h", "w"), [(8, 16), (90, 160), (480, 640), (1080, 1920)])
+def test_nv12_conversion_matches_ffmpeg(h: int, w: int) -> None:
+    """FFmpeg's own NV12->BGR (PyAV's reformat, swscale's defaults: what the CPU decode path runs) on random planes.
+
+    Stated tolerance: 3 grey levels per channel, mean under 1 (swscale's fixed-point arithmetic against our float
+    formula); the chroma siting is exact: replicating chroma (the old model) is off by up to ~200 levels here.
+    """
+    av = pytest.importorskip("av")
+    rng = np.random.default_rng(h)
+    y = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    uv = rng.integers(0, 256, (h // 2, w), dtype=np.uint8)
+    nv12 = np.concatenate([y, uv])
+    ffmpeg = av.VideoFrame.from_ndarray(nv12, format="nv12").reformat(format="bgr24").to_ndarray()
+    ours = nv12_to_rgb(nv12, "bt601", full_range=False)[..., ::-1]  # swscale's default: BT.601, limited range
+    diff = np.abs(ours.astype(np.int16) - ffmpeg.astype(np.int16))
+    assert diff.max() <= 3 and diff.mean() < 1.0
+
+
+def test_nv12_chroma_rows_follow_ffmpeg_siting() -> None:
+    from stp_edge.preprocess import nv12_chroma_rows
+
+    upper, lower, weight = nv12_chroma_rows(np.arange(10), 10)
+    assert upper.tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3, 4]
+    assert lower.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert weight.tolist() == [1, 1, 0.5, 1, 0.5, 1, 0.5, 1, 0.75, 1]
 
 
 def test_nv12_key_levels() -> None:

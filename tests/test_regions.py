@@ -57,3 +57,22 @@ def test_make_crops_against_torch():
             window = torch.from_numpy(images[b:b + 1, :, y:y + s, x:x + s])
             ref = torch.nn.functional.interpolate(window, size=(32, 32), mode="bilinear", align_corners=False)
             np.testing.assert_allclose(crops[b * 9 + r], ref[0].numpy(), atol=1e-5)
+
+
+def test_crops_are_the_default_around_pretrained_vit_b_16_weights():
+    """ViT-B/16 + pretrained CLIP weights -> crops 3x3 of the whole frame, recorded in the model source; tokens and
+    centre crops stay options."""
+    from stp_edge.config import PRETRAINED_REGIONS, STPromptConfig, pretrained_overrides
+    from stp_edge.export.bundle_export import _source
+
+    assert STPromptConfig.named("vit-b-16").region_mode == "tokens"  # no weights: the preset as it is
+    assert pretrained_overrides("vit-b-16", None) == PRETRAINED_REGIONS == {"region_mode": "crops", "region_grid": 3,
+                                                                            "region_extent": "frame"}
+    assert pretrained_overrides("vit-b-16", {"region_mode": "tokens"}) == {"region_mode": "tokens"}
+    tiny_clip = {"vision": {"image_size": 64, "patch_size": 16, "width": 64, "layers": 2, "heads": 2, "embed_dim": 32}}
+    assert pretrained_overrides("vit-b-16", tiny_clip) == tiny_clip  # another encoder keeps tokens
+    assert pretrained_overrides("tiny", None) == {}
+    src = _source(None, "ViT-B-16.pt", False, "vit-b-16", 0, None)
+    assert src.overrides == {"region_mode": "crops", "region_grid": 3, "region_extent": "frame"}
+    assert STPromptConfig.named(src.config, **src.overrides).num_regions == 9
+    assert _source(None, None, False, "vit-b-16", 0, None).overrides == {}  # random weights: unchanged

@@ -227,3 +227,40 @@ def test_low_latency_mode_emits_provisional_then_final(handmade_bundle, frames_f
         assert any(abs(a.score - b.score) > 1e-6 for a in early for b in finals if a.snippet == b.snippet)
     with pytest.raises(ValueError, match="lookahead must be in"):
         Detector.load(handmade_bundle, backend="ort-cpu", preprocess="cpu", lookahead=c + 1)
+
+
+ADAPTER_VARIANTS = {  # issue 28 item 6: each adapter form (and the frame-only model) keeps streaming == offline
+    "distance": {"adapter_sigma": 0.3},  # banded at radius floor(0.3 ln 1e4) = 2: context 5
+    "exp": {"adapter_form": "exp", "adapter_window": 2},  # softmax(exp(-|i-j|/sigma)) on a window of radius 2
+    "frame-only": {"region_term": False, "adapter_sigma": 0.3},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ADAPTER_VARIANTS))
+def adapter_bundle(request, tmp_path_factory):
+    """A tiny STPrompt exported by the real exporter, snippets of 4 frames, with one adapter variant."""
+    from stp_edge.export.bundle_export import export_bundle
+
+    overrides = {"snippet_len": 4, **ADAPTER_VARIANTS[request.param]}
+    out = tmp_path_factory.mktemp("adapter") / f"{request.param}.stp"
+    return request.param, export_bundle(out, random_config="tiny", seed=5, config_overrides=overrides,
+                                        progress=False)
+
+
+@pytest.mark.filterwarnings("ignore::stp_edge.errors.RandomWeightsWarning")
+def test_each_adapter_form_streams_equal_to_offline(adapter_bundle, frames_factory):
+    from stp_edge.bundle import Bundle
+
+    name, bundle = adapter_bundle
+    form = {"exp": "exp: softmax(exp(-|i-j|/0.5)) on a window of radius 2"}.get(name, "distance: softmax(-|i-j|/0.3)")
+    assert form in Bundle.load(bundle).summary()  # `stp-edge info` names the form
+    frames = frames_factory(72, seed=3)  # 18 snippets: longer than the window 2c + 1 = 11
+    with Detector.load(bundle, backend="ort-cpu", preprocess="cpu", spatial_on="off") as det:
+        assert det.context == 5
+        results, _ = _stream_all(det, frames)
+        score, probs = det.offline_scores(frames)
+    assert [r.snippet for r in results] == list(range(18))
+    assert score.std() > 1e-4
+    # "distance": exact up to its band tolerance 1e-4; "exp": defined on its window, so exact to rounding
+    np.testing.assert_allclose([r.score for r in results], score, atol=1e-4 if name != "exp" else 1e-5)
+    np.testing.assert_allclose(np.stack([r.class_probs for r in results]), probs, atol=1e-4)

@@ -153,9 +153,10 @@ def test_int8_builds_only_from_a_qdq_graph():
         precision_mode("int8", "fp16", ALL_FLAGS)
     with pytest.raises(ValueError, match="exported in int8"):
         precision_mode("fp16", "int8", ALL_FLAGS)
-    trt10 = precision_mode("int8", "int8", ALL_FLAGS)
-    assert trt10 == {"precision": "int8", "builder_flags": ["INT8"], "cleared_flags": ["TF32"],
+    trt10 = precision_mode("int8", "int8", ALL_FLAGS)  # unquantised layers may run fp16, not strict fp32
+    assert trt10 == {"precision": "int8", "builder_flags": ["INT8", "FP16"], "cleared_flags": [],
                      "strongly_typed": False}
+    assert precision_mode("int8", "int8", ALL_FLAGS - {"FP16"})["builder_flags"] == ["INT8"]
     trt11 = precision_mode("int8", "int8", ALL_FLAGS - {"FP16", "INT8"})
     assert trt11["strongly_typed"] and trt11["builder_flags"] == []
     # The heads of an int8 bundle stay fp32 engines.
@@ -338,6 +339,30 @@ def test_timing_cache_file_round_trip(tmp_path):
     cache.save()
     assert TimingCache(cache.path).data == cache.data
     assert [p.name for p in cache.path.parent.iterdir()] == ["h200.cache"]  # no partial file left
+
+
+def test_two_optimisation_profiles_opt_one_and_opt_max():
+    from stp_edge.export.trt_build import optimization_profiles
+
+    shapes = {"frame_emb": ((1, 1, 8), (1, 7, 8), (16, 7, 8)), "region_emb": ((1, 1, 4, 8), (1, 7, 4, 8),
+                                                                          (16, 7, 4, 8))}
+    first, second = optimization_profiles(shapes)
+    assert first == shapes
+    assert second == {"frame_emb": ((1, 1, 8), (16, 7, 8), (16, 7, 8)),
+                      "region_emb": ((1, 1, 4, 8), (16, 7, 4, 8), (16, 7, 4, 8))}
+    at_max = {"x": ((1, 3), (4, 3), (4, 3))}
+    assert optimization_profiles(at_max) == [at_max]  # opt is max already: one profile
+
+
+def test_timing_cache_is_kept_per_gpu_model_and_tensorrt_version(tmp_path):
+    from stp_edge.export.trt_build import timing_cache_file
+
+    h100 = timing_cache_file(tmp_path, "NVIDIA H100 80GB HBM3", "10.13.0.35")
+    orin = timing_cache_file(tmp_path, "Orin (nvgpu)", "10.3.0.30")
+    assert h100.parent == orin.parent == tmp_path and h100 != orin
+    assert h100.name.endswith("-trt10.13.cache") and "h100" in h100.name
+    assert timing_cache_file(tmp_path, "NVIDIA H100 80GB HBM3", "10.13.1.2") == h100  # same minor version
+    assert timing_cache_file(tmp_path / "mine.cache", "NVIDIA H100 80GB HBM3", "10.13.0.35") == tmp_path / "mine.cache"
 
 
 def test_builder_api_constant_covers_what_trt_build_uses():

@@ -5,7 +5,9 @@ benchmarks alike:
 - `select_backend()` is a pure function of what is available (`Availability`);
 - `probe_availability()` finds that out on this machine, importing TensorRT, pycuda and onnxruntime only when
   called; with a bundle it also makes the engine choice (`select_trt_engine`), once;
-- `choose_backend()` = probe + select, keeping that engine; `resolve_backend()` is its name alone;
+- `choose_backend()` = probe + select, keeping that engine; `resolve_backend()` is its name alone; on a CPU it
+  also picks between ONNX Runtime and OpenVINO and the encoder's form (fp32, bf16, int8) with
+  `stp_edge.machine.choose_cpu_form`, a pure function of the CPU's features, what is installed and the bundle;
 - `create_runners()` builds one (inactive) runner per graph, TensorRT ones on the chosen engine set, each bounded
   by `CallLimits` (a deadline per call, a memory cap, an end on a stop request: calls.py).
 """
@@ -20,7 +22,8 @@ from typing import Any
 from stp_edge.backends.calls import CallLimits, stop_calls_on
 from stp_edge.errors import UsageError
 
-BACKENDS = ("trt", "ort-cuda", "ort-trt", "ort-cpu")
+BACKENDS = ("trt", "ort-cuda", "ort-trt", "ort-cpu", "openvino", "openvino-gpu")
+OPENVINO_DEVICES = {"openvino": "CPU", "openvino-gpu": "GPU"}
 BACKEND_CHOICES = ("auto", "ort", *BACKENDS)
 TRITON_SCHEME = "triton://"  # backend names "triton://HOST:PORT": graphs served by Triton (backends/triton.py)
 ORT_PROVIDERS = {
@@ -42,6 +45,8 @@ class Availability:
         ort_providers: Execution providers of the installed onnxruntime.
         reasons: Why a faster backend is unavailable, one line each (for messages and `stp-edge info`).
         trt_engine: That engine set (`select_trt_engine`'s choice), or None.
+        openvino: openvino imports.
+        openvino_devices: The devices it sees ("CPU", "GPU", ...).
     """
 
     tensorrt: bool = False
@@ -51,6 +56,8 @@ class Availability:
     ort_providers: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     trt_engine: Any = None
+    openvino: bool = False
+    openvino_devices: tuple[str, ...] = ()
 
 
 def select_backend(requested: str, available: Availability) -> str:
@@ -65,11 +72,13 @@ def select_backend(requested: str, available: Availability) -> str:
         "ort-cuda": available.onnxruntime and "CUDAExecutionProvider" in available.ort_providers,
         "ort-trt": available.onnxruntime and "TensorrtExecutionProvider" in available.ort_providers,
         "ort-cpu": available.onnxruntime,
+        "openvino": available.openvino and "CPU" in available.openvino_devices,
+        "openvino-gpu": available.openvino and any(d.startswith("GPU") for d in available.openvino_devices),
     }
     if requested == "ort":
         requested = "ort-cuda" if can["ort-cuda"] else "ort-cpu"
     if requested == "auto":
-        for name in ("trt", "ort-cuda", "ort-cpu"):
+        for name in ("trt", "ort-cuda", "ort-cpu", "openvino"):  # CPU: refined by choose_cpu_form
             if can[name]:
                 return name
         raise UsageError("no backend can run here: " + "; ".join(available.reasons or ("nothing installed",))
@@ -86,6 +95,11 @@ def why_not(backend: str, available: Availability) -> str:
     if backend == "trt":
         reasons = [r for r in available.reasons if r.startswith(("TensorRT", "pycuda"))]
         return "; ".join(reasons) or "TensorRT, pycuda or a matching engine set is missing"
+    if backend in OPENVINO_DEVICES:
+        if not available.openvino:
+            return "openvino is not installed: pip install 'stp-edge[openvino]'"
+        return (f"OpenVINO sees no {OPENVINO_DEVICES[backend]} device here (it sees "
+                f"{', '.join(available.openvino_devices) or 'none'}; an Intel GPU needs its compute runtime)")
     if not available.onnxruntime:
         extra = "ort" if backend == "ort-cpu" else "ort-gpu"
         return f"onnxruntime is not installed: pip install 'stp-edge[{extra}]'"
@@ -135,8 +149,23 @@ def probe_availability(bundle: Any = None, device: int = 0, *, allow_host_code: 
         have_ort = True
     except ImportError as exc:
         reasons.append(f"onnxruntime: {exc}")
+    ov_devices = _openvino_devices(reasons)
     return Availability(tensorrt=have_trt, pycuda=have_pycuda, trt_plans=engine is not None, onnxruntime=have_ort,
-                        ort_providers=providers, reasons=tuple(reasons), trt_engine=engine)
+                        ort_providers=providers, reasons=tuple(reasons), trt_engine=engine,
+                        openvino=ov_devices is not None, openvino_devices=ov_devices or ())
+
+
+def _openvino_devices(reasons: list[str]) -> tuple[str, ...] | None:
+    """The devices OpenVINO sees, or None (and a reason) where it is not installed or cannot start."""
+    try:
+        from stp_edge.backends.openvino import openvino_devices
+
+        return openvino_devices()
+    except ImportError as exc:
+        reasons.append(f"openvino: {exc}")
+    except RuntimeError as exc:  # installed but its plugins fail to load
+        reasons.append(f"openvino: {' '.join(str(exc).split())}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -144,23 +173,30 @@ class BackendChoice:
     """The backend that will run a bundle here and, for "trt", the engine set its runners load.
 
     Attributes:
-        name: A resolved backend name ("trt", "ort-cuda", "ort-trt", "ort-cpu" or "triton://HOST:PORT").
+        name: A resolved backend name ("trt", "ort-cuda", "ort-trt", "ort-cpu", "openvino", "openvino-gpu" or
+            "triton://HOST:PORT").
         engine: The bundle's `EngineInfo` chosen for this machine when `name` is "trt", else None.
+        form: On "ort-cpu"/"openvino" with a bundle: the `stp_edge.machine.FormChoice` (the encoder's form, the
+            OpenVINO precision hint, what it buys on this CPU); else None.
     """
 
     name: str
     engine: Any = None
+    form: Any = None
 
 
 def choose_backend(requested: str, bundle: Any = None, device: int = 0, *,
-                   allow_host_code: bool = False) -> BackendChoice:
+                   allow_host_code: bool = False, precision: str = "exported") -> BackendChoice:
     """The backend that will run: `requested` checked against this machine, or the fastest one for "auto".
 
     The engine set is chosen here, once; pass `engine=choice.engine` to `create_runners`/`activate_runners`.
     "ort-cpu" needs no probe (onnxruntime's import error, if any, surfaces when its runner activates).
+    On a CPU backend `precision` ("exported", "auto", "fp32", "bf16", "int8") and `choose_cpu_form` pick the form;
+    "exported" (the default) keeps the bundle's precision (an fp32 bundle stays fp32); "auto" may run it in bf16
+    on OpenVINO, and may move the run from ONNX Runtime to OpenVINO (or back) where it is installed and faster.
     """
     if requested == "ort-cpu":
-        return BackendChoice(requested)
+        return _cpu_choice(BackendChoice(requested), requested, bundle, precision, None)
     if requested.startswith(TRITON_SCHEME):  # a served bundle: nothing to probe here (see `create_runners`)
         from stp_edge.backends.triton import parse_triton_url
 
@@ -168,7 +204,27 @@ def choose_backend(requested: str, bundle: Any = None, device: int = 0, *,
         return BackendChoice(requested)
     available = probe_availability(bundle, device, allow_host_code=allow_host_code)
     name = select_backend(requested, available)
-    return BackendChoice(name, available.trt_engine if name == "trt" else None)
+    return _cpu_choice(BackendChoice(name, available.trt_engine if name == "trt" else None), requested, bundle,
+                       precision, available)
+
+
+def _cpu_choice(choice: BackendChoice, requested: str, bundle: Any, precision: str,
+                available: Availability | None) -> BackendChoice:
+    """`choice` with its CPU form (`choose_cpu_form`); under "auto" the backend that form runs on."""
+    from stp_edge.machine import choose_cpu_form, cpu_features, encoder_form
+
+    if choice.name not in ("ort-cpu", "openvino"):
+        if precision not in ("exported", "auto", None):
+            raise UsageError(f"precision {precision!r} is chosen on CPU backends (ort-cpu, openvino); backend "
+                             f"{choice.name!r} runs the bundle's graphs as built")
+        return choice
+    if bundle is None:
+        return choice
+    installed = {choice.name}
+    if requested == "auto" and available is not None:
+        installed = {n for n, ok in (("ort-cpu", available.onnxruntime), ("openvino", available.openvino)) if ok}
+    form = choose_cpu_form(cpu_features(), installed, encoder_form(bundle.manifest), precision or "exported")
+    return BackendChoice(form.backend, None, form)
 
 
 def resolve_backend(requested: str, bundle: Any = None, device: int = 0) -> str:
@@ -178,7 +234,8 @@ def resolve_backend(requested: str, bundle: Any = None, device: int = 0) -> str:
 
 def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_code: bool = False,
                    graphs: tuple[str, ...] | None = None, ort_trt_fp16: bool = False,
-                   engine: Any = None, limits: CallLimits | None = None) -> dict[str, Any]:
+                   engine: Any = None, limits: CallLimits | None = None,
+                   encoder_precision: str | None = None, ort_compute_stream: int | None = None) -> dict[str, Any]:
     """One (inactive) runner per graph of `bundle` ("encoder", "temporal", "spatial") for a resolved backend.
 
     Args:
@@ -193,6 +250,11 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
         engine: "trt" only: the engine set to load (`choose_backend`'s `engine`); None chooses it here.
         limits: `stp_edge.backends.calls.CallLimits` of every runner (call deadline, memory cap, connect
             timeout); None: the defaults.
+        encoder_precision: "openvino*" only: the encoder's INFERENCE_PRECISION_HINT ("f32", "bf16"; None:
+            "f32"). The heads always run in f32: they scale cosines by 1/temperature (~14x), which turns bf16's
+            8-bit mantissa into visible errors in class probabilities, for microseconds of work.
+        ort_compute_stream: "ort-cuda"/"ort-trt" only: the CUstream the encoder's session computes on (the
+            producer's, e.g. `CudaPreprocessor.stream_handle`; see `OrtRunner`); None: ONNX Runtime's own.
     """
     from stp_edge.bundle import GRAPH_NAMES
 
@@ -216,8 +278,16 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
                              allow_host_code=allow_host_code, profiles=profiles.get(g), engine_info=engine,
                              limits=limits)
                 for g in names}
+    if backend in OPENVINO_DEVICES:
+        from stp_edge.backends.openvino import OpenVinoRunner
+
+        return {g: OpenVinoRunner(bundle.graph_path(g), device=OPENVINO_DEVICES[backend],
+                                  precision=(encoder_precision or "f32") if g == "encoder" else "f32",
+                                  name=f"{g}.onnx ({backend})", limits=limits)
+                for g in names}
     if backend not in ORT_PROVIDERS:
-        raise UsageError(f"unknown backend {backend!r}; expected 'trt' or one of {sorted(ORT_PROVIDERS)}")
+        raise UsageError(f"unknown backend {backend!r}; expected 'trt', one of {sorted(ORT_PROVIDERS)} or "
+                         f"{sorted(OPENVINO_DEVICES)}")
     from stp_edge.backends.ort import OrtRunner
 
     profiles = None
@@ -226,7 +296,8 @@ def create_runners(bundle: Any, backend: str, device: int = 0, *, allow_host_cod
 
         profiles = default_profiles(bundle.config, regions=bundle.region_features)
     return {g: OrtRunner(bundle.graph_path(g), ORT_PROVIDERS[backend], device_id=device, name=f"{g}.onnx ({backend})",
-                         trt_fp16=ort_trt_fp16, trt_profiles=profiles[g] if profiles else None, limits=limits)
+                         trt_fp16=ort_trt_fp16, trt_profiles=profiles[g] if profiles else None, limits=limits,
+                         compute_stream=ort_compute_stream if g == "encoder" and backend != "ort-cpu" else None)
             for g in names}
 
 
@@ -266,7 +337,9 @@ def ort_fallback_backend() -> str:
 def activate_runners(bundle: Any, backend: str, device: int = 0, *, requested: str | None = None,
                      allow_host_code: bool = False, engine: Any = None, warn: Callable[[str], None] | None = None,
                      make_runners: Callable[..., dict[str, Any]] | None = None,
-                     limits: CallLimits | None = None) -> tuple[str, dict[str, Any]]:
+                     limits: CallLimits | None = None,
+                     encoder_precision: str | None = None, ort_trt_fp16: bool = False,
+                     ort_compute_stream: int | None = None) -> tuple[str, dict[str, Any]]:
     """Create and activate the runners of a resolved `backend`; returns (backend that runs, runners).
 
     A TensorRT plan that TensorRT refuses to deserialise (`PlanLoadError`: the manifest's engine entry looked
@@ -284,11 +357,19 @@ def activate_runners(bundle: Any, backend: str, device: int = 0, *, requested: s
         warn: Receives the one-line fallback warning (default: the "stp_edge" logger's warning).
         make_runners: `create_runners` (replaceable for tests).
         limits: `CallLimits` of every runner (see `create_runners`).
+        encoder_precision: OpenVINO's encoder precision hint (see `create_runners`).
+        ort_trt_fp16: "ort-trt" only: ONNX Runtime's TensorRT provider may use fp16 kernels (`create_runners`).
+        ort_compute_stream: ONNX Runtime GPU backends: the encoder session's CUDA stream (`create_runners`).
     """
     from stp_edge.backends.base import PlanLoadError, RunnerError
 
     make = make_runners or create_runners
-    runners = make(bundle, backend, device, allow_host_code=allow_host_code, engine=engine, limits=limits)
+    extra: dict[str, Any] = {"encoder_precision": encoder_precision} if encoder_precision is not None else {}
+    if ort_trt_fp16:
+        extra["ort_trt_fp16"] = True
+    if ort_compute_stream is not None:
+        extra["ort_compute_stream"] = ort_compute_stream
+    runners = make(bundle, backend, device, allow_host_code=allow_host_code, engine=engine, limits=limits, **extra)
     try:
         return backend, activate_all(runners)
     except PlanLoadError as exc:
@@ -317,6 +398,7 @@ def _plan_failure(bundle: Any, device: int, runners: dict[str, Any], exc: Except
         return short
 
 
-__all__ = ["BACKENDS", "BACKEND_CHOICES", "ORT_PROVIDERS", "TRITON_SCHEME", "Availability", "BackendChoice",
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "OPENVINO_DEVICES", "ORT_PROVIDERS", "TRITON_SCHEME", "Availability",
+           "BackendChoice",
            "CallLimits", "activate_all", "activate_runners", "choose_backend", "create_runners", "ort_fallback_backend",
            "probe_availability", "resolve_backend", "select_backend", "select_trt_engine", "stop_calls_on", "why_not"]

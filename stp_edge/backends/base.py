@@ -135,6 +135,9 @@ class Runner(abc.ABC):
     # True where infer() makes its own CUDA stream wait on the `stream` of a device feed's
     # __cuda_array_interface__ (an event, no host sync), so a producer may hand over unsynchronised work.
     waits_on_feed_streams = False
+    # True where the runner computes on this machine's CPU threads and reads `intra_op_num_threads` when it
+    # activates (ONNX Runtime, OpenVINO): `stp_edge.backends.ort.set_intra_op_threads` sizes those alone.
+    takes_cpu_threads = False
     default_call_timeout_s = DEFAULT_CALL_TIMEOUT_S
 
     def __init__(self, name: str, *, limits: CallLimits | None = None) -> None:
@@ -266,6 +269,13 @@ class Runner(abc.ABC):
         """Largest batch (dim 0 of every input) one `infer()` call accepts; None when unlimited.
 
         TensorRT plans accept only their optimisation profile's range; ONNX Runtime and torch take any batch.
+        """
+        return None
+
+    def max_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """Largest shape of each input one call accepts (a TensorRT optimisation profile's max); None: any.
+
+        The temporal graph's T (dim 1) is bounded too: `Detector.offline_scores` cuts longer videos into windows.
         """
         return None
 

@@ -13,6 +13,7 @@ one-line `CallError`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import threading
@@ -64,7 +65,7 @@ def cap_cpu_arena(ort: Any, limit_bytes: int) -> None:
 
 
 def set_intra_op_threads(runners: Mapping[str, Any], threads: int | None) -> Mapping[str, Any]:
-    """Give the ONNX Runtime runners among `runners` `threads` threads per operator; returns `runners`.
+    """Give the CPU runners among `runners` (ONNX Runtime, OpenVINO) `threads` threads per operator; returns `runners`.
 
     Read when a runner activates (its session is made then): call it before `activate`. Other runners are left
     as they are. None leaves ONNX Runtime's default (one thread per core of the machine).
@@ -74,7 +75,7 @@ def set_intra_op_threads(runners: Mapping[str, Any], threads: int | None) -> Map
     if threads is None:
         return runners
     for runner in runners.values():
-        if isinstance(runner, OrtRunner):
+        if runner.takes_cpu_threads:
             runner.intra_op_num_threads = threads
     return runners
 
@@ -170,6 +171,19 @@ def trt_provider_options(device_id: int, *, fp16: bool, cache_dir: str | os.Path
     return options
 
 
+def compute_stream_options(stream: int | None) -> dict[str, str]:
+    """CUDA/TensorRT provider options that make ONNX Runtime compute on the producer's CUDA stream.
+
+    A device input written on that stream (the CUDA preprocessor's) is then ordered by the stream itself: no
+    host synchronisation between producer and session. Empty for None (ONNX Runtime's own stream).
+    """
+    if stream is None:
+        return {}
+    if isinstance(stream, bool) or not isinstance(stream, int) or stream in (0, 1, 2):
+        raise UsageError(f"compute stream must be a CUstream handle (not 0/1/2, the default streams), got {stream!r}")
+    return {"has_user_compute_stream": "1", "user_compute_stream": str(int(stream))}
+
+
 class OrtRunner(Runner):
     """Runs one ONNX graph with ONNX Runtime.
 
@@ -186,16 +200,24 @@ class OrtRunner(Runner):
         name: Runner name used in messages (default: the file name).
         limits: Call deadline and memory cap (`CallLimits`; the CPU arena is capped at half this machine's
             memory unless `memory_limit_gib` says otherwise).
+        compute_stream: GPU providers: the CUstream (int) ONNX Runtime computes on, normally the producer's
+            (`CudaPreprocessor.stream_handle`), so device feeds written there need no host sync; a device feed
+            from another stream is waited for on the host first. None: ONNX Runtime's own stream.
     """
 
     accepts_device_feeds = True  # only honoured on a GPU provider, checked in infer_impl
+    takes_cpu_threads = True
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | str = ("CPUExecutionProvider",), *,
                  device_id: int = 0, graph_optimization_level: str = "all", intra_op_num_threads: int | None = None,
                  trt_fp16: bool = False, trt_cache_dir: str | os.PathLike | None = None,
                  trt_profiles: Mapping[str, Sequence[Sequence[int]]] | None = None,
-                 name: str | None = None, limits: CallLimits | None = None) -> None:
+                 name: str | None = None, limits: CallLimits | None = None,
+                 compute_stream: int | None = None) -> None:
         self.path = Path(path)
+        self._stream_options = compute_stream_options(compute_stream)
+        self.compute_stream = compute_stream
+        self.waits_on_feed_streams = compute_stream is not None  # by stream order, or a host wait (_await_feeds)
         super().__init__(name or self.path.name, limits=limits)
         if graph_optimization_level not in OPT_LEVELS:
             raise UsageError(f"graph_optimization_level must be one of {OPT_LEVELS}, got "
@@ -213,6 +235,12 @@ class OrtRunner(Runner):
         self._ort: Any = None
         self._run_options: Any = None  # the running call's RunOptions, for cancel_impl
 
+    def max_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """With the TensorRT provider and explicit profiles: each input's profile max (beyond it the call fails)."""
+        if not self.trt_profiles or (self.providers and self.providers[0] != "TensorrtExecutionProvider"):
+            return None
+        return {n: tuple(int(d) for d in p[2]) for n, p in self.trt_profiles.items()}
+
     @property
     def on_gpu(self) -> bool:
         """True when the session's first provider is a GPU provider."""
@@ -220,14 +248,14 @@ class OrtRunner(Runner):
 
     def _provider_options(self, provider: str) -> dict[str, Any]:
         if provider == "CUDAExecutionProvider":
-            options: dict[str, Any] = {"device_id": self.device_id}
+            options: dict[str, Any] = {"device_id": self.device_id, **self._stream_options}
             if self.limits.memory_limit_gib is not None:  # the GPU arena is capped only when asked
                 options.update(gpu_mem_limit=int(self.limits.memory_limit_gib * GIB),
                                arena_extend_strategy="kSameAsRequested")
             return options
         if provider == "TensorrtExecutionProvider":
-            return trt_provider_options(self.device_id, fp16=self.trt_fp16, cache_dir=self.trt_cache_dir,
-                                        profiles=self.trt_profiles)
+            return {**trt_provider_options(self.device_id, fp16=self.trt_fp16, cache_dir=self.trt_cache_dir,
+                                           profiles=self.trt_profiles), **self._stream_options}
         return {}
 
     def activate_impl(self) -> None:
@@ -291,6 +319,18 @@ class OrtRunner(Runner):
         finally:
             self._run_options = None
 
+    def _await_feeds(self, feeds: Mapping[str, Any]) -> None:
+        """Wait on the host for device feeds produced on a stream other than the session's compute stream."""
+        if self.compute_stream is None:
+            return
+        from stp_edge.cuda.driver import check, load_libcuda
+        from stp_edge.cuda.streams import producer_stream
+
+        for value in feeds.values():
+            stream = producer_stream(value, self.compute_stream)
+            if stream is not None:
+                check(load_libcuda().cuStreamSynchronize(ctypes.c_void_p(stream)), "cuStreamSynchronize")
+
     def _run(self, feeds: Mapping[str, Any], options: Any) -> dict[str, np.ndarray]:
         names = self.output_names_impl()
         if not self.on_gpu:
@@ -299,6 +339,7 @@ class OrtRunner(Runner):
                     raise InputError(f"{self.name}: input {name!r} is a device buffer but the session runs on "
                                      f"{self.providers}; pass a host numpy array")
             return dict(zip(names, self.session.run(names, dict(feeds), options), strict=False))
+        self._await_feeds(feeds)
         io = self.session.io_binding()
         for name, value in feeds.items():
             shape, dtype, ptr = feed_layout(value)

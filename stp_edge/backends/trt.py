@@ -55,7 +55,8 @@ TRT_API: dict[str, tuple[str, ...]] = {
     "Runtime": ("deserialize_cuda_engine", "engine_host_code_allowed"),
     "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype",
                     "get_tensor_profile_shape", "num_optimization_profiles", "create_execution_context"),
-    "IExecutionContext": ("set_input_shape", "set_tensor_address", "execute_async_v3", "get_tensor_shape"),
+    "IExecutionContext": ("set_input_shape", "set_tensor_address", "execute_async_v3", "get_tensor_shape",
+                          "set_optimization_profile_async"),
 }
 
 # TensorRT DataType member name -> NumPy dtype (BF16/FP8/INT4/FP4/E8M0 have no NumPy equivalent).
@@ -154,6 +155,17 @@ def deserialize_plan(trt: ModuleType, plan: bytes, *, where: str = "plan",
     return runtime, engine
 
 
+def pick_profile(batch: int, opt_batches: Sequence[int]) -> int:
+    """Index of the optimisation profile whose opt batch is nearest `batch` (the smaller opt on a tie).
+
+    `stp-edge build-engines` builds two (`optimization_profiles`: opt 1 and opt max, same range), so one
+    stream runs the kernels tuned for batch 1 and a full batch of streams those tuned for the maximum.
+    """
+    if not opt_batches:
+        return 0
+    return min(range(len(opt_batches)), key=lambda i: (abs(opt_batches[i] - batch), opt_batches[i]))
+
+
 def cuda_device_info(device: int = 0) -> tuple[str, str]:
     """(GPU name, compute capability 'major.minor') of a CUDA device, through pycuda."""
     cuda = require("pycuda.driver", "querying the GPU")
@@ -242,6 +254,8 @@ class TrtRunner(Runner):
         self.stream: Any = None
         self._inputs: list[str] = []
         self._outputs: list[str] = []
+        self._opt_batches: list[int] = []  # opt batch of each optimisation profile (dynamic inputs only)
+        self._active_profile = 0
         self._dtypes: dict[str, np.dtype] = {}
         self._device_bufs: dict[str, tuple[Any, int]] = {}  # name -> (allocation, nbytes)
         self._host_bufs: dict[str, np.ndarray] = {}
@@ -274,12 +288,18 @@ class TrtRunner(Runner):
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise RunnerError(f"{self.name}: TensorRT could not create an execution context (GPU out of memory?)")
-        self.stream = self._cuda.Stream()
+        from stp_edge.cuda.streams import new_stream
+
+        self.stream = new_stream(self._cuda)
         input_mode = self.trt.TensorIOMode.INPUT
         for i in range(self.engine.num_io_tensors):
             tname = self.engine.get_tensor_name(i)
             self._dtypes[tname] = trt_dtype_to_numpy(self.engine.get_tensor_dtype(tname))
             (self._inputs if self.engine.get_tensor_mode(tname) == input_mode else self._outputs).append(tname)
+        first = self._inputs[0] if self._inputs else None
+        if first is not None and any(int(d) < 0 for d in self.engine.get_tensor_shape(first)):
+            self._opt_batches = [int(self.engine.get_tensor_profile_shape(first, i)[1][0])
+                                 for i in range(self.engine.num_optimization_profiles)]
 
     def deactivate_impl(self) -> None:
         try:
@@ -321,6 +341,14 @@ class TrtRunner(Runner):
         profiles = {n: p for n in self._inputs if (p := self._profile(n)) is not None}
         return profile_max_batch(profiles)
 
+    def max_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """Each input's profile max (recorded in the manifest, or read from the plan once active)."""
+        if self.profiles is not None:
+            return {n: tuple(int(d) for d in p[2]) for n, p in self.profiles.items()}
+        if not self.is_active:
+            return None
+        return {n: tuple(p[2]) for n in self._inputs if (p := self._profile(n)) is not None} or None
+
     def _profile(self, name: str) -> tuple[Sequence[int], Sequence[int], Sequence[int]] | None:
         if any(int(d) < 0 for d in self.engine.get_tensor_shape(name)) and self.engine.num_optimization_profiles:
             lo, opt, hi = self.engine.get_tensor_profile_shape(name, 0)
@@ -332,6 +360,7 @@ class TrtRunner(Runner):
         alloc, size = self._device_bufs.get(name, (None, 0))
         if alloc is None or size < nbytes:
             if alloc is not None:
+                self.stream.synchronize()  # work queued earlier (a call that raised midway) may still use it
                 alloc.free()
             alloc, size = self._cuda.mem_alloc(max(nbytes, 1)), nbytes
             self._device_bufs[name] = (alloc, size)
@@ -343,6 +372,8 @@ class TrtRunner(Runner):
         n = int(np.prod(shape, dtype=np.int64))
         buf = self._host_bufs.get(name)
         if buf is None or buf.size < n:
+            if buf is not None:
+                self.stream.synchronize()  # an async copy queued earlier may still read or write the old one
             buf = self._cuda.pagelocked_empty(max(n, 1), dtype)
             self._host_bufs[name] = buf
         return buf[:n].reshape(shape)
@@ -361,10 +392,19 @@ class TrtRunner(Runner):
                 self._waiter = self._waiter or StreamWaiter()
                 self._waiter.wait(int(self.stream.handle), producer)
 
+    def _use_profile(self, batch: int) -> None:
+        """Switch the context to the profile tuned nearest `batch` (queued on the stream, no host sync)."""
+        index = pick_profile(batch, self._opt_batches)
+        if index != self._active_profile:
+            if not self.context.set_optimization_profile_async(index, self.stream.handle):
+                raise RunnerError(f"{self.name}: TensorRT refused optimisation profile {index}")
+            self._active_profile = index
+
     def _infer(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         cuda, ctx, stream = self._cuda, self.context, self.stream
         specs = self.input_specs()
         self._wait_for_producers(feeds)
+        self._use_profile(feed_layout(feeds[self._inputs[0]])[0][0] if self._inputs else 1)
         for name in self._inputs:
             value = feeds[name]
             shape, _, ptr = feed_layout(value)

@@ -54,6 +54,11 @@ class BenchReport:
     torch_baseline: dict[str, Any] | None
     machine: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    # On a CPU backend: the CPU's int8/bf16 instructions, the backend and encoder form that ran and why
+    # (`stp_edge.machine.describe_form`), and the installed CPU backends side by side on this bundle's encoder
+    # (`stp_edge.bench.forms.compare_forms` rows).
+    form: str | None = None
+    backends: list[dict[str, Any]] = field(default_factory=list)
     saved: list[Path] = field(default_factory=list, compare=False)  # files `save` wrote (none unless asked)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +102,13 @@ class BenchReport:
         if f.get("int8_gops"):
             floor += f"; int8 {f['int8_gops']:.0f} GOP/s -> {f['int8_floor_ms']:.1f} ms"
         lines.append(f"| encoder floor per snippet | {floor} |")
+        if self.form:
+            lines += ["", f"Ran: {self.form}"]
+        if self.backends:
+            from stp_edge.bench.forms import forms_markdown
+
+            lines += ["", "Installed CPU backends side by side on this encoder (batch 1, alternated, medians):", "",
+                      *forms_markdown(self.backends, self.backends[0]["label"])]
         lines += ["", *(f"- {n}" for n in self.notes)]
         return "\n".join(lines) + "\n"
 

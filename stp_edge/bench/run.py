@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from stp_edge.bench.baseline import load_torch_pipeline
 from stp_edge.bench.floor import physical_floor
@@ -40,7 +41,7 @@ from stp_edge.bench.source import CAMERA_FPS, DEFAULT_SIZE, write_test_video
 from stp_edge.bench.stream_cost import cost_by_stream_length
 from stp_edge.bench.streams import run_streams
 from stp_edge.errors import UsageError
-from stp_edge.machine import machine_info
+from stp_edge.machine import describe_form, encoder_form, machine_info
 from stp_edge.report import STAGES
 
 
@@ -48,7 +49,7 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
               streams: int = 1, source: str | os.PathLike | None = None, frames: int | None = None,
               json_out: str | os.PathLike | None = None, torch_baseline: bool = True, progress: bool = True,
               lookahead: int | None = None, stream_lengths: Sequence[int] = (64, 4096),
-              checkpoint: str | os.PathLike | None = None) -> BenchReport:
+              checkpoint: str | os.PathLike | None = None, compare_backends: bool = True) -> BenchReport:
     """Benchmark a bundle on this machine (see the module docstring); saves JSON/markdown/plot to `json_out`.
 
     Args:
@@ -67,6 +68,12 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
         stream_lengths: Stream lengths (snippets) at which the cost per new snippet is compared.
         checkpoint: The checkpoint a checkpoint-exported bundle came from (for the PyTorch baseline only; paths
             named inside a bundle are never opened).
+        compare_backends: On a CPU backend, also time the encoder on every installed CPU backend and form the
+            bundle allows (`stp_edge.bench.forms.compare_forms`), side by side.
+
+    `precision` None runs the detector as `run` does by default (`Detector.load(precision="exported")`: the bundle's
+    own precision); "auto" and "bf16" run what they do there: the form `stp_edge.machine.choose_cpu_form` picks as
+    fastest on this CPU, or OpenVINO's bf16.
     """
     from stp_edge.api import Detector
     from stp_edge.bundle import Bundle
@@ -80,7 +87,8 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
     b = Bundle.load(bundle)
     cfg = b.config
     have = b.graph_precision("encoder")
-    precision = precision or have
+    cpu_precision = precision if precision in ("auto", "bf16") else "exported"
+    precision = have if precision in (None, "auto", "bf16") else precision
     if precision != have and not any(e.precision == precision for e in b.engines):
         raise UsageError(f"bundle {b.path} has a {have} encoder and no {precision} engines; export it with "
                          f"--precision {precision} (or build engines) to benchmark {precision}")
@@ -91,7 +99,7 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
         source_desc = str(source) if source is not None else (
             f"generated {DEFAULT_SIZE[1]}x{DEFAULT_SIZE[0]} MJPG video (random texture, moving blocks)")
         t0 = time.perf_counter()
-        det = Detector.load(b, backend=backend, lookahead=lookahead)
+        det = Detector.load(b, backend=backend, lookahead=lookahead, precision=cpu_precision)
         load_s = time.perf_counter() - t0
         with det:
             # Measured before torch is imported: the runtime's own peak.
@@ -110,12 +118,15 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
                                 for r in final]) for k in STAGES}
     total_frames = run["frames_per_stream"] * streams
     report = BenchReport(
-        bundle=str(b.path), backend=det.backend, precision=precision, batch=batch, streams=streams,
+        bundle=str(b.path), backend=det.backend, precision=det.form.form if det.form else precision, batch=batch,
+        streams=streams,
         source=source_desc, frames_per_stream=run["frames_per_stream"], snippets=len(final), load_s=load_s,
         stages=stages, end_to_end_ms_per_snippet=run["wall_s"] * 1e3 / max(1, len(final)),
         frames_per_s=total_frames / run["wall_s"], cameras_at_25fps=total_frames / run["wall_s"] / CAMERA_FPS,
         alert_delay=alert_delays(cfg.context, cfg.snippet_len, lookahead), peak_rss_mb=peak_rss_mb,
-        stream_cost=stream_cost, floor=physical_floor(cfg), torch_baseline=baseline, machine=machine, notes=notes)
+        stream_cost=stream_cost, floor=physical_floor(cfg), torch_baseline=baseline, machine=machine, notes=notes,
+        form=describe_form(det.form) if det.form else None,
+        backends=_compare_backends(b, progress) if compare_backends and det.form else [])
     notes.append("preprocess/encoder ms are per encoder call (one call serves up to `batch` snippets); temporal "
                  "ms per temporal call; decode ms per snippet of one stream (its 16 frames)")
     if not baseline:
@@ -129,6 +140,31 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
     if json_out is not None:
         report.save(json_out, plot=want_plot)
     return report
+
+
+def _compare_backends(bundle: Any, progress: bool) -> list[dict[str, Any]]:
+    """`compare_forms` on the bundle's encoder: its graph form on each installed CPU backend (and bf16).
+
+    An fp32 encoder is also quantized here to the dynamic INT8 form (no calibration needed, seconds) where the
+    export extra is installed, so the table shows what `export --int8-form dynamic` would buy on this CPU.
+    """
+    import numpy as np
+
+    from stp_edge.bench.forms import compare_forms
+
+    size = bundle.config.vision.image_size
+    images = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
+    if progress:
+        print("comparing the installed CPU backends on the encoder ...", flush=True)
+    form = encoder_form(bundle.manifest)
+    with tempfile.TemporaryDirectory(prefix="stp-bench-forms-") as tmp:
+        graphs = {form: bundle.graph_path("encoder")}
+        if form == "fp32" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+            from stp_edge.export.quantize import quantize_encoder_dynamic
+
+            graphs["int8-dynamic"] = Path(tmp) / "encoder_int8_dynamic.onnx"
+            quantize_encoder_dynamic(graphs["fp32"], graphs["int8-dynamic"])
+        return compare_forms(graphs, images)
 
 
 def alert_delays(context: int, snippet_len: int, lookahead: int | None) -> dict[str, dict[str, float]]:

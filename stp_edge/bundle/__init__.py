@@ -30,11 +30,13 @@ from stp_edge.bundle.contract import (
     REGION_FEATURES,
     check_onnx_file,
     expected_io,
+    host_regions_deprecated,
     read_onnx_io,
     region_features,
     warn_host_regions,
 )
 from stp_edge.bundle.engines import (
+    HOST_CODE_REFUSED,
     EngineInfo,
     TrtEnvironment,
     describe_platform,
@@ -68,7 +70,7 @@ from stp_edge.bundle.manifest import (
     verify_checksums,
     write_manifest,
 )
-from stp_edge.bundle.preprocessing import PreprocessSpec
+from stp_edge.bundle.preprocessing import PreprocessSpec, describe_coverage, preprocess_text
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import RandomWeightsWarning
 
@@ -80,6 +82,23 @@ __all__ = [
     "manifest_digest", "manifest_text", "read_manifest", "read_onnx_io", "region_features", "rewrite_manifest",
     "select_engine", "sha256_file", "verify_checksums", "write_manifest",
 ]
+
+
+def adapter_text(c: STPromptConfig) -> str:
+    """The temporal adapter's form and streaming window, as `stp-edge info` prints it."""
+    if c.adapter_form == "exp":
+        return (f"exp: softmax(exp(-|i-j|/{c.adapter_sigma})) on a window of radius {c.adapter_window} "
+                "(not banded: defined on the window, so streaming equals offline; docs/model.md)")
+    return (f"distance: softmax(-|i-j|/{c.adapter_sigma}), banded at radius {c.adapter_radius} "
+            f"(streaming equals offline to {c.adapter_tol:g})")
+
+
+def region_term_text(c: STPromptConfig) -> str:
+    """Whether SA2's region term is in the temporal score, and what a frame-only model keeps of the regions."""
+    if c.region_term:
+        return f"on (SA2: frame + the top-{c.motion_topk} moving regions)"
+    return ("OFF: frame-only model (trained on features without regions, e.g. VadCLIP's); the score ignores the "
+            "regions; the spatial map still scores the encoder's regions against the text queries (training-free)")
 
 
 @dataclass
@@ -117,7 +136,7 @@ class Bundle:
         for g in GRAPH_NAMES:
             check_onnx_file(g, bundle.graph_path(g), expected[g])
             check_graph_content(g, bundle.graph_path(g), config)
-        if bundle.region_features == "host":
+        if host_regions_deprecated(config, bundle.region_features):
             warn_host_regions(path)
         if bundle.random_weights is not None:  # every entry point loads here: each one says it
             warnings.warn(bundle.random_weights, RandomWeightsWarning, stacklevel=2)
@@ -157,8 +176,13 @@ class Bundle:
 
     @property
     def host_crops(self) -> bool:
-        """True when the runtime cuts the crops itself: crops mode, regions computed on the host."""
-        return self.config.region_mode == "crops" and self.region_features == "host"
+        """True when the runtime cuts the crops from the preprocessed centre images, which must be on the host.
+
+        Crops mode in the deprecated "host" layout; crops of the whole frame (region extent "frame") are views the
+        preprocessors make, on either device.
+        """
+        return (self.config.region_mode == "crops" and self.region_features == "host"
+                and self.config.region_extent != "frame")
 
     @property
     def preprocess_spec(self) -> PreprocessSpec:
@@ -200,11 +224,14 @@ class Bundle:
                                         allow_host_code=allow_host_code)
         if engine is None:
             vc = " --version-compatible" if env.lean else ""
+            host_code = any(r.endswith(HOST_CODE_REFUSED) for r in reasons)
+            advice = ("Allow the host code (--allow-host-code) if you trust this bundle, or build"
+                      if host_code else "Build")
             raise EngineCompatibilityError(
                 f"bundle {self.path}: no TensorRT engine for {env.gpu_name} (sm {env.compute_capability}, "
                 f"TensorRT {env.tensorrt_version}{' lean runtime' if env.lean else ''}, "
                 f"{describe_platform(env.platform)}): " + "; ".join(reasons)
-                + f". Build one on this machine (stp-edge build-engines {self.path}{vc}) or use --backend ort",
+                + f". {advice} one on this machine (stp-edge build-engines {self.path}{vc}) or use --backend ort",
                 reasons)
         return engine
 
@@ -217,11 +244,17 @@ class Bundle:
             f"precision     {m['precision']}  opset {m['opset']}",
             f"image size    {c.vision.image_size}  embed {c.vision.embed_dim}  layers {c.vision.layers}",
             f"snippets      {c.snippet_len} frames, {c.frames_per_snippet} sampled; context {c.context}",
+            f"adapter       {adapter_text(c)}",
+            f"region term   {region_term_text(c)}",
             f"regions       {c.region_mode} {c.region_grid}x{c.region_grid}, computed "
-            + ("in the encoder graph" if self.region_features == "encoder" else "on the host (a deprecated "
+            + ("in the encoder graph" if self.region_features == "encoder" else
+               "from crops of the whole frame (region extent frame), cut by the preprocessing and encoded by the "
+               "encoder graph" if c.region_extent == "frame" else "on the host (a deprecated "
                f"layout that stp-edge {HOST_REGIONS_REMOVED_IN} refuses; re-export to move them into the graph)"),
             f"classes       {', '.join(c.class_names)}",
-            f"thresholds    score {c.score_threshold}  box {c.box_threshold}",
+            f"thresholds    score {c.score_threshold}  box {c.box_threshold} (box rule {c.box_rule})",
+            f"preprocess    {preprocess_text(self.preprocess_spec)}",
+            f"coverage      {describe_coverage(self.preprocess_spec)}",
         ]
         if self.random_weights is not None:
             lines.insert(1, "weights       RANDOM (exported with --random): scores, classes and boxes mean nothing")

@@ -39,6 +39,33 @@ def region_features(manifest: Mapping[str, Any]) -> str:
     return str(manifest.get("region_features", LEGACY_REGION_FEATURES))
 
 
+def region_layout_problems(cfg: STPromptConfig, regions: str, region_grid: int) -> list[str]:
+    """Contradictions between the config's region extent, `region_features` and `preprocess.region_grid`.
+
+    Region extent "frame" (crops tiling the whole frame) is the "host" layout: the preprocessors cut the R*R windows
+    as views (manifest `preprocess.region_grid` = R) and the encoder graph encodes each image; "center" has no
+    windows (`region_grid` 0).
+    """
+    want = cfg.region_grid if cfg.region_extent == "frame" else 0
+    out = []
+    if region_grid != want:
+        out.append(f"preprocess.region_grid {region_grid} differs from the config's {want} (region_extent "
+                   f"{cfg.region_extent!r}, region_grid {cfg.region_grid})")
+    if cfg.region_extent == "frame" and regions != "host":
+        out.append(f"config.region_extent 'frame' needs region_features 'host' (the runtime cuts the crops of the "
+                   f"whole frame, the encoder graph encodes each image), got {regions!r}")
+    return out
+
+
+def host_regions_deprecated(cfg: STPromptConfig, regions: str | None) -> bool:
+    """True for the deprecated "host" layout: regions computed on the host from the centre view.
+
+    The host layout of region extent "frame" (crops of the whole frame, cut by the preprocessors) is not deprecated:
+    it is the only layout that can see the whole frame.
+    """
+    return regions in (None, "host") and cfg.region_extent != "frame"
+
+
 def warn_host_regions(where: str | Path) -> None:
     """Say (FutureWarning) that the bundle at `where` uses the deprecated "host" region layout, and until when."""
     warnings.warn(f"{where}: this bundle computes region features on the host (region_features \"host\", or no "

@@ -41,7 +41,9 @@ def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1, ma
     whole-video `offline_scores` reference) is better run with ONNX Runtime. In crops mode a bundle whose crops
     are cut on the host (`regions="host"`, the deprecated layout) sends the R2 crops of every image through the
     encoder in one call, so its batch goes up to max_batch * R2; an encoder
-    that cuts them itself takes max_batch images (and encodes B * (1 + R2) inside).
+    that cuts them itself takes max_batch images (and encodes B * (1 + R2) inside). Crops of the whole frame
+    (`config.region_extent` "frame", also "host") come as views of each frame: up to max_batch * (1 + R2) images,
+    so max_batch frames of the centre policy fit one call (a policy with more views gets fewer frames per call).
 
     Args:
         config: The bundle's `STPromptConfig`.
@@ -62,7 +64,9 @@ def default_profiles(config: Any, *, max_batch: int = 16, opt_batch: int = 1, ma
                          f"streaming could not run")
     v, r2, e = config.vision, config.num_regions, config.vision.embed_dim
     s = v.image_size
-    enc_max = max_batch * r2 if config.region_mode == "crops" and regions == "host" else max_batch
+    enc_max = max_batch
+    if config.region_mode == "crops" and regions == "host":
+        enc_max = max_batch * (1 + r2 if config.region_extent == "frame" else r2)
 
     def batched(rest: Shape, opt_t: int | None = None) -> Profile:
         if opt_t is None:
@@ -262,6 +266,10 @@ def engine_mismatches(engine: EngineInfo, *, tensorrt_version: str, compute_capa
     return reasons
 
 
+HOST_CODE_REFUSED = ("version-compatible plans embed TensorRT's lean runtime, which runs as host code: allow it "
+                     "with --allow-host-code (Detector.load(..., allow_host_code=True)) if you trust this bundle")
+
+
 def needs_host_code(engine: EngineInfo) -> bool:
     """Whether TensorRT deserialises `engine`'s plans only with `Runtime.engine_host_code_allowed` set.
 
@@ -276,9 +284,9 @@ def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compu
                   lean_runtime: bool = False, allow_host_code: bool = False) -> tuple[EngineInfo | None, list[str]]:
     """Pick the engine set for this environment among those `engine_mismatches` accepts.
 
-    Ranking: without `allow_host_code`, plans that need no host code (`needs_host_code`) come before those that
-    do (which would not deserialise); then a plan built on the same GPU model before any other compatible one;
-    then manifest order.
+    Without `allow_host_code`, plans that need host code (`needs_host_code`) are refused (TensorRT would not
+    deserialise them), with a reason that names `--allow-host-code`. Ranking: a plan built on the same GPU model
+    before any other compatible one; then manifest order.
 
     Returns:
         (engine or None, reasons): the reasons list explains every rejected engine, one line each, so a caller
@@ -291,6 +299,8 @@ def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compu
             continue
         why = engine_mismatches(e, tensorrt_version=tensorrt_version, compute_capability=compute_capability,
                                 gpu_name=gpu_name, platform=platform, lean_runtime=lean_runtime)
+        if not why and needs_host_code(e) and not allow_host_code:
+            why = [HOST_CODE_REFUSED]
         if why:
             reasons.append(f"{e.dir}: " + "; ".join(why))
         else:
@@ -299,6 +309,5 @@ def select_engine(engines: Sequence[EngineInfo], *, tensorrt_version: str, compu
         reasons.append("the bundle has no TensorRT engines")
     if not ok:
         return None, reasons
-    ok.sort(key=lambda e: (needs_host_code(e) and not allow_host_code,  # stable sort: manifest order last
-                           gpu_slug(e.gpu_name) != gpu_slug(gpu_name)))
+    ok.sort(key=lambda e: gpu_slug(e.gpu_name) != gpu_slug(gpu_name))  # stable sort: manifest order last
     return ok[0], reasons

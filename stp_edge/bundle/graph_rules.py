@@ -35,12 +35,14 @@ from stp_edge.bundle.graph_walk import GraphWalk, Node, Tensor, walk_onnx
 from stp_edge.bundle.wire import Malformed
 from stp_edge.config import STPromptConfig, VisionConfig
 
-# Every operator the graphs of `stp-edge export` contain: fp32, fp16 and int8 (Q/DQ) encoders, tokens and crops
+# Every operator the graphs of `stp-edge export` contain: fp32, fp16 and int8 (Q/DQ; dynamic: DynamicQuantizeLinear
+# + MatMulInteger) encoders, tokens and crops
 # regions, patch and conv stems, opsets 17-20, simplified or not (tests/test_bundle_graph_checks.py exports them and
 # fails when export starts writing one that is not listed here).
 EXPORT_OPERATORS = frozenset({
-    "Abs", "Add", "Cast", "Clip", "Concat", "Conv", "DequantizeLinear", "Div", "Erf", "Expand", "Gather",
-    "GatherElements", "Gelu", "Gemm", "Greater", "LayerNormalization", "MatMul", "Mul", "Neg", "QuantizeLinear",
+    "Abs", "Add", "Cast", "Clip", "Concat", "Conv", "DequantizeLinear", "Div", "DynamicQuantizeLinear", "Erf",
+    "Expand", "Gather", "GatherElements", "Gelu", "Gemm", "Greater", "LayerNormalization", "MatMul",
+    "MatMulInteger", "Mul", "Neg", "QuantizeLinear",
     "Range", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax",
     "Squeeze", "Sub", "TopK", "Transpose", "Unsqueeze", "Where",
 })

@@ -20,7 +20,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from stp_edge.bundle.contract import REGION_FEATURES, expected_io, io_mismatches, region_features, warn_host_regions
+from stp_edge.bundle.contract import (
+    REGION_FEATURES,
+    expected_io,
+    host_regions_deprecated,
+    io_mismatches,
+    region_features,
+    region_layout_problems,
+    warn_host_regions,
+)
 from stp_edge.bundle.engines import EngineInfo
 from stp_edge.bundle.errors import ChecksumError, ManifestError, MissingFileError, UnsafePathError
 from stp_edge.bundle.preprocessing import PreprocessSpec
@@ -157,7 +165,7 @@ def write_manifest(directory: str | Path, *, config: STPromptConfig, files: Iter
                 rel.append(p)
     if regions is not None and regions not in REGION_FEATURES:
         raise ManifestError(f"write_manifest: regions must be one of {REGION_FEATURES}, got {regions!r}")
-    if regions in (None, "host"):
+    if host_regions_deprecated(config, regions):
         warn_host_regions(directory)
     missing_graphs = [g for g in GRAPH_NAMES if g not in graphs]
     if missing_graphs:
@@ -321,6 +329,7 @@ def consistency_problems(manifest: Mapping[str, Any], config: STPromptConfig) ->
                    f"{config.vision.image_size}")
     out += [f"{p}; re-export the model for this runtime's preprocessing"
             for p in PreprocessSpec.from_dict(manifest["preprocess"]).unsupported()]
+    out += region_layout_problems(config, region_features(manifest), int(manifest["preprocess"].get("region_grid", 0)))
     graph_precision = manifest.get("graph_precision", {})
     if graph_precision.get("encoder", manifest["precision"]) != manifest["precision"]:
         out.append(f"graph_precision.encoder {graph_precision['encoder']!r} differs from precision "

@@ -68,7 +68,14 @@ _CONFIG = _obj({
     "normal_queries": _texts(), "abnormal_queries": _texts(),
     "spatial_queries": {"enum": ["text", "class_prompts"]}, "score_threshold": _PROB,
     "spatial_on": {"enum": ["flagged", "all"]}, "box_threshold": _PROB,
+    # Optional (manifests written before them mean the defaults: region term on, "distance" adapter, "clip").
+    "region_term": {"type": "boolean"}, "adapter_form": {"enum": ["distance", "exp"]},
+    "adapter_window": _int(1, 4096), "preprocess": {"enum": ["clip", "vadclip"]},
+    "box_rule": {"enum": ["components", "best_window"]},  # optional: absent means "components"
+    "region_extent": {"enum": ["center", "frame"]},  # optional: absent means "center"
 })
+_CONFIG["required"] = [k for k in _CONFIG["required"] if k not in (
+    "region_term", "adapter_form", "adapter_window", "preprocess", "box_rule", "region_extent")]
 _PREPROCESS = _obj({
     "size": _int(1, 8192), "interpolation": _text(64), "crop": _text(64),
     "mean": {"type": "array", "items": {"type": "number", "minimum": -1000, "maximum": 1000},
@@ -76,7 +83,13 @@ _PREPROCESS = _obj({
     "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
             "minItems": 3, "maxItems": 3},
     "input": _text(64), "layout": _text(64),
+    # Optional (manifests written before them mean: CLIP's short-side resize, no mirror, the centre crop).
+    "resize": {"type": ["array", "null"], "items": _int(1, 16384), "minItems": 2, "maxItems": 2},
+    "mirror": {"type": "boolean"}, "frame_policy": {"enum": ["center", "pad", "tiles"]},
+    "region_grid": _int(0, 16),  # optional: absent means 0 (regions from the centre view)
 })
+_PREPROCESS["required"] = [k for k in _PREPROCESS["required"]
+                           if k not in ("resize", "mirror", "frame_policy", "region_grid")]
 # name -> shape; a dimension is a size >= 1 or a symbolic name ("B", "T") for a dynamic axis.
 _TENSORS = {"type": "object", "minProperties": 1, "maxProperties": 16,
             "propertyNames": {"pattern": _NAME, "maxLength": 64},

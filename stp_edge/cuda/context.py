@@ -10,6 +10,7 @@ call and the thread's context stack is left as it was found. pycuda is imported 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +44,7 @@ class PrimaryContext:
         self._cuda.init()
         self.device = check_device(device, self._cuda.Device.count())
         self._ctx: Any = self._cuda.Device(self.device).retain_primary_context()
+        self._thread = threading.get_ident()
 
     @property
     def driver(self) -> Any:
@@ -61,7 +63,28 @@ class PrimaryContext:
             self._cuda.Context.pop()
 
     def release(self) -> None:
-        """Drop the retain (idempotent). Free this context's allocations first, inside `current()`."""
-        if self._ctx is not None:
-            self._ctx.detach()
-            self._ctx = None
+        """Drop the retain (idempotent) and leave this thread's driver context stack as it was found.
+
+        Free this context's allocations first, inside `current()`. pycuda's `detach()` pushes the context,
+        calls cuDevicePrimaryCtxRelease and does not pop (its "pop is implicit" holds for cuCtxDetach only),
+        which would leave a stale entry on the driver's stack; from a thread other than the creating one it
+        releases nothing. So: on the creating thread detach, then pop exactly the entry it pushed; on another
+        thread detach (pycuda's bookkeeping only) and release the retain at driver level.
+        """
+        if self._ctx is None:
+            return
+        from stp_edge.cuda import driver
+
+        ctx, self._ctx = self._ctx, None
+        current = self._cuda.Context.get_current()
+        if current is not None and current.handle == ctx.handle:
+            self._ctx = ctx
+            raise UsageError("PrimaryContext.release() called inside current(): leave the `with` block first")
+        ctx.detach()
+        if threading.get_ident() == self._thread:
+            popped = driver.pop_context()
+            if popped != int(ctx.handle):
+                raise RuntimeError(f"releasing device {self.device}'s context popped {popped:#x}, "
+                                   f"expected the context pycuda pushed ({int(ctx.handle):#x})")
+        else:
+            driver.release_primary(self.device)

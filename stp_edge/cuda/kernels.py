@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # Kernel name -> pycuda `prepare` argument format (P pointer, q int64, i int32, f float32).
 KERNELS = {
     "stp_resize_h_bgr8": "PqqPPiiiiP",
-    "stp_resize_h_nv12": "PqqqfffffffPPiiiiP",
+    "stp_resize_h_nv12": "PqqqifffffffPPiiiiP",
     "stp_resize_v_f32": "PiiPPiffffffP",
     "stp_resize_v_f16": "PiiPPiffffffP",
 }

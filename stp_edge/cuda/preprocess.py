@@ -22,6 +22,7 @@ import numpy as np
 from stp_edge.cuda.context import PrimaryContext
 from stp_edge.cuda.kernels import BLOCK, grid_h, grid_v, load_kernels
 from stp_edge.cuda.memory import DeviceArray
+from stp_edge.cuda.streams import new_stream
 from stp_edge.errors import UsageError
 from stp_edge.frames import validate_frame
 from stp_edge.preprocess import (
@@ -36,6 +37,29 @@ from stp_edge.preprocess import (
 
 _FORMATS = ("bgr8", "nv12")
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def upload_window(height: int, width: int, spec: PreprocessSpec) -> tuple[int, int, int, int]:
+    """Rows [r0, r1) and columns [c0, c1) of a frame that the resize and crop of every view read.
+
+    Antialiased bicubic taps reach only a little past the crop, so a centre crop of a 16:9 frame reads about
+    57% of it (1080p -> 224: all 1080 rows, columns 412..1508 of 1920): uploading only this window
+    saves that much of the host copy and the PCIe transfer.
+    """
+    plans = CropResizePlan.views(int(height), int(width), spec)
+    return (min(p.rows.first for p in plans), max(p.rows.last for p in plans),
+            min(p.cols.first for p in plans), max(p.cols.last for p in plans))
+
+
+def staging_frames(batch: int, max_batch: int) -> int:
+    """Frames the staging buffers of one input size are allocated for: the batch used, rounded up to a power of 2.
+
+    Never `max_batch` up front (16 frames of 1080p would pin 100 MB of host and take 100 MB of device memory
+    for a single camera); a batch that grows gets a larger buffer, at most log2(max_batch) sizes in all.
+    """
+    if not 0 < batch <= max_batch:
+        raise UsageError(f"batch must be 1..max_batch={max_batch}, got {batch}")
+    return min(max_batch, 1 << (int(batch) - 1).bit_length())
 
 
 def _in_context(method: _F) -> _F:
@@ -128,12 +152,17 @@ class CudaPreprocessor:
         try:
             with self.current():
                 self.kernels = load_kernels(fatbin)
-                self.stream = stream if stream is not None else cuda.Stream()
+                self.stream = stream if stream is not None else new_stream(cuda)
                 self._copied = cuda.Event()
-                self._out = cuda.mem_alloc(self.max_batch * 3 * self.image_size**2 * self.dtype.itemsize)
+                self._out = cuda.mem_alloc(self.views * self.max_batch * 3 * self.image_size**2 * self.dtype.itemsize)
         except BaseException:
             self._context.release()
             raise
+
+    @property
+    def views(self) -> int:
+        """Images per frame (`PreprocessSpec.views`); the output holds them view-major: image v * B + b."""
+        return self.spec.views
 
     def current(self) -> Any:
         """Context manager: this preprocessor's device context, current for the duration.
@@ -148,8 +177,9 @@ class CudaPreprocessor:
             return
         with self.current():
             self.stream.synchronize()
-            for plan in self._plans.values():
-                plan.free()
+            for plans in self._plans.values():
+                for plan in plans:
+                    plan.free()
             for _, dev in self._staging.values():
                 dev.free()
             for buf in (self._mid, self._out):
@@ -178,7 +208,7 @@ class CudaPreprocessor:
 
     @_in_context
     def __call__(self, frames: Sequence[np.ndarray] | np.ndarray, sync: bool = True) -> DeviceArray:
-        """Preprocess HxWx3 uint8 BGR host frames (all of one size) -> DeviceArray [B, 3, S, S].
+        """Preprocess HxWx3 uint8 BGR host frames (all of one size) -> DeviceArray [V*B, 3, S, S] (V = `views`).
 
         Each frame is checked first (`stp_edge.frames.validate_frame`: gray and BGRA are converted, anything else
         is a `FrameError`).
@@ -190,8 +220,13 @@ class CudaPreprocessor:
     def _from_valid(self, frames: Sequence[np.ndarray], sync: bool = True) -> DeviceArray:
         """`__call__` of frames `validate_frame` returned, not checked again: the entry of the encode stage."""
         h, w = self._common_shape([f.shape for f in frames])[:2]
-        dev = self._upload(frames)
-        return self.run_device(dev, len(frames), h, w, pitch=w * 3, frame_stride=h * w * 3, sync=sync)
+        r0, r1, c0, c1 = upload_window(h, w, self.spec)
+        dev = int(self._upload([f[r0:r1, c0:c1] for f in frames]))
+        pitch = (c1 - c0) * 3
+        # The taps address whole-frame rows and columns: hand the kernel the address where the whole frame
+        # would start, so row r0, column c0 lands on the window's first byte (only window bytes are read).
+        origin = dev - r0 * pitch - c0 * 3
+        return self._run(origin, len(frames), h, w, pitch, (r1 - r0) * pitch, "bgr8", None, "bt601", False, sync)
 
     @_in_context
     def from_nv12(
@@ -231,7 +266,11 @@ class CudaPreprocessor:
         full_range: bool = False,
         sync: bool = True,
     ) -> DeviceArray:
-        """Preprocess `batch` frames already in device memory.
+        """Preprocess `batch` frames already in device memory -> [V*B, 3, S, S], view-major (image v * B + b).
+
+        Each view (`CropResizePlan.views`: the centre crop, a letterbox, the side tiles, and the R*R region crops of
+        the whole frame when `spec.region_grid` is R) is the same two launches with that view's taps, writing its own
+        slice of the output.
 
         Args:
             src: device pointer (int or pycuda allocation) of frame 0.
@@ -255,10 +294,29 @@ class CudaPreprocessor:
             raise UsageError(f"pitch {pitch} is smaller than a {fmt} row of width {width} ({min_pitch} bytes)")
         if fmt == "nv12" and (height % 2 or width % 2):
             raise UsageError(f"NV12 needs even height and width, got {height}x{width}")
-        dp = self._device_plan(height, width)
-        p = dp.plan
-        mid = self._mid_buffer(batch * 3 * p.mid_rows * p.size)
+        return self._run(src, batch, height, width, pitch, frame_stride, fmt, uv_offset, matrix, full_range, sync)
+
+    def _run(self, src: Any, batch: int, height: int, width: int, pitch: int, frame_stride: int, fmt: str,
+             uv_offset: int | None, matrix: str, full_range: bool, sync: bool) -> DeviceArray:
+        """`run_device` after its checks; `_from_valid` comes here with an uploaded window (`upload_window`)."""
+        plans = self._device_plans(height, width)
+        mid = self._mid_buffer(batch * 3 * max(dp.plan.mid_rows for dp in plans) * self.image_size)
         src_ptr = np.uintp(int(src))
+        plane = 3 * self.image_size**2 * self.dtype.itemsize
+        for v, dp in enumerate(plans):
+            out = int(self._out) + v * batch * plane
+            self._launch(dp, src_ptr, batch, height, pitch, frame_stride, fmt, uv_offset, matrix, full_range, mid,
+                         out)
+        if sync:
+            self.stream.synchronize()
+        size = self.image_size
+        return DeviceArray(int(self._out), (len(plans) * batch, 3, size, size), self.dtype,
+                           stream=None if sync else self.stream_handle)
+
+    def _launch(self, dp: _DevicePlan, src_ptr: Any, batch: int, height: int, pitch: int, frame_stride: int,
+                fmt: str, uv_offset: int | None, matrix: str, full_range: bool, mid: int, out: int) -> None:
+        """Queue one view's two launches (horizontal pass into `mid`, vertical pass into `out`)."""
+        p = dp.plan
         common = (dp.col_start, dp.col_coef, np.int32(p.cols.ksize), np.int32(p.rows.first),
                   np.int32(p.mid_rows), np.int32(p.size), mid)  # fmt: skip
         gh = grid_h(p.size, p.mid_rows, batch)
@@ -272,17 +330,13 @@ class CudaPreprocessor:
             uv = height * pitch if uv_offset is None else uv_offset
             self.kernels.funcs["stp_resize_h_nv12"].prepared_async_call(
                 gh, BLOCK, self.stream, src_ptr, np.int64(frame_stride), np.int64(pitch), np.int64(uv),
-                *yuv, *common,
+                np.int32(height), *yuv, *common,
             )  # fmt: skip
         name = "stp_resize_v_f32" if self.dtype == np.float32 else "stp_resize_v_f16"
         self.kernels.funcs[name].prepared_async_call(
             grid_v(p.size, batch), BLOCK, self.stream, mid, np.int32(p.mid_rows), np.int32(p.size),
-            dp.row_start, dp.row_coef, np.int32(p.rows.ksize), *self._norm, int(self._out),
+            dp.row_start, dp.row_coef, np.int32(p.rows.ksize), *self._norm, out,
         )  # fmt: skip
-        if sync:
-            self.stream.synchronize()
-        return DeviceArray(int(self._out), (batch, 3, p.size, p.size), self.dtype,
-                           stream=None if sync else self.stream_handle)
 
     @_in_context
     def to_host(self, tensor: DeviceArray) -> np.ndarray:
@@ -294,36 +348,43 @@ class CudaPreprocessor:
 
     @_in_context
     def plan(self, height: int, width: int) -> CropResizePlan:
-        """The resize/crop plan of an input size (uploading its taps on first use)."""
-        return self._device_plan(height, width).plan
+        """The resize/crop plan of an input size, its first view (uploading the taps on first use)."""
+        return self._device_plans(height, width)[0].plan
 
-    def _device_plan(self, height: int, width: int) -> _DevicePlan:
+    def _device_plans(self, height: int, width: int) -> tuple[_DevicePlan, ...]:
         h, w = int(height), int(width)
-        return self._plans.get((h, w), lambda: _DevicePlan(CropResizePlan.build(h, w, self.image_size), self._cuda))
+        return self._plans.get((h, w), lambda: tuple(_DevicePlan(p, self._cuda)
+                                                     for p in CropResizePlan.views(h, w, self.spec)))
 
-    def _free_plan(self, plan: _DevicePlan) -> None:
-        self.stream.synchronize()  # kernels queued on the stream may still read its taps
-        plan.free()
+    def _free_plan(self, plans: tuple[_DevicePlan, ...]) -> None:
+        self.stream.synchronize()  # kernels queued on the stream may still read their taps
+        for plan in plans:
+            plan.free()
 
     def _free_staging(self, item: tuple[np.ndarray, Any]) -> None:
-        self._copied.synchronize()  # the last async copy may still read it
+        # Kernels queued after the copy read the device staging buffer: wait for the stream, not only the
+        # copy's event (cuMemFree's implicit synchronisation is not a documented guarantee to lean on).
+        self.stream.synchronize()
         item[1].free()
 
     def _mid_buffer(self, nbytes: int) -> int:
         if nbytes > self._mid_bytes:
-            self.stream.synchronize()  # the old buffer may still be in use
+            self.stream.synchronize()  # kernels queued on the stream may still use the old buffer
+            if self._mid is not None:
+                self._mid.free()
             self._mid, self._mid_bytes = self._cuda.mem_alloc(nbytes), nbytes
         return int(self._mid)
 
     def _upload(self, frames: list[np.ndarray]) -> Any:
         """Copy frames into the pinned staging buffer of their shape and start the H2D copy."""
         shape = frames[0].shape
+        capacity = staging_frames(len(frames), self.max_batch)
 
         def make() -> tuple[np.ndarray, Any]:
-            host = self._cuda.pagelocked_empty((self.max_batch, *shape), np.uint8)
+            host = self._cuda.pagelocked_empty((capacity, *shape), np.uint8)
             return host, self._cuda.mem_alloc(host.nbytes)
 
-        host, dev = self._staging.get(shape, make)
+        host, dev = self._staging.get((shape, capacity), make)
         self._copied.synchronize()  # the previous async copy may still read the staging buffer
         n = len(frames)
         for b, f in enumerate(frames):

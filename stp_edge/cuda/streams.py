@@ -5,7 +5,7 @@ None = ready, 1 = the legacy default stream, 2 = the per-thread default stream, 
 0 is forbidden as ambiguous). A consumer on another stream records an event on the producer's stream and makes
 its own stream wait on it (`cuEventRecord` + `cuStreamWaitEvent`): the GPU orders the work, the host never
 blocks. pycuda can record events only on its own Stream objects, so the two driver calls go through ctypes
-on libcuda (loaded on first use; no import-time dependency).
+on libcuda (stp_edge.cuda.driver: found robustly, loaded on first use; no import-time dependency).
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
+from stp_edge.cuda.driver import check as _check
+from stp_edge.cuda.driver import load_libcuda
 from stp_edge.errors import UsageError
 
 CU_STREAM_LEGACY = 1
 CU_STREAM_PER_THREAD = 2
 CU_EVENT_DISABLE_TIMING = 0x2
+CU_STREAM_NON_BLOCKING = 0x1
 
 
 def producer_stream(value: Any, consumer: int) -> int | None:
@@ -39,23 +42,6 @@ def producer_stream(value: Any, consumer: int) -> int | None:
     return None if stream == int(consumer) else stream
 
 
-def _libcuda() -> ctypes.CDLL:
-    lib = ctypes.CDLL("libcuda.so.1")
-    ptr, uint = ctypes.c_void_p, ctypes.c_uint
-    lib.cuEventCreate.argtypes = [ctypes.POINTER(ptr), uint]
-    lib.cuEventRecord.argtypes = [ptr, ptr]
-    lib.cuStreamWaitEvent.argtypes = [ptr, ptr, uint]
-    lib.cuEventDestroy_v2.argtypes = [ptr]
-    for f in (lib.cuEventCreate, lib.cuEventRecord, lib.cuStreamWaitEvent, lib.cuEventDestroy_v2):
-        f.restype = ctypes.c_int
-    return lib
-
-
-def _check(status: int, call: str) -> None:
-    if status != 0:
-        raise RuntimeError(f"{call} failed with CUresult {status}")
-
-
 class StreamWaiter:
     """One reusable event that makes a consumer stream wait for producer streams.
 
@@ -63,7 +49,7 @@ class StreamWaiter:
     """
 
     def __init__(self) -> None:
-        self._lib = _libcuda()
+        self._lib = load_libcuda()
         self._event = ctypes.c_void_p()
         _check(self._lib.cuEventCreate(ctypes.byref(self._event), CU_EVENT_DISABLE_TIMING), "cuEventCreate")
 
@@ -77,3 +63,12 @@ class StreamWaiter:
         if self._event is not None and self._event.value:
             _check(self._lib.cuEventDestroy_v2(self._event), "cuEventDestroy")
         self._event = None
+
+
+def new_stream(cuda: Any) -> Any:
+    """A pycuda Stream created non-blocking (CU_STREAM_NON_BLOCKING).
+
+    A blocking stream waits for, and is waited for by, the legacy default stream: any library (or plain
+    cudaMemcpy) using that stream in the same context would serialise with our work.
+    """
+    return cuda.Stream(CU_STREAM_NON_BLOCKING)

@@ -13,9 +13,11 @@ import numpy as np
 from stp_edge.datasets import (
     GroundTruthMismatch,
     VideoGroundTruth,
+    attach_boxes,
     check_ground_truth,
     find_video,
     load_ground_truth,
+    read_boxes,
 )
 from stp_edge.errors import UsageError
 from stp_edge.eval.metrics import EvalResult, VideoPrediction, evaluate_videos, require_eval_dependencies
@@ -47,6 +49,12 @@ class _Decoded:
     dropped: int = 0
     expected: int | None = None
 
+    @property
+    def frame_hw(self) -> tuple[int, int] | None:
+        """(height, width) of the decoded frames, from the results (None when they do not say)."""
+        shape = tuple(self.results[0].frame_shape) if self.results else (0, 0)
+        return shape if shape[0] > 0 and shape[1] > 0 else None  # type: ignore[return-value]
+
 
 def _run_on_frame_dir(det: Any, path: Path) -> _Decoded:
     """Push a directory of frame images (sorted by name, as ShanghaiTech ships its test set) through `det`."""
@@ -74,18 +82,42 @@ def _run_on_video(det: Any, path: Path) -> _Decoded:
 ON_MISMATCH = ("error", "skip")
 
 
+def _read_box_file(boxes: str | Path | None, fmt: str) -> dict | None:
+    """The ground-truth boxes of `boxes`, or None; only UCF-Crime takes a separate box file."""
+    if boxes is None:
+        return None
+    if fmt != "ucf-crime":
+        raise UsageError(f"a box file (--boxes {boxes}) goes with --format ucf-crime, got format {fmt!r} (the "
+                         "synthetic benchmark brings its own boxes.csv)")
+    return read_boxes(boxes)
+
+
+def _attach(gts: list[VideoGroundTruth], box_gt: dict, source: str | Path,
+            report: Callable[[str], None] | None) -> None:
+    """Put the box file's boxes on the ground truth; say which videos it names that are not evaluated."""
+    unmatched = attach_boxes(gts, box_gt, source)
+    outside = sum(1 for g in gts for f in g.boxes if not any(s <= f < e for s, e in g.ranges))
+    if report is not None:
+        report(f"boxes: {sum(len(g.boxes) for g in gts)} frames of {sum(bool(g.boxes) for g in gts)} videos from "
+               f"{source}; {outside} outside the anomalous ranges (TIoU counts only frames inside)"
+               + (f"; {len(unmatched)} box video(s) not in the annotations, ignored: {', '.join(unmatched[:5])}"
+                  if unmatched else ""))
+
+
 def _mismatch(g: VideoGroundTruth, path: Path, decoded: _Decoded) -> str | None:
     """Why `g` does not fit the decoded video at `path` (one line), or None when it does."""
     # The container's promise only matters when the annotation has no count of its own (UCF-Crime).
     expected = decoded.expected if g.num_frames is None else None
-    problems = check_ground_truth(g, decoded.frames, dropped=decoded.dropped, expected=expected)
+    problems = check_ground_truth(g, decoded.frames, dropped=decoded.dropped, expected=expected,
+                                  frame_hw=decoded.frame_hw)
     return "; ".join(problems) if problems else None
 
 
 def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "auto",
                     threshold: float | None = None, out_dir: str | Path | None = None,
                     report: Callable[[str], None] | None = print, fmt: str = "synthetic",
-                    annotations: str | Path | None = None, on_mismatch: str = "error") -> EvalResult:
+                    annotations: str | Path | None = None, on_mismatch: str = "error",
+                    boxes: str | Path | None = None) -> EvalResult:
     """Run a bundle over every annotated video of a data set and evaluate it.
 
     Each video's ground truth is checked against the video as decoded (`check_ground_truth`: frame count,
@@ -99,6 +131,9 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
             a real data set's video files or frame folders (searched recursively by name).
         fmt: annotation format, one of `FORMATS`.
         annotations: the annotation file/directory for "ucf-crime" and "shanghaitech".
+        boxes: "ucf-crime" only: ground-truth boxes for TIoU, Liu & Ma's published pickle (`Test_annotation.pkl`,
+            `stp_edge.datasets.read_liu_ma_boxes`) or a `video,frame,x1,y1,x2,y2` CSV; matched to the annotation's
+            videos by name. Without it TIoU is None (UCF-Crime's temporal file has no boxes).
         backend: runtime backend for `Detector.load`.
         threshold: TIoU score threshold; default the bundle's score threshold.
         out_dir: if given, writes `eval.json` and one score-timeline PNG per video there.
@@ -118,6 +153,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
     if on_mismatch not in ON_MISMATCH:
         raise UsageError(f"on_mismatch must be one of {ON_MISMATCH}, got {on_mismatch!r}")
     require_eval_dependencies(plots=out_dir is not None)
+    box_gt = _read_box_file(boxes, fmt)  # before the model loads: a bad box file fails in a second, not an hour
     data = Path(data)
     preds: dict[str, VideoPrediction] = {}
     kept: list[VideoGroundTruth] = []
@@ -126,6 +162,8 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backend: str = "aut
         gts = load_ground_truth(data, fmt, annotations, det.config.class_names)
         if not gts:
             raise GroundTruthMismatch(f"the {fmt} ground truth of {annotations or data} lists no video")
+        if box_gt is not None:
+            _attach(gts, box_gt, boxes, report)
         thr = float(det.score_threshold if threshold is None else threshold)
         for g in gts:
             det.reset()

@@ -36,9 +36,10 @@ GRAPH_SPECS = {
 }
 
 
-# The encoder of bundles with `region_features` "host" (deprecated; docs/bundle-format.md, "Compatibility"):
-# images -> frame_emb, patch_emb, the runtime deriving region_emb. Exported only on request (`export_bundle(...,
-# region_features="host")`).
+# The encoder of bundles with `region_features` "host": images -> frame_emb, patch_emb. With region crops of the
+# whole frame (`config.region_extent` "frame", what export writes for them) the preprocessors cut the crops as views
+# and their frame_emb are the regions; otherwise (deprecated; docs/bundle-format.md, "Compatibility") the runtime
+# derives region_emb from the centre images, exported only on request (`export_bundle(..., region_features="host")`).
 HOST_REGIONS_ENCODER = GraphSpec("encoder", ("images",), ("frame_emb", "patch_emb"),
                                  {"images": {0: "B"}, "frame_emb": {0: "B"}, "patch_emb": {0: "B"}})
 

@@ -1,7 +1,8 @@
 """Region features (torch twin of stp_edge.pipeline.encode's pooling and crops): pooled patch tokens or crops.
 
 The crop windows and interpolation matrices come from the NumPy module, so the runtime and the reference cut
-and resize exactly the same windows.
+and resize exactly the same windows. These are crops of the centre image (region extent "center"); crops of the
+whole frame (region extent "frame") are cut from the frame by the preprocessors (`stp_edge.preprocess`), not here.
 """
 
 from __future__ import annotations

@@ -70,6 +70,46 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+QUERY_FIELDS = ("normal_queries", "abnormal_queries")
+"""The config fields a trained model's source may override: the spatial stream is training-free, so its text
+queries can be chosen at export (`stp-edge export --queries FILE`)."""
+
+
+def set_queries(model: Any, overrides: dict[str, Any], checkpoint: Path) -> None:
+    """Give a loaded model other spatial text queries (`QUERY_FIELDS` of `overrides`), encoded by its own text tower.
+
+    Raises:
+        UsageError: another field is overridden, the model scores regions with its class prompts, or its checkpoint
+            was saved without the text tower that would encode the new queries.
+    """
+    import json
+
+    torch = require("torch", "the PyTorch model")
+    from stp_edge.model.tokenizer import default_tokenizer
+    from stp_edge.model.weights import CHECKPOINT_CONFIG
+
+    other = sorted(set(overrides) - set(QUERY_FIELDS))
+    if other:
+        raise UsageError(f"a trained model's config is its checkpoint's: only {list(QUERY_FIELDS)} can be chosen at "
+                         f"export, got {other}")
+    cfg = STPromptConfig.from_dict({**model.cfg.to_dict(), **{k: overrides[k] for k in QUERY_FIELDS if k in overrides}})
+    if cfg.spatial_queries != "text":
+        raise UsageError(f"{checkpoint}: this model scores regions with its class prompts (spatial_queries="
+                         f"{cfg.spatial_queries!r}), not with text queries; queries cannot be set for it")
+    meta = json.loads((checkpoint / CHECKPOINT_CONFIG).read_text())
+    if not meta.get("text_tower", True):
+        raise UsageError(f"{checkpoint}: saved without its CLIP text tower, so new queries cannot be encoded; use a "
+                         "checkpoint saved with the text tower")
+    texts = [*cfg.normal_queries, *(q for q, _ in cfg.abnormal_query_texts())]
+    tokens = torch.from_numpy(default_tokenizer()(texts, cfg.text.context_length))
+    with torch.no_grad():
+        features = torch.nn.functional.normalize(model.clip.encode_text(tokens), dim=-1)
+    model.cfg = cfg
+    model.query_tokens = tokens
+    model.query_is_abnormal = torch.arange(len(texts)) >= len(cfg.normal_queries)
+    model.query_features = features.to(model.query_features.dtype)
+
+
 def build_model(source: ModelSource) -> Any:
     """Instantiate the STPrompt described by `source`, eval mode, text features frozen."""
     torch = require("torch", "the PyTorch model")
@@ -88,6 +128,8 @@ def build_model(source: ModelSource) -> Any:
                 "`python scripts/train_demo.py --out demo_model/stp_edge_demo_model`"
             )
         model = load_stprompt(path)
+        if any(k in source.overrides for k in QUERY_FIELDS):
+            set_queries(model, source.overrides, path)
     else:
         raise UsageError(f"unknown model source kind {source.kind!r}; expected checkpoint, demo or random")
     if source.clip_weights:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stp_edge.config import STPromptConfig
+from stp_edge.errors import UsageError
 from stp_edge.model.clip import CLIP, LayerNorm
 from stp_edge.model.regions import make_crops, pool_regions
 
@@ -40,12 +41,22 @@ def sa2(frame_emb: torch.Tensor, regions: torch.Tensor, topk: int) -> torch.Tens
     return frame_emb + (w.unsqueeze(-1) * picked).sum(dim=2)
 
 
-def banded_adapter_matrix(t: int, sigma: float, radius: int, device=None, dtype=None) -> torch.Tensor:
-    """A = rowwise softmax(-|i-j|/sigma) with offsets beyond `radius` dropped (exactly zero)."""
+def banded_adapter_matrix(t: int, sigma: float, radius: int, device=None, dtype=None,
+                          form: str = "distance") -> torch.Tensor:
+    """The adapter matrix with offsets beyond `radius` dropped (exactly zero), rows summing to 1.
+
+    form "distance": A = rowwise softmax(-|i-j|/sigma); "exp": A = rowwise softmax(exp(-|i-j|/sigma)).
+    """
     pos = torch.arange(t, device=device)
     d = (pos[:, None] - pos[None, :]).abs().to(dtype or torch.float32)
-    logits = (-d / sigma).masked_fill(d > radius, float("-inf"))
-    return logits.softmax(dim=-1)
+    kernel = -d / sigma
+    logits = kernel.exp() if form == "exp" else kernel
+    return logits.masked_fill(d > radius, float("-inf")).softmax(dim=-1)
+
+
+def adapter_matrix(t: int, cfg: STPromptConfig, device=None, dtype=None) -> torch.Tensor:
+    """The config's adapter matrix for a window of t snippets (form, sigma and radius from `cfg`)."""
+    return banded_adapter_matrix(t, cfg.adapter_sigma, cfg.adapter_radius, device, dtype, cfg.adapter_form)
 
 
 class FFN(nn.Module):
@@ -160,7 +171,9 @@ class STPrompt(nn.Module):
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B,3,S,S] -> frame_emb [B,E], region_emb [B,R2,E]: what the temporal and spatial streams read.
 
-        This is the exported encoder graph. Crops mode encodes each image and its R2 crops in one batch.
+        This is the exported encoder graph. Crops mode encodes each image and its R2 crops in one batch: crops of
+        the image given (region extent "center"). Crops of the whole frame (region extent "frame") cannot be cut
+        from it: those bundles export `encode` (images -> frame_emb, patch_emb) and the preprocessors cut the crops.
         """
         cfg = self.cfg
         if cfg.region_mode == "tokens":
@@ -181,16 +194,25 @@ class STPrompt(nn.Module):
         return frame.reshape(images.shape[0], cfg.num_regions, -1)
 
     # --- temporal stream -------------------------------------------------------------------------------
-    def temporal_features(self, frame_emb: torch.Tensor, region_emb: torch.Tensor) -> torch.Tensor:
-        """SA2 + adapter: frame_emb [B,T,E], region_emb [B,T,R2,E] -> x_ta [B,T,E]."""
+    def temporal_features(self, frame_emb: torch.Tensor, region_emb: torch.Tensor | None) -> torch.Tensor:
+        """SA2 + adapter: frame_emb [B,T,E], region_emb [B,T,R2,E] -> x_ta [B,T,E].
+
+        A frame-only model (`cfg.region_term` false) skips SA2's region term and never reads `region_emb`
+        (which may then be None, as for VadCLIP's features).
+        """
         cfg = self.cfg
-        x = sa2(frame_emb, region_emb, cfg.motion_topk)
-        a = banded_adapter_matrix(x.shape[1], cfg.adapter_sigma, cfg.adapter_radius, x.device, x.dtype)
+        if cfg.region_term:
+            if region_emb is None:
+                raise UsageError("this model has SA2's region term on (region_term=true) and needs region_emb")
+            x = sa2(frame_emb, region_emb, cfg.motion_topk)
+        else:
+            x = frame_emb
+        a = adapter_matrix(x.shape[1], cfg, x.device, x.dtype)
         for layer in self.adapter:
             x = layer(x, a)
         return x
 
-    def temporal_logits(self, frame_emb: torch.Tensor, region_emb: torch.Tensor):
+    def temporal_logits(self, frame_emb: torch.Tensor, region_emb: torch.Tensor | None):
         """-> (score logits [B,T], class logits [B,T,K]) before sigmoid/softmax (used by the losses)."""
         x = self.temporal_features(frame_emb, region_emb)
         score_logit = self.c_branch(x).squeeze(-1)
@@ -198,7 +220,8 @@ class STPrompt(nn.Module):
         class_logit = F.normalize(x.float(), dim=-1) @ self.text_features().float().T / self.cfg.temperature
         return score_logit, class_logit
 
-    def temporal(self, frame_emb: torch.Tensor, region_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def temporal(self, frame_emb: torch.Tensor, region_emb: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> score [B,T] (sigmoid of the C-branch), class_probs [B,T,K] (softmax of the A-branch)."""
         score_logit, class_logit = self.temporal_logits(frame_emb, region_emb)
         return torch.sigmoid(score_logit), class_logit.softmax(dim=-1)

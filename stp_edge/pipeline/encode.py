@@ -11,6 +11,10 @@ with manifest `region_features: "encoder"`. For bundles in the deprecated "host"
   image and resizes each back to SxS as M @ crop @ M.T (one bilinear matrix per axis); the crops' frame
   embeddings are the region features. The torch twin (`stp_edge/model/regions.py`) computes the same numbers,
   and is what the exported encoder graphs run.
+Region extent "frame" (manifest `preprocess.region_grid` R > 0, a "host" bundle): the preprocessor itself cuts the
+R*R windows tiling the whole frame (`stp_edge.geometry.frame_windows`), each resized to SxS with the golden
+resize, as views after the frame views; the encoder encodes them in the same call, and their frame embeddings are
+the region features (no second call, nothing cut from the centre image).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 from stp_edge.backends.base import Runner, is_device_array
 from stp_edge.bundle.contract import expected_io
-from stp_edge.bundle.preprocessing import PreprocessSpec
+from stp_edge.bundle.preprocessing import PreprocessSpec, view_roles
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import UsageError
 from stp_edge.geometry import bilinear_matrix, crop_windows
@@ -92,6 +96,11 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, ho
         if spec is not None and isinstance(declared, PreprocessSpec) and declared != spec:
             raise UsageError(f"the preprocessor given runs {declared}, the bundle expects {spec}; make it with "
                              f"spec=bundle.preprocess_spec")
+        if spec is not None and spec.region_grid and not isinstance(declared, PreprocessSpec):
+            raise UsageError(f"this bundle's regions are {spec.region_grid}x{spec.region_grid} crops of the whole "
+                             "frame, which its preprocessing cuts as views ([V*B, 3, S, S], `PreprocessSpec.views`); "
+                             "the callable given declares no `spec`: use preprocess='cpu' or 'cuda', or a callable "
+                             "whose `spec` is bundle.preprocess_spec")
         return kind
     if kind == "auto":
         kind = "cpu"
@@ -178,7 +187,9 @@ class Encoder:
         k = cfg.frames_per_snippet
         frames = [f for s in snippets for f in s.frames]
         labels = [snippet_label(s) for s in snippets for _ in s.frames]
-        limits = [getattr(self.preprocess, "max_batch", None), self.runner.max_batch()]
+        views = self.views
+        runner_max = self.runner.max_batch()
+        limits = [getattr(self.preprocess, "max_batch", None), runner_max and max(1, runner_max // views)]
         chunk = min([int(n) for n in limits if n] or [len(frames)])
         frame_parts, region_parts, problems = [], [], []
         timings = {"preprocess": 0.0, "encoder": 0.0}
@@ -186,7 +197,7 @@ class Encoder:
             t0 = time.perf_counter()
             images = self._preprocess(frames[i:i + chunk])
             t1 = time.perf_counter()
-            fe, re, bad = self._features(images, labels[i:i + chunk], on_error)
+            fe, re, bad = self._view_features(images, labels[i:i + chunk], on_error)
             timings["preprocess"] += (t1 - t0) * 1e3
             timings["encoder"] += (time.perf_counter() - t1) * 1e3
             frame_parts.append(fe)
@@ -197,6 +208,36 @@ class Encoder:
         region_emb = np.concatenate(region_parts).reshape(b, k, cfg.num_regions, -1).mean(axis=1, dtype=np.float32)
         invalid = tuple(next((p for p in problems[j * k:(j + 1) * k] if p), None) for j in range(b))
         return EncodedBatch(tuple(snippets), frame_emb, region_emb, timings, invalid if any(invalid) else ())
+
+    @property
+    def views(self) -> int:
+        """Images the preprocessor makes of each frame (the frame policy's views; 1 for a custom callable)."""
+        spec = getattr(self.preprocess, "spec", None)
+        return spec.views if isinstance(spec, PreprocessSpec) else 1
+
+    def _view_features(self, images: Any, labels: Sequence[str], on_error: OnError | None) -> Features:
+        """Features of n frames from their V*n view-major images (V: the frame policy's views).
+
+        frame_emb: the mean over the policy's frame views (`stp_edge.bundle.preprocessing.view_roles`); region_emb:
+        its region view's (the centre crop), or, with region windows (region extent "frame"), the frame embeddings
+        of the R*R windows of the whole frame that follow the frame views (window r of frame j: image (V+r)*n + j).
+        """
+        n, views = len(labels), self.views
+        if views == 1:
+            return self._features(images, labels, on_error)
+        spec = self.preprocess.spec
+        windows = spec.region_grid ** 2
+        names = [f"{label} view {v}" if v < views - windows else f"{label} region crop {v - views + windows}"
+                 for v in range(views) for label in labels]
+        fe, re, bad = self._features(images, names, on_error, regions=not windows)
+        frame_views, region_view = view_roles(spec)
+        fe = np.asarray(fe, np.float32).reshape(views, n, -1)
+        problems = [next((bad[v * n + j] for v in range(views) if bad[v * n + j]), None) for j in range(n)]
+        if windows:
+            region = np.ascontiguousarray(fe[views - windows:].transpose(1, 0, 2))  # [n, R2, E]
+            return fe[list(frame_views)].mean(axis=0), region, problems
+        re = np.asarray(re, np.float32).reshape(views, n, *np.shape(re)[1:])
+        return fe[list(frame_views)].mean(axis=0), re[region_view], problems
 
     def _preprocess(self, frames: Sequence[np.ndarray]) -> Any:
         """Preprocess one chunk; a CUDA preprocessor hands over by stream when the runner waits on streams.
@@ -237,9 +278,16 @@ class Encoder:
         return run_graph(self.runner, "encoder", {"images": images}, expected=expected,
                          dims={"B": len(labels)}, items=items, on_error=on_error)
 
-    def _features(self, images: Any, labels: Sequence[str], on_error: OnError | None) -> Features:
-        """frame_emb, region_emb and a problem per image; rows of problem images are NaN or meaningless."""
+    def _features(self, images: Any, labels: Sequence[str], on_error: OnError | None, regions: bool = True
+                  ) -> Features:
+        """frame_emb, region_emb and a problem per image; rows of problem images are NaN or meaningless.
+
+        `regions` False: the images' regions are not wanted (they are region windows themselves); region_emb is None.
+        """
         enc, problems = self._call(images, labels, on_error)
+        if not regions:
+            frame = enc["frame_emb"] if enc is not None and not any(problems) else self._usable(enc, len(labels))[0]
+            return frame, None, problems
         if enc is not None and self.layout() == "host" and not any(problems):
             region_emb, problems = self.host_regions(images, enc, labels, on_error)
             enc = {"frame_emb": enc["frame_emb"], "region_emb": region_emb}

@@ -11,6 +11,9 @@ neighbours on each side). Out: one `TemporalOutput` per window: the score and cl
 target snippet, and that snippet's region features for the spatial stage. Windows of equal length, from any
 streams, share one graph call (in chunks of the runner's `max_batch()`).
 
+A frame-only model (`config.region_term` false, e.g. trained on VadCLIP's features) ignores `region_emb` inside its
+temporal graph, whose I/O stays the same; the ring still holds the region features, for the spatial stage.
+
 A snippet whose features are missing (its encoder call failed, or returned values its contract forbids) is a cut
 in the stream, like the ends of a video: the windows of its neighbours stop short of it, so they are computed as
 near a video's end or start, and every snippet before it can be emitted at once.
@@ -128,6 +131,26 @@ def temporal_window(t: int, n: int, context: int, start: int = 0) -> tuple[int, 
     if not start <= t < n:
         raise UsageError(f"temporal_window: snippet {t} is not among the encoded snippets [{start}, {n})")
     return max(start, t - context), min(n, t + context + 1)
+
+
+def temporal_chunks(n: int, max_len: int, context: int) -> list[tuple[int, int, int, int]]:
+    """Cut snippets [0, n) into graph calls of at most `max_len` snippets: (lo, hi, keep_lo, keep_hi) each.
+
+    A call on [lo, hi) keeps the outputs of [keep_lo, keep_hi): the snippets whose whole streaming window
+    (`temporal_window`) lies inside it, so each kept output equals the streamed one. The kept ranges tile
+    [0, n). For an engine whose optimisation profile bounds T (TensorRT plans: 2c+1 by default).
+    """
+    window = 2 * context + 1
+    if max_len < window:
+        raise UsageError(f"temporal_chunks: max_len={max_len} is below the streaming window 2c+1={window}")
+    chunks, keep_lo = [], 0
+    while keep_lo < n:
+        lo = max(0, keep_lo - context)
+        hi = min(n, lo + max_len)
+        keep_hi = hi if hi == n else hi - context
+        chunks.append((lo, hi, keep_lo, keep_hi))
+        keep_lo = keep_hi
+    return chunks
 
 
 @dataclass(frozen=True)

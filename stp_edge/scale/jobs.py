@@ -261,7 +261,8 @@ def load_detector(bundle: str | Path, backend: str = "auto", threads: int | None
     b = Bundle.load(bundle)
     choice = choose_backend(backend, b)
     name = choice.name
-    runners = create_runners(b, name, engine=choice.engine)
+    runners = create_runners(b, name, engine=choice.engine,
+                             encoder_precision=choice.form.hint if choice.form else None)  # OpenVINO's bf16
     for runner in runners.values():
         if hasattr(runner, "intra_op_num_threads"):  # OrtRunner, read when it activates
             runner.intra_op_num_threads = threads

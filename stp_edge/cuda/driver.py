@@ -1,0 +1,247 @@
+"""libcuda, the CUDA driver library: found robustly, loaded with ctypes, for the few calls pycuda lacks.
+
+The driver is not part of the toolkit: containers mount it read-only from the host (often at
+/usr/local/nvidia/lib64 or under /run/nvidia/driver) where the ldconfig cache may not list it, and a
+toolkit's `stubs/libcuda.so` only satisfies the linker: loading a stub fails at the first call. The search
+order is: the dynamic loader's own name lookup (ctypes.util.find_library), the ldconfig cache, each
+LD_LIBRARY_PATH entry, the distributions' and NVIDIA containers' driver folders, and the toolkit stubs last
+(marked `stub=True`, usable for linking only).
+
+    python -m stp_edge.cuda.driver             # print where libcuda is and how it was found
+    python -m stp_edge.cuda.driver --link-dir D  # make D/libcuda.so point to the driver (for `-lcuda`)
+    python -m stp_edge.cuda.driver --dir         # the driver's folder, for LD_LIBRARY_PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stp_edge.errors import StpEdgeError
+
+SONAMES = ("libcuda.so.1", "libcuda.so")
+# Driver folders: Debian/Ubuntu multiarch, RHEL, NVIDIA container toolkit mounts, WSL, the GPU operator's
+# driver container (/run/nvidia/driver), and the CUDA forward-compatibility package.
+DRIVER_DIRS = (
+    "usr/lib/x86_64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
+    "usr/lib64",
+    "usr/lib",
+    "usr/local/nvidia/lib64",
+    "usr/local/nvidia/lib",
+    "usr/lib/wsl/lib",
+    "run/nvidia/driver/usr/lib/x86_64-linux-gnu",
+    "run/nvidia/driver/usr/lib64",
+    "usr/lib/x86_64-linux-gnu/nvidia/current",
+    "usr/lib/aarch64-linux-gnu/tegra",
+    "usr/local/cuda/compat",
+)
+STUB_DIRS = ("lib64/stubs", "targets/x86_64-linux/lib/stubs", "targets/sbsa-linux/lib/stubs", "lib/stubs")
+
+
+class DriverNotFoundError(StpEdgeError, OSError):
+    """No CUDA driver library (libcuda) was found, or only a toolkit stub."""
+
+
+@dataclass(frozen=True)
+class Libcuda:
+    """Where libcuda was found: `path` (a file, or a soname the dynamic loader resolves), `how`, `stub`."""
+
+    path: str
+    how: str
+    stub: bool = False
+
+
+def is_stub(path: str | Path) -> bool:
+    """True for a toolkit's link-time stub (it lives in a `stubs` folder and cannot run anything)."""
+    return Path(path).parent.name == "stubs"
+
+
+def _ldconfig_paths(text: str) -> list[str]:
+    """libcuda paths listed by `ldconfig -p` output (`libcuda.so.1 (libc6,x86-64) => /path`)."""
+    found = []
+    for line in text.splitlines():
+        name, _, target = line.strip().partition(" => ")
+        if name.split(" ")[0] in SONAMES and target:
+            found.append(target.strip())
+    return found
+
+
+def candidates(
+    env: Mapping[str, str],
+    ldconfig_text: str = "",
+    find_library: Callable[[str], str | None] = ctypes.util.find_library,
+    root: Path = Path("/"),
+    cuda_roots: Sequence[Path] = (),
+) -> list[Libcuda]:
+    """Every place libcuda may be, in search order (existence is checked by `find_libcuda`).
+
+    Args:
+        env: environment (LD_LIBRARY_PATH, CUDA_HOME/CUDA_PATH/CUDA_ROOT for the stubs).
+        ldconfig_text: output of `ldconfig -p` ("" when unavailable).
+        find_library: ctypes.util.find_library or a stand-in (it returns a soname, not a path).
+        root: file-system root the standard folders are looked up under (tests use a temporary one).
+        cuda_roots: toolkit roots whose stubs come last (CUDA_HOME & co. are added).
+    """
+    out: list[Libcuda] = []
+    name = find_library("cuda")
+    if name:
+        out.append(Libcuda(name, "ctypes.util.find_library", is_stub(name)))
+    out += [Libcuda(p, "ldconfig -p", is_stub(p)) for p in _ldconfig_paths(ldconfig_text)]
+    dirs = [(d, "LD_LIBRARY_PATH") for d in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
+    dirs += [(str(root / d), "driver folder") for d in DRIVER_DIRS]
+    for d, how in dirs:
+        out += [Libcuda(str(Path(d) / so), how, is_stub(Path(d) / so)) for so in SONAMES]
+    roots = [Path(env[k]) for k in ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT") if env.get(k)]
+    for r in [*roots, *cuda_roots, root / "usr/local/cuda"]:
+        out += [Libcuda(str(r / d / "libcuda.so"), "CUDA toolkit stub", True) for d in STUB_DIRS]
+    return out
+
+
+def find_libcuda(
+    env: Mapping[str, str] | None = None,
+    ldconfig_text: str | None = None,
+    find_library: Callable[[str], str | None] = ctypes.util.find_library,
+    root: Path = Path("/"),
+    allow_stub: bool = False,
+) -> Libcuda:
+    """The first existing libcuda in `candidates` order; a stub only when `allow_stub` and no driver exists.
+
+    A soname from find_library counts as found (the dynamic loader resolves it). Raises DriverNotFoundError
+    naming what was searched, and saying so when only a stub exists (a stub is not a driver).
+    """
+    env = os.environ if env is None else env
+    text = _ldconfig() if ldconfig_text is None else ldconfig_text
+    stubs: list[Libcuda] = []
+    for c in candidates(env, text, find_library, root):
+        if "/" in c.path and not Path(c.path).is_file():
+            continue
+        if not c.stub:
+            return c
+        stubs.append(c)
+    if stubs and allow_stub:
+        return stubs[0]
+    if stubs:
+        raise DriverNotFoundError(
+            f"only the CUDA toolkit's stub {stubs[0].path} was found: a stub satisfies the linker but is not a "
+            "driver; install the NVIDIA driver or add its folder to LD_LIBRARY_PATH"
+        )
+    raise DriverNotFoundError(
+        "no libcuda.so.1 found (searched find_library, ldconfig -p, LD_LIBRARY_PATH, "
+        f"{', '.join('/' + d for d in DRIVER_DIRS)}); add the driver's folder to LD_LIBRARY_PATH"
+    )
+
+
+def _ldconfig() -> str:
+    for exe in ("ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"):
+        try:
+            return subprocess.run([exe, "-p"], capture_output=True, text=True, timeout=10, check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return ""
+
+
+_LIB: ctypes.CDLL | None = None
+
+
+def load_libcuda() -> ctypes.CDLL:
+    """The driver library, loaded once (DriverNotFoundError when there is none or only a stub)."""
+    global _LIB
+    if _LIB is None:
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            lib = ctypes.CDLL(find_libcuda().path)
+        _declare(lib)
+        _LIB = lib
+    return _LIB
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, uint, pp = ctypes.c_void_p, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)
+    sigs = {
+        "cuEventCreate": [pp, uint], "cuEventRecord": [ptr, ptr], "cuStreamWaitEvent": [ptr, ptr, uint],
+        "cuEventDestroy_v2": [ptr], "cuCtxGetCurrent": [pp], "cuCtxPopCurrent_v2": [pp],
+        "cuDevicePrimaryCtxRelease_v2": [ctypes.c_int], "cuStreamSynchronize": [ptr],
+        "cuDriverGetVersion": [ctypes.POINTER(ctypes.c_int)],
+    }
+    for name, args in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, ctypes.c_int
+
+
+def check(status: int, call: str) -> None:
+    """Raise RuntimeError naming the driver call and its CUresult when `status` is not CUDA_SUCCESS."""
+    if status != 0:
+        raise RuntimeError(f"{call} failed with CUresult {status}")
+
+
+def current_context() -> int:
+    """The driver's current context on this thread (cuCtxGetCurrent) as int, 0 when none."""
+    ctx = ctypes.c_void_p()
+    check(load_libcuda().cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+    return int(ctx.value or 0)
+
+
+def pop_context() -> int:
+    """Pop the driver's current context off this thread's stack (cuCtxPopCurrent); returns it."""
+    ctx = ctypes.c_void_p()
+    check(load_libcuda().cuCtxPopCurrent_v2(ctypes.byref(ctx)), "cuCtxPopCurrent")
+    return int(ctx.value or 0)
+
+
+def release_primary(device: int) -> None:
+    """Drop one retain of `device`'s primary context (cuDevicePrimaryCtxRelease)."""
+    check(load_libcuda().cuDevicePrimaryCtxRelease_v2(int(device)), "cuDevicePrimaryCtxRelease")
+
+
+def link_dir(directory: Path, found: Libcuda) -> Path:
+    """Make `directory/libcuda.so` a link to `found` (for `-L directory -lcuda`); returns the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / "libcuda.so"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(found.path)
+    return directory
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: print where libcuda is; with --link-dir, make a folder to link pycuda against it."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--link-dir", type=Path, help="make LINK_DIR/libcuda.so point to the driver, print LINK_DIR")
+    ap.add_argument("--dir", action="store_true", help="print the driver's folder (for LD_LIBRARY_PATH)")
+    ap.add_argument("--allow-stub", action="store_true", help="accept a toolkit stub (linking only)")
+    args = ap.parse_args(argv)
+    try:
+        found = find_libcuda(allow_stub=args.allow_stub)
+    except DriverNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if "/" not in found.path and (args.link_dir is not None or args.dir):
+        found = Libcuda(_resolved(found.path), found.how, found.stub)
+    if args.dir:
+        print(Path(found.path).parent)
+    elif args.link_dir is not None:
+        print(link_dir(args.link_dir, found))
+    else:
+        print(f"{found.path} ({found.how}{', stub: link only' if found.stub else ''})")
+    return 0
+
+
+def _resolved(soname: str) -> str:
+    """The file a soname resolves to in the ldconfig cache (find_library gives names, the linker needs paths)."""
+    for p in _ldconfig_paths(_ldconfig()):
+        if Path(p).name == soname:
+            return p
+    return find_libcuda(ldconfig_text=_ldconfig(), find_library=lambda _: None).path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
