@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -38,10 +39,10 @@ def machine_info() -> dict[str, str]:
         import onnxruntime
 
         info["onnxruntime"] = onnxruntime.__version__
-    if importlib.util.find_spec("openvino") is not None:
-        import openvino
-
-        info["openvino"] = openvino.get_version().split("-")[0]
+    try:  # read from its metadata: importing openvino sends usage telemetry (stp_edge.backends.openvino)
+        info["openvino"] = importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        pass
     return info
 
 

@@ -32,6 +32,7 @@ EXPORTS = {
     "tiny-crops-int8": dict(random_config="tiny", precision="int8",
                             config_overrides={"region_mode": "crops", "region_grid": 3}),
     "tiny-conv-int8": dict(random_config="tiny", precision="int8", config_overrides=CONV_STEM),
+    "tiny-int8-dynamic": dict(random_config="tiny", precision="int8", int8_form="dynamic"),
     "tiny-host-crops": dict(random_config="tiny", region_features="host",
                             config_overrides={"region_mode": "crops", "region_grid": 3}),
     "tiny-unsimplified": dict(random_config="tiny", simplify=False),
@@ -63,7 +64,7 @@ def exported(tmp_path_factory, request, exported_tiny_bundle):
             from stp_edge.export.bundle_export import export_bundle
 
             kwargs = dict(EXPORTS[name])
-            if kwargs.get("precision") == "int8":
+            if kwargs.get("precision") == "int8" and kwargs.get("int8_form") != "dynamic":
                 kwargs["calib"] = request.getfixturevalue("calib")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # the deprecated "host" layout says so
@@ -102,8 +103,8 @@ def test_every_exported_bundle_passes_the_graph_checks(exported, name):
 @pytest.mark.slow
 def test_export_operators_are_what_export_writes(exported):
     """EXPORT_OPERATORS is derived from the exporter: no operator listed that none of its graphs contains."""
-    seen = set().union(*(_operators(exported(n)) for n in ("tiny-fp32", "tiny-conv-int8", "tiny-unsimplified",
-                                                          "tiny-opset20")))
+    seen = set().union(*(_operators(exported(n)) for n in ("tiny-fp32", "tiny-conv-int8", "tiny-int8-dynamic",
+                                                          "tiny-unsimplified", "tiny-opset20")))
     assert seen == EXPORT_OPERATORS
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import warnings
 
@@ -207,3 +208,16 @@ def test_run_prints_the_cpu_instructions_and_the_form_that_ran(exported_tiny_bun
     out = capsys.readouterr().out
     assert f"cpu {cpu_features().describe()}; encoder fp32 on openvino" in out
     assert "threads 1 openvino (--threads)" in out
+
+
+def test_the_runtime_starts_openvino_only_when_it_runs_and_without_its_telemetry(tiny):
+    # Choosing a backend only looks OpenVINO up; running it imports openvino without openvino.tools.ovc, whose
+    # import sends a usage-telemetry event from a forked process (and aborts GStreamer hosts: apps/gst).
+    code = ("import sys; from stp_edge.bundle import Bundle; from stp_edge.backends import choose_backend, "
+            "create_runners; b = Bundle.load(sys.argv[1]); choose_backend('auto', b); "
+            "print('openvino' in sys.modules); r = create_runners(b, 'openvino', graphs=('spatial',))['spatial']; "
+            "r.activate(); print(sorted(m for m in sys.modules if m.startswith(('openvino.tools.ovc', "
+            "'openvino_telemetry'))))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny.path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["False", "[]"]

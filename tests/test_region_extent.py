@@ -127,6 +127,17 @@ def test_region_window_plans_read_the_frame_edges() -> None:
     assert plans[0].cols.first > 0, "the centre crop does not read the sides"
 
 
+def test_windows_outside_the_frame_are_refused() -> None:
+    with pytest.raises(UsageError, match="not inside the 160x90 image"):
+        CropResizePlan.window(90, 160, 48, (100, 0, 161, 45))
+    with pytest.raises(UsageError, match="not inside the 160x90 image"):
+        CropResizePlan.window(90, 160, 48, (10, 20, 10, 45))
+    from stp_edge.preprocess import filter_weights
+
+    with pytest.raises(UsageError, match="not a non-empty span"):
+        filter_weights(90, 48, (20, 20))
+
+
 def test_spec_round_trip_and_limits() -> None:
     spec = PreprocessSpec(region_grid=3)
     assert spec.to_dict()["region_grid"] == 3 and PreprocessSpec.from_dict(spec.to_dict()) == spec
@@ -366,3 +377,19 @@ def test_overlay_marks_the_part_the_regions_come_from(tmp_path: Path, spec: Prep
         assert sink.writer.map_roi == roi
     finally:
         sink.writer.abort()
+
+
+def test_info_and_run_say_the_regions_cover_the_whole_frame(frame_bundle: Path, tmp_path: Path, capsys) -> None:
+    from conftest import moving_frames, write_avi
+
+    from stp_edge.cli import main
+
+    assert main(["info", str(frame_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "coverage      frame analysed: regions, maps and boxes: the whole frame (100%, 3x3 overlapping crops)" in out
+    video = write_avi(tmp_path / "v.avi", moving_frames(20, height=48, width=64))
+    overlay = tmp_path / "o.avi"
+    assert main(["run", str(frame_bundle), str(video), "--backend", "ort-cpu", "--overlay", str(overlay)]) == 0
+    out = capsys.readouterr().out
+    assert "stream 0: frame analysed: regions, maps and boxes: the whole 64x48 frame (100%" in out
+    assert overlay.is_file()

@@ -109,13 +109,19 @@ def why_not(backend: str, available: Availability) -> str:
             f"pip install 'stp-edge[ort-gpu]'")
 
 
-def probe_availability(bundle: Any = None, device: int = 0, *, allow_host_code: bool = False) -> Availability:
+def probe_availability(bundle: Any = None, device: int = 0, *, allow_host_code: bool = False,
+                       openvino_devices: bool = False) -> Availability:
     """Find out what this machine offers (imports the optional dependencies; never at import time).
+
+    OpenVINO is only looked up (installed or not), not started: its CPU plugin ships with every x86-64/Arm wheel,
+    and starting it costs time and can abort a host process (`stp_edge.backends.openvino`). Its devices are
+    probed with `openvino_devices=True` (an Intel GPU: "openvino-gpu").
 
     Args:
         bundle: A `stp_edge.bundle.Bundle` whose engine set for this machine is chosen, or None.
         device: CUDA device ordinal.
         allow_host_code: See `create_runners` (part of the engine choice).
+        openvino_devices: Start OpenVINO to list its devices.
     """
     reasons: list[str] = []
     have_trt = have_pycuda = have_ort = False
@@ -149,10 +155,20 @@ def probe_availability(bundle: Any = None, device: int = 0, *, allow_host_code: 
         have_ort = True
     except ImportError as exc:
         reasons.append(f"onnxruntime: {exc}")
-    ov_devices = _openvino_devices(reasons)
+    ov_devices = _openvino_devices(reasons) if openvino_devices else _openvino_cpu(reasons)
     return Availability(tensorrt=have_trt, pycuda=have_pycuda, trt_plans=engine is not None, onnxruntime=have_ort,
                         ort_providers=providers, reasons=tuple(reasons), trt_engine=engine,
                         openvino=ov_devices is not None, openvino_devices=ov_devices or ())
+
+
+def _openvino_cpu(reasons: list[str]) -> tuple[str, ...] | None:
+    """("CPU",) where openvino is installed (looked up, not imported), else None and a reason."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        reasons.append("openvino: not installed")
+        return None
+    return ("CPU",)
 
 
 def _openvino_devices(reasons: list[str]) -> tuple[str, ...] | None:
@@ -202,7 +218,8 @@ def choose_backend(requested: str, bundle: Any = None, device: int = 0, *,
 
         parse_triton_url(requested)
         return BackendChoice(requested)
-    available = probe_availability(bundle, device, allow_host_code=allow_host_code)
+    available = probe_availability(bundle, device, allow_host_code=allow_host_code,
+                                   openvino_devices=requested == "openvino-gpu")
     name = select_backend(requested, available)
     return _cpu_choice(BackendChoice(name, available.trt_engine if name == "trt" else None), requested, bundle,
                        precision, available)

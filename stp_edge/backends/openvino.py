@@ -10,11 +10,19 @@ Run-time bounds (`stp_edge.backends.calls`): a call past its deadline or a stop 
 `InferRequest.cancel()`. OpenVINO has no memory arena to cap: `CallLimits.memory_limit_gib` is not enforced
 here (an allocation the system refuses is a `MemoryLimitError`). `openvino` is imported when a runner
 activates; missing, the error names the extra (`pip install 'stp-edge[openvino]'`).
+
+OpenVINO is imported without its model-conversion tools (`import_openvino`): `import openvino` also imports
+`openvino.tools.ovc`, which sends a usage-telemetry event (Google Analytics, from a forked process) unless the
+user opted out, and that fork aborts host processes that hold threads of their own (a GStreamer pipeline running
+the stpedge element). The runtime needs only `Core`, which reads the ONNX files itself.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,9 +39,40 @@ DEVICES = ("CPU", "GPU")
 PRECISION_HINTS = ("f32", "bf16", "f16")
 
 
+_OVC = "openvino.tools.ovc"
+_IMPORT_LOCK = threading.Lock()
+
+
+class _WithoutOvc(importlib.abc.MetaPathFinder):
+    """Refuses `openvino.tools.ovc` while `import_openvino` imports openvino (whose __init__ tolerates that)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == _OVC:
+            raise ImportError(f"{_OVC} is not loaded by stp-edge (it sends usage telemetry on import)")
+        return None
+
+
+def import_openvino() -> Any:
+    """The `openvino` module, imported without `openvino.tools.ovc` (see the module doc) unless already loaded.
+
+    `convert_model` is then absent from the `openvino` namespace; `from openvino.tools.ovc import convert_model`
+    still works for a caller who wants it (and its telemetry).
+    """
+    with _IMPORT_LOCK:
+        if sys.modules.get("openvino") is not None:
+            return sys.modules["openvino"]
+        finder = _WithoutOvc()
+        sys.meta_path.insert(0, finder)
+        try:
+            return require("openvino", "the openvino backend")
+        finally:
+            sys.meta_path.remove(finder)
+            sys.modules.pop(_OVC, None)
+
+
 def openvino_devices() -> tuple[str, ...]:
     """Devices the installed OpenVINO sees ("CPU", "GPU", "GPU.0", ...); imports openvino."""
-    ov = require("openvino", "the openvino backend")
+    ov = import_openvino()
     return tuple(ov.Core().available_devices)
 
 
@@ -92,7 +131,7 @@ class OpenVinoRunner(Runner):
         self._ports: list[Any] = []
 
     def activate_impl(self) -> None:
-        ov = require("openvino", "the openvino backend")
+        ov = import_openvino()
         if not self.path.is_file():
             raise RunnerError(f"{self.name}: ONNX file {self.path} does not exist")
         core = ov.Core()

@@ -145,8 +145,9 @@ def run_bench(bundle: str | os.PathLike, *, backend: str = "auto", precision: st
 def _compare_backends(bundle: Any, progress: bool) -> list[dict[str, Any]]:
     """`compare_forms` on the bundle's encoder: its graph form on each installed CPU backend (and bf16).
 
-    An fp32 encoder is also quantized here to the dynamic INT8 form (no calibration needed, seconds) where the
-    export extra is installed, so the table shows what `export --int8-form dynamic` would buy on this CPU.
+    Only the bundle's own graph is timed (the runtime never imports the exporter); what the dynamic INT8 form would
+    buy on this CPU: export it (`export --precision int8 --int8-form dynamic`) and bench that bundle, or
+    benchmarks/bench_backends.py, which times every form side by side.
     """
     import numpy as np
 
@@ -157,14 +158,7 @@ def _compare_backends(bundle: Any, progress: bool) -> list[dict[str, Any]]:
     if progress:
         print("comparing the installed CPU backends on the encoder ...", flush=True)
     form = encoder_form(bundle.manifest)
-    with tempfile.TemporaryDirectory(prefix="stp-bench-forms-") as tmp:
-        graphs = {form: bundle.graph_path("encoder")}
-        if form == "fp32" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
-            from stp_edge.export.quantize import quantize_encoder_dynamic
-
-            graphs["int8-dynamic"] = Path(tmp) / "encoder_int8_dynamic.onnx"
-            quantize_encoder_dynamic(graphs["fp32"], graphs["int8-dynamic"])
-        return compare_forms(graphs, images)
+    return compare_forms({form: bundle.graph_path("encoder")}, images)
 
 
 def alert_delays(context: int, snippet_len: int, lookahead: int | None) -> dict[str, dict[str, float]]:

@@ -3,6 +3,8 @@
 The spatial stream is training-free, as in the paper: region features are compared with normal and abnormal text
 queries inside `spatial.onnx`, which returns one score per region. It runs on the snippets `spatial_gate`
 selects: those whose score passes the threshold ("flagged", the default), every snippet ("all"), or none.
+The map's cells are the regions in row-major order; where each lies in the frame (the centre crop, or a window of
+the whole frame with region extent "frame") is the boxes stage's `region_cells`.
 """
 
 from __future__ import annotations

@@ -77,8 +77,8 @@ class Analysis:
         if settings.spatial is not None and settings.spatial not in SPATIAL:
             raise UsageError(f"spatial must be one of {SPATIAL}, got {settings.spatial!r}")
         self.settings = settings
-        self.detector = Detector.load(settings.bundle, backend=settings.backend, spatial_on=settings.spatial,
-                                      lookahead=settings.lookahead)
+        self.detector = Detector.load(settings.bundle, backend=_without_openvino(settings.backend, settings.bundle),
+                                      spatial_on=settings.spatial, lookahead=settings.lookahead)
         if settings.threshold is not None:
             self.detector.score_threshold = float(settings.threshold)  # is_anomaly and the spatial gate use it
         self.threshold = self.detector.score_threshold
@@ -175,3 +175,22 @@ def event_fields(message: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "camera", "label", "score", "peak_score", "start_time", "end_time", "end_reason")
     return {"type": EVENT_TYPES.get(message.get("type", ""), message.get("type")),
             **{k: after.get(k) for k in keys}, "event": json.dumps(message)}
+
+
+def _without_openvino(backend: str, bundle: str) -> str:
+    """`backend`, or ONNX Runtime's CPU backend where "auto" would pick OpenVINO; OpenVINO asked for is refused.
+
+    OpenVINO aborts inside a GStreamer process here (Debian's GStreamer 1.22 loads the system libunwind, whose
+    `_Unwind_Resume` cannot unwind the C++ exceptions OpenVINO throws and catches while it loads its plugins:
+    `terminate`, measured with gdb), so the element never starts it.
+    """
+    from stp_edge.backends import choose_backend
+    from stp_edge.bundle import Bundle
+
+    if backend.startswith("openvino"):
+        raise UsageError(f"backend {backend!r} cannot run inside a GStreamer pipeline (OpenVINO aborts there: the "
+                         "system libunwind GStreamer loads cannot unwind its exceptions); use ort-cpu")
+    if backend == "auto" and choose_backend(backend, Bundle.load(bundle)).name.startswith("openvino"):
+        return "ort-cpu"
+    return backend
+
