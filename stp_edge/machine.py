@@ -162,7 +162,8 @@ def choose_cpu_form(cpu: CpuFeatures, installed: frozenset[str] | set[str], grap
     A pure function (tests/test_machine_choice.py runs it over a table of CPUs). The rules follow what was
     measured (issue 27; benchmarks/results/backends_*.md):
     - int8 Q/DQ ("int8-static") is fast only with int8 dot products (VNNI/dotprod); ONNX Runtime ran it fastest
-      on an AVX-512 VNNI EPYC; with AMX, OpenVINO's int8 kernels use the tiles, so it goes there when installed.
+      on an AVX-512 VNNI EPYC; OpenVINO's int8 (AMX tiles) is not chosen while it mis-shapes the Q/DQ encoder's
+      frame_emb (see `_int8_static`).
       Without VNNI it runs at about fp32 speed: the dynamic form (MatMulInteger) is the fast one there.
     - an fp32 graph runs in bf16 on OpenVINO where the CPU has AVX512_BF16 or AMX (no calibration; 1.8x on the
       EPYC), else fp32 on ONNX Runtime (faster than OpenVINO fp32 there).
@@ -217,7 +218,10 @@ def _int8_dynamic(cpu: CpuFeatures, ort: bool) -> FormChoice:
 
 def _int8_static(cpu: CpuFeatures, ort: bool, ov: bool) -> FormChoice:
     isa = _int8_isa(cpu)
-    if (cpu.amx and ov) or not ort:
+    # OpenVINO 2026.4 runs the exported Q/DQ encoder with frame_emb shaped [1, B, E] instead of [B, E] (ONNX
+    # Runtime: [B, E]; the contract check refuses it), so an int8 bundle goes to OpenVINO only when ONNX Runtime
+    # is absent (and then fails that check with the reason) until that is understood.
+    if not ort:
         return FormChoice("openvino", "int8-static", None, f"Q/DQ int8 on OpenVINO; {isa}")
     if not cpu.vnni:
         return FormChoice("ort-cpu", "int8-static", None,

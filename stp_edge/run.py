@@ -22,8 +22,9 @@ when `run_video` loads the detector and the caller did not say `threads`. With s
 completes a snippet waits (at most half a snippet of the fastest source) for the other streams' snippets to
 complete too, so the snippets of N cameras share one encoder call (`VideoResults.encoder_batches` counts the
 snippets per call). A LIVE source (URL, camera) that falls behind real time drops whole snippets instead of
-growing queues: at each snippet boundary, when its oldest frame still waiting for the detector has waited a
-snippet's duration, its reader reads the next `snippet_len` frames and discards them (never part of a
+growing queues: at each snippet boundary, when its oldest frame still waiting for the detector has waited two
+snippets' duration with several sources (`LATE_SNIPPETS`: one is the scheduler's own hold and shared encoder
+call; one snippet with a single source), its reader reads the next `snippet_len` frames and discards them (never part of a
 snippet, so snippet boundaries stay aligned). The detector sees the dropped frames like a gap (the stream's
 window is flushed and restarted; frame and snippet numbers go on counting over them);
 `SourceRun.dropped_snippets` counts them and the JSONL gets a `{"dropped": ...}` line naming the frames not
@@ -210,6 +211,10 @@ def plan_threads(cores: int, sources: int, light: int = 0) -> ThreadPlan:
 _END = object()
 _DROP = object()  # (stream, _DROP, frames dropped, 0.0, wall time): a live source's reader dropped whole snippets
 SHARE_HOLD = 0.5  # of a snippet's duration: how long a completed snippet waits for other streams' (0: never)
+# A live source is late when its oldest frame waiting for the detector waited this many snippets' duration: one
+# for a single source; with several, one more snippet of waiting is the run's own doing (a completed snippet is
+# held up to SHARE_HOLD of a snippet for the other cameras', then encoded in one call with theirs).
+LATE_SNIPPETS = {"one source": 1.0, "several sources": 2.0}
 READER_JOIN_S = 1.0  # what a run waits at its end for readers still inside an OpenCV open or read
 
 
@@ -217,8 +222,9 @@ class _Reader(threading.Thread):
     """Decodes one source ahead of the detector into the shared queue; closes the source when done.
 
     With `drop_len` (a live source), the reader keeps real time: at each snippet boundary, when its oldest
-    frame still waiting for the detector was read `late_s` ago or more (a snippet's duration: the model is a
-    whole snippet behind the camera), it reads the next `drop_len` frames and discards them, and tells the
+    frame still waiting for the detector was read `late_s` ago or more (`LATE_SNIPPETS` snippets' duration: the
+    model is behind the camera by more than the run's own hold and batching), it reads the next `drop_len` frames
+    and discards them, and tells the
     consumer how many it dropped before its next frame (`_DROP`). `put` and `taken` count the frames put and
     the frames the consumer took (each written by one thread only), so their difference is what waits, and
     `times` holds when each waiting frame was put. At most `cap` frames of one source wait (`slots`: a reader
@@ -693,7 +699,8 @@ class _Run:
         lazy = self.overlay is None
         readers = [_Reader(src, s, q, halt, max_frames, lazy,
                            drop_len=self.snippet_len if self.drop_late and src.live else None, cap=cap,
-                           late_s=self.snippet_len / (plausible_fps(src.fps) or 25.0))
+                           late_s=LATE_SNIPPETS["several sources" if len(self.sources) > 1 else "one source"]
+                           * self.snippet_len / (plausible_fps(src.fps) or 25.0))
                    for s, src in zip(self.runs, self.sources, strict=True)]
         self.readers = {r.stream: r for r in readers}
         start = time.perf_counter()

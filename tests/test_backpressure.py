@@ -322,3 +322,41 @@ def test_run_on_a_live_stream_behind_a_slow_model_reports_dropped_snippets(handm
     assert re.search(rf"BEHIND  .*: {n} snippets? \({SNIPPET * n} frames\) dropped whole", out), out
     analysed = sum(1 for d in lines if "score" in d)
     assert analysed + n == 10  # 40 frames: every snippet is analysed or dropped whole
+
+
+def test_cameras_sharing_encoder_calls_are_not_dropped_for_the_runs_own_hold(tmp_path):
+    """Two live cameras, 16-frame snippets (0.64 s), a model that keeps up (one shared 0.5 s call per snippet):
+    a completed snippet held for the other camera's (up to 0.32 s) and then encoded waits longer than one snippet,
+    which is the run's own doing, not the model falling behind: nothing is dropped."""
+    from conftest import handmade_config, write_avi, write_handmade_bundle
+    from test_live_sources import StreamServer
+
+    from stp_edge.backends.ort import OrtRunner
+    from stp_edge.bench.capacity import free_port
+    from stp_edge.video import open_source
+
+    bundle = write_handmade_bundle(tmp_path / "b16.stp", handmade_config(snippet_len=16))
+    real = OrtRunner.infer_impl
+
+    def slow(self, feeds):
+        out = real(self, feeds)
+        if "encoder" in self.name:
+            time.sleep(0.5)
+        return out
+
+    clip = write_avi(tmp_path / "clip.avi", moving_frames(50, seed=3), fps=25.0)
+    servers = [StreamServer(clip, free_port(), tmp_path / f"ffmpeg{i}.log") for i in range(2)]
+    for s in servers:  # out of phase: one camera's snippet completes about a third of a snippet after the other's
+        s.start()
+        time.sleep(0.2)
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(OrtRunner, "infer_impl", slow)
+        res = run_video([open_source(s.url) for s in servers], bundle=bundle, backend="ort-cpu", keep=False,
+                        max_frames=16 * 8)
+    finally:
+        mp.undo()
+        for s in servers:
+            s.kill()
+    assert res.dropped_snippets == 0 and res.snippets == 2 * 8
+    assert res.encoder_batches[2] >= 6  # the two cameras' snippets shared the calls
