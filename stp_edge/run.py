@@ -24,9 +24,9 @@ complete too, so the snippets of N cameras share one encoder call (`VideoResults
 snippets per call). A LIVE source (URL, camera) that falls behind real time drops whole snippets instead of
 growing queues: at each snippet boundary, when its oldest frame still waiting for the detector has waited two
 snippets' duration with several sources (`LATE_SNIPPETS`: one is the scheduler's own hold and shared encoder
-call; one snippet with a single source), its reader reads the next `snippet_len` frames and discards them (never part of a
-snippet, so snippet boundaries stay aligned). The detector sees the dropped frames like a gap (the stream's
-window is flushed and restarted; frame and snippet numbers go on counting over them);
+call; one snippet with a single source), its reader reads the next `snippet_len` frames and discards them
+(never part of a snippet, so snippet boundaries stay aligned). The detector sees the dropped frames like a gap
+(the stream's window is flushed and restarted; frame and snippet numbers go on counting over them);
 `SourceRun.dropped_snippets` counts them and the JSONL gets a `{"dropped": ...}` line naming the frames not
 analysed. Files never drop: they are read as fast as the model goes. At most `2 * snippet_len` frames of a
 source wait (`SourceRun.queue_peak`), so memory stays flat when the model is slower than the cameras.
