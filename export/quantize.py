@@ -282,13 +282,18 @@ def gemm_to_matmul(model: Any) -> int:
                                                              name=f"{n.name}_Bias")
         else:
             nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [out], name=f"{n.name}_Bias"))
+    _set_nodes(model, nodes)
+    return rewritten
+
+
+def _set_nodes(model: Any, nodes: list[Any]) -> None:
+    """Replace the graph's nodes by `nodes` (in order) and drop the initializers no node reads any more."""
     used = {i for n in nodes for i in n.input}
     keep = [i for i in model.graph.initializer if i.name in used]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
-    return rewritten
 
 
 def _keeps_last_dim(node: Any, tensor: str, n: int, inits: dict[str, Any]) -> bool:
@@ -607,12 +612,7 @@ def smooth_matmuls(model: Any, groups: dict[str, list[str]], absmax: dict[str, n
         if n.name in first:
             nodes.append(first[n.name])
         nodes.append(n)
-    used = {i for n in nodes for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    _set_nodes(model, nodes)
     return sum(len(v) for v in groups.values())
 
 

@@ -304,3 +304,15 @@ def _validate(docs: list[dict], kind: str) -> None:
     for doc in docs:
         assert doc["schema"] == f"stp-edge.{kind}"
         validate_record(doc)
+
+
+def test_the_element_never_starts_openvino(bundle16):
+    """OpenVINO aborts inside a GStreamer process (libunwind, see stp_edge.apps.gst.analysis): refused by name."""
+    from stp_edge.apps.gst.analysis import _without_openvino
+    from stp_edge.errors import UsageError
+
+    for name in ("openvino", "openvino-gpu"):
+        with pytest.raises(UsageError, match="cannot run inside a GStreamer pipeline"):
+            _without_openvino(name, str(bundle16))
+    assert _without_openvino("ort-cpu", str(bundle16)) == "ort-cpu"
+    assert _without_openvino("auto", str(bundle16)) in ("auto", "ort-cpu")  # never a choice that starts OpenVINO
