@@ -465,28 +465,33 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
-def open_sources(source: Any, **source_kwargs: Any) -> list[VideoSource]:
+def open_sources(source: Any, options: Sequence[dict[str, Any]] | None = None,
+                 **source_kwargs: Any) -> list[VideoSource]:
     """Open every source `source` names, all before any is read: one missing or undecodable source fails the call.
 
     `source` is a path, URL, camera index, directory, glob, list file, a list of those, or `VideoSource`s. With
     several sources, a live one that is down at start does not stop the others: it is reconnected in the
     background like a source that drops later (`VideoSource.down_at_start` says why; `retry_at_start=False`
-    in `source_kwargs` fails instead).
+    in `source_kwargs` fails instead). `options`: one mapping per item of `source`, added to `source_kwargs` for
+    what that item opens (a deployment's per-camera decoder and decode mode).
     """
     from stp_edge.sources import expand_sources
 
     items = list(source) if isinstance(source, (list, tuple)) else [source]
-    specs: list[Any] = []
-    for item in items:
+    if options is not None and len(options) != len(items):
+        raise UsageError(f"options: one mapping per source, got {len(options)} for {len(items)} sources")
+    specs: list[tuple[Any, dict[str, Any]]] = []
+    for k, item in enumerate(items):
+        extra = dict(options[k]) if options is not None else {}
         if isinstance(item, VideoSource) or isinstance(item, int):
-            specs.append(item)
+            specs.append((item, extra))
         else:
-            specs.extend(expand_sources(item))
+            specs.extend((spec, extra) for spec in expand_sources(item))
     source_kwargs = {"retry_at_start": len(specs) > 1, **source_kwargs}
     opened: list[VideoSource] = []
     try:
-        for spec in specs:
-            opened.append(spec if isinstance(spec, VideoSource) else open_source(spec, **source_kwargs))
+        for spec, extra in specs:
+            opened.append(spec if isinstance(spec, VideoSource) else open_source(spec, **source_kwargs, **extra))
     except BaseException:
         for src in opened:
             src.close()

@@ -615,3 +615,18 @@ def test_run_video_leaves_the_model_every_core_when_its_cameras_decode_keyframes
     cores = available_cores()
     assert plans["keyframes"] == plan_threads(cores, 3, light=3) and plans["keyframes"].intra_op == cores
     assert plans["full"] == plan_threads(cores, 3)
+
+
+def test_open_sources_takes_options_per_source_and_keeps_its_rules(tmp_path):
+    from stp_edge.run import open_sources
+
+    clip = write(tmp_path / "b.mp4", n=20)
+    a, b = open_sources([str(clip), str(clip)], options=[{"decoder": "pyav", "decode": "nonref"}, {}])
+    try:
+        assert (a.decoder, a.decode_mode, b.decode_mode) == ("pyav", "nonref", "full")
+    finally:
+        a.close(), b.close()
+    with pytest.raises(UsageError, match="one mapping per source, got 1 for 2 sources"):
+        open_sources([str(clip), str(clip)], options=[{}])
+    with pytest.raises(UsageError, match="needs the PyAV decoder"):  # the second fails: the first is closed again
+        open_sources([str(clip), str(clip)], options=[{}, {"decoder": "opencv", "decode": "keyframes"}])

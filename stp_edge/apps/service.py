@@ -44,8 +44,8 @@ from stp_edge.apps.snapshots import SnapshotKeeper, write_snapshot
 from stp_edge.frames import FrameError
 from stp_edge.outputs import AtomicTextFile
 from stp_edge.records import SCHEMA_VERSION, rfc3339
-from stp_edge.run import SourceRun, available_cores, plan_threads, run_video
-from stp_edge.video import VideoSource, open_source, parse_source
+from stp_edge.run import SourceRun, available_cores, open_sources, plan_threads, run_video
+from stp_edge.video import parse_source
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,10 @@ class Deployment:
                         self.publish(message)
                     self._status(cam)
 
-                run_video(_open_inputs(cams), detector=det, stream=cams[0].stream, keep=False,
+                inputs = [c.cfg.detect for c in cams]
+                sources = open_sources([i.path for i in inputs],
+                                       options=[{"decoder": i.decoder, "decode": i.decode} for i in inputs])
+                run_video(sources, detector=det, stream=cams[0].stream, keep=False,
                           cameras=names, thresholds=[det.score_threshold] * len(cams), on_record=on_record,
                           on_image=lambda s, i, f: by_stream[s].on_image(i, f), on_frame=on_frame, on_end=on_end,
                           stop=stop, max_frames=max_frames)
@@ -469,17 +472,3 @@ def run_deployment(config: DeploymentConfig | str | os.PathLike, *, stop: thread
 
         config = load_config(config)
     return Deployment(config, out=out, **load_kwargs).run(stop, max_frames=max_frames)
-
-
-def _open_inputs(cams: Sequence[_Camera]) -> list[VideoSource]:
-    """The cameras' detect inputs, opened with their decoder and decode mode (all closed if one cannot be)."""
-    opened: list[VideoSource] = []
-    try:
-        for cam in cams:
-            inp = cam.cfg.detect
-            opened.append(open_source(inp.path, decoder=inp.decoder, decode=inp.decode))
-    except BaseException:
-        for src in opened:
-            src.close()
-        raise
-    return opened
