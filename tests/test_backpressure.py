@@ -283,6 +283,20 @@ def test_run_header_names_the_thread_plan_and_threads_overrides_it(handmade_bund
     assert "1 source(s), threads 2 onnxruntime (--threads)" in capsys.readouterr().out
 
 
+def _slow_encoder(seconds: float):
+    """An `OrtRunner.infer_impl` whose encoder calls take `seconds` longer (a model slower than real)."""
+    from stp_edge.backends.ort import OrtRunner
+
+    real = OrtRunner.infer_impl
+
+    def slow(self, feeds):
+        out = real(self, feeds)
+        if "encoder" in self.name:
+            time.sleep(seconds)
+        return out
+    return slow
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed: no server for live streams")
 def test_run_on_a_live_stream_behind_a_slow_model_reports_dropped_snippets(handmade_bundle, tmp_path, capsys):
     """A real camera stand-in (ffmpeg serving MPEG-TS at 25 fps on 127.0.0.1) and a model 0.3 s per call."""
@@ -293,13 +307,7 @@ def test_run_on_a_live_stream_behind_a_slow_model_reports_dropped_snippets(handm
     from stp_edge.bench.capacity import free_port
     from stp_edge.cli import main
 
-    real = OrtRunner.infer_impl
-
-    def slow(self, feeds):
-        out = real(self, feeds)
-        if "encoder" in self.name:
-            time.sleep(0.3)
-        return out
+    slow = _slow_encoder(0.3)
 
     clip = write_avi(tmp_path / "clip.avi", moving_frames(50, seed=7), fps=25.0)
     srv = StreamServer(clip, free_port(), tmp_path / "ffmpeg.log")
@@ -324,6 +332,7 @@ def test_run_on_a_live_stream_behind_a_slow_model_reports_dropped_snippets(handm
     assert analysed + n == 10  # 40 frames: every snippet is analysed or dropped whole
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed: no server for live streams")
 def test_cameras_sharing_encoder_calls_are_not_dropped_for_the_runs_own_hold(tmp_path):
     """Two live cameras, 16-frame snippets (0.64 s), a model that keeps up (one shared 0.5 s call per snippet):
     a completed snippet held for the other camera's (up to 0.32 s) and then encoded waits longer than one snippet,
@@ -336,13 +345,7 @@ def test_cameras_sharing_encoder_calls_are_not_dropped_for_the_runs_own_hold(tmp
     from stp_edge.video import open_source
 
     bundle = write_handmade_bundle(tmp_path / "b16.stp", handmade_config(snippet_len=16))
-    real = OrtRunner.infer_impl
-
-    def slow(self, feeds):
-        out = real(self, feeds)
-        if "encoder" in self.name:
-            time.sleep(0.5)
-        return out
+    slow = _slow_encoder(0.5)
 
     clip = write_avi(tmp_path / "clip.avi", moving_frames(50, seed=3), fps=25.0)
     servers = [StreamServer(clip, free_port(), tmp_path / f"ffmpeg{i}.log") for i in range(2)]
