@@ -393,3 +393,15 @@ def test_info_and_run_say_the_regions_cover_the_whole_frame(frame_bundle: Path, 
     out = capsys.readouterr().out
     assert "stream 0: frame analysed: regions, maps and boxes: the whole 64x48 frame (100%" in out
     assert overlay.is_file()
+
+
+def test_triton_repository_sizes_the_encoder_for_every_view(frame_bundle: Path, tmp_path: Path) -> None:
+    from stp_edge.bundle import Bundle
+    from stp_edge.scale.triton_repo import encoder_images_per_snippet, parse_config, write_triton_repository
+
+    bundle = Bundle.load(frame_bundle)
+    assert encoder_images_per_snippet(bundle) == 10  # the centre view and the 3x3 windows of the whole frame
+    repo = write_triton_repository(bundle, tmp_path / "repo", max_batch=4)
+    sizes = {g: parse_config((repo / g / "config.pbtxt").read_text())["max_batch_size"]
+             for g in ("encoder", "temporal", "spatial")}
+    assert sizes == {"encoder": 40, "temporal": 4, "spatial": 4}

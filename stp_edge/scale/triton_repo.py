@@ -113,6 +113,13 @@ def engine_max_batch(engine: EngineInfo, graph: str) -> int | None:
     return min(maxima) if maxima else None
 
 
+def encoder_images_per_snippet(bundle: Bundle) -> int:
+    """Images one snippet sends through the encoder: sampled frames x views (`PreprocessSpec.views`, the region
+    windows of region extent "frame" included) x R2 crops of each when the bundle cuts crops on the host."""
+    crops = bundle.config.num_regions if bundle.host_crops else 1
+    return bundle.config.frames_per_snippet * bundle.preprocess_spec.views * crops
+
+
 def triton_models(bundle: Bundle, *, backends: Sequence[str] = ("onnxruntime",), max_batch: int = 16,
                   instances: int = 1, onnx_device: str = "cpu", queue_delay_us: int = 500) -> list[TritonModel]:
     """The Triton models a repository of `bundle` holds (pure: nothing is written).
@@ -121,8 +128,9 @@ def triton_models(bundle: Bundle, *, backends: Sequence[str] = ("onnxruntime",),
         bundle: The loaded bundle.
         backends: "onnxruntime" and/or "tensorrt" (the latter adds one model per graph and engine set).
         max_batch: Largest batch of snippets Triton forms (a TensorRT model is capped at its profile's maximum).
-            A bundle that cuts crops on the host (`Bundle.host_crops`) sends the crops of a batch through the
-            encoder in one call, so its encoder's is max_batch * R2.
+            The encoder's is max_batch times the images one snippet sends through it
+            (`encoder_images_per_snippet`: sampled frames x the frame policy's views, incl. whole-frame region
+            windows, x R2 for a bundle that cuts crops on the host).
         instances: Model instances per device.
         onnx_device: "cpu" or "gpu": where the onnxruntime models' instances run (plans always on the GPU).
         queue_delay_us: How long Triton may hold a request to batch it with others.
@@ -138,7 +146,7 @@ def triton_models(bundle: Bundle, *, backends: Sequence[str] = ("onnxruntime",),
     if "tensorrt" in backends and not bundle.engines:
         raise UsageError(f"bundle {bundle.path} has no TensorRT engines; build them with `stp-edge build-engines` "
                          f"or leave out the tensorrt backend")
-    crops = max_batch * bundle.config.num_regions if bundle.host_crops else max_batch
+    crops = max_batch * encoder_images_per_snippet(bundle)
     models = []
     for g in GRAPH_NAMES:
         inputs, outputs = graph_tensors(bundle, g)
