@@ -143,7 +143,10 @@ def _write_bundle(tmp: Path, source: ModelSource, precision: str, opset: int, si
         from stp_edge.export.quantize import DEFAULT_MAX_FRAMES, calibration_set
 
         steps.set_postfix_str("calibration frames")
-        calib_set = calibration_set(calib, model.cfg, max_frames=calib_frames or DEFAULT_MAX_FRAMES)
+        # The encoder is calibrated on the images the runtime will feed it: every view of the bundle's
+        # preprocessing (frame policy, whole-frame region windows, the preset's resize and normalisation).
+        calib_spec = preprocess_for(dataclasses.replace(model.cfg, region_extent=extent), frame_policy)
+        calib_set = calibration_set(calib, model.cfg, max_frames=calib_frames or DEFAULT_MAX_FRAMES, spec=calib_spec)
     dtype = PRECISIONS[precision]
     # Tracing inputs: float32 at the graph boundary whatever the precision; T = 5 (any T >= 2 traces the same graph).
     inputs = {g: {k: torch.from_numpy(v) for k, v in feeds.items()}

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from stp_edge.bundle.preprocessing import PreprocessSpec
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import MissingInputError, UsageError
 from stp_edge.media_files import VIDEO_EXTENSIONS, video_files
@@ -139,8 +140,12 @@ def check_calibration(calib_dir: str | os.PathLike, max_frames: int | None = Non
 
 
 def calibration_set(calib_dir: str | os.PathLike, config: STPromptConfig, *,
-                    max_frames: int = DEFAULT_MAX_FRAMES) -> CalibrationSet:
+                    max_frames: int = DEFAULT_MAX_FRAMES, spec: PreprocessSpec | None = None) -> CalibrationSet:
     """Sample and preprocess calibration frames from every video in `calib_dir`, as the runtime samples them.
+
+    `spec`: the bundle's preprocessing (`export.bundle_export.preprocess_for`); each sampled frame gives every view
+    it makes (centre crop, letterbox or tiles, the whole frame's region windows), as the runtime's encoder gets
+    them. None: CLIP's centre crop only.
 
     Each video contributes at most ceil(max_frames / videos) frames, taken from evenly strided snippets when
     the container reports its length. The fingerprint is sha256 over each video's relative name and size and
@@ -156,7 +161,7 @@ def calibration_set(calib_dir: str | os.PathLike, config: STPromptConfig, *,
     root = Path(calib_dir)
     videos = calibration_videos(root)
     per_video = max(1, math.ceil(max_frames / len(videos)))
-    pre = CpuPreprocessor(config.vision.image_size)
+    pre = CpuPreprocessor(config.vision.image_size, spec=spec)
     digest = hashlib.sha256()
     images: list[np.ndarray] = []
     for path in videos:
@@ -183,8 +188,10 @@ def calibration_set(calib_dir: str | os.PathLike, config: STPromptConfig, *,
         raise UsageError(f"no full snippet ({config.snippet_len} frames) in the videos of {root}")
     stacked = np.concatenate(images)
     digest.update(f"frames={len(stacked)}".encode())
-    fingerprint = {"sha256": digest.hexdigest(), "num_frames": len(stacked), "num_videos": len(videos),
-                   "sampling": f"runtime snippets: {config.frames_per_snippet} frame(s) per {config.snippet_len}",
+    views = spec.views if spec is not None else 1
+    fingerprint = {"sha256": digest.hexdigest(), "num_frames": len(stacked) // views, "num_videos": len(videos),
+                   "sampling": f"runtime snippets: {config.frames_per_snippet} frame(s) per {config.snippet_len}"
+                               + (f", {views} views each ({len(stacked)} images)" if views > 1 else ""),
                    "max_frames": int(max_frames)}
     return CalibrationSet(stacked, fingerprint)
 

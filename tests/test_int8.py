@@ -216,3 +216,39 @@ def test_unknown_recipe_is_refused(fp32_encoder, tmp_path):
 
     with pytest.raises(UsageError, match="int8 recipe must be one of"):
         quantize_encoder(fp32_encoder[0], tmp_path / "x.onnx", fp32_encoder[1], recipe="smallest")
+
+
+def test_calibration_sees_every_view_the_runtime_encoder_gets(calib_dir):
+    """A whole-frame bundle's encoder also encodes the R x R windows of the frame: it is calibrated on them too."""
+    from stp_edge.config import STPromptConfig
+    from stp_edge.export.bundle_export import preprocess_for
+    from stp_edge.export.quantize import calibration_set
+    from stp_edge.preprocess import CpuPreprocessor
+
+    cfg = STPromptConfig.named("tiny", region_mode="crops", region_grid=3, region_extent="frame")
+    spec = preprocess_for(cfg)
+    centre = calibration_set(calib_dir, cfg)
+    views = calibration_set(calib_dir, cfg, spec=spec)
+    assert spec.views == 10 and views.images.shape == (60, *centre.images.shape[1:])
+    assert views.fingerprint["num_frames"] == 6 and "10 views each (60 images)" in views.fingerprint["sampling"]
+    assert views.fingerprint["sha256"] != centre.fingerprint["sha256"]
+    # one sampled frame per call: its 10 images in view order (view 0 the centre crop, 1..9 the windows)
+    np.testing.assert_array_equal(views.images[::10], centre.images)
+    frame0 = views.images[:10]
+    np.testing.assert_array_equal(frame0, CpuPreprocessor(cfg.vision.image_size, spec=spec)._from_valid(
+        [_first_sampled_frame(calib_dir, cfg)]))
+    assert not np.allclose(frame0[1], frame0[0])
+
+
+def _first_sampled_frame(calib_dir, cfg):
+    from stp_edge.export.quantize import calibration_videos
+    from stp_edge.pipeline.snippets import SnippetAssembler
+    from stp_edge.video import open_source
+
+    with open_source(calibration_videos(calib_dir)[0]) as src:
+        assembler = SnippetAssembler(cfg.snippet_len, cfg.frames_per_snippet)
+        for frame in src:
+            snippet = assembler.push(frame)
+            if snippet is not None:
+                return snippet.frames[0]
+    raise AssertionError("no snippet")
