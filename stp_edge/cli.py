@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, TextIO
 
 from stp_edge._version import __version__
 from stp_edge.bundle.preprocessing import FRAME_POLICIES
-from stp_edge.config import BOX_RULES, DEMO_CLASSES, REGION_EXTENTS, load_queries
+from stp_edge.config import BOX_RULES, DEMO_CLASSES, PRETRAINED_REGIONS, REGION_EXTENTS, load_queries
 from stp_edge.errors import StpEdgeError, UsageError
 
 EXIT_FAILED = 1
@@ -98,6 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     int8_form = check_int8_form_request(args.precision, args.int8_form, args.calib, args.calib_frames,
                                         model_snippet_len(checkpoint=args.checkpoint, demo=args.demo,
                                                           random_config=args.config if args.random else None))
+    overrides = {**(load_queries(args.queries) if args.queries is not None else {}), **_region_overrides(args)}
     from stp_edge.export.bundle_export import export_bundle
 
     out = export_bundle(args.out, checkpoint=args.checkpoint, clip_weights=args.clip_weights, demo=args.demo,
@@ -105,7 +106,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                         precision=args.precision, opset=args.opset, simplify=not args.no_simplify,
                         overwrite=args.force, progress=not args.quiet, calib=args.calib,
                         calib_frames=args.calib_frames, int8_form=int8_form, box_rule=args.box_rule,
-                        config_overrides=load_queries(args.queries) if args.queries is not None else None,
+                        config_overrides=overrides or None,
                         frame_policy=args.frame_policy, region_extent=args.region_extent)
     print(f"wrote {out}")
     if args.triton is not None:
@@ -685,6 +686,23 @@ def _bundle_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory (NAME.stp, from `stp-edge export`)")
 
 
+def _region_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The model config's region settings from export --region-mode/--region-grid (a random model's only)."""
+    if args.region_mode is None and args.region_grid is None:
+        return {}
+    if not args.random:
+        raise UsageError("--region-mode and --region-grid apply to --random: a trained model keeps the region "
+                         "features it was trained on")
+    out: dict[str, Any] = {}
+    if args.region_mode is not None:
+        out["region_mode"] = args.region_mode
+    if args.region_grid is not None:
+        out["region_grid"] = args.region_grid
+    elif args.region_mode == "crops":
+        out["region_grid"] = PRETRAINED_REGIONS["region_grid"]  # R*R extra encoder images: 3x3, as the paper
+    return out
+
+
 def _add_export(sub: Any) -> None:
     e = _sub(sub, "export", cmd_export, "export a model to a bundle (ONNX graphs + manifest)")
     src = e.add_mutually_exclusive_group(required=True)
@@ -715,6 +733,11 @@ def _add_export(sub: Any) -> None:
     e.add_argument("--region-extent", choices=REGION_EXTENTS, help="crops mode: region crops tiling the whole "
                    "frame, or CLIP's centre square (default: the model config's; 'frame' for vit-b-16 with "
                    "--clip-weights)")
+    e.add_argument("--region-mode", choices=("tokens", "crops"), help="with --random: region features from pooled "
+                   "patch tokens or from CLIP-encoded crops (default: the config's; crops with --clip-weights); a "
+                   "trained model keeps the mode it was trained with")
+    e.add_argument("--region-grid", type=int, metavar="R", help="with --random: R x R regions (default: 3 for "
+                   "crops, the config's for tokens)")
     e.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     e.add_argument("--force", action="store_true", help="replace OUT if it exists")
     e.add_argument("--triton", type=Path, metavar="REPO", help="also write a Triton model repository here")

@@ -131,3 +131,17 @@ def test_export_int8_without_calibration_is_one_line(tmp_path, capsys):
     assert main(["export", "--random", "-o", str(tmp_path / "m.stp"), "--precision", "int8", "-q"]) == 2
     err = capsys.readouterr().err
     assert "--calib" in err and err.count("\n") == 1 and not (tmp_path / "m.stp").exists()
+
+
+def test_export_random_takes_the_region_mode_and_a_trained_model_refuses_it(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "crops.stp"
+    assert main(["export", "--random", "--region-mode", "crops", "-o", str(out), "-q"]) == 0
+    cfg = json.loads((out / "manifest.json").read_text())["config"]
+    assert cfg["region_mode"] == "crops" and cfg["region_grid"] == 3  # crops default to the paper's 3x3
+    out2 = tmp_path / "tokens.stp"
+    assert main(["export", "--random", "--region-mode", "crops", "--region-grid", "2", "-o", str(out2), "-q"]) == 0
+    cfg2 = json.loads((out2 / "manifest.json").read_text())["config"]
+    assert cfg2["region_mode"] == "crops" and cfg2["region_grid"] == 2
+    assert main(["export", "--demo", "--region-mode", "crops", "-o", str(tmp_path / "d.stp"), "-q"]) == 2
+    assert "apply to --random" in capsys.readouterr().err
