@@ -405,3 +405,23 @@ def test_triton_repository_sizes_the_encoder_for_every_view(frame_bundle: Path, 
     sizes = {g: parse_config((repo / g / "config.pbtxt").read_text())["max_batch_size"]
              for g in ("encoder", "temporal", "spatial")}
     assert sizes == {"encoder": 40, "temporal": 4, "spatial": 4}
+
+
+def test_torch_runner_rebuilds_the_bundles_own_encoder_layout(frame_bundle: Path) -> None:
+    """The torch reference of a whole-frame bundle returns patch_emb like its ONNX encoder, and the same numbers."""
+    import onnxruntime as ort
+
+    from stp_edge.backends.torch import TorchRunner
+    from stp_edge.bundle import Bundle
+
+    bundle = Bundle.load(frame_bundle)
+    runner = TorchRunner.from_bundle(bundle, "encoder")
+    s = bundle.config.vision.image_size
+    images = np.random.default_rng(0).standard_normal((3, 3, s, s)).astype(np.float32)
+    with runner:
+        assert runner.output_names() == ["frame_emb", "patch_emb"]
+        got = runner.infer({"images": images})
+    sess = ort.InferenceSession(str(bundle.graph_path("encoder")), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": images}), strict=True))
+    for name in ("frame_emb", "patch_emb"):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-4)

@@ -19,24 +19,30 @@ class TorchRunner(Runner):
     Args:
         module: An EncoderGraph / TemporalGraph / SpatialGraph (float32 boundary).
         graph: Its name ("encoder", "temporal" or "spatial"), which fixes the input/output names.
+        regions: The bundle's `region_features` layout ("encoder": the encoder returns region_emb; "host": it
+            returns patch_emb, as a whole-frame bundle's encoder, whose regions are images of their own).
         device: torch device string.
         name: Runner name used in messages.
         limits: Call deadline (`CallLimits`).
     """
 
-    def __init__(self, module: Any, graph: str, *, device: str = "cpu", name: str | None = None,
-                 limits: CallLimits | None = None) -> None:
+    def __init__(self, module: Any, graph: str, *, regions: str = "encoder", device: str = "cpu",
+                 name: str | None = None, limits: CallLimits | None = None) -> None:
         super().__init__(name or f"torch:{graph}", limits=limits)
-        from stp_edge.model.graphs import GRAPH_SPECS
+        from stp_edge.model.graphs import graph_specs
 
         self.module = module
-        self.spec = GRAPH_SPECS[graph]
+        self.spec = graph_specs(regions)[graph]
         self.device = device
         self._torch = None
 
     @classmethod
     def from_bundle(cls, bundle: Any, graph: str, *, device: str = "cpu") -> TorchRunner:
-        """Rebuild the torch reference of a bundle from the source its manifest records."""
+        """Rebuild the torch reference of a bundle from the source its manifest records, in the bundle's layout.
+
+        A whole-frame bundle's encoder returns patch_emb (its regions are the window images the preprocessor
+        cuts), so its torch encoder must not also encode R*R crops of every image only to have them discarded.
+        """
         from stp_edge.model.graphs import build_graphs
         from stp_edge.model.sources import ModelSource, build_model
 
@@ -44,7 +50,8 @@ class TorchRunner(Runner):
         if not source:
             raise UsageError(f"bundle {bundle.path} records no model source; the torch backend cannot rebuild it")
         model = build_model(ModelSource.from_manifest(source))
-        return cls(build_graphs(model)[graph], graph, device=device)
+        regions = bundle.region_features
+        return cls(build_graphs(model, regions=regions)[graph], graph, regions=regions, device=device)
 
     def activate_impl(self) -> None:
         self._torch = require("torch", "the torch backend")
