@@ -190,3 +190,23 @@ def test_bench_cameras_calls_the_capacity_search_and_prints_its_summary(handmade
     assert "cameras held in real time: 3" in text and "2+ 4- 3+" in text and "binding at 4: serving thread" in text
     assert "load average 1.00 / 2.00 / 3.00" in text
     assert json.loads(out.read_text())["largest_held"] == 3
+
+
+def test_the_serving_threads_cpu_inside_encoder_calls_is_counted_as_encode_not_rest():
+    """ONNX Runtime computes part of each call on the calling thread: that CPU must not be left for "rest"."""
+    from types import SimpleNamespace
+
+    from stp_edge.bench.capacity import _Counters, _TimedEncoder
+
+    def busy_encoder(snippets, *, on_error=None):
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.05:  # 50 ms of this thread's CPU, as a call computing in the caller
+            sum(range(1000))
+        return SimpleNamespace(timings={"preprocess": 1.0, "encoder": 50.0})
+
+    counters = _Counters()
+    timed = _TimedEncoder(busy_encoder, counters)
+    timed(["s0", "s1"])
+    assert counters.encode_thread_cpu_s >= 0.05
+    assert counters.batches[2] == 1 and counters.encoder_s == pytest.approx(0.05)
+    assert counters.snapshot().encode_thread_cpu_s == counters.encode_thread_cpu_s

@@ -205,9 +205,11 @@ class _Counters:
     frames: list[int] = field(default_factory=list)
     read: list[int] = field(default_factory=list)
     batches: Counter = field(default_factory=Counter)
+    encode_thread_cpu_s: float = 0.0  # the serving thread's own CPU inside encoder calls
 
     def snapshot(self) -> _Counters:
-        return _Counters(self.preprocess_s, self.encoder_s, list(self.frames), list(self.read), Counter(self.batches))
+        return _Counters(self.preprocess_s, self.encoder_s, list(self.frames), list(self.read), Counter(self.batches),
+                         self.encode_thread_cpu_s)
 
 
 class _TimedEncoder:
@@ -217,7 +219,9 @@ class _TimedEncoder:
         self._real, self._counters = real, counters
 
     def __call__(self, snippets, *, on_error=None):
+        cpu0 = time.thread_time()  # the serving thread calls: its CPU here is encode work, not "rest"
         batch = self._real(snippets, on_error=on_error)
+        self._counters.encode_thread_cpu_s += time.thread_time() - cpu0
         self._counters.preprocess_s += batch.timings.get("preprocess", 0.0) / 1e3
         self._counters.encoder_s += batch.timings.get("encoder", 0.0) / 1e3
         self._counters.batches[len(snippets)] += 1
@@ -249,10 +253,10 @@ def serve_cameras(det, urls: list[str], fps: float, *, warmup_s: float = 5.0, wi
     "utilisation", "window_s", "sampling" (`Detector.use_source` per camera), "encoder_batch" (mean snippets per
     encoder call), "dropped_snippets"}.
     Utilisation, per second of the window: "decode" cores (`decode_s_per_frame` x frames read; omitted when
-    None), "preprocess" and "encoder" (the encoder calls' own timings), "rest" (the serving thread's other CPU
-    time: temporal, spatial, scheduling, records), "process" (CPU cores the whole process used: decoders, ONNX
-    Runtime's pool, the serving thread), "machine" (CPU cores busy on the whole machine, other processes and the
-    ffmpeg servers included; Linux only).
+    None), "preprocess" and "encoder" (the encoder calls' own timings), "rest" (the serving thread's CPU time
+    outside the encoder calls: temporal, spatial, scheduling, records), "process" (CPU cores the whole process
+    used: decoders, ONNX Runtime's pool, the serving thread), "machine" (CPU cores busy on the whole machine,
+    other processes and the ffmpeg servers included; Linux only).
     `source_options` go to `open_source` (e.g. a decoder choice). `keyframe_interval`: the cameras' GOP where
     known (a live source cannot tell it), given to PyAV sources as a camera's configured GOP would be.
     """
@@ -308,7 +312,9 @@ def serve_cameras(det, urls: list[str], fps: float, *, warmup_s: float = 5.0, wi
         util["decode"] = decode_s_per_frame * (sum(b.read) - sum(a.read)) / span
     util.update({"preprocess": pre, "encoder": enc})
     if th0 is not None and th1 is not None:
-        util["rest"] = max(0.0, (th1 - th0) / span - pre - enc)
+        # Not the thread's CPU minus the encoder calls' wall time: ONNX Runtime runs part of each call on the
+        # calling thread, so that difference was ~0 whatever the rest cost.
+        util["rest"] = max(0.0, (th1 - th0) - (b.encode_thread_cpu_s - a.encode_thread_cpu_s)) / span
     util["process"] = (cpu1 - cpu0) / span
     if busy0 is not None and busy1 is not None:
         util["machine"] = (busy1 - busy0) / span
