@@ -18,7 +18,10 @@ EXTRAS = {
     "openvino": ["openvino>=2024.0,<2027"],
     # TensorRT's Python wheels; on Jetson (JetPack 6) use the system python3-libnvinfer instead.
     "trt": ["tensorrt>=10.0,<12"],
+    # The CUDA preprocessor's binding: pycuda, or NVIDIA's cuda-python (x86-64 and aarch64 wheels);
+    # $STP_EDGE_CUDA_BINDING picks one where both are installed (auto: pycuda).
     "cuda": ["pycuda>=2024.1,<2027"],
+    "cuda-python": ["cuda-bindings>=12.6,<14"],
     # `make test` installs the CPU torch build pinned in requirements/ci.txt.
     "export": [
         "torch>=2.3,<2.14",

@@ -4,7 +4,8 @@
 #
 #   scripts/gpu_check.sh prepare      on the development machine (registry access, nvcc): fetch pycuda's source
 #                                     and its pure-Python dependencies into third_party/pycuda, prebuild the
-#                                     kernel fatbin into build/kernels; then carry third_party and build/kernels
+#                                     kernel fatbin into build/kernels, fetch the PyNvVideoCodec wheel into
+#                                     third_party/wheels; then carry third_party and build/kernels
 #   scripts/gpu_check.sh run          on the GPU machine (no network): the phases below
 #   scripts/gpu_check.sh --dry-run [prepare|run|all]   print each phase, its limit, its command and the
 #                                     output files; run nothing, write nothing
@@ -12,12 +13,17 @@
 # Output: exactly two files in $RESULTS: gpu-check.json (every phase's rc, seconds, limit and result, rewritten
 # after each phase so a cut-off run keeps what it measured) and gpu-check.log (everything printed). Scratch
 # (per-phase JSON, JUnit XML, pycuda's build) goes to $WORK, never to $RESULTS.
-# Run phases, most valuable numbers first: env (GPU, driver, libcuda, versions: needs no pycuda), install (pycuda
-# built against the driver found by stp_edge.cuda.driver, `pip install --target`: the machine's python3 is a
-# venv), kernels (the `gpu`-marked tests; a skip counts as a failure), timings (preprocess 1080p batch 1/16, torch
-# fp16 ViT-B/16 eager and CUDA graphs), encoder (CUDA-preprocessed images into the torch ViT vs the CPU path),
-# thread (the preprocessor called from a second thread), sanitizer (compute-sanitizer memcheck on two kernel cases).
-# Environment: PYTHON (python3), RESULTS ($OUT or build/gpu-check), WORK (scratch), DEADLINE (330), CUDA_ROOT.
+# Run phases, most valuable numbers first: env (GPU, driver, libcuda, versions: needs no pycuda), install (the CUDA
+# binding: BINDING=auto uses cuda-python where it is installed, as on the GPU image, and builds pycuda against the
+# driver found by stp_edge.cuda.driver only where no binding is, or when BINDING=pycuda; `pip install --target`:
+# the machine's python3 is a venv), kernels (the `gpu`-marked tests; a skip counts as a failure), timings
+# (preprocess 1080p batch 1/16, torch fp16 ViT-B/16 eager and CUDA graphs), encoder (CUDA-preprocessed images into the torch ViT vs the CPU path),
+# nvdec (PyNvVideoCodec from the wheel `prepare` carries; NVDEC output vs FFmpeg's, device preprocessing vs the CPU
+# path), thread (the preprocessor called from a second thread), sanitizer (compute-sanitizer memcheck on two kernel
+# cases). The kernels phase also runs the device feature ring (CuPy memory), CUDA-graph capture (CuPy kernels) and
+# the cuda-python binding's GPU tests. No TensorRT is on the GPU image: TrtRunner itself is not exercised.
+# Environment: PYTHON (python3), RESULTS ($OUT or build/gpu-check), WORK (scratch), DEADLINE (330), CUDA_ROOT,
+# BINDING (auto|pycuda|cuda-python: exported as STP_EDGE_CUDA_BINDING, so every phase runs under that binding).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +33,7 @@ for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
         prepare|run|all) MODE=$arg ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "usage: $0 [--dry-run] [prepare|run|all]" >&2; exit 2 ;;
     esac
 done
@@ -40,7 +46,9 @@ REPORT="$RESULTS/gpu-check.json"
 LOG="$RESULTS/gpu-check.log"
 WHEELS=third_party/pycuda
 FATBIN=build/kernels/preprocess.fatbin
+NVDEC_WHEELS="third_party/wheels/pynvvideocodec-*.whl"
 DEADLINE="${DEADLINE:-330}"
+BINDING="${BINDING:-auto}"
 T0=$(date +%s)
 FAILED=()
 
@@ -70,11 +78,14 @@ prepare() {
     phase fetch-pycuda 600 env PY_VERSIONS="${PY_VERSIONS:-3.12}" WITH_TEST_DEPS="${WITH_TEST_DEPS:-0}" \
         scripts/fetch_pycuda.sh
     phase fatbin 600 "${VENV_PY:-.venv/bin/python}" -m stp_edge.cuda.build --out build/kernels
+    phase fetch-nvdec 300 "${VENV_PY:-.venv/bin/python}" -m pip download --quiet --no-deps --only-binary=:all: \
+        --python-version "${PY_VERSIONS:-3.12}" -d third_party/wheels "pynvvideocodec==2.2.4"
     echo "carry: third_party build/kernels"
 }
 
 run_checks() {
-    export PYTHONPATH="$PWD:$DEPS${PYTHONPATH:+:$PYTHONPATH}" STP_EDGE_FATBIN="$PWD/$FATBIN"
+    export PYTHONPATH="$PWD:$DEPS${PYTHONPATH:+:$PYTHONPATH}" STP_EDGE_FATBIN="$PWD/$FATBIN" \
+        STP_EDGE_CUDA_BINDING="$BINDING"
     echo "== output: $REPORT"
     echo "== output: $LOG"
     if [ "$DRY" = 0 ]; then
@@ -85,11 +96,15 @@ run_checks() {
         [ -z "$drvdir" ] || export LD_LIBRARY_PATH="$drvdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     fi
     phase env 20 "$PY" scripts/gpu_phases.py env --out "$WORK/env.json"
-    phase install 120 env PYTHON="$PY" DEPS="$DEPS" WHEELS="$WHEELS" scripts/gpu_install.sh
-    phase kernels 75 "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_cuda_gpu.py tests/test_gpu_path.py \
-        --junitxml "$WORK/kernels.xml"
+    # cuda-python is on the GPU image: installing is a check; building pycuda (BINDING=pycuda) takes 1-2 minutes.
+    phase install "$([ "$BINDING" = pycuda ] && echo 150 || echo 40)" env PYTHON="$PY" DEPS="$DEPS" WHEELS="$WHEELS" BINDING="$BINDING" scripts/gpu_install.sh
+    phase kernels 90 "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_cuda_gpu.py tests/test_gpu_path.py \
+        tests/test_cuda_binding.py tests/test_device_ring.py tests/test_cuda_graphs.py --junitxml "$WORK/kernels.xml"
     phase timings 45 "$PY" scripts/gpu_phases.py timings --repeats 20 --out "$WORK/timings.json"
     phase encoder 40 "$PY" scripts/gpu_phases.py encoder --out "$WORK/encoder.json"
+    # NVDEC through PyNvVideoCodec: the image lacks it, so `prepare` carries its wheel (a skip counts as a failure).
+    phase nvdec 45 bash -c "'$PY' -m pip install --quiet --no-deps --target '$DEPS' $NVDEC_WHEELS 2>&1 | tail -2; \
+        '$PY' -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_nvdec.py --junitxml '$WORK/nvdec.xml'"
     phase thread 20 "$PY" scripts/gpu_phases.py thread --out "$WORK/thread.json"
     phase sanitizer 40 compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
         "$PY" scripts/gpu_phases.py sanitize --out "$WORK/sanitizer.json"

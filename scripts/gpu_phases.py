@@ -59,6 +59,12 @@ def phase_env() -> dict[str, Any]:
             out[mod] = getattr(__import__(mod, fromlist=["_"]), "__version__", "present")
         except Exception as exc:  # absent or broken: recorded, not fatal
             out[mod] = f"unavailable: {exc}"
+    try:  # the binding every later phase runs under (install may still build pycuda when BINDING=pycuda)
+        from stp_edge.cuda.binding import binding_name
+
+        out["cuda_binding"] = binding_name()
+    except Exception as exc:  # recorded, not fatal
+        out["cuda_binding"] = f"unavailable: {exc}"
     return out
 
 
@@ -196,13 +202,15 @@ def phase_junit(path: Path) -> dict[str, Any]:
 
 
 # The run phases in the order gpu_check.sh runs them (most valuable numbers first).
-RUN_ORDER = ("env", "install", "kernels", "timings", "encoder", "thread", "sanitizer")
+RUN_ORDER = ("env", "install", "kernels", "timings", "encoder", "nvdec", "thread", "sanitizer")
+JUNIT_PHASES = ("kernels", "nvdec")  # pytest phases: their result is the JUnit summary
 
 
 def phase_merge(work: Path) -> dict[str, Any]:
     """One results object from the scratch folder: per phase its record (rc, seconds, limit) and result.
 
-    A phase fails when its command failed or its result says `ok: false`; kernels' result is the JUnit summary.
+    A phase fails when its command failed or its result says `ok: false`; a pytest phase's result is its JUnit
+    summary.
     """
     phases: dict[str, Any] = {}
     for name in RUN_ORDER:
@@ -211,8 +219,8 @@ def phase_merge(work: Path) -> dict[str, Any]:
             continue
         record = json.loads(run.read_text(encoding="utf-8"))
         result_file = work / f"{name}.json"
-        if name == "kernels" and (work / "kernels.xml").is_file():
-            record["result"] = phase_junit(work / "kernels.xml")
+        if name in JUNIT_PHASES and (work / f"{name}.xml").is_file():
+            record["result"] = phase_junit(work / f"{name}.xml")
         elif result_file.is_file():
             record["result"] = json.loads(result_file.read_text(encoding="utf-8"))
         result = record.get("result") or {}

@@ -20,6 +20,7 @@ EXTRA_FOR = {
     "tensorrt": "trt",
     "tensorrt_lean": "trt",
     "pycuda": "cuda",
+    "cuda": "cuda-python",  # cuda.bindings
     "sklearn": "eval",
     "matplotlib": "eval",
     "ray": "scale",

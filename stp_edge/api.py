@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from stp_edge.errors import BackendCallError, InferenceError, UsageError
 from stp_edge.frames import EncodedFrame, LazyFrame, validate_frame
 from stp_edge.pipeline.boxes import box_class, boxes_from_map
 from stp_edge.pipeline.calls import Item, run_graph
+from stp_edge.pipeline.device import DeviceFeatures, FeaturePath, feature_path
 from stp_edge.pipeline.encode import EncodedBatch, Encoder, Preprocess, make_preprocess, preprocess_name
 from stp_edge.pipeline.snippets import Snippet, SnippetAssembler, check_sampling, choose_sampling, sample_offsets
 from stp_edge.pipeline.spatial import SPATIAL_MODES, SpatialHead, SpatialOutput, spatial_gate
@@ -126,15 +127,19 @@ class Detector:
             source that flags them: `DecodedFrame.key`; a snippet without one samples its center, counted in
             `sampling_fallbacks`) or "auto" (keyframe where `use_source` says the source's keyframes are aligned
             with the snippets, else center). Each result records its sampled frame (`SnippetResult.sampled`).
+        features: Where the encoder's features live between the stages (`stp_edge.pipeline.device`): "auto"
+            (on the GPU where the runners allow it: TensorRT, one frame and one frame view per snippet), "host",
+            or "device" (refused where it cannot run).
 
     Attributes:
+        features: The feature path that runs (`FeaturePath`: "device", or "host (why)"), for reports.
         max_outage_s: Under "mark", how long graph calls may fail without a success in between before the
             Detector raises `BackendCallError` (the backend is down, not restarting).
     """
 
     def __init__(self, bundle: Bundle, runners: Mapping[str, Runner], preprocess: Preprocess, *,
                  spatial_on: str = "flagged", backend: str = "custom", lookahead: int | None = None,
-                 on_invalid: str = "error", sampling: str = "center") -> None:
+                 on_invalid: str = "error", sampling: str = "center", features: str = "auto") -> None:
         if spatial_on not in SPATIAL_MODES:
             raise UsageError(f"spatial_on must be one of {SPATIAL_MODES}, got {spatial_on!r}")
         if on_invalid not in ON_INVALID:
@@ -181,13 +186,40 @@ class Detector:
         for runner in self.runners.values():
             if not runner.is_active:
                 runner.activate()
+        self._device: DeviceFeatures | None = None
+        self.features = self._feature_path(features, io)
+
+    def _feature_path(self, requested: str, io: Mapping[str, Any]) -> FeaturePath:
+        """Choose the feature path (`stp_edge.pipeline.device.feature_path`) and set the device one up."""
+        from stp_edge.bundle.preprocessing import PreprocessSpec
+
+        enc, tem, spa = (self.runners[g] for g in GRAPH_NAMES)
+        spec = getattr(self.encoder.preprocess, "spec", None)
+        path = feature_path(requested, keeps_outputs=enc.keeps_outputs_on_device,
+                            takes_device_feeds=tem.accepts_device_feeds and spa.accepts_device_feeds,
+                            frames_per_snippet=self.config.frames_per_snippet, layout=self.encoder.layout(),
+                            spec=spec if isinstance(spec, PreprocessSpec) else None)
+        if path.kind != "device":
+            return path
+        try:
+            self._device = DeviceFeatures(self.encoder, 2 * self.context + 1, getattr(enc, "device", 0))
+        except Exception as exc:  # no driver, no device: the host path still runs
+            if requested == "device":
+                raise
+            return FeaturePath("host", f"the device feature ring could not start: {type(exc).__name__}: {exc}")
+        from stp_edge.cuda.ring import view_row
+
+        self.temporal = TemporalHead(self.runners["temporal"], io["temporal"]["outputs"], stack=self._device.stack,
+                                     row=view_row)
+        self.spatial = SpatialHead(self.runners["spatial"], io["spatial"]["outputs"], stack=self._device.stack)
+        return path
 
     @classmethod
     def load(cls, bundle: str | Path | Bundle, backend: str = "auto", preprocess: str | Preprocess = "auto",
              spatial_on: str | bool | None = None, device: int = 0, *, lookahead: int | None = None,
              allow_host_code: bool = False, on_invalid: str = "error", limits: CallLimits | None = None,
              threads: int | None = None, sampling: str = "center", precision: str = "exported",
-             ort_trt_fp16: bool = False) -> Detector:
+             ort_trt_fp16: bool = False, features: str = "auto") -> Detector:
         """Load a bundle and pick its runners.
 
         Args:
@@ -214,6 +246,7 @@ class Detector:
                 `stp_edge.machine.choose_cpu_form`), "fp32", "bf16" (OpenVINO) or "int8" (an int8 bundle); the choice
                 is `Detector.form`.
             ort_trt_fp16: backend "ort-trt" only: let ONNX Runtime's TensorRT provider use fp16 kernels.
+            features: "auto", "host" or "device": where features live between the stages (see the class).
         """
         if on_invalid not in ON_INVALID:
             raise UsageError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
@@ -256,7 +289,7 @@ class Detector:
             raise
         try:
             det = cls(bundle, runners, pre, spatial_on=spatial_on, backend=backend, lookahead=lookahead,
-                      on_invalid=on_invalid, sampling=sampling)
+                      on_invalid=on_invalid, sampling=sampling, features=features)
             det.form = choice.form if backend == choice.name else None
             return det
         except BaseException:
@@ -278,6 +311,10 @@ class Detector:
         """Deactivate the runners (the detector cannot run afterwards)."""
         with self._lock:
             self._closed = True
+            if self._device is not None:  # its rings' writes are queued on the encoder runner's stream
+                self._streams.clear()
+                self._device.close()
+                self._device = None
             _deactivate(self.runners)
             close = getattr(self._preprocess, "close", None)
             if callable(close):
@@ -330,7 +367,8 @@ class Detector:
             sampling = self._sampling.get(stream) or self.sampling_for(None)[0]
             self._streams[stream] = StreamState(SnippetAssembler(c.snippet_len, c.frames_per_snippet, stream,
                                                                  sampling=sampling),
-                                                FeatureRing(2 * self.context + 1))
+                                                self._device.ring() if self._device is not None
+                                                else FeatureRing(2 * self.context + 1))
         return self._streams[stream]
 
     # --- streaming ---------------------------------------------------------------------------------------
@@ -413,6 +451,10 @@ class Detector:
 
     def _encode(self, snippets: Sequence[Snippet]) -> None:
         """Encode snippets and commit them to their streams: features to the ring, or a snippet without them."""
+        if self._device is not None:
+            self._encode_device(snippets)
+            return
+
         def run() -> tuple[EncodedBatch | None, tuple[str | None, ...]]:
             batch = self.encoder(snippets, on_error=self._errors.append)
             return batch, tuple(batch.problem(i) for i in range(len(snippets)))
@@ -427,6 +469,58 @@ class Detector:
                 state.ring.append(s.index, batch.frame_emb[i], batch.region_emb[i])
             else:
                 state.ring.append_missing(s.index)  # a cut in the stream, as at its ends
+
+    def _encode_device(self, snippets: Sequence[Snippet]) -> None:
+        """`_encode` on the device feature path: features go from the encoder's outputs into the device rings.
+
+        No host sync: the features are checked at the step's one sync, after the temporal graph (`_settle_device`);
+        "encoder" then times the enqueue only, the GPU's encoder time lands in "temporal". A stage that raised leaves
+        the snippets it did not reach (or reached only partly) without features.
+        """
+        dev = self._device
+        assert dev is not None
+        rings = {s.stream: self._streams[s.stream].ring for s in snippets}
+        timings, invalid = self._stage(lambda: dev.encode(snippets, rings, on_error=self._errors.append),
+                                       lambda why: ({}, (why,) * len(snippets)), graph="encoder")
+        for i, s in enumerate(snippets):
+            state = self._streams[s.stream]
+            if state.ring.count == s.index:
+                state.ring.append_missing(s.index)
+            elif invalid[i] is not None:
+                state.ring.mark_missing(s.index)  # type: ignore[attr-defined]
+            state.pending[s.index] = SnippetInfo(s.frame_start, s.frame_end, s.frame_shape, dict(timings), invalid[i],
+                                                 s.sampled, s.sampling)
+
+    def _settle_device(self, streams: Sequence[int], errors: int) -> bool:
+        """Hold the device features behind this step's windows to the contract; True if a snippet became a cut.
+
+        Optimistic, so the host waits once per step: the windows were cut and the temporal graph run before the
+        features' check copies were read. Its host sync (its stream waited on the ring writes with an event) has
+        completed them, so this normally costs no wait. Where a snippet's features are not finite, it becomes a cut
+        and an output error, as on the host path; the step's temporal results (and the errors they raised, from
+        `errors` on) are dropped and the caller schedules again with the cut.
+        """
+        dev = self._device
+        assert dev is not None
+        rings = {k: self._streams[k].ring for k in streams}
+        bad: dict[tuple[int, int], str] = {}
+        problems: list[str] | str = self._stage(
+            lambda: dev.settle(rings, self.runners["encoder"], lambda k, t, why: bad.__setitem__((k, t), why)),
+            lambda why: why, graph=None)
+        if isinstance(problems, str):  # settle raised (re-raised by _finish): the features were never checked
+            for k, ring in rings.items():
+                for t in ring.drop_unchecked():  # type: ignore[attr-defined]
+                    bad[(k, t)] = problems
+            problems = []
+        for (k, t), why in bad.items():
+            state = self._streams[k]
+            if t in state.pending:
+                state.pending[t] = replace(state.pending[t], failed=why)
+        if bad:
+            del self._errors[errors:]
+        if problems:
+            self._errors.append(dev.error(problems))
+        return bool(bad)
 
     def _ready(self, streams: Iterable[int], *, final: bool) -> list[tuple[int, int, bool]]:
         """(stream, snippet, final) of every result that can be emitted now, in stream and snippet order."""
@@ -443,15 +537,22 @@ class Detector:
         return items
 
     def _emit_ready(self, streams: Iterable[int], *, final: bool) -> list[SnippetResult]:
+        streams = list(dict.fromkeys(streams))
+        provisional = {k: self._streams[k].provisional for k in streams}
         items = self._ready(streams, final=final)
         if not items:
             return []
         todo = [i for i, (k, t, _) in enumerate(items) if self._streams[k].pending[t].failed is None]
         nothing = np.full(self.config.num_classes, np.nan, np.float32)
+        errors = len(self._errors)
         temporal = dict(zip(todo, self._stage(
             lambda: self.temporal([self._window(*items[i][:2]) for i in todo], on_error=self._errors.append),
             lambda why: [TemporalOutput(float("nan"), nothing, nothing[:0], 0.0, why)] * len(todo),
             graph="temporal" if todo else None), strict=True))
+        if self._device is not None and self._settle_device(streams, errors):
+            for k, n in provisional.items():  # a snippet became a cut: schedule again, with the cut
+                self._streams[k].provisional = n
+            return self._emit_ready(streams, final=final)
         gated = [i for i in todo if temporal[i].invalid is None
                  and spatial_gate(temporal[i].score, self.spatial_on, self.score_threshold)]
         labels = [f"stream {items[i][0]} snippet {items[i][1]}" for i in gated]

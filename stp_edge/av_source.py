@@ -522,7 +522,7 @@ class AvCapture:
                     self.nonref_stopped = f"{before} frame(s) not output by the decoder: every frame decoded from here"
             self._place_skipped(below=pts)
             self._check_position(pts)
-            self._out.append(DecodedFrame(frame, -1, bool(frame.key_frame)))
+            self._out.append(self._output(frame))
             if self._origin is None and frame.pts is not None:
                 self._origin = (pts, self._yielded)
             self._yielded += 1
@@ -538,6 +538,10 @@ class AvCapture:
                 self.dropped += n
         if final:
             self._place_skipped(below=None)
+
+    def _output(self, frame: Any) -> LazyFrame:
+        """The frame yielded for a decoded one, placed next (index `_yielded`): FFmpeg's frame, converted if used."""
+        return DecodedFrame(frame, -1, bool(frame.key_frame))
 
     def _place_skipped(self, *, below: int | None) -> None:
         """Nonref mode: yield, in order, the skipped frames with a timestamp below `below` (None: all of them).

@@ -326,9 +326,19 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                        ort_trt_fp16=getattr(args, "ort_trt_fp16", False)) as det:
         if args.threshold is not None:
             det.score_threshold = float(args.threshold)
+        # NVDEC under --decoder auto: for one source whose detector preprocesses on CUDA (a batch mixes no
+        # device frames with host ones); --decoder nvdec asks for it on every source.
+        if args.decoder == "nvdec" and det.preprocess_name != "cuda":
+            raise UsageError(f"--decoder nvdec keeps frames on the GPU, which only the CUDA preprocessing reads: this "
+                             f"detector preprocesses with {det.preprocess_name} (use --preprocess cuda)")
+        if args.decoder == "nvdec" and args.overlay:
+            raise UsageError("--overlay draws on host frames; --decoder nvdec keeps them on the GPU: use --decoder "
+                             "pyav")
+        gpu = (args.device if det.preprocess_name == "cuda" and not args.overlay
+               and (count == 1 or args.decoder == "nvdec") else None)
         sources = open_sources([int(s) if str(s).isdigit() else s for s in specs],
                                reconnect=reconnect, timeout_ms=args.timeout_ms, decoder=args.decoder,
-                               decode=args.decode)
+                               decode=args.decode, cuda_device=gpu)
         try:
             _check_run_options(args, sources, det.bundle.path)
             sampling = [det.sampling_for(src) for src in sources]  # refused here, before any output is opened
@@ -344,6 +354,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             print(f"bundle {bundle}: backend {det.backend}, preprocessing {det.preprocess_name}, device "
                   f"{args.device}, threshold {det.score_threshold:.2f}, {len(sources)} source(s){threads}",
                   file=out, flush=True)
+            print(f"features: {det.features}", file=out, flush=True)
             print(describe_coverage(det.bundle.preprocess_spec), file=out, flush=True)
             if det.form is not None:  # which CPU backend and encoder form ran, and what it buys on this CPU
                 print(describe_form(det.form), file=out, flush=True)
@@ -778,10 +789,13 @@ def _add_run(sub: Any) -> None:
                    "on), keyframe (the snippet's first keyframe: decoding keyframes only then suffices; a snippet "
                    "without one reads its center) or auto (keyframe where the source's keyframe interval divides "
                    "the snippet length); each JSON line records the frame sampled")
-    r.add_argument("--decoder", choices=("auto", "opencv", "pyav"), default="auto",
+    r.add_argument("--decoder", choices=("auto", "opencv", "pyav", "nvdec"), default="auto",
                    help="who decodes: opencv, pyav (FFmpeg packet by packet: only the frames the model samples are "
-                   "converted to BGR), or auto (PyAV for H.264/H.265/VP8/VP9/AV1 files where installed, else OpenCV); "
-                   "each stream's line says which ran and why")
+                   "converted to BGR), nvdec (PyAV demuxes, the GPU's NVDEC decodes, frames stay on the GPU; needs "
+                   "PyNvVideoCodec and --preprocess cuda; docs/gpu-decode.md), or auto (NVDEC for one H.264/H.265/"
+                   "VP9/AV1 file where PyNvVideoCodec, a GPU and CUDA preprocessing are there, else PyAV for "
+                   "H.264/H.265/VP8/VP9/AV1 files where installed, else OpenCV); each stream's line says which ran "
+                   "and why")
     r.add_argument("--decode", choices=("full", "nonref", "keyframes"), default="full",
                    help="with PyAV: full (every frame decoded), nonref (non-reference frames the model does not "
                    "sample are not decoded; results identical to full), keyframes (keyframes only: needs "

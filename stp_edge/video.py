@@ -275,6 +275,10 @@ class VideoSource:
             "nonref" (PyAV only: as "full", but the non-reference frames the consumer does not sample are not
             decoded, yielded as `SkippedFrame`s; exact; the consumer says what it samples with `sample_only`,
             which `Detector.use_source` does; see `stp_edge.av_source`).
+        cuda_device: The consumer preprocesses on this CUDA device: `decoder="auto"` may then pick "nvdec" for a file
+            (`stp_edge.nvdec.choose_nvdec`), and "nvdec" decodes there (None: device 0, and "auto" never picks it).
+            decoder="nvdec": PyAV demuxes, NVDEC decodes through PyNvVideoCodec, frames stay on the GPU
+            (`DeviceNV12Frame`; docs/gpu-decode.md).
 
     Attributes:
         name: The source as people may see it (`display_source`: credentials masked).
@@ -290,11 +294,14 @@ class VideoSource:
 
     def __init__(self, source: str | int | Path, *, max_consecutive_failures: int = 25,
                  timeout_ms: int = 10_000, reconnect: Backoff | None = DEFAULT_BACKOFF,
-                 retry_at_start: bool = False, decoder: str = "auto", decode: str = "full") -> None:
+                 retry_at_start: bool = False, decoder: str = "auto", decode: str = "full",
+                 cuda_device: int | None = None) -> None:
         self.kind, self.target = parse_source(source)
         self.source = source
         self.name = display_source(source)
-        self.decoder, self.decode_mode, self.decoder_reason = _choose_decoder(self.kind, self.target, decoder, decode)
+        self.cuda_device = cuda_device
+        self.decoder, self.decode_mode, self.decoder_reason = _choose_decoder(self.kind, self.target, decoder, decode,
+                                                                              cuda_device)
         self.down_at_start: str | None = None
         self.max_consecutive_failures = max_consecutive_failures
         self.timeout_ms = timeout_ms
@@ -336,7 +343,7 @@ class VideoSource:
 
         if self.kind != "file":
             return None
-        if self.decoder == "pyav":
+        if self.decoder in PACKET_DECODERS:
             return self._cap.frame_count if self._cap.opened else None
         n = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
         return n if n > 0 else None
@@ -352,7 +359,7 @@ class VideoSource:
         """
         if self._keyframe_interval == -1:
             self._keyframe_interval = (keyframe_interval(str(self.target))
-                                       if self.kind == "file" and self.decoder == "pyav" else None)
+                                       if self.kind == "file" and self.decoder in PACKET_DECODERS else None)
         return self._keyframe_interval
 
     @keyframe_interval.setter
@@ -367,7 +374,7 @@ class VideoSource:
         modes ignore it.
         """
         self._sampled = None if snippet_len is None else (int(snippet_len), tuple(int(o) for o in offsets))
-        if self.decoder == "pyav":
+        if self.decoder in PACKET_DECODERS:
             self._cap.set_sampling(*(self._sampled or (None,)))
 
     def _open_capture(self) -> Any:
@@ -389,7 +396,7 @@ class VideoSource:
         """Open the capture and read its first valid frame into `_first`; the reason on failure, else None."""
         import cv2
 
-        if self.decoder == "pyav":
+        if self.decoder in PACKET_DECODERS:
             return self._connect_av()
         self._cap = self._open_capture()
         self._first = None
@@ -411,10 +418,16 @@ class VideoSource:
     def _connect_av(self) -> str | None:
         """`_connect` through PyAV: open the container and read its first frame into `_first`."""
         self._first = None
-        self._cap = AvCapture(self.target, self.decode_mode, timeout_ms=self.timeout_ms, sampling=self._sampled)
+        if self.decoder == "nvdec":
+            from stp_edge.nvdec import NvdecCapture
+
+            self._cap = NvdecCapture(self.target, self.decode_mode, timeout_ms=self.timeout_ms, sampling=self._sampled,
+                                     device=self.cuda_device or 0)
+        else:
+            self._cap = AvCapture(self.target, self.decode_mode, timeout_ms=self.timeout_ms, sampling=self._sampled)
         if not self._cap.opened:
             what = f"stream {self.name}" if self.kind == "url" else f"video file {self.target}"
-            return f"cannot open {what} with PyAV ({self._cap.error})"
+            return f"cannot open {what} with {'NVDEC' if self.decoder == 'nvdec' else 'PyAV'} ({self._cap.error})"
         self._last_good = time.monotonic(), time.time()
         self._fps = self._cap.fps
         self._first = self._read_valid()
@@ -444,7 +457,7 @@ class VideoSource:
         reading stops advancing for `max_consecutive_failures` attempts: a long corrupt run inside a file is
         skipped (and counted) up to the good frames after it.
         """
-        if self.decoder == "pyav":
+        if self.decoder in PACKET_DECODERS:
             return self._read_av()
         failures = stalled = 0
         position = self._position()
@@ -550,7 +563,11 @@ class VideoSource:
         A source read by PyAV yields, with `lazy=True`, `DecodedFrame`s (decoded by FFmpeg, converted to BGR only
         where used) and, decoding keyframes only, `SkippedFrame`s; without it, BGR arrays (each frame converted).
         """
-        if self.decoder == "pyav":
+        if self.decoder in PACKET_DECODERS:
+            if not lazy and self.decoder == "nvdec":
+                raise UsageError(f"{self.name}: decoder='nvdec' keeps frames on the GPU (device NV12); read it with "
+                                 "frames_with_gaps(lazy=True) into a detector that preprocesses on CUDA (an overlay "
+                                 "needs host frames: use decoder='pyav')")
             if not lazy and self.decode_mode == "keyframes":
                 raise UsageError(f"{self.name}: decode='keyframes' yields frames without pixels in between; read "
                                  "it with frames_with_gaps(lazy=True) (the detector decodes what it samples)")
@@ -631,6 +648,8 @@ class VideoSource:
 
     def describe_decoder(self) -> str:
         """Which decoder and mode read this source, and why, in words (`stp-edge run` prints it)."""
+        if self.decoder == "nvdec" and getattr(self._cap, "describe", None):  # nvdec (PyNvVideoCodec 2.2.4, GPU 0, ...)
+            return f"decoder {self._cap.describe} ({self.decoder_reason})"
         mode = "" if self.decoder == "opencv" else f", decode {self.decode_mode}"
         return f"decoder {self.decoder}{mode} ({self.decoder_reason})"
 
@@ -638,15 +657,37 @@ class VideoSource:
         return f"VideoSource({self.kind}={self.name!r}, fps={self.fps}, frames={self.frame_count})"
 
 
-DECODERS = ("auto", "opencv", "pyav")
+DECODERS = ("auto", "opencv", "pyav", "nvdec")
+PACKET_DECODERS = ("pyav", "nvdec")  # PyAV demuxes packet by packet; FFmpeg or NVDEC (stp_edge.nvdec) decodes
 
 
-def _choose_decoder(kind: str, target: str | int, decoder: str, decode: str) -> tuple[str, str, str]:
-    """(decoder, decode mode, why) for a source; UsageError/VideoError for a choice that cannot be honoured."""
+def _choose_decoder(kind: str, target: str | int, decoder: str, decode: str,
+                    cuda_device: int | None = None) -> tuple[str, str, str]:
+    """(decoder, decode mode, why) for a source; UsageError/VideoError for a choice that cannot be honoured.
+
+    "nvdec" (and "auto" where `cuda_device` says the consumer preprocesses on that CUDA device) goes through
+    `stp_edge.nvdec.choose_nvdec`: refused naming what is missing, or, under "auto", CPU decoding as before.
+    """
     if decoder not in DECODERS:
         raise UsageError(f"decoder must be one of {list(DECODERS)}, got {decoder!r}")
     if decode not in DECODE_MODES:
         raise UsageError(f"decode must be one of {list(DECODE_MODES)}, got {decode!r}")
+    if decoder == "nvdec" or (decoder == "auto" and cuda_device is not None and kind == "file"):
+        from stp_edge.nvdec import choose_nvdec, probe_nvdec
+
+        codec = probe_codec(str(target)) if kind != "camera" and av_available() and Path(str(target)).is_file() \
+            else None
+        if decoder == "nvdec":
+            from stp_edge._deps import require
+
+            require("av", "decoder='nvdec' (PyAV demuxes the packets NVDEC decodes)")
+        use, why = choose_nvdec(decoder, kind=kind, codec=codec, probe=probe_nvdec(), device=cuda_device or 0,
+                                cuda_preprocess=None if cuda_device is None else True)
+        if use:
+            return "nvdec", decode, why
+        decoder_note = why
+    else:
+        decoder_note = None
     if decoder == "pyav":
         if kind == "camera":
             raise VideoError(f"camera {target}: camera indices are read through OpenCV; decoder='pyav' reads "
@@ -665,7 +706,8 @@ def _choose_decoder(kind: str, target: str | int, decoder: str, decode: str) -> 
         else:
             codec = probe_codec(str(target)) if Path(str(target)).is_file() else None
             if codec in AUTO_CODECS:
-                return "pyav", decode, f"{codec} file: FFmpeg decodes, only the frames used are converted to BGR"
+                note = f"; NVDEC not used ({decoder_note})" if decoder_note else ""
+                return "pyav", decode, f"{codec} file: FFmpeg decodes, only the frames used are converted to BGR{note}"
             why = (f"{codec} file: decoder='auto' reads {', '.join(sorted(AUTO_CODECS))} through PyAV" if codec
                    else "PyAV cannot read it")
     else:

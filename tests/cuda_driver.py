@@ -1,15 +1,27 @@
-"""Shared skip logic of the GPU tests: pycuda's driver module, initialised, with at least one CUDA device."""
+"""Shared skip logic of the GPU tests: the CUDA binding's driver API, initialised, with at least one CUDA device.
+
+The binding is $STP_EDGE_CUDA_BINDING (auto: pycuda where installed, else cuda-python), as in the runtime, so
+scripts/gpu_check.sh runs the same tests under either (BINDING=pycuda or BINDING=cuda-python).
+"""
 
 import pytest
 
 
 def cuda_driver_or_skip():
-    """`pycuda.driver` after `init()`; skips the test where pycuda, the driver or a device is missing."""
-    drv = pytest.importorskip("pycuda.driver", reason="pycuda not installed (pip install 'stp-edge[cuda]')")
+    """The active binding's driver after `init()`; skips the test where no binding, driver or device exists."""
+    from stp_edge._deps import MissingDependencyError
+    from stp_edge.cuda.binding import binding_name, driver
+    from stp_edge.cuda.driver import DriverNotFoundError
+
+    try:
+        name = binding_name()
+        drv = driver(name)
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))
     try:
         drv.init()
         if drv.Device.count() == 0:
-            pytest.skip("no CUDA device")
-    except drv.Error as exc:
-        pytest.skip(f"CUDA driver unavailable: {exc}")
+            pytest.skip(f"no CUDA device ({name})")
+    except (drv.Error, DriverNotFoundError) as exc:
+        pytest.skip(f"CUDA driver unavailable ({name}): {exc}")
     return drv

@@ -251,7 +251,7 @@ ERRORS = [
     ("bad role", HEAD + "    inputs:\n      - {path: a.mp4, roles: [detect, record]}\n",
      "5: cameras.front_door.inputs[0].roles[1]: expected one of detect, clips, got 'record'"),
     ("bad decoder", HEAD + "    inputs:\n      - {path: a.mp4, decoder: ffmpeg}\n",
-     "5: cameras.front_door.inputs[0].decoder: expected one of auto, opencv, pyav, got 'ffmpeg'"),
+     "5: cameras.front_door.inputs[0].decoder: expected one of auto, opencv, pyav, nvdec, got 'ffmpeg'"),
     ("decode without pyav", HEAD + "    inputs:\n      - {path: a.mp4, decoder: opencv, decode: keyframes}\n",
      "5: cameras.front_door.inputs[0].decode: expected full: decode keyframes needs the PyAV decoder, and decoder "
      "is opencv"),

@@ -1,6 +1,7 @@
 """The fused CUDA preprocessing kernel on a real GPU: against PIL (exact) and the CPU twin.
 
-Skipped, with the reason, where pycuda or a CUDA device is missing. Every run poisons the output buffer
+Run under the active CUDA binding ($STP_EDGE_CUDA_BINDING: pycuda or cuda-python). Skipped, with the reason,
+where no binding or no CUDA device is present. Every run poisons the output buffer
 (NaN) first and checks every element, so an unwritten output cannot pass.
 """
 
@@ -22,7 +23,7 @@ ONE_LEVEL = 1.0 / 255 / min(CLIP_STD) + 1e-5  # one grey level in normalised uni
 
 @pytest.fixture(scope="module")
 def cuda():
-    """pycuda.driver with device 0's primary context current for the module (the tests' own pycuda calls)."""
+    """The binding's driver with device 0's primary context current for the module (the tests' own calls)."""
     drv = cuda_driver_or_skip()
     from stp_edge.cuda.context import PrimaryContext
 

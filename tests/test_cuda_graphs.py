@@ -98,3 +98,14 @@ def test_capture_and_replay_of_real_kernels_give_the_eager_result():
         np.testing.assert_allclose(y.get(), host * 3.0 + 1.0, rtol=1e-6)
     assert graphs.cache.counts == {"eager": 1, "capture": 1, "replay": 2}
     graphs.close()
+
+
+def test_the_tensorrt_runner_takes_graphs_when_asked_and_by_environment(monkeypatch, tmp_path):
+    from stp_edge.backends.trt import TrtRunner
+
+    monkeypatch.delenv("STP_EDGE_CUDA_GRAPHS", raising=False)
+    assert TrtRunner(tmp_path / "e.plan").cuda_graphs is False  # off until a GPU run has checked it
+    assert TrtRunner(tmp_path / "e.plan", cuda_graphs=True).cuda_graphs is True
+    monkeypatch.setenv("STP_EDGE_CUDA_GRAPHS", "1")
+    assert TrtRunner(tmp_path / "e.plan").cuda_graphs is True
+    assert TrtRunner(tmp_path / "e.plan", cuda_graphs=False).cuda_graphs is False

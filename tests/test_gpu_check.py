@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_ORDER = ["env", "install", "kernels", "timings", "encoder", "thread", "sanitizer"]
+RUN_ORDER = ["env", "install", "kernels", "timings", "encoder", "nvdec", "thread", "sanitizer"]
 
 
 def _gpu_phases():
@@ -35,7 +35,7 @@ def test_dry_run_lists_phases_in_value_order_two_outputs_and_six_minutes(tmp_pat
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     phases = [ln.split()[2] for ln in lines if ln.startswith("== phase ")]
-    assert phases == ["fetch-pycuda", "fatbin", *RUN_ORDER]
+    assert phases == ["fetch-pycuda", "fatbin", "fetch-nvdec", *RUN_ORDER]
     outputs = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("== output: ")]
     results = str(tmp_path / "results")
     assert outputs == [f"{results}/gpu-check.json", f"{results}/gpu-check.log"]
@@ -60,7 +60,7 @@ def test_a_run_leaves_exactly_one_results_file_and_one_log(tmp_path):
     assert report["ok"] is False and report["failed"] == RUN_ORDER
     assert report["phases"]["sanitizer"]["rc"] != 0
     log = (tmp_path / "results/gpu-check.log").read_text()
-    assert "== phase env" in log and "== summary: 7 failed" in log
+    assert "== phase env" in log and "== summary: 8 failed" in log
 
 
 def test_junit_summary_counts_a_skip_as_a_failure(tmp_path):

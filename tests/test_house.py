@@ -25,7 +25,7 @@ FLOORS: dict[str, int] = {
     "stp_edge.backends": 3,
     "stp_edge.pipeline": 4,
     # sources, pictures and the two doors of the runtime
-    "stp_edge.av_source": 5, "stp_edge.video": 5, "stp_edge.sources": 5, "stp_edge.visualize": 5,
+    "stp_edge.av_source": 5, "stp_edge.nvdec": 5, "stp_edge.video": 5, "stp_edge.sources": 5, "stp_edge.visualize": 5,
     "stp_edge.api": 6,
     "stp_edge.run": 7,
     # below every wing that uses them; camera apps (events, sinks, clips, the service, the GStreamer element)

@@ -1,4 +1,5 @@
-"""`import stp_edge` and every runtime module work with torch, TensorRT, pycuda, onnxruntime, openvino unimportable."""
+"""`import stp_edge` and every runtime module work with torch, TensorRT, pycuda, cuda-python, CuPy, onnxruntime,
+openvino unimportable."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKED = ("torch", "tensorrt", "tensorrt_lean", "tensorrt_lean_bindings", "pycuda", "onnxruntime", "openvino")
+BLOCKED = ("torch", "tensorrt", "tensorrt_lean", "tensorrt_lean_bindings", "pycuda", "cuda", "cupy", "onnxruntime",
+           "openvino")  # "cuda": cuda-python's cuda.bindings
 
 
 def test_runtime_imports_without_heavy_dependencies():

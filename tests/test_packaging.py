@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 UPPER = {"<", "<=", "==", "===", "~="}
 # import name -> distribution, where they differ; None: a distribution outside the extras (TensorRT's lean
 # runtime comes with JetPack or its own wheels)
-DISTRIBUTION = {"sklearn": "scikit-learn", "tensorrt_lean": None, "yaml": "pyyaml", "paho": "paho-mqtt"}
+DISTRIBUTION = {"sklearn": "scikit-learn", "tensorrt_lean": None, "yaml": "pyyaml", "paho": "paho-mqtt",
+                "cuda": "cuda-bindings"}
 
 
 def _setup_constants() -> dict:

@@ -317,7 +317,7 @@ def test_module_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_cuda_preprocessor_without_pycuda_names_the_extra() -> None:
+def test_cuda_preprocessor_without_pycuda_names_the_extra(monkeypatch) -> None:
     import importlib.util
 
     if importlib.util.find_spec("pycuda") is not None:
@@ -325,5 +325,6 @@ def test_cuda_preprocessor_without_pycuda_names_the_extra() -> None:
     from stp_edge._deps import MissingDependencyError
     from stp_edge.cuda import CudaPreprocessor  # importable without pycuda; fails only when used
 
+    monkeypatch.setenv("STP_EDGE_CUDA_BINDING", "pycuda")  # auto would take cuda-python where it is installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'stp-edge\[cuda\]'"):
         CudaPreprocessor(32)

@@ -14,7 +14,7 @@ import abc
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +82,8 @@ def batch_rows(value: Any, start: int, stop: int) -> Any:
     shape, dtype, ptr = feed_layout(value)
     row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     stream = value.__cuda_array_interface__.get("stream")
-    return DeviceArray(ptr + start * row, (stop - start, *shape[1:]), dtype, stream=stream)
+    return DeviceArray(ptr + start * row, (stop - start, *shape[1:]), dtype, stream=stream,
+                       device=getattr(value, "device", 0) if isinstance(value, DeviceArray) else 0, owner=value)
 
 
 def check_feeds(feeds: Mapping[str, Any], specs: Mapping[str, TensorSpec], *, where: str = "",
@@ -135,6 +136,9 @@ class Runner(abc.ABC):
     # True where infer() makes its own CUDA stream wait on the `stream` of a device feed's
     # __cuda_array_interface__ (an event, no host sync), so a producer may hand over unsynchronised work.
     waits_on_feed_streams = False
+    # True where infer(..., keep_on_device=names) can leave those outputs in device memory (`infer` documents the
+    # ownership): the device feature path keeps the encoder's outputs on the GPU this way.
+    keeps_outputs_on_device = False
     # True where the runner computes on this machine's CPU threads and reads `intra_op_num_threads` when it
     # activates (ONNX Runtime, OpenVINO): `stp_edge.backends.ort.set_intra_op_threads` sizes those alone.
     takes_cpu_threads = False
@@ -215,18 +219,34 @@ class Runner(abc.ABC):
         return self.output_names_impl()
 
     # --- running -----------------------------------------------------------------------------------------
-    def infer(self, feeds: Mapping[str, Any], *, check_inputs: bool = True) -> dict[str, np.ndarray]:
+    def infer(self, feeds: Mapping[str, Any], *, check_inputs: bool = True,
+              keep_on_device: Sequence[str] = ()) -> dict[str, Any]:
         """Run the graph on `feeds` (name -> array) and return the outputs by name.
 
+        `keep_on_device`: outputs to leave in device memory (runners with `keeps_outputs_on_device`): each comes
+        back as a `stp_edge.cuda.DeviceArray` viewing the runner's own output buffer, tagged with the runner's
+        stream (a consumer on another stream waits on it with an event; the host is not synchronised for them).
+        The runner owns that buffer: it is valid until the runner's next call (which overwrites it, or frees it to
+        grow) or deactivation, so a consumer copies what it keeps (on that stream, or after an event) before then.
+        The other outputs come back to the host as usual.
+
         Raises:
-            RunnerError: The runner is not active.
+            RunnerError: The runner is not active, or cannot keep outputs on the device.
             InputError: A feed is missing, unexpected, or has the wrong dtype, rank or static dim.
         """
         self._require_active("infer")
         if check_inputs:
             check_feeds(feeds, self.input_specs(), where=self.name, allow_device=self.accepts_device_feeds)
+        keep = tuple(keep_on_device)
+        if keep and not self.keeps_outputs_on_device:
+            raise RunnerError(f"{self.name}: this backend returns host outputs only; keep_on_device={keep} needs "
+                              f"one that keeps outputs on the GPU (TensorRT)")
+        unknown = [n for n in keep if n not in self.output_names()]
+        if unknown:
+            raise RunnerError(f"{self.name}: keep_on_device names {unknown}, not outputs of the graph "
+                              f"{self.output_names()}")
         start = time.perf_counter()
-        out = self._call(self.infer_impl, feeds)
+        out = self._call(self.infer_device_impl, feeds, keep) if keep else self._call(self.infer_impl, feeds)
         self.last_inference_ms = (time.perf_counter() - start) * 1e3
         return out
 
@@ -313,6 +333,10 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def infer_impl(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run on checked feeds; return host arrays by output name."""
+
+    def infer_device_impl(self, feeds: Mapping[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:
+        """Run on checked feeds; outputs in `keep` as device arrays (see `infer`), the others as host arrays."""
+        raise RunnerError(f"{self.name}: keep_on_device is not implemented by {type(self).__name__}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, active={self.is_active})"

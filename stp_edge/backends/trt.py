@@ -167,8 +167,10 @@ def pick_profile(batch: int, opt_batches: Sequence[int]) -> int:
 
 
 def cuda_device_info(device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor') of a CUDA device, through pycuda."""
-    cuda = require("pycuda.driver", "querying the GPU")
+    """(GPU name, compute capability 'major.minor') of a CUDA device, through the CUDA binding."""
+    from stp_edge.cuda.binding import driver
+
+    cuda = driver()
     cuda.init()
     dev = cuda.Device(device)
     major, minor = dev.compute_capability()
@@ -176,8 +178,10 @@ def cuda_device_info(device: int = 0) -> tuple[str, str]:
 
 
 def cuda_device_integrated(device: int = 0) -> bool:
-    """True for a GPU that shares memory with the CPU (Jetson), through pycuda's INTEGRATED attribute."""
-    cuda = require("pycuda.driver", "querying the GPU")
+    """True for a GPU that shares memory with the CPU (Jetson), through the CUDA binding's INTEGRATED attribute."""
+    from stp_edge.cuda.binding import driver
+
+    cuda = driver()
     cuda.init()
     return bool(cuda.Device(device).get_attribute(cuda.device_attribute.INTEGRATED))
 
@@ -227,17 +231,24 @@ class TrtRunner(Runner):
             `engine_info` so callers can report what ran; None for a plan file outside a bundle.
         limits: Call deadline (`CallLimits`); a TensorRT call cannot be cancelled, so one past its deadline is
             abandoned and the runner cannot run again.
+        cuda_graphs: Replay `execute_async_v3` as a CUDA graph once a call's shapes and tensor addresses repeat
+            (`stp_edge.cuda.graphs`: the first call of a key runs eagerly, the second is captured; a capture the
+            driver refuses turns graphs off for this runner). None: $STP_EDGE_CUDA_GRAPHS == "1". Off by default
+            until a GPU run has checked it (never executed here: no GPU, no TensorRT).
     """
 
     accepts_device_feeds = True
     waits_on_feed_streams = True
+    keeps_outputs_on_device = True
 
     def __init__(self, plan_path: str | os.PathLike, *, device: int = 0, name: str | None = None,
                  allow_host_code: bool = False, profiles: Mapping[str, Any] | None = None,
-                 engine_info: EngineInfo | None = None, limits: CallLimits | None = None) -> None:
+                 engine_info: EngineInfo | None = None, limits: CallLimits | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         self.plan_path = Path(plan_path)
         super().__init__(name or self.plan_path.name, limits=limits)
         self.device = device
+        self.cuda_graphs = os.environ.get("STP_EDGE_CUDA_GRAPHS") == "1" if cuda_graphs is None else cuda_graphs
         self.allow_host_code = allow_host_code
         self.profiles = dict(profiles) if profiles else None
         self.engine_info = engine_info
@@ -251,6 +262,7 @@ class TrtRunner(Runner):
         self._cuda: Any = None
         self._cuda_ctx: Any = None
         self._waiter: Any = None
+        self.graphs: Any = None  # stp_edge.cuda.graphs.StreamGraphs when cuda_graphs
         self.stream: Any = None
         self._inputs: list[str] = []
         self._outputs: list[str] = []
@@ -291,6 +303,11 @@ class TrtRunner(Runner):
         from stp_edge.cuda.streams import new_stream
 
         self.stream = new_stream(self._cuda)
+        if self.cuda_graphs:
+            from stp_edge.cuda.graphs import GraphCache, StreamGraphs
+
+            # Windows bound in place start at one of 2c+1 ring slots per stream: room for all of them.
+            self.graphs = StreamGraphs(int(self.stream.handle), GraphCache(capacity=64), name=self.name)
         input_mode = self.trt.TensorIOMode.INPUT
         for i in range(self.engine.num_io_tensors):
             tname = self.engine.get_tensor_name(i)
@@ -313,6 +330,9 @@ class TrtRunner(Runner):
         """Free buffers, event, stream and TensorRT objects (with the context current), before the release."""
         if self.stream is not None:
             self.stream.synchronize()
+        if self.graphs is not None:
+            self.graphs.close()
+            self.graphs = None
         for alloc, _ in self._device_bufs.values():
             alloc.free()
         self._device_bufs.clear()
@@ -400,9 +420,16 @@ class TrtRunner(Runner):
                 raise RunnerError(f"{self.name}: TensorRT refused optimisation profile {index}")
             self._active_profile = index
 
-    def _infer(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def infer_device_impl(self, feeds: Mapping[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:
+        """Outputs in `keep` stay in this runner's device buffers (`Runner.infer`: valid until its next call)."""
+        with self._current():
+            return self._infer(feeds, keep)
+
+    def _infer(self, feeds: Mapping[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
         cuda, ctx, stream = self._cuda, self.context, self.stream
         specs = self.input_specs()
+        staged = False  # a host feed was staged through a pinned buffer, which the next call refills
+        bound: dict[str, tuple[tuple[int, ...], int]] = {}  # what a CUDA graph of this call would fix
         self._wait_for_producers(feeds)
         self._use_profile(feed_layout(feeds[self._inputs[0]])[0][0] if self._inputs else 1)
         for name in self._inputs:
@@ -412,22 +439,42 @@ class TrtRunner(Runner):
             if not ctx.set_input_shape(name, shape):
                 raise InputError(f"{self.name}: TensorRT refused shape {shape} for input {name!r}")
             if ptr is None:
+                staged = True
                 host = self._host_buffer(name, shape)
                 np.copyto(host, value)
                 ptr = self._device_buffer(name, host.nbytes)
                 cuda.memcpy_htod_async(ptr, host, stream)
             ctx.set_tensor_address(name, ptr)
+            bound[name] = (tuple(shape), int(ptr))
         out_shapes = {}
         for name in self._outputs:
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
-            ctx.set_tensor_address(name, self._device_buffer(name, output_nbytes(shape, self._dtypes[name])))
-            out_shapes[name] = shape
-        if not ctx.execute_async_v3(stream.handle):
+            out_ptr = self._device_buffer(name, output_nbytes(shape, self._dtypes[name]))
+            ctx.set_tensor_address(name, out_ptr)
+            out_shapes[name], bound[name] = shape, (shape, int(out_ptr))
+        if not self._execute(bound):
             raise RunnerError(f"{self.name}: execute_async_v3 failed (see the TensorRT log above)")
-        hosts = {}
+        hosts, kept = {}, {}
         for name, shape in out_shapes.items():
+            if name in keep:  # a view of the output buffer, ordered by this stream: no copy, no host sync
+                from stp_edge.cuda.memory import DeviceArray
+
+                kept[name] = DeviceArray(int(self._device_bufs[name][0]), shape, self._dtypes[name],
+                                         stream=int(stream.handle), device=self.device)
+                continue
             hosts[name] = self._host_buffer(name, shape)
             cuda.memcpy_dtoh_async(hosts[name], self._device_bufs[name][0], stream)
-        stream.synchronize()
-        return {name: np.array(h, copy=True) for name, h in hosts.items()}  # pinned buffers are reused
+        if hosts or staged:  # host outputs are read now; a staged pinned input is refilled by the next call
+            stream.synchronize()
+        return {**kept, **{name: np.array(h, copy=True) for name, h in hosts.items()}}  # pinned buffers are reused
+
+    def _execute(self, bound: Mapping[str, tuple[tuple[int, ...], int]]) -> bool:
+        """Queue the engine: `execute_async_v3`, or its CUDA graph for this profile, shapes and addresses."""
+        handle = self.stream.handle
+        if self.graphs is None:
+            return bool(self.context.execute_async_v3(handle))
+        from stp_edge.cuda.graphs import tensor_key
+
+        return self.graphs.run(tensor_key(self._active_profile, dict(bound)),
+                               lambda: self.context.execute_async_v3(handle))
 

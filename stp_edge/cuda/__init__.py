@@ -1,7 +1,7 @@
 """CUDA side of the runtime: kernel build and loading, the fused preprocessing kernel (sources in kernels/).
 
-Importing this package is cheap: pycuda is imported only inside the functions and classes that use it,
-and a missing pycuda raises an error that says `pip install 'stp-edge[cuda]'`.
+Importing this package is cheap: the CUDA binding (pycuda or cuda-python, `stp_edge.cuda.binding`) is imported
+only inside the functions and classes that use it, and a missing one raises an error naming the extra to install.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ pycuda's `autoprimaryctx`/`autoinit` make a context current on the importing thr
 device 0; a runtime called from a worker thread, or given another device, then runs with no context or the
 wrong one. `PrimaryContext` instead retains the primary context of the device it is given (the one CuPy,
 torch, ONNX Runtime and TensorRT share) and pushes it around each call, popping it after, so any thread may
-call and the thread's context stack is left as it was found. pycuda is imported on construction only.
+call and the thread's context stack is left as it was found. The binding (pycuda or cuda-python, see
+stp_edge.cuda.binding) is imported on construction only.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ class PrimaryContext:
         >>> ctx.release()
     """
 
-    def __init__(self, device: int = 0, *, purpose: str = "CUDA preprocessing") -> None:
-        self._cuda = require("pycuda.driver", purpose)
+    def __init__(self, device: int = 0, *, purpose: str = "CUDA preprocessing", binding: str | None = None) -> None:
+        from stp_edge.cuda.binding import binding_name, driver
+
+        self.binding = binding_name(binding)  # $STP_EDGE_CUDA_BINDING when None (stp_edge.cuda.binding)
+        self._cuda = require("pycuda.driver", purpose) if self.binding == "pycuda" else driver(self.binding)
         self._cuda.init()
         self.device = check_device(device, self._cuda.Device.count())
         self._ctx: Any = self._cuda.Device(self.device).retain_primary_context()
@@ -48,7 +52,7 @@ class PrimaryContext:
 
     @property
     def driver(self) -> Any:
-        """The `pycuda.driver` module."""
+        """The binding's driver API: the `pycuda.driver` module, or `stp_edge.cuda.binding.CudaPythonDriver`."""
         return self._cuda
 
     @contextlib.contextmanager
@@ -80,6 +84,9 @@ class PrimaryContext:
         if current is not None and current.handle == ctx.handle:
             self._ctx = ctx
             raise UsageError("PrimaryContext.release() called inside current(): leave the `with` block first")
+        if self.binding != "pycuda":  # cuda-python's detach is cuDevicePrimaryCtxRelease alone, from any thread
+            ctx.detach()
+            return
         ctx.detach()
         if threading.get_ident() == self._thread:
             popped = driver.pop_context()

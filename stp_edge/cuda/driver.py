@@ -23,8 +23,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from stp_edge.errors import StpEdgeError
+from stp_edge.errors import StpEdgeError, UsageError
 
 SONAMES = ("libcuda.so.1", "libcuda.so")
 # Driver folders: Debian/Ubuntu multiarch, RHEL, NVIDIA container toolkit mounts, WSL, the GPU operator's
@@ -200,6 +201,119 @@ def pop_context() -> int:
 def release_primary(device: int) -> None:
     """Drop one retain of `device`'s primary context (cuDevicePrimaryCtxRelease)."""
     check(load_libcuda().cuDevicePrimaryCtxRelease_v2(int(device)), "cuDevicePrimaryCtxRelease")
+
+
+# --- driver calls through prototypes of their own (no declarations on the shared library handle) ---------
+CU_MEMORYTYPE_HOST, CU_MEMORYTYPE_DEVICE = 1, 2
+CU_EVENT_DISABLE_TIMING = 0x2
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Where a source's rows are: `ptr` (device), `pitch` (bytes from one row to the next; 0: contiguous).
+
+    A frame embedding is one row of E floats; a snippet's region features are R2 rows of E floats, contiguous
+    in an encoder's `region_emb` [n, R2, E], or one per view at a pitch of n*E floats in a view-major batch
+    whose region windows are views (`Encoder._view_features`).
+    """
+
+    ptr: int
+    pitch: int = 0
+
+
+class _Memcpy2D(ctypes.Structure):
+    """CUDA_MEMCPY2D (cuda.h), field for field."""
+
+    _fields_ = [
+        ("srcXInBytes", ctypes.c_size_t), ("srcY", ctypes.c_size_t), ("srcMemoryType", ctypes.c_int),
+        ("srcHost", ctypes.c_void_p), ("srcDevice", ctypes.c_uint64), ("srcArray", ctypes.c_void_p),
+        ("srcPitch", ctypes.c_size_t),
+        ("dstXInBytes", ctypes.c_size_t), ("dstY", ctypes.c_size_t), ("dstMemoryType", ctypes.c_int),
+        ("dstHost", ctypes.c_void_p), ("dstDevice", ctypes.c_uint64), ("dstArray", ctypes.c_void_p),
+        ("dstPitch", ctypes.c_size_t),
+        ("WidthInBytes", ctypes.c_size_t), ("Height", ctypes.c_size_t),
+    ]
+
+
+_P, _U64, _SZ, _UI, _I = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int
+_SIGNATURES: dict[str, tuple[Any, ...]] = {
+    "cuInit": (_UI,),
+    "cuDeviceGet": (ctypes.POINTER(_I), _I),
+    "cuDevicePrimaryCtxRetain": (ctypes.POINTER(_P), _I),
+    "cuDevicePrimaryCtxRelease_v2": (_I,),
+    "cuCtxPushCurrent_v2": (_P,),
+    "cuCtxPopCurrent_v2": (ctypes.POINTER(_P),),
+    "cuMemAlloc_v2": (ctypes.POINTER(_U64), _SZ),
+    "cuMemFree_v2": (_U64,),
+    "cuMemAllocHost_v2": (ctypes.POINTER(_P), _SZ),
+    "cuMemFreeHost": (_P,),
+    "cuMemsetD32Async": (_U64, _UI, _SZ, _P),
+    "cuMemcpyDtoDAsync_v2": (_U64, _U64, _SZ, _P),
+    "cuMemcpyDtoHAsync_v2": (_P, _U64, _SZ, _P),
+    "cuMemcpy2DAsync_v2": (ctypes.POINTER(_Memcpy2D), _P),
+    "cuStreamCreate": (ctypes.POINTER(_P), _UI),
+    "cuStreamDestroy_v2": (_P,),
+    "cuEventCreate": (ctypes.POINTER(_P), _UI),
+    "cuEventRecord": (_P, _P),
+    "cuEventSynchronize": (_P,),
+    "cuStreamWaitEvent": (_P, _P, _UI),
+    "cuEventDestroy_v2": (_P,),
+    "cuStreamSynchronize": (_P,),
+    # CUDA graphs (stp_edge.cuda.graphs)
+    "cuStreamBeginCapture_v2": (_P, _I),
+    "cuStreamEndCapture": (_P, ctypes.POINTER(_P)),
+    "cuGraphInstantiateWithFlags": (ctypes.POINTER(_P), _P, ctypes.c_ulonglong),
+    "cuGraphLaunch": (_P, _P),
+    "cuGraphExecDestroy": (_P,),
+    "cuGraphDestroy": (_P,),
+}
+
+
+class Driver:
+    """The libcuda calls the ring makes, each through its own ctypes prototype."""
+
+    def __init__(self) -> None:
+        lib = load_libcuda()
+        for name, args in _SIGNATURES.items():
+            setattr(self, name, ctypes.CFUNCTYPE(ctypes.c_int, *args)((name, lib)))
+
+    def call(self, name: str, *args: Any) -> None:
+        """Call `name` and raise RuntimeError naming it when the CUresult is not CUDA_SUCCESS."""
+        check(getattr(self, name)(*args), name)
+
+    def copy_rows(self, dst: int, src: Rows, width: int, height: int, stream: int, *, to_host: bool = False) -> None:
+        """Queue a copy of `height` rows of `width` bytes from `src` to the dense rows at `dst` on `stream`."""
+        pitch = src.pitch or width
+        if pitch == width and not to_host:
+            self.call("cuMemcpyDtoDAsync_v2", dst, src.ptr, width * height, stream)
+        elif pitch == width:
+            self.call("cuMemcpyDtoHAsync_v2", dst, src.ptr, width * height, stream)
+        else:
+            if pitch < width:
+                raise UsageError(f"a source pitch of {pitch} bytes is below its row of {width} bytes")
+            p = _Memcpy2D(srcMemoryType=CU_MEMORYTYPE_DEVICE, srcDevice=src.ptr, srcPitch=pitch,
+                          dstMemoryType=CU_MEMORYTYPE_HOST if to_host else CU_MEMORYTYPE_DEVICE,
+                          dstPitch=width, WidthInBytes=width, Height=height)
+            if to_host:
+                p.dstHost = dst
+                self.call("cuMemcpy2DAsync_v2", ctypes.byref(p), stream)
+                return
+            p.dstDevice = dst
+            # cuda.h: a device-to-device cuMemcpy2DAsync "may fail for pitches not computed by cuMemAllocPitch"
+            # (there is no asynchronous cuMemcpy2DUnaligned): then one contiguous copy per row.
+            if self.cuMemcpy2DAsync_v2(ctypes.byref(p), stream) != 0:
+                for h in range(height):
+                    self.call("cuMemcpyDtoDAsync_v2", dst + h * width, src.ptr + h * pitch, width, stream)
+
+    def new_event(self) -> int:
+        ev = _P()
+        self.call("cuEventCreate", ctypes.byref(ev), CU_EVENT_DISABLE_TIMING)
+        return int(ev.value)
+
+    def wait(self, consumer: int, producer: int, event: int) -> None:
+        """Queue on `consumer` a wait for what is queued on `producer` so far (an event, no host sync)."""
+        self.call("cuEventRecord", event, producer)
+        self.call("cuStreamWaitEvent", consumer, event, 0)
 
 
 def link_dir(directory: Path, found: Libcuda) -> Path:

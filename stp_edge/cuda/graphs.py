@@ -105,22 +105,6 @@ class CaptureError(RuntimeError):
     """The driver refused a stream capture or instantiation (graphs are then turned off for that runner)."""
 
 
-def _driver() -> ctypes.CDLL:
-    from stp_edge.cuda.driver import load_libcuda
-
-    lib = load_libcuda()
-    ptr, pp = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
-    sigs = {
-        "cuStreamBeginCapture_v2": [ptr, ctypes.c_int], "cuStreamEndCapture": [ptr, pp],
-        "cuGraphInstantiateWithFlags": [pp, ptr, ctypes.c_ulonglong], "cuGraphLaunch": [ptr, ptr],
-        "cuGraphExecDestroy": [ptr], "cuGraphDestroy": [ptr],
-    }
-    for name, args in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, ctypes.c_int
-    return lib
-
-
 class StreamGraphs:
     """Runs a call's GPU work on `stream` eagerly, or captured into a CUDA graph and replayed, per `GraphCache`.
 
@@ -132,11 +116,14 @@ class StreamGraphs:
         self.stream = int(stream)
         self.cache = cache or GraphCache()
         self.name = name
-        self._lib: ctypes.CDLL | None = None
+        self._lib: Any = None
 
-    def _cu(self) -> ctypes.CDLL:
+    def _cu(self) -> Any:
+        """The driver's calls (`stp_edge.cuda.driver.Driver`: prototypes of their own), made on first use."""
         if self._lib is None:
-            self._lib = _driver()
+            from stp_edge.cuda.driver import Driver
+
+            self._lib = Driver()
         return self._lib
 
     def run(self, key: Hashable, enqueue: Callable[[], bool]) -> bool:
@@ -190,11 +177,9 @@ class StreamGraphs:
     def _destroy(self, graphs: list[Any]) -> None:
         if not graphs:
             return
-        from stp_edge.cuda.driver import check
-
         cu = self._cu()
         # A graph may still be running: wait for the stream before freeing its executable.
-        check(cu.cuStreamSynchronize(ctypes.c_void_p(self.stream)), "cuStreamSynchronize")
+        cu.call("cuStreamSynchronize", ctypes.c_void_p(self.stream))
         for g in graphs:
             cu.cuGraphExecDestroy(ctypes.c_void_p(g))
 

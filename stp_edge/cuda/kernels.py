@@ -1,9 +1,10 @@
-"""Load the preprocessing kernels with pycuda: a prebuilt fatbin when one matches the sources, else compile.
+"""Load the preprocessing kernels: a prebuilt fatbin when one matches the sources, else compile.
 
 Order: an explicit `fatbin` path, then $STP_EDGE_FATBIN, then build/kernels/preprocess.fatbin in the
 repository. A fatbin is used only when its sidecar digest matches the sources (a stale build is never run)
-and the driver can load it for this GPU; otherwise the sources are compiled at run time with
-pycuda.compiler.SourceModule (needs nvcc on the machine). pycuda is imported here, inside functions only.
+and the driver can load it for this GPU; otherwise the sources are compiled at run time (needs nvcc on the
+machine): with pycuda.compiler.SourceModule under pycuda, with `stp_edge.cuda.build` for this GPU's
+architecture under cuda-python. The binding (stp_edge.cuda.binding) is imported inside functions only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from stp_edge.cuda.build import FATBIN, SOURCE, inlined_source, kernels_dir, sou
 
 log = logging.getLogger(__name__)
 
-# Kernel name -> pycuda `prepare` argument format (P pointer, q int64, i int32, f float32).
+# Kernel name -> `prepare` argument format (P pointer, q int64, i int32, f float32), read by both bindings.
 KERNELS = {
     "stp_resize_h_bgr8": "PqqPPiiiiP",
     "stp_resize_h_nv12": "PqqqifffffffPPiiiiP",
@@ -85,22 +86,26 @@ def fatbin_is_current(path: Path) -> bool:
         return False
 
 
-def load_kernels(fatbin: str | Path | None = None, compile_fallback: bool = True) -> PreprocessKernels:
+def load_kernels(fatbin: str | Path | None = None, compile_fallback: bool = True,
+                 binding: str | None = None) -> PreprocessKernels:
     """Load the preprocessing kernels into the current context (a module belongs to the context it loads in).
 
     Args:
         fatbin: prebuilt fatbin (default: $STP_EDGE_FATBIN or the repo's build/kernels/preprocess.fatbin).
-        compile_fallback: compile the sources with pycuda when no usable fatbin exists.
+        compile_fallback: compile the sources when no usable fatbin exists.
+        binding: "pycuda", "cuda-python" or None ($STP_EDGE_CUDA_BINDING, else auto): stp_edge.cuda.binding.
 
     Returns:
         The module and its prepared functions.
 
     Raises:
-        MissingDependencyError: pycuda is not installed (`pip install 'stp-edge[cuda]'`).
+        MissingDependencyError: no CUDA binding is installed (the message names both extras).
         RuntimeError: no current CUDA context, no usable fatbin and `compile_fallback` is False, or the
             compilation failed.
     """
-    cuda = require("pycuda.driver", "CUDA preprocessing")
+    from stp_edge.cuda.binding import CudaPythonDriver, driver
+
+    cuda = driver(binding)
     require_current_context(cuda)
     path = Path(fatbin) if fatbin is not None else _default_fatbin()
     module, origin = None, ""
@@ -117,7 +122,10 @@ def load_kernels(fatbin: str | Path | None = None, compile_fallback: bool = True
             raise RuntimeError(
                 f"no usable preprocessing fatbin ({path}); build one with `python -m stp_edge.cuda.build`"
             )
-        module, origin = _compile(), "compiled at run time (pycuda SourceModule)"
+        if isinstance(cuda, CudaPythonDriver):
+            module, origin = _compile_nvcc(cuda), "compiled at run time (nvcc, cuda-python)"
+        else:
+            module, origin = _compile(), "compiled at run time (pycuda SourceModule)"
     funcs = {}
     for name, fmt in KERNELS.items():
         fn = module.get_function(name)
@@ -136,3 +144,21 @@ def _compile() -> Any:
             f"compiling {kernels_dir() / SOURCE} with pycuda failed: {exc}. "
             "Prebuild the kernels with `python -m stp_edge.cuda.build`"
         ) from exc
+
+
+def _compile_nvcc(cuda: Any) -> Any:
+    """Build a fatbin for the current device's architecture with nvcc (stp_edge.cuda.build) and load it."""
+    import tempfile
+
+    from stp_edge.cuda.build import NvccError, build_fatbin
+
+    major, minor = cuda.Context.get_device().compute_capability()
+    with tempfile.TemporaryDirectory(prefix="stp-edge-kernels-") as tmp:
+        try:
+            path = build_fatbin(tmp, archs=[f"{major}{minor}"], ptx=None)
+        except NvccError as exc:
+            raise RuntimeError(
+                f"compiling {kernels_dir() / SOURCE} for sm_{major}{minor} failed: {exc}. Prebuild the kernels "
+                "with `python -m stp_edge.cuda.build` (or `make kernels`) and set $STP_EDGE_FATBIN"
+            ) from exc
+        return cuda.module_from_file(str(path))

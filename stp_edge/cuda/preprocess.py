@@ -119,6 +119,7 @@ class CudaPreprocessor:
         device: int = 0,
         *,
         spec: PreprocessSpec | None = None,
+        binding: str | None = None,
     ):
         """Retain the device's primary context, load the kernels and create the stream.
 
@@ -131,6 +132,7 @@ class CudaPreprocessor:
             device: CUDA device ordinal.
             spec: the bundle's preprocessing (`Bundle.preprocess_spec`: its mean and std, which the kernel takes
                 as per-channel scale and bias); None: CLIP's.
+            binding: "pycuda", "cuda-python" or None ($STP_EDGE_CUDA_BINDING, else auto; stp_edge.cuda.binding).
         """
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float16):
@@ -140,7 +142,7 @@ class CudaPreprocessor:
         self.image_size = int(image_size)
         self.max_batch = int(max_batch)
         self.spec = preprocess_spec(self.image_size, spec)
-        self._context = PrimaryContext(device)
+        self._context = PrimaryContext(device, binding=binding)
         self.device = self._context.device
         self._cuda = cuda = self._context.driver
         # The 16 input sizes used last keep their filter taps and pinned staging buffers (LRU, as the CPU twin).
@@ -151,7 +153,7 @@ class CudaPreprocessor:
         self._norm = [np.float32(v) for v in (*scale, *bias)]
         try:
             with self.current():
-                self.kernels = load_kernels(fatbin)
+                self.kernels = load_kernels(fatbin, binding=self._context.binding)
                 self.stream = stream if stream is not None else new_stream(cuda)
                 self._copied = cuda.Event()
                 self._out = cuda.mem_alloc(self.views * self.max_batch * 3 * self.image_size**2 * self.dtype.itemsize)
@@ -252,6 +254,39 @@ class CudaPreprocessor:
         )  # fmt: skip
 
     @_in_context
+    def from_device_nv12(self, frames: Sequence[Any], sync: bool = True) -> DeviceArray:
+        """Preprocess NV12 frames already on this device (`DeviceNV12Frame`s, NVDEC's) -> [V*B, 3, S, S].
+
+        The frames (one size, one colour; each in its own allocation, at its own pitch) are gathered into one
+        dense staging buffer on the device, two 2-D copies per frame queued on this preprocessor's stream after a
+        wait for each producer's stream (`stp_edge.cuda.nv12.gather_nv12`), then go through `run_device(fmt="nv12")`
+        with the stream's matrix and range. No host round trip. The staging buffer is sized for the batch used
+        (`staging_frames`) and kept with the host frames' staging buffers (freed by `close`).
+        """
+        from stp_edge.cuda.driver import Driver
+        from stp_edge.cuda.nv12 import batch_layout, gather_nv12
+
+        frames = list(frames)
+        layout = batch_layout(frames)
+        if len(frames) > self.max_batch:
+            raise UsageError(f"{len(frames)} frames exceed max_batch={self.max_batch}; split the batch")
+        if frames[0].device != self.device:
+            raise UsageError(f"the frames are on CUDA device {frames[0].device}, this preprocessor runs on device "
+                             f"{self.device}: decode on the device that preprocesses")
+        for i, f in enumerate(frames):
+            f.check(f"device NV12 frame {i}")
+        capacity = staging_frames(len(frames), self.max_batch)
+        key = (("nv12-device", layout.height, layout.width), capacity)
+        _, dev = self._staging.get(key, lambda: (None, self._cuda.mem_alloc(layout.nbytes(capacity))))
+        if getattr(self, "_nv12_driver", None) is None:
+            self._nv12_driver = Driver()
+        gather_nv12(self._nv12_driver, frames, int(dev), layout, self.stream_handle)
+        first = frames[0]
+        return self.run_device(int(dev), len(frames), layout.height, layout.width, pitch=layout.pitch,
+                               frame_stride=layout.frame_stride, fmt="nv12", uv_offset=layout.uv_offset,
+                               matrix=first.matrix, full_range=first.full_range, sync=sync)
+
+    @_in_context
     def run_device(
         self,
         src: Any,
@@ -311,7 +346,7 @@ class CudaPreprocessor:
             self.stream.synchronize()
         size = self.image_size
         return DeviceArray(int(self._out), (len(plans) * batch, 3, size, size), self.dtype,
-                           stream=None if sync else self.stream_handle)
+                           stream=None if sync else self.stream_handle, device=self.device)
 
     def _launch(self, dp: _DevicePlan, src_ptr: Any, batch: int, height: int, pitch: int, frame_stride: int,
                 fmt: str, uv_offset: int | None, matrix: str, full_range: bool, mid: int, out: int) -> None:

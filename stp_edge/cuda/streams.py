@@ -66,7 +66,7 @@ class StreamWaiter:
 
 
 def new_stream(cuda: Any) -> Any:
-    """A pycuda Stream created non-blocking (CU_STREAM_NON_BLOCKING).
+    """A Stream of the binding's driver API (`PrimaryContext.driver`) created non-blocking (CU_STREAM_NON_BLOCKING).
 
     A blocking stream waits for, and is waited for by, the legacy default stream: any library (or plain
     cudaMemcpy) using that stream in the same context would serialise with our work.

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from stp_edge.backends.base import InputError, Runner
+from stp_edge.backends.base import InputError, Runner, feed_layout, is_device_array
 from stp_edge.bundle.contract import OUTPUT_RANGES, PROB_SUM_TOLERANCE, RANGE_TOLERANCE, OutputRange, Shape
 from stp_edge.errors import BackendCallError, GraphOutputError, InferenceError
 
@@ -62,8 +62,12 @@ def _retryable(exc: Exception) -> bool:
     return not isinstance(exc, InputError) and getattr(exc, "retryable", True)
 
 
-def call_graph(runner: Runner, where: str, feeds: Mapping[str, Any], about: str = "") -> dict[str, np.ndarray]:
+def call_graph(runner: Runner, where: str, feeds: Mapping[str, Any], about: str = "",
+               keep_on_device: Sequence[str] = ()) -> dict[str, Any]:
     """`runner.infer_batched(feeds)`, retried `RETRIES` times when it raises; the first failures are logged.
+
+    With `keep_on_device`, one `runner.infer(feeds, keep_on_device=...)` instead (device outputs view the runner's
+    buffers, which its next call overwrites: they cannot be concatenated over chunks; the caller chunks).
 
     Raises:
         BackendCallError: The call and its retry failed (the original error is its `__cause__`).
@@ -71,6 +75,8 @@ def call_graph(runner: Runner, where: str, feeds: Mapping[str, Any], about: str 
     """
     for attempt in range(RETRIES + 1):
         try:
+            if keep_on_device:
+                return runner.infer(feeds, keep_on_device=keep_on_device)
             return runner.infer_batched(feeds)
         except Exception as exc:
             if not _retryable(exc):
@@ -86,7 +92,11 @@ def _shape_problem(value: Any, shape: Shape, dims: Mapping[str, int], returned: 
     """Why an output's array breaks its contract shape (dims: the sizes of the symbolic axes as fed), or None."""
     if value is None:
         return f"missing (the graph returned {sorted(returned)})"
-    arr = np.asarray(value)
+    if is_device_array(value):  # a stand-in of its shape and dtype (no memory): its values stay on the device
+        shape_, dtype, _ = feed_layout(value)
+        arr = np.broadcast_to(np.empty((), dtype), shape_)
+    else:
+        arr = np.asarray(value)
     if arr.dtype.kind != "f":
         return f"dtype {arr.dtype.name}, expected float32"
     want = [d if isinstance(d, int) else dims.get(d) for d in shape]
@@ -155,6 +165,8 @@ def check_outputs(graph: str, where: str, outputs: Mapping[str, Any], expected: 
     for name, shape in expected.items():
         whole = _shape_problem(outputs.get(name), shape, dims, list(outputs))
         rng = OUTPUT_RANGES.get(graph, {}).get(name, OutputRange())
+        if whole is None and is_device_array(outputs[name]):
+            continue  # kept on the device: its shape is checked here, its values where they are read back
         arr = None if whole else np.asarray(outputs[name])
         if arr is not None and value_problem(arr, rng) is None:
             continue  # the common case: the whole output is fine
@@ -175,9 +187,12 @@ def output_error(problems: Sequence[str | None]) -> GraphOutputError:
 
 
 def run_graph(runner: Runner, graph: str, feeds: Mapping[str, Any], *, expected: Mapping[str, Shape],
-              dims: Mapping[str, int], items: Sequence[Item],
-              on_error: OnError | None = None) -> tuple[dict[str, np.ndarray] | None, list[str | None]]:
+              dims: Mapping[str, int], items: Sequence[Item], on_error: OnError | None = None,
+              keep_on_device: Sequence[str] = ()) -> tuple[dict[str, Any] | None, list[str | None]]:
     """Call a graph (one retry) and check its outputs for `items`: the one door of every stage to its graph.
+
+    `keep_on_device`: outputs left on the GPU (`Runner.infer`); their names, dtypes and shapes are checked here,
+    their values by whoever reads them back (the device feature ring's check copy, `stp_edge.pipeline.device`).
 
     Returns:
         The outputs (None when the call failed) and one problem per item (None: its values can be used).
@@ -191,7 +206,7 @@ def run_graph(runner: Runner, graph: str, feeds: Mapping[str, Any], *, expected:
     labels = list(dict.fromkeys(item.label for item in items))
     about = f" for {labels[0]}" + (f" and {len(labels) - 1} more" if len(labels) > 1 else "") if labels else ""
     try:
-        outputs = call_graph(runner, where, feeds, about)
+        outputs = call_graph(runner, where, feeds, about, keep_on_device)
     except BackendCallError as exc:
         if on_error is None:
             raise

@@ -19,7 +19,6 @@ the region features (no second call, nothing cut from the centre image).
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from stp_edge.bundle.contract import expected_io
 from stp_edge.bundle.preprocessing import PreprocessSpec, view_roles
 from stp_edge.config import STPromptConfig
 from stp_edge.errors import UsageError
+from stp_edge.frames import DeviceNV12Frame
 from stp_edge.geometry import bilinear_matrix, crop_windows
 from stp_edge.pipeline.calls import Item, OnError, run_graph
 from stp_edge.pipeline.snippets import Snippet
@@ -105,8 +105,10 @@ def make_preprocess(kind: str | Preprocess, image_size: int, *, backend: str, ho
     if kind == "auto":
         kind = "cpu"
         # The CUDA kernel feeds TensorRT on the device; host crops need the preprocessed images on the host.
-        if backend == "trt" and not host_crops and importlib.util.find_spec("pycuda") is not None:
-            kind = "cuda"
+        if backend == "trt" and not host_crops:
+            from stp_edge.cuda.binding import available_bindings
+
+            kind = "cuda" if available_bindings() else "cpu"
     if kind == "cpu":
         from stp_edge.preprocess import CpuPreprocessor
 
@@ -251,6 +253,14 @@ class Encoder:
         callable gets them as they are.
         """
         run = getattr(self.preprocess, "_from_valid", self.preprocess)
+        device = [isinstance(f, DeviceNV12Frame) for f in frames]
+        if any(device):  # NVDEC's frames, on the GPU: gathered there and preprocessed by the CUDA kernel
+            run = getattr(self.preprocess, "from_device_nv12", None)
+            if run is None or not all(device):
+                raise UsageError(
+                    "frames decoded on the GPU (NVDEC, device NV12) reach the encoder, but "
+                    + (f"the preprocessing is {preprocess_name(self.preprocess)}: use preprocess='cuda'" if run is None
+                       else "in a batch with host frames: decode every source of a detector the same way"))
         if getattr(self.runner, "waits_on_feed_streams", False) and hasattr(self.preprocess, "stream_handle"):
             return run(frames, sync=False)
         return run(frames)

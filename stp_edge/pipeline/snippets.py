@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from stp_edge.errors import UsageError
-from stp_edge.frames import FrameError, LazyFrame
+from stp_edge.frames import DeviceNV12Frame, FrameError, LazyFrame
 
 SAMPLINGS = ("center", "keyframe", "auto")
 """The sampling options: the frame(s) each snippet samples (see the module docstring)."""
@@ -76,8 +76,8 @@ def is_lazy(frame: Any) -> bool:
 
 
 def is_key(frame: Any) -> bool:
-    """True for a lazy frame that says it is a keyframe (`DecodedFrame.key`; arrays and `EncodedFrame`s say not)."""
-    return is_lazy(frame) and getattr(frame, "key", None) is True
+    """True for a lazy or device frame that says it is a keyframe (`DecodedFrame.key`, `DeviceNV12Frame.key`)."""
+    return (is_lazy(frame) or isinstance(frame, DeviceNV12Frame)) and getattr(frame, "key", None) is True
 
 
 class _Decoded(LazyFrame):
@@ -256,6 +256,9 @@ class SnippetAssembler:
                 self._keep_scratch(frame, pos)
 
     def _keep_scratch(self, frame: np.ndarray, pos: int) -> None:
+        if isinstance(frame, DeviceNV12Frame):  # immutable, owns its device memory: kept as it is
+            self._last, self._last_at = frame, pos
+            return
         if self._scratch is None or self._scratch.shape != frame.shape:
             self._scratch = np.empty_like(frame)
         np.copyto(self._scratch, frame)

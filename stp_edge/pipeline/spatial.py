@@ -10,8 +10,9 @@ the whole frame with region extent "frame") is the boxes stage's `region_cells`.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,9 +60,11 @@ class SpatialHead:
     are checked against `outputs` (`expected_io(config)["spatial"]["outputs"]`) and their ranges.
     """
 
-    def __init__(self, runner: Runner, outputs: dict[str, Shape]) -> None:
+    def __init__(self, runner: Runner, outputs: dict[str, Shape], *,
+                 stack: Callable[[list[Any]], Any] = np.stack) -> None:
         self.runner = runner
         self.outputs = outputs
+        self.stack = stack  # region features -> one batch feed (the device path: in place, or gathered on the GPU)
 
     def __call__(self, region_emb: Sequence[np.ndarray], labels: Sequence[str] | None = None, *,
                  on_error: OnError | None = None) -> list[SpatialOutput]:
@@ -73,7 +76,7 @@ class SpatialHead:
             return []
         labels = list(labels) if labels is not None else [f"snippet {i}" for i in range(len(region_emb))]
         t0 = time.perf_counter()
-        res, problems = run_graph(self.runner, "spatial", {"region_emb": np.stack(region_emb)},
+        res, problems = run_graph(self.runner, "spatial", {"region_emb": self.stack(list(region_emb))},
                                   expected=self.outputs, dims={"B": len(region_emb)},
                                   items=[Item(label, (i,)) for i, label in enumerate(labels)], on_error=on_error)
         ms = (time.perf_counter() - t0) * 1e3

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +97,13 @@ class FeatureRing:
 
     def window(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """frame_emb [hi-lo, E] and region_emb [hi-lo, R2, E] of snippets [lo, hi), in order."""
+        self._check_window(lo, hi)
+        assert self._frame is not None and self._region is not None
+        idx = np.arange(lo, hi) % self.capacity
+        return self._frame[idx], self._region[idx]
+
+    def _check_window(self, lo: int, hi: int) -> None:
+        """Refuse a window with snippets not held (overwritten, not yet written) or without features."""
         oldest = max(0, self.count - self.capacity)
         if not (oldest <= lo < hi <= self.count):
             raise UsageError(f"FeatureRing: window [{lo}, {hi}) is not held; the ring holds snippets "
@@ -103,9 +111,6 @@ class FeatureRing:
         missing = sorted(m for m in self._missing if lo <= m < hi)
         if missing:
             raise UsageError(f"FeatureRing: window [{lo}, {hi}) includes snippet(s) {missing} without features")
-        assert self._frame is not None and self._region is not None
-        idx = np.arange(lo, hi) % self.capacity
-        return self._frame[idx], self._region[idx]
 
     def get(self, snippet: int) -> tuple[np.ndarray, np.ndarray]:
         """Features of one snippet."""
@@ -197,11 +202,16 @@ class TemporalHead:
         runner: The temporal graph.
         outputs: Output name -> contract shape (`expected_io(config)["temporal"]["outputs"]`), which the outputs
             are checked against, with their ranges (`stp_edge.pipeline.calls.run_graph`).
+        stack: Windows' arrays -> one batch feed (np.stack; the device feature path binds one window in place
+            and gathers several on the device: `stp_edge.pipeline.device`).
+        row: (array, i) -> its row i (the target snippet's region features).
     """
 
-    def __init__(self, runner: Runner, outputs: dict[str, Shape]) -> None:
+    def __init__(self, runner: Runner, outputs: dict[str, Shape], *, stack: Callable[[list[Any]], Any] = np.stack,
+                 row: Callable[[Any, int], Any] = lambda a, i: a[i]) -> None:
         self.runner = runner
         self.outputs = outputs
+        self.stack, self.row = stack, row
 
     def __call__(self, windows: Sequence[Window], *, on_error: OnError | None = None) -> list[TemporalOutput]:
         """One output per window, in order; without `on_error` a failed or invalid call raises.
@@ -210,15 +220,15 @@ class TemporalHead:
         """
         groups: dict[int, list[int]] = defaultdict(list)
         for i, w in enumerate(windows):
-            groups[len(w.frame_emb)].append(i)
+            groups[int(w.frame_emb.shape[0])].append(i)
         out: list[TemporalOutput | None] = [None] * len(windows)
         for length, members in groups.items():
             t0 = time.perf_counter()
             items = [Item(windows[i].label, (g, windows[i].position)) for g, i in enumerate(members)]
             res, problems = run_graph(
                 self.runner, "temporal",
-                {"frame_emb": np.stack([windows[i].frame_emb for i in members]),
-                 "region_emb": np.stack([windows[i].region_emb for i in members])},
+                {"frame_emb": self.stack([windows[i].frame_emb for i in members]),
+                 "region_emb": self.stack([windows[i].region_emb for i in members])},
                 expected=self.outputs, dims={"B": len(members), "T": length}, items=items, on_error=on_error)
             ms = (time.perf_counter() - t0) * 1e3
             for g, i in enumerate(members):
@@ -226,9 +236,9 @@ class TemporalHead:
                 if problems[g] is not None or res is None:
                     k = self.outputs["class_probs"][-1]
                     out[i] = TemporalOutput(float("nan"), np.full(k if isinstance(k, int) else 0, np.nan, np.float32),
-                                            w.region_emb[w.position], ms, problems[g] or "no output")
+                                            self.row(w.region_emb, w.position), ms, problems[g] or "no output")
                 else:
                     out[i] = TemporalOutput(float(res["score"][g, w.position]),
                                             np.asarray(res["class_probs"][g, w.position], dtype=np.float32),
-                                            w.region_emb[w.position], ms)
+                                            self.row(w.region_emb, w.position), ms)
         return out  # type: ignore[return-value]

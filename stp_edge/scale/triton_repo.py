@@ -114,8 +114,11 @@ def engine_max_batch(engine: EngineInfo, graph: str) -> int | None:
 
 
 def encoder_images_per_snippet(bundle: Bundle) -> int:
-    """Images one snippet sends through the encoder: sampled frames x views (`PreprocessSpec.views`, the region
-    windows of region extent "frame" included) x R2 crops of each when the bundle cuts crops on the host."""
+    """Images one snippet sends through the encoder.
+
+    Sampled frames x views (`PreprocessSpec.views`, the region windows of region extent "frame" included) x R2
+    crops of each when the bundle cuts crops on the host.
+    """
     crops = bundle.config.num_regions if bundle.host_crops else 1
     return bundle.config.frames_per_snippet * bundle.preprocess_spec.views * crops
 
