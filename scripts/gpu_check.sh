@@ -100,7 +100,7 @@ run_checks() {
     phase install "$([ "$BINDING" = pycuda ] && echo 150 || echo 40)" env PYTHON="$PY" DEPS="$DEPS" WHEELS="$WHEELS" BINDING="$BINDING" scripts/gpu_install.sh
     phase kernels 90 "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_cuda_gpu.py tests/test_gpu_path.py \
         tests/test_cuda_binding.py tests/test_device_ring.py tests/test_cuda_graphs.py --junitxml "$WORK/kernels.xml"
-    phase timings 45 "$PY" scripts/gpu_phases.py timings --repeats 20 --out "$WORK/timings.json"
+    phase timings 60 "$PY" scripts/gpu_phases.py timings --repeats 20 --out "$WORK/timings.json"
     phase encoder 40 "$PY" scripts/gpu_phases.py encoder --out "$WORK/encoder.json"
     # NVDEC through PyNvVideoCodec: the image lacks it, so `prepare` carries its wheel (a skip counts as a failure).
     phase nvdec 45 bash -c "'$PY' -m pip install --quiet --no-deps --target '$DEPS' $NVDEC_WHEELS 2>&1 | tail -2; \

@@ -4,7 +4,8 @@
     sanitize  two kernel cases (BGR 1080p batch 2, NV12 480p batch 1) for compute-sanitizer to watch
     thread    the CUDA preprocessor built on the main thread, called from a second one, vs the main thread
     encoder   CUDA-preprocessed images fed zero-copy to the torch reference ViT-B/16 on the GPU vs the CPU path
-    timings   preprocess 1080p->224 (batch 1, 16); torch fp16 ViT-B/16 (batch 1, 16), eager and CUDA graphs
+    timings   preprocess 1080p->224 (batch 1, 16): host frames in, kernel-only (CUDA events), H2D of the upload
+              window, one snippet end to end (kernel -> fp16 ViT-B/16 by DLPack); the ViT eager and CUDA graphs
     junit     summarise a pytest JUnit XML file; a skipped test counts as a failure (a GPU check that skips
               checked nothing)
     merge     fold the phases' records and results in a scratch folder into the one results file
@@ -137,7 +138,8 @@ def phase_encoder() -> dict[str, Any]:
             "ok": pixel <= 2e-2 and rel <= 1e-3 and rel_p <= 1e-3}
 
 
-def _cuda_ms(fn: Callable[[], Any], repeats: int) -> float:
+def _cuda_ms(fn: Callable[[], Any], repeats: int, stream: Any = None) -> float:
+    """Median GPU time of `fn`'s work in ms: CUDA events recorded on `stream` (torch's current one by default)."""
     import torch
 
     fn()
@@ -145,11 +147,22 @@ def _cuda_ms(fn: Callable[[], Any], repeats: int) -> float:
     samples = []
     for _ in range(repeats):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start.record(stream)
         fn()
-        stop.record()
+        stop.record(stream)
         stop.synchronize()
         samples.append(start.elapsed_time(stop))
+    return statistics.median(samples)
+
+
+def _wall_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of `fn` in ms (it returns synchronised), after one warm-up call."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(samples)
 
 
@@ -157,19 +170,33 @@ def phase_timings(repeats: int) -> dict[str, Any]:
     import torch
 
     from stp_edge.cuda import CudaPreprocessor
+    from stp_edge.cuda.preprocess import upload_window
 
-    out: dict[str, Any] = {"repeats": repeats, "preprocess_1080p_ms": {}, "vit_b16_fp16_ms": {}}
+    out: dict[str, Any] = {"repeats": repeats, "preprocess_1080p_ms": {}, "preprocess_kernels_1080p_ms": {},
+                           "h2d_window_1080p_ms": {}, "snippet_e2e_1080p_ms": {}, "vit_b16_fp16_ms": {}}
+    vit = _vit(torch.float16)
     with CudaPreprocessor(224, max_batch=16) as pre:
+        ext = torch.cuda.ExternalStream(pre.stream_handle)
         for b in (1, 16):
             batch = frames(b)
-            pre(batch)
-            t = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                pre(batch)  # host frames in, synchronised: what the runtime pays per call
-                t.append((time.perf_counter() - t0) * 1e3)
-            out["preprocess_1080p_ms"][str(b)] = statistics.median(t)
-    vit = _vit(torch.float16)
+            out["preprocess_1080p_ms"][str(b)] = _wall_ms(lambda batch=batch: pre(batch), repeats)  # host frames in
+            # Kernel-only: frames already on the device, CUDA events on the preprocessor's own stream.
+            h, w = batch[0].shape[:2]
+            dev = torch.from_numpy(np.stack(batch)).cuda()
+            torch.cuda.synchronize()
+            out["preprocess_kernels_1080p_ms"][str(b)] = _cuda_ms(
+                lambda dev=dev, b=b, h=h, w=w: pre.run_device(dev.data_ptr(), b, h, w, pitch=w * 3,
+                                                              frame_stride=h * w * 3, sync=False), repeats, ext)
+            # H2D of what an upload moves: the window the resize reads, from pinned memory.
+            r0, r1, c0, c1 = upload_window(h, w, pre.spec)
+            host = torch.from_numpy(np.stack([f[r0:r1, c0:c1] for f in batch])).pin_memory()
+            out["h2d_window_1080p_ms"][str(b)] = _cuda_ms(lambda host=host: host.to("cuda", non_blocking=True),
+                                                          repeats)
+            # One snippet per camera end to end as far as this image allows (no TensorRT): host frames -> the
+            # CUDA kernel -> the fp16 ViT-B/16 (handed over by DLPack, no copy) -> frame embeddings on the host.
+            with torch.no_grad():
+                out["snippet_e2e_1080p_ms"][str(b)] = _wall_ms(
+                    lambda batch=batch: vit(torch.from_dlpack(pre(batch, sync=False)).half()).float().cpu(), repeats)
     with torch.no_grad():
         for b in (1, 16):
             x = torch.randn(b, 3, 224, 224, device="cuda", dtype=torch.float16)

@@ -630,6 +630,16 @@ def test_staging_is_sized_to_the_batch_used_not_the_max():
     assert before > 99e6 and one_camera < 3.6e6
 
 
+def test_staging_is_two_slots_and_an_integrated_gpu_copies_nothing():
+    """Double buffering costs a second slot; on Jetson (mapped pinned memory, read in place) no device buffer."""
+    from stp_edge.cuda.staging import SLOTS, staging_bytes
+
+    frame = 1080 * 1096 * 3  # the upload window of one 1080p frame
+    assert SLOTS == 2
+    assert staging_bytes(frame, 1, mapped=False) == (2 * frame, 2 * frame)
+    assert staging_bytes(frame, 4, mapped=True) == (8 * frame, 0)
+
+
 def test_ort_trt_fp16_is_reachable_from_the_cli_and_detector_load(handmade_bundle):
     """`stp-edge run --ort-trt-fp16` -> Detector.load(ort_trt_fp16=True) -> the runners' TensorRT provider option."""
     import inspect

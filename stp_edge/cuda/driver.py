@@ -259,6 +259,7 @@ _SIGNATURES: dict[str, tuple[Any, ...]] = {
     "cuStreamWaitEvent": (_P, _P, _UI),
     "cuEventDestroy_v2": (_P,),
     "cuStreamSynchronize": (_P,),
+    "cuMemHostGetDevicePointer_v2": (ctypes.POINTER(_U64), _P, _UI),
     # CUDA graphs (stp_edge.cuda.graphs)
     "cuStreamBeginCapture_v2": (_P, _I),
     "cuStreamEndCapture": (_P, ctypes.POINTER(_P)),

@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from stp_edge.cuda.context import PrimaryContext
+from stp_edge.cuda.driver import Driver
 from stp_edge.cuda.kernels import BLOCK, grid_h, grid_v, load_kernels
 from stp_edge.cuda.memory import DeviceArray
+from stp_edge.cuda.staging import DeviceStaging, UploadStaging
 from stp_edge.cuda.streams import new_stream
 from stp_edge.errors import UsageError
 from stp_edge.frames import validate_frame
@@ -155,7 +157,10 @@ class CudaPreprocessor:
             with self.current():
                 self.kernels = load_kernels(fatbin, binding=self._context.binding)
                 self.stream = stream if stream is not None else new_stream(cuda)
-                self._copied = cuda.Event()
+                self._copy_stream = new_stream(cuda)  # uploads overlap the previous call's kernels
+                # Jetson's GPU shares the CPU's memory: staging is mapped pinned memory, read in place.
+                self.integrated = bool(cuda.Device(self.device).get_attribute(cuda.device_attribute.INTEGRATED))
+                self._drv = Driver()
                 self._out = cuda.mem_alloc(self.views * self.max_batch * 3 * self.image_size**2 * self.dtype.itemsize)
         except BaseException:
             self._context.release()
@@ -182,14 +187,15 @@ class CudaPreprocessor:
             for plans in self._plans.values():
                 for plan in plans:
                     plan.free()
-            for _, dev in self._staging.values():
-                dev.free()
+            self._copy_stream.synchronize()
+            for item in self._staging.values():
+                item.free()
             for buf in (self._mid, self._out):
                 if buf is not None:
                     buf.free()
             self._plans.clear()
             self._staging.clear()
-            self._mid, self._out, self.stream, self._copied, self.kernels = None, None, None, None, None
+            self._mid, self._out, self.stream, self._copy_stream, self.kernels = None, None, None, None, None
         self._context.release()
 
     def __enter__(self) -> CudaPreprocessor:
@@ -223,12 +229,14 @@ class CudaPreprocessor:
         """`__call__` of frames `validate_frame` returned, not checked again: the entry of the encode stage."""
         h, w = self._common_shape([f.shape for f in frames])[:2]
         r0, r1, c0, c1 = upload_window(h, w, self.spec)
-        dev = int(self._upload([f[r0:r1, c0:c1] for f in frames]))
+        dev, consumed = self._upload([f[r0:r1, c0:c1] for f in frames])
         pitch = (c1 - c0) * 3
         # The taps address whole-frame rows and columns: hand the kernel the address where the whole frame
         # would start, so row r0, column c0 lands on the window's first byte (only window bytes are read).
         origin = dev - r0 * pitch - c0 * 3
-        return self._run(origin, len(frames), h, w, pitch, (r1 - r0) * pitch, "bgr8", None, "bt601", False, sync)
+        out = self._run(origin, len(frames), h, w, pitch, (r1 - r0) * pitch, "bgr8", None, "bt601", False, sync)
+        consumed.record(self.stream)  # the staging slot is free again once these kernels are done
+        return out
 
     @_in_context
     def from_nv12(
@@ -247,11 +255,13 @@ class CudaPreprocessor:
                 raise UsageError(f"frame {i}: {exc}") from None
         rows, w = self._common_shape([f.shape for f in frames])
         h = rows * 2 // 3
-        dev = self._upload(frames)
-        return self.run_device(
+        dev, consumed = self._upload(frames)
+        out = self.run_device(
             dev, len(frames), h, w, pitch=w, frame_stride=rows * w, fmt="nv12", uv_offset=h * w,
             matrix=matrix, full_range=full_range, sync=sync,
         )  # fmt: skip
+        consumed.record(self.stream)
+        return out
 
     @_in_context
     def from_device_nv12(self, frames: Sequence[Any], sync: bool = True) -> DeviceArray:
@@ -263,7 +273,6 @@ class CudaPreprocessor:
         with the stream's matrix and range. No host round trip. The staging buffer is sized for the batch used
         (`staging_frames`) and kept with the host frames' staging buffers (freed by `close`).
         """
-        from stp_edge.cuda.driver import Driver
         from stp_edge.cuda.nv12 import batch_layout, gather_nv12
 
         frames = list(frames)
@@ -277,10 +286,8 @@ class CudaPreprocessor:
             f.check(f"device NV12 frame {i}")
         capacity = staging_frames(len(frames), self.max_batch)
         key = (("nv12-device", layout.height, layout.width), capacity)
-        _, dev = self._staging.get(key, lambda: (None, self._cuda.mem_alloc(layout.nbytes(capacity))))
-        if getattr(self, "_nv12_driver", None) is None:
-            self._nv12_driver = Driver()
-        gather_nv12(self._nv12_driver, frames, int(dev), layout, self.stream_handle)
+        dev = self._staging.get(key, lambda: DeviceStaging(self._cuda.mem_alloc(layout.nbytes(capacity)))).dev
+        gather_nv12(self._drv, frames, int(dev), layout, self.stream_handle)
         first = frames[0]
         return self.run_device(int(dev), len(frames), layout.height, layout.width, pitch=layout.pitch,
                                frame_stride=layout.frame_stride, fmt="nv12", uv_offset=layout.uv_offset,
@@ -396,11 +403,12 @@ class CudaPreprocessor:
         for plan in plans:
             plan.free()
 
-    def _free_staging(self, item: tuple[np.ndarray, Any]) -> None:
-        # Kernels queued after the copy read the device staging buffer: wait for the stream, not only the
+    def _free_staging(self, item: Any) -> None:
+        # Kernels queued after the copy read the device staging buffer: wait for both streams, not only the
         # copy's event (cuMemFree's implicit synchronisation is not a documented guarantee to lean on).
+        self._copy_stream.synchronize()
         self.stream.synchronize()
-        item[1].free()
+        item.free()
 
     def _mid_buffer(self, nbytes: int) -> int:
         if nbytes > self._mid_bytes:
@@ -410,23 +418,16 @@ class CudaPreprocessor:
             self._mid, self._mid_bytes = self._cuda.mem_alloc(nbytes), nbytes
         return int(self._mid)
 
-    def _upload(self, frames: list[np.ndarray]) -> Any:
-        """Copy frames into the pinned staging buffer of their shape and start the H2D copy."""
+    def _upload(self, frames: list[np.ndarray]) -> tuple[int, Any]:
+        """Stage frames in the next slot of their size (`stp_edge.cuda.staging`): (pointer, `consumed` event).
+
+        The caller records `consumed` on the stream after the kernels that read the pointer.
+        """
         shape = frames[0].shape
         capacity = staging_frames(len(frames), self.max_batch)
-
-        def make() -> tuple[np.ndarray, Any]:
-            host = self._cuda.pagelocked_empty((capacity, *shape), np.uint8)
-            return host, self._cuda.mem_alloc(host.nbytes)
-
-        host, dev = self._staging.get((shape, capacity), make)
-        self._copied.synchronize()  # the previous async copy may still read the staging buffer
-        n = len(frames)
-        for b, f in enumerate(frames):
-            host[b] = f
-        self._cuda.memcpy_htod_async(dev, host[:n], self.stream)
-        self._copied.record(self.stream)
-        return dev
+        staging = self._staging.get((shape, capacity), lambda: UploadStaging(
+            self._cuda, self._drv, shape, capacity, mapped=self.integrated))
+        return staging.upload(frames, self.stream, self._copy_stream)
 
     def _as_list(self, frames: Any, ndim: int) -> list[np.ndarray]:
         if isinstance(frames, np.ndarray):
