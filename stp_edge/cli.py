@@ -297,7 +297,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from stp_edge.bundle.preprocessing import describe_coverage
     from stp_edge.machine import describe_form
     from stp_edge.outputs import output_kind
-    from stp_edge.run import available_cores, open_sources, plan_threads
+    from stp_edge.run import available_cores, light_decode, open_sources, plan_threads
     from stp_edge.video import Backoff
 
     out = out or sys.stdout
@@ -316,7 +316,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                         connect_timeout_s=args.connect_timeout)
     count = _count_sources(specs)
     plan = None if args.threads is not None else plan_threads(available_cores(), count,
-                                                               light=count if args.decode == "keyframes" else 0)
+                                                               light=count if light_decode(args.decode, args.decoder)
+                                                               else 0)
     with Detector.load(bundle, backend=args.backend, preprocess=args.preprocess, device=args.device,
                        spatial_on=args.spatial, lookahead=args.lookahead,
                        allow_host_code=args.allow_host_code, limits=limits, on_invalid=args.on_invalid,

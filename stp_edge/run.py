@@ -182,9 +182,19 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def light_decode(decode: str | None, decoder: str | None = None) -> bool:
+    """Whether a source read this way costs the CPU next to nothing (`plan_threads`' light sources).
+
+    Keyframes only: one frame in a keyframe interval is decoded. NVDEC: the GPU decodes, the CPU only demuxes.
+    The one rule for sources not yet open (the CLI's options, a deployment's inputs, the capacity benchmark) and
+    open ones (`light_sources`).
+    """
+    return decode == "keyframes" or decoder == "nvdec"
+
+
 def light_sources(sources: Sequence[Any]) -> int:
-    """How many of `sources` decode keyframes only (`plan_threads`' light sources)."""
-    return sum(getattr(src, "decode_mode", "full") == "keyframes" for src in sources)
+    """How many of the open `sources` are light (`light_decode` of their decode mode and decoder)."""
+    return sum(light_decode(getattr(src, "decode_mode", "full"), getattr(src, "decoder", None)) for src in sources)
 
 
 def plan_threads(cores: int, sources: int, light: int = 0) -> ThreadPlan:

@@ -25,3 +25,14 @@ def cuda_driver_or_skip():
     except (drv.Error, DriverNotFoundError) as exc:
         pytest.skip(f"CUDA driver unavailable ({name}): {exc}")
     return drv
+
+
+def cupy_or_skip(purpose: str):
+    """CuPy with at least one CUDA device (the GPU tests that make device memory with CuPy's kernels), else skip."""
+    cupy = pytest.importorskip("cupy", reason=f"{purpose} uses CuPy's kernels")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        pytest.skip(f"no CUDA device: {exc}")
+    return cupy

@@ -58,6 +58,20 @@ def test_plan_threads_reserves_no_core_for_keyframes_only_decoders(cores, source
     assert plan_threads(cores, sources, light=0).intra_op <= intra_op
 
 
+def test_one_rule_says_which_sources_are_light_before_and_after_they_open():
+    """Keyframes-only decoding and NVDEC (the CPU only demuxes) are light; the CLI, the service and the capacity
+    benchmark ask `light_decode` of their options, `light_sources` asks it of open sources."""
+    from types import SimpleNamespace
+
+    from stp_edge.run import light_decode, light_sources
+
+    assert light_decode("keyframes") and light_decode("full", "nvdec") and light_decode("keyframes", "pyav")
+    assert not light_decode("full") and not light_decode("nonref", "pyav") and not light_decode(None, "auto")
+    opened = [SimpleNamespace(decode_mode="keyframes", decoder="pyav"), SimpleNamespace(decode_mode="full",
+              decoder="nvdec"), SimpleNamespace(decode_mode="full", decoder="opencv"), object()]
+    assert light_sources(opened) == 2
+
+
 @pytest.mark.parametrize(("cores", "sources", "light"), [(0, 1, 0), (-1, 1, 0), (2, -1, 0), (2.5, 1, 0),
                                                          (True, 1, 0), (2, None, 0), (2, 2, 3), (2, 2, -1)])
 def test_plan_threads_refuses_nonsense(cores, sources, light):

@@ -69,12 +69,9 @@ def test_the_key_changes_with_every_shape_address_and_profile_and_not_with_order
 
 @pytest.mark.gpu
 def test_capture_and_replay_of_real_kernels_give_the_eager_result():
-    cupy = pytest.importorskip("cupy", reason="the GPU check of CUDA graphs uses CuPy's kernels")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError as exc:
-        pytest.skip(f"no CUDA device: {exc}")
+    from cuda_driver import cupy_or_skip
+
+    cupy = cupy_or_skip("the GPU check of CUDA graphs")
     stream = cupy.cuda.Stream(non_blocking=True)
     rng = np.random.default_rng(0)
     x = cupy.asarray(rng.standard_normal(1 << 18).astype(np.float32))

@@ -497,13 +497,9 @@ def test_device_outputs_are_checked_for_shape_and_left_alone_for_values():
 
 # --- on a GPU: the real ring on device memory written by CuPy kernels ------------------------------------
 def _cupy():
-    cupy = pytest.importorskip("cupy", reason="the GPU check of the device ring uses CuPy's kernels")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError as exc:
-        pytest.skip(f"no CUDA device: {exc}")
-    return cupy
+    from cuda_driver import cupy_or_skip
+
+    return cupy_or_skip("the GPU check of the device ring")
 
 
 def _read(cupy, arr: DeviceArray, reader, drv, event) -> np.ndarray:

@@ -44,7 +44,7 @@ from stp_edge.apps.snapshots import SnapshotKeeper, write_snapshot
 from stp_edge.frames import FrameError
 from stp_edge.outputs import AtomicTextFile
 from stp_edge.records import SCHEMA_VERSION, rfc3339
-from stp_edge.run import SourceRun, available_cores, open_sources, plan_threads, run_video
+from stp_edge.run import SourceRun, available_cores, light_decode, open_sources, plan_threads, run_video
 from stp_edge.video import parse_source
 
 log = logging.getLogger(__name__)
@@ -346,7 +346,8 @@ class Deployment:
         kwargs = {"backend": self.config.backend, **self.load_kwargs}
         keyframes = sum(c.cfg.detect.decode == "keyframes" for c in cams)
         if kwargs.get("threads") is None:
-            kwargs["threads"] = plan_threads(available_cores(), len(cams), light=keyframes).intra_op
+            light = sum(light_decode(c.cfg.detect.decode, c.cfg.detect.decoder) for c in cams)
+            kwargs["threads"] = plan_threads(available_cores(), len(cams), light=light).intra_op
         if keyframes:  # keyframes-only inputs sample each snippet's keyframe where their stream allows it
             kwargs.setdefault("sampling", "auto")
         try:

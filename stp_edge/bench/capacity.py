@@ -364,7 +364,7 @@ def capacity(bundle, clip: str | os.PathLike, fps: float, *, read: str = "opencv
     (`binding_resource` at "binding_at": the first N that fell behind, else the largest N tried)}.
     """
     from stp_edge.api import Detector
-    from stp_edge.run import available_cores, plan_threads
+    from stp_edge.run import available_cores, light_decode, plan_threads
 
     if read not in READ_MODES:
         raise UsageError(f"read must be one of {list(READ_MODES)}, got {read!r}")
@@ -379,7 +379,8 @@ def capacity(bundle, clip: str | os.PathLike, fps: float, *, read: str = "opencv
         while len(ports) < n:  # distinct: a port handed out twice would be "listening" for the wrong ffmpeg
             ports.add(free_port())
         servers = [CameraServer(clip, port=p, log=log) for p in sorted(ports)]
-        plan = plan_threads(available_cores(), n, light=n if options.get("decode") == "keyframes" else 0)
+        plan = plan_threads(available_cores(), n, light=n if light_decode(options.get("decode"), options.get("decoder"))
+                            else 0)
         try:
             for s in servers:
                 s.start()
