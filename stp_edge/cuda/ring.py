@@ -173,6 +173,7 @@ class DeviceRing:
         driver.call("cuMemAlloc_v2", ctypes.byref(ptr), layout.nbytes)
         self.ptr = int(ptr.value)
         host = _P()
+        self._host = self._event = self._wait_event = 0
         try:
             self._check_bytes = layout.capacity * (layout.frame_row + layout.region_row)
             driver.call("cuMemAllocHost_v2", ctypes.byref(host), self._check_bytes)
@@ -180,8 +181,12 @@ class DeviceRing:
             self._event = driver.new_event()
             self._wait_event = driver.new_event()
             self._poison()
-        except BaseException:
-            driver.call("cuMemFree_v2", self.ptr)
+        except BaseException:  # free what was made, in reverse; each release best effort (the first error wins)
+            for name, handle in (("cuStreamDestroy_v2", self._own_stream), ("cuEventDestroy_v2", self._wait_event),
+                                 ("cuEventDestroy_v2", self._event), ("cuMemFreeHost", self._host),
+                                 ("cuMemFree_v2", self.ptr)):
+                if handle:
+                    getattr(driver, name)(handle)
             raise
         floats = self._check_bytes // 4
         self._checks = np.ctypeslib.as_array((ctypes.c_float * floats).from_address(self._host))
