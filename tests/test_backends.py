@@ -119,7 +119,8 @@ def test_a_backend_that_cannot_run_names_only_what_it_lacks():
     """`--backend ort-cuda` without CUDAExecutionProvider names that provider and onnxruntime-gpu, not the TensorRT
     or pycuda that only `trt` needs (and `trt` names those, not onnxruntime)."""
     lacking = Availability(onnxruntime=True, ort_providers=("AzureExecutionProvider", "CPUExecutionProvider"),
-                           reasons=("TensorRT: No module named 'tensorrt'", "pycuda/GPU: No module named 'pycuda'"))
+                           reasons=("TensorRT: No module named 'tensorrt'",
+                                    "CUDA binding (pycuda or cuda-python)/GPU: No module named 'pycuda'"))
     for backend, provider in (("ort-cuda", "CUDAExecutionProvider"), ("ort-trt", "TensorrtExecutionProvider")):
         with pytest.raises(ValueError, match="cannot run here") as err:
             select_backend(backend, lacking)

@@ -22,6 +22,7 @@ from typing import Any
 from stp_edge.backends.calls import CallLimits, stop_calls_on
 from stp_edge.errors import UsageError
 
+CUDA_REASON = "CUDA binding (pycuda or cuda-python)/GPU"  # how a reason names a missing binding, driver or GPU
 BACKENDS = ("trt", "ort-cuda", "ort-trt", "ort-cpu", "openvino", "openvino-gpu")
 OPENVINO_DEVICES = {"openvino": "CPU", "openvino-gpu": "GPU"}
 BACKEND_CHOICES = ("auto", "ort", *BACKENDS)
@@ -93,8 +94,9 @@ def select_backend(requested: str, available: Availability) -> str:
 def why_not(backend: str, available: Availability) -> str:
     """Why `backend` cannot run here, naming only what that backend needs (not the other backends' gaps)."""
     if backend == "trt":
-        reasons = [r for r in available.reasons if r.startswith(("TensorRT", "pycuda"))]
-        return "; ".join(reasons) or "TensorRT, pycuda or a matching engine set is missing"
+        reasons = [r for r in available.reasons if r.startswith(("TensorRT", CUDA_REASON))]
+        return "; ".join(reasons) or ("TensorRT, a CUDA binding (pycuda or cuda-python) or a matching engine set "
+                                      "is missing")
     if backend in OPENVINO_DEVICES:
         if not available.openvino:
             return "openvino is not installed: pip install 'stp-edge[openvino]'"
@@ -140,7 +142,7 @@ def probe_availability(bundle: Any = None, device: int = 0, *, allow_host_code: 
         cuda_device_info(device)
         have_pycuda = True
     except Exception as exc:  # ImportError, or pycuda's LogicError/RuntimeError without a driver or GPU
-        reasons.append(f"pycuda/GPU: {exc}")
+        reasons.append(f"{CUDA_REASON}: {exc}")
     if bundle is not None and have_trt and have_pycuda:
         from stp_edge.bundle import EngineCompatibilityError
 
