@@ -324,7 +324,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                        threads=args.threads if plan is None else plan.intra_op,
                        sampling=getattr(args, "sampling", "center"),
                        precision=getattr(args, "precision", "exported"),
-                       ort_trt_fp16=getattr(args, "ort_trt_fp16", False)) as det:
+                       ort_trt_fp16=getattr(args, "ort_trt_fp16", False),
+                       features=getattr(args, "features", "auto")) as det:
         if args.threshold is not None:
             det.score_threshold = float(args.threshold)
         # NVDEC under --decoder auto: for one source whose detector preprocesses on CUDA (a batch mixes no
@@ -835,6 +836,10 @@ def _add_run(sub: Any) -> None:
     r.add_argument("--threads", type=int, metavar="N", help="CPU threads per operator, ONNX Runtime or OpenVINO "
                    "(default: the cores "
                    "left after one decode thread per source, at least 1)")
+    r.add_argument("--features", choices=("auto", "host", "device"), default="auto", help="where the encoder's "
+                   "features live between the stages: auto (on the GPU where the backends allow it: TensorRT, one "
+                   "frame and one frame view per snippet), host, or device (refused where it cannot run); `run` "
+                   "prints which ran and why")
     r.add_argument("--no-drop", action="store_true", help="a live source that falls behind the model waits instead "
                    "of dropping whole snippets (default: drop, counted per camera and written to --jsonl)")
     verbosity = r.add_mutually_exclusive_group()

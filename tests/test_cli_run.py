@@ -69,6 +69,15 @@ def test_run_prints_backend_preprocessing_summary_and_latency(handmade_bundle, c
     assert "events:" in out and "latency per snippet (ms)" in out and "encoder" in out
 
 
+def test_run_says_where_features_live_and_refuses_a_device_path_it_cannot_run(handmade_bundle, clip, capsys):
+    assert main(["run", str(handmade_bundle), str(clip), "--backend", "ort-cpu"]) == 0
+    assert "features: host (the encoder's backend returns host outputs)" in capsys.readouterr().out
+    assert main(["run", str(handmade_bundle), str(clip), "--backend", "ort-cpu", "--features", "host"]) == 0
+    assert "features: host (asked for)" in capsys.readouterr().out
+    assert main(["run", str(handmade_bundle), str(clip), "--backend", "ort-cpu", "--features", "device"]) == 2
+    assert "features='device' cannot run here: the encoder's backend returns host outputs" in capsys.readouterr().err
+
+
 def test_threshold_and_quiet(handmade_bundle, clip, tmp_path, capsys):
     lo, hi = tmp_path / "lo.jsonl", tmp_path / "hi.jsonl"
     assert main(["run", str(handmade_bundle), str(clip), "--backend", "ort-cpu", "--threshold", "0",
