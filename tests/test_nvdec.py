@@ -269,7 +269,7 @@ def test_cpu_preprocessing_refuses_device_frames_by_name():
 
     enc = Encoder(runner=None, preprocess=CpuPreprocessor(32), config=None)
     with pytest.raises(UsageError, match="preprocessing is cpu: use preprocess='cuda'"):
-        enc._preprocess(_device_frames(2))
+        enc.preprocess_frames(_device_frames(2))
 
 
 # --- on a GPU ------------------------------------------------------------------------------------------------------

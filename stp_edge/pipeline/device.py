@@ -230,7 +230,7 @@ class DeviceFeatures:
         for i in range(0, len(snippets), chunk):
             part = snippets[i:i + chunk]
             t0 = time.perf_counter()
-            images = enc._preprocess([f for s in part for f in s.frames])
+            images = enc.preprocess_frames([f for s in part for f in s.frames])
             t1 = time.perf_counter()
             out, bad = self._call(images, part, views, windows, on_error)
             m = len(part)

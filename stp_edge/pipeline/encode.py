@@ -197,7 +197,7 @@ class Encoder:
         timings = {"preprocess": 0.0, "encoder": 0.0}
         for i in range(0, len(frames), chunk):
             t0 = time.perf_counter()
-            images = self._preprocess(frames[i:i + chunk])
+            images = self.preprocess_frames(frames[i:i + chunk])
             t1 = time.perf_counter()
             fe, re, bad = self._view_features(images, labels[i:i + chunk], on_error)
             timings["preprocess"] += (t1 - t0) * 1e3
@@ -241,7 +241,7 @@ class Encoder:
         re = np.asarray(re, np.float32).reshape(views, n, *np.shape(re)[1:])
         return fe[list(frame_views)].mean(axis=0), re[region_view], problems
 
-    def _preprocess(self, frames: Sequence[np.ndarray]) -> Any:
+    def preprocess_frames(self, frames: Sequence[Any]) -> Any:
         """Preprocess one chunk; a CUDA preprocessor hands over by stream when the runner waits on streams.
 
         With a runner that honours the `stream` of `__cuda_array_interface__` (TensorRT), the CUDA preprocessor
