@@ -86,13 +86,11 @@ def probe_nvdec() -> NvdecProbe:
 def _gpu_count() -> int:
     """CUDA devices the driver sees (cuInit + cuDeviceGetCount through ctypes), 0 without a driver."""
     try:
-        from stp_edge.cuda.driver import load_libcuda
+        from stp_edge.cuda.driver import shared_driver
 
-        lib = load_libcuda()
-        init = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint)(("cuInit", lib))
-        count = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int))(("cuDeviceGetCount", lib))
+        drv = shared_driver()
         n = ctypes.c_int(0)
-        return n.value if init(0) == 0 and count(ctypes.byref(n)) == 0 else 0
+        return n.value if drv.cuInit(0) == 0 and drv.cuDeviceGetCount(ctypes.byref(n)) == 0 else 0
     except (OSError, AttributeError):  # no libcuda (DriverNotFoundError is an OSError), or a library without them
         return 0
 
@@ -368,7 +366,8 @@ class NvdecCapture(AvCapture):
     def _open_nvdec(self) -> None:
         import PyNvVideoCodec as nvc
 
-        from stp_edge.cuda.ring import CU_STREAM_NON_BLOCKING, RingContext
+        from stp_edge.cuda.driver import CU_STREAM_NON_BLOCKING
+        from stp_edge.cuda.ring import RingContext
 
         if self.codec not in NVDEC_CODECS:
             raise UsageError(f"{self.codec} is not a codec NVDEC decodes ({', '.join(sorted(NVDEC_CODECS))})")

@@ -13,7 +13,6 @@ one-line `CallError`.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import threading
@@ -323,13 +322,13 @@ class OrtRunner(Runner):
         """Wait on the host for device feeds produced on a stream other than the session's compute stream."""
         if self.compute_stream is None:
             return
-        from stp_edge.cuda.driver import check, load_libcuda
+        from stp_edge.cuda.driver import shared_driver
         from stp_edge.cuda.streams import producer_stream
 
         for value in feeds.values():
             stream = producer_stream(value, self.compute_stream)
             if stream is not None:
-                check(load_libcuda().cuStreamSynchronize(ctypes.c_void_p(stream)), "cuStreamSynchronize")
+                shared_driver().call("cuStreamSynchronize", stream)
 
     def _run(self, feeds: Mapping[str, Any], options: Any) -> dict[str, np.ndarray]:
         names = self.output_names_impl()

@@ -160,22 +160,8 @@ def load_libcuda() -> ctypes.CDLL:
             lib = ctypes.CDLL("libcuda.so.1")
         except OSError:
             lib = ctypes.CDLL(find_libcuda().path)
-        _declare(lib)
         _LIB = lib
     return _LIB
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    ptr, uint, pp = ctypes.c_void_p, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)
-    sigs = {
-        "cuEventCreate": [pp, uint], "cuEventRecord": [ptr, ptr], "cuStreamWaitEvent": [ptr, ptr, uint],
-        "cuEventDestroy_v2": [ptr], "cuCtxGetCurrent": [pp], "cuCtxPopCurrent_v2": [pp],
-        "cuDevicePrimaryCtxRelease_v2": [ctypes.c_int], "cuStreamSynchronize": [ptr],
-        "cuDriverGetVersion": [ctypes.POINTER(ctypes.c_int)],
-    }
-    for name, args in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, ctypes.c_int
 
 
 def check(status: int, call: str) -> None:
@@ -187,25 +173,26 @@ def check(status: int, call: str) -> None:
 def current_context() -> int:
     """The driver's current context on this thread (cuCtxGetCurrent) as int, 0 when none."""
     ctx = ctypes.c_void_p()
-    check(load_libcuda().cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+    shared_driver().call("cuCtxGetCurrent", ctypes.byref(ctx))
     return int(ctx.value or 0)
 
 
 def pop_context() -> int:
     """Pop the driver's current context off this thread's stack (cuCtxPopCurrent); returns it."""
     ctx = ctypes.c_void_p()
-    check(load_libcuda().cuCtxPopCurrent_v2(ctypes.byref(ctx)), "cuCtxPopCurrent")
+    shared_driver().call("cuCtxPopCurrent_v2", ctypes.byref(ctx))
     return int(ctx.value or 0)
 
 
 def release_primary(device: int) -> None:
     """Drop one retain of `device`'s primary context (cuDevicePrimaryCtxRelease)."""
-    check(load_libcuda().cuDevicePrimaryCtxRelease_v2(int(device)), "cuDevicePrimaryCtxRelease")
+    shared_driver().call("cuDevicePrimaryCtxRelease_v2", int(device))
 
 
 # --- driver calls through prototypes of their own (no declarations on the shared library handle) ---------
 CU_MEMORYTYPE_HOST, CU_MEMORYTYPE_DEVICE = 1, 2
 CU_EVENT_DISABLE_TIMING = 0x2
+CU_STREAM_NON_BLOCKING = 0x1
 
 
 @dataclass(frozen=True)
@@ -238,6 +225,8 @@ class _Memcpy2D(ctypes.Structure):
 _P, _U64, _SZ, _UI, _I = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int
 _SIGNATURES: dict[str, tuple[Any, ...]] = {
     "cuInit": (_UI,),
+    "cuDeviceGetCount": (ctypes.POINTER(_I),),
+    "cuCtxGetCurrent": (ctypes.POINTER(_P),),
     "cuDeviceGet": (ctypes.POINTER(_I), _I),
     "cuDevicePrimaryCtxRetain": (ctypes.POINTER(_P), _I),
     "cuDevicePrimaryCtxRelease_v2": (_I,),
@@ -271,12 +260,22 @@ _SIGNATURES: dict[str, tuple[Any, ...]] = {
 
 
 class Driver:
-    """The libcuda calls the ring makes, each through its own ctypes prototype."""
+    """The libcuda calls the runtime makes beside its binding, each through its own ctypes prototype.
+
+    The one ctypes path to the driver: nothing is declared on the shared library handle (another library's
+    declarations there would change ours), and every prototype in `_SIGNATURES` is checked against cuda.h.
+    """
 
     def __init__(self) -> None:
-        lib = load_libcuda()
-        for name, args in _SIGNATURES.items():
-            setattr(self, name, ctypes.CFUNCTYPE(ctypes.c_int, *args)((name, lib)))
+        self._lib = load_libcuda()
+
+    def __getattr__(self, name: str) -> Any:
+        """The prototype of `name`, made on first use (a driver without a symbol fails only where it is called)."""
+        if name not in _SIGNATURES:
+            raise AttributeError(f"{name} is not a driver call of stp_edge.cuda.driver._SIGNATURES")
+        fn = ctypes.CFUNCTYPE(ctypes.c_int, *_SIGNATURES[name])((name, self._lib))
+        setattr(self, name, fn)
+        return fn
 
     def call(self, name: str, *args: Any) -> None:
         """Call `name` and raise RuntimeError naming it when the CUresult is not CUDA_SUCCESS."""
@@ -315,6 +314,17 @@ class Driver:
         """Queue on `consumer` a wait for what is queued on `producer` so far (an event, no host sync)."""
         self.call("cuEventRecord", event, producer)
         self.call("cuStreamWaitEvent", consumer, event, 0)
+
+
+_SHARED: Driver | None = None
+
+
+def shared_driver() -> Driver:
+    """One `Driver` for the module-level calls (made on first use; its prototypes are stateless)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = Driver()
+    return _SHARED
 
 
 def link_dir(directory: Path, found: Libcuda) -> Path:

@@ -37,13 +37,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stp_edge.cuda.driver import _I, _P, _SIGNATURES, _U64, Driver, Rows  # noqa: F401 (_SIGNATURES re-exported)
+from stp_edge.cuda.driver import _I, _P, _U64, CU_STREAM_NON_BLOCKING, Driver, Rows
 from stp_edge.cuda.memory import DeviceArray
 from stp_edge.errors import UsageError
 
 ALIGN = 256  # the region plane starts on a 256-byte boundary (cuMemAlloc's own alignment)
-CU_STREAM_NON_BLOCKING = 0x1
-CU_EVENT_DISABLE_TIMING = 0x2
 NAN32 = 0x7FC00000  # float32 quiet NaN: a fresh ring reads NaN, so a bug that binds an unwritten slot shows
 
 

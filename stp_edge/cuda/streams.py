@@ -4,23 +4,19 @@ A device buffer carries the stream its producer wrote it on in `__cuda_array_int
 None = ready, 1 = the legacy default stream, 2 = the per-thread default stream, any other int = a CUstream;
 0 is forbidden as ambiguous). A consumer on another stream records an event on the producer's stream and makes
 its own stream wait on it (`cuEventRecord` + `cuStreamWaitEvent`): the GPU orders the work, the host never
-blocks. pycuda can record events only on its own Stream objects, so the two driver calls go through ctypes
-on libcuda (stp_edge.cuda.driver: found robustly, loaded on first use; no import-time dependency).
+blocks. pycuda can record events only on its own Stream objects, so the two driver calls go through
+`stp_edge.cuda.driver.Driver` (libcuda found robustly, loaded on first use; no import-time dependency).
 """
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
-from stp_edge.cuda.driver import check as _check
-from stp_edge.cuda.driver import load_libcuda
+from stp_edge.cuda.driver import CU_STREAM_NON_BLOCKING, shared_driver
 from stp_edge.errors import UsageError
 
 CU_STREAM_LEGACY = 1
 CU_STREAM_PER_THREAD = 2
-CU_EVENT_DISABLE_TIMING = 0x2
-CU_STREAM_NON_BLOCKING = 0x1
 
 
 def producer_stream(value: Any, consumer: int) -> int | None:
@@ -49,19 +45,19 @@ class StreamWaiter:
     """
 
     def __init__(self) -> None:
-        self._lib = load_libcuda()
-        self._event = ctypes.c_void_p()
-        _check(self._lib.cuEventCreate(ctypes.byref(self._event), CU_EVENT_DISABLE_TIMING), "cuEventCreate")
+        self._drv = shared_driver()
+        self._event: int | None = self._drv.new_event()
 
     def wait(self, consumer: int, producer: int) -> None:
         """Queue on `consumer` a wait for everything queued on `producer` so far (no host synchronisation)."""
-        _check(self._lib.cuEventRecord(self._event, ctypes.c_void_p(producer)), "cuEventRecord")
-        _check(self._lib.cuStreamWaitEvent(ctypes.c_void_p(consumer), self._event, 0), "cuStreamWaitEvent")
+        if self._event is None:
+            raise UsageError("StreamWaiter.wait() after close()")
+        self._drv.wait(consumer, producer, self._event)
 
     def close(self) -> None:
         """Destroy the event (idempotent)."""
-        if self._event is not None and self._event.value:
-            _check(self._lib.cuEventDestroy_v2(self._event), "cuEventDestroy")
+        if self._event is not None:
+            self._drv.call("cuEventDestroy_v2", self._event)
         self._event = None
 
 
