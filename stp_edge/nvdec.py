@@ -244,10 +244,7 @@ class FramePool:
                 return
             last = self.live == 0
         with self.ctx.current():
-            for ev in buf.events:  # the reads queued on it ran before it is freed
-                self.driver.call("cuEventSynchronize", ev)
-                self.driver.call("cuEventDestroy_v2", ev)
-            self.driver.call("cuMemFree_v2", buf.ptr)
+            self._free_after(buf.ptr, buf.events)
         if last:
             self.ctx.close()
 
@@ -258,11 +255,15 @@ class FramePool:
             free, self._free = self._free, []
             idle = self.live == 0
         for ptr, _, events in free:
-            for ev in events:
-                self.driver.call("cuEventSynchronize", ev)
-                self.driver.call("cuEventDestroy_v2", ev)
-            self.driver.call("cuMemFree_v2", ptr)
+            self._free_after(ptr, events)
         return idle
+
+    def _free_after(self, ptr: int, events: list[int]) -> None:
+        """Free a buffer once the reads queued on it (`events`) have run (context current)."""
+        for ev in events:
+            self.driver.call("cuEventSynchronize", ev)
+            self.driver.call("cuEventDestroy_v2", ev)
+        self.driver.call("cuMemFree_v2", ptr)
 
 
 class _Buffer:
@@ -470,14 +471,11 @@ class NvdecCapture(AvCapture):
         host = np.empty((frame.height * 3 // 2, frame.width), np.uint8)
         drv = self._pool.driver
         with self._ctx.current():
-            ev = drv.new_event()
             drv.copy_rows(host.ctypes.data, Rows(frame.ptr, frame.pitch), frame.width, frame.height, self._cu_stream,
                           to_host=True)
             drv.copy_rows(host.ctypes.data + frame.height * frame.width, Rows(frame.ptr + frame.uv_offset, frame.pitch),
                           frame.width, frame.height // 2, self._cu_stream, to_host=True)
-            drv.call("cuEventRecord", ev, self._cu_stream)
-            drv.call("cuEventSynchronize", ev)
-            drv.call("cuEventDestroy_v2", ev)
+            drv.call("cuStreamSynchronize", self._cu_stream)
         return host
 
     def _download(self, frame: DeviceNV12Frame) -> np.ndarray:
@@ -497,10 +495,7 @@ class NvdecCapture(AvCapture):
         with ctx.current():
             drv = ctx.driver
             if getattr(self, "_cu_stream", None):
-                ev = drv.new_event()  # what is queued on the stream (copies into pool buffers) runs first
-                drv.call("cuEventRecord", ev, self._cu_stream)
-                drv.call("cuEventSynchronize", ev)
-                drv.call("cuEventDestroy_v2", ev)
+                drv.call("cuStreamSynchronize", self._cu_stream)  # copies into pool buffers finish first
                 drv.call("cuStreamDestroy_v2", self._cu_stream)
                 self._cu_stream = None
             idle = self._pool.close() if self._pool is not None else True
