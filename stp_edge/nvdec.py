@@ -432,17 +432,15 @@ class NvdecCapture(AvCapture):
     def _take(self, frames: Any) -> None:
         """Copy each output frame into a pool buffer on the decoder's stream (its output is reused next call)."""
         from stp_edge.cuda.driver import Rows
-        from stp_edge.cuda.nv12 import Nv12Layout
+        from stp_edge.cuda.nv12 import Nv12Layout, copy_nv12
 
         for f in frames:
             views = f.cuda()
             planes = nv12_planes(views[0].__cuda_array_interface__, views[1].__cuda_array_interface__)
             layout = Nv12Layout(planes.height, planes.width)
             buf = self._pool.take(layout.nbytes(1))
-            drv = self._pool.driver
-            drv.copy_rows(buf.ptr, Rows(planes.ptr, planes.pitch), layout.width, layout.height, self._cu_stream)
-            drv.copy_rows(buf.ptr + layout.uv_offset, Rows(planes.uv_ptr, planes.pitch), layout.width,
-                          layout.height // 2, self._cu_stream)
+            copy_nv12(self._pool.driver, buf.ptr, layout, Rows(planes.ptr, planes.pitch),
+                      Rows(planes.uv_ptr, planes.pitch), self._cu_stream)
             buf.download = self._download
             pts = int(f.getPTS())
             self.decoded += 1
@@ -464,6 +462,7 @@ class NvdecCapture(AvCapture):
     def download_nv12(self, frame: DeviceNV12Frame) -> np.ndarray:
         """A device frame's NV12 bytes on the host, [H * 3/2, W] uint8 (checks, snapshots; waits for the copy)."""
         from stp_edge.cuda.driver import Rows
+        from stp_edge.cuda.nv12 import Nv12Layout, copy_nv12
         from stp_edge.errors import FrameError
 
         if self._ctx is None:
@@ -471,10 +470,8 @@ class NvdecCapture(AvCapture):
         host = np.empty((frame.height * 3 // 2, frame.width), np.uint8)
         drv = self._pool.driver
         with self._ctx.current():
-            drv.copy_rows(host.ctypes.data, Rows(frame.ptr, frame.pitch), frame.width, frame.height, self._cu_stream,
-                          to_host=True)
-            drv.copy_rows(host.ctypes.data + frame.height * frame.width, Rows(frame.ptr + frame.uv_offset, frame.pitch),
-                          frame.width, frame.height // 2, self._cu_stream, to_host=True)
+            copy_nv12(drv, host.ctypes.data, Nv12Layout(frame.height, frame.width), Rows(frame.ptr, frame.pitch),
+                      Rows(frame.ptr + frame.uv_offset, frame.pitch), self._cu_stream, to_host=True)
             drv.call("cuStreamSynchronize", self._cu_stream)
         return host
 

@@ -6,7 +6,7 @@ interleaved UV rows at `uv_offset`, one pitch (`CudaPreprocessor.run_device(fmt=
 that arithmetic (pure, tested on the CPU); `gather_nv12` queues the device-to-device copies (two 2-D copies per
 frame, luma and chroma, whatever the source's pitch) on the consumer's stream, after a wait for each producer's
 stream, and tells each frame's owner the stream it was read on (so its memory is not rewritten before). No host
-round trip; the driver calls go through ctypes on libcuda (`stp_edge.cuda.ring.Driver`), whichever binding the
+round trip; the driver calls go through ctypes on libcuda (`stp_edge.cuda.driver.Driver`), whichever binding the
 rest of the process uses.
 """
 
@@ -73,13 +73,15 @@ def batch_layout(frames: Sequence[Any]) -> Nv12Layout:
     return Nv12Layout(first.height, first.width)
 
 
-def copy_nv12(driver: Any, dst: int, layout: Nv12Layout, frame: Any, stream: int) -> None:
-    """Queue on `stream` the copy of one device NV12 frame into the dense frame at `dst` (luma, then chroma)."""
-    from stp_edge.cuda.driver import Rows
+def copy_nv12(driver: Any, dst: int, layout: Nv12Layout, luma: Any, chroma: Any, stream: int, *,
+              to_host: bool = False) -> None:
+    """Queue on `stream` the copy of one NV12 frame's planes into the dense frame at `dst` (luma, then chroma).
 
-    driver.copy_rows(dst, Rows(frame.ptr, frame.pitch), layout.width, layout.height, stream)
-    driver.copy_rows(dst + layout.uv_offset, Rows(frame.ptr + frame.uv_offset, frame.pitch), layout.width,
-                     layout.height // 2, stream)
+    `luma`, `chroma`: `stp_edge.cuda.driver.Rows` (pointer and pitch of each plane); `dst` is device memory, or
+    host memory with `to_host`.
+    """
+    driver.copy_rows(dst, luma, layout.width, layout.height, stream, to_host=to_host)
+    driver.copy_rows(dst + layout.uv_offset, chroma, layout.width, layout.height // 2, stream, to_host=to_host)
 
 
 def gather_nv12(driver: Any, frames: Sequence[Any], dst: int, layout: Nv12Layout, stream: int) -> None:
@@ -89,6 +91,8 @@ def gather_nv12(driver: Any, frames: Sequence[Any], dst: int, layout: Nv12Layout
     copies, each frame is told it was read on `stream` (`DeviceNV12Frame.read_on`). Run with the device's
     context current.
     """
+    from stp_edge.cuda.driver import Rows
+
     producers = sorted({f.stream for f in frames if f.stream is not None and f.stream != stream})
     if producers:
         event = driver.new_event()
@@ -98,6 +102,7 @@ def gather_nv12(driver: Any, frames: Sequence[Any], dst: int, layout: Nv12Layout
         finally:
             driver.call("cuEventDestroy_v2", event)  # the waits queued keep their meaning (cuStreamWaitEvent)
     for b, f in enumerate(frames):
-        copy_nv12(driver, dst + layout.offset(b), layout, f, stream)
+        copy_nv12(driver, dst + layout.offset(b), layout, Rows(f.ptr, f.pitch), Rows(f.ptr + f.uv_offset, f.pitch),
+                  stream)
     for f in frames:
         f.read_on(stream)
