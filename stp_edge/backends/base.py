@@ -83,7 +83,7 @@ def batch_rows(value: Any, start: int, stop: int) -> Any:
     row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     stream = value.__cuda_array_interface__.get("stream")
     return DeviceArray(ptr + start * row, (stop - start, *shape[1:]), dtype, stream=stream,
-                       device=getattr(value, "device", 0) if isinstance(value, DeviceArray) else 0, owner=value)
+                       device=value.device if isinstance(value, DeviceArray) else 0, owner=value)
 
 
 def check_feeds(feeds: Mapping[str, Any], specs: Mapping[str, TensorSpec], *, where: str = "",
