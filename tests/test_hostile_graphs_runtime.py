@@ -223,6 +223,54 @@ def test_a_stop_ends_the_call_in_flight_within_its_grace(tmp_path):
         assert isinstance(err, CallTimeoutError)
 
 
+def test_the_stop_grace_is_one_budget_not_renewed_for_each_call():
+    """The stop is seen at 0.2 s inside a call that returns at 0.8 s; the next call (one that waits until it is
+    cancelled) ends at the same deadline, 1 s after the stop was seen, not 1 s after it began (1.8 s): a run whose
+    call ends inside the grace must not get a second grace for the next one (`stp-edge run` took 2.2 s so)."""
+    from stp_edge.backends.calls import CallWorker
+
+    stop = threading.Event()
+    worker = CallWorker("encoder")
+    timer = threading.Timer(0.2, stop.set)
+    start = time.monotonic()
+    timer.start()
+    assert worker.call(lambda: time.sleep(0.8) or "done", stop=stop, grace_s=1.0) == "done"  # within the grace
+    released = threading.Event()
+
+    def until_cancelled() -> None:  # like onnxruntime's terminate: the cancelled call ends with an error
+        released.wait(30)
+        raise RuntimeError("terminated")
+
+    with pytest.raises(CallInterruptedError, match="still running 1 s after the stop request"):
+        worker.call(until_cancelled, stop=stop, grace_s=1.0, cancel=released.set)
+    took = time.monotonic() - start
+    assert released.is_set() and 1.2 <= took < 1.5, f"{took:.2f} s"
+    with pytest.raises(CallInterruptedError, match="not run: a stop was requested and its 1 s grace is over"):
+        worker.call(time.sleep, 0, stop=stop, grace_s=1.0)  # after the grace: refused before it starts
+    stop.clear()  # a cleared stop starts afresh: calls run, and a new stop gets a whole grace again
+    assert worker.call(lambda: "again", stop=stop, grace_s=1.0) == "again"
+    stop.set()
+    assert worker.call(lambda: time.sleep(0.3) or "within", stop=stop, grace_s=1.0) == "within"
+    worker.close()
+
+
+def test_a_stop_ends_every_graph_of_a_detector_within_one_grace(tmp_path):
+    """Two runners under one stop (as a Detector's encoder and temporal graphs are): the encoder call is ended
+    1 s after the stop, and the temporal call that the run's flush would make next is not run at all."""
+    stop = threading.Event()
+    limits = CallLimits(call_timeout_s=float("inf"))
+    encoder = OrtRunner(loop_graph(tmp_path / "encoder.onnx"), limits=limits)
+    temporal = OrtRunner(loop_graph(tmp_path / "temporal.onnx"), limits=limits)
+    with encoder, temporal, stop_calls_on([encoder, temporal], stop):
+        threading.Timer(0.3, stop.set).start()
+        start = time.monotonic()
+        _, err, _ = _within(10, lambda: encoder.infer({"x": X}))
+        assert isinstance(err, CallInterruptedError) and "still running 1 s" in _one_line(err)
+        _, err, took = _within(10, lambda: temporal.infer({"x": X}))
+        assert isinstance(err, CallInterruptedError) and "grace is over" in _one_line(err) and took < 0.2
+        assert time.monotonic() - start < 2.0
+
+
 def test_a_call_that_cannot_be_cancelled_is_abandoned(tmp_path):
     """A backend that cannot end its call (no cancel_impl): its thread is left behind, the caller is not, and the
     runner says it cannot run again."""

@@ -126,8 +126,8 @@ class Runner(abc.ABC):
         limits: Deadline per call, memory cap, connect timeout, stop grace (default `CallLimits()`).
 
     Attributes:
-        stop_event: Set by `stp_edge.backends.calls.stop_calls_on`: once it is set, calls get
-            `limits.stop_grace_s` more to finish.
+        stop_event: Set by `stp_edge.backends.calls.stop_calls_on`: once it is set, the calls under it get
+            `limits.stop_grace_s` more in all to finish (`stp_edge.backends.calls.stop_deadline`).
         call_cancelled: Set while the current call is being cancelled (fresh for every call); `infer_impl`
             may look at it.
     """

@@ -6,10 +6,12 @@ what they can see; what remains is bounded here, at run time, for every backend 
 - each runner runs its calls (activate, infer, deactivate) on its own worker thread (`CallWorker`); the calling
   thread waits in short slices, so it stays responsive to signals (a handler runs, and an exception it raises,
   such as KeyboardInterrupt, ends the wait) and to a stop event;
-- a call still running at its deadline (`CallLimits.call_timeout_s`), or `stop_grace_s` after the stop event
-  was set, is cancelled: the runner's `cancel_impl()` ends it where the backend can (onnxruntime's
-  `RunOptions.terminate`), and a call that still does not return within `CANCEL_WAIT_S` is abandoned on its
-  thread, which leaves the runner unusable (its later calls fail at once);
+- a call still running at its deadline (`CallLimits.call_timeout_s`), or `stop_grace_s` after a call first saw
+  the stop event set, is cancelled (one grace for the whole wind-down, shared by every call and runner under
+  that event: a call begun after the stop gets no grace of its own, see `stop_deadline`): the runner's
+  `cancel_impl()` ends it where the backend can (onnxruntime's `RunOptions.terminate`), and a call that still
+  does not return within `CANCEL_WAIT_S` is abandoned on its thread, which leaves the runner unusable (its later
+  calls fail at once);
 - onnxruntime's CPU memory arena is capped (`CallLimits.memory_limit_gib`), so a graph asking for more fails
   with `MemoryLimitError` instead of being killed by the kernel's OOM killer.
 """
@@ -22,6 +24,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +51,7 @@ class CallLimits:
             process) and, on CUDA, of each session's GPU arena; None: half the memory of this machine or container
             for the CPU arena, no cap on the GPU.
         connect_timeout_s: How long a Triton runner tries to reach its server and model before it gives up.
-        stop_grace_s: How long a call may still run once the stop event is set (see `stop_calls_on`).
+        stop_grace_s: How long calls may still run, all together, once the stop event is set (`stop_calls_on`).
     """
 
     call_timeout_s: float | None = None
@@ -97,6 +100,27 @@ def machine_memory_bytes() -> int | None:
         if text.isdigit() and 0 < int(text) < total:
             total = int(text)
     return total if total > 0 else None
+
+
+# When a call first saw each stop event set (monotonic seconds); the entry goes when the event is seen clear.
+_stop_seen: weakref.WeakKeyDictionary[threading.Event, float] = weakref.WeakKeyDictionary()
+_stop_seen_lock = threading.Lock()
+
+
+def stop_deadline(stop: threading.Event | None, grace_s: float) -> float:
+    """When every call under `stop` must have ended: `grace_s` after a call first saw it set; inf while it is clear.
+
+    One clock per event, not per call: once the stop is seen, a call that finishes in time and the calls begun
+    after it (the rest of a snippet, a flush, another graph) share the same `grace_s`, so a run ends about
+    `grace_s` after the stop however its calls fall. A cleared event starts afresh when it is set again.
+    """
+    if stop is None:
+        return math.inf
+    with _stop_seen_lock:
+        if not stop.is_set():
+            _stop_seen.pop(stop, None)
+            return math.inf
+        return _stop_seen.setdefault(stop, time.monotonic()) + grace_s
 
 
 def format_seconds(s: float) -> str:
@@ -170,18 +194,21 @@ class CallWorker:
             fn: The call.
             *args: Its arguments.
             timeout_s: Deadline in seconds (None: none).
-            stop: Once set, the call may run `grace_s` more seconds.
+            stop: Once a call saw it set, calls under it may run `grace_s` more seconds in all (`stop_deadline`).
             grace_s: See `stop`.
             cancel: Ends the running call where the backend can (called from this thread).
 
         Raises:
             CallTimeoutError: The deadline passed.
-            CallInterruptedError: The stop event was set and the call ran `grace_s` longer.
+            CallInterruptedError: The stop's grace ended while the call ran, or before it began (then it is not run).
             AbandonedRunnerError: An earlier cancelled call never returned, so this runner cannot run again.
         """
         if self.stuck:
             raise AbandonedRunnerError(f"{self.name}: an earlier call was ended at its deadline or a stop and never "
                                        f"returned; this runner cannot run again (load the bundle again)")
+        if time.monotonic() >= stop_deadline(stop, grace_s):
+            raise CallInterruptedError(f"{self.name}: not run: a stop was requested and its "
+                                       f"{format_seconds(grace_s)} grace is over")
         job = _Job(fn, args)
         start = time.monotonic()
         self._jobs.put(job)
@@ -201,12 +228,9 @@ class CallWorker:
               grace_s: float) -> RunnerError | None:
         """None once `job` is done; else the error to raise when its deadline or the stop grace passes first."""
         deadline = math.inf if timeout_s is None else start + timeout_s
-        stop_deadline = math.inf
         while not job.wait(POLL_S):
             now = time.monotonic()
-            if stop is not None and stop.is_set() and stop_deadline == math.inf:
-                stop_deadline = now + grace_s
-            if now >= stop_deadline:
+            if now >= stop_deadline(stop, grace_s):
                 return CallInterruptedError(
                     f"{self.name}: the call was still running {format_seconds(grace_s)} after the stop request "
                     f"(SIGINT/SIGTERM) and was ended")
@@ -241,9 +265,10 @@ def _serve(jobs: queue.SimpleQueue) -> None:
 def stop_calls_on(runners: Iterable[Any], stop: threading.Event | None) -> Iterator[None]:
     """While the block runs, `stop` ends the calls of `runners` (`Runner.stop_event`); restored afterwards.
 
-    Once `stop` is set, a call may run `CallLimits.stop_grace_s` more, then ends with CallInterruptedError; a
-    runner one of whose calls was ended so refuses further calls while `stop` stays set, so a run that flushes
-    after a stop request ends within about one grace period even when every call of a graph would hang.
+    Once a call sees `stop` set, the calls of all `runners` may run `CallLimits.stop_grace_s` more in all
+    (`stop_deadline`), then end with CallInterruptedError, and a call that would begin later is not run; so a run
+    that flushes after a stop request ends within about one grace period however its calls fall, even when
+    every call of a graph would hang.
     """
     if stop is None:
         yield
