@@ -197,6 +197,8 @@ def phase_timings(repeats: int) -> dict[str, Any]:
             with torch.no_grad():
                 out["snippet_e2e_1080p_ms"][str(b)] = _wall_ms(
                     lambda batch=batch: vit(torch.from_dlpack(pre(batch, sync=False)).half()).float().cpu(), repeats)
+        # What the upload staging holds after batches of 1 and 16 (1080p): (pinned host, device) bytes.
+        out["staging_bytes_1080p"] = dict(zip(("host", "device"), pre.staging_nbytes(), strict=True))
     with torch.no_grad():
         for b in (1, 16):
             x = torch.randn(b, 3, 224, 224, device="cuda", dtype=torch.float16)

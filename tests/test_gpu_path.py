@@ -640,6 +640,26 @@ def test_staging_is_two_slots_and_an_integrated_gpu_copies_nothing():
     assert staging_bytes(frame, 4, mapped=True) == (8 * frame, 0)
 
 
+@pytest.mark.gpu
+def test_the_preprocessor_stages_the_window_for_the_batch_used_in_two_slots():
+    """After one 1080p frame and then a batch of 3, the staging holds each batch's window rounded up to a power
+    of 2 (1 and 4 frames), two slots each, and no device copy on an integrated GPU; nothing after close."""
+    from stp_edge.cuda import CudaPreprocessor
+    from stp_edge.cuda.preprocess import upload_window
+    from stp_edge.cuda.staging import staging_bytes
+
+    _gpu()
+    with CudaPreprocessor(224, max_batch=16) as pre:
+        r0, r1, c0, c1 = upload_window(1080, 1920, pre.spec)
+        window = (r1 - r0) * (c1 - c0) * 3
+        assert pre.staging_nbytes() == (0, 0)
+        pre(_frames(1, 1080, 1920))
+        pre(_frames(3, 1080, 1920))
+        one, four = (staging_bytes(window, n, mapped=pre.integrated) for n in (1, 4))
+        assert pre.staging_nbytes() == (one[0] + four[0], one[1] + four[1])
+        assert pre.staging_nbytes()[0] < 16 * 1080 * 1920 * 3  # was max_batch whole frames, pinned and on device
+
+
 def test_ort_trt_fp16_is_reachable_from_the_cli_and_detector_load(handmade_bundle):
     """`stp-edge run --ort-trt-fp16` -> Detector.load(ort_trt_fp16=True) -> the runners' TensorRT provider option."""
     import inspect

@@ -178,6 +178,14 @@ class CudaPreprocessor:
         """
         return self._context.current()
 
+    def staging_nbytes(self) -> tuple[int, int]:
+        """(pinned host bytes, device bytes) held now by the staging of the input sizes in use.
+
+        Each is sized to the batches used, two slots (`stp_edge.cuda.staging.staging_bytes`).
+        """
+        sizes = [item.nbytes for item in self._staging.values()]
+        return sum(h for h, _ in sizes), sum(d for _, d in sizes)
+
     def close(self) -> None:
         """Free every buffer and release the device's context (idempotent); the preprocessor cannot run after."""
         if getattr(self, "_out", None) is None:
@@ -286,7 +294,8 @@ class CudaPreprocessor:
             f.check(f"device NV12 frame {i}")
         capacity = staging_frames(len(frames), self.max_batch)
         key = (("nv12-device", layout.height, layout.width), capacity)
-        dev = self._staging.get(key, lambda: DeviceStaging(self._cuda.mem_alloc(layout.nbytes(capacity)))).dev
+        size = layout.nbytes(capacity)
+        dev = self._staging.get(key, lambda: DeviceStaging(self._cuda.mem_alloc(size), size)).dev
         gather_nv12(self._drv, frames, int(dev), layout, self.stream_handle)
         first = frames[0]
         return self.run_device(int(dev), len(frames), layout.height, layout.width, pitch=layout.pitch,

@@ -70,6 +70,11 @@ class UploadStaging:
             self.free()
             raise
 
+    @property
+    def nbytes(self) -> tuple[int, int]:
+        """(pinned host bytes, device bytes) held for this size: `staging_bytes` of its shape and capacity."""
+        return staging_bytes(int(np.prod(self.shape)), self.capacity, mapped=self.mapped)
+
     def _mapped_pointer(self, host: np.ndarray) -> int:
         ptr = ctypes.c_uint64()
         self._drv.call("cuMemHostGetDevicePointer_v2", ctypes.byref(ptr), host.ctypes.data, 0)
@@ -113,6 +118,12 @@ class DeviceStaging:
     """A device-only staging buffer (NVDEC frames gathered on the device), kept in the same cache."""
 
     dev: Any
+    size: int  # bytes of `dev`
+
+    @property
+    def nbytes(self) -> tuple[int, int]:
+        """(pinned host bytes, device bytes): device memory only."""
+        return 0, self.size
 
     def free(self) -> None:
         if self.dev is not None:
