@@ -74,7 +74,28 @@ def corrupt_graph(src: Path, dst: Path, graph: str, output: str, kind: str) -> P
     return dst
 
 
-class FaultyRunner(Runner):
+class WrappedRunner(Runner):
+    """A runner whose calls go to a real runner `inner` (activated, deactivated and described by it); subclasses
+    change what its `infer` does or what it says of its limits."""
+
+    def __init__(self, inner: Runner, name: str | None = None) -> None:
+        super().__init__(inner.name if name is None else name)
+        self.inner = inner
+
+    def activate_impl(self) -> None:
+        self.inner.activate()
+
+    def deactivate_impl(self) -> None:
+        self.inner.deactivate()
+
+    def input_specs_impl(self) -> dict[str, Any]:
+        return self.inner.input_specs()
+
+    def output_names_impl(self) -> list[str]:
+        return self.inner.output_names()
+
+
+class FaultyRunner(WrappedRunner):
     """A real runner that fails or returns altered outputs on chosen calls (numbered from 0), and only on those.
 
     Args:
@@ -87,24 +108,11 @@ class FaultyRunner(Runner):
     def __init__(self, inner: Runner, *, fail: Iterable[int] = (),
                  alter: Mapping[int, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] | None = None,
                  error: Callable[[int], Exception] | None = None) -> None:
-        super().__init__(inner.name)
-        self.inner = inner
+        super().__init__(inner)
         self.fail = set(fail)
         self.alter = dict(alter or {})
         self.error = error or (lambda n: RuntimeError(f"injected backend fault on call {n}"))
         self.calls = 0
-
-    def activate_impl(self) -> None:
-        self.inner.activate()
-
-    def deactivate_impl(self) -> None:
-        self.inner.deactivate()
-
-    def input_specs_impl(self):
-        return self.inner.input_specs()
-
-    def output_names_impl(self) -> list[str]:
-        return self.inner.output_names()
 
     def infer_impl(self, feeds):
         n, self.calls = self.calls, self.calls + 1

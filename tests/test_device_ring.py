@@ -18,6 +18,7 @@ import itertools
 
 import numpy as np
 import pytest
+from graph_faults import WrappedRunner
 
 from stp_edge.backends.base import Runner
 from stp_edge.bundle.preprocessing import PreprocessSpec
@@ -315,7 +316,7 @@ def test_device_path_batches_streams_as_the_host_path_does(handmade_bundle, fram
 
 
 # --- DeviceFeatures.encode over real ONNX Runtime outputs addressed by pointer (CPU) ---------------------------
-class PointerRunner(Runner):
+class PointerRunner(WrappedRunner):
     """A real ONNX Runtime runner whose kept outputs come back as `DeviceArray`s over its own host buffers.
 
     Not a GPU: the pointers address host memory (held until the next call, as a TensorRT runner's output buffers
@@ -325,20 +326,8 @@ class PointerRunner(Runner):
     keeps_outputs_on_device = True
 
     def __init__(self, inner: Runner, max_batch: int) -> None:
-        super().__init__(inner.name)
-        self.inner, self._max, self._kept = inner, max_batch, {}
-
-    def activate_impl(self) -> None:
-        self.inner.activate()
-
-    def deactivate_impl(self) -> None:
-        self.inner.deactivate()
-
-    def input_specs_impl(self):
-        return self.inner.input_specs()
-
-    def output_names_impl(self):
-        return self.inner.output_names()
+        super().__init__(inner)
+        self._max, self._kept = max_batch, {}
 
     def max_batch(self) -> int:
         return self._max

@@ -12,19 +12,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from graph_faults import WrappedRunner
 
-from stp_edge.backends.base import InputError, Runner, TensorSpec, feed_layout, profile_max_batch
+from stp_edge.backends.base import InputError, Runner, feed_layout, profile_max_batch
 from stp_edge.backends.ort import OrtRunner
 from stp_edge.bundle import Bundle
 
 
 # --- 1. batch limits ---------------------------------------------------------------------------------------
-class ProfileRunner(Runner):
+class ProfileRunner(WrappedRunner):
     """ONNX Runtime behind a TensorRT plan's optimisation profile: refuses any shape outside [min, max]."""
 
     def __init__(self, inner: Runner, profiles: Mapping[str, Any]) -> None:
-        super().__init__(f"{inner.name} (profile)")
-        self.inner, self.profiles = inner, profiles
+        super().__init__(inner, f"{inner.name} (profile)")
+        self.profiles = profiles
         self.batches: list[int] = []
 
     def max_batch(self) -> int | None:
@@ -32,18 +33,6 @@ class ProfileRunner(Runner):
 
     def max_shapes(self) -> dict[str, tuple[int, ...]] | None:
         return {n: tuple(p[2]) for n, p in self.profiles.items()} or None
-
-    def activate_impl(self) -> None:
-        self.inner.activate()
-
-    def deactivate_impl(self) -> None:
-        self.inner.deactivate()
-
-    def input_specs_impl(self) -> dict[str, TensorSpec]:
-        return self.inner.input_specs()
-
-    def output_names_impl(self) -> list[str]:
-        return self.inner.output_names()
 
     def infer_impl(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         for name, value in feeds.items():
