@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from stp_edge.backends.calls import DEFAULT_CALL_TIMEOUT_S, CallLimits, CallWorker
-from stp_edge.backends.errors import CallInterruptedError, InputError, RunnerError
+from stp_edge.backends.errors import InputError, RunnerError
 from stp_edge.backends.errors import PlanLoadError as PlanLoadError  # re-exported: its home before errors.py
 
 
@@ -155,7 +155,6 @@ class Runner(abc.ABC):
         self._worker: CallWorker | None = None
         self._finalizer: weakref.finalize | None = None
         self._call_lock = threading.Lock()  # one call at a time: its deadline, cancel flag and worker are its own
-        self._interrupted_by: threading.Event | None = None  # the stop event that ended a call of this runner
 
     # --- state -------------------------------------------------------------------------------------------
     def activate(self) -> Runner:
@@ -170,7 +169,6 @@ class Runner(abc.ABC):
             raise
         self._worker = worker
         self._finalizer = weakref.finalize(self, worker.close)  # a runner dropped while active leaves no thread
-        self._interrupted_by = None
         self.is_active = True
         self._specs = None
         return self
@@ -255,24 +253,17 @@ class Runner(abc.ABC):
 
         Raises:
             CallTimeoutError: The call ran past `limits.call_timeout_s`.
-            CallInterruptedError: The stop event was set and the call ran `limits.stop_grace_s` longer, or an
-                earlier call was ended by this same stop event.
+            CallInterruptedError: The stop's grace (`limits.stop_grace_s` from when a call first saw the stop
+                event set) ended while the call ran, or before it began.
         """
         stop = self.stop_event
-        if stop is not None and stop.is_set() and self._interrupted_by is stop:
-            raise CallInterruptedError(f"{self.name}: not run: a stop was requested and an earlier call of this "
-                                       f"graph had to be ended")
         with self._call_lock:
             worker = self._worker
             if worker is None:  # deactivated by another thread meanwhile
                 raise RunnerError(f"{self.name}: the runner was deactivated while this call waited for its turn")
             self.call_cancelled = threading.Event()
-            try:
-                return worker.call(fn, *args, timeout_s=self.limits.timeout_for(self.default_call_timeout_s),
-                                   stop=stop, grace_s=self.limits.stop_grace_s, cancel=self._cancel)
-            except CallInterruptedError:
-                self._interrupted_by = stop
-                raise
+            return worker.call(fn, *args, timeout_s=self.limits.timeout_for(self.default_call_timeout_s),
+                               stop=stop, grace_s=self.limits.stop_grace_s, cancel=self._cancel)
 
     def _cancel(self) -> None:
         self.call_cancelled.set()
